@@ -1,0 +1,161 @@
+//! `git p2p daemon run|start|stop|status`.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use super::{Ctx, DaemonCommand};
+use crate::control::proto::{NodeStatus, Request, Response};
+use crate::control::{Client, ClientError};
+
+/// How long `daemon stop` waits for the node to release its data dir.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub fn run(ctx: &Ctx, command: DaemonCommand, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let paths = ctx.paths()?;
+    match command {
+        DaemonCommand::Run { notify_ready } => {
+            crate::node::run(
+                paths,
+                crate::node::RunOptions {
+                    notify_ready,
+                    verbosity: ctx.verbosity,
+                },
+            )?;
+        }
+        DaemonCommand::Start => {
+            let already = Client::connect(paths).is_ok();
+            let status = status(&mut ctx.client()?)?;
+            let what = if already {
+                "already running"
+            } else {
+                "started"
+            };
+            writeln!(
+                out,
+                "node {what} (pid {}, peer id {})",
+                status.pid, status.peer_id
+            )?;
+        }
+        DaemonCommand::Stop => {
+            let mut client = match Client::connect(paths) {
+                Ok(client) => client,
+                Err(ClientError::NotRunning) => {
+                    writeln!(out, "the node is not running")?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let pid = status(&mut client)?.pid;
+            match client.request(Request::Shutdown) {
+                // The node may close the socket before its answer is out; its exit is what counts.
+                Ok(_) | Err(ClientError::Io(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            wait_for_exit(paths)?;
+            writeln!(out, "node stopped (pid {pid})")?;
+        }
+        DaemonCommand::Status(args) => {
+            let status = match Client::connect(paths) {
+                Ok(mut client) => status(&mut client)?,
+                Err(ClientError::NotRunning) => {
+                    if args.json {
+                        writeln!(out, "{}", serde_json::json!({ "running": false }))?;
+                    } else {
+                        writeln!(out, "the node is not running")?;
+                    }
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if args.json {
+                let mut value = serde_json::to_value(&status)?;
+                value["running"] = true.into();
+                writeln!(out, "{value}")?;
+            } else {
+                print_status(&status, out)?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(client: &mut Client) -> anyhow::Result<NodeStatus> {
+    match client.request(Request::Status)? {
+        Response::Status(status) => Ok(*status),
+        _ => anyhow::bail!("unexpected answer from the node"),
+    }
+}
+
+/// The node releases its data-dir lock as it exits; wait for that, so that `stop` returning
+/// means the node is gone and a new one can start at once.
+fn wait_for_exit(paths: &crate::paths::Paths) -> anyhow::Result<()> {
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(paths.data_lock())?;
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                anyhow::bail!("the node did not stop within {}s", STOP_TIMEOUT.as_secs())
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+    }
+}
+
+fn print_status(s: &NodeStatus, out: &mut dyn Write) -> anyhow::Result<()> {
+    let on_off = |b: bool| if b { "on" } else { "off" };
+    writeln!(
+        out,
+        "node       running (pid {}, git-p2p {}, protocol {})",
+        s.pid, s.version, s.protocol
+    )?;
+    writeln!(out, "peer id    {}", s.peer_id)?;
+    writeln!(out, "npub       {}", s.npub)?;
+    writeln!(out, "name       {}", s.name.as_deref().unwrap_or("-"))?;
+    writeln!(
+        out,
+        "peers      {} connected, {} known",
+        s.connected_peers, s.known_peers
+    )?;
+    for (i, addr) in s.listen_addrs.iter().enumerate() {
+        writeln!(out, "{:<10} {addr}", if i == 0 { "listening" } else { "" })?;
+    }
+    writeln!(out, "mdns       {}", on_off(s.config.mdns))?;
+    writeln!(out, "dht mode   {}", s.config.dht_mode)?;
+    if s.config.bootstrap.is_empty() {
+        writeln!(out, "bootstrap  (none: set git config p2p.bootstrap)")?;
+    }
+    for (i, b) in s.config.bootstrap.iter().enumerate() {
+        writeln!(out, "{:<10} {b}", if i == 0 { "bootstrap" } else { "" })?;
+    }
+    if s.config.relays.is_empty() {
+        writeln!(out, "nostr      off (no p2p.relay configured)")?;
+    } else {
+        writeln!(
+            out,
+            "nostr      {} relay(s) configured: {}",
+            s.config.relays.len(),
+            s.config.relays.join(", ")
+        )?;
+    }
+    for (i, r) in s.repos.iter().enumerate() {
+        writeln!(
+            out,
+            "{:<10} {} ({})",
+            if i == 0 { "repos" } else { "" },
+            r.name,
+            &r.id[..r.id.len().min(12)]
+        )?;
+    }
+    writeln!(out, "data dir   {}", s.data_dir)?;
+    writeln!(out, "socket     {}", s.socket)?;
+    writeln!(out, "log        {}", s.log_file)?;
+    Ok(())
+}

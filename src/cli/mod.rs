@@ -1,0 +1,346 @@
+//! The command line: one definition of every command and flag (it also feeds the man pages),
+//! dispatch to one file per command, and the mapping of errors to git-style messages and exit
+//! codes (0 ok, 1 failed, 2 usage).
+
+mod daemon;
+mod id;
+mod init;
+mod peers;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+use crate::paths::Paths;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "git-p2p",
+    bin_name = "git p2p",
+    version,
+    about = "Peer-to-peer collaboration for git repositories",
+    long_about = "Peer-to-peer collaboration for git repositories: find the people working on the same \
+                  repository, chat with them, see their commits the moment they are made, and share refs and \
+                  notes through a distributed key-value store. No server: a per-user node daemon speaks libp2p \
+                  (TCP, QUIC, gossipsub, Kademlia, mDNS) and bridges to Nostr relays.\n\n\
+                  Settings live in git config (p2p.listen, p2p.bootstrap, p2p.mdns, p2p.relay, p2p.name, \
+                  p2p.dht-mode); keys and data in $XDG_DATA_HOME/git-p2p; the control socket in \
+                  $XDG_RUNTIME_DIR/git-p2p (or the data dir).",
+    after_help = "Exit status: 0 on success, 1 when the command failed, 2 on a usage error."
+)]
+pub struct Cli {
+    /// Run as if git-p2p was started in DIR (like git -C)
+    #[arg(short = 'C', value_name = "DIR", global = true)]
+    pub dir: Option<PathBuf>,
+    /// More log output on stderr (repeat for more)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Set up this repository: register it with the node so it joins the repository's topics
+    Init,
+    /// Open the repository's chat room (a terminal UI), or send and read messages from scripts
+    Chat(ChatArgs),
+    /// Announce a commit to peers (the post-commit hook runs this with --hook)
+    Announce(AnnounceArgs),
+    /// Show commits that peers announced for this repository, newest first
+    Log(LogArgs),
+    /// Signed key-value records in this repository's DHT namespace
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// Show refs that peers published through the DHT, or publish yours
+    Refs(RefsArgs),
+    /// Share git notes through the DHT
+    #[command(subcommand)]
+    Notes(NotesCommand),
+    /// List connected peers: id, name, addresses, transport, round-trip time, shared repositories
+    Peers(JsonArgs),
+    /// Show this node's identity: PeerId, Nostr npub, name, listen addresses, data directory
+    Id(IdArgs),
+    /// Run, start, stop or inspect the node daemon
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
+    /// Install or remove the git hooks that announce commits
+    #[command(subcommand)]
+    Hooks(HooksCommand),
+    /// Nostr bridge status: relays, connection state, pending events
+    #[command(subcommand)]
+    Nostr(NostrCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Replace the Nostr key with one read from standard input (nsec1... or hex; never from argv)
+    #[arg(long)]
+    pub import_nsec: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// Open the thread of one commit instead of the repository's room (default: HEAD)
+    #[arg(long, value_name = "REV", num_args = 0..=1, default_missing_value = "HEAD")]
+    pub commit: Option<String>,
+    /// Send one message and exit once the node accepted it
+    #[arg(long, value_name = "TEXT", conflicts_with = "tail")]
+    pub send: Option<String>,
+    /// Print the room's recent history and exit (with -f, keep printing new messages)
+    #[arg(long)]
+    pub tail: bool,
+    /// With --tail: follow new messages
+    #[arg(short, long, requires = "tail")]
+    pub follow: bool,
+    /// With --tail: print JSON lines
+    #[arg(long, requires = "tail")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AnnounceArgs {
+    /// The commit to announce
+    #[arg(default_value = "HEAD")]
+    pub rev: String,
+    /// Hook mode: never fail, stay silent, and queue the announcement if the node is down
+    #[arg(long)]
+    pub hook: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Keep streaming new announcements
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Print JSON (one object per line with -f)
+    #[arg(long)]
+    pub json: bool,
+    /// Show at most N announcements
+    #[arg(short = 'n', long, value_name = "N")]
+    pub max_count: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KvCommand {
+    /// Set KEY to VALUE (or to the contents of --file, or of standard input with -)
+    Set {
+        key: String,
+        value: Option<String>,
+        /// Read the value from a file
+        #[arg(long, value_name = "FILE", conflicts_with = "value")]
+        file: Option<PathBuf>,
+    },
+    /// Get each author's value of KEY, newest first
+    Get {
+        key: String,
+        /// Only this author's value (PeerId or npub)
+        #[arg(long, value_name = "PEER|NPUB")]
+        author: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the keys this node published for this repository
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove KEY (a signed tombstone that wins over your older values)
+    Rm { key: String },
+}
+
+#[derive(Debug, Args)]
+pub struct RefsArgs {
+    #[command(subcommand)]
+    pub command: Option<RefsCommand>,
+    /// Only this author's refs (PeerId or npub)
+    #[arg(long, value_name = "PEER|NPUB")]
+    pub author: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RefsCommand {
+    /// Publish your branches and tags to the DHT
+    Publish,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotesCommand {
+    /// Publish your notes for this repository's commits
+    Push {
+        #[arg(long = "ref", value_name = "REF", default_value = "refs/notes/commits")]
+        notes_ref: String,
+    },
+    /// Fetch peers' notes into refs/notes/p2p/<author>
+    Pull {
+        #[arg(long = "ref", value_name = "REF", default_value = "refs/notes/commits")]
+        notes_ref: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Run the node in the foreground (for systemd, launchd or a terminal)
+    Run {
+        /// Report readiness as the first line on stdout (used by auto-start)
+        #[arg(long, hide = true)]
+        notify_ready: bool,
+    },
+    /// Start the node in the background if it is not running
+    Start,
+    /// Stop the node gracefully
+    Stop,
+    /// Show whether the node runs, and the settings and peers it has
+    Status(JsonArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HooksCommand {
+    /// Install the post-commit hook (chaining any existing hook)
+    Install,
+    /// Remove the hook and restore what was there before
+    Uninstall,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NostrCommand {
+    /// Relays, connection state and pending events
+    Status(JsonArgs),
+}
+
+/// What every command gets: where it runs and where the node's files are.
+pub struct Ctx {
+    pub dir: PathBuf,
+    pub verbosity: u8,
+    paths: Option<Paths>,
+}
+
+impl Ctx {
+    pub fn paths(&self) -> anyhow::Result<&Paths> {
+        self.paths.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("cannot find a home directory: set HOME or XDG_DATA_HOME")
+        })
+    }
+
+    /// The repository the command runs in.
+    pub fn repo(&self) -> anyhow::Result<crate::git::RepoContext> {
+        Ok(crate::git::open(&self.dir)?)
+    }
+
+    /// A client of a running node, starting the node first if needed.
+    pub fn client(&self) -> anyhow::Result<crate::control::Client> {
+        Ok(crate::control::Client::connect_or_start(self.paths()?)?)
+    }
+}
+
+/// Parses the command line, runs the command, and turns the outcome into an exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    crate::logging::init_stderr(cli.verbose);
+    let dir = match &cli.dir {
+        Some(dir) => dir.clone(),
+        None => PathBuf::from("."),
+    };
+    let ctx = Ctx {
+        dir,
+        verbosity: cli.verbose,
+        paths: Paths::from_env().ok(),
+    };
+    let mut out = io::stdout().lock();
+    match run(&ctx, cli.command, &mut out) {
+        Ok(code) => code,
+        Err(e) => {
+            // A closed stdout (`git p2p log | head`) is not an error worth a message.
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
+            let _ = writeln!(io::stderr(), "git-p2p: error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, skipping a cause whose text the message already has
+/// (many of our errors quote their source, and anyhow would print it twice).
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut message = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    message.replace(['\n', '\r'], " ")
+}
+
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                return ExitCode::from(2);
+            }
+            ExitCode::SUCCESS
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("usage error");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            let _ = writeln!(
+                io::stderr(),
+                "git-p2p: error: {first} (see 'git p2p --help')"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(ctx: &Ctx, command: Command, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Init => init::run(ctx, out)?,
+        Command::Peers(args) => peers::run(ctx, args.json, out)?,
+        Command::Id(args) => id::run(ctx, &args, out)?,
+        Command::Daemon(cmd) => return daemon::run(ctx, cmd, out),
+        Command::Chat(_) => not_yet("chat")?,
+        Command::Announce(_) => not_yet("announce")?,
+        Command::Log(_) => not_yet("log")?,
+        Command::Kv(_) => not_yet("kv")?,
+        Command::Refs(_) => not_yet("refs")?,
+        Command::Notes(_) => not_yet("notes")?,
+        Command::Hooks(_) => not_yet("hooks")?,
+        Command::Nostr(_) => not_yet("nostr")?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn not_yet(command: &str) -> anyhow::Result<()> {
+    anyhow::bail!("'git p2p {command}' is not yet implemented")
+}
+
+/// The clap definition, for man page generation.
+pub fn command() -> clap::Command {
+    Cli::command()
+}

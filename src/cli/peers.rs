@@ -1,0 +1,53 @@
+//! `git p2p peers`: the peers the node is connected to.
+
+use std::io::Write;
+
+use super::Ctx;
+use crate::control::proto::{PeerInfo, Request, Response};
+
+pub fn run(ctx: &Ctx, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut client = ctx.client()?;
+    let Response::Peers { peers } = client.request(Request::Peers)? else {
+        anyhow::bail!("unexpected answer from the node");
+    };
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&peers)?)?;
+        return Ok(());
+    }
+    print_table(&peers, out)
+}
+
+fn print_table(peers: &[PeerInfo], out: &mut dyn Write) -> anyhow::Result<()> {
+    if peers.is_empty() {
+        writeln!(out, "no peers connected")?;
+        return Ok(());
+    }
+    let name_width = peers
+        .iter()
+        .map(|p| p.name.as_deref().unwrap_or("-").chars().count())
+        .max()
+        .unwrap_or(1)
+        .max(4);
+    writeln!(
+        out,
+        "{:<52}  {:<name_width$}  {:<5}  {:>9}  {:<5}  ADDRESS",
+        "PEER", "NAME", "VIA", "RTT", "REPOS"
+    )?;
+    for p in peers {
+        let rtt = p
+            .rtt_ms
+            .map(|ms| format!("{ms:.2} ms"))
+            .unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{:<52}  {:<name_width$}  {:<5}  {:>9}  {:<5}  {}",
+            p.peer_id,
+            p.name.as_deref().unwrap_or("-"),
+            p.transport,
+            rtt,
+            p.repos.len(),
+            p.addresses.first().map(String::as_str).unwrap_or("-"),
+        )?;
+    }
+    Ok(())
+}

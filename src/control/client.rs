@@ -1,0 +1,203 @@
+//! The blocking control client, and auto-start of the node when it is not running.
+//!
+//! Clients are short-lived processes (a CLI command, the post-commit hook): plain std I/O over the
+//! Unix socket, no async runtime, so a request costs about a millisecond. Auto-start takes a lock
+//! so that racing clients start exactly one node, and learns about readiness (or the node's start
+//! error) through a pipe on the child's stdout rather than by polling.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::proto::{self, DecodeError, Outcome, Request, RequestFrame, Response, MAX_FRAME};
+use crate::paths::{PathError, Paths};
+
+/// How long a request may wait for the node's answer before the client gives up.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long auto-start waits for a new node to say it is ready.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// After this long without a ready node, tell the user what is taking time.
+const START_PROGRESS_AFTER: Duration = Duration::from_secs(1);
+
+/// The first line a node started with `--notify-ready` writes to stdout.
+pub const READY_LINE: &str = "ready";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the node is not running (start it with: git p2p daemon start)")]
+    NotRunning,
+    #[error("cannot reach the node at {}: {source}", path.display())]
+    Connect {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
+    #[error("node failed to start: {0}")]
+    StartFailed(String),
+    #[error("lost connection to the node: {0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Protocol(#[from] DecodeError),
+    #[error("{0}")]
+    Node(String),
+    #[error(transparent)]
+    Paths(#[from] PathError),
+}
+
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_id: u64,
+}
+
+impl Client {
+    /// Connects to a running node; never starts one.
+    pub fn connect(paths: &Paths) -> Result<Self, ClientError> {
+        let path = paths.socket();
+        let stream = UnixStream::connect(&path).map_err(|source| match source.kind() {
+            // No socket file, or a stale one left by a dead node: nobody is listening.
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning,
+            _ => ClientError::Connect {
+                path: path.clone(),
+                source,
+            },
+        })?;
+        stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+        stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+        let writer = stream.try_clone()?;
+        Ok(Self {
+            reader: BufReader::new(stream),
+            writer,
+            next_id: 1,
+        })
+    }
+
+    /// Connects to the node, starting it (detached) first if it is not running.
+    pub fn connect_or_start(paths: &Paths) -> Result<Self, ClientError> {
+        match Self::connect(paths) {
+            Err(ClientError::NotRunning) => {}
+            other => return other,
+        }
+        paths.ensure()?;
+        let lock = File::create(paths.start_lock())?;
+        lock.lock()?;
+        // Whoever held the lock before us may have started the node already.
+        match Self::connect(paths) {
+            Err(ClientError::NotRunning) => {}
+            other => return other,
+        }
+        start_node()?;
+        drop(lock);
+        Self::connect(paths)
+    }
+
+    /// Sends one request and waits for its answer.
+    pub fn request(&mut self, req: Request) -> Result<Response, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.writer
+            .write_all(&proto::encode(&RequestFrame::new(id, req)))?;
+        let line = self.read_line()?;
+        let frame = proto::decode_response(&line)?;
+        if frame.id != id {
+            return Err(DecodeError::Malformed(format!(
+                "answer to request {} while waiting for {id}",
+                frame.id
+            ))
+            .into());
+        }
+        match frame.outcome {
+            Outcome::Ok(response) => Ok(response),
+            Outcome::Error(message) => Err(ClientError::Node(message)),
+        }
+    }
+
+    fn read_line(&mut self) -> Result<Vec<u8>, ClientError> {
+        let mut line = Vec::new();
+        let n = (&mut self.reader)
+            .take(MAX_FRAME as u64 + 1)
+            .read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the node closed the connection",
+            )
+            .into());
+        }
+        if line.last() != Some(&b'\n') {
+            return Err(DecodeError::TooLong(line.len()).into());
+        }
+        line.pop();
+        Ok(line)
+    }
+}
+
+/// Spawns `git-p2p daemon run --notify-ready` in a new session and waits for its first line.
+fn start_node() -> Result<(), ClientError> {
+    let exe = std::env::current_exe()?;
+    let mut command = Command::new(exe);
+    command
+        .args(["daemon", "run", "--notify-ready"])
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe; it detaches the node from our terminal and process
+    // group so that Ctrl-C in the shell that ran the client does not kill the node.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| ClientError::StartFailed(format!("cannot run git-p2p: {e}")))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| ClientError::StartFailed("no pipe to the node".into()))?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let result = BufReader::new(stdout)
+            .take(4096)
+            .read_line(&mut line)
+            .map(|_| line);
+        let _ = tx.send(result);
+    });
+    let answer = match rx.recv_timeout(START_PROGRESS_AFTER) {
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            eprintln!("git-p2p: starting the node...");
+            rx.recv_timeout(START_TIMEOUT - START_PROGRESS_AFTER)
+        }
+        other => other,
+    };
+    let line = match answer {
+        Ok(Ok(line)) => line,
+        Ok(Err(e)) => return Err(ClientError::StartFailed(e.to_string())),
+        Err(_) => {
+            return Err(ClientError::StartFailed(format!(
+                "no answer within {}s (see the node's log file)",
+                START_TIMEOUT.as_secs()
+            )))
+        }
+    };
+    let line = line.trim_end();
+    if line == READY_LINE {
+        return Ok(());
+    }
+    // The node exits on a start error; reap it so it does not linger as a zombie.
+    let _ = child.wait();
+    let reason = line.strip_prefix("error: ").unwrap_or(line);
+    Err(ClientError::StartFailed(if reason.is_empty() {
+        "the node exited during start-up".into()
+    } else {
+        reason.into()
+    }))
+}

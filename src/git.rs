@@ -1,0 +1,590 @@
+//! Everything git-p2p needs to know about the local repository (identity, room, HEAD, user); the only module that talks to gix.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use gix::bstr::ByteSlice;
+use gix::ObjectId;
+
+/// Failures when inspecting the repository; messages are shown to the user as-is.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("not a git repository (run inside a repo or pass -C DIR): {}", dir.display())]
+    NotARepo { dir: PathBuf },
+    #[error(
+        "this repository has no commit yet: commit first, its root commit names the repository"
+    )]
+    EmptyRepo,
+    #[error("{0}")]
+    Git(String),
+}
+
+/// Wraps a gix error with what we were doing; gix errors may span lines, the user gets one.
+fn ctx<E: fmt::Display>(context: &str) -> impl FnOnce(E) -> GitError + '_ {
+    move |err| GitError::Git(format!("{context}: {}", err.to_string().replace('\n', " ")))
+}
+
+/// Names a repository across peers: the hex id of its root commit, which every clone shares.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RepoId(String);
+
+impl RepoId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Enough to tell repositories apart in logs and prompts (construction guarantees 40+ ASCII chars).
+    pub fn short(&self) -> &str {
+        &self.0[..12]
+    }
+}
+
+impl TryFrom<&str> for RepoId {
+    type Error = GitError;
+
+    fn try_from(s: &str) -> Result<Self, GitError> {
+        let valid_len = s.len() == 40 || s.len() == 64;
+        if valid_len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            Ok(RepoId(s.to_owned()))
+        } else {
+            Err(GitError::Git(format!(
+                "invalid repository id (want 40 or 64 lowercase hex digits): {s:?}"
+            )))
+        }
+    }
+}
+
+impl fmt::Display for RepoId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A snapshot of the repository state git-p2p works with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoContext {
+    pub git_dir: PathBuf,
+    pub workdir: Option<PathBuf>,
+    pub repo_id: RepoId,
+    pub room_name: String,
+    pub head_commit: String,
+    pub branch: Option<String>,
+    pub user_name: Option<String>,
+    pub remote_urls: Vec<String>,
+}
+
+impl RepoContext {
+    pub fn is_bare(&self) -> bool {
+        self.workdir.is_none()
+    }
+}
+
+/// Discovers the repository containing `dir` (searching upwards like git) and reads its context.
+pub fn open(dir: &Path) -> Result<RepoContext, GitError> {
+    open_with(dir, None)
+}
+
+/// `options` lets tests shut out the user's and system's config; production uses gix's trust-based defaults.
+fn open_with(dir: &Path, options: Option<gix::open::Options>) -> Result<RepoContext, GitError> {
+    // An absolute start keeps git_dir/workdir absolute, so `-C .` still yields a directory name.
+    let start = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let repo = match options {
+        None => gix::discover(&start),
+        Some(options) => gix::discover_opts(&start, Default::default(), options),
+    };
+    let repo = repo.map_err(|err| {
+        use gix::discover::upwards::Error as E;
+        match err.downcast_any_ref::<E>() {
+            Some(
+                E::NoGitRepository { .. }
+                | E::NoGitRepositoryWithinCeiling { .. }
+                | E::NoGitRepositoryWithinFs { .. },
+            ) => GitError::NotARepo {
+                dir: dir.to_path_buf(),
+            },
+            _ => ctx(&format!("cannot open repository at {}", dir.display()))(err),
+        }
+    })?;
+
+    let head = repo.head().map_err(ctx("cannot read HEAD"))?;
+    if head.is_unborn() {
+        return Err(GitError::EmptyRepo);
+    }
+    let branch = (!head.is_detached())
+        .then(|| head.referent_name().map(|n| n.shorten().to_string()))
+        .flatten();
+    let head_commit = repo
+        .head_commit()
+        .map_err(ctx("cannot resolve HEAD to a commit"))?;
+    let head_parents: Vec<ObjectId> = head_commit.parent_ids().map(|id| id.detach()).collect();
+    let repo_id = root_commit(&repo, head_commit.id, &head_parents)?;
+
+    let git_dir = repo.git_dir().to_path_buf();
+    let workdir = repo.workdir().map(Path::to_path_buf);
+    let config = repo.config_snapshot();
+    let user_name = ["p2p.name", "user.name"]
+        .iter()
+        .filter_map(|key| config.string(*key))
+        .map(|v| v.to_str_lossy().trim().to_owned())
+        .find(|v| !v.is_empty());
+
+    let mut names: Vec<_> = repo.remote_names().into_iter().collect();
+    // `origin` names the room, so callers get it first; the rest stay sorted.
+    names.sort_by_key(|n| n != "origin");
+    let urls = names.iter().filter_map(|name| {
+        let urls = config
+            .plumbing()
+            .strings_by("remote", Some(name.as_bstr()), "url");
+        // git fetches from the first configured url; later ones are push-only mirrors.
+        let url = urls?.into_iter().next()?.to_str_lossy().into_owned();
+        Some((name == "origin", url))
+    });
+    let urls: Vec<(bool, String)> = urls.collect();
+    let room_name = match urls.first() {
+        Some((true, origin)) => normalize_remote_url(origin),
+        _ => dir_room_name(workdir.as_deref().unwrap_or(&git_dir)),
+    };
+    let remote_urls = urls.into_iter().map(|(_, url)| url).collect();
+
+    Ok(RepoContext {
+        git_dir,
+        workdir,
+        repo_id,
+        room_name,
+        head_commit: head_commit.id.to_string(),
+        branch,
+        user_name,
+        remote_urls,
+    })
+}
+
+fn dir_room_name(dir: &Path) -> String {
+    let name = dir.file_name().unwrap_or(dir.as_os_str()).to_string_lossy();
+    let stem = name.strip_suffix(".git").filter(|s| !s.is_empty());
+    stem.unwrap_or(&name).to_owned()
+}
+
+/// The user's git configuration outside any repository (system, global and `GIT_CONFIG_*`
+/// overrides): what the per-user node reads its `p2p.*` settings from.
+pub struct GlobalConfig(gix::config::File);
+
+impl GlobalConfig {
+    pub fn load() -> Result<Self, String> {
+        let mut file = gix::config::File::from_globals().map_err(|e| e.to_string())?;
+        let overrides =
+            gix::config::File::from_environment_overrides().map_err(|e| e.to_string())?;
+        file.append(overrides).map_err(|e| e.to_string())?;
+        Ok(Self(file))
+    }
+}
+
+impl crate::config::ConfigSource for GlobalConfig {
+    fn get_all(&self, key: &str) -> Vec<String> {
+        self.0
+            .strings(key)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.to_string())
+            .collect()
+    }
+}
+
+/// Turns any spelling of a remote URL into a stable room name, so that clones over
+/// https, ssh or scp-like syntax of the same project meet in the same room.
+pub fn normalize_remote_url(url: &str) -> String {
+    let url = url.trim();
+    let scheme_end = url.find("://").filter(|&i| {
+        i > 0
+            && url[..i]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    });
+    let (authority, path) = match scheme_end {
+        Some(i) if url[..i].eq_ignore_ascii_case("file") => return local_path_name(&url[i + 3..]),
+        Some(i) => {
+            let rest = &url[i + 3..];
+            rest.split_once('/').unwrap_or((rest, ""))
+        }
+        None => {
+            let colon = url.find(':');
+            let slash = url.find('/');
+            match colon {
+                // scp-like `[user@]host:path`; a one-letter "host" is a Windows drive.
+                Some(c) if c > 1 && slash.is_none_or(|s| c < s) => (&url[..c], &url[c + 1..]),
+                _ => return local_path_name(url),
+            }
+        }
+    };
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let mut out = host.to_ascii_lowercase();
+    let path = trim_repo_suffix(path.trim_start_matches('/'));
+    if !path.is_empty() {
+        out.push('/');
+        out.push_str(path);
+    }
+    out
+}
+
+fn trim_repo_suffix(path: &str) -> &str {
+    let path = path.trim_end_matches('/');
+    path.strip_suffix(".git")
+        .unwrap_or(path)
+        .trim_end_matches('/')
+}
+
+fn local_path_name(path: &str) -> String {
+    let trimmed = path.trim_end_matches(['/', '\\']);
+    let last = trimmed.rsplit(['/', '\\']).next().unwrap_or(trimmed);
+    match last.strip_suffix(".git").unwrap_or(last) {
+        "" => path.to_owned(),
+        name => name.to_owned(),
+    }
+}
+
+const CACHE_FILE: &str = "root-cache";
+
+/// Finds the repository id, using the cache so a post-commit hook does not walk all of history.
+fn root_commit(
+    repo: &gix::Repository,
+    head: ObjectId,
+    head_parents: &[ObjectId],
+) -> Result<RepoId, GitError> {
+    let cache_path = repo.git_dir().join("p2p").join(CACHE_FILE);
+    if let Some((cached_commit, root)) = read_cache(&cache_path) {
+        if cached_commit == head {
+            return Ok(root);
+        }
+        // One new commit on top of the cached one cannot add a root, so its root carries over.
+        if head_parents == [cached_commit] {
+            write_cache(&cache_path, head, &root);
+            return Ok(root);
+        }
+    }
+    let root = walk_for_root(repo, head)?;
+    write_cache(&cache_path, head, &root);
+    Ok(root)
+}
+
+fn walk_for_root(repo: &gix::Repository, head: ObjectId) -> Result<RepoId, GitError> {
+    let walk = repo
+        .rev_walk([head])
+        .all()
+        .map_err(ctx("cannot walk history"))?;
+    let mut best: Option<(i64, ObjectId)> = None;
+    for info in walk {
+        let info = info.map_err(ctx("cannot walk history"))?;
+        if info.parent_ids.is_empty() {
+            let time = repo.find_commit(info.id).and_then(|c| c.time());
+            let time = time.map_err(ctx("cannot read root commit"))?;
+            let candidate = (time.seconds, info.id);
+            // Oldest committer time wins; the id breaks ties so every peer picks the same root.
+            if best.is_none_or(|b| candidate < b) {
+                best = Some(candidate);
+            }
+        }
+    }
+    let Some((_, id)) = best else {
+        // A shallow clone cuts history above the root; naming the repo after the cut would split its peers.
+        return Err(GitError::Git(match repo.is_shallow() {
+            Ok(true) => "shallow clone: the root commit naming the repository is missing (run git fetch --unshallow)".into(),
+            _ => "history reachable from HEAD has no root commit".into(),
+        }));
+    };
+    RepoId::try_from(id.to_string().as_str())
+}
+
+fn read_cache(path: &Path) -> Option<(ObjectId, RepoId)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (commit, root) = text.strip_suffix('\n')?.split_once(' ')?;
+    let commit = ObjectId::from_hex(commit.as_bytes()).ok()?;
+    Some((commit, RepoId::try_from(root).ok()?))
+}
+
+/// Best effort: a read-only repository just pays for the walk next time.
+fn write_cache(path: &Path, commit: ObjectId, root: &RepoId) {
+    let Some(dir) = path.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    // Rename is atomic, so a concurrent reader never sees a half-written line.
+    let tmp = dir.join(format!("{CACHE_FILE}.{}.tmp", std::process::id()));
+    let written = std::fs::write(&tmp, format!("{commit} {root}\n"))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// A temp dir holding repositories plus a private global git config, so neither the
+    /// developer's config nor other tests leak in (process env is never touched).
+    struct Sandbox(tempfile::TempDir);
+
+    impl Sandbox {
+        fn new() -> Self {
+            let tmp = tempfile::tempdir().unwrap();
+            let config = "[user]\nname = G\nemail = g@x\n[init]\ndefaultBranch = main\n";
+            std::fs::write(tmp.path().join("gitconfig"), config).unwrap();
+            Sandbox(tmp)
+        }
+
+        fn path(&self, rel: &str) -> PathBuf {
+            self.0.path().join(rel)
+        }
+
+        fn run(&self, cwd: &Path, date: Option<&str>, args: &[&str]) -> String {
+            let dates = date.map(|d| [("GIT_COMMITTER_DATE", d), ("GIT_AUTHOR_DATE", d)]);
+            let mut cmd = Command::new("git");
+            cmd.current_dir(cwd)
+                .args(args)
+                .envs(dates.into_iter().flatten());
+            cmd.env("GIT_CONFIG_GLOBAL", self.path("gitconfig"))
+                .env("HOME", self.0.path());
+            cmd.env("GIT_CONFIG_NOSYSTEM", "1")
+                .env_remove("GIT_DIR")
+                .env_remove("GIT_WORK_TREE");
+            let out = cmd.output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "git {args:?} failed: {stderr}");
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        }
+
+        /// `args` split on whitespace, for the common case without spaces in arguments.
+        fn git(&self, cwd: &Path, args: &str) -> String {
+            self.run(cwd, None, &args.split_whitespace().collect::<Vec<_>>())
+        }
+
+        fn init(&self, name: &str) -> PathBuf {
+            let dir = self.path(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            self.git(&dir, "init -q");
+            dir
+        }
+
+        fn commit(&self, repo: &Path, date: Option<&str>) -> String {
+            self.run(repo, date, &["commit", "-q", "--allow-empty", "-m", "msg"]);
+            self.git(repo, "rev-parse HEAD")
+        }
+    }
+
+    fn open_isolated(dir: &Path) -> Result<RepoContext, GitError> {
+        open_with(dir, Some(gix::open::Options::isolated()))
+    }
+
+    fn fresh_walk(dir: &Path) -> RepoId {
+        let repo = gix::open_opts(dir, gix::open::Options::isolated()).unwrap();
+        let head = repo.head_id().unwrap().detach();
+        walk_for_root(&repo, head).unwrap()
+    }
+
+    fn cache_of(ctx: &RepoContext) -> PathBuf {
+        ctx.git_dir.join("p2p").join(CACHE_FILE)
+    }
+
+    #[test]
+    fn single_root_branch_subdirectory_and_detached_head() {
+        let sb = Sandbox::new();
+        let repo = sb.init("proj");
+        let root = sb.commit(&repo, None);
+        sb.commit(&repo, None);
+        let ctx = open_isolated(&repo).unwrap();
+        assert_eq!(ctx.repo_id.as_str(), root);
+        assert_eq!(ctx.head_commit, sb.git(&repo, "rev-parse HEAD"));
+        let branch = sb.git(&repo, "symbolic-ref --short HEAD");
+        assert_eq!(ctx.branch.as_deref(), Some(branch.as_str()));
+        assert_eq!((&*ctx.room_name, ctx.user_name.as_deref()), ("proj", None));
+        assert!(ctx.remote_urls.is_empty() && !ctx.is_bare());
+
+        let sub = repo.join("a/b");
+        std::fs::create_dir_all(&sub).unwrap();
+        assert_eq!(open_isolated(&sub).unwrap(), ctx);
+
+        sb.git(&repo, "checkout -q --detach HEAD~1");
+        let detached = open_isolated(&repo).unwrap();
+        assert_eq!(detached.branch, None);
+        assert_eq!(detached.head_commit, root);
+        assert_eq!(detached.repo_id.as_str(), root);
+    }
+
+    /// Merges two unrelated histories whose roots are committed at the given times.
+    fn merged_roots(main_date: &str, other_date: &str) -> (Sandbox, PathBuf, [String; 2]) {
+        let sb = Sandbox::new();
+        let repo = sb.init("merged");
+        let main_root = sb.commit(&repo, Some(main_date));
+        sb.git(&repo, "checkout -q --orphan other");
+        let other_root = sb.commit(&repo, Some(other_date));
+        sb.git(&repo, "checkout -q main");
+        sb.git(&repo, "merge -q --allow-unrelated-histories -m merge other");
+        (sb, repo, [main_root, other_root])
+    }
+
+    #[test]
+    fn several_roots_oldest_then_smallest_id_wins() {
+        let (_sb, repo, [_, other]) = merged_roots("@1700000000 +0000", "@1600000000 +0000");
+        assert_eq!(open_isolated(&repo).unwrap().repo_id.as_str(), other);
+
+        let (_sb, repo, roots) = merged_roots("@1600000000 +0000", "@1600000000 +0000");
+        let smallest = roots.iter().min().unwrap();
+        assert_eq!(open_isolated(&repo).unwrap().repo_id.as_str(), smallest);
+    }
+
+    #[test]
+    fn empty_repo_and_not_a_repo() {
+        let sb = Sandbox::new();
+        let repo = sb.init("empty");
+        assert!(matches!(open_isolated(&repo), Err(GitError::EmptyRepo)));
+
+        let plain = sb.path("plain");
+        std::fs::create_dir_all(&plain).unwrap();
+        let err = open_isolated(&plain).unwrap_err();
+        assert!(
+            matches!(&err, GitError::NotARepo { dir } if dir == &plain),
+            "{err:?}"
+        );
+        assert!(err.to_string().starts_with("not a git repository"));
+    }
+
+    #[test]
+    fn bare_clone_has_same_id_shallow_clone_is_refused() {
+        let sb = Sandbox::new();
+        let src = sb.init("src");
+        let root = sb.commit(&src, None);
+        sb.commit(&src, None);
+        sb.git(sb.0.path(), "clone -q --bare src dst.git");
+        let bare = sb.path("dst.git");
+        let ctx = open_isolated(&bare).unwrap();
+        assert!(ctx.is_bare() && ctx.workdir.is_none());
+        assert_eq!(ctx.repo_id.as_str(), root);
+        // The clone's origin is the local source path.
+        assert_eq!(ctx.room_name, "src");
+        sb.git(&bare, "remote remove origin");
+        assert_eq!(open_isolated(&bare).unwrap().room_name, "dst");
+
+        sb.git(
+            sb.0.path(),
+            &format!("clone -q --depth 1 file://{} shallow", src.display()),
+        );
+        let err = open_isolated(&sb.path("shallow")).unwrap_err();
+        assert!(err.to_string().contains("git fetch --unshallow"), "{err}");
+    }
+
+    #[test]
+    fn cache_hit_for_child_commit_and_malformed_cache() {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+        let sb = Sandbox::new();
+        let repo = sb.init("c");
+        let c1 = sb.commit(&repo, None);
+        let cache = cache_of(&open_isolated(&repo).unwrap());
+        assert_eq!(read(&cache), format!("{c1} {c1}\n"));
+
+        // A planted root only comes back if the cache, not a walk, answered.
+        let planted = "ab".repeat(20);
+        std::fs::write(&cache, format!("{c1} {planted}\n")).unwrap();
+        let c2 = sb.commit(&repo, None);
+        assert_eq!(open_isolated(&repo).unwrap().repo_id.as_str(), planted);
+        assert_eq!(read(&cache), format!("{c2} {planted}\n"));
+
+        // Malformed caches are ignored; the walk's answer replaces them.
+        for junk in ["garbage", "", "zz zz\n", &format!("{c2} {c1}")] {
+            std::fs::write(&cache, junk).unwrap();
+            assert_eq!(open_isolated(&repo).unwrap().repo_id.as_str(), c1);
+            assert_eq!(read(&cache), format!("{c2} {c1}\n"));
+        }
+    }
+
+    #[test]
+    fn cache_never_hides_a_new_root() {
+        let sb = Sandbox::new();
+        let repo = sb.init("o");
+        sb.commit(&repo, None);
+        sb.commit(&repo, None);
+        open_isolated(&repo).unwrap();
+        sb.git(&repo, "checkout -q --orphan fresh");
+        let new_root = sb.commit(&repo, None);
+        let ctx = open_isolated(&repo).unwrap();
+        assert_eq!(ctx.repo_id.as_str(), new_root);
+        assert_eq!(ctx.repo_id, fresh_walk(&repo));
+        sb.commit(&repo, None);
+        assert_eq!(open_isolated(&repo).unwrap().repo_id, fresh_walk(&repo));
+        sb.git(&repo, "checkout -q main");
+        assert_eq!(open_isolated(&repo).unwrap().repo_id, fresh_walk(&repo));
+    }
+
+    #[test]
+    fn remotes_and_room_from_origin() {
+        let sb = Sandbox::new();
+        let repo = sb.init("r");
+        sb.commit(&repo, None);
+        sb.git(&repo, "remote add backup git@x.org:y/z.git");
+        sb.git(&repo, "remote add origin https://GitHub.com/Foo/Bar.git");
+        sb.git(&repo, "remote add aaa /srv/git/a.git");
+        let ctx = open_isolated(&repo).unwrap();
+        assert_eq!(ctx.room_name, "github.com/Foo/Bar");
+        // origin first, then the others in name order (aaa, backup).
+        let want = [
+            "https://GitHub.com/Foo/Bar.git",
+            "/srv/git/a.git",
+            "git@x.org:y/z.git",
+        ];
+        assert_eq!(ctx.remote_urls, want);
+    }
+
+    #[test]
+    fn user_name_prefers_p2p_name() {
+        let sb = Sandbox::new();
+        let repo = sb.init("u");
+        sb.commit(&repo, None);
+        let name_after = |key: &str, value: &str| {
+            sb.run(&repo, None, &["config", key, value]);
+            open_isolated(&repo).unwrap().user_name
+        };
+        assert_eq!(name_after("user.name", "Alice").as_deref(), Some("Alice"));
+        assert_eq!(name_after("p2p.name", "  Bob  ").as_deref(), Some("Bob"));
+        assert_eq!(name_after("p2p.name", "  ").as_deref(), Some("Alice"));
+        assert_eq!(name_after("user.name", ""), None);
+    }
+
+    #[test]
+    fn normalize_remote_url_examples() {
+        let cases = [
+            ("https://github.com/Foo/Bar.git", "github.com/Foo/Bar"),
+            ("git@github.com:foo/bar.git", "github.com/foo/bar"),
+            ("ssh://git@host.xz:2222/a/b/", "host.xz:2222/a/b"),
+            ("/srv/git/proj.git", "proj"),
+            ("/srv/git/proj.git/", "proj"),
+            ("../rel/proj", "proj"),
+            ("file:///srv/git/proj.git", "proj"),
+            ("git://Example.COM/x/y.git/", "example.com/x/y"),
+            ("https://user:pass@GitLab.com/g/p", "gitlab.com/g/p"),
+            ("http://host/", "host"),
+            ("git+ssh://me@Host/p.git", "host/p"),
+            ("Host.xz:~user/repo.git", "host.xz/~user/repo"),
+            ("  https://github.com/a/b.git\n", "github.com/a/b"),
+            ("C:\\src\\proj.git", "proj"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(normalize_remote_url(input), want, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn repo_id_validation() {
+        let sha1 = "0123456789abcdef0123456789abcdef01234567";
+        let id = RepoId::try_from(sha1).unwrap();
+        assert_eq!(id.to_string(), sha1);
+        assert_eq!(id.short(), "0123456789ab");
+        assert!(RepoId::try_from("ab".repeat(32).as_str()).is_ok());
+        let bad = [
+            sha1.to_uppercase(),
+            format!("{sha1}0"),
+            sha1.replace('0', "g"),
+        ];
+        for bad in bad.iter().map(String::as_str).chain(["", "0123"]) {
+            assert!(RepoId::try_from(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! git-p2p: peer-to-peer collaboration for git repositories. See ARCHITECTURE.md for the map.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod git;
+pub mod identity;
+pub mod logging;
+pub mod man;
+pub mod node;
+pub mod paths;
+pub mod proto;
+pub mod store;

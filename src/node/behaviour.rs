@@ -1,0 +1,124 @@
+//! The libp2p behaviour of a node: which protocols it speaks and how each is tuned.
+
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use libp2p::kad::store::MemoryStore;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{gossipsub, identify, kad, mdns, ping, StreamProtocol};
+
+use crate::config::{DhtMode, NodeConfig};
+
+/// Our Kademlia protocol: a private DHT, never mixed with the public IPFS one.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/git-p2p/kad/1.0.0");
+/// Identify's protocol version string; peers that speak another one are not git-p2p nodes.
+pub const IDENTIFY_PROTOCOL: &str = "/git-p2p/1.0.0";
+/// Largest gossip message; announcements and chat lines are far smaller.
+pub const MAX_GOSSIP_MESSAGE: usize = 64 * 1024;
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub gossipsub: gossipsub::Behaviour,
+    pub kad: kad::Behaviour<MemoryStore>,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// The identify agent string: carries the display name, so `peers` can show who is who.
+pub fn agent_string(name: Option<&str>) -> String {
+    match name {
+        Some(name) => format!("git-p2p/{} name={name}", env!("CARGO_PKG_VERSION")),
+        None => format!("git-p2p/{}", env!("CARGO_PKG_VERSION")),
+    }
+}
+
+/// The display name in a peer's agent string, if it is a git-p2p agent that carries one.
+pub fn name_from_agent(agent: &str) -> Option<String> {
+    let rest = agent.strip_prefix("git-p2p/")?;
+    let (_, name) = rest.split_once(" name=")?;
+    crate::config::sanitize_name(name)
+}
+
+impl Behaviour {
+    pub fn new(key: &Keypair, config: &NodeConfig) -> Result<Self, String> {
+        let peer_id = key.public().to_peer_id();
+
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+                .with_agent_version(agent_string(config.name.as_deref()))
+                .with_push_listen_addr_updates(true),
+        );
+
+        let ping = ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(10)));
+
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            // The default 5 s initial delay sometimes postpones mesh formation by 5 s.
+            .heartbeat_initial_delay(Duration::from_millis(500))
+            .heartbeat_interval(Duration::from_secs(1))
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .max_transmit_size(MAX_GOSSIP_MESSAGE)
+            .build()
+            .map_err(|e| format!("gossipsub config: {e}"))?;
+        let gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossip_config,
+        )
+        .map_err(|e| format!("gossipsub: {e}"))?;
+
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        kad_config.set_query_timeout(Duration::from_secs(30));
+        let mut kad = kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_config);
+        // Left alone, Kademlia stays a client until it has a confirmed external address, which
+        // never happens on a LAN or on loopback: nobody would then answer queries.
+        kad.set_mode(Some(match config.dht_mode {
+            DhtMode::Server => kad::Mode::Server,
+            DhtMode::Client => kad::Mode::Client,
+        }));
+
+        let mdns = if config.mdns {
+            let mdns_config = mdns::Config {
+                query_interval: config.mdns_interval,
+                ..Default::default()
+            };
+            Some(
+                mdns::tokio::Behaviour::new(mdns_config, peer_id)
+                    .map_err(|e| format!("mDNS: {e}"))?,
+            )
+        } else {
+            None
+        };
+
+        Ok(Self {
+            identify,
+            ping,
+            gossipsub,
+            kad,
+            mdns: Toggle::from(mdns),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_travel_in_the_agent_string() {
+        assert_eq!(
+            name_from_agent(&agent_string(Some("Alice Liddell"))).as_deref(),
+            Some("Alice Liddell")
+        );
+        assert_eq!(name_from_agent(&agent_string(None)), None);
+        assert_eq!(
+            name_from_agent("rust-libp2p/0.1 name=Mallory"),
+            None,
+            "only our own agents carry names"
+        );
+        assert_eq!(
+            name_from_agent("git-p2p/9 name=\u{1b}[2J\u{7}Eve").as_deref(),
+            Some("[2JEve")
+        );
+    }
+}

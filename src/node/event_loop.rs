@@ -1,0 +1,375 @@
+//! The event loop: the only owner of the Swarm. It reacts to swarm events, control commands and
+//! a maintenance tick, one at a time.
+//!
+//! States: Running -> (Shutdown command, SIGTERM or SIGINT) -> Stopping, where it replies to the
+//! command, drops the swarm (closing connections) and returns; the store is flushed on drop.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use libp2p::futures::StreamExt;
+use libp2p::gossipsub::TopicHash;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{gossipsub, identify, kad, mdns, ping, Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot};
+
+use super::behaviour::{
+    name_from_agent, Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, KAD_PROTOCOL,
+};
+use super::peers::{PeerTable, Redial};
+use crate::control::proto::{ConfigInForce, NodeStatus, Outcome, RepoInfo, Request, Response};
+use crate::store::Store;
+
+/// How often the loop looks for peers to redial.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+/// Kademlia bootstrap (a self-lookup that discovers peers near us) at most this often when
+/// triggered by new peers; Kademlia also bootstraps by itself every 5 minutes.
+const KAD_BOOTSTRAP_MIN_INTERVAL: Duration = Duration::from_secs(5);
+/// Beyond this many connected peers we stop dialling peers that Kademlia or mDNS tell us about.
+const TARGET_PEERS: usize = 50;
+/// How many address-book peers are dialled at start.
+const ADDRESS_BOOK_DIALS: usize = 50;
+
+/// A control request with the channel its answer goes back on.
+pub struct Command {
+    pub req: Request,
+    pub reply: oneshot::Sender<Outcome>,
+}
+
+/// What the node says about itself that does not change while it runs.
+pub struct NodeInfo {
+    pub npub: String,
+    pub name: Option<String>,
+    pub data_dir: String,
+    pub socket: String,
+    pub log_file: String,
+    pub started_at: u64,
+    pub config: ConfigInForce,
+}
+
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    store: Store,
+    info: NodeInfo,
+    peers: PeerTable,
+    redial: Redial,
+    bootstrap_peers: HashSet<PeerId>,
+    repos: Vec<RepoInfo>,
+    /// Each registered repo's marker topic, to tell which repos a peer shares with us.
+    repo_topics: Vec<(TopicHash, String)>,
+    last_kad_bootstrap: Option<Instant>,
+}
+
+impl EventLoop {
+    pub fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        store: Store,
+        info: NodeInfo,
+        bootstrap: &[crate::config::Bootstrap],
+    ) -> Self {
+        let mut this = Self {
+            swarm,
+            commands,
+            store,
+            info,
+            peers: PeerTable::default(),
+            redial: Redial::default(),
+            bootstrap_peers: bootstrap.iter().map(|b| b.peer_id).collect(),
+            repos: Vec::new(),
+            repo_topics: Vec::new(),
+            last_kad_bootstrap: None,
+        };
+        let now = Instant::now();
+        for b in bootstrap {
+            this.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&b.peer_id, b.addr.clone());
+            this.redial.learn(b.peer_id, [b.addr.clone()], now);
+        }
+        match this.store.known_peers() {
+            Ok(known) => {
+                for (peer, entry) in known.into_iter().take(ADDRESS_BOOK_DIALS) {
+                    let Ok(peer) = peer.parse::<PeerId>() else {
+                        continue;
+                    };
+                    let addrs: Vec<Multiaddr> =
+                        entry.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                    this.redial.learn(peer, addrs, now);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the address book"),
+        }
+        match this.store.repos() {
+            Ok(repos) => {
+                for repo in repos {
+                    this.join_repo(repo);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read registered repos"),
+        }
+        this
+    }
+
+    pub fn local_peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// Runs until a shutdown command or `stop` resolves.
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut stop => {
+                    tracing::info!("signal received, stopping");
+                    break;
+                }
+                command = self.commands.recv() => {
+                    let Some(Command { req, reply }) = command else { break };
+                    let stopping = matches!(req, Request::Shutdown);
+                    let outcome = self.handle_request(req);
+                    let _ = reply.send(outcome);
+                    if stopping {
+                        tracing::info!("shutdown requested, stopping");
+                        break;
+                    }
+                }
+                event = self.swarm.select_next_some() => self.handle_swarm_event(event),
+                _ = tick.tick() => self.maintain(),
+            }
+        }
+    }
+
+    fn handle_request(&mut self, req: Request) -> Outcome {
+        match req {
+            Request::Status => Outcome::Ok(Response::Status(Box::new(self.status()))),
+            Request::Peers => Outcome::Ok(Response::Peers {
+                peers: self.peers.snapshot(Instant::now(), &self.repo_topics),
+            }),
+            Request::RegisterRepo { repo } => {
+                if let Err(e) = self.store.add_repo(&repo) {
+                    return Outcome::Error(format!("cannot register the repo: {e}"));
+                }
+                self.join_repo(repo);
+                Outcome::Ok(Response::Done)
+            }
+            Request::Shutdown => Outcome::Ok(Response::Done),
+        }
+    }
+
+    fn status(&self) -> NodeStatus {
+        let mut listen_addrs: Vec<String> = self.swarm.listeners().map(|a| a.to_string()).collect();
+        listen_addrs.sort();
+        NodeStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol: crate::control::proto::PROTOCOL_VERSION,
+            pid: std::process::id(),
+            peer_id: self.local_peer_id().to_string(),
+            npub: self.info.npub.clone(),
+            name: self.info.name.clone(),
+            data_dir: self.info.data_dir.clone(),
+            socket: self.info.socket.clone(),
+            log_file: self.info.log_file.clone(),
+            listen_addrs,
+            started_at: self.info.started_at,
+            connected_peers: self.peers.len(),
+            known_peers: self.redial.len(),
+            repos: self.repos.clone(),
+            config: self.info.config.clone(),
+        }
+    }
+
+    fn join_repo(&mut self, repo: RepoInfo) {
+        if self.repos.iter().any(|r| r.id == repo.id) {
+            return;
+        }
+        let topic = crate::proto::topic::commits(&repo.id);
+        if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
+            tracing::warn!(repo = %repo.id, error = %e, "cannot subscribe to the repo's topic");
+        }
+        self.repo_topics.push((topic.hash(), repo.id.clone()));
+        self.repos.push(repo);
+    }
+
+    fn maintain(&mut self) {
+        let now = Instant::now();
+        let peers = &self.peers;
+        for (peer, addrs) in self.redial.due(now, |p| peers.is_connected(p)) {
+            tracing::debug!(%peer, ?addrs, "dialling");
+            self.dial(peer, addrs);
+        }
+    }
+
+    fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        // A new port per dial: when two nodes dial each other at once with port reuse, the two
+        // attempts merge and both handshakes fail.
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .allocate_new_port()
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "dial not started");
+        }
+    }
+
+    fn maybe_kad_bootstrap(&mut self) {
+        let now = Instant::now();
+        if self
+            .last_kad_bootstrap
+            .is_some_and(|t| now.duration_since(t) < KAD_BOOTSTRAP_MIN_INTERVAL)
+        {
+            return;
+        }
+        if self.swarm.behaviour_mut().kad.bootstrap().is_ok() {
+            self.last_kad_bootstrap = Some(now);
+        }
+    }
+
+    fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let addr = endpoint.get_remote_address().clone();
+                tracing::debug!(peer = %peer_id, %addr, "connected");
+                self.peers
+                    .connected(peer_id, connection_id, strip_p2p(addr), Instant::now());
+                self.redial.succeeded(&peer_id);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                cause,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, ?cause, "connection closed");
+                self.peers.disconnected(&peer_id, connection_id);
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "dial failed");
+                self.redial.failed(&peer, Instant::now());
+            }
+            SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
+            SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
+            SwarmEvent::Behaviour(event) => self.handle_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn handle_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.identified(peer_id, info)
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => self.peers.rtt(&peer, rtt),
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic }) => {
+                self.peers.subscribed(&peer_id, topic)
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Unsubscribed { peer_id, topic }) => {
+                self.peers.unsubscribed(&peer_id, &topic)
+            }
+            // Kademlia found a peer (typically through a bootstrap lookup): connect, so that
+            // small networks become fully connected and `peers` shows everyone.
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer,
+                is_new_peer: true,
+                addresses,
+                ..
+            }) if !self.peers.is_connected(&peer) && self.peers.len() < TARGET_PEERS => {
+                let addrs = addresses.into_vec();
+                self.redial.learn(peer, addrs.clone(), Instant::now());
+                self.dial(peer, addrs);
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                let now = Instant::now();
+                let mut by_peer: std::collections::HashMap<PeerId, Vec<Multiaddr>> =
+                    Default::default();
+                for (peer, addr) in found {
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in by_peer {
+                    tracing::debug!(%peer, ?addrs, "discovered on the LAN");
+                    for a in &addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+                    }
+                    self.redial.learn(peer, addrs.clone(), now);
+                    // mDNS never dials by itself.
+                    if !self.peers.is_connected(&peer) && self.peers.len() < TARGET_PEERS {
+                        self.dial(peer, addrs);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn identified(&mut self, peer: PeerId, info: identify::Info) {
+        let name = name_from_agent(&info.agent_version);
+        self.peers
+            .identified(&peer, info.agent_version.clone(), name.clone());
+        if info.protocol_version != IDENTIFY_PROTOCOL {
+            tracing::debug!(%peer, protocol = %info.protocol_version, "not a git-p2p node");
+            return;
+        }
+        let addrs: Vec<Multiaddr> = info
+            .listen_addrs
+            .into_iter()
+            .map(strip_p2p)
+            .filter(is_dialable)
+            .take(crate::store::MAX_ADDRS_PER_PEER)
+            .collect();
+        if info.protocols.contains(&KAD_PROTOCOL) {
+            for a in &addrs {
+                self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+            }
+        }
+        self.redial.learn(peer, addrs.clone(), Instant::now());
+        let addr_strings: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        if let Err(e) = self
+            .store
+            .remember_peer(&peer.to_string(), &addr_strings, name.as_deref())
+        {
+            tracing::warn!(%peer, error = %e, "cannot update the address book");
+        }
+        if self.bootstrap_peers.contains(&peer) || self.peers.len() <= 8 {
+            self.maybe_kad_bootstrap();
+        }
+    }
+}
+
+/// Drops a trailing `/p2p/<id>`; we keep peer ids beside addresses, not inside them.
+fn strip_p2p(mut addr: Multiaddr) -> Multiaddr {
+    if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+        addr.pop();
+    }
+    addr
+}
+
+/// Unspecified addresses (0.0.0.0, ::) and relayed ones cannot be dialled directly.
+fn is_dialable(addr: &Multiaddr) -> bool {
+    addr.iter().all(|p| match p {
+        Protocol::Ip4(ip) => !ip.is_unspecified(),
+        Protocol::Ip6(ip) => !ip.is_unspecified(),
+        Protocol::P2pCircuit => false,
+        _ => true,
+    })
+}

@@ -1,0 +1,308 @@
+//! The node daemon: start-up (locks, logging, identity, store, swarm, control socket), the event
+//! loop that owns the swarm, and graceful shutdown.
+
+pub mod behaviour;
+pub mod event_loop;
+pub mod peers;
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use libp2p::futures::StreamExt;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{noise, tcp, yamux, Swarm};
+use tokio::sync::mpsc;
+
+use crate::config::NodeConfig;
+use crate::control::proto::ConfigInForce;
+use crate::identity::Identity;
+use crate::paths::Paths;
+use crate::store::Store;
+use behaviour::Behaviour;
+use event_loop::{EventLoop, NodeInfo};
+
+/// Connections stay open this long without traffic; peers of a collaboration tool are few and
+/// worth keeping, and a closed connection would have to be redialled for the next message.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long start-up waits for the listeners to report their addresses.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Queue of control requests waiting for the event loop.
+const COMMAND_QUEUE: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("a node is already running on {} (pid {pid})", dir.display())]
+    AlreadyRunning {
+        dir: std::path::PathBuf,
+        pid: String,
+    },
+    #[error(transparent)]
+    Paths(#[from] crate::paths::PathError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot read git config: {0}")]
+    GitConfig(String),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error("cannot set up the network: {0}")]
+    Swarm(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> NodeError {
+    let what = what.into();
+    move |source| NodeError::Io { what, source }
+}
+
+/// Options of `git p2p daemon run`.
+pub struct RunOptions {
+    /// Write "ready" (or "error: ...") as the first line on stdout, then detach stdout.
+    pub notify_ready: bool,
+    /// Extra verbosity from `-v` flags (0 = info).
+    pub verbosity: u8,
+}
+
+/// Runs the node in the foreground until it is told to stop.
+pub fn run(paths: &Paths, opts: RunOptions) -> Result<(), NodeError> {
+    let result = start_and_run(paths, &opts);
+    if opts.notify_ready {
+        if let Err(e) = &result {
+            // The starting client reads this line and shows it as the error.
+            notify(&format!("error: {e}"));
+        }
+    }
+    result
+}
+
+fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
+    paths.ensure()?;
+    let _data_lock = take_lock(&paths.data_lock(), &paths.data_dir)?;
+    let _socket_lock = if paths.socket_lock() != paths.data_lock() {
+        Some(take_lock(&paths.socket_lock(), &paths.socket_dir)?)
+    } else {
+        None
+    };
+    crate::logging::init_file(&paths.log_file(), opts.verbosity).map_err(io_err(format!(
+        "cannot open log file {}",
+        paths.log_file().display()
+    )))?;
+
+    let config =
+        NodeConfig::from_source(&crate::git::GlobalConfig::load().map_err(NodeError::GitConfig)?)?;
+    let identity = Identity::load_or_create(&paths.data_dir)?;
+    let store = Store::open(&paths.store())?;
+    tracing::info!(peer_id = %identity.peer_id(), data_dir = %paths.data_dir.display(), "starting");
+
+    // One thread: the swarm is polled from one task anyway, and a single-threaded runtime halves
+    // the control socket's round trip and keeps the idle node small.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io_err("cannot start the async runtime"))?;
+    runtime.block_on(async {
+        let mut swarm = build_swarm(&identity, &config)?;
+        listen(&mut swarm, &config).await?;
+
+        let socket_path = paths.socket();
+        // We hold the locks, so a socket file left here belongs to a dead node.
+        match std::fs::remove_file(&socket_path) {
+            Ok(()) => tracing::info!(socket = %socket_path.display(), "removed stale socket"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("cannot remove stale socket")(e)),
+        }
+        let listener = tokio::net::UnixListener::bind(&socket_path).map_err(io_err(format!(
+            "cannot bind control socket {}",
+            socket_path.display()
+        )))?;
+        std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_err("cannot restrict the control socket"))?;
+
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let info = NodeInfo {
+            npub: identity.npub(),
+            name: config.name.clone(),
+            data_dir: paths.data_dir.display().to_string(),
+            socket: socket_path.display().to_string(),
+            log_file: paths.log_file().display().to_string(),
+            started_at: crate::store::unix_now(),
+            config: ConfigInForce {
+                listen: config.listen.iter().map(|a| a.to_string()).collect(),
+                bootstrap: config
+                    .bootstrap
+                    .iter()
+                    .map(|b| format!("{}/p2p/{}", b.addr, b.peer_id))
+                    .collect(),
+                mdns: config.mdns,
+                dht_mode: serde_json::to_value(config.dht_mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                relays: config.relays.clone(),
+            },
+        };
+        let event_loop = EventLoop::new(swarm, rx, store, info, &config.bootstrap);
+        let server = tokio::spawn(crate::control::server::serve(listener, tx));
+        tracing::info!(peer_id = %event_loop.local_peer_id(), "ready");
+        if opts.notify_ready {
+            notify(crate::control::client::READY_LINE);
+        }
+        event_loop.run(stop_signal()).await;
+        // Let connection tasks write the answers the loop gave last (the shutdown's "done").
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        server.abort();
+        let _ = std::fs::remove_file(&socket_path);
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn build_swarm(identity: &Identity, config: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
+    let swarm_err = |e: &dyn std::fmt::Display| NodeError::Swarm(e.to_string());
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(identity.libp2p.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| swarm_err(&e))?
+        .with_quic()
+        .with_behaviour(|key| Behaviour::new(key, config).map_err(Into::into))
+        .map_err(|e| swarm_err(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    Ok(swarm)
+}
+
+/// Starts every configured listener and waits until each has an address or has failed. Fails
+/// only if none works (IPv6 may be missing on the machine, say).
+async fn listen(swarm: &mut Swarm<Behaviour>, config: &NodeConfig) -> Result<(), NodeError> {
+    let mut pending = std::collections::HashMap::new();
+    let mut errors = Vec::new();
+    for addr in &config.listen {
+        match swarm.listen_on(addr.clone()) {
+            Ok(id) => {
+                pending.insert(id, addr.clone());
+            }
+            Err(e) => errors.push((addr.to_string(), e.to_string())),
+        }
+    }
+    let mut listening = 0;
+    let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
+    while !pending.is_empty() {
+        let event = tokio::select! {
+            event = swarm.select_next_some() => event,
+            _ = tokio::time::sleep_until(deadline) => break,
+        };
+        match event {
+            SwarmEvent::NewListenAddr { listener_id, .. }
+                if pending.remove(&listener_id).is_some() =>
+            {
+                listening += 1
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                if let Some(addr) = pending.remove(&listener_id) {
+                    let reason = reason
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "closed".into());
+                    errors.push((addr.to_string(), reason));
+                }
+            }
+            SwarmEvent::ListenerError { listener_id, error } => {
+                if let Some(addr) = pending.remove(&listener_id) {
+                    errors.push((addr.to_string(), error.to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (addr, reason) in &errors {
+        tracing::warn!(%addr, %reason, "cannot listen");
+    }
+    if listening == 0 {
+        let (addr, reason) = errors.into_iter().next().unwrap_or_else(|| {
+            (
+                "any address".into(),
+                "no listener reported an address".into(),
+            )
+        });
+        return Err(NodeError::Listen { addr, reason });
+    }
+    Ok(())
+}
+
+/// Takes the lock file at `path` for the life of the process, writing our pid into it.
+fn take_lock(path: &Path, dir: &Path) -> Result<File, NodeError> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err(format!("cannot open lock file {}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            return Err(NodeError::AlreadyRunning {
+                dir: dir.to_path_buf(),
+                pid,
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(io_err(format!("cannot lock {}", path.display()))(e))
+        }
+    }
+    file.set_len(0).map_err(io_err("cannot write lock file"))?;
+    write!(file, "{}", std::process::id()).map_err(io_err("cannot write lock file"))?;
+    Ok(file)
+}
+
+/// Tells the client that started us how start-up went, then detaches stdout: the client reads
+/// exactly one line and goes away.
+fn notify(line: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+    if let Ok(devnull) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto our own stdout fd with a valid open fd; both live for the call.
+        unsafe {
+            libc::dup2(devnull.as_raw_fd(), libc::STDOUT_FILENO);
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (graceful stop, as `daemon stop` does).
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop the node with: git p2p daemon stop");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

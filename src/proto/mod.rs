@@ -1,0 +1,3 @@
+//! Wire-level names and messages of the git-p2p network. Pure: no I/O, no clock.
+
+pub mod topic;

@@ -1,0 +1,60 @@
+//! Gossipsub topic names: versioned, namespaced by repo id, hashed on the wire.
+//!
+//! Topics are derived from the repository's root commit, never from HEAD: a topic per HEAD would
+//! split the room at every commit. The name is hashed (gossipsub `Sha256Topic`), so observers of
+//! the wire learn which peers share a topic but not the repo id from the topic alone.
+
+use libp2p::gossipsub::{Sha256Topic, TopicHash};
+
+/// Version of the topic naming scheme; bumped if message formats change incompatibly.
+pub const TOPIC_VERSION: u32 = 1;
+
+/// The topic on which commits of a repository are announced.
+pub fn commits(repo_id: &str) -> Sha256Topic {
+    Sha256Topic::new(format!("git-p2p/{TOPIC_VERSION}/{repo_id}/commits"))
+}
+
+/// The repository's chat room.
+pub fn chat(repo_id: &str) -> Sha256Topic {
+    Sha256Topic::new(format!("git-p2p/{TOPIC_VERSION}/{repo_id}/chat"))
+}
+
+/// The chat thread about one commit.
+pub fn commit_thread(repo_id: &str, commit_id: &str) -> Sha256Topic {
+    Sha256Topic::new(format!(
+        "git-p2p/{TOPIC_VERSION}/{repo_id}/chat/{commit_id}"
+    ))
+}
+
+/// The hash under which peers subscribe to a repo's commits; used to tell which repos a peer has.
+pub fn repo_marker(repo_id: &str) -> TopicHash {
+    commits(repo_id).hash()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_are_distinct_stable_and_hide_the_repo_id() {
+        let repo = "a".repeat(40);
+        let other = "b".repeat(40);
+        let hashes = [
+            commits(&repo).hash(),
+            chat(&repo).hash(),
+            commit_thread(&repo, &other).hash(),
+            commits(&other).hash(),
+        ];
+        for (i, a) in hashes.iter().enumerate() {
+            for b in &hashes[i + 1..] {
+                assert_ne!(a, b);
+            }
+            assert!(!a.as_str().contains(&repo), "hashed on the wire");
+        }
+        assert_eq!(
+            commits(&repo).hash(),
+            repo_marker(&repo),
+            "same input, same topic"
+        );
+    }
+}

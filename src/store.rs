@@ -1,0 +1,223 @@
+//! The node's embedded persistent store (redb): the address book and the registered repos.
+//!
+//! Every write is its own durable transaction (redb fsyncs on commit), so what the store has
+//! acknowledged survives kill -9. Values are JSON so that the format can grow fields without a
+//! migration; readers skip records they cannot parse instead of failing the whole node.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::control::proto::RepoInfo;
+
+/// peer id -> [`KnownPeer`] (JSON)
+const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
+/// repo id -> room name
+const REPOS: TableDefinition<&str, &str> = TableDefinition::new("repos");
+
+/// At most this many addresses are kept per peer; peers announce many (every interface).
+pub const MAX_ADDRS_PER_PEER: usize = 16;
+/// At most this many peers are kept in the address book; the least recently seen go first.
+pub const MAX_KNOWN_PEERS: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the store {path} is in use by another process (is another node running on this data dir?)"
+    )]
+    Busy { path: String },
+    #[error("store error: {0}")]
+    Db(#[from] redb::Error),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KnownPeer {
+    pub addrs: Vec<String>,
+    pub name: Option<String>,
+    /// Unix seconds of the last time we were connected.
+    pub last_seen: u64,
+}
+
+pub struct Store {
+    db: Database,
+}
+
+fn db<T, E: Into<redb::Error>>(r: Result<T, E>) -> Result<T, StoreError> {
+    r.map_err(|e| StoreError::Db(e.into()))
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let database = match Database::create(path) {
+            Ok(database) => database,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::Busy {
+                    path: path.display().to_string(),
+                })
+            }
+            Err(e) => return Err(StoreError::Db(e.into())),
+        };
+        let txn = db(database.begin_write())?;
+        db(txn.open_table(PEERS))?;
+        db(txn.open_table(REPOS))?;
+        db(txn.commit())?;
+        Ok(Self { db: database })
+    }
+
+    /// Records that we are connected to `peer` at `addrs` (most useful first).
+    pub fn remember_peer(
+        &self,
+        peer: &str,
+        addrs: &[String],
+        name: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let txn = db(self.db.begin_write())?;
+        {
+            let mut table = db(txn.open_table(PEERS))?;
+            let old = db(table.get(peer))?
+                .and_then(|v| serde_json::from_slice::<KnownPeer>(v.value()).ok());
+            let mut merged: Vec<String> = addrs.to_vec();
+            for a in old.iter().flat_map(|o| o.addrs.iter()) {
+                if !merged.contains(a) {
+                    merged.push(a.clone());
+                }
+            }
+            merged.truncate(MAX_ADDRS_PER_PEER);
+            let entry = KnownPeer {
+                addrs: merged,
+                name: name
+                    .map(str::to_string)
+                    .or_else(|| old.and_then(|o| o.name)),
+                last_seen: unix_now(),
+            };
+            let bytes = serde_json::to_vec(&entry).expect("KnownPeer always serialises");
+            db(table.insert(peer, bytes.as_slice()))?;
+            let len = db(table.len())? as usize;
+            if len > MAX_KNOWN_PEERS {
+                let mut all: Vec<(String, u64)> = Vec::with_capacity(len);
+                for item in db(table.iter())? {
+                    let (k, v) = db(item)?;
+                    let seen = serde_json::from_slice::<KnownPeer>(v.value())
+                        .map(|p| p.last_seen)
+                        .unwrap_or(0);
+                    all.push((k.value().to_string(), seen));
+                }
+                all.sort_by_key(|(_, seen)| *seen);
+                for (k, _) in all.iter().take(len - MAX_KNOWN_PEERS) {
+                    db(table.remove(k.as_str()))?;
+                }
+            }
+        }
+        db(txn.commit())
+    }
+
+    /// The address book, most recently seen first.
+    pub fn known_peers(&self) -> Result<Vec<(String, KnownPeer)>, StoreError> {
+        let txn = db(self.db.begin_read())?;
+        let table = db(txn.open_table(PEERS))?;
+        let mut out = Vec::new();
+        for item in db(table.iter())? {
+            let (k, v) = db(item)?;
+            if let Ok(peer) = serde_json::from_slice::<KnownPeer>(v.value()) {
+                out.push((k.value().to_string(), peer));
+            }
+        }
+        out.sort_by_key(|(_, p)| std::cmp::Reverse(p.last_seen));
+        Ok(out)
+    }
+
+    pub fn add_repo(&self, repo: &RepoInfo) -> Result<(), StoreError> {
+        let txn = db(self.db.begin_write())?;
+        db(db(txn.open_table(REPOS))?.insert(repo.id.as_str(), repo.name.as_str()))?;
+        db(txn.commit())
+    }
+
+    pub fn repos(&self) -> Result<Vec<RepoInfo>, StoreError> {
+        let txn = db(self.db.begin_read())?;
+        let table = db(txn.open_table(REPOS))?;
+        let mut out = Vec::new();
+        for item in db(table.iter())? {
+            let (k, v) = db(item)?;
+            out.push(RepoInfo {
+                id: k.value().to_string(),
+                name: v.value().to_string(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_book_survives_reopen_and_merges_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .remember_peer("alice", &["/ip4/127.0.0.1/tcp/1".into()], Some("Alice"))
+                .unwrap();
+            store
+                .remember_peer("alice", &["/ip4/127.0.0.1/tcp/2".into()], None)
+                .unwrap();
+            store
+                .add_repo(&RepoInfo {
+                    id: "aa".into(),
+                    name: "proj".into(),
+                })
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let peers = store.known_peers().unwrap();
+        assert_eq!(peers.len(), 1);
+        assert_eq!(
+            peers[0].1.addrs,
+            vec!["/ip4/127.0.0.1/tcp/2", "/ip4/127.0.0.1/tcp/1"]
+        );
+        assert_eq!(
+            peers[0].1.name.as_deref(),
+            Some("Alice"),
+            "a name is kept when a later update has none"
+        );
+        assert_eq!(
+            store.repos().unwrap(),
+            vec![RepoInfo {
+                id: "aa".into(),
+                name: "proj".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn address_book_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s")).unwrap();
+        let many: Vec<String> = (0..40).map(|i| format!("/ip4/127.0.0.1/tcp/{i}")).collect();
+        store.remember_peer("bob", &many, None).unwrap();
+        assert_eq!(
+            store.known_peers().unwrap()[0].1.addrs.len(),
+            MAX_ADDRS_PER_PEER
+        );
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_store_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let _first = Store::open(&path).unwrap();
+        let err = Store::open(&path).err().unwrap();
+        assert!(matches!(err, StoreError::Busy { .. }), "{err}");
+    }
+}
