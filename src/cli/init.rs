@@ -7,6 +7,9 @@ use crate::control::proto::{RepoInfo, Request};
 
 pub fn run(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<()> {
     let repo = ctx.repo()?;
+    if repo.is_bare() {
+        anyhow::bail!("{} is a bare repository: git p2p init needs a clone with a work tree", repo.git_dir.display());
+    }
     let mut client = ctx.client()?;
     let info = RepoInfo {
         id: repo.repo_id.to_string(),

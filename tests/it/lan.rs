@@ -1,0 +1,125 @@
+//! LAN discovery in network namespaces: three nodes with mDNS on and no bootstrap find each
+//! other. Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN); without it the test fails, loudly: it is
+//! part of the test suite, not an optional extra.
+//!
+//! Layout (like a small switch): one namespace per node with `eth0` in a private /24, and a
+//! namespace holding a bridge that joins them. Nothing is added to the root namespace, so mDNS
+//! multicast never leaves the lab.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::*;
+
+struct Lab {
+    prefix: String,
+    nodes: usize,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip (install iproute2): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+impl Lab {
+    fn ns(&self, i: usize) -> String {
+        format!("{}n{i}", self.prefix)
+    }
+    fn switch(&self) -> String {
+        format!("{}sw", self.prefix)
+    }
+
+    fn up(nodes: usize, subnet: &str) -> Result<Self, String> {
+        let prefix = format!("gpt{}", std::process::id() % 100_000);
+        let lab = Self { prefix, nodes };
+        let sw = lab.switch();
+        ip(&["netns", "add", &sw])?;
+        ip(&["-n", &sw, "link", "set", "lo", "up"])?;
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0", "mcast_snooping", "0"])?;
+        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        for i in 0..nodes {
+            let ns = lab.ns(i);
+            let port = format!("{}p{i}", lab.prefix);
+            ip(&["netns", "add", &ns])?;
+            // Both ends are created inside their namespaces: nothing appears in the root one.
+            ip(&["link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw])?;
+            ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{subnet}.{}/24", i + 1), "dev", "eth0"])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            // Multicast (mDNS) without a default route.
+            ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
+        }
+        Ok(lab)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let mut names: Vec<String> = (0..self.nodes).map(|i| self.ns(i)).collect();
+        names.push(self.switch());
+        for ns in &names {
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse() {
+                        unsafe_kill(pid, 9);
+                    }
+                }
+            }
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+#[test]
+fn three_nodes_on_a_lan_find_each_other_with_mdns_alone() {
+    let subnet = format!("10.213.{}", std::process::id() % 250);
+    let lab = Lab::up(3, &subnet).unwrap_or_else(|e| {
+        panic!(
+            "the LAN test needs network namespaces (run the tests as root, as CI does): {e}\n\
+             This test must not be skipped: it is the only one that runs mDNS."
+        )
+    });
+    let nodes: Vec<Node> = ["alice", "bob", "carol"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut node = Node::bare(name);
+            node.wrapper = vec!["ip".into(), "netns".into(), "exec".into(), lab.ns(i)];
+            node.config(&["p2p.mdns", "true"]);
+            node.config(&["p2p.mdnsInterval", "1"]);
+            node.config(&["--add", "p2p.listen", &format!("/ip4/{subnet}.{}/tcp/0", i + 1)]);
+            node.config(&["--add", "p2p.listen", &format!("/ip4/{subnet}.{}/udp/0/quic-v1", i + 1)]);
+            node
+        })
+        .collect();
+    let ids: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            let id = n.start();
+            let status = n.status();
+            assert_eq!(status["config"]["mdns"], true);
+            assert!(status["config"]["bootstrap"].as_array().unwrap().is_empty(), "no bootstrap: mDNS alone");
+            id["peer_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for (i, node) in nodes.iter().enumerate() {
+        let others: BTreeSet<String> = ids.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, id)| id.clone()).collect();
+        eventually(Duration::from_secs(30), &format!("{} to find the others on the LAN", node.name), || {
+            let seen: BTreeSet<String> =
+                node.peers().iter().filter_map(|p| p["peer_id"].as_str().map(str::to_string)).collect();
+            others.is_subset(&seen).then_some(())
+        });
+        for peer in node.peers() {
+            let addr = peer["addresses"][0].as_str().unwrap_or("");
+            assert!(addr.contains(&subnet), "{}: connected over the lab LAN: {peer}", node.name);
+        }
+    }
+    drop(nodes);
+    drop(lab);
+}

@@ -1,0 +1,223 @@
+//! Test harness: a `Node` is one user's environment (home, data dir, runtime dir, git config)
+//! in a temp dir, driven through the real binary. Nodes stop their daemons when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_git-p2p");
+
+/// Polls `cond` every 20 ms until it returns Some or `timeout` passes.
+pub fn eventually<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Node {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    /// Command prefix, e.g. `ip netns exec ns0` for nodes in a network namespace.
+    pub wrapper: Vec<String>,
+}
+
+impl Node {
+    /// A node that listens on loopback only, with mDNS off.
+    pub fn new(name: &str) -> Self {
+        let node = Self::bare(name);
+        node.config(&["p2p.mdns", "false"]);
+        node.config(&["--add", "p2p.listen", "/ip4/127.0.0.1/tcp/0"]);
+        node.config(&["--add", "p2p.listen", "/ip4/127.0.0.1/udp/0/quic-v1"]);
+        node
+    }
+
+    /// A node with only a name configured; the caller sets the network config.
+    pub fn bare(name: &str) -> Self {
+        let dir = tempfile::Builder::new().prefix(&format!("gp-{name}-")).tempdir().expect("tempdir");
+        for sub in ["home", "data", "run"] {
+            std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
+        }
+        let node = Self { name: name.to_string(), dir, wrapper: Vec::new() };
+        node.config(&["user.name", name]);
+        node.config(&["user.email", &format!("{name}@example.invalid")]);
+        node
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.path("data/git-p2p")
+    }
+
+    /// `git config --file <global config> ARGS...`
+    pub fn config(&self, args: &[&str]) {
+        let status = Command::new("git")
+            .arg("config")
+            .arg("--file")
+            .arg(self.path("gitconfig"))
+            .args(args)
+            .status()
+            .expect("git config");
+        assert!(status.success(), "git config {args:?}");
+    }
+
+    pub fn envs(&self, cmd: &mut Command) {
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.path("home"))
+            .env("XDG_DATA_HOME", self.path("data"))
+            .env("XDG_RUNTIME_DIR", self.path("run"))
+            .env("GIT_CONFIG_GLOBAL", self.path("gitconfig"))
+            .env("GIT_CONFIG_NOSYSTEM", "1");
+    }
+
+    /// A `git-p2p ARGS` command in this node's environment, run in `cwd` (default: home).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = if self.wrapper.is_empty() {
+            Command::new(BIN)
+        } else {
+            let mut c = Command::new(&self.wrapper[0]);
+            c.args(&self.wrapper[1..]).arg(BIN);
+            c
+        };
+        cmd.args(args).current_dir(self.path("home")).stdin(Stdio::null());
+        self.envs(&mut cmd);
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run git-p2p")
+    }
+
+    pub fn run_in(&self, dir: &Path, args: &[&str]) -> Output {
+        self.command(args).current_dir(dir).output().expect("run git-p2p")
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "{}: git-p2p {args:?} failed: {}", self.name, String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{}: bad JSON from {args:?}: {e}: {out}", self.name))
+    }
+
+    pub fn start(&self) -> Value {
+        self.ok(&["daemon", "start"]);
+        self.json(&["id", "--json"])
+    }
+
+    pub fn status(&self) -> Value {
+        self.json(&["daemon", "status", "--json"])
+    }
+
+    /// This node's dialable address (TCP) with /p2p/ id, for others' p2p.bootstrap.
+    pub fn tcp_addr(&self) -> String {
+        let id = self.json(&["id", "--json"]);
+        let peer = id["peer_id"].as_str().expect("peer_id").to_string();
+        let addr = id["listen_addrs"]
+            .as_array()
+            .expect("listen_addrs")
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|a| a.contains("/tcp/"))
+            .expect("a tcp listen address")
+            .to_string();
+        format!("{addr}/p2p/{peer}")
+    }
+
+    pub fn peer_id(&self) -> String {
+        self.json(&["id", "--json"])["peer_id"].as_str().expect("peer_id").to_string()
+    }
+
+    pub fn peers(&self) -> Vec<Value> {
+        self.json(&["peers", "--json"]).as_array().cloned().unwrap_or_default()
+    }
+
+    /// The pid in the node's lock file, if a node holds it.
+    pub fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.data_dir().join("node.lock")).ok()?.trim().parse().ok()
+    }
+
+    pub fn kill9(&self) {
+        let pid = self.pid().expect("a running node");
+        unsafe_kill(pid, 9);
+        eventually(Duration::from_secs(10), "the killed node to be gone", || (!alive(pid)).then_some(()));
+    }
+
+    /// A repository in this node's home, with one commit (or `commits` of them).
+    pub fn repo(&self, name: &str, commits: usize) -> PathBuf {
+        let dir = self.path(&format!("home/{name}"));
+        self.git(&self.path("home"), &["init", "-q", "-b", "main", name]);
+        for i in 0..commits {
+            std::fs::write(dir.join("file"), format!("{i}\n")).expect("write");
+            self.git(&dir, &["add", "file"]);
+            self.git(&dir, &["commit", "-q", "-m", &format!("commit {i}")]);
+        }
+        dir
+    }
+
+    pub fn git(&self, dir: &Path, args: &[&str]) -> String {
+        let mut cmd = Command::new("git");
+        cmd.args(args).current_dir(dir);
+        self.envs(&mut cmd);
+        let out = cmd.output().expect("git");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            if alive(pid) {
+                unsafe_kill(pid, 15);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while alive(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if alive(pid) {
+                    unsafe_kill(pid, 9);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a process with this pid exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+pub fn unsafe_kill(pid: i32, signal: i32) {
+    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts a failed command printed exactly one `git-p2p: error:` line and exited with `code`.
+pub fn assert_one_line_error(out: &Output, code: i32, contains: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err:?}");
+    assert!(err.starts_with("git-p2p: error: "), "{err:?}");
+    assert!(err.contains(contains), "expected {contains:?} in {err:?}");
+    assert!(!err.contains("panicked"), "{err}");
+}
