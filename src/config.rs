@@ -21,26 +21,16 @@ pub trait ConfigSource {
 
 impl ConfigSource for BTreeMap<String, Vec<String>> {
     fn get_all(&self, key: &str) -> Vec<String> {
-        self.get(&key.to_ascii_lowercase())
-            .cloned()
-            .unwrap_or_default()
+        self.get(&key.to_ascii_lowercase()).cloned().unwrap_or_default()
     }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
     #[error("bad multiaddr in {key}: {value:?}: {reason}")]
-    BadMultiaddr {
-        key: &'static str,
-        value: String,
-        reason: String,
-    },
+    BadMultiaddr { key: &'static str, value: String, reason: String },
     #[error("bad value for {key}: {value:?} (expected {expected})")]
-    BadValue {
-        key: &'static str,
-        value: String,
-        expected: &'static str,
-    },
+    BadValue { key: &'static str, value: String, expected: &'static str },
 }
 
 /// Which Kademlia mode the node runs in. Kademlia would otherwise stay a client until it has a
@@ -72,12 +62,8 @@ pub struct NodeConfig {
 }
 
 /// Default listen addresses: TCP and QUIC, IPv4 and IPv6, all interfaces, ports chosen by the OS.
-pub const DEFAULT_LISTEN: [&str; 4] = [
-    "/ip4/0.0.0.0/tcp/0",
-    "/ip4/0.0.0.0/udp/0/quic-v1",
-    "/ip6/::/tcp/0",
-    "/ip6/::/udp/0/quic-v1",
-];
+pub const DEFAULT_LISTEN: [&str; 4] =
+    ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1", "/ip6/::/tcp/0", "/ip6/::/udp/0/quic-v1"];
 
 /// Longest display name we keep; names travel in every identify message.
 pub const MAX_NAME_LEN: usize = 64;
@@ -86,28 +72,16 @@ impl NodeConfig {
     pub fn from_source(src: &impl ConfigSource) -> Result<Self, ConfigError> {
         let listen_values = src.get_all("p2p.listen");
         let listen = if listen_values.is_empty() {
-            DEFAULT_LISTEN
-                .iter()
-                .map(|a| a.parse().expect("default listen addresses are valid"))
-                .collect()
+            DEFAULT_LISTEN.iter().map(|a| a.parse().expect("default listen addresses are valid")).collect()
         } else {
-            listen_values
-                .iter()
-                .map(|v| parse_listen(v))
-                .collect::<Result<_, _>>()?
+            listen_values.iter().map(|v| parse_listen(v)).collect::<Result<_, _>>()?
         };
-        let bootstrap = src
-            .get_all("p2p.bootstrap")
-            .iter()
-            .map(|v| parse_bootstrap(v))
-            .collect::<Result<_, _>>()?;
+        let bootstrap = src.get_all("p2p.bootstrap").iter().map(|v| parse_bootstrap(v)).collect::<Result<_, _>>()?;
         let mdns = match src.get("p2p.mdns") {
             None => true,
-            Some(v) => parse_bool(&v).ok_or(ConfigError::BadValue {
-                key: "p2p.mdns",
-                value: v,
-                expected: "true or false",
-            })?,
+            Some(v) => {
+                parse_bool(&v).ok_or(ConfigError::BadValue { key: "p2p.mdns", value: v, expected: "true or false" })?
+            }
         };
         let mdns_interval = match src.get("p2p.mdnsinterval") {
             None => Duration::from_secs(5),
@@ -128,74 +102,38 @@ impl NodeConfig {
                 })
             }
         };
-        let name = src
-            .get("p2p.name")
-            .or_else(|| src.get("user.name"))
-            .and_then(|n| sanitize_name(&n));
-        let relays = src
-            .get_all("p2p.relay")
-            .into_iter()
-            .map(|r| r.trim().to_string())
-            .filter(|r| !r.is_empty())
-            .collect();
-        Ok(Self {
-            listen,
-            bootstrap,
-            mdns,
-            mdns_interval,
-            relays,
-            name,
-            dht_mode,
-        })
+        let name = src.get("p2p.name").or_else(|| src.get("user.name")).and_then(|n| sanitize_name(&n));
+        let relays =
+            src.get_all("p2p.relay").into_iter().map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect();
+        Ok(Self { listen, bootstrap, mdns, mdns_interval, relays, name, dht_mode })
     }
 }
 
 /// Display names are shown in other people's terminals: no control characters, bounded length.
 pub fn sanitize_name(name: &str) -> Option<String> {
-    let clean: String = name
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_NAME_LEN)
-        .collect();
+    let clean: String = name.chars().filter(|c| !c.is_control()).take(MAX_NAME_LEN).collect();
     let clean = clean.trim();
     (!clean.is_empty()).then(|| clean.to_string())
 }
 
 fn parse_listen(value: &str) -> Result<Multiaddr, ConfigError> {
-    let bad = |reason: String| ConfigError::BadMultiaddr {
-        key: "p2p.listen",
-        value: value.to_string(),
-        reason,
-    };
-    let addr: Multiaddr = value
-        .trim()
-        .parse()
-        .map_err(|e: libp2p::multiaddr::Error| bad(e.to_string()))?;
+    let bad = |reason: String| ConfigError::BadMultiaddr { key: "p2p.listen", value: value.to_string(), reason };
+    let addr: Multiaddr = value.trim().parse().map_err(|e: libp2p::multiaddr::Error| bad(e.to_string()))?;
     let mut protocols = addr.iter();
     let ip = matches!(protocols.next(), Some(Protocol::Ip4(_) | Protocol::Ip6(_)));
     let transport = matches!(
         (protocols.next(), protocols.next(), protocols.next()),
-        (Some(Protocol::Tcp(_)), None, None)
-            | (Some(Protocol::Udp(_)), Some(Protocol::QuicV1), None)
+        (Some(Protocol::Tcp(_)), None, None) | (Some(Protocol::Udp(_)), Some(Protocol::QuicV1), None)
     );
     if !(ip && transport) {
-        return Err(bad(
-            "expected /ip4|ip6/ADDR/tcp/PORT or /ip4|ip6/ADDR/udp/PORT/quic-v1".into(),
-        ));
+        return Err(bad("expected /ip4|ip6/ADDR/tcp/PORT or /ip4|ip6/ADDR/udp/PORT/quic-v1".into()));
     }
     Ok(addr)
 }
 
 fn parse_bootstrap(value: &str) -> Result<Bootstrap, ConfigError> {
-    let bad = |reason: String| ConfigError::BadMultiaddr {
-        key: "p2p.bootstrap",
-        value: value.to_string(),
-        reason,
-    };
-    let mut addr: Multiaddr = value
-        .trim()
-        .parse()
-        .map_err(|e: libp2p::multiaddr::Error| bad(e.to_string()))?;
+    let bad = |reason: String| ConfigError::BadMultiaddr { key: "p2p.bootstrap", value: value.to_string(), reason };
+    let mut addr: Multiaddr = value.trim().parse().map_err(|e: libp2p::multiaddr::Error| bad(e.to_string()))?;
     match addr.pop() {
         Some(Protocol::P2p(peer_id)) if !addr.is_empty() => Ok(Bootstrap { peer_id, addr }),
         _ => Err(bad("must end with /p2p/<peer id> (see: git p2p id)".into())),
@@ -213,9 +151,7 @@ pub fn parse_bool(value: &str) -> Option<bool> {
 
 fn parse_seconds(value: &str) -> Option<Duration> {
     let secs: u64 = value.trim().parse().ok()?;
-    (1..=3600)
-        .contains(&secs)
-        .then(|| Duration::from_secs(secs))
+    (1..=3600).contains(&secs).then(|| Duration::from_secs(secs))
 }
 
 #[cfg(test)]
@@ -225,9 +161,7 @@ mod tests {
     fn config(pairs: &[(&str, &str)]) -> Result<NodeConfig, ConfigError> {
         let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (k, v) in pairs {
-            map.entry(k.to_ascii_lowercase())
-                .or_default()
-                .push(v.to_string());
+            map.entry(k.to_ascii_lowercase()).or_default().push(v.to_string());
         }
         NodeConfig::from_source(&map)
     }
@@ -263,11 +197,7 @@ mod tests {
         assert_eq!(c.bootstrap[0].addr.to_string(), "/ip4/127.0.0.1/tcp/4001");
         assert!(!c.mdns);
         assert_eq!(c.mdns_interval, Duration::from_secs(1));
-        assert_eq!(
-            c.name.as_deref(),
-            Some("Alice[31m Liddell"),
-            "control characters are dropped"
-        );
+        assert_eq!(c.name.as_deref(), Some("Alice[31m Liddell"), "control characters are dropped");
         assert_eq!(c.dht_mode, DhtMode::Client);
         assert_eq!(c.relays, vec!["ws://127.0.0.1:7000"]);
     }
@@ -281,16 +211,8 @@ mod tests {
     #[test]
     fn bad_values_name_the_key() {
         let cases: &[(&str, &str, &str)] = &[
-            (
-                "p2p.bootstrap",
-                "not-a-multiaddr",
-                "bad multiaddr in p2p.bootstrap",
-            ),
-            (
-                "p2p.bootstrap",
-                "/ip4/127.0.0.1/tcp/4001",
-                "must end with /p2p/",
-            ),
+            ("p2p.bootstrap", "not-a-multiaddr", "bad multiaddr in p2p.bootstrap"),
+            ("p2p.bootstrap", "/ip4/127.0.0.1/tcp/4001", "must end with /p2p/"),
             ("p2p.listen", "/ip4/127.0.0.1/udp/4001", "expected /ip4"),
             ("p2p.listen", "/dns/example.org/tcp/1", "expected /ip4"),
             ("p2p.mdns", "maybe", "bad value for p2p.mdns"),

@@ -11,9 +11,7 @@ use gix::ObjectId;
 pub enum GitError {
     #[error("not a git repository (run inside a repo or pass -C DIR): {}", dir.display())]
     NotARepo { dir: PathBuf },
-    #[error(
-        "this repository has no commit yet: commit first, its root commit names the repository"
-    )]
+    #[error("this repository has no commit yet: commit first, its root commit names the repository")]
     EmptyRepo,
     #[error("{0}")]
     Git(String),
@@ -47,9 +45,7 @@ impl TryFrom<&str> for RepoId {
         if valid_len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             Ok(RepoId(s.to_owned()))
         } else {
-            Err(GitError::Git(format!(
-                "invalid repository id (want 40 or 64 lowercase hex digits): {s:?}"
-            )))
+            Err(GitError::Git(format!("invalid repository id (want 40 or 64 lowercase hex digits): {s:?}")))
         }
     }
 }
@@ -96,12 +92,8 @@ fn open_with(dir: &Path, options: Option<gix::open::Options>) -> Result<RepoCont
         use gix::discover::upwards::Error as E;
         match err.downcast_any_ref::<E>() {
             Some(
-                E::NoGitRepository { .. }
-                | E::NoGitRepositoryWithinCeiling { .. }
-                | E::NoGitRepositoryWithinFs { .. },
-            ) => GitError::NotARepo {
-                dir: dir.to_path_buf(),
-            },
+                E::NoGitRepository { .. } | E::NoGitRepositoryWithinCeiling { .. } | E::NoGitRepositoryWithinFs { .. },
+            ) => GitError::NotARepo { dir: dir.to_path_buf() },
             _ => ctx(&format!("cannot open repository at {}", dir.display()))(err),
         }
     })?;
@@ -110,12 +102,8 @@ fn open_with(dir: &Path, options: Option<gix::open::Options>) -> Result<RepoCont
     if head.is_unborn() {
         return Err(GitError::EmptyRepo);
     }
-    let branch = (!head.is_detached())
-        .then(|| head.referent_name().map(|n| n.shorten().to_string()))
-        .flatten();
-    let head_commit = repo
-        .head_commit()
-        .map_err(ctx("cannot resolve HEAD to a commit"))?;
+    let branch = (!head.is_detached()).then(|| head.referent_name().map(|n| n.shorten().to_string())).flatten();
+    let head_commit = repo.head_commit().map_err(ctx("cannot resolve HEAD to a commit"))?;
     let head_parents: Vec<ObjectId> = head_commit.parent_ids().map(|id| id.detach()).collect();
     let repo_id = root_commit(&repo, head_commit.id, &head_parents)?;
 
@@ -132,9 +120,7 @@ fn open_with(dir: &Path, options: Option<gix::open::Options>) -> Result<RepoCont
     // `origin` names the room, so callers get it first; the rest stay sorted.
     names.sort_by_key(|n| n != "origin");
     let urls = names.iter().filter_map(|name| {
-        let urls = config
-            .plumbing()
-            .strings_by("remote", Some(name.as_bstr()), "url");
+        let urls = config.plumbing().strings_by("remote", Some(name.as_bstr()), "url");
         // git fetches from the first configured url; later ones are push-only mirrors.
         let url = urls?.into_iter().next()?.to_str_lossy().into_owned();
         Some((name == "origin", url))
@@ -171,8 +157,7 @@ pub struct GlobalConfig(gix::config::File);
 impl GlobalConfig {
     pub fn load() -> Result<Self, String> {
         let mut file = gix::config::File::from_globals().map_err(|e| e.to_string())?;
-        let overrides =
-            gix::config::File::from_environment_overrides().map_err(|e| e.to_string())?;
+        let overrides = gix::config::File::from_environment_overrides().map_err(|e| e.to_string())?;
         file.append(overrides).map_err(|e| e.to_string())?;
         Ok(Self(file))
     }
@@ -180,12 +165,7 @@ impl GlobalConfig {
 
 impl crate::config::ConfigSource for GlobalConfig {
     fn get_all(&self, key: &str) -> Vec<String> {
-        self.0
-            .strings(key)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| v.to_string())
-            .collect()
+        self.0.strings(key).unwrap_or_default().into_iter().map(|v| v.to_string()).collect()
     }
 }
 
@@ -193,12 +173,9 @@ impl crate::config::ConfigSource for GlobalConfig {
 /// https, ssh or scp-like syntax of the same project meet in the same room.
 pub fn normalize_remote_url(url: &str) -> String {
     let url = url.trim();
-    let scheme_end = url.find("://").filter(|&i| {
-        i > 0
-            && url[..i]
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
-    });
+    let scheme_end = url
+        .find("://")
+        .filter(|&i| i > 0 && url[..i].bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)));
     let (authority, path) = match scheme_end {
         Some(i) if url[..i].eq_ignore_ascii_case("file") => return local_path_name(&url[i + 3..]),
         Some(i) => {
@@ -227,9 +204,7 @@ pub fn normalize_remote_url(url: &str) -> String {
 
 fn trim_repo_suffix(path: &str) -> &str {
     let path = path.trim_end_matches('/');
-    path.strip_suffix(".git")
-        .unwrap_or(path)
-        .trim_end_matches('/')
+    path.strip_suffix(".git").unwrap_or(path).trim_end_matches('/')
 }
 
 fn local_path_name(path: &str) -> String {
@@ -244,11 +219,7 @@ fn local_path_name(path: &str) -> String {
 const CACHE_FILE: &str = "root-cache";
 
 /// Finds the repository id, using the cache so a post-commit hook does not walk all of history.
-fn root_commit(
-    repo: &gix::Repository,
-    head: ObjectId,
-    head_parents: &[ObjectId],
-) -> Result<RepoId, GitError> {
+fn root_commit(repo: &gix::Repository, head: ObjectId, head_parents: &[ObjectId]) -> Result<RepoId, GitError> {
     let cache_path = repo.git_dir().join("p2p").join(CACHE_FILE);
     if let Some((cached_commit, root)) = read_cache(&cache_path) {
         if cached_commit == head {
@@ -266,10 +237,7 @@ fn root_commit(
 }
 
 fn walk_for_root(repo: &gix::Repository, head: ObjectId) -> Result<RepoId, GitError> {
-    let walk = repo
-        .rev_walk([head])
-        .all()
-        .map_err(ctx("cannot walk history"))?;
+    let walk = repo.rev_walk([head]).all().map_err(ctx("cannot walk history"))?;
     let mut best: Option<(i64, ObjectId)> = None;
     for info in walk {
         let info = info.map_err(ctx("cannot walk history"))?;
@@ -286,7 +254,9 @@ fn walk_for_root(repo: &gix::Repository, head: ObjectId) -> Result<RepoId, GitEr
     let Some((_, id)) = best else {
         // A shallow clone cuts history above the root; naming the repo after the cut would split its peers.
         return Err(GitError::Git(match repo.is_shallow() {
-            Ok(true) => "shallow clone: the root commit naming the repository is missing (run git fetch --unshallow)".into(),
+            Ok(true) => {
+                "shallow clone: the root commit naming the repository is missing (run git fetch --unshallow)".into()
+            }
             _ => "history reachable from HEAD has no root commit".into(),
         }));
     };
@@ -308,8 +278,7 @@ fn write_cache(path: &Path, commit: ObjectId, root: &RepoId) {
     }
     // Rename is atomic, so a concurrent reader never sees a half-written line.
     let tmp = dir.join(format!("{CACHE_FILE}.{}.tmp", std::process::id()));
-    let written = std::fs::write(&tmp, format!("{commit} {root}\n"))
-        .and_then(|()| std::fs::rename(&tmp, path));
+    let written = std::fs::write(&tmp, format!("{commit} {root}\n")).and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -339,14 +308,9 @@ mod tests {
         fn run(&self, cwd: &Path, date: Option<&str>, args: &[&str]) -> String {
             let dates = date.map(|d| [("GIT_COMMITTER_DATE", d), ("GIT_AUTHOR_DATE", d)]);
             let mut cmd = Command::new("git");
-            cmd.current_dir(cwd)
-                .args(args)
-                .envs(dates.into_iter().flatten());
-            cmd.env("GIT_CONFIG_GLOBAL", self.path("gitconfig"))
-                .env("HOME", self.0.path());
-            cmd.env("GIT_CONFIG_NOSYSTEM", "1")
-                .env_remove("GIT_DIR")
-                .env_remove("GIT_WORK_TREE");
+            cmd.current_dir(cwd).args(args).envs(dates.into_iter().flatten());
+            cmd.env("GIT_CONFIG_GLOBAL", self.path("gitconfig")).env("HOME", self.0.path());
+            cmd.env("GIT_CONFIG_NOSYSTEM", "1").env_remove("GIT_DIR").env_remove("GIT_WORK_TREE");
             let out = cmd.output().unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(out.status.success(), "git {args:?} failed: {stderr}");
@@ -441,10 +405,7 @@ mod tests {
         let plain = sb.path("plain");
         std::fs::create_dir_all(&plain).unwrap();
         let err = open_isolated(&plain).unwrap_err();
-        assert!(
-            matches!(&err, GitError::NotARepo { dir } if dir == &plain),
-            "{err:?}"
-        );
+        assert!(matches!(&err, GitError::NotARepo { dir } if dir == &plain), "{err:?}");
         assert!(err.to_string().starts_with("not a git repository"));
     }
 
@@ -464,10 +425,7 @@ mod tests {
         sb.git(&bare, "remote remove origin");
         assert_eq!(open_isolated(&bare).unwrap().room_name, "dst");
 
-        sb.git(
-            sb.0.path(),
-            &format!("clone -q --depth 1 file://{} shallow", src.display()),
-        );
+        sb.git(sb.0.path(), &format!("clone -q --depth 1 file://{} shallow", src.display()));
         let err = open_isolated(&sb.path("shallow")).unwrap_err();
         assert!(err.to_string().contains("git fetch --unshallow"), "{err}");
     }
@@ -525,11 +483,7 @@ mod tests {
         let ctx = open_isolated(&repo).unwrap();
         assert_eq!(ctx.room_name, "github.com/Foo/Bar");
         // origin first, then the others in name order (aaa, backup).
-        let want = [
-            "https://GitHub.com/Foo/Bar.git",
-            "/srv/git/a.git",
-            "git@x.org:y/z.git",
-        ];
+        let want = ["https://GitHub.com/Foo/Bar.git", "/srv/git/a.git", "git@x.org:y/z.git"];
         assert_eq!(ctx.remote_urls, want);
     }
 
@@ -578,11 +532,7 @@ mod tests {
         assert_eq!(id.to_string(), sha1);
         assert_eq!(id.short(), "0123456789ab");
         assert!(RepoId::try_from("ab".repeat(32).as_str()).is_ok());
-        let bad = [
-            sha1.to_uppercase(),
-            format!("{sha1}0"),
-            sha1.replace('0', "g"),
-        ];
+        let bad = [sha1.to_uppercase(), format!("{sha1}0"), sha1.replace('0', "g")];
         for bad in bad.iter().map(String::as_str).chain(["", "0123"]) {
             assert!(RepoId::try_from(bad).is_err(), "{bad:?}");
         }

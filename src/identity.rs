@@ -20,11 +20,7 @@ const NOSTR_KEY_FILE: &str = "nostr.key";
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("cannot {action} key file {}: {source}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Io { action: &'static str, path: PathBuf, source: io::Error },
     #[error("key file {} is corrupt ({reason}); move it away to create a new identity", path.display())]
     Corrupt { path: PathBuf, reason: String },
     #[error("key file {} is readable by others (mode {mode:o}); run: chmod 600 {}", path.display(), path.display())]
@@ -42,10 +38,7 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity")
-            .field("peer_id", &self.peer_id())
-            .field("npub", &self.npub())
-            .finish_non_exhaustive()
+        f.debug_struct("Identity").field("peer_id", &self.peer_id()).field("npub", &self.npub()).finish_non_exhaustive()
     }
 }
 
@@ -54,27 +47,15 @@ impl Identity {
     pub fn load_or_create(dir: &Path) -> Result<Self, IdentityError> {
         let libp2p_path = dir.join(LIBP2P_KEY_FILE);
         let bytes = load_or_create_file(&libp2p_path, || {
-            Keypair::generate_ed25519()
-                .to_protobuf_encoding()
-                .expect("ed25519 keys always encode")
+            Keypair::generate_ed25519().to_protobuf_encoding().expect("ed25519 keys always encode")
         })?;
-        let libp2p =
-            Keypair::from_protobuf_encoding(&bytes).map_err(|e| IdentityError::Corrupt {
-                path: libp2p_path.clone(),
-                reason: e.to_string(),
-            })?;
+        let libp2p = Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| IdentityError::Corrupt { path: libp2p_path.clone(), reason: e.to_string() })?;
 
         let nostr_path = dir.join(NOSTR_KEY_FILE);
-        let bytes = load_or_create_file(&nostr_path, || {
-            nostr::Keys::generate()
-                .secret_key()
-                .to_secret_hex()
-                .into_bytes()
-        })?;
-        let corrupt = |reason: String| IdentityError::Corrupt {
-            path: nostr_path.clone(),
-            reason,
-        };
+        let bytes =
+            load_or_create_file(&nostr_path, || nostr::Keys::generate().secret_key().to_secret_hex().into_bytes())?;
+        let corrupt = |reason: String| IdentityError::Corrupt { path: nostr_path.clone(), reason };
         let text = std::str::from_utf8(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let nostr = nostr::Keys::parse(text.trim()).map_err(|e| corrupt(e.to_string()))?;
         Ok(Self { libp2p, nostr })
@@ -90,11 +71,7 @@ impl Identity {
         let path = dir.join(NOSTR_KEY_FILE);
         let tmp = temp_path(&path);
         write_private(&tmp, keys.secret_key().to_secret_hex().as_bytes())?;
-        fs::rename(&tmp, &path).map_err(|source| IdentityError::Io {
-            action: "replace",
-            path,
-            source,
-        })?;
+        fs::rename(&tmp, &path).map_err(|source| IdentityError::Io { action: "replace", path, source })?;
         Ok(keys)
     }
 
@@ -103,10 +80,7 @@ impl Identity {
     }
 
     pub fn npub(&self) -> String {
-        self.nostr
-            .public_key()
-            .to_bech32()
-            .expect("bech32 encoding of a public key cannot fail")
+        self.nostr.public_key().to_bech32().expect("bech32 encoding of a public key cannot fail")
     }
 }
 
@@ -120,27 +94,15 @@ fn temp_path(path: &Path) -> PathBuf {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
-    let io_err = |source| IdentityError::Io {
-        action: "write",
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err)?;
+    let io_err = |source| IdentityError::Io { action: "write", path: path.to_path_buf(), source };
+    let mut file =
+        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io_err)?;
     file.write_all(bytes).map_err(io_err)?;
     file.sync_all().map_err(io_err)
 }
 
 /// Reads `path`, or creates it with `make()` if it does not exist. Never overwrites a key.
-fn load_or_create_file(
-    path: &Path,
-    make: impl FnOnce() -> Vec<u8>,
-) -> Result<Vec<u8>, IdentityError> {
+fn load_or_create_file(path: &Path, make: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, IdentityError> {
     match read_private(path) {
         Err(IdentityError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
         other => return other,
@@ -153,30 +115,17 @@ fn load_or_create_file(
     match linked {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(source) => {
-            return Err(IdentityError::Io {
-                action: "create",
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+        Err(source) => return Err(IdentityError::Io { action: "create", path: path.to_path_buf(), source }),
     }
     read_private(path)
 }
 
 fn read_private(path: &Path) -> Result<Vec<u8>, IdentityError> {
-    let io_err = |source| IdentityError::Io {
-        action: "read",
-        path: path.to_path_buf(),
-        source,
-    };
+    let io_err = |source| IdentityError::Io { action: "read", path: path.to_path_buf(), source };
     let meta = fs::metadata(path).map_err(io_err)?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(IdentityError::TooOpen {
-            path: path.to_path_buf(),
-            mode,
-        });
+        return Err(IdentityError::TooOpen { path: path.to_path_buf(), mode });
     }
     fs::read(path).map_err(io_err)
 }
@@ -194,11 +143,7 @@ mod tests {
         assert_eq!(first.npub(), second.npub());
         assert!(first.npub().starts_with("npub1"));
         for file in [LIBP2P_KEY_FILE, NOSTR_KEY_FILE] {
-            let mode = fs::metadata(dir.path().join(file))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777;
+            let mode = fs::metadata(dir.path().join(file)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{file}");
         }
         let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
@@ -208,10 +153,7 @@ mod tests {
     #[test]
     fn two_users_get_different_keys() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let (a, b) = (
-            Identity::load_or_create(a.path()).unwrap(),
-            Identity::load_or_create(b.path()).unwrap(),
-        );
+        let (a, b) = (Identity::load_or_create(a.path()).unwrap(), Identity::load_or_create(b.path()).unwrap());
         assert_ne!(a.peer_id(), b.peer_id());
         assert_ne!(a.npub(), b.npub());
     }
@@ -239,11 +181,7 @@ mod tests {
         fs::write(&path, b"garbage").unwrap();
         let err = Identity::load_or_create(dir.path()).unwrap_err();
         assert!(matches!(err, IdentityError::Corrupt { .. }), "{err}");
-        assert_eq!(
-            fs::read(&path).unwrap(),
-            b"garbage",
-            "a corrupt key is never overwritten"
-        );
+        assert_eq!(fs::read(&path).unwrap(), b"garbage", "a corrupt key is never overwritten");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let err = Identity::load_or_create(dir.path()).unwrap_err();
         assert!(matches!(err, IdentityError::TooOpen { .. }), "{err}");
@@ -259,14 +197,8 @@ mod tests {
         let after = Identity::load_or_create(dir.path()).unwrap();
         assert_eq!(after.peer_id(), before.peer_id());
         assert_eq!(after.nostr.public_key(), other.public_key());
-        assert!(matches!(
-            Identity::import_nostr(dir.path(), "nope"),
-            Err(IdentityError::BadNsec)
-        ));
+        assert!(matches!(Identity::import_nostr(dir.path(), "nope"), Err(IdentityError::BadNsec)));
         let debug = format!("{after:?}");
-        assert!(
-            !debug.contains(&other.secret_key().to_secret_hex()),
-            "secrets never in Debug"
-        );
+        assert!(!debug.contains(&other.secret_key().to_secret_hex()), "secrets never in Debug");
     }
 }

@@ -24,16 +24,10 @@ fn filter(verbosity: u8) -> EnvFilter {
 
 /// Logs to `path` (appending) for the rest of the process.
 pub fn init_file(path: &Path, verbosity: u8) -> io::Result<()> {
-    if fs::metadata(path)
-        .map(|m| m.len() > MAX_LOG_BYTES)
-        .unwrap_or(false)
-    {
+    if fs::metadata(path).map(|m| m.len() > MAX_LOG_BYTES).unwrap_or(false) {
         let _ = fs::rename(path, path.with_extension("log.old"));
     }
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
+    let file = fs::OpenOptions::new().create(true).append(true).open(path)?;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter(verbosity))
         .with_ansi(false)
@@ -47,8 +41,5 @@ pub fn init_stderr(verbosity: u8) {
     if verbosity == 0 && std::env::var_os("RUST_LOG").is_none() {
         return;
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter(verbosity))
-        .with_writer(io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter(verbosity)).with_writer(io::stderr).try_init();
 }

@@ -12,14 +12,8 @@ pub fn pages() -> Vec<(String, Vec<u8>)> {
 }
 
 fn render(cmd: clap::Command, name: String, out: &mut Vec<(String, Vec<u8>)>) {
-    let subcommands: Vec<clap::Command> = cmd
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set())
-        .cloned()
-        .collect();
-    let page_cmd = cmd
-        .name(name.clone())
-        .bin_name(name.replacen("git-p2p", "git p2p", 1).replace('-', " "));
+    let subcommands: Vec<clap::Command> = cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned().collect();
+    let page_cmd = cmd.name(name.clone()).bin_name(name.replacen("git-p2p", "git p2p", 1).replace('-', " "));
     let mut roff = Vec::new();
     clap_mangen::Man::new(page_cmd)
         .title(name.to_uppercase())
@@ -62,17 +56,10 @@ mod tests {
         }
         let expected: BTreeSet<String> = pages.iter().map(|(n, _)| n.clone()).collect();
         let present: BTreeSet<String> = std::fs::read_dir(&dir)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
         stale.extend(present.difference(&expected).cloned());
-        assert!(
-            stale.is_empty(),
-            "man pages are stale: {stale:?}; run: GIT_P2P_UPDATE_MAN=1 cargo test man_pages"
-        );
+        assert!(stale.is_empty(), "man pages are stale: {stale:?}; run: GIT_P2P_UPDATE_MAN=1 cargo test man_pages");
         assert!(expected.contains("git-p2p.1") && expected.contains("git-p2p-daemon-run.1"));
     }
 }

@@ -37,10 +37,7 @@ impl Paths {
 
     /// Paths from an environment lookup function; pure, so tests need not touch the process env.
     pub fn from_vars(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<Self, PathError> {
-        let data_home = match var("XDG_DATA_HOME")
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-        {
+        let data_home = match var("XDG_DATA_HOME").map(PathBuf::from).filter(|p| p.is_absolute()) {
             Some(dir) => dir,
             None => {
                 let home = var("HOME").map(PathBuf::from).ok_or(PathError::NoHome)?;
@@ -48,17 +45,11 @@ impl Paths {
             }
         };
         let data_dir = data_home.join("git-p2p");
-        let socket_dir = match var("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-        {
+        let socket_dir = match var("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|p| p.is_absolute()) {
             Some(run) => run.join("git-p2p"),
             None => data_dir.clone(),
         };
-        Ok(Self {
-            data_dir,
-            socket_dir,
-        })
+        Ok(Self { data_dir, socket_dir })
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -97,15 +88,8 @@ impl Paths {
 
 /// Creates `dir` (and parents) with mode 0700, and tightens an existing one we own to 0700.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), PathError> {
-    let create_err = |source| PathError::Create {
-        path: dir.to_path_buf(),
-        source,
-    };
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(create_err)?;
+    let create_err = |source| PathError::Create { path: dir.to_path_buf(), source };
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(create_err)?;
     let meta = fs::metadata(dir).map_err(create_err)?;
     if meta.permissions().mode() & 0o077 != 0 {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(create_err)?;
@@ -124,21 +108,13 @@ mod tests {
     use std::ffi::OsString;
 
     fn paths(vars: &[(&str, &str)]) -> Result<Paths, PathError> {
-        let map: HashMap<String, OsString> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), OsString::from(v)))
-            .collect();
+        let map: HashMap<String, OsString> = vars.iter().map(|(k, v)| (k.to_string(), OsString::from(v))).collect();
         Paths::from_vars(|k| map.get(k).cloned())
     }
 
     #[test]
     fn xdg_dirs_win_over_home() {
-        let p = paths(&[
-            ("HOME", "/h"),
-            ("XDG_DATA_HOME", "/d"),
-            ("XDG_RUNTIME_DIR", "/r"),
-        ])
-        .unwrap();
+        let p = paths(&[("HOME", "/h"), ("XDG_DATA_HOME", "/d"), ("XDG_RUNTIME_DIR", "/r")]).unwrap();
         assert_eq!(p.data_dir, PathBuf::from("/d/git-p2p"));
         assert_eq!(p.socket(), PathBuf::from("/r/git-p2p/control.sock"));
     }
@@ -147,10 +123,7 @@ mod tests {
     fn falls_back_to_home_and_data_dir() {
         let p = paths(&[("HOME", "/h"), ("XDG_DATA_HOME", "relative")]).unwrap();
         assert_eq!(p.data_dir, PathBuf::from("/h/.local/share/git-p2p"));
-        assert_eq!(
-            p.socket(),
-            PathBuf::from("/h/.local/share/git-p2p/control.sock")
-        );
+        assert_eq!(p.socket(), PathBuf::from("/h/.local/share/git-p2p/control.sock"));
         assert!(matches!(paths(&[]), Err(PathError::NoHome)));
     }
 
@@ -161,20 +134,14 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         ensure_private_dir(&dir).unwrap();
-        assert_eq!(
-            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
+        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
     }
 
     #[test]
     fn too_long_socket_path_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let long = tmp.path().join("x".repeat(120));
-        let p = Paths {
-            data_dir: long.clone(),
-            socket_dir: long,
-        };
+        let p = Paths { data_dir: long.clone(), socket_dir: long };
         assert!(matches!(p.ensure(), Err(PathError::SocketTooLong { .. })));
     }
 }

@@ -24,9 +24,7 @@ pub const MAX_KNOWN_PEERS: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error(
-        "the store {path} is in use by another process (is another node running on this data dir?)"
-    )]
+    #[error("the store {path} is in use by another process (is another node running on this data dir?)")]
     Busy { path: String },
     #[error("store error: {0}")]
     Db(#[from] redb::Error),
@@ -49,10 +47,7 @@ fn db<T, E: Into<redb::Error>>(r: Result<T, E>) -> Result<T, StoreError> {
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Store {
@@ -60,9 +55,7 @@ impl Store {
         let database = match Database::create(path) {
             Ok(database) => database,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::Busy {
-                    path: path.display().to_string(),
-                })
+                return Err(StoreError::Busy { path: path.display().to_string() })
             }
             Err(e) => return Err(StoreError::Db(e.into())),
         };
@@ -74,17 +67,11 @@ impl Store {
     }
 
     /// Records that we are connected to `peer` at `addrs` (most useful first).
-    pub fn remember_peer(
-        &self,
-        peer: &str,
-        addrs: &[String],
-        name: Option<&str>,
-    ) -> Result<(), StoreError> {
+    pub fn remember_peer(&self, peer: &str, addrs: &[String], name: Option<&str>) -> Result<(), StoreError> {
         let txn = db(self.db.begin_write())?;
         {
             let mut table = db(txn.open_table(PEERS))?;
-            let old = db(table.get(peer))?
-                .and_then(|v| serde_json::from_slice::<KnownPeer>(v.value()).ok());
+            let old = db(table.get(peer))?.and_then(|v| serde_json::from_slice::<KnownPeer>(v.value()).ok());
             let mut merged: Vec<String> = addrs.to_vec();
             for a in old.iter().flat_map(|o| o.addrs.iter()) {
                 if !merged.contains(a) {
@@ -94,9 +81,7 @@ impl Store {
             merged.truncate(MAX_ADDRS_PER_PEER);
             let entry = KnownPeer {
                 addrs: merged,
-                name: name
-                    .map(str::to_string)
-                    .or_else(|| old.and_then(|o| o.name)),
+                name: name.map(str::to_string).or_else(|| old.and_then(|o| o.name)),
                 last_seen: unix_now(),
             };
             let bytes = serde_json::to_vec(&entry).expect("KnownPeer always serialises");
@@ -106,9 +91,7 @@ impl Store {
                 let mut all: Vec<(String, u64)> = Vec::with_capacity(len);
                 for item in db(table.iter())? {
                     let (k, v) = db(item)?;
-                    let seen = serde_json::from_slice::<KnownPeer>(v.value())
-                        .map(|p| p.last_seen)
-                        .unwrap_or(0);
+                    let seen = serde_json::from_slice::<KnownPeer>(v.value()).map(|p| p.last_seen).unwrap_or(0);
                     all.push((k.value().to_string(), seen));
                 }
                 all.sort_by_key(|(_, seen)| *seen);
@@ -147,10 +130,7 @@ impl Store {
         let mut out = Vec::new();
         for item in db(table.iter())? {
             let (k, v) = db(item)?;
-            out.push(RepoInfo {
-                id: k.value().to_string(),
-                name: v.value().to_string(),
-            });
+            out.push(RepoInfo { id: k.value().to_string(), name: v.value().to_string() });
         }
         Ok(out)
     }
@@ -166,38 +146,16 @@ mod tests {
         let path = dir.path().join("store.redb");
         {
             let store = Store::open(&path).unwrap();
-            store
-                .remember_peer("alice", &["/ip4/127.0.0.1/tcp/1".into()], Some("Alice"))
-                .unwrap();
-            store
-                .remember_peer("alice", &["/ip4/127.0.0.1/tcp/2".into()], None)
-                .unwrap();
-            store
-                .add_repo(&RepoInfo {
-                    id: "aa".into(),
-                    name: "proj".into(),
-                })
-                .unwrap();
+            store.remember_peer("alice", &["/ip4/127.0.0.1/tcp/1".into()], Some("Alice")).unwrap();
+            store.remember_peer("alice", &["/ip4/127.0.0.1/tcp/2".into()], None).unwrap();
+            store.add_repo(&RepoInfo { id: "aa".into(), name: "proj".into() }).unwrap();
         }
         let store = Store::open(&path).unwrap();
         let peers = store.known_peers().unwrap();
         assert_eq!(peers.len(), 1);
-        assert_eq!(
-            peers[0].1.addrs,
-            vec!["/ip4/127.0.0.1/tcp/2", "/ip4/127.0.0.1/tcp/1"]
-        );
-        assert_eq!(
-            peers[0].1.name.as_deref(),
-            Some("Alice"),
-            "a name is kept when a later update has none"
-        );
-        assert_eq!(
-            store.repos().unwrap(),
-            vec![RepoInfo {
-                id: "aa".into(),
-                name: "proj".into()
-            }]
-        );
+        assert_eq!(peers[0].1.addrs, vec!["/ip4/127.0.0.1/tcp/2", "/ip4/127.0.0.1/tcp/1"]);
+        assert_eq!(peers[0].1.name.as_deref(), Some("Alice"), "a name is kept when a later update has none");
+        assert_eq!(store.repos().unwrap(), vec![RepoInfo { id: "aa".into(), name: "proj".into() }]);
     }
 
     #[test]
@@ -206,10 +164,7 @@ mod tests {
         let store = Store::open(&dir.path().join("s")).unwrap();
         let many: Vec<String> = (0..40).map(|i| format!("/ip4/127.0.0.1/tcp/{i}")).collect();
         store.remember_peer("bob", &many, None).unwrap();
-        assert_eq!(
-            store.known_peers().unwrap()[0].1.addrs.len(),
-            MAX_ADDRS_PER_PEER
-        );
+        assert_eq!(store.known_peers().unwrap()[0].1.addrs.len(), MAX_ADDRS_PER_PEER);
     }
 
     #[test]

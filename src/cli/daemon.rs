@@ -15,27 +15,13 @@ pub fn run(ctx: &Ctx, command: DaemonCommand, out: &mut dyn Write) -> anyhow::Re
     let paths = ctx.paths()?;
     match command {
         DaemonCommand::Run { notify_ready } => {
-            crate::node::run(
-                paths,
-                crate::node::RunOptions {
-                    notify_ready,
-                    verbosity: ctx.verbosity,
-                },
-            )?;
+            crate::node::run(paths, crate::node::RunOptions { notify_ready, verbosity: ctx.verbosity })?;
         }
         DaemonCommand::Start => {
             let already = Client::connect(paths).is_ok();
             let status = status(&mut ctx.client()?)?;
-            let what = if already {
-                "already running"
-            } else {
-                "started"
-            };
-            writeln!(
-                out,
-                "node {what} (pid {}, peer id {})",
-                status.pid, status.peer_id
-            )?;
+            let what = if already { "already running" } else { "started" };
+            writeln!(out, "node {what} (pid {}, peer id {})", status.pid, status.peer_id)?;
         }
         DaemonCommand::Stop => {
             let mut client = match Client::connect(paths) {
@@ -90,10 +76,7 @@ fn status(client: &mut Client) -> anyhow::Result<NodeStatus> {
 /// The node releases its data-dir lock as it exits; wait for that, so that `stop` returning
 /// means the node is gone and a new one can start at once.
 fn wait_for_exit(paths: &crate::paths::Paths) -> anyhow::Result<()> {
-    let lock = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(paths.data_lock())?;
+    let lock = std::fs::OpenOptions::new().read(true).write(true).open(paths.data_lock())?;
     let deadline = Instant::now() + STOP_TIMEOUT;
     loop {
         match lock.try_lock() {
@@ -111,19 +94,11 @@ fn wait_for_exit(paths: &crate::paths::Paths) -> anyhow::Result<()> {
 
 fn print_status(s: &NodeStatus, out: &mut dyn Write) -> anyhow::Result<()> {
     let on_off = |b: bool| if b { "on" } else { "off" };
-    writeln!(
-        out,
-        "node       running (pid {}, git-p2p {}, protocol {})",
-        s.pid, s.version, s.protocol
-    )?;
+    writeln!(out, "node       running (pid {}, git-p2p {}, protocol {})", s.pid, s.version, s.protocol)?;
     writeln!(out, "peer id    {}", s.peer_id)?;
     writeln!(out, "npub       {}", s.npub)?;
     writeln!(out, "name       {}", s.name.as_deref().unwrap_or("-"))?;
-    writeln!(
-        out,
-        "peers      {} connected, {} known",
-        s.connected_peers, s.known_peers
-    )?;
+    writeln!(out, "peers      {} connected, {} known", s.connected_peers, s.known_peers)?;
     for (i, addr) in s.listen_addrs.iter().enumerate() {
         writeln!(out, "{:<10} {addr}", if i == 0 { "listening" } else { "" })?;
     }
@@ -138,21 +113,10 @@ fn print_status(s: &NodeStatus, out: &mut dyn Write) -> anyhow::Result<()> {
     if s.config.relays.is_empty() {
         writeln!(out, "nostr      off (no p2p.relay configured)")?;
     } else {
-        writeln!(
-            out,
-            "nostr      {} relay(s) configured: {}",
-            s.config.relays.len(),
-            s.config.relays.join(", ")
-        )?;
+        writeln!(out, "nostr      {} relay(s) configured: {}", s.config.relays.len(), s.config.relays.join(", "))?;
     }
     for (i, r) in s.repos.iter().enumerate() {
-        writeln!(
-            out,
-            "{:<10} {} ({})",
-            if i == 0 { "repos" } else { "" },
-            r.name,
-            &r.id[..r.id.len().min(12)]
-        )?;
+        writeln!(out, "{:<10} {} ({})", if i == 0 { "repos" } else { "" }, r.name, &r.id[..r.id.len().min(12)])?;
     }
     writeln!(out, "data dir   {}", s.data_dir)?;
     writeln!(out, "socket     {}", s.socket)?;

@@ -27,14 +27,7 @@ pub fn run(ctx: &Ctx, args: &IdArgs, out: &mut dyn Write) -> anyhow::Result<()> 
     }
     writeln!(out, "peer id    {}", status.peer_id)?;
     writeln!(out, "npub       {}", status.npub)?;
-    writeln!(
-        out,
-        "name       {}",
-        status
-            .name
-            .as_deref()
-            .unwrap_or("(none: set git config p2p.name or user.name)")
-    )?;
+    writeln!(out, "name       {}", status.name.as_deref().unwrap_or("(none: set git config p2p.name or user.name)"))?;
     writeln!(out, "data dir   {}", status.data_dir)?;
     for (i, addr) in status.listen_addrs.iter().enumerate() {
         let label = if i == 0 { "listening" } else { "" };
@@ -53,9 +46,7 @@ fn import_nsec(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<()> {
     let npub = nostr::nips::nip19::ToBech32::to_bech32(&keys.public_key())?;
     writeln!(out, "imported Nostr key {npub}")?;
     if crate::control::Client::connect(paths).is_ok() {
-        eprintln!(
-            "git-p2p: the running node still uses the old key; restart it: git p2p daemon stop"
-        );
+        eprintln!("git-p2p: the running node still uses the old key; restart it: git p2p daemon stop");
     }
     Ok(())
 }

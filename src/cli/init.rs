@@ -11,16 +11,8 @@ pub fn run(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<()> {
         anyhow::bail!("{} is a bare repository: git p2p init needs a clone with a work tree", repo.git_dir.display());
     }
     let mut client = ctx.client()?;
-    let info = RepoInfo {
-        id: repo.repo_id.to_string(),
-        name: repo.room_name.clone(),
-    };
+    let info = RepoInfo { id: repo.repo_id.to_string(), name: repo.room_name.clone() };
     client.request(Request::RegisterRepo { repo: info })?;
-    writeln!(
-        out,
-        "registered {} (repo id {}) with the node",
-        repo.room_name,
-        repo.repo_id.short()
-    )?;
+    writeln!(out, "registered {} (repo id {}) with the node", repo.room_name, repo.repo_id.short())?;
     Ok(())
 }

@@ -231,9 +231,7 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn paths(&self) -> anyhow::Result<&Paths> {
-        self.paths.as_ref().ok_or_else(|| {
-            anyhow::anyhow!("cannot find a home directory: set HOME or XDG_DATA_HOME")
-        })
+        self.paths.as_ref().ok_or_else(|| anyhow::anyhow!("cannot find a home directory: set HOME or XDG_DATA_HOME"))
     }
 
     /// The repository the command runs in.
@@ -258,19 +256,13 @@ pub fn main() -> ExitCode {
         Some(dir) => dir.clone(),
         None => PathBuf::from("."),
     };
-    let ctx = Ctx {
-        dir,
-        verbosity: cli.verbose,
-        paths: Paths::from_env().ok(),
-    };
+    let ctx = Ctx { dir, verbosity: cli.verbose, paths: Paths::from_env().ok() };
     let mut out = io::stdout().lock();
     match run(&ctx, cli.command, &mut out) {
         Ok(code) => code,
         Err(e) => {
             // A closed stdout (`git p2p log | head`) is not an error worth a message.
-            if e.downcast_ref::<io::Error>()
-                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
-            {
+            if e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) {
                 return ExitCode::SUCCESS;
             }
             let _ = writeln!(io::stderr(), "git-p2p: error: {}", one_line(&e));
@@ -296,9 +288,7 @@ pub fn one_line(e: &anyhow::Error) -> String {
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     match e.kind() {
-        ErrorKind::DisplayHelp
-        | ErrorKind::DisplayVersion
-        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             let _ = e.print();
             if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
                 return ExitCode::from(2);
@@ -309,10 +299,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
             let rendered = e.render().to_string();
             let first = rendered.lines().next().unwrap_or("usage error");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            let _ = writeln!(
-                io::stderr(),
-                "git-p2p: error: {first} (see 'git p2p --help')"
-            );
+            let _ = writeln!(io::stderr(), "git-p2p: error: {first} (see 'git p2p --help')");
             ExitCode::from(2)
         }
     }

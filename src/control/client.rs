@@ -31,10 +31,7 @@ pub enum ClientError {
     #[error("the node is not running (start it with: git p2p daemon start)")]
     NotRunning,
     #[error("cannot reach the node at {}: {source}", path.display())]
-    Connect {
-        path: std::path::PathBuf,
-        source: io::Error,
-    },
+    Connect { path: std::path::PathBuf, source: io::Error },
     #[error("node failed to start: {0}")]
     StartFailed(String),
     #[error("lost connection to the node: {0}")]
@@ -60,19 +57,12 @@ impl Client {
         let stream = UnixStream::connect(&path).map_err(|source| match source.kind() {
             // No socket file, or a stale one left by a dead node: nobody is listening.
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning,
-            _ => ClientError::Connect {
-                path: path.clone(),
-                source,
-            },
+            _ => ClientError::Connect { path: path.clone(), source },
         })?;
         stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
         stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
         let writer = stream.try_clone()?;
-        Ok(Self {
-            reader: BufReader::new(stream),
-            writer,
-            next_id: 1,
-        })
+        Ok(Self { reader: BufReader::new(stream), writer, next_id: 1 })
     }
 
     /// Connects to the node, starting it (detached) first if it is not running.
@@ -98,16 +88,11 @@ impl Client {
     pub fn request(&mut self, req: Request) -> Result<Response, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        self.writer
-            .write_all(&proto::encode(&RequestFrame::new(id, req)))?;
+        self.writer.write_all(&proto::encode(&RequestFrame::new(id, req)))?;
         let line = self.read_line()?;
         let frame = proto::decode_response(&line)?;
         if frame.id != id {
-            return Err(DecodeError::Malformed(format!(
-                "answer to request {} while waiting for {id}",
-                frame.id
-            ))
-            .into());
+            return Err(DecodeError::Malformed(format!("answer to request {} while waiting for {id}", frame.id)).into());
         }
         match frame.outcome {
             Outcome::Ok(response) => Ok(response),
@@ -117,15 +102,9 @@ impl Client {
 
     fn read_line(&mut self) -> Result<Vec<u8>, ClientError> {
         let mut line = Vec::new();
-        let n = (&mut self.reader)
-            .take(MAX_FRAME as u64 + 1)
-            .read_until(b'\n', &mut line)?;
+        let n = (&mut self.reader).take(MAX_FRAME as u64 + 1).read_until(b'\n', &mut line)?;
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the node closed the connection",
-            )
-            .into());
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the node closed the connection").into());
         }
         if line.last() != Some(&b'\n') {
             return Err(DecodeError::TooLong(line.len()).into());
@@ -155,20 +134,12 @@ fn start_node() -> Result<(), ClientError> {
             Ok(())
         });
     }
-    let mut child = command
-        .spawn()
-        .map_err(|e| ClientError::StartFailed(format!("cannot run git-p2p: {e}")))?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| ClientError::StartFailed("no pipe to the node".into()))?;
+    let mut child = command.spawn().map_err(|e| ClientError::StartFailed(format!("cannot run git-p2p: {e}")))?;
+    let stdout = child.stdout.take().ok_or_else(|| ClientError::StartFailed("no pipe to the node".into()))?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
-        let result = BufReader::new(stdout)
-            .take(4096)
-            .read_line(&mut line)
-            .map(|_| line);
+        let result = BufReader::new(stdout).take(4096).read_line(&mut line).map(|_| line);
         let _ = tx.send(result);
     });
     let answer = match rx.recv_timeout(START_PROGRESS_AFTER) {

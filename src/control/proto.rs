@@ -112,28 +112,16 @@ pub struct PeerInfo {
 
 impl RequestFrame {
     pub fn new(id: u64, req: Request) -> Self {
-        Self {
-            v: PROTOCOL_VERSION,
-            id,
-            req,
-        }
+        Self { v: PROTOCOL_VERSION, id, req }
     }
 }
 
 impl ResponseFrame {
     pub fn ok(id: u64, response: Response) -> Self {
-        Self {
-            v: PROTOCOL_VERSION,
-            id,
-            outcome: Outcome::Ok(response),
-        }
+        Self { v: PROTOCOL_VERSION, id, outcome: Outcome::Ok(response) }
     }
     pub fn error(id: u64, message: impl Into<String>) -> Self {
-        Self {
-            v: PROTOCOL_VERSION,
-            id,
-            outcome: Outcome::Error(message.into()),
-        }
+        Self { v: PROTOCOL_VERSION, id, outcome: Outcome::Error(message.into()) }
     }
 }
 
@@ -159,16 +147,9 @@ pub fn decode_request(line: &[u8]) -> Result<RequestFrame, (u64, DecodeError)> {
         #[serde(default)]
         id: u64,
     }
-    let head: Head =
-        serde_json::from_slice(line).map_err(|e| (0, DecodeError::Malformed(e.to_string())))?;
+    let head: Head = serde_json::from_slice(line).map_err(|e| (0, DecodeError::Malformed(e.to_string())))?;
     if head.v != PROTOCOL_VERSION {
-        return Err((
-            head.id,
-            DecodeError::Version {
-                node: PROTOCOL_VERSION,
-                client: head.v,
-            },
-        ));
+        return Err((head.id, DecodeError::Version { node: PROTOCOL_VERSION, client: head.v }));
     }
     serde_json::from_slice(line).map_err(|e| (head.id, DecodeError::Malformed(e.to_string())))
 }
@@ -182,13 +163,9 @@ pub fn decode_response(line: &[u8]) -> Result<ResponseFrame, DecodeError> {
     struct Head {
         v: u32,
     }
-    let head: Head =
-        serde_json::from_slice(line).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let head: Head = serde_json::from_slice(line).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if head.v != PROTOCOL_VERSION {
-        return Err(DecodeError::Version {
-            node: head.v,
-            client: PROTOCOL_VERSION,
-        });
+        return Err(DecodeError::Version { node: head.v, client: PROTOCOL_VERSION });
     }
     serde_json::from_slice(line).map_err(|e| DecodeError::Malformed(e.to_string()))
 }
@@ -210,12 +187,7 @@ mod tests {
             Request::Status,
             Request::Peers,
             Request::Shutdown,
-            Request::RegisterRepo {
-                repo: RepoInfo {
-                    id: "ab".repeat(20),
-                    name: "github.com/a/b".into(),
-                },
-            },
+            Request::RegisterRepo { repo: RepoInfo { id: "ab".repeat(20), name: "github.com/a/b".into() } },
         ] {
             let line = encode(&RequestFrame::new(7, req.clone()));
             assert_eq!(line.last(), Some(&b'\n'));
@@ -236,34 +208,18 @@ mod tests {
     fn version_mismatch_is_reported_with_the_request_id() {
         let (id, err) = decode_request(br#"{"v":99,"id":5,"req":{"op":"teleport"}}"#).unwrap_err();
         assert_eq!(id, 5);
-        assert_eq!(
-            err,
-            DecodeError::Version {
-                node: PROTOCOL_VERSION,
-                client: 99
-            }
-        );
+        assert_eq!(err, DecodeError::Version { node: PROTOCOL_VERSION, client: 99 });
         let err = decode_response(br#"{"v":0,"id":5,"ok":{"kind":"done"}}"#).unwrap_err();
         assert!(err.to_string().contains("version mismatch"), "{err}");
     }
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
-        for line in [
-            &b""[..],
-            b"{",
-            b"null",
-            b"[]",
-            b"{\"v\":1,\"id\":1,\"req\":{\"op\":\"nope\"}}",
-            b"\xff\xfe",
-        ] {
+        for line in [&b""[..], b"{", b"null", b"[]", b"{\"v\":1,\"id\":1,\"req\":{\"op\":\"nope\"}}", b"\xff\xfe"] {
             assert!(decode_request(line).is_err(), "{line:?}");
             assert!(decode_response(line).is_err(), "{line:?}");
         }
         let long = vec![b' '; MAX_FRAME + 1];
-        assert!(matches!(
-            decode_request(&long),
-            Err((_, DecodeError::TooLong(_)))
-        ));
+        assert!(matches!(decode_request(&long), Err((_, DecodeError::TooLong(_)))));
     }
 }

@@ -44,16 +44,12 @@ async fn serve_client(stream: UnixStream, commands: mpsc::Sender<Command>) -> st
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = (&mut reader)
-            .take(MAX_FRAME as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .await?;
+        let n = (&mut reader).take(MAX_FRAME as u64 + 1).read_until(b'\n', &mut line).await?;
         if n == 0 {
             return Ok(());
         }
         if line.last() != Some(&b'\n') {
-            let frame =
-                ResponseFrame::error(0, proto::DecodeError::TooLong(line.len()).to_string());
+            let frame = ResponseFrame::error(0, proto::DecodeError::TooLong(line.len()).to_string());
             write.write_all(&proto::encode(&frame)).await?;
             return Ok(());
         }
@@ -61,31 +57,18 @@ async fn serve_client(stream: UnixStream, commands: mpsc::Sender<Command>) -> st
         let frame = match proto::decode_request(&line) {
             Ok(frame) => frame,
             Err((id, err)) => {
-                write
-                    .write_all(&proto::encode(&ResponseFrame::error(id, err.to_string())))
-                    .await?;
+                write.write_all(&proto::encode(&ResponseFrame::error(id, err.to_string()))).await?;
                 continue;
             }
         };
         let (reply, answer) = oneshot::channel();
-        if commands
-            .send(Command {
-                req: frame.req,
-                reply,
-            })
-            .await
-            .is_err()
-        {
+        if commands.send(Command { req: frame.req, reply }).await.is_err() {
             let frame = ResponseFrame::error(frame.id, "the node is shutting down");
             write.write_all(&proto::encode(&frame)).await?;
             return Ok(());
         }
         let response = match answer.await {
-            Ok(outcome) => ResponseFrame {
-                v: proto::PROTOCOL_VERSION,
-                id: frame.id,
-                outcome,
-            },
+            Ok(outcome) => ResponseFrame { v: proto::PROTOCOL_VERSION, id: frame.id, outcome },
             Err(_) => ResponseFrame::error(frame.id, "the node is shutting down"),
         };
         write.write_all(&proto::encode(&response)).await?;

@@ -61,11 +61,8 @@ impl Behaviour {
             .max_transmit_size(MAX_GOSSIP_MESSAGE)
             .build()
             .map_err(|e| format!("gossipsub config: {e}"))?;
-        let gossipsub = gossipsub::Behaviour::new(
-            gossipsub::MessageAuthenticity::Signed(key.clone()),
-            gossip_config,
-        )
-        .map_err(|e| format!("gossipsub: {e}"))?;
+        let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)
+            .map_err(|e| format!("gossipsub: {e}"))?;
 
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config.set_query_timeout(Duration::from_secs(30));
@@ -78,25 +75,13 @@ impl Behaviour {
         }));
 
         let mdns = if config.mdns {
-            let mdns_config = mdns::Config {
-                query_interval: config.mdns_interval,
-                ..Default::default()
-            };
-            Some(
-                mdns::tokio::Behaviour::new(mdns_config, peer_id)
-                    .map_err(|e| format!("mDNS: {e}"))?,
-            )
+            let mdns_config = mdns::Config { query_interval: config.mdns_interval, ..Default::default() };
+            Some(mdns::tokio::Behaviour::new(mdns_config, peer_id).map_err(|e| format!("mDNS: {e}"))?)
         } else {
             None
         };
 
-        Ok(Self {
-            identify,
-            ping,
-            gossipsub,
-            kad,
-            mdns: Toggle::from(mdns),
-        })
+        Ok(Self { identify, ping, gossipsub, kad, mdns: Toggle::from(mdns) })
     }
 }
 
@@ -106,19 +91,9 @@ mod tests {
 
     #[test]
     fn names_travel_in_the_agent_string() {
-        assert_eq!(
-            name_from_agent(&agent_string(Some("Alice Liddell"))).as_deref(),
-            Some("Alice Liddell")
-        );
+        assert_eq!(name_from_agent(&agent_string(Some("Alice Liddell"))).as_deref(), Some("Alice Liddell"));
         assert_eq!(name_from_agent(&agent_string(None)), None);
-        assert_eq!(
-            name_from_agent("rust-libp2p/0.1 name=Mallory"),
-            None,
-            "only our own agents carry names"
-        );
-        assert_eq!(
-            name_from_agent("git-p2p/9 name=\u{1b}[2J\u{7}Eve").as_deref(),
-            Some("[2JEve")
-        );
+        assert_eq!(name_from_agent("rust-libp2p/0.1 name=Mallory"), None, "only our own agents carry names");
+        assert_eq!(name_from_agent("git-p2p/9 name=\u{1b}[2J\u{7}Eve").as_deref(), Some("[2JEve"));
     }
 }

@@ -15,9 +15,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, kad, mdns, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
-use super::behaviour::{
-    name_from_agent, Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, KAD_PROTOCOL,
-};
+use super::behaviour::{name_from_agent, Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, KAD_PROTOCOL};
 use super::peers::{PeerTable, Redial};
 use crate::control::proto::{ConfigInForce, NodeStatus, Outcome, RepoInfo, Request, Response};
 use crate::store::Store;
@@ -85,10 +83,7 @@ impl EventLoop {
         };
         let now = Instant::now();
         for b in bootstrap {
-            this.swarm
-                .behaviour_mut()
-                .kad
-                .add_address(&b.peer_id, b.addr.clone());
+            this.swarm.behaviour_mut().kad.add_address(&b.peer_id, b.addr.clone());
             this.redial.learn(b.peer_id, [b.addr.clone()], now);
         }
         match this.store.known_peers() {
@@ -97,8 +92,7 @@ impl EventLoop {
                     let Ok(peer) = peer.parse::<PeerId>() else {
                         continue;
                     };
-                    let addrs: Vec<Multiaddr> =
-                        entry.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                    let addrs: Vec<Multiaddr> = entry.addrs.iter().filter_map(|a| a.parse().ok()).collect();
                     this.redial.learn(peer, addrs, now);
                 }
             }
@@ -150,9 +144,9 @@ impl EventLoop {
     fn handle_request(&mut self, req: Request) -> Outcome {
         match req {
             Request::Status => Outcome::Ok(Response::Status(Box::new(self.status()))),
-            Request::Peers => Outcome::Ok(Response::Peers {
-                peers: self.peers.snapshot(Instant::now(), &self.repo_topics),
-            }),
+            Request::Peers => {
+                Outcome::Ok(Response::Peers { peers: self.peers.snapshot(Instant::now(), &self.repo_topics) })
+            }
             Request::RegisterRepo { repo } => {
                 if let Err(e) = self.store.add_repo(&repo) {
                     return Outcome::Error(format!("cannot register the repo: {e}"));
@@ -222,10 +216,7 @@ impl EventLoop {
 
     fn maybe_kad_bootstrap(&mut self) {
         let now = Instant::now();
-        if self
-            .last_kad_bootstrap
-            .is_some_and(|t| now.duration_since(t) < KAD_BOOTSTRAP_MIN_INTERVAL)
-        {
+        if self.last_kad_bootstrap.is_some_and(|t| now.duration_since(t) < KAD_BOOTSTRAP_MIN_INTERVAL) {
             return;
         }
         if self.swarm.behaviour_mut().kad.bootstrap().is_ok() {
@@ -235,32 +226,17 @@ impl EventLoop {
 
     fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                connection_id,
-                endpoint,
-                ..
-            } => {
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 let addr = endpoint.get_remote_address().clone();
                 tracing::debug!(peer = %peer_id, %addr, "connected");
-                self.peers
-                    .connected(peer_id, connection_id, strip_p2p(addr), Instant::now());
+                self.peers.connected(peer_id, connection_id, strip_p2p(addr), Instant::now());
                 self.redial.succeeded(&peer_id);
             }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                connection_id,
-                cause,
-                ..
-            } => {
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, .. } => {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
                 self.peers.disconnected(&peer_id, connection_id);
             }
-            SwarmEvent::OutgoingConnectionError {
-                peer_id: Some(peer),
-                error,
-                ..
-            } => {
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
                 tracing::debug!(%peer, %error, "dial failed");
                 self.redial.failed(&peer, Instant::now());
             }
@@ -273,14 +249,8 @@ impl EventLoop {
 
     fn handle_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                self.identified(peer_id, info)
-            }
-            BehaviourEvent::Ping(ping::Event {
-                peer,
-                result: Ok(rtt),
-                ..
-            }) => self.peers.rtt(&peer, rtt),
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => self.identified(peer_id, info),
+            BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. }) => self.peers.rtt(&peer, rtt),
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic }) => {
                 self.peers.subscribed(&peer_id, topic)
             }
@@ -289,20 +259,16 @@ impl EventLoop {
             }
             // Kademlia found a peer (typically through a bootstrap lookup): connect, so that
             // small networks become fully connected and `peers` shows everyone.
-            BehaviourEvent::Kad(kad::Event::RoutingUpdated {
-                peer,
-                is_new_peer: true,
-                addresses,
-                ..
-            }) if !self.peers.is_connected(&peer) && self.peers.len() < TARGET_PEERS => {
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, is_new_peer: true, addresses, .. })
+                if !self.peers.is_connected(&peer) && self.peers.len() < TARGET_PEERS =>
+            {
                 let addrs = addresses.into_vec();
                 self.redial.learn(peer, addrs.clone(), Instant::now());
                 self.dial(peer, addrs);
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 let now = Instant::now();
-                let mut by_peer: std::collections::HashMap<PeerId, Vec<Multiaddr>> =
-                    Default::default();
+                let mut by_peer: std::collections::HashMap<PeerId, Vec<Multiaddr>> = Default::default();
                 for (peer, addr) in found {
                     by_peer.entry(peer).or_default().push(addr);
                 }
@@ -324,8 +290,7 @@ impl EventLoop {
 
     fn identified(&mut self, peer: PeerId, info: identify::Info) {
         let name = name_from_agent(&info.agent_version);
-        self.peers
-            .identified(&peer, info.agent_version.clone(), name.clone());
+        self.peers.identified(&peer, info.agent_version.clone(), name.clone());
         if info.protocol_version != IDENTIFY_PROTOCOL {
             tracing::debug!(%peer, protocol = %info.protocol_version, "not a git-p2p node");
             return;
@@ -344,10 +309,7 @@ impl EventLoop {
         }
         self.redial.learn(peer, addrs.clone(), Instant::now());
         let addr_strings: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-        if let Err(e) = self
-            .store
-            .remember_peer(&peer.to_string(), &addr_strings, name.as_deref())
-        {
+        if let Err(e) = self.store.remember_peer(&peer.to_string(), &addr_strings, name.as_deref()) {
             tracing::warn!(%peer, error = %e, "cannot update the address book");
         }
         if self.bootstrap_peers.contains(&peer) || self.peers.len() <= 8 {

@@ -35,10 +35,7 @@ const COMMAND_QUEUE: usize = 256;
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("a node is already running on {} (pid {pid})", dir.display())]
-    AlreadyRunning {
-        dir: std::path::PathBuf,
-        pid: String,
-    },
+    AlreadyRunning { dir: std::path::PathBuf, pid: String },
     #[error(transparent)]
     Paths(#[from] crate::paths::PathError),
     #[error(transparent)]
@@ -90,13 +87,10 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
     } else {
         None
     };
-    crate::logging::init_file(&paths.log_file(), opts.verbosity).map_err(io_err(format!(
-        "cannot open log file {}",
-        paths.log_file().display()
-    )))?;
+    crate::logging::init_file(&paths.log_file(), opts.verbosity)
+        .map_err(io_err(format!("cannot open log file {}", paths.log_file().display())))?;
 
-    let config =
-        NodeConfig::from_source(&crate::git::GlobalConfig::load().map_err(NodeError::GitConfig)?)?;
+    let config = NodeConfig::from_source(&crate::git::GlobalConfig::load().map_err(NodeError::GitConfig)?)?;
     let identity = Identity::load_or_create(&paths.data_dir)?;
     let store = Store::open(&paths.store())?;
     tracing::info!(peer_id = %identity.peer_id(), data_dir = %paths.data_dir.display(), "starting");
@@ -118,10 +112,8 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("cannot remove stale socket")(e)),
         }
-        let listener = tokio::net::UnixListener::bind(&socket_path).map_err(io_err(format!(
-            "cannot bind control socket {}",
-            socket_path.display()
-        )))?;
+        let listener = tokio::net::UnixListener::bind(&socket_path)
+            .map_err(io_err(format!("cannot bind control socket {}", socket_path.display())))?;
         std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))
             .map_err(io_err("cannot restrict the control socket"))?;
 
@@ -135,11 +127,7 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
             started_at: crate::store::unix_now(),
             config: ConfigInForce {
                 listen: config.listen.iter().map(|a| a.to_string()).collect(),
-                bootstrap: config
-                    .bootstrap
-                    .iter()
-                    .map(|b| format!("{}/p2p/{}", b.addr, b.peer_id))
-                    .collect(),
+                bootstrap: config.bootstrap.iter().map(|b| format!("{}/p2p/{}", b.addr, b.peer_id)).collect(),
                 mdns: config.mdns,
                 dht_mode: serde_json::to_value(config.dht_mode)
                     .ok()
@@ -170,11 +158,7 @@ fn build_swarm(identity: &Identity, config: &NodeConfig) -> Result<Swarm<Behavio
     let swarm_err = |e: &dyn std::fmt::Display| NodeError::Swarm(e.to_string());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(identity.libp2p.clone())
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| swarm_err(&e))?
         .with_quic()
         .with_behaviour(|key| Behaviour::new(key, config).map_err(Into::into))
@@ -205,21 +189,10 @@ async fn listen(swarm: &mut Swarm<Behaviour>, config: &NodeConfig) -> Result<(),
             _ = tokio::time::sleep_until(deadline) => break,
         };
         match event {
-            SwarmEvent::NewListenAddr { listener_id, .. }
-                if pending.remove(&listener_id).is_some() =>
-            {
-                listening += 1
-            }
-            SwarmEvent::ListenerClosed {
-                listener_id,
-                reason,
-                ..
-            } => {
+            SwarmEvent::NewListenAddr { listener_id, .. } if pending.remove(&listener_id).is_some() => listening += 1,
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
                 if let Some(addr) = pending.remove(&listener_id) {
-                    let reason = reason
-                        .err()
-                        .map(|e| e.to_string())
-                        .unwrap_or_else(|| "closed".into());
+                    let reason = reason.err().map(|e| e.to_string()).unwrap_or_else(|| "closed".into());
                     errors.push((addr.to_string(), reason));
                 }
             }
@@ -235,12 +208,10 @@ async fn listen(swarm: &mut Swarm<Behaviour>, config: &NodeConfig) -> Result<(),
         tracing::warn!(%addr, %reason, "cannot listen");
     }
     if listening == 0 {
-        let (addr, reason) = errors.into_iter().next().unwrap_or_else(|| {
-            (
-                "any address".into(),
-                "no listener reported an address".into(),
-            )
-        });
+        let (addr, reason) = errors
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| ("any address".into(), "no listener reported an address".into()));
         return Err(NodeError::Listen { addr, reason });
     }
     Ok(())
@@ -258,18 +229,10 @@ fn take_lock(path: &Path, dir: &Path) -> Result<File, NodeError> {
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            let pid = std::fs::read_to_string(path)
-                .unwrap_or_default()
-                .trim()
-                .to_string();
-            return Err(NodeError::AlreadyRunning {
-                dir: dir.to_path_buf(),
-                pid,
-            });
+            let pid = std::fs::read_to_string(path).unwrap_or_default().trim().to_string();
+            return Err(NodeError::AlreadyRunning { dir: dir.to_path_buf(), pid });
         }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(io_err(format!("cannot lock {}", path.display()))(e))
-        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(format!("cannot lock {}", path.display()))(e)),
     }
     file.set_len(0).map_err(io_err("cannot write lock file"))?;
     write!(file, "{}", std::process::id()).map_err(io_err("cannot write lock file"))?;
@@ -294,10 +257,7 @@ fn notify(line: &str) {
 /// Resolves on SIGTERM or SIGINT (graceful stop, as `daemon stop` does).
 async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::warn!("cannot install signal handlers; stop the node with: git p2p daemon stop");
         return std::future::pending().await;
     };

@@ -50,11 +50,7 @@ pub fn transport_of(addr: &Multiaddr) -> &'static str {
 
 impl PeerTable {
     pub fn connected(&mut self, peer: PeerId, id: ConnectionId, addr: Multiaddr, now: Instant) {
-        self.peers.entry(peer).or_default().conns.push(Conn {
-            id,
-            addr,
-            since: now,
-        });
+        self.peers.entry(peer).or_default().conns.push(Conn { id, addr, since: now });
     }
 
     /// Returns true when this was the peer's last connection.
@@ -118,27 +114,17 @@ impl PeerTable {
             .iter()
             .map(|(peer, s)| {
                 let first = s.conns.iter().min_by_key(|c| c.since);
-                let mut addresses: Vec<String> =
-                    s.conns.iter().map(|c| c.addr.to_string()).collect();
+                let mut addresses: Vec<String> = s.conns.iter().map(|c| c.addr.to_string()).collect();
                 addresses.dedup();
                 PeerInfo {
                     peer_id: peer.to_string(),
                     name: s.name.clone(),
                     agent: s.agent.clone(),
                     addresses,
-                    transport: first
-                        .map(|c| transport_of(&c.addr))
-                        .unwrap_or("tcp")
-                        .to_string(),
+                    transport: first.map(|c| transport_of(&c.addr)).unwrap_or("tcp").to_string(),
                     rtt_ms: s.rtt.map(|d| d.as_secs_f64() * 1000.0),
-                    repos: repos
-                        .iter()
-                        .filter(|(t, _)| s.topics.contains(t))
-                        .map(|(_, id)| id.clone())
-                        .collect(),
-                    connected_secs: first
-                        .map(|c| now.saturating_duration_since(c.since).as_secs())
-                        .unwrap_or(0),
+                    repos: repos.iter().filter(|(t, _)| s.topics.contains(t)).map(|(_, id)| id.clone()).collect(),
+                    connected_secs: first.map(|c| now.saturating_duration_since(c.since).as_secs()).unwrap_or(0),
                 }
             })
             .collect();
@@ -162,17 +148,8 @@ struct RedialState {
 
 impl Redial {
     /// Keeps `addrs` for `peer` (merged with what we had) so we can dial it again when lost.
-    pub fn learn(
-        &mut self,
-        peer: PeerId,
-        addrs: impl IntoIterator<Item = Multiaddr>,
-        now: Instant,
-    ) {
-        let state = self.peers.entry(peer).or_insert_with(|| RedialState {
-            addrs: Vec::new(),
-            failures: 0,
-            next: now,
-        });
+    pub fn learn(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>, now: Instant) {
+        let state = self.peers.entry(peer).or_insert_with(|| RedialState { addrs: Vec::new(), failures: 0, next: now });
         for a in addrs {
             if !state.addrs.contains(&a) {
                 state.addrs.push(a);
@@ -190,28 +167,19 @@ impl Redial {
     pub fn failed(&mut self, peer: &PeerId, now: Instant) {
         if let Some(s) = self.peers.get_mut(peer) {
             s.failures = s.failures.saturating_add(1);
-            let backoff = REDIAL_MIN
-                .saturating_mul(1 << s.failures.min(16))
-                .min(REDIAL_MAX);
+            let backoff = REDIAL_MIN.saturating_mul(1 << s.failures.min(16)).min(REDIAL_MAX);
             s.next = now + backoff;
         }
     }
 
     /// Peers to dial now (not connected, backoff elapsed), with their addresses. Marks each as
     /// attempted, so a dial that never reports back is retried only after the backoff.
-    pub fn due(
-        &mut self,
-        now: Instant,
-        connected: impl Fn(&PeerId) -> bool,
-    ) -> Vec<(PeerId, Vec<Multiaddr>)> {
+    pub fn due(&mut self, now: Instant, connected: impl Fn(&PeerId) -> bool) -> Vec<(PeerId, Vec<Multiaddr>)> {
         let mut out = Vec::new();
         for (peer, s) in self.peers.iter_mut() {
             if s.next <= now && !connected(peer) && !s.addrs.is_empty() {
                 out.push((*peer, s.addrs.clone()));
-                s.next = now
-                    + REDIAL_MIN
-                        .saturating_mul(1 << s.failures.min(16))
-                        .min(REDIAL_MAX);
+                s.next = now + REDIAL_MIN.saturating_mul(1 << s.failures.min(16)).min(REDIAL_MAX);
             }
         }
         out
@@ -238,31 +206,16 @@ mod tests {
     fn a_peer_is_listed_while_it_has_a_connection() {
         let (alice, t0) = (PeerId::random(), Instant::now());
         let mut table = PeerTable::default();
-        let (c1, c2) = (
-            ConnectionId::new_unchecked(1),
-            ConnectionId::new_unchecked(2),
-        );
+        let (c1, c2) = (ConnectionId::new_unchecked(1), ConnectionId::new_unchecked(2));
         table.connected(alice, c1, addr("/ip4/127.0.0.1/udp/9/quic-v1"), t0);
-        table.connected(
-            alice,
-            c2,
-            addr("/ip4/127.0.0.1/tcp/9"),
-            t0 + Duration::from_secs(1),
-        );
-        table.identified(
-            &alice,
-            "git-p2p/0.1.0 name=Alice".into(),
-            Some("Alice".into()),
-        );
+        table.connected(alice, c2, addr("/ip4/127.0.0.1/tcp/9"), t0 + Duration::from_secs(1));
+        table.identified(&alice, "git-p2p/0.1.0 name=Alice".into(), Some("Alice".into()));
         table.rtt(&alice, Duration::from_micros(1500));
         let repo_topic = crate::proto::topic::repo_marker("r1");
         table.subscribed(&alice, repo_topic.clone());
         let snap = table.snapshot(t0 + Duration::from_secs(5), &[(repo_topic, "r1".into())]);
         assert_eq!(snap.len(), 1);
-        assert_eq!(
-            snap[0].transport, "quic",
-            "the first connection's transport"
-        );
+        assert_eq!(snap[0].transport, "quic", "the first connection's transport");
         assert_eq!(snap[0].rtt_ms, Some(1.5));
         assert_eq!(snap[0].repos, vec!["r1"]);
         assert_eq!(snap[0].connected_secs, 5);
@@ -280,30 +233,15 @@ mod tests {
         redial.learn(carol, [addr("/ip4/127.0.0.1/tcp/2")], t0);
         let due = redial.due(t0, |p| *p == carol);
         assert_eq!(due.iter().map(|d| d.0).collect::<Vec<_>>(), vec![bob]);
-        assert!(
-            redial.due(t0, |_| false).iter().all(|d| d.0 != bob),
-            "attempted: not due again at once"
-        );
+        assert!(redial.due(t0, |_| false).iter().all(|d| d.0 != bob), "attempted: not due again at once");
         redial.failed(&bob, t0);
         redial.failed(&bob, t0);
         assert!(redial.due(t0 + Duration::from_secs(3), |_| true).is_empty());
-        assert!(
-            redial
-                .due(t0 + Duration::from_secs(3), |p| *p != bob)
-                .is_empty(),
-            "4 s backoff after 2 failures"
-        );
-        assert_eq!(
-            redial.due(t0 + Duration::from_secs(5), |p| *p != bob).len(),
-            1
-        );
+        assert!(redial.due(t0 + Duration::from_secs(3), |p| *p != bob).is_empty(), "4 s backoff after 2 failures");
+        assert_eq!(redial.due(t0 + Duration::from_secs(5), |p| *p != bob).len(), 1);
         for _ in 0..40 {
             redial.failed(&bob, t0);
         }
-        assert_eq!(
-            redial.due(t0 + REDIAL_MAX, |p| *p != bob).len(),
-            1,
-            "backoff is capped"
-        );
+        assert_eq!(redial.due(t0 + REDIAL_MAX, |p| *p != bob).len(), 1, "backoff is capped");
     }
 }

@@ -21,9 +21,7 @@ pub fn chat(repo_id: &str) -> Sha256Topic {
 
 /// The chat thread about one commit.
 pub fn commit_thread(repo_id: &str, commit_id: &str) -> Sha256Topic {
-    Sha256Topic::new(format!(
-        "git-p2p/{TOPIC_VERSION}/{repo_id}/chat/{commit_id}"
-    ))
+    Sha256Topic::new(format!("git-p2p/{TOPIC_VERSION}/{repo_id}/chat/{commit_id}"))
 }
 
 /// The hash under which peers subscribe to a repo's commits; used to tell which repos a peer has.
@@ -39,22 +37,14 @@ mod tests {
     fn topics_are_distinct_stable_and_hide_the_repo_id() {
         let repo = "a".repeat(40);
         let other = "b".repeat(40);
-        let hashes = [
-            commits(&repo).hash(),
-            chat(&repo).hash(),
-            commit_thread(&repo, &other).hash(),
-            commits(&other).hash(),
-        ];
+        let hashes =
+            [commits(&repo).hash(), chat(&repo).hash(), commit_thread(&repo, &other).hash(), commits(&other).hash()];
         for (i, a) in hashes.iter().enumerate() {
             for b in &hashes[i + 1..] {
                 assert_ne!(a, b);
             }
             assert!(!a.as_str().contains(&repo), "hashed on the wire");
         }
-        assert_eq!(
-            commits(&repo).hash(),
-            repo_marker(&repo),
-            "same input, same topic"
-        );
+        assert_eq!(commits(&repo).hash(), repo_marker(&repo), "same input, same topic");
     }
 }

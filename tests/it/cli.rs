@@ -22,7 +22,11 @@ fn usage_errors_exit_2_with_one_line() {
 fn repo_context_errors_are_clear() {
     let alice = Node::new("alice");
     let not_repo = alice.path("home");
-    assert_one_line_error(&alice.run_in(&not_repo, &["init"]), 1, "not a git repository (run inside a repo or pass -C DIR)");
+    assert_one_line_error(
+        &alice.run_in(&not_repo, &["init"]),
+        1,
+        "not a git repository (run inside a repo or pass -C DIR)",
+    );
 
     let empty = alice.path("home/empty");
     alice.git(&alice.path("home"), &["init", "-q", "empty"]);
@@ -66,14 +70,26 @@ fn id_shows_identity_and_import_nsec_reads_stdin() {
 
     // A throwaway key (secret = 1), only ever used in this test.
     let hex = format!("{:064x}", 1);
-    let mut child = alice.command(&["id", "--import-nsec"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = alice
+        .command(&["id", "--import-nsec"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(hex.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let npub = alice.json(&["id", "--json"])["npub"].as_str().unwrap().to_string();
     assert_ne!(npub, id["npub"].as_str().unwrap());
     assert!(String::from_utf8_lossy(&out.stdout).contains(&npub));
-    let mut child = alice.command(&["id", "--import-nsec"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = alice
+        .command(&["id", "--import-nsec"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(b"not a key").unwrap();
     assert_one_line_error(&child.wait_with_output().unwrap(), 1, "not a valid Nostr secret key");
 }

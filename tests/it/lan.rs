@@ -40,7 +40,21 @@ impl Lab {
         let sw = lab.switch();
         ip(&["netns", "add", &sw])?;
         ip(&["-n", &sw, "link", "set", "lo", "up"])?;
-        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0", "mcast_snooping", "0"])?;
+        ip(&[
+            "-n",
+            &sw,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+            "mcast_snooping",
+            "0",
+        ])?;
         ip(&["-n", &sw, "link", "set", "br0", "up"])?;
         for i in 0..nodes {
             let ns = lab.ns(i);
@@ -109,7 +123,8 @@ fn three_nodes_on_a_lan_find_each_other_with_mdns_alone() {
         })
         .collect();
     for (i, node) in nodes.iter().enumerate() {
-        let others: BTreeSet<String> = ids.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, id)| id.clone()).collect();
+        let others: BTreeSet<String> =
+            ids.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, id)| id.clone()).collect();
         eventually(Duration::from_secs(30), &format!("{} to find the others on the LAN", node.name), || {
             let seen: BTreeSet<String> =
                 node.peers().iter().filter_map(|p| p["peer_id"].as_str().map(str::to_string)).collect();
