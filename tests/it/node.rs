@@ -6,10 +6,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-fn peer_ids(node: &Node) -> BTreeSet<String> {
-    node.peers().iter().filter_map(|p| p["peer_id"].as_str().map(str::to_string)).collect()
-}
-
 /// Waits until `node` lists exactly `expected` among its peers, each with a transport and an RTT.
 fn wait_for_peers(node: &Node, expected: &[&str]) {
     let expected: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
