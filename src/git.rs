@@ -73,6 +73,40 @@ impl RepoContext {
     pub fn is_bare(&self) -> bool {
         self.workdir.is_none()
     }
+
+    /// What an announcement says about the commit `rev` names (HEAD, a branch, an id...).
+    pub fn commit_info(&self, rev: &str) -> Result<CommitInfo, GitError> {
+        let repo = gix::open(&self.git_dir).map_err(ctx("cannot open repository"))?;
+        let id = repo.rev_parse_single(rev).map_err(ctx(&format!("unknown revision {rev:?}")))?;
+        let commit = id.object().map_err(ctx("cannot read commit"))?.peel_to_commit().map_err(ctx("not a commit"))?;
+        let parents = commit.parent_ids().map(|p| p.to_string()).collect();
+        let author = commit.author().map_err(ctx("cannot read the commit's author"))?;
+        let author_name = author.name.to_str_lossy().into_owned();
+        let time = commit.time().map_err(ctx("cannot read the commit's time"))?.seconds;
+        let message = commit.message().map_err(ctx("cannot read the commit's message"))?;
+        let summary = message.title.to_str_lossy().trim().to_owned();
+        // The ref the commit was made on: HEAD's branch for HEAD, the ref itself for a ref name.
+        let ref_name = if rev == "HEAD" {
+            self.branch.as_ref().map(|b| format!("refs/heads/{b}"))
+        } else {
+            repo.find_reference(rev).ok().map(|r| r.name().as_bstr().to_str_lossy().into_owned())
+        };
+        Ok(CommitInfo { id: commit.id.to_string(), parents, author_name, summary, time, ref_name })
+    }
+}
+
+/// A commit as peers are told about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitInfo {
+    pub id: String,
+    pub parents: Vec<String>,
+    pub author_name: String,
+    /// The first line of the message.
+    pub summary: String,
+    /// Committer time, Unix seconds.
+    pub time: i64,
+    /// Full ref name (`refs/heads/main`); None for a detached HEAD or a bare commit id.
+    pub ref_name: Option<String>,
 }
 
 /// Discovers the repository containing `dir` (searching upwards like git) and reads its context.

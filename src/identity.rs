@@ -61,6 +61,17 @@ impl Identity {
         Ok(Self { libp2p, nostr })
     }
 
+    /// Only the libp2p key (creating it if needed): what signing an announcement needs, without
+    /// the cost of setting up secp256k1.
+    pub fn load_or_create_libp2p(dir: &Path) -> Result<Keypair, IdentityError> {
+        let path = dir.join(LIBP2P_KEY_FILE);
+        let bytes = load_or_create_file(&path, || {
+            Keypair::generate_ed25519().to_protobuf_encoding().expect("ed25519 keys always encode")
+        })?;
+        Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| IdentityError::Corrupt { path: path.clone(), reason: e.to_string() })
+    }
+
     /// Replaces the Nostr key with an imported one (`nsec1...` or hex), keeping the libp2p key.
     pub fn import_nostr(dir: &Path, secret: &str) -> Result<nostr::Keys, IdentityError> {
         let secret = secret.trim();

@@ -1,4 +1,5 @@
-//! The node's embedded persistent store (redb): the address book and the registered repos.
+//! The node's embedded persistent store (redb): address book, registered repos, the outbox of
+//! announcements not yet delivered, and the feed of announcements received per repo.
 //!
 //! Every write is its own durable transaction (redb fsyncs on commit), so what the store has
 //! acknowledged survives kill -9. Values are JSON so that the format can grow fields without a
@@ -10,12 +11,23 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::control::proto::RepoInfo;
+use crate::control::proto::{FeedEntry, RepoInfo};
+use crate::proto::envelope::Envelope;
 
 /// peer id -> [`KnownPeer`] (JSON)
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
 /// repo id -> room name
 const REPOS: TableDefinition<&str, &str> = TableDefinition::new("repos");
+
+/// seq -> [`OutboxEntry`] (JSON), in the order the announcements were made
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+/// (repo id, seq) -> [`FeedEntry`] (JSON); seq grows with arrival
+const FEED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("feed");
+/// "repo/commit/author" -> feed seq: an announcement is shown once, however often it arrives
+const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
+
+/// The feed keeps this many announcements per repo; older ones are dropped first.
+pub const MAX_FEED_PER_REPO: usize = 10_000;
 
 /// At most this many addresses are kept per peer; peers announce many (every interface).
 pub const MAX_ADDRS_PER_PEER: usize = 16;
@@ -38,12 +50,23 @@ pub struct KnownPeer {
     pub last_seen: u64,
 }
 
+/// An announcement waiting to be published, with the repo it belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OutboxEntry {
+    pub repo: RepoInfo,
+    pub envelope: Envelope,
+}
+
 pub struct Store {
     db: Database,
 }
 
 fn db<T, E: Into<redb::Error>>(r: Result<T, E>) -> Result<T, StoreError> {
     r.map_err(|e| StoreError::Db(e.into()))
+}
+
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 pub fn unix_now() -> u64 {
@@ -62,6 +85,9 @@ impl Store {
         let txn = db(database.begin_write())?;
         db(txn.open_table(PEERS))?;
         db(txn.open_table(REPOS))?;
+        db(txn.open_table(OUTBOX))?;
+        db(txn.open_table(FEED))?;
+        db(txn.open_table(SEEN))?;
         db(txn.commit())?;
         Ok(Self { db: database })
     }
@@ -131,6 +157,94 @@ impl Store {
         for item in db(table.iter())? {
             let (k, v) = db(item)?;
             out.push(RepoInfo { id: k.value().to_string(), name: v.value().to_string() });
+        }
+        Ok(out)
+    }
+}
+
+impl Store {
+    /// Appends to the outbox durably; returns the entry's sequence number.
+    pub fn outbox_push(&self, entry: &OutboxEntry) -> Result<u64, StoreError> {
+        let txn = db(self.db.begin_write())?;
+        let seq = {
+            let mut table = db(txn.open_table(OUTBOX))?;
+            let last = db(table.last())?.map(|(k, _)| k.value()).unwrap_or(0);
+            let bytes = serde_json::to_vec(entry).expect("outbox entries always serialise");
+            db(table.insert(last + 1, bytes.as_slice()))?;
+            last + 1
+        };
+        db(txn.commit())?;
+        Ok(seq)
+    }
+
+    /// Every undelivered entry, oldest first.
+    pub fn outbox(&self) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+        let txn = db(self.db.begin_read())?;
+        let table = db(txn.open_table(OUTBOX))?;
+        let mut out = Vec::new();
+        for item in db(table.iter())? {
+            let (k, v) = db(item)?;
+            match serde_json::from_slice(v.value()) {
+                Ok(entry) => out.push((k.value(), entry)),
+                Err(e) => tracing::warn!(seq = k.value(), error = %e, "unreadable outbox entry kept"),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn outbox_remove(&self, seqs: &[u64]) -> Result<(), StoreError> {
+        let txn = db(self.db.begin_write())?;
+        {
+            let mut table = db(txn.open_table(OUTBOX))?;
+            for seq in seqs {
+                db(table.remove(seq))?;
+            }
+        }
+        db(txn.commit())
+    }
+
+    /// Adds an announcement to its repo's feed unless the same author announced the same commit
+    /// before. Returns false for such a duplicate.
+    pub fn feed_insert(&self, entry: &FeedEntry) -> Result<bool, StoreError> {
+        let seen_key = format!("{}/{}/{}", entry.repo, entry.commit, entry.peer);
+        let txn = db(self.db.begin_write())?;
+        {
+            let mut seen = db(txn.open_table(SEEN))?;
+            if db(seen.get(seen_key.as_str()))?.is_some() {
+                return Ok(false);
+            }
+            let mut feed = db(txn.open_table(FEED))?;
+            let last = db(feed.range((entry.repo.as_str(), 0)..=(entry.repo.as_str(), u64::MAX)))?
+                .next_back()
+                .transpose()
+                .map_err(|e| StoreError::Db(e.into()))?
+                .map(|(k, _)| k.value().1)
+                .unwrap_or(0);
+            let seq = last + 1;
+            let bytes = serde_json::to_vec(entry).expect("feed entries always serialise");
+            db(feed.insert((entry.repo.as_str(), seq), bytes.as_slice()))?;
+            db(seen.insert(seen_key.as_str(), seq))?;
+            if seq > MAX_FEED_PER_REPO as u64 {
+                db(feed.remove((entry.repo.as_str(), seq - MAX_FEED_PER_REPO as u64)))?;
+            }
+        }
+        db(txn.commit())?;
+        Ok(true)
+    }
+
+    /// The newest `limit` announcements of a repo, newest first.
+    pub fn feed(&self, repo: &str, limit: usize) -> Result<Vec<FeedEntry>, StoreError> {
+        let txn = db(self.db.begin_read())?;
+        let table = db(txn.open_table(FEED))?;
+        let mut out = Vec::new();
+        for item in db(table.range((repo, 0)..=(repo, u64::MAX)))?.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = db(item)?;
+            if let Ok(entry) = serde_json::from_slice(v.value()) {
+                out.push(entry);
+            }
         }
         Ok(out)
     }

@@ -1,4 +1,5 @@
-//! `git p2p init`: set up the current repository (register it with the node).
+//! `git p2p init`: set up the current repository: install the post-commit hook and register the
+//! repository with the node (starting it if needed), so it joins the repository's topics.
 
 use std::io::Write;
 
@@ -10,9 +11,11 @@ pub fn run(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<()> {
     if repo.is_bare() {
         anyhow::bail!("{} is a bare repository: git p2p init needs a clone with a work tree", repo.git_dir.display());
     }
+    let hooks = super::hooks::install(ctx)?;
     let mut client = ctx.client()?;
     let info = RepoInfo { id: repo.repo_id.to_string(), name: repo.room_name.clone() };
     client.request(Request::RegisterRepo { repo: info })?;
+    writeln!(out, "{hooks}")?;
     writeln!(out, "registered {} (repo id {}) with the node", repo.room_name, repo.repo_id.short())?;
     Ok(())
 }

@@ -2,9 +2,13 @@
 //! dispatch to one file per command, and the mapping of errors to git-style messages and exit
 //! codes (0 ok, 1 failed, 2 usage).
 
+mod announce;
 mod daemon;
+mod fmt;
+mod hooks;
 mod id;
 mod init;
+mod log;
 mod peers;
 
 use std::io::{self, Write};
@@ -43,7 +47,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Set up this repository: register it with the node so it joins the repository's topics
+    /// Set up this repository: install the post-commit hook and register it with the node
     Init,
     /// Open the repository's chat room (a terminal UI), or send and read messages from scripts
     Chat(ChatArgs),
@@ -125,10 +129,10 @@ pub struct LogArgs {
     /// Keep streaming new announcements
     #[arg(short, long)]
     pub follow: bool,
-    /// Print JSON (one object per line with -f)
+    /// Print JSON, one object per line
     #[arg(long)]
     pub json: bool,
-    /// Show at most N announcements
+    /// Show at most N announcements (default 50)
     #[arg(short = 'n', long, value_name = "N")]
     pub max_count: Option<usize>,
 }
@@ -312,12 +316,12 @@ fn run(ctx: &Ctx, command: Command, out: &mut dyn Write) -> anyhow::Result<ExitC
         Command::Id(args) => id::run(ctx, &args, out)?,
         Command::Daemon(cmd) => return daemon::run(ctx, cmd, out),
         Command::Chat(_) => not_yet("chat")?,
-        Command::Announce(_) => not_yet("announce")?,
-        Command::Log(_) => not_yet("log")?,
+        Command::Announce(args) => announce::run(ctx, &args, out)?,
+        Command::Log(args) => log::run(ctx, &args, out)?,
         Command::Kv(_) => not_yet("kv")?,
         Command::Refs(_) => not_yet("refs")?,
         Command::Notes(_) => not_yet("notes")?,
-        Command::Hooks(_) => not_yet("hooks")?,
+        Command::Hooks(cmd) => hooks::run(ctx, cmd, out)?,
         Command::Nostr(_) => not_yet("nostr")?,
     }
     Ok(ExitCode::SUCCESS)

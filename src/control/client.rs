@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -22,6 +22,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// After this long without a ready node, tell the user what is taking time.
 const START_PROGRESS_AFTER: Duration = Duration::from_secs(1);
+
+/// Set to 1 to keep commands (and the post-commit hook) from starting the node.
+pub const NO_AUTOSTART_ENV: &str = "GIT_P2P_NO_AUTOSTART";
+
+pub fn autostart_allowed() -> bool {
+    std::env::var_os(NO_AUTOSTART_ENV).is_none_or(|v| v.is_empty() || v == "0")
+}
 
 /// The first line a node started with `--notify-ready` writes to stdout.
 pub const READY_LINE: &str = "ready";
@@ -65,10 +72,11 @@ impl Client {
         Ok(Self { reader: BufReader::new(stream), writer, next_id: 1 })
     }
 
-    /// Connects to the node, starting it (detached) first if it is not running.
+    /// Connects to the node, starting it (detached) first if it is not running, unless the
+    /// environment says not to ([`NO_AUTOSTART_ENV`]).
     pub fn connect_or_start(paths: &Paths) -> Result<Self, ClientError> {
         match Self::connect(paths) {
-            Err(ClientError::NotRunning) => {}
+            Err(ClientError::NotRunning) if autostart_allowed() => {}
             other => return other,
         }
         paths.ensure()?;
@@ -79,16 +87,33 @@ impl Client {
             Err(ClientError::NotRunning) => {}
             other => return other,
         }
-        start_node()?;
+        wait_ready(spawn_node(true)?)?;
         drop(lock);
         Self::connect(paths)
     }
 
     /// Sends one request and waits for its answer.
     pub fn request(&mut self, req: Request) -> Result<Response, ClientError> {
+        let id = self.send(req)?;
+        self.next(id)
+    }
+
+    /// Sends a request without waiting; the answer (or stream of answers) comes from [`Self::next`].
+    pub fn send(&mut self, req: Request) -> Result<u64, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         self.writer.write_all(&proto::encode(&RequestFrame::new(id, req)))?;
+        Ok(id)
+    }
+
+    /// For streams: wait for answers as long as it takes (the default is a bounded wait).
+    pub fn wait_forever(&mut self) -> Result<(), ClientError> {
+        self.reader.get_ref().set_read_timeout(None)?;
+        Ok(())
+    }
+
+    /// The next answer to request `id`.
+    pub fn next(&mut self, id: u64) -> Result<Response, ClientError> {
         let line = self.read_line()?;
         let frame = proto::decode_response(&line)?;
         if frame.id != id {
@@ -114,16 +139,18 @@ impl Client {
     }
 }
 
-/// Spawns `git-p2p daemon run --notify-ready` in a new session and waits for its first line.
-fn start_node() -> Result<(), ClientError> {
+/// Spawns `git-p2p daemon run` in a new session, detached from our terminal. With `notify`, the
+/// node reports readiness on a pipe (see [`wait_ready`]); without, nobody waits for it (the
+/// post-commit hook, which must return at once).
+pub fn spawn_node(notify: bool) -> Result<Child, ClientError> {
     let exe = std::env::current_exe()?;
     let mut command = Command::new(exe);
-    command
-        .args(["daemon", "run", "--notify-ready"])
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    command.args(["daemon", "run"]).current_dir("/").stdin(Stdio::null()).stderr(Stdio::null());
+    if notify {
+        command.arg("--notify-ready").stdout(Stdio::piped());
+    } else {
+        command.stdout(Stdio::null());
+    }
     // SAFETY: setsid is async-signal-safe; it detaches the node from our terminal and process
     // group so that Ctrl-C in the shell that ran the client does not kill the node.
     unsafe {
@@ -134,7 +161,11 @@ fn start_node() -> Result<(), ClientError> {
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(|e| ClientError::StartFailed(format!("cannot run git-p2p: {e}")))?;
+    command.spawn().map_err(|e| ClientError::StartFailed(format!("cannot run git-p2p: {e}")))
+}
+
+/// Waits for the first line of a node spawned with `notify`: "ready" or "error: ...".
+fn wait_ready(mut child: Child) -> Result<(), ClientError> {
     let stdout = child.stdout.take().ok_or_else(|| ClientError::StartFailed("no pipe to the node".into()))?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

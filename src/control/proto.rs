@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::proto::envelope::Envelope;
+
 /// Bumped on any incompatible change of the types below.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Longest frame either side accepts; a longer line is a protocol error, not an allocation.
@@ -30,6 +32,13 @@ pub enum Request {
     RegisterRepo { repo: RepoInfo },
     /// Graceful shutdown (flush the store, close connections).
     Shutdown,
+    /// Queue a signed announcement in the node's durable outbox; answered once it is stored.
+    Announce { repo: RepoInfo, envelope: Envelope },
+    /// The newest `limit` announcements received for a repo, newest first.
+    Log { repo: String, limit: usize },
+    /// Stream announcements for a repo as they arrive: answered with `following`, then one
+    /// `announcement` frame per arrival, same request id, until the client hangs up.
+    Follow { repo: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -53,6 +62,29 @@ pub enum Response {
     Status(Box<NodeStatus>),
     Peers { peers: Vec<PeerInfo> },
     Done,
+    Queued { pending: usize },
+    Feed { entries: Vec<FeedEntry> },
+    Following,
+    Announcement { entry: FeedEntry },
+}
+
+/// An announcement as received from a peer and kept in the repo's feed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FeedEntry {
+    pub repo: String,
+    /// PeerId of the author (the envelope's signer).
+    pub peer: String,
+    pub name: Option<String>,
+    pub ref_name: Option<String>,
+    pub commit: String,
+    pub parents: Vec<String>,
+    pub author: String,
+    pub summary: String,
+    pub commit_time: i64,
+    /// When the author announced it (Unix ms, the author's clock).
+    pub announced_at: u64,
+    /// When this node received it (Unix ms).
+    pub received_at: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]

@@ -5,16 +5,16 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 
-use super::proto::{self, ResponseFrame, MAX_FRAME};
+use super::proto::{self, FeedEntry, Request, Response, ResponseFrame, MAX_FRAME};
 use crate::node::event_loop::Command;
 
 /// Clients served at once; more wait in the listen backlog.
 const MAX_CLIENTS: usize = 128;
 
 /// Accepts control clients until the task is aborted.
-pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>) {
+pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>, feed: broadcast::Sender<FeedEntry>) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -23,8 +23,9 @@ pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>) {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let commands = commands.clone();
+                let feed = feed.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_client(stream, commands).await {
+                    if let Err(e) = serve_client(stream, commands, feed).await {
                         tracing::debug!(error = %e, "control client ended");
                     }
                     drop(permit);
@@ -38,7 +39,11 @@ pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>) {
     }
 }
 
-async fn serve_client(stream: UnixStream, commands: mpsc::Sender<Command>) -> std::io::Result<()> {
+async fn serve_client(
+    stream: UnixStream,
+    commands: mpsc::Sender<Command>,
+    feed: broadcast::Sender<FeedEntry>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
@@ -61,6 +66,28 @@ async fn serve_client(stream: UnixStream, commands: mpsc::Sender<Command>) -> st
                 continue;
             }
         };
+        if let Request::Follow { repo } = frame.req {
+            let mut rx = feed.subscribe();
+            write.write_all(&proto::encode(&ResponseFrame::ok(frame.id, Response::Following))).await?;
+            loop {
+                tokio::select! {
+                    entry = rx.recv() => match entry {
+                        Ok(entry) if entry.repo == repo => {
+                            let frame = ResponseFrame::ok(frame.id, Response::Announcement { entry });
+                            write.write_all(&proto::encode(&frame)).await?;
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            let frame = ResponseFrame::error(frame.id, format!("too slow: {n} announcements skipped"));
+                            write.write_all(&proto::encode(&frame)).await?;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    },
+                    // Anything from the client (or its hang-up) ends the stream.
+                    _ = reader.read_until(b'\n', &mut line) => return Ok(()),
+                }
+            }
+        }
         let (reply, answer) = oneshot::channel();
         if commands.send(Command { req: frame.req, reply }).await.is_err() {
             let frame = ResponseFrame::error(frame.id, "the node is shutting down");

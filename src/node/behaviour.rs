@@ -58,6 +58,13 @@ impl Behaviour {
             .heartbeat_initial_delay(Duration::from_millis(500))
             .heartbeat_interval(Duration::from_secs(1))
             .validation_mode(gossipsub::ValidationMode::Strict)
+            // Every message is checked by the app (signature, topic, bounds) before it is forwarded.
+            .validate_messages()
+            // Content-addressed ids: the same envelope re-sent after a restart is a duplicate.
+            .message_id_fn(|m: &gossipsub::Message| {
+                use sha2::Digest;
+                gossipsub::MessageId::from(sha2::Sha256::digest(&m.data)[..20].to_vec())
+            })
             .max_transmit_size(MAX_GOSSIP_MESSAGE)
             .build()
             .map_err(|e| format!("gossipsub config: {e}"))?;

@@ -4,7 +4,8 @@
 //! States: Running -> (Shutdown command, SIGTERM or SIGINT) -> Stopping, where it replies to the
 //! command, drops the swarm (closing connections) and returns; the store is flushed on drop.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use libp2p::futures::StreamExt;
@@ -13,12 +14,14 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, kad, mdns, ping, Multiaddr, PeerId, Swarm};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::behaviour::{name_from_agent, Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, KAD_PROTOCOL};
 use super::peers::{PeerTable, Redial};
-use crate::control::proto::{ConfigInForce, NodeStatus, Outcome, RepoInfo, Request, Response};
-use crate::store::Store;
+use crate::control::proto::{ConfigInForce, FeedEntry, NodeStatus, Outcome, RepoInfo, Request, Response};
+use crate::proto::announce::Announcement;
+use crate::proto::envelope::Envelope;
+use crate::store::{OutboxEntry, Store};
 
 /// How often the loop looks for peers to redial.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -36,8 +39,12 @@ pub struct Command {
     pub reply: oneshot::Sender<Outcome>,
 }
 
+/// Most announcements `log` returns in one answer.
+const MAX_LOG: usize = 10_000;
+
 /// What the node says about itself that does not change while it runs.
 pub struct NodeInfo {
+    pub data_dir_path: PathBuf,
     pub npub: String,
     pub name: Option<String>,
     pub data_dir: String,
@@ -59,6 +66,10 @@ pub struct EventLoop {
     /// Each registered repo's marker topic, to tell which repos a peer shares with us.
     repo_topics: Vec<(TopicHash, String)>,
     last_kad_bootstrap: Option<Instant>,
+    /// Mirror of the store's outbox (oldest first), so publishing does not re-read the store.
+    outbox: VecDeque<(u64, OutboxEntry)>,
+    /// New feed entries, for `log -f` followers.
+    feed_tx: broadcast::Sender<FeedEntry>,
 }
 
 impl EventLoop {
@@ -68,6 +79,7 @@ impl EventLoop {
         store: Store,
         info: NodeInfo,
         bootstrap: &[crate::config::Bootstrap],
+        feed_tx: broadcast::Sender<FeedEntry>,
     ) -> Self {
         let mut this = Self {
             swarm,
@@ -80,6 +92,8 @@ impl EventLoop {
             repos: Vec::new(),
             repo_topics: Vec::new(),
             last_kad_bootstrap: None,
+            outbox: VecDeque::new(),
+            feed_tx,
         };
         let now = Instant::now();
         for b in bootstrap {
@@ -106,6 +120,11 @@ impl EventLoop {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read registered repos"),
         }
+        match this.store.outbox() {
+            Ok(entries) => this.outbox.extend(entries),
+            Err(e) => tracing::warn!(error = %e, "cannot read the outbox"),
+        }
+        this.ingest_spool();
         this
     }
 
@@ -155,6 +174,145 @@ impl EventLoop {
                 Outcome::Ok(Response::Done)
             }
             Request::Shutdown => Outcome::Ok(Response::Done),
+            Request::Announce { repo, envelope } => self.announce(repo, envelope),
+            Request::Log { repo, limit } => match self.store.feed(&repo, limit.min(MAX_LOG)) {
+                Ok(entries) => Outcome::Ok(Response::Feed { entries }),
+                Err(e) => Outcome::Error(format!("cannot read the feed: {e}")),
+            },
+            // Streams are served by the control server from the feed broadcast.
+            Request::Follow { .. } => Outcome::Error("follow is served by the control server".into()),
+        }
+    }
+
+    /// Queues a local announcement durably, then tries to publish it at once.
+    fn announce(&mut self, repo: RepoInfo, envelope: Envelope) -> Outcome {
+        if let Err(e) = envelope.verify() {
+            return Outcome::Error(format!("refusing to publish an announcement with a {e}"));
+        }
+        if envelope.repo != repo.id {
+            return Outcome::Error("announcement and repo disagree on the repo id".into());
+        }
+        if !self.repos.iter().any(|r| r.id == repo.id) {
+            if let Err(e) = self.store.add_repo(&repo) {
+                return Outcome::Error(format!("cannot register the repo: {e}"));
+            }
+        }
+        let entry = OutboxEntry { repo, envelope };
+        match self.store.outbox_push(&entry) {
+            Ok(seq) => self.outbox.push_back((seq, entry)),
+            Err(e) => return Outcome::Error(format!("cannot store the announcement: {e}")),
+        }
+        self.flush_outbox();
+        Outcome::Ok(Response::Queued { pending: self.outbox.len() })
+    }
+
+    /// Moves announcements the hook spooled while the node was down into the outbox.
+    fn ingest_spool(&mut self) {
+        for (path, entry) in crate::spool::read(&self.info.data_dir_path) {
+            match self.store.outbox_push(&entry) {
+                Ok(seq) => {
+                    self.outbox.push_back((seq, entry));
+                    // Stored durably: now the file may go. A crash in between queues it twice,
+                    // which receivers de-duplicate.
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove spool file");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot move a spooled announcement to the outbox");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Publishes queued announcements. One stays queued until a publish succeeds with at least
+    /// one peer subscribed to its topic; later ones of the same topic wait behind it (order).
+    fn flush_outbox(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let mut delivered = Vec::new();
+        let mut blocked: HashSet<TopicHash> = HashSet::new();
+        let entries: Vec<(u64, OutboxEntry)> = self.outbox.iter().cloned().collect();
+        for (seq, entry) in entries {
+            self.join_repo(entry.repo.clone());
+            let topic = crate::proto::topic::commits(&entry.repo.id);
+            if blocked.contains(&topic.hash()) {
+                continue;
+            }
+            match self.swarm.behaviour_mut().gossipsub.publish(topic.clone(), entry.envelope.encode()) {
+                // Duplicate: this exact envelope went out before (a restart re-sends it).
+                Ok(_) | Err(gossipsub::PublishError::Duplicate) => delivered.push(seq),
+                Err(e) => {
+                    tracing::debug!(repo = %entry.repo.id, error = %e, "announcement stays queued");
+                    blocked.insert(topic.hash());
+                }
+            }
+        }
+        if delivered.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.outbox_remove(&delivered) {
+            tracing::warn!(error = %e, "cannot mark announcements delivered; they will be sent again");
+        }
+        self.outbox.retain(|(seq, _)| !delivered.contains(seq));
+        tracing::debug!(delivered = delivered.len(), pending = self.outbox.len(), "outbox flushed");
+    }
+
+    /// Checks a gossip message before anything else sees it: well-formed, on the topic of a
+    /// repo we have, validly signed, within bounds. New announcements go to the feed.
+    fn receive(&mut self, message: &gossipsub::Message) -> gossipsub::MessageAcceptance {
+        use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+        let envelope = match Envelope::decode(&message.data) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                tracing::debug!(source = ?message.source, error = %e, "rejected gossip message");
+                return Reject;
+            }
+        };
+        let ours = self.repos.iter().any(|r| r.id == envelope.repo);
+        if !ours || message.topic != crate::proto::topic::commits(&envelope.repo).hash() {
+            tracing::debug!(source = ?message.source, repo = %envelope.repo, "rejected announcement for another topic");
+            return Reject;
+        }
+        let author = match envelope.verify() {
+            Ok(author) => author,
+            Err(e) => {
+                tracing::debug!(source = ?message.source, error = %e, "rejected announcement");
+                return Reject;
+            }
+        };
+        let announcement = match Announcement::from_envelope(&envelope) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(source = ?message.source, error = %e, "rejected announcement");
+                return Reject;
+            }
+        };
+        let entry = FeedEntry {
+            repo: envelope.repo,
+            peer: author.to_string(),
+            name: announcement.name,
+            ref_name: announcement.ref_name,
+            commit: announcement.commit,
+            parents: announcement.parents,
+            author: announcement.author,
+            summary: announcement.summary,
+            commit_time: announcement.commit_time,
+            announced_at: envelope.ts,
+            received_at: crate::store::unix_now_ms(),
+        };
+        match self.store.feed_insert(&entry) {
+            Ok(true) => {
+                let _ = self.feed_tx.send(entry);
+                Accept
+            }
+            Ok(false) => Ignore,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot store an announcement");
+                Ignore
+            }
         }
     }
 
@@ -193,6 +351,8 @@ impl EventLoop {
     }
 
     fn maintain(&mut self) {
+        self.ingest_spool();
+        self.flush_outbox();
         let now = Instant::now();
         let peers = &self.peers;
         for (peer, addrs) in self.redial.due(now, |p| peers.is_connected(p)) {
@@ -252,7 +412,17 @@ impl EventLoop {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => self.identified(peer_id, info),
             BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. }) => self.peers.rtt(&peer, rtt),
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic }) => {
-                self.peers.subscribed(&peer_id, topic)
+                self.peers.subscribed(&peer_id, topic);
+                // Someone to deliver to, perhaps: queued announcements need not wait a tick.
+                self.flush_outbox();
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message_id, message }) => {
+                let acceptance = self.receive(&message);
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    acceptance,
+                );
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Unsubscribed { peer_id, topic }) => {
                 self.peers.unsubscribed(&peer_id, &topic)

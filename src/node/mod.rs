@@ -29,6 +29,9 @@ use event_loop::{EventLoop, NodeInfo};
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How long start-up waits for the listeners to report their addresses.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// New feed entries buffered for slow `log -f` followers; one that falls further behind is told
+/// how many it missed.
+const FEED_BROADCAST: usize = 1024;
 /// Queue of control requests waiting for the event loop.
 const COMMAND_QUEUE: usize = 256;
 
@@ -118,7 +121,9 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
             .map_err(io_err("cannot restrict the control socket"))?;
 
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let (feed_tx, _) = tokio::sync::broadcast::channel(FEED_BROADCAST);
         let info = NodeInfo {
+            data_dir_path: paths.data_dir.clone(),
             npub: identity.npub(),
             name: config.name.clone(),
             data_dir: paths.data_dir.display().to_string(),
@@ -136,8 +141,8 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
                 relays: config.relays.clone(),
             },
         };
-        let event_loop = EventLoop::new(swarm, rx, store, info, &config.bootstrap);
-        let server = tokio::spawn(crate::control::server::serve(listener, tx));
+        let event_loop = EventLoop::new(swarm, rx, store, info, &config.bootstrap, feed_tx.clone());
+        let server = tokio::spawn(crate::control::server::serve(listener, tx, feed_tx));
         tracing::info!(peer_id = %event_loop.local_peer_id(), "ready");
         if opts.notify_ready {
             notify(crate::control::client::READY_LINE);

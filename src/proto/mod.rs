@@ -1,3 +1,5 @@
 //! Wire-level names and messages of the git-p2p network. Pure: no I/O, no clock.
 
+pub mod announce;
+pub mod envelope;
 pub mod topic;

@@ -1,6 +1,7 @@
 //! Integration tests: real `git-p2p` binaries, real daemons on loopback (mDNS off), real git.
 //! One test binary (faster to link); each module is one area.
 
+mod announce;
 mod cli;
 mod lan;
 mod node;

@@ -71,8 +71,15 @@ impl Node {
     }
 
     pub fn envs(&self, cmd: &mut Command) {
+        // The binary under test comes first on PATH: the post-commit hook runs `git-p2p`.
+        let bin_dir = Path::new(BIN).parent().expect("binary in a directory");
+        let path = std::env::join_paths(
+            std::iter::once(bin_dir.to_path_buf())
+                .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+        )
+        .expect("PATH");
         cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("PATH", path)
             .env("HOME", self.path("home"))
             .env("XDG_DATA_HOME", self.path("data"))
             .env("XDG_RUNTIME_DIR", self.path("run"))
@@ -105,6 +112,18 @@ impl Node {
     /// Runs and asserts success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{}: git-p2p {args:?} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs in `dir` and asserts success; returns stdout.
+    pub fn ok_in(&self, dir: &Path, args: &[&str]) -> String {
+        let out = self.run_in(dir, args);
         assert!(
             out.status.success(),
             "{}: git-p2p {args:?} failed: {}",

@@ -1,0 +1,157 @@
+//! Signed, versioned envelopes: the one wire format of every application message.
+//!
+//! An envelope names its kind, repo, author key and time, and carries its body as an exact JSON
+//! string, so that the signature covers the bytes that were sent and not a re-serialisation.
+//! Receivers call [`Envelope::decode`] (bounded, cheap) and then [`Envelope::verify`] before
+//! they act on, store or forward anything.
+
+use libp2p::identity::{Keypair, PublicKey};
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+
+pub const ENVELOPE_VERSION: u32 = 1;
+/// Largest encoded envelope; bodies are announcements and chat lines, a few hundred bytes.
+pub const MAX_ENVELOPE: usize = 16 * 1024;
+/// Domain separation: a signature over an envelope is never valid for anything else.
+const SIGNING_CONTEXT: &[u8] = b"git-p2p envelope v1\0";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u32,
+    pub kind: String,
+    /// Repo id (root commit, hex).
+    pub repo: String,
+    /// The author's libp2p public key, protobuf-encoded, hex.
+    pub author: String,
+    /// Unix milliseconds when the author signed.
+    pub ts: u64,
+    /// The body as JSON text, exactly as signed.
+    pub body: String,
+    /// Signature (hex) over [`signing_bytes`].
+    pub sig: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvelopeError {
+    #[error("envelope too large ({0} bytes, at most {MAX_ENVELOPE})")]
+    TooLarge(usize),
+    #[error("malformed envelope: {0}")]
+    Malformed(String),
+    #[error("unsupported envelope version {0}")]
+    Version(u32),
+    #[error("bad author key")]
+    BadAuthor,
+    #[error("bad signature")]
+    BadSignature,
+}
+
+fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Length-prefixed, so that no two field sequences share an encoding.
+    out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn signing_bytes(v: u32, kind: &str, repo: &str, author: &str, ts: u64, body: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SIGNING_CONTEXT.len() + 64 + body.len() + author.len());
+    out.extend_from_slice(SIGNING_CONTEXT);
+    out.extend_from_slice(&v.to_be_bytes());
+    field(&mut out, kind.as_bytes());
+    field(&mut out, repo.as_bytes());
+    field(&mut out, author.as_bytes());
+    out.extend_from_slice(&ts.to_be_bytes());
+    field(&mut out, body.as_bytes());
+    out
+}
+
+impl Envelope {
+    pub fn sign(key: &Keypair, kind: &str, repo: &str, ts: u64, body: String) -> Self {
+        let author = hex::encode(key.public().encode_protobuf());
+        let bytes = signing_bytes(ENVELOPE_VERSION, kind, repo, &author, ts, &body);
+        let sig = hex::encode(key.sign(&bytes).expect("ed25519 signing cannot fail"));
+        Self { v: ENVELOPE_VERSION, kind: kind.to_string(), repo: repo.to_string(), author, ts, body, sig }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("envelopes always serialise")
+    }
+
+    /// Parses an envelope, bounded in size; does not check the signature.
+    pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        if bytes.len() > MAX_ENVELOPE {
+            return Err(EnvelopeError::TooLarge(bytes.len()));
+        }
+        let env: Self = serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        if env.v != ENVELOPE_VERSION {
+            return Err(EnvelopeError::Version(env.v));
+        }
+        Ok(env)
+    }
+
+    /// Checks the signature; returns the author's PeerId.
+    pub fn verify(&self) -> Result<PeerId, EnvelopeError> {
+        let key_bytes = hex::decode(&self.author).map_err(|_| EnvelopeError::BadAuthor)?;
+        let key = PublicKey::try_decode_protobuf(&key_bytes).map_err(|_| EnvelopeError::BadAuthor)?;
+        let sig = hex::decode(&self.sig).map_err(|_| EnvelopeError::BadSignature)?;
+        let bytes = signing_bytes(self.v, &self.kind, &self.repo, &self.author, self.ts, &self.body);
+        if !key.verify(&bytes, &sig) {
+            return Err(EnvelopeError::BadSignature);
+        }
+        Ok(key.to_peer_id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Keypair {
+        Keypair::ed25519_from_bytes([1u8; 32]).unwrap()
+    }
+    fn eve() -> Keypair {
+        Keypair::ed25519_from_bytes([66u8; 32]).unwrap()
+    }
+
+    #[test]
+    fn signed_envelopes_verify_and_round_trip() {
+        let env = Envelope::sign(&alice(), "announce", "ab", 7, r#"{"x":1}"#.into());
+        let decoded = Envelope::decode(&env.encode()).unwrap();
+        assert_eq!(decoded, env);
+        assert_eq!(decoded.verify().unwrap(), alice().public().to_peer_id());
+    }
+
+    #[test]
+    fn forged_and_tampered_envelopes_are_refused() {
+        let env = Envelope::sign(&alice(), "announce", "ab", 7, "{}".into());
+        // Eve signs but claims to be Alice.
+        let mut forged = Envelope::sign(&eve(), "announce", "ab", 7, "{}".into());
+        forged.author = env.author.clone();
+        assert_eq!(forged.verify(), Err(EnvelopeError::BadSignature));
+        for tamper in [
+            |e: &mut Envelope| e.body = r#"{"evil":1}"#.into(),
+            |e: &mut Envelope| e.repo = "cd".into(),
+            |e: &mut Envelope| e.kind = "chat".into(),
+            |e: &mut Envelope| e.ts += 1,
+        ] {
+            let mut bad = env.clone();
+            tamper(&mut bad);
+            assert_eq!(bad.verify(), Err(EnvelopeError::BadSignature));
+        }
+        let mut bad = env.clone();
+        bad.author = "zz".into();
+        assert_eq!(bad.verify(), Err(EnvelopeError::BadAuthor));
+        let mut bad = env;
+        bad.sig = "00".into();
+        assert_eq!(bad.verify(), Err(EnvelopeError::BadSignature));
+    }
+
+    #[test]
+    fn malformed_oversized_and_future_envelopes_are_refused_without_panic() {
+        assert!(matches!(Envelope::decode(&vec![b'x'; MAX_ENVELOPE + 1]), Err(EnvelopeError::TooLarge(_))));
+        for junk in [&b""[..], b"{}", b"[1,2]", b"\xff\x00", b"{\"v\":1}"] {
+            assert!(matches!(Envelope::decode(junk), Err(EnvelopeError::Malformed(_))), "{junk:?}");
+        }
+        let mut env = Envelope::sign(&alice(), "announce", "ab", 7, "{}".into());
+        env.v = 2;
+        assert_eq!(Envelope::decode(&env.encode()), Err(EnvelopeError::Version(2)));
+    }
+}

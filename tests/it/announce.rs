@@ -1,0 +1,205 @@
+//! Commit announcements end to end: real git commits with the installed hook on one node show up
+//! in another node's `git p2p log`, also across a stopped or killed node.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// Alice and Bob, connected, each with an initialised clone of the same repository.
+struct Pair {
+    alice: Node,
+    bob: Node,
+    alice_repo: PathBuf,
+    bob_repo: PathBuf,
+}
+
+fn pair() -> Pair {
+    let alice = Node::new("alice");
+    let bob = Node::new("bob");
+    bob.start();
+    alice.config(&["p2p.bootstrap", &bob.tcp_addr()]);
+    let alice_repo = alice.repo("proj", 1);
+    bob.git(&bob.path("home"), &["clone", "-q", alice_repo.to_str().unwrap(), "proj"]);
+    let bob_repo = bob.path("home/proj");
+    for (node, repo) in [(&alice, &alice_repo), (&bob, &bob_repo)] {
+        let out = node.run_in(repo, &["init"]);
+        assert!(out.status.success(), "{}: {}", node.name, stderr(&out));
+    }
+    Pair { alice, bob, alice_repo, bob_repo }
+}
+
+fn commit(node: &Node, repo: &Path, message: &str) -> String {
+    let out = node.git(repo, &["commit", "-q", "--allow-empty", "-m", message]);
+    assert!(out.is_empty(), "the hook is silent: {out}");
+    node.git(repo, &["rev-parse", "HEAD"]).trim().to_string()
+}
+
+/// Bob's feed for the repo: commit -> how many times it is listed.
+fn feed(node: &Node, repo: &Path) -> Vec<Value> {
+    let out = node.run_in(repo, &["log", "--json", "-n", "1000"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
+}
+
+fn wait_for_commits(node: &Node, repo: &Path, commits: &[String]) -> Vec<Value> {
+    eventually(Duration::from_secs(60), &format!("{} commits in {}'s feed", commits.len(), node.name), || {
+        let entries = feed(node, repo);
+        commits.iter().all(|c| entries.iter().any(|e| e["commit"] == c.as_str())).then_some(entries)
+    })
+}
+
+fn assert_exactly_once(entries: &[Value], commits: &[String]) {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in entries {
+        *counts.entry(e["commit"].as_str().unwrap()).or_default() += 1;
+    }
+    for c in commits {
+        assert_eq!(counts.get(c.as_str()), Some(&1), "commit {c} listed once");
+    }
+}
+
+#[test]
+fn a_commit_in_alice_appears_in_bobs_log() {
+    let Pair { alice, bob, alice_repo, bob_repo } = pair();
+    let id = commit(&alice, &alice_repo, "Fix the frobnicator\n\nDetails.");
+    let entries = wait_for_commits(&bob, &bob_repo, std::slice::from_ref(&id));
+    let e = entries.iter().find(|e| e["commit"] == id.as_str()).unwrap();
+    assert_eq!(e["summary"], "Fix the frobnicator");
+    assert_eq!(e["ref_name"], "refs/heads/main");
+    assert_eq!(e["name"], "alice");
+    assert_eq!(e["author"], "alice");
+    assert_eq!(e["peer"], alice.peer_id().as_str());
+    let parent = alice.git(&alice_repo, &["rev-parse", "HEAD~1"]).trim().to_string();
+    assert_eq!(e["parents"], serde_json::json!([parent]));
+    // Bob's repo does not have the commit: the announcement is the news.
+    let human = bob.ok_in(&bob_repo, &["log"]);
+    assert!(human.contains("Fix the frobnicator") && human.contains("alice") && human.contains(&id[..10]), "{human}");
+    assert!(feed(&alice, &alice_repo).is_empty(), "alice's feed holds what peers announced, not her own commits");
+}
+
+#[test]
+fn log_follow_streams_new_announcements() {
+    let Pair { alice, bob, alice_repo, bob_repo } = pair();
+    let mut follower = bob.command(&["log", "-f", "--json"]);
+    follower.current_dir(&bob_repo).stdout(std::process::Stdio::piped());
+    let mut child = follower.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next_line_with = |needle: &str| loop {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("a line from log -f");
+        if line.contains(needle) {
+            break line;
+        }
+    };
+    // The first commit may arrive as history or as a stream entry; once it is printed, the
+    // follower is subscribed, and the second can only come through the stream.
+    let first = commit(&alice, &alice_repo, "first");
+    next_line_with(&first);
+    let second = commit(&alice, &alice_repo, "streamed");
+    let line = next_line_with(&second);
+    assert!(line.contains("\"summary\":\"streamed\""), "{line}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn fifty_commits_while_the_node_is_down_all_arrive_once_it_runs() {
+    let Pair { alice, bob, alice_repo, bob_repo } = pair();
+    alice.ok(&["daemon", "stop"]);
+    let commits: Vec<String> = (0..50)
+        .map(|i| {
+            let mut cmd = std::process::Command::new("git");
+            cmd.args(["commit", "-q", "--allow-empty", "-m", &format!("offline {i}")]).current_dir(&alice_repo);
+            alice.envs(&mut cmd);
+            cmd.env("GIT_P2P_NO_AUTOSTART", "1");
+            let out = cmd.output().unwrap();
+            assert!(out.status.success() && out.stderr.is_empty(), "{}", stderr(&out));
+            alice.git(&alice_repo, &["rev-parse", "HEAD"]).trim().to_string()
+        })
+        .collect();
+    assert!(alice.pid().is_some_and(|p| !alive(p)) || alice.pid().is_none(), "the node stayed down");
+    let spooled = std::fs::read_dir(alice.data_dir().join("spool")).unwrap().count();
+    assert_eq!(spooled, 50, "each announcement spooled durably");
+    alice.start();
+    let entries = wait_for_commits(&bob, &bob_repo, &commits);
+    assert_exactly_once(&entries, &commits);
+    assert_eq!(std::fs::read_dir(alice.data_dir().join("spool")).unwrap().count(), 0, "spool drained");
+}
+
+#[test]
+fn kill9_in_a_burst_of_100_commits_loses_nothing_and_duplicates_nothing() {
+    let Pair { alice, bob, alice_repo, bob_repo } = pair();
+    let mut commits = Vec::new();
+    for i in 0..100 {
+        if i == 50 {
+            // The next commit's hook finds no node, spools, and starts a new one.
+            alice.kill9();
+        }
+        commits.push(commit(&alice, &alice_repo, &format!("burst {i}")));
+    }
+    let entries = wait_for_commits(&bob, &bob_repo, &commits);
+    assert_exactly_once(&entries, &commits);
+    assert_eq!(entries.len(), 100, "nothing else in the feed");
+}
+
+#[test]
+fn the_hook_never_fails_a_commit() {
+    let alice = Node::new("alice");
+    let repo = alice.repo("proj", 1);
+    // Hook installed, but git-p2p is not on PATH.
+    alice.ok_in(&repo, &["hooks", "install"]);
+    let mut cmd = std::process::Command::new("git");
+    cmd.args(["commit", "-q", "--allow-empty", "-m", "no git-p2p"]).current_dir(&repo);
+    alice.envs(&mut cmd);
+    let git_dir = PathBuf::from(
+        String::from_utf8(std::process::Command::new("sh").args(["-c", "command -v git"]).output().unwrap().stdout)
+            .unwrap()
+            .trim(),
+    )
+    .parent()
+    .unwrap()
+    .to_path_buf();
+    cmd.env("PATH", format!("{}:/usr/bin:/bin", git_dir.display()));
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).lines().count() <= 1, "at most one line: {}", stderr(&out));
+    // The hook in a repo where init never ran (hooksPath shared by all repos): still fine.
+    let other = alice.repo("other", 1);
+    alice.git(&other, &["config", "core.hooksPath", alice.path("home/proj/.git/hooks").to_str().unwrap()]);
+    let mut cmd = std::process::Command::new("git");
+    cmd.args(["commit", "-q", "--allow-empty", "-m", "never initialised"]).current_dir(&other);
+    alice.envs(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).lines().count() <= 1, "{}", stderr(&out));
+}
+
+#[test]
+fn init_chains_an_existing_hook_and_uninstall_restores_it() {
+    let alice = Node::new("alice");
+    let repo = alice.repo("proj", 1);
+    let hooks = alice.path("shared-hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    alice.git(&repo, &["config", "core.hooksPath", hooks.to_str().unwrap()]);
+    let original = "#!/bin/sh\necho ran >> \"$(git rev-parse --git-dir)/original-ran\"\n";
+    std::fs::write(hooks.join("post-commit"), original).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(hooks.join("post-commit"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = alice.ok_in(&repo, &["init"]);
+    assert!(out.contains("existing hook still runs"), "{out}");
+    commit(&alice, &repo, "with both hooks");
+    assert!(repo.join(".git/original-ran").exists(), "the original hook ran");
+    alice.ok_in(&repo, &["hooks", "uninstall"]);
+    assert_eq!(std::fs::read_to_string(hooks.join("post-commit")).unwrap(), original, "restored byte for byte");
+    assert_eq!(std::fs::read_dir(&hooks).unwrap().count(), 1, "nothing left behind");
+}
