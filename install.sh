@@ -6,7 +6,8 @@ cd "$(dirname "$0")"
 PREFIX=${1:-${PREFIX:-$HOME/.local}}
 
 command -v cargo >/dev/null || { echo "install.sh: cargo not found (install Rust from https://rustup.rs)" >&2; exit 1; }
-cargo install --quiet --locked --path . --root "$PREFIX" --force
+# Build in the repository's own target dir, so an existing release build is reused.
+cargo install --quiet --locked --path . --root "$PREFIX" --force --target-dir target
 mkdir -p "$PREFIX/share/man/man1"
 cp man/*.1 "$PREFIX/share/man/man1/"
 

@@ -6,6 +6,9 @@
 #[allow(dead_code)]
 mod support;
 
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::Node;
@@ -43,6 +46,21 @@ fn rss_mib(pid: i32) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// Times one `git commit --allow-empty` in `repo`; with `no_autostart` the hook may not start a node.
+fn time_commit(node: &Node, repo: &Path, i: usize, no_autostart: bool) -> f64 {
+    let mut cmd = Command::new("git");
+    cmd.args(["commit", "-q", "--allow-empty", "-m", &format!("bench {i}")]).current_dir(repo);
+    node.envs(&mut cmd);
+    if no_autostart {
+        cmd.env("GIT_P2P_NO_AUTOSTART", "1");
+    }
+    let t = Instant::now();
+    let out = cmd.output().expect("git commit");
+    let elapsed = ms(t.elapsed());
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    elapsed
 }
 
 fn main() {
@@ -84,10 +102,100 @@ fn main() {
     let samples = [&alice, &bob].iter().filter_map(|n| n.pid()).map(rss_mib).collect();
     metrics.push(Metric { name: "idle_rss", unit: "MiB", samples, nodes: 2, goal: "<= 20 MiB" });
 
-    println!("{:<16} {:>10} {:>10} {:>5} {:>5}  goal", "metric", "p50", "p99", "n", "nodes");
+    // 4. Hook cost: `git commit` with the hook minus without, interleaved in one run, node up;
+    // then with the node down (the hook spools and, with autostart off, starts nothing).
+    let commits = if smoke { 5 } else { 200 };
+    let dave = Node::new("dave");
+    let hooked = dave.repo("hooked", 1);
+    let plain = dave.repo("plain", 1);
+    dave.ok_in(&hooked, &["init"]);
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for i in 0..commits {
+        without.push(time_commit(&dave, &plain, i, false));
+        with.push(time_commit(&dave, &hooked, i, false));
+    }
+    metrics.push(Metric { name: "commit_no_hook", unit: "ms", samples: without.clone(), nodes: 1, goal: "(baseline)" });
+    metrics.push(Metric {
+        name: "commit_hook",
+        unit: "ms",
+        samples: with.clone(),
+        nodes: 1,
+        goal: "+2 ms over baseline",
+    });
+    dave.ok(&["daemon", "stop"]);
+    let mut down = Vec::new();
+    for i in 0..commits {
+        down.push(time_commit(&dave, &hooked, commits + i, true));
+    }
+    metrics.push(Metric {
+        name: "commit_hook_node_down",
+        unit: "ms",
+        samples: down,
+        nodes: 1,
+        goal: "+50 ms over baseline",
+    });
+
+    // 5. Announce latency: from the start of `git commit` in alice's repo until bob's `log -f`
+    // prints the announcement.
+    let erin = Node::new("erin");
+    let frank = Node::new("frank");
+    frank.start();
+    erin.config(&["p2p.bootstrap", &frank.tcp_addr()]);
+    let erin_repo = erin.repo("proj", 1);
+    frank.git(&frank.path("home"), &["clone", "-q", erin_repo.to_str().expect("utf-8 path"), "proj"]);
+    let frank_repo = frank.path("home/proj");
+    erin.ok_in(&erin_repo, &["init"]);
+    frank.ok_in(&frank_repo, &["init"]);
+    support::eventually(Duration::from_secs(20), "erin and frank to connect", || {
+        (!erin.peers().is_empty()).then_some(())
+    });
+    let mut follower = frank.command(&["log", "-f", "--json", "-n", "0"]);
+    let mut child = follower.current_dir(&frank_repo).stdout(Stdio::piped()).spawn().expect("log -f");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send((Instant::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    // Warm-up: the first announcement waits for the gossip mesh.
+    time_commit(&erin, &erin_repo, 0, false);
+    rx.recv_timeout(Duration::from_secs(30)).expect("warm-up announcement");
+    let mut latency = Vec::new();
+    let mut lost = 0;
+    for i in 1..=commits {
+        let t0 = Instant::now();
+        time_commit(&erin, &erin_repo, i, false);
+        let id = erin.git(&erin_repo, &["rev-parse", "HEAD"]);
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok((t1, line)) if line.contains(id.trim()) => latency.push(ms(t1 - t0)),
+            _ => lost += 1,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let delivered = latency.len();
+    metrics.push(Metric {
+        name: "announce_2_nodes",
+        unit: "ms",
+        samples: latency,
+        nodes: 2,
+        goal: "p50 <= 5, p99 <= 20 ms",
+    });
+    metrics.push(Metric {
+        name: "announce_delivery",
+        unit: "%",
+        samples: vec![100.0 * delivered as f64 / (delivered + lost) as f64],
+        nodes: 2,
+        goal: "100 %",
+    });
+
+    println!("{:<22} {:>10} {:>10} {:>5} {:>5}  goal", "metric", "p50", "p99", "n", "nodes");
     for m in &metrics {
         println!(
-            "{:<16} {:>7.2} {:<3}{:>7.2} {:<3}{:>4} {:>5}  {}",
+            "{:<22} {:>7.2} {:<3}{:>7.2} {:<3}{:>4} {:>5}  {}",
             m.name,
             m.percentile(0.5),
             m.unit,

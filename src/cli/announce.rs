@@ -14,6 +14,10 @@ use crate::proto::announce::{Announcement, KIND};
 use crate::proto::envelope::Envelope;
 use crate::store::OutboxEntry;
 
+/// Longest the hook waits for a running node before it spools instead: a hung node must not
+/// stall `git commit`.
+const HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub fn run(ctx: &Ctx, args: &AnnounceArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if args.hook {
         if let Err(e) = announce(ctx, &args.rev, true) {
@@ -43,10 +47,12 @@ fn announce(ctx: &Ctx, rev: &str, hook: bool) -> anyhow::Result<(String, Option<
     let repo_info = RepoInfo { id: repo.repo_id.to_string(), name: repo.room_name.clone() };
     let request = Request::Announce { repo: repo_info.clone(), envelope: envelope.clone() };
 
-    let sent = match Client::connect(paths) {
-        Ok(mut client) => client.request(request.clone()),
-        Err(e) => Err(e),
-    };
+    let sent = Client::connect(paths).and_then(|mut client| {
+        if hook {
+            client.set_timeout(HOOK_TIMEOUT)?;
+        }
+        client.request(request.clone())
+    });
     match sent {
         Ok(Response::Queued { pending }) => Ok((commit.id, Some(pending))),
         Ok(_) => anyhow::bail!("unexpected answer from the node"),

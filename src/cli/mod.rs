@@ -255,7 +255,10 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    crate::logging::init_stderr(cli.verbose);
+    // The node logs to its file (set up in `node::run`); everything else to stderr when asked.
+    if !matches!(cli.command, Command::Daemon(DaemonCommand::Run { .. })) {
+        crate::logging::init_stderr(cli.verbose);
+    }
     let dir = match &cli.dir {
         Some(dir) => dir.clone(),
         None => PathBuf::from("."),

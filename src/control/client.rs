@@ -106,6 +106,13 @@ impl Client {
         Ok(id)
     }
 
+    /// Bounds how long one request may wait (the hook must not stall a commit on a hung node).
+    pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        self.reader.get_ref().set_read_timeout(Some(timeout))?;
+        self.writer.set_write_timeout(Some(timeout))?;
+        Ok(())
+    }
+
     /// For streams: wait for answers as long as it takes (the default is a bounded wait).
     pub fn wait_forever(&mut self) -> Result<(), ClientError> {
         self.reader.get_ref().set_read_timeout(None)?;

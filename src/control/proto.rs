@@ -140,6 +140,8 @@ pub struct PeerInfo {
     pub repos: Vec<String>,
     /// Seconds since the first open connection was established.
     pub connected_secs: u64,
+    /// Our gossipsub score of the peer: negative after it sent messages we rejected.
+    pub score: Option<f64>,
 }
 
 impl RequestFrame {

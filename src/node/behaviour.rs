@@ -41,6 +41,20 @@ pub fn name_from_agent(agent: &str) -> Option<String> {
     crate::config::sanitize_name(name)
 }
 
+/// Score parameters of our topics. Rejected (invalid) messages weigh heavily and are forgotten
+/// slowly; delivery-rate penalties are off, since a repository's topics are quiet most of the time
+/// and a quiet honest peer must not look like a withholding one.
+pub fn topic_score_params() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -100.0,
+        invalid_message_deliveries_decay: 0.99,
+        ..Default::default()
+    }
+}
+
 impl Behaviour {
     pub fn new(key: &Keypair, config: &NodeConfig) -> Result<Self, String> {
         let peer_id = key.public().to_peer_id();
@@ -68,8 +82,18 @@ impl Behaviour {
             .max_transmit_size(MAX_GOSSIP_MESSAGE)
             .build()
             .map_err(|e| format!("gossipsub config: {e}"))?;
-        let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)
-            .map_err(|e| format!("gossipsub: {e}"))?;
+        let mut gossipsub =
+            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)
+                .map_err(|e| format!("gossipsub: {e}"))?;
+        // Peer scoring, so that messages we reject cost their sender (graylisted after one).
+        let score_params = gossipsub::PeerScoreParams {
+            // Many honest peers behind one address (NAT, a LAN box, loopback) are normal here.
+            ip_colocation_factor_weight: 0.0,
+            ..Default::default()
+        };
+        gossipsub
+            .with_peer_score(score_params, gossipsub::PeerScoreThresholds::default())
+            .map_err(|e| format!("gossipsub scoring: {e}"))?;
 
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config.set_query_timeout(Duration::from_secs(30));

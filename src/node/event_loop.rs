@@ -164,7 +164,12 @@ impl EventLoop {
         match req {
             Request::Status => Outcome::Ok(Response::Status(Box::new(self.status()))),
             Request::Peers => {
-                Outcome::Ok(Response::Peers { peers: self.peers.snapshot(Instant::now(), &self.repo_topics) })
+                let mut peers = self.peers.snapshot(Instant::now(), &self.repo_topics);
+                let gossipsub = &self.swarm.behaviour().gossipsub;
+                for p in &mut peers {
+                    p.score = p.peer_id.parse().ok().and_then(|id| gossipsub.peer_score(&id));
+                }
+                Outcome::Ok(Response::Peers { peers })
             }
             Request::RegisterRepo { repo } => {
                 if let Err(e) = self.store.add_repo(&repo) {
@@ -343,7 +348,11 @@ impl EventLoop {
             return;
         }
         let topic = crate::proto::topic::commits(&repo.id);
-        if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        if let Err(e) = gossipsub.set_topic_params(topic.clone(), super::behaviour::topic_score_params()) {
+            tracing::warn!(repo = %repo.id, error = %e, "cannot set the topic's score parameters");
+        }
+        if let Err(e) = gossipsub.subscribe(&topic) {
             tracing::warn!(repo = %repo.id, error = %e, "cannot subscribe to the repo's topic");
         }
         self.repo_topics.push((topic.hash(), repo.id.clone()));

@@ -125,6 +125,7 @@ impl PeerTable {
                     rtt_ms: s.rtt.map(|d| d.as_secs_f64() * 1000.0),
                     repos: repos.iter().filter(|(t, _)| s.topics.contains(t)).map(|(_, id)| id.clone()).collect(),
                     connected_secs: first.map(|c| now.saturating_duration_since(c.since).as_secs()).unwrap_or(0),
+                    score: None,
                 }
             })
             .collect();

@@ -3,6 +3,7 @@
 
 mod announce;
 mod cli;
+mod evil;
 mod lan;
 mod node;
 mod support;
