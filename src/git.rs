@@ -57,8 +57,10 @@ impl fmt::Display for RepoId {
 }
 
 /// A snapshot of the repository state git-p2p works with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RepoContext {
+    /// The open repository, kept so later questions (commit_info) need not open it again.
+    handle: gix::Repository,
     pub git_dir: PathBuf,
     pub workdir: Option<PathBuf>,
     pub repo_id: RepoId,
@@ -69,6 +71,16 @@ pub struct RepoContext {
     pub remote_urls: Vec<String>,
 }
 
+/// Equal when they describe the same repository state; the open handle is not compared.
+impl PartialEq for RepoContext {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.git_dir, &self.workdir, &self.repo_id, &self.room_name, &self.head_commit)
+            == (&other.git_dir, &other.workdir, &other.repo_id, &other.room_name, &other.head_commit)
+            && (&self.branch, &self.user_name, &self.remote_urls)
+                == (&other.branch, &other.user_name, &other.remote_urls)
+    }
+}
+
 impl RepoContext {
     pub fn is_bare(&self) -> bool {
         self.workdir.is_none()
@@ -76,7 +88,7 @@ impl RepoContext {
 
     /// What an announcement says about the commit `rev` names (HEAD, a branch, an id...).
     pub fn commit_info(&self, rev: &str) -> Result<CommitInfo, GitError> {
-        let repo = gix::open(&self.git_dir).map_err(ctx("cannot open repository"))?;
+        let repo = &self.handle;
         let id = repo.rev_parse_single(rev).map_err(ctx(&format!("unknown revision {rev:?}")))?;
         let commit = id.object().map_err(ctx("cannot read commit"))?.peel_to_commit().map_err(ctx("not a commit"))?;
         let parents = commit.parent_ids().map(|p| p.to_string()).collect();
@@ -165,13 +177,16 @@ fn open_with(dir: &Path, options: Option<gix::open::Options>) -> Result<RepoCont
         _ => dir_room_name(workdir.as_deref().unwrap_or(&git_dir)),
     };
     let remote_urls = urls.into_iter().map(|(_, url)| url).collect();
+    let head_commit_id = head_commit.id.to_string();
+    drop((config, head, head_commit));
 
     Ok(RepoContext {
+        handle: repo,
         git_dir,
         workdir,
         repo_id,
         room_name,
-        head_commit: head_commit.id.to_string(),
+        head_commit: head_commit_id,
         branch,
         user_name,
         remote_urls,

@@ -94,9 +94,15 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), PathError> {
     if meta.permissions().mode() & 0o077 != 0 {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(create_err)?;
     }
-    // Writable? Creating the dir succeeds on an existing read-only one; find out now, not mid-run.
+    Ok(())
+}
+
+/// Fails now, with the path named, if `dir` exists but cannot be written (a read-only mount,
+/// say): creating an existing directory succeeds, so only a write tells. The node checks this
+/// once at start; clients skip it to stay fast.
+pub fn ensure_writable(dir: &Path) -> Result<(), PathError> {
     let probe = dir.join(".write-test");
-    fs::write(&probe, b"").map_err(create_err)?;
+    fs::write(&probe, b"").map_err(|source| PathError::Create { path: dir.to_path_buf(), source })?;
     let _ = fs::remove_file(probe);
     Ok(())
 }

@@ -47,6 +47,14 @@ pub fn name_from_agent(agent: &str) -> Option<String> {
 pub fn topic_score_params() -> gossipsub::TopicScoreParams {
     gossipsub::TopicScoreParams {
         topic_weight: 1.0,
+        // Credit for time in the mesh and for first deliveries is bounded (at most +36 and +100)
+        // so that it cannot hide more than one rejected message. (The default quantum of 1 ms
+        // gave a peer +3600 after 3.6 s in the mesh.)
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 3600.0,
+        first_message_deliveries_weight: 1.0,
+        first_message_deliveries_cap: 100.0,
         mesh_message_deliveries_weight: 0.0,
         mesh_failure_penalty_weight: 0.0,
         invalid_message_deliveries_weight: -100.0,

@@ -149,6 +149,9 @@ impl EventLoop {
                     let stopping = matches!(req, Request::Shutdown);
                     let outcome = self.handle_request(req);
                     let _ = reply.send(outcome);
+                    // Publishing waits until the client has its answer: the hook only needs to
+                    // know the announcement is durable.
+                    self.flush_outbox();
                     if stopping {
                         tracing::info!("shutdown requested, stopping");
                         break;
@@ -207,7 +210,6 @@ impl EventLoop {
             Ok(seq) => self.outbox.push_back((seq, entry)),
             Err(e) => return Outcome::Error(format!("cannot store the announcement: {e}")),
         }
-        self.flush_outbox();
         Outcome::Ok(Response::Queued { pending: self.outbox.len() })
     }
 

@@ -84,6 +84,7 @@ pub fn run(paths: &Paths, opts: RunOptions) -> Result<(), NodeError> {
 
 fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
     paths.ensure()?;
+    crate::paths::ensure_writable(&paths.data_dir)?;
     let _data_lock = take_lock(&paths.data_lock(), &paths.data_dir)?;
     let _socket_lock = if paths.socket_lock() != paths.data_lock() {
         Some(take_lock(&paths.socket_lock(), &paths.socket_dir)?)

@@ -40,7 +40,11 @@ impl Node {
 
     /// A node with only a name configured; the caller sets the network config.
     pub fn bare(name: &str) -> Self {
-        let dir = tempfile::Builder::new().prefix(&format!("gp-{name}-")).tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("gp-{name}-"))
+            .keep(std::env::var_os("GIT_P2P_TEST_KEEP").is_some())
+            .tempdir()
+            .expect("tempdir");
         for sub in ["home", "data", "run"] {
             std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
         }
@@ -85,6 +89,10 @@ impl Node {
             .env("XDG_RUNTIME_DIR", self.path("run"))
             .env("GIT_CONFIG_GLOBAL", self.path("gitconfig"))
             .env("GIT_CONFIG_NOSYSTEM", "1");
+        // Debugging a test: RUST_LOG reaches the nodes (their logs are in data/git-p2p/node.log).
+        if let Some(filter) = std::env::var_os("GIT_P2P_TEST_LOG") {
+            cmd.env("RUST_LOG", filter);
+        }
     }
 
     /// A `git-p2p ARGS` command in this node's environment, run in `cwd` (default: home).
