@@ -42,7 +42,7 @@ impl Node {
     pub fn bare(name: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix(&format!("gp-{name}-"))
-            .keep(std::env::var_os("GIT_P2P_TEST_KEEP").is_some())
+            .disable_cleanup(std::env::var_os("GIT_P2P_TEST_KEEP").is_some())
             .tempdir()
             .expect("tempdir");
         for sub in ["home", "data", "run"] {
