@@ -1,8 +1,9 @@
 //! `git p2p announce [REV] [--hook]`: sign an announcement of a commit and hand it to the node.
 //!
 //! In hook mode (the post-commit hook) this must never fail the commit nor make it wait for the
-//! network: if the node is not running, the announcement is spooled durably and the node is
-//! started in the background, without waiting for it.
+//! node or the network: the announcement is written to the spool (fsync'd), the node is rung
+//! (a notification it need not answer) or, if it is not running, started in the background.
+//! Measured: this costs less than a request the node acknowledges after its own fsync.
 
 use std::io::Write;
 
@@ -13,10 +14,6 @@ use crate::identity::Identity;
 use crate::proto::announce::{Announcement, KIND};
 use crate::proto::envelope::Envelope;
 use crate::store::OutboxEntry;
-
-/// Longest the hook waits for a running node before it spools instead: a hung node must not
-/// stall `git commit`.
-const HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub fn run(ctx: &Ctx, args: &AnnounceArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if args.hook {
@@ -45,28 +42,23 @@ fn announce(ctx: &Ctx, rev: &str, hook: bool) -> anyhow::Result<(String, Option<
     let envelope =
         Envelope::sign(&key, KIND, repo.repo_id.as_str(), crate::store::unix_now_ms(), announcement.to_body());
     let repo_info = RepoInfo { id: repo.repo_id.to_string(), name: repo.room_name.clone() };
-    let request = Request::Announce { repo: repo_info.clone(), envelope: envelope.clone() };
-
-    let sent = Client::connect(paths).and_then(|mut client| {
-        if hook {
-            client.set_timeout(HOOK_TIMEOUT)?;
-        }
-        client.request(request.clone())
-    });
-    match sent {
-        Ok(Response::Queued { pending }) => Ok((commit.id, Some(pending))),
-        Ok(_) => anyhow::bail!("unexpected answer from the node"),
-        Err(ClientError::Node(message)) => anyhow::bail!(message),
-        Err(e) if hook => {
-            // The node is down (or went down mid-request): keep the announcement on disk; the node
-            // picks it up when it runs. A node that did store it too yields a duplicate, which
-            // receivers drop.
-            crate::spool::write(&paths.data_dir, &OutboxEntry { repo: repo_info, envelope })?;
-            if matches!(e, ClientError::NotRunning) && client::autostart_allowed() {
+    if hook {
+        crate::spool::write(&paths.data_dir, &OutboxEntry { repo: repo_info, envelope })?;
+        match Client::notify(paths, Request::IngestSpool) {
+            // Not rung: the node also looks at the spool every second.
+            Ok(()) | Err(ClientError::Io(_)) => {}
+            Err(ClientError::NotRunning) if client::autostart_allowed() => {
                 client::spawn_node(false)?;
             }
-            Ok((commit.id, None))
+            Err(ClientError::NotRunning) => {}
+            Err(e) => return Err(e.into()),
         }
+        return Ok((commit.id, None));
+    }
+    let request = Request::Announce { repo: repo_info, envelope };
+    match Client::connect(paths).and_then(|mut client| client.request(request.clone())) {
+        Ok(Response::Queued { pending }) => Ok((commit.id, Some(pending))),
+        Ok(_) => anyhow::bail!("unexpected answer from the node"),
         Err(ClientError::NotRunning) => match ctx.client()?.request(request)? {
             Response::Queued { pending } => Ok((commit.id, Some(pending))),
             _ => anyhow::bail!("unexpected answer from the node"),

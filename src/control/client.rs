@@ -106,10 +106,10 @@ impl Client {
         Ok(id)
     }
 
-    /// Bounds how long one request may wait (the hook must not stall a commit on a hung node).
-    pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
-        self.reader.get_ref().set_read_timeout(Some(timeout))?;
-        self.writer.set_write_timeout(Some(timeout))?;
+    /// Sends a request and does not wait for the answer (a notification, like a doorbell).
+    pub fn notify(paths: &Paths, req: Request) -> Result<(), ClientError> {
+        let mut client = Self::connect(paths)?;
+        client.send(req)?;
         Ok(())
     }
 

@@ -34,6 +34,8 @@ pub enum Request {
     Shutdown,
     /// Queue a signed announcement in the node's durable outbox; answered once it is stored.
     Announce { repo: RepoInfo, envelope: Envelope },
+    /// New files are in the spool: move them to the outbox now (the hook's fast path).
+    IngestSpool,
     /// The newest `limit` announcements received for a repo, newest first.
     Log { repo: String, limit: usize },
     /// Stream announcements for a repo as they arrive: answered with `following`, then one

@@ -39,6 +39,11 @@ pub struct Command {
     pub reply: oneshot::Sender<Outcome>,
 }
 
+/// A published announcement stays in the durable outbox this long. gossipsub's `publish` only
+/// queues the message on the connections: a node killed right after it would lose it, so
+/// until then a restarted node publishes it again (receivers drop what they already have).
+const PUBLISH_GRACE: Duration = Duration::from_secs(5);
+
 /// Most announcements `log` returns in one answer.
 const MAX_LOG: usize = 10_000;
 
@@ -66,8 +71,11 @@ pub struct EventLoop {
     /// Each registered repo's marker topic, to tell which repos a peer shares with us.
     repo_topics: Vec<(TopicHash, String)>,
     last_kad_bootstrap: Option<Instant>,
-    /// Mirror of the store's outbox (oldest first), so publishing does not re-read the store.
+    /// Mirror of the store's outbox (oldest first) without what was published, so publishing does
+    /// not re-read the store.
     outbox: VecDeque<(u64, OutboxEntry)>,
+    /// Published, still in the store until [`PUBLISH_GRACE`] has passed.
+    published: VecDeque<(u64, Instant)>,
     /// New feed entries, for `log -f` followers.
     feed_tx: broadcast::Sender<FeedEntry>,
 }
@@ -93,6 +101,7 @@ impl EventLoop {
             repo_topics: Vec::new(),
             last_kad_bootstrap: None,
             outbox: VecDeque::new(),
+            published: VecDeque::new(),
             feed_tx,
         };
         let now = Instant::now();
@@ -132,6 +141,11 @@ impl EventLoop {
         *self.swarm.local_peer_id()
     }
 
+    /// A node whose data dir was deleted has nothing left to serve (and no lock to protect).
+    fn orphaned(&self) -> bool {
+        !self.info.data_dir_path.exists()
+    }
+
     /// Runs until a shutdown command or `stop` resolves.
     pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
@@ -158,7 +172,13 @@ impl EventLoop {
                     }
                 }
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
-                _ = tick.tick() => self.maintain(),
+                _ = tick.tick() => {
+                    if self.orphaned() {
+                        tracing::warn!("the data dir is gone, stopping");
+                        break;
+                    }
+                    self.maintain();
+                }
             }
         }
     }
@@ -183,6 +203,10 @@ impl EventLoop {
             }
             Request::Shutdown => Outcome::Ok(Response::Done),
             Request::Announce { repo, envelope } => self.announce(repo, envelope),
+            Request::IngestSpool => {
+                self.ingest_spool();
+                Outcome::Ok(Response::Done)
+            }
             Request::Log { repo, limit } => match self.store.feed(&repo, limit.min(MAX_LOG)) {
                 Ok(entries) => Outcome::Ok(Response::Feed { entries }),
                 Err(e) => Outcome::Error(format!("cannot read the feed: {e}")),
@@ -260,11 +284,28 @@ impl EventLoop {
         if delivered.is_empty() {
             return;
         }
-        if let Err(e) = self.store.outbox_remove(&delivered) {
-            tracing::warn!(error = %e, "cannot mark announcements delivered; they will be sent again");
-        }
+        let now = Instant::now();
+        self.published.extend(delivered.iter().map(|seq| (*seq, now)));
         self.outbox.retain(|(seq, _)| !delivered.contains(seq));
         tracing::debug!(delivered = delivered.len(), pending = self.outbox.len(), "outbox flushed");
+    }
+
+    /// Drops announcements from the durable outbox once they were published long enough ago.
+    fn forget_published(&mut self, now: Instant) {
+        let mut done = Vec::new();
+        while let Some((seq, at)) = self.published.front() {
+            if now.duration_since(*at) < PUBLISH_GRACE {
+                break;
+            }
+            done.push(*seq);
+            self.published.pop_front();
+        }
+        if done.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.outbox_remove(&done) {
+            tracing::warn!(error = %e, "cannot clear published announcements; a restart sends them again");
+        }
     }
 
     /// Checks a gossip message before anything else sees it: well-formed, on the topic of a
@@ -365,6 +406,7 @@ impl EventLoop {
         self.ingest_spool();
         self.flush_outbox();
         let now = Instant::now();
+        self.forget_published(now);
         let peers = &self.peers;
         for (peer, addrs) in self.redial.due(now, |p| peers.is_connected(p)) {
             tracing::debug!(%peer, ?addrs, "dialling");

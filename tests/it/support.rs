@@ -213,16 +213,31 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if let Some(pid) = self.pid() {
+        // Every node process of this environment, including ones a hook started in the
+        // background (they may not have written the lock file yet).
+        let marker = format!("XDG_DATA_HOME={}", self.path("data").display());
+        let pids: Vec<i32> = std::fs::read_dir("/proc")
+            .map(|d| d.filter_map(|e| e.ok()).filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        let ours: Vec<i32> = pids
+            .into_iter()
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                String::from_utf8_lossy(&cmdline).contains("daemon\0run")
+                    && environ.split(|b| *b == 0).any(|kv| kv == marker.as_bytes())
+            })
+            .collect();
+        for &pid in &ours {
+            unsafe_kill(pid, 15);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ours.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for &pid in &ours {
             if alive(pid) {
-                unsafe_kill(pid, 15);
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while alive(pid) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                if alive(pid) {
-                    unsafe_kill(pid, 9);
-                }
+                unsafe_kill(pid, 9);
             }
         }
     }
