@@ -74,6 +74,7 @@ mod tests {
             .map(|i| OutboxEntry {
                 repo: RepoInfo { id: "r".into(), name: "n".into() },
                 envelope: Envelope::sign(&key, "announce", "r", i, "{}".into()),
+                thread: None,
             })
             .collect();
         for e in &entries {

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::control::proto::{FeedEntry, RepoInfo};
+use crate::control::proto::{ChatEntry, FeedEntry, RepoInfo};
 use crate::proto::envelope::Envelope;
 
 /// peer id -> [`KnownPeer`] (JSON)
@@ -25,6 +25,14 @@ const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const FEED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("feed");
 /// "repo/commit/author" -> feed seq: an announcement is shown once, however often it arrives
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
+
+/// (room, seq) -> [`ChatEntry`] (JSON)
+const CHAT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("chat");
+/// message id -> seq in its room: a message is kept once, however often it arrives
+const CHAT_SEEN: TableDefinition<&str, u64> = TableDefinition::new("chat_seen");
+
+/// A room keeps this many messages; older ones are dropped first.
+pub const MAX_CHAT_PER_ROOM: usize = 1000;
 
 /// The feed keeps this many announcements per repo; older ones are dropped first.
 pub const MAX_FEED_PER_REPO: usize = 10_000;
@@ -55,6 +63,21 @@ pub struct KnownPeer {
 pub struct OutboxEntry {
     pub repo: RepoInfo,
     pub envelope: Envelope,
+    /// For chat messages in a commit's thread: the commit.
+    #[serde(default)]
+    pub thread: Option<String>,
+}
+
+impl OutboxEntry {
+    /// The gossipsub topic this entry is published on.
+    pub fn topic(&self) -> libp2p::gossipsub::Sha256Topic {
+        use crate::proto::topic;
+        match (self.envelope.kind.as_str(), &self.thread) {
+            (crate::proto::chat::KIND, Some(commit)) => topic::commit_thread(&self.repo.id, commit),
+            (crate::proto::chat::KIND, None) => topic::chat(&self.repo.id),
+            _ => topic::commits(&self.repo.id),
+        }
+    }
 }
 
 pub struct Store {
@@ -88,6 +111,8 @@ impl Store {
         db(txn.open_table(OUTBOX))?;
         db(txn.open_table(FEED))?;
         db(txn.open_table(SEEN))?;
+        db(txn.open_table(CHAT))?;
+        db(txn.open_table(CHAT_SEEN))?;
         db(txn.commit())?;
         Ok(Self { db: database })
     }
@@ -230,6 +255,52 @@ impl Store {
         }
         db(txn.commit())?;
         Ok(true)
+    }
+
+    /// Adds a message to its room's history unless it is there already; false for a duplicate.
+    pub fn chat_insert(&self, entry: &ChatEntry) -> Result<bool, StoreError> {
+        let txn = db(self.db.begin_write())?;
+        {
+            let mut seen = db(txn.open_table(CHAT_SEEN))?;
+            if db(seen.get(entry.id.as_str()))?.is_some() {
+                return Ok(false);
+            }
+            let mut chat = db(txn.open_table(CHAT))?;
+            let room = entry.room.as_str();
+            let last = db(chat.range((room, 0)..=(room, u64::MAX)))?
+                .next_back()
+                .transpose()
+                .map_err(|e| StoreError::Db(e.into()))?
+                .map(|(k, _)| k.value().1)
+                .unwrap_or(0);
+            let seq = last + 1;
+            let bytes = serde_json::to_vec(entry).expect("chat entries always serialise");
+            db(chat.insert((room, seq), bytes.as_slice()))?;
+            db(seen.insert(entry.id.as_str(), seq))?;
+            if seq > MAX_CHAT_PER_ROOM as u64 {
+                db(chat.remove((room, seq - MAX_CHAT_PER_ROOM as u64)))?;
+            }
+        }
+        db(txn.commit())?;
+        Ok(true)
+    }
+
+    /// The newest `limit` messages of a room, oldest first (the order a chat shows them in).
+    pub fn chat_history(&self, room: &str, limit: usize) -> Result<Vec<ChatEntry>, StoreError> {
+        let txn = db(self.db.begin_read())?;
+        let table = db(txn.open_table(CHAT))?;
+        let mut out = Vec::new();
+        for item in db(table.range((room, 0)..=(room, u64::MAX)))?.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = db(item)?;
+            if let Ok(entry) = serde_json::from_slice(v.value()) {
+                out.push(entry);
+            }
+        }
+        out.reverse();
+        Ok(out)
     }
 
     /// The newest `limit` announcements of a repo, newest first.

@@ -43,7 +43,7 @@ fn announce(ctx: &Ctx, rev: &str, hook: bool) -> anyhow::Result<(String, Option<
         Envelope::sign(&key, KIND, repo.repo_id.as_str(), crate::store::unix_now_ms(), announcement.to_body());
     let repo_info = RepoInfo { id: repo.repo_id.to_string(), name: repo.room_name.clone() };
     if hook {
-        crate::spool::write(&paths.data_dir, &OutboxEntry { repo: repo_info, envelope })?;
+        crate::spool::write(&paths.data_dir, &OutboxEntry { repo: repo_info, envelope, thread: None })?;
         match Client::notify(paths, Request::IngestSpool) {
             // Not rung: the node also looks at the spool every second.
             Ok(()) | Err(ClientError::Io(_)) => {}

@@ -3,6 +3,7 @@
 //! codes (0 ok, 1 failed, 2 usage).
 
 mod announce;
+mod chat;
 mod daemon;
 mod fmt;
 mod hooks;
@@ -109,7 +110,7 @@ pub struct ChatArgs {
     /// With --tail: follow new messages
     #[arg(short, long, requires = "tail")]
     pub follow: bool,
-    /// With --tail: print JSON lines
+    /// With --tail: print JSON, one message per line
     #[arg(long, requires = "tail")]
     pub json: bool,
 }
@@ -318,7 +319,7 @@ fn run(ctx: &Ctx, command: Command, out: &mut dyn Write) -> anyhow::Result<ExitC
         Command::Peers(args) => peers::run(ctx, args.json, out)?,
         Command::Id(args) => id::run(ctx, &args, out)?,
         Command::Daemon(cmd) => return daemon::run(ctx, cmd, out),
-        Command::Chat(_) => not_yet("chat")?,
+        Command::Chat(args) => chat::run(ctx, &args, out)?,
         Command::Announce(args) => announce::run(ctx, &args, out)?,
         Command::Log(args) => log::run(ctx, &args, out)?,
         Command::Kv(_) => not_yet("kv")?,

@@ -41,6 +41,14 @@ pub enum Request {
     /// Stream announcements for a repo as they arrive: answered with `following`, then one
     /// `announcement` frame per arrival, same request id, until the client hangs up.
     Follow { repo: String },
+    /// Send a signed chat message to a room (`thread`: a commit's thread, else the repo's room).
+    ChatSend { repo: RepoInfo, envelope: Envelope, thread: Option<String> },
+    /// The newest `limit` messages of a room, oldest first.
+    ChatHistory { room: String, limit: usize },
+    /// Join a room (subscribe to its topic) without sending: for reading a commit's thread.
+    ChatJoin { repo: RepoInfo, thread: Option<String> },
+    /// Stream a room's messages as they arrive (`following`, then `chat` frames).
+    FollowChat { room: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -62,12 +70,56 @@ pub enum Outcome {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Response {
     Status(Box<NodeStatus>),
-    Peers { peers: Vec<PeerInfo> },
+    Peers {
+        peers: Vec<PeerInfo>,
+    },
     Done,
-    Queued { pending: usize },
-    Feed { entries: Vec<FeedEntry> },
+    Queued {
+        pending: usize,
+    },
+    Feed {
+        entries: Vec<FeedEntry>,
+    },
     Following,
-    Announcement { entry: FeedEntry },
+    Announcement {
+        entry: FeedEntry,
+    },
+    /// A chat message was stored; `peers` is how many peers are in the room right now
+    /// (0: it waits in the outbox until someone joins).
+    ChatSent {
+        id: String,
+        peers: usize,
+    },
+    ChatHistory {
+        messages: Vec<ChatEntry>,
+    },
+    Chat {
+        message: ChatEntry,
+    },
+}
+
+/// A chat message as kept in a room's history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChatEntry {
+    pub room: String,
+    pub id: String,
+    /// PeerId of the author.
+    pub peer: String,
+    pub name: Option<String>,
+    pub text: String,
+    /// When the author sent it (Unix ms, the author's clock).
+    pub sent_at: u64,
+    /// When this node stored it (Unix ms).
+    pub received_at: u64,
+    /// Sent by this node's user.
+    pub own: bool,
+}
+
+/// What the node streams to followers.
+#[derive(Debug, Clone)]
+pub enum NodeEvent {
+    Announcement(FeedEntry),
+    Chat(ChatEntry),
 }
 
 /// An announcement as received from a peer and kept in the repo's feed.

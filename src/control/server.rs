@@ -7,14 +7,14 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 
-use super::proto::{self, FeedEntry, Request, Response, ResponseFrame, MAX_FRAME};
+use super::proto::{self, NodeEvent, Request, Response, ResponseFrame, MAX_FRAME};
 use crate::node::event_loop::Command;
 
 /// Clients served at once; more wait in the listen backlog.
 const MAX_CLIENTS: usize = 128;
 
 /// Accepts control clients until the task is aborted.
-pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>, feed: broadcast::Sender<FeedEntry>) {
+pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>, feed: broadcast::Sender<NodeEvent>) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -42,7 +42,7 @@ pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>, feed
 async fn serve_client(
     stream: UnixStream,
     commands: mpsc::Sender<Command>,
-    feed: broadcast::Sender<FeedEntry>,
+    feed: broadcast::Sender<NodeEvent>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -66,14 +66,23 @@ async fn serve_client(
                 continue;
             }
         };
-        if let Request::Follow { repo } = frame.req {
+        let stream = match &frame.req {
+            Request::Follow { repo } => Some((repo.clone(), false)),
+            Request::FollowChat { room } => Some((room.clone(), true)),
+            _ => None,
+        };
+        if let Some((wanted, chat)) = stream {
             let mut rx = feed.subscribe();
             write.write_all(&proto::encode(&ResponseFrame::ok(frame.id, Response::Following))).await?;
             loop {
                 tokio::select! {
-                    entry = rx.recv() => match entry {
-                        Ok(entry) if entry.repo == repo => {
+                    event = rx.recv() => match event {
+                        Ok(NodeEvent::Announcement(entry)) if !chat && entry.repo == wanted => {
                             let frame = ResponseFrame::ok(frame.id, Response::Announcement { entry });
+                            write.write_all(&proto::encode(&frame)).await?;
+                        }
+                        Ok(NodeEvent::Chat(message)) if chat && message.room == wanted => {
+                            let frame = ResponseFrame::ok(frame.id, Response::Chat { message });
                             write.write_all(&proto::encode(&frame)).await?;
                         }
                         Ok(_) => {}

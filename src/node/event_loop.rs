@@ -18,8 +18,11 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::behaviour::{name_from_agent, Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, KAD_PROTOCOL};
 use super::peers::{PeerTable, Redial};
-use crate::control::proto::{ConfigInForce, FeedEntry, NodeStatus, Outcome, RepoInfo, Request, Response};
+use crate::control::proto::{
+    ChatEntry, ConfigInForce, FeedEntry, NodeEvent, NodeStatus, Outcome, RepoInfo, Request, Response,
+};
 use crate::proto::announce::Announcement;
+use crate::proto::chat::ChatMessage;
 use crate::proto::envelope::Envelope;
 use crate::store::{OutboxEntry, Store};
 
@@ -43,6 +46,20 @@ pub struct Command {
 /// queues the message on the connections: a node killed right after it would lose it, so
 /// until then a restarted node publishes it again (receivers drop what they already have).
 const PUBLISH_GRACE: Duration = Duration::from_secs(5);
+
+/// Chat messages one author may have stored per second on average, and in a burst: a flood
+/// from one peer is dropped (and penalised) instead of filling the history.
+const CHAT_RATE: f64 = 20.0;
+const CHAT_BURST: f64 = 100.0;
+/// Authors tracked by the rate limiter before it starts afresh (bounded memory).
+const CHAT_RATE_AUTHORS: usize = 10_000;
+
+/// What a subscribed topic carries.
+#[derive(Debug, Clone)]
+enum Room {
+    Commits { repo: String },
+    Chat { repo: String, thread: Option<String> },
+}
 
 /// Most announcements `log` returns in one answer.
 const MAX_LOG: usize = 10_000;
@@ -76,8 +93,12 @@ pub struct EventLoop {
     outbox: VecDeque<(u64, OutboxEntry)>,
     /// Published, still in the store until [`PUBLISH_GRACE`] has passed.
     published: VecDeque<(u64, Instant)>,
-    /// New feed entries, for `log -f` followers.
-    feed_tx: broadcast::Sender<FeedEntry>,
+    /// New feed entries and chat messages, for followers (`log -f`, `chat --tail -f`, the TUI).
+    events: broadcast::Sender<NodeEvent>,
+    /// Every topic we are subscribed to, and what it carries.
+    rooms: std::collections::HashMap<TopicHash, Room>,
+    /// Chat rate limiter: author -> (tokens, last refill).
+    chat_tokens: std::collections::HashMap<PeerId, (f64, Instant)>,
 }
 
 impl EventLoop {
@@ -87,7 +108,7 @@ impl EventLoop {
         store: Store,
         info: NodeInfo,
         bootstrap: &[crate::config::Bootstrap],
-        feed_tx: broadcast::Sender<FeedEntry>,
+        events: broadcast::Sender<NodeEvent>,
     ) -> Self {
         let mut this = Self {
             swarm,
@@ -102,7 +123,9 @@ impl EventLoop {
             last_kad_bootstrap: None,
             outbox: VecDeque::new(),
             published: VecDeque::new(),
-            feed_tx,
+            events,
+            rooms: Default::default(),
+            chat_tokens: Default::default(),
         };
         let now = Instant::now();
         for b in bootstrap {
@@ -211,9 +234,91 @@ impl EventLoop {
                 Ok(entries) => Outcome::Ok(Response::Feed { entries }),
                 Err(e) => Outcome::Error(format!("cannot read the feed: {e}")),
             },
-            // Streams are served by the control server from the feed broadcast.
-            Request::Follow { .. } => Outcome::Error("follow is served by the control server".into()),
+            Request::ChatSend { repo, envelope, thread } => self.chat_send(repo, envelope, thread),
+            Request::ChatHistory { room, limit } => match self.store.chat_history(&room, limit.min(MAX_LOG)) {
+                Ok(messages) => Outcome::Ok(Response::ChatHistory { messages }),
+                Err(e) => Outcome::Error(format!("cannot read the room's history: {e}")),
+            },
+            Request::ChatJoin { repo, thread } => {
+                self.join_repo(repo.clone());
+                self.join_room(&repo.id, thread);
+                Outcome::Ok(Response::Done)
+            }
+            // Streams are served by the control server from the event broadcast.
+            Request::Follow { .. } | Request::FollowChat { .. } => {
+                Outcome::Error("streams are served by the control server".into())
+            }
         }
+    }
+
+    /// Stores our own chat message in the room's history and queues it for the room's peers.
+    fn chat_send(&mut self, repo: RepoInfo, envelope: Envelope, thread: Option<String>) -> Outcome {
+        let author = match envelope.verify() {
+            Ok(author) => author,
+            Err(e) => return Outcome::Error(format!("refusing to send a message with a {e}")),
+        };
+        let message = match ChatMessage::from_envelope(&envelope) {
+            Ok(m) if m.thread == thread && envelope.repo == repo.id => m,
+            Ok(_) => return Outcome::Error("message, repo and thread disagree".into()),
+            Err(e) => return Outcome::Error(e.to_string()),
+        };
+        self.join_repo(repo.clone());
+        let topic = self.join_room(&repo.id, thread.clone());
+        let entry = chat_entry(&envelope, author, message, true);
+        let id = entry.id.clone();
+        match self.store.chat_insert(&entry) {
+            Ok(true) => {
+                let _ = self.events.send(NodeEvent::Chat(entry));
+            }
+            Ok(false) => {}
+            Err(e) => return Outcome::Error(format!("cannot store the message: {e}")),
+        }
+        let outbox_entry = OutboxEntry { repo, envelope, thread };
+        match self.store.outbox_push(&outbox_entry) {
+            Ok(seq) => self.outbox.push_back((seq, outbox_entry)),
+            Err(e) => return Outcome::Error(format!("cannot queue the message: {e}")),
+        }
+        let peers = self.swarm.behaviour().gossipsub.all_peers().filter(|(_, topics)| topics.contains(&&topic)).count();
+        Outcome::Ok(Response::ChatSent { id, peers })
+    }
+
+    /// Subscribes to a chat room's topic; returns its hash.
+    fn join_room(&mut self, repo: &str, thread: Option<String>) -> TopicHash {
+        let topic = match &thread {
+            Some(commit) => crate::proto::topic::commit_thread(repo, commit),
+            None => crate::proto::topic::chat(repo),
+        };
+        let hash = topic.hash();
+        if !self.rooms.contains_key(&hash) {
+            self.subscribe(topic, Room::Chat { repo: repo.to_string(), thread });
+        }
+        hash
+    }
+
+    fn subscribe(&mut self, topic: libp2p::gossipsub::Sha256Topic, room: Room) {
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        if let Err(e) = gossipsub.set_topic_params(topic.clone(), super::behaviour::topic_score_params()) {
+            tracing::warn!(?room, error = %e, "cannot set the topic's score parameters");
+        }
+        if let Err(e) = gossipsub.subscribe(&topic) {
+            tracing::warn!(?room, error = %e, "cannot subscribe");
+        }
+        self.rooms.insert(topic.hash(), room);
+    }
+
+    /// Token bucket per author: true if this message may be stored.
+    fn chat_allowed(&mut self, author: PeerId, now: Instant) -> bool {
+        if self.chat_tokens.len() >= CHAT_RATE_AUTHORS {
+            self.chat_tokens.clear();
+        }
+        let (tokens, last) = self.chat_tokens.entry(author).or_insert((CHAT_BURST, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * CHAT_RATE).min(CHAT_BURST);
+        *last = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
     }
 
     /// Queues a local announcement durably, then tries to publish it at once.
@@ -229,7 +334,7 @@ impl EventLoop {
                 return Outcome::Error(format!("cannot register the repo: {e}"));
             }
         }
-        let entry = OutboxEntry { repo, envelope };
+        let entry = OutboxEntry { repo, envelope, thread: None };
         match self.store.outbox_push(&entry) {
             Ok(seq) => self.outbox.push_back((seq, entry)),
             Err(e) => return Outcome::Error(format!("cannot store the announcement: {e}")),
@@ -268,7 +373,7 @@ impl EventLoop {
         let entries: Vec<(u64, OutboxEntry)> = self.outbox.iter().cloned().collect();
         for (seq, entry) in entries {
             self.join_repo(entry.repo.clone());
-            let topic = crate::proto::topic::commits(&entry.repo.id);
+            let topic = entry.topic();
             if blocked.contains(&topic.hash()) {
                 continue;
             }
@@ -308,10 +413,11 @@ impl EventLoop {
         }
     }
 
-    /// Checks a gossip message before anything else sees it: well-formed, on the topic of a
-    /// repo we have, validly signed, within bounds. New announcements go to the feed.
+    /// Checks a gossip message before anything else sees it: well-formed, on a topic we are in
+    /// and for that topic's repo, validly signed, within bounds. New announcements go to the
+    /// feed, new chat messages to their room's history.
     fn receive(&mut self, message: &gossipsub::Message) -> gossipsub::MessageAcceptance {
-        use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+        use gossipsub::MessageAcceptance::Reject;
         let envelope = match Envelope::decode(&message.data) {
             Ok(envelope) => envelope,
             Err(e) => {
@@ -319,11 +425,66 @@ impl EventLoop {
                 return Reject;
             }
         };
-        let ours = self.repos.iter().any(|r| r.id == envelope.repo);
-        if !ours || message.topic != crate::proto::topic::commits(&envelope.repo).hash() {
-            tracing::debug!(source = ?message.source, repo = %envelope.repo, "rejected announcement for another topic");
+        let room = self.rooms.get(&message.topic).cloned();
+        match room {
+            Some(Room::Commits { repo }) if repo == envelope.repo => self.receive_announcement(message, envelope),
+            Some(Room::Chat { repo, thread }) if repo == envelope.repo => self.receive_chat(message, envelope, thread),
+            _ => {
+                tracing::debug!(source = ?message.source, repo = %envelope.repo, "rejected message for another topic");
+                Reject
+            }
+        }
+    }
+
+    fn receive_chat(
+        &mut self,
+        message: &gossipsub::Message,
+        envelope: Envelope,
+        thread: Option<String>,
+    ) -> gossipsub::MessageAcceptance {
+        use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+        let author = match envelope.verify() {
+            Ok(author) => author,
+            Err(e) => {
+                tracing::debug!(source = ?message.source, error = %e, "rejected chat message");
+                return Reject;
+            }
+        };
+        let chat = match ChatMessage::from_envelope(&envelope) {
+            Ok(m) if m.thread == thread => m,
+            Ok(_) => {
+                tracing::debug!(source = ?message.source, "rejected chat message for another thread");
+                return Reject;
+            }
+            Err(e) => {
+                tracing::debug!(source = ?message.source, error = %e, "rejected chat message");
+                return Reject;
+            }
+        };
+        if !self.chat_allowed(author, Instant::now()) {
+            tracing::debug!(%author, "chat flood: message dropped");
             return Reject;
         }
+        let entry = chat_entry(&envelope, author, chat, false);
+        match self.store.chat_insert(&entry) {
+            Ok(true) => {
+                let _ = self.events.send(NodeEvent::Chat(entry));
+                Accept
+            }
+            Ok(false) => Ignore,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot store a chat message");
+                Ignore
+            }
+        }
+    }
+
+    fn receive_announcement(
+        &mut self,
+        message: &gossipsub::Message,
+        envelope: Envelope,
+    ) -> gossipsub::MessageAcceptance {
+        use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
         let author = match envelope.verify() {
             Ok(author) => author,
             Err(e) => {
@@ -353,7 +514,7 @@ impl EventLoop {
         };
         match self.store.feed_insert(&entry) {
             Ok(true) => {
-                let _ = self.feed_tx.send(entry);
+                let _ = self.events.send(NodeEvent::Announcement(entry));
                 Accept
             }
             Ok(false) => Ignore,
@@ -391,14 +552,9 @@ impl EventLoop {
             return;
         }
         let topic = crate::proto::topic::commits(&repo.id);
-        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
-        if let Err(e) = gossipsub.set_topic_params(topic.clone(), super::behaviour::topic_score_params()) {
-            tracing::warn!(repo = %repo.id, error = %e, "cannot set the topic's score parameters");
-        }
-        if let Err(e) = gossipsub.subscribe(&topic) {
-            tracing::warn!(repo = %repo.id, error = %e, "cannot subscribe to the repo's topic");
-        }
         self.repo_topics.push((topic.hash(), repo.id.clone()));
+        self.subscribe(topic, Room::Commits { repo: repo.id.clone() });
+        self.join_room(&repo.id, None);
         self.repos.push(repo);
     }
 
@@ -538,6 +694,19 @@ impl EventLoop {
         if self.bootstrap_peers.contains(&peer) || self.peers.len() <= 8 {
             self.maybe_kad_bootstrap();
         }
+    }
+}
+
+fn chat_entry(envelope: &Envelope, author: PeerId, message: ChatMessage, own: bool) -> ChatEntry {
+    ChatEntry {
+        room: crate::proto::chat::room_id(&envelope.repo, message.thread.as_deref()),
+        id: envelope.id(),
+        peer: author.to_string(),
+        name: message.name,
+        text: message.text,
+        sent_at: envelope.ts,
+        received_at: crate::store::unix_now_ms(),
+        own,
     }
 }
 

@@ -122,7 +122,7 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
             .map_err(io_err("cannot restrict the control socket"))?;
 
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let (feed_tx, _) = tokio::sync::broadcast::channel(FEED_BROADCAST);
+        let (events, _) = tokio::sync::broadcast::channel(FEED_BROADCAST);
         let info = NodeInfo {
             data_dir_path: paths.data_dir.clone(),
             npub: identity.npub(),
@@ -142,8 +142,8 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
                 relays: config.relays.clone(),
             },
         };
-        let event_loop = EventLoop::new(swarm, rx, store, info, &config.bootstrap, feed_tx.clone());
-        let server = tokio::spawn(crate::control::server::serve(listener, tx, feed_tx));
+        let event_loop = EventLoop::new(swarm, rx, store, info, &config.bootstrap, events.clone());
+        let server = tokio::spawn(crate::control::server::serve(listener, tx, events));
         tracing::info!(peer_id = %event_loop.local_peer_id(), "ready");
         if opts.notify_ready {
             notify(crate::control::client::READY_LINE);

@@ -87,6 +87,12 @@ impl Envelope {
         Ok(env)
     }
 
+    /// A short stable id of this exact envelope (a hash of its signature), for de-duplication.
+    pub fn id(&self) -> String {
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(self.sig.as_bytes())[..16])
+    }
+
     /// Checks the signature; returns the author's PeerId.
     pub fn verify(&self) -> Result<PeerId, EnvelopeError> {
         let key_bytes = hex::decode(&self.author).map_err(|_| EnvelopeError::BadAuthor)?;

@@ -1,5 +1,6 @@
 //! Wire-level names and messages of the git-p2p network. Pure: no I/O, no clock.
 
 pub mod announce;
+pub mod chat;
 pub mod envelope;
 pub mod topic;

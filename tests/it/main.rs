@@ -2,6 +2,7 @@
 //! One test binary (faster to link); each module is one area.
 
 mod announce;
+mod chat;
 mod cli;
 mod evil;
 mod lan;

@@ -1,0 +1,103 @@
+//! `git p2p chat`: the repository's chat room (or a commit's thread). Headless modes for
+//! scripts: `--send TEXT` and `--tail [-f] [--json]`.
+
+use std::io::Write;
+
+use super::{ChatArgs, Ctx};
+use crate::control::proto::{ChatEntry, RepoInfo, Request, Response};
+use crate::control::Client;
+use crate::identity::Identity;
+use crate::proto::chat::{room_id, ChatMessage, KIND};
+use crate::proto::envelope::Envelope;
+
+/// Messages `--tail` shows before following.
+const TAIL_COUNT: usize = 50;
+
+pub fn run(ctx: &Ctx, args: &ChatArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let repo = ctx.repo()?;
+    let thread = match &args.commit {
+        Some(rev) => Some(repo.commit_info(rev)?.id),
+        None => None,
+    };
+    let repo_info = RepoInfo { id: repo.repo_id.to_string(), name: repo.room_name.clone() };
+    let room = room_id(&repo_info.id, thread.as_deref());
+    if let Some(text) = &args.send {
+        let message =
+            ChatMessage { thread: thread.clone(), text: text.clone(), name: repo.user_name.clone(), nonce: nonce() };
+        // Refused here, before anything is signed or sent: never split, never cut.
+        message.validate()?;
+        let paths = ctx.paths()?;
+        paths.ensure()?;
+        let key = Identity::load_or_create_libp2p(&paths.data_dir)?;
+        let envelope = Envelope::sign(&key, KIND, &repo_info.id, crate::store::unix_now_ms(), message.to_body());
+        let Response::ChatSent { peers, .. } =
+            ctx.client()?.request(Request::ChatSend { repo: repo_info, envelope, thread })?
+        else {
+            anyhow::bail!("unexpected answer from the node");
+        };
+        if peers == 0 {
+            writeln!(out, "queued: no peer in the room yet; it goes out when one joins")?;
+        } else {
+            writeln!(out, "sent to {peers} peer{}", if peers == 1 { "" } else { "s" })?;
+        }
+        return Ok(());
+    }
+    if !args.tail {
+        anyhow::bail!("the chat window is not yet implemented: use --send TEXT or --tail [-f]");
+    }
+    let mut client = ctx.client()?;
+    client.request(Request::ChatJoin { repo: repo_info, thread })?;
+    let follow = if args.follow {
+        let mut follower = Client::connect(ctx.paths()?)?;
+        follower.wait_forever()?;
+        let id = follower.send(Request::FollowChat { room: room.clone() })?;
+        match follower.next(id)? {
+            Response::Following => Some((follower, id)),
+            _ => anyhow::bail!("unexpected answer from the node"),
+        }
+    } else {
+        None
+    };
+    let Response::ChatHistory { messages } = client.request(Request::ChatHistory { room, limit: TAIL_COUNT })? else {
+        anyhow::bail!("unexpected answer from the node");
+    };
+    let mut shown = std::collections::HashSet::new();
+    for m in &messages {
+        shown.insert(m.id.clone());
+        print_message(m, args.json, out)?;
+    }
+    out.flush()?;
+    let Some((mut follower, id)) = follow else { return Ok(()) };
+    loop {
+        let Response::Chat { message } = follower.next(id)? else {
+            anyhow::bail!("unexpected answer from the node");
+        };
+        if shown.insert(message.id.clone()) {
+            print_message(&message, args.json, out)?;
+            out.flush()?;
+        }
+    }
+}
+
+/// Unique per message (not secret): time, process and a counter.
+fn nonce() -> String {
+    use sha2::Digest;
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = format!("{:?}-{}-{n}", std::time::SystemTime::now(), std::process::id());
+    hex::encode(&sha2::Sha256::digest(seed.as_bytes())[..8])
+}
+
+fn print_message(m: &ChatEntry, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string(m)?)?;
+        return Ok(());
+    }
+    let who = m.name.as_deref().unwrap_or("?");
+    let short = &m.peer[m.peer.len().saturating_sub(6)..];
+    let mine = if m.own { " (you)" } else { "" };
+    // Messages were checked for control characters on arrival; tabs and newlines are indented.
+    let text = m.text.replace('\n', "\n    ");
+    writeln!(out, "{}  {who} (..{short}){mine}: {text}", super::fmt::utc_time(m.sent_at / 1000))?;
+    Ok(())
+}

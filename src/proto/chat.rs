@@ -1,0 +1,129 @@
+//! Chat messages: what a room message carries, and the checks a receiver applies before it
+//! stores or shows one. A room is a repository's (`<repo id>`) or one commit's thread
+//! (`<repo id>/<commit id>`).
+
+use serde::{Deserialize, Serialize};
+
+use super::announce::is_object_id;
+use super::envelope::Envelope;
+
+pub const KIND: &str = "chat";
+/// Longest message, in characters. Longer input is refused, never split or cut.
+pub const MAX_TEXT: usize = 4000;
+pub const MAX_NAME: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// The commit whose thread this is; None for the repository's room.
+    pub thread: Option<String>,
+    pub text: String,
+    /// The author's display name.
+    pub name: Option<String>,
+    /// Makes two identical messages two messages (hex, not secret).
+    pub nonce: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChatError {
+    #[error("not a chat message (kind {0:?})")]
+    WrongKind(String),
+    #[error("malformed chat message: {0}")]
+    Malformed(String),
+    #[error("message too long ({0} characters, at most {MAX_TEXT}): not sent")]
+    TooLong(usize),
+    #[error("empty message: not sent")]
+    Empty,
+    #[error("invalid chat message: {0}")]
+    Invalid(&'static str),
+}
+
+/// The room a message belongs to.
+pub fn room_id(repo: &str, thread: Option<&str>) -> String {
+    match thread {
+        Some(commit) => format!("{repo}/{commit}"),
+        None => repo.to_string(),
+    }
+}
+
+/// Tabs and newlines are text; every other control character (escape sequences above all) could
+/// drive the reader's terminal, so a message carrying one is refused.
+fn clean(s: &str) -> bool {
+    !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t')
+}
+
+impl ChatMessage {
+    pub fn to_body(&self) -> String {
+        serde_json::to_string(self).expect("chat messages always serialise")
+    }
+
+    pub fn validate(&self) -> Result<(), ChatError> {
+        let len = self.text.chars().count();
+        if len > MAX_TEXT {
+            return Err(ChatError::TooLong(len));
+        }
+        if self.text.trim().is_empty() {
+            return Err(ChatError::Empty);
+        }
+        if !clean(&self.text) {
+            return Err(ChatError::Invalid("control characters in the text"));
+        }
+        if let Some(t) = &self.thread {
+            if !is_object_id(t) {
+                return Err(ChatError::Invalid("thread is not a commit id"));
+            }
+        }
+        if let Some(n) = &self.name {
+            if n.chars().count() > MAX_NAME || n.chars().any(char::is_control) {
+                return Err(ChatError::Invalid("bad name"));
+            }
+        }
+        if self.nonce.len() > 64 {
+            return Err(ChatError::Invalid("bad nonce"));
+        }
+        Ok(())
+    }
+
+    /// The message in an envelope, bounds checked (the signature is checked before, by the caller).
+    pub fn from_envelope(env: &Envelope) -> Result<Self, ChatError> {
+        if env.kind != KIND {
+            return Err(ChatError::WrongKind(env.kind.clone()));
+        }
+        let m: Self = serde_json::from_str(&env.body).map_err(|e| ChatError::Malformed(e.to_string()))?;
+        m.validate()?;
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(text: &str) -> ChatMessage {
+        ChatMessage { thread: None, text: text.into(), name: Some("alice".into()), nonce: "01".into() }
+    }
+
+    #[test]
+    fn good_messages_pass_and_round_trip() {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let m = ChatMessage { thread: Some("a".repeat(40)), ..msg("hi ✓ 世界\n\tindented? yes") };
+        let env = Envelope::sign(&key, KIND, "r", 1, m.to_body());
+        assert_eq!(ChatMessage::from_envelope(&env).unwrap(), m);
+        assert_eq!(room_id("r", m.thread.as_deref()), format!("r/{}", "a".repeat(40)));
+        assert_eq!(room_id("r", None), "r");
+    }
+
+    #[test]
+    fn bad_messages_are_refused() {
+        assert_eq!(msg(&"x".repeat(MAX_TEXT + 1)).validate(), Err(ChatError::TooLong(MAX_TEXT + 1)));
+        assert!(msg(&"é".repeat(MAX_TEXT)).validate().is_ok(), "the bound counts characters, not bytes");
+        assert_eq!(msg("  \n").validate(), Err(ChatError::Empty));
+        for evil in ["\u{1b}[2J", "bell\u{7}", "\u{1b}]0;title\u{7}", "cr\rover", "\u{9b}31m"] {
+            assert!(msg(evil).validate().is_err(), "{evil:?}");
+        }
+        let bad_thread = ChatMessage { thread: Some("HEAD".into()), ..msg("x") };
+        assert!(bad_thread.validate().is_err());
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let env = Envelope::sign(&key, "announce", "r", 1, msg("x").to_body());
+        assert!(matches!(ChatMessage::from_envelope(&env), Err(ChatError::WrongKind(_))));
+    }
+}
