@@ -13,3 +13,4 @@ pub mod paths;
 pub mod proto;
 pub mod spool;
 pub mod store;
+pub mod tui;

@@ -43,7 +43,7 @@ pub fn run(ctx: &Ctx, args: &ChatArgs, out: &mut dyn Write) -> anyhow::Result<()
         return Ok(());
     }
     if !args.tail {
-        anyhow::bail!("the chat window is not yet implemented: use --send TEXT or --tail [-f]");
+        return window(ctx, repo, repo_info, room, thread);
     }
     let mut client = ctx.client()?;
     client.request(Request::ChatJoin { repo: repo_info, thread })?;
@@ -76,6 +76,60 @@ pub fn run(ctx: &Ctx, args: &ChatArgs, out: &mut dyn Write) -> anyhow::Result<()
             print_message(&message, args.json, out)?;
             out.flush()?;
         }
+    }
+}
+
+/// Signs a message and hands it to the node; returns how many peers are in the room.
+fn send(paths: &crate::paths::Paths, repo: &RepoInfo, message: ChatMessage) -> anyhow::Result<usize> {
+    let key = Identity::load_or_create_libp2p(&paths.data_dir)?;
+    let envelope = Envelope::sign(&key, KIND, &repo.id, crate::store::unix_now_ms(), message.to_body());
+    let thread = message.thread.clone();
+    match Client::connect(paths)?.request(Request::ChatSend { repo: repo.clone(), envelope, thread })? {
+        Response::ChatSent { peers, .. } => Ok(peers),
+        _ => anyhow::bail!("unexpected answer from the node"),
+    }
+}
+
+/// The interactive window (a terminal is required).
+fn window(
+    ctx: &Ctx,
+    repo: crate::git::RepoContext,
+    repo_info: RepoInfo,
+    room: String,
+    thread: Option<String>,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        anyhow::bail!("git p2p chat needs a terminal; in scripts use --send TEXT or --tail [-f]");
+    }
+    let paths = ctx.paths()?.clone();
+    ctx.client()?; // starts the node if needed
+    let status = match client_status(&paths) {
+        Some(s) if !s.config.relays.is_empty() => format!("{} relay(s), bridge not yet running", s.config.relays.len()),
+        _ => "off".to_string(),
+    };
+    let header = crate::tui::app::Header {
+        room: repo.room_name.clone(),
+        repo_short: repo.repo_id.short().to_string(),
+        head: repo.head_commit.chars().take(10).collect(),
+        thread: thread.clone(),
+        nostr: status,
+    };
+    let name = repo.user_name.clone();
+    let session =
+        crate::tui::Session { paths: paths.clone(), repo: repo_info.clone(), room, thread: thread.clone(), header };
+    crate::tui::run(session, |text| {
+        let message =
+            ChatMessage { thread: thread.clone(), text: text.to_string(), name: name.clone(), nonce: nonce() };
+        message.validate().map_err(|e| e.to_string())?;
+        send(&paths, &repo_info, message).map_err(|e| super::one_line(&e))
+    })
+}
+
+fn client_status(paths: &crate::paths::Paths) -> Option<crate::control::proto::NodeStatus> {
+    match Client::connect(paths).ok()?.request(Request::Status).ok()? {
+        Response::Status(s) => Some(*s),
+        _ => None,
     }
 }
 

@@ -5,7 +5,7 @@
 mod announce;
 mod chat;
 mod daemon;
-mod fmt;
+pub(crate) mod fmt;
 mod hooks;
 mod id;
 mod init;

@@ -127,6 +127,6 @@ fn bad_messages_are_refused_with_one_line() {
     assert_one_line_error(&alice.run_in(&repo, &["chat", "--send", "\u{1b}[2Jgotcha"]), 1, "control characters");
     assert_one_line_error(&alice.run_in(&repo, &["chat", "--send", "   "]), 1, "empty message");
     assert_one_line_error(&alice.run_in(&alice.path("home"), &["chat", "--tail"]), 1, "not a git repository");
-    assert_one_line_error(&alice.run_in(&repo, &["chat"]), 1, "not yet implemented");
+    assert_one_line_error(&alice.run_in(&repo, &["chat"]), 1, "needs a terminal");
     assert!(alice.pid().is_none(), "refused before the node was needed");
 }

@@ -8,3 +8,4 @@ mod evil;
 mod lan;
 mod node;
 mod support;
+mod tui;

@@ -74,7 +74,8 @@ impl Node {
         assert!(status.success(), "git config {args:?}");
     }
 
-    pub fn envs(&self, cmd: &mut Command) {
+    /// The environment of this node's processes (nothing else from the test's environment).
+    pub fn env_pairs(&self) -> Vec<(String, String)> {
         // The binary under test comes first on PATH: the post-commit hook runs `git-p2p`.
         let bin_dir = Path::new(BIN).parent().expect("binary in a directory");
         let path = std::env::join_paths(
@@ -82,17 +83,24 @@ impl Node {
                 .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
         )
         .expect("PATH");
-        cmd.env_clear()
-            .env("PATH", path)
-            .env("HOME", self.path("home"))
-            .env("XDG_DATA_HOME", self.path("data"))
-            .env("XDG_RUNTIME_DIR", self.path("run"))
-            .env("GIT_CONFIG_GLOBAL", self.path("gitconfig"))
-            .env("GIT_CONFIG_NOSYSTEM", "1");
+        let p = |rel: &str| self.path(rel).display().to_string();
+        let mut pairs = vec![
+            ("PATH".to_string(), path.to_string_lossy().into_owned()),
+            ("HOME".to_string(), p("home")),
+            ("XDG_DATA_HOME".to_string(), p("data")),
+            ("XDG_RUNTIME_DIR".to_string(), p("run")),
+            ("GIT_CONFIG_GLOBAL".to_string(), p("gitconfig")),
+            ("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string()),
+        ];
         // Debugging a test: RUST_LOG reaches the nodes (their logs are in data/git-p2p/node.log).
         if let Some(filter) = std::env::var_os("GIT_P2P_TEST_LOG") {
-            cmd.env("RUST_LOG", filter);
+            pairs.push(("RUST_LOG".to_string(), filter.to_string_lossy().into_owned()));
         }
+        pairs
+    }
+
+    pub fn envs(&self, cmd: &mut Command) {
+        cmd.env_clear().envs(self.env_pairs());
     }
 
     /// A `git-p2p ARGS` command in this node's environment, run in `cwd` (default: home).
