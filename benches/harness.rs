@@ -48,6 +48,91 @@ fn rss_mib(pid: i32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The control-socket paths of a test node.
+fn paths(node: &Node) -> git_p2p::paths::Paths {
+    git_p2p::paths::Paths { data_dir: node.data_dir(), socket_dir: node.path("run/git-p2p") }
+}
+
+/// Chat through the node: 3 nodes (bob and carol bootstrap to alice), alice's user sends
+/// `count` messages as fast as the control socket takes them, signed by 100 authors in turn (a
+/// busy room; each author stays under the receivers' per-author rate limit); carol's node streams
+/// them to a follower. Throughput over the whole run, per-message latency send → follower.
+fn chat_bench(metrics: &mut Vec<Metric>, count: usize) {
+    use git_p2p::control::proto::{RepoInfo, Request, Response};
+    use git_p2p::control::Client;
+    use git_p2p::proto::chat::{ChatMessage, KIND};
+    use git_p2p::proto::envelope::Envelope;
+
+    let alice = Node::new("alice");
+    let bob = Node::new("bob");
+    let carol = Node::new("carol");
+    alice.start();
+    let boot = alice.tcp_addr();
+    bob.config(&["p2p.bootstrap", &boot]);
+    carol.config(&["p2p.bootstrap", &boot]);
+    let repo = alice.repo("proj", 1);
+    for node in [&bob, &carol] {
+        node.git(&node.path("home"), &["clone", "-q", repo.to_str().expect("utf-8"), "proj"]);
+    }
+    alice.ok_in(&repo, &["init"]);
+    bob.ok_in(&bob.path("home/proj"), &["init"]);
+    carol.ok_in(&carol.path("home/proj"), &["init"]);
+    support::eventually(Duration::from_secs(30), "a full mesh of 3", || {
+        [&alice, &bob, &carol].iter().all(|n| n.peers().len() == 2).then_some(())
+    });
+    let repo_id = alice.git(&repo, &["rev-list", "--max-parents=0", "HEAD"]).trim().to_string();
+    let info = RepoInfo { id: repo_id.clone(), name: "proj".into() };
+    let authors: Vec<libp2p::identity::Keypair> =
+        (0..100).map(|_| libp2p::identity::Keypair::generate_ed25519()).collect();
+    let envelopes: Vec<Envelope> = (0..count)
+        .map(|i| {
+            let m = ChatMessage { thread: None, text: format!("bench {i}"), name: None, nonce: format!("{i:x}") };
+            Envelope::sign(&authors[i % authors.len()], KIND, &repo_id, i as u64, m.to_body())
+        })
+        .collect();
+
+    let mut follower = Client::connect(&paths(&carol)).expect("carol's node");
+    follower.wait_forever().expect("socket");
+    let id = follower.send(Request::FollowChat { room: repo_id.clone() }).expect("follow");
+    assert!(matches!(follower.next(id), Ok(Response::Following)));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while let Ok(Response::Chat { message }) = follower.next(id) {
+            if tx.send((Instant::now(), message.text)).is_err() {
+                return;
+            }
+        }
+    });
+    let mut sender = Client::connect(&paths(&alice)).expect("alice's node");
+    let mut sent_at = Vec::with_capacity(count);
+    let start = Instant::now();
+    for envelope in envelopes {
+        sent_at.push(Instant::now());
+        let answer = sender.request(Request::ChatSend { repo: info.clone(), envelope, thread: None });
+        assert!(matches!(answer, Ok(Response::ChatSent { .. })), "{answer:?}");
+    }
+    let mut latency = Vec::with_capacity(count);
+    let mut last = start;
+    while latency.len() < count {
+        let Ok((at, text)) = rx.recv_timeout(Duration::from_secs(10)) else { break };
+        if let Some(i) = text.strip_prefix("bench ").and_then(|n| n.parse::<usize>().ok()) {
+            latency.push(ms(at - sent_at[i]));
+            last = at;
+        }
+    }
+    let received = latency.len();
+    let rate = received as f64 / (last - start).as_secs_f64();
+    metrics.push(Metric { name: "chat_latency_3_nodes", unit: "ms", samples: latency, nodes: 3, goal: "p99 <= 10 ms" });
+    metrics.push(Metric { name: "chat_throughput", unit: "/s", samples: vec![rate], nodes: 3, goal: ">= 1000 msg/s" });
+    metrics.push(Metric {
+        name: "chat_lost",
+        unit: "msg",
+        samples: vec![(count - received) as f64],
+        nodes: 3,
+        goal: "0",
+    });
+}
+
 /// Times one `git commit --allow-empty` in `repo`; with `no_autostart` the hook may not start a node.
 fn time_commit(node: &Node, repo: &Path, i: usize, no_autostart: bool) -> f64 {
     let mut cmd = Command::new("git");
@@ -196,6 +281,8 @@ fn main() {
         nodes: 2,
         goal: "100 %",
     });
+
+    chat_bench(&mut metrics, if smoke { 50 } else { 3000 });
 
     println!("{:<26} {:>10} {:>10} {:>5} {:>5}  goal", "metric", "p50", "p99", "n", "nodes");
     for m in &metrics {

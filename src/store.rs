@@ -250,7 +250,11 @@ impl Store {
             db(feed.insert((entry.repo.as_str(), seq), bytes.as_slice()))?;
             db(seen.insert(seen_key.as_str(), seq))?;
             if seq > MAX_FEED_PER_REPO as u64 {
-                db(feed.remove((entry.repo.as_str(), seq - MAX_FEED_PER_REPO as u64)))?;
+                let old = db(feed.remove((entry.repo.as_str(), seq - MAX_FEED_PER_REPO as u64)))?;
+                let old = old.and_then(|v| serde_json::from_slice::<FeedEntry>(v.value()).ok());
+                if let Some(old) = old {
+                    db(seen.remove(format!("{}/{}/{}", old.repo, old.commit, old.peer).as_str()))?;
+                }
             }
         }
         db(txn.commit())?;
@@ -258,8 +262,15 @@ impl Store {
     }
 
     /// Adds a message to its room's history unless it is there already; false for a duplicate.
+    ///
+    /// Not fsync'd on its own: chat history is made durable by the next durable commit (an
+    /// outbox write, or [`Store::sync`] on the node's next tick), so a crash loses at most the
+    /// last second of *received* history. One fsync per message would cap a room at a few
+    /// hundred messages a second.
     pub fn chat_insert(&self, entry: &ChatEntry) -> Result<bool, StoreError> {
-        let txn = db(self.db.begin_write())?;
+        let mut txn = db(self.db.begin_write())?;
+        // Only fails for a transaction that already wrote with another durability; this one is new.
+        let _ = txn.set_durability(redb::Durability::None);
         {
             let mut seen = db(txn.open_table(CHAT_SEEN))?;
             if db(seen.get(entry.id.as_str()))?.is_some() {
@@ -278,11 +289,22 @@ impl Store {
             db(chat.insert((room, seq), bytes.as_slice()))?;
             db(seen.insert(entry.id.as_str(), seq))?;
             if seq > MAX_CHAT_PER_ROOM as u64 {
-                db(chat.remove((room, seq - MAX_CHAT_PER_ROOM as u64)))?;
+                // The oldest message leaves the history, and its id the seen set (bounded too).
+                let old = db(chat.remove((room, seq - MAX_CHAT_PER_ROOM as u64)))?;
+                let old_id = old.and_then(|v| serde_json::from_slice::<ChatEntry>(v.value()).ok()).map(|e| e.id);
+                if let Some(old_id) = old_id {
+                    db(seen.remove(old_id.as_str()))?;
+                }
             }
         }
         db(txn.commit())?;
         Ok(true)
+    }
+
+    /// Makes every earlier non-durable commit durable (one fsync).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let txn = db(self.db.begin_write())?;
+        db(txn.commit())
     }
 
     /// The newest `limit` messages of a room, oldest first (the order a chat shows them in).

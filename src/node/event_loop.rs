@@ -99,6 +99,8 @@ pub struct EventLoop {
     rooms: std::collections::HashMap<TopicHash, Room>,
     /// Chat rate limiter: author -> (tokens, last refill).
     chat_tokens: std::collections::HashMap<PeerId, (f64, Instant)>,
+    /// Chat history was written without fsync since the last tick.
+    unsynced: bool,
 }
 
 impl EventLoop {
@@ -126,6 +128,7 @@ impl EventLoop {
             events,
             rooms: Default::default(),
             chat_tokens: Default::default(),
+            unsynced: false,
         };
         let now = Instant::now();
         for b in bootstrap {
@@ -309,7 +312,12 @@ impl EventLoop {
     /// Token bucket per author: true if this message may be stored.
     fn chat_allowed(&mut self, author: PeerId, now: Instant) -> bool {
         if self.chat_tokens.len() >= CHAT_RATE_AUTHORS {
-            self.chat_tokens.clear();
+            // Forget authors whose bucket has refilled anyway; active ones keep their state.
+            let full = Duration::from_secs_f64(CHAT_BURST / CHAT_RATE);
+            self.chat_tokens.retain(|_, (_, last)| now.duration_since(*last) < full);
+            if self.chat_tokens.len() >= CHAT_RATE_AUTHORS {
+                return false;
+            }
         }
         let (tokens, last) = self.chat_tokens.entry(author).or_insert((CHAT_BURST, now));
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * CHAT_RATE).min(CHAT_BURST);
@@ -468,6 +476,7 @@ impl EventLoop {
         let entry = chat_entry(&envelope, author, chat, false);
         match self.store.chat_insert(&entry) {
             Ok(true) => {
+                self.unsynced = true;
                 let _ = self.events.send(NodeEvent::Chat(entry));
                 Accept
             }
@@ -559,6 +568,11 @@ impl EventLoop {
     }
 
     fn maintain(&mut self) {
+        if std::mem::take(&mut self.unsynced) {
+            if let Err(e) = self.store.sync() {
+                tracing::warn!(error = %e, "cannot sync the store");
+            }
+        }
         self.ingest_spool();
         self.flush_outbox();
         let now = Instant::now();

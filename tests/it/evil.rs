@@ -2,11 +2,17 @@
 //! topic and publishes forged, tampered, malformed, off-topic, out-of-bounds and oversized
 //! messages, each after an honest announcement that proves the path works. Bob must reject each
 //! (the sender's gossipsub score turns negative), store only the honest ones and keep running.
+//! Eve also floods bob's chat room with valid messages: bob's per-author limiter must bound what
+//! he stores, and the room must keep working for others.
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use git_p2p::control::proto::{ChatEntry, Request, Response};
+use git_p2p::control::Client;
+use git_p2p::paths::Paths;
 use git_p2p::proto::announce::{Announcement, KIND};
+use git_p2p::proto::chat::{self, ChatMessage};
 use git_p2p::proto::envelope::Envelope;
 use git_p2p::proto::topic;
 use libp2p::futures::StreamExt;
@@ -357,4 +363,149 @@ fn wait_for_honest(
         let mut entries = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"));
         entries.any(|e| e["summary"] == summary && e["peer"] == eve_peer.as_str()).then_some(text)
     })
+}
+
+/// The node's chat limiter (`node::event_loop`): a full bucket, then this many a second.
+const CHAT_BURST: f64 = 100.0;
+const CHAT_RATE: f64 = 20.0;
+/// Messages eve floods bob's chat room with. Bob takes some time to store each accepted one (a
+/// durable write), and his bucket refills meanwhile: 100 / (1 - 20/s × write time) are stored
+/// before it runs dry (about 250 at 30 ms a write). The flood is far larger, so that the limiter
+/// bites well before its end even on a slower disk.
+const FLOOD: usize = 1000;
+
+/// A chat message in the repository's room, signed by `key`; `nonce` makes it distinct.
+fn chat_message(key: &Keypair, repo_id: &str, text: &str, nonce: u64) -> Vec<u8> {
+    let message =
+        ChatMessage { thread: None, text: text.into(), name: Some("eve".into()), nonce: format!("{nonce:016x}") };
+    Envelope::sign(key, chat::KIND, repo_id, now_ms(), message.to_body()).encode()
+}
+
+/// Bob's whole history of the room (`--tail` shows only the last 50), read over his control socket.
+fn chat_history(bob: &Node, room: &str) -> Vec<ChatEntry> {
+    let env = bob.env_pairs();
+    let paths = Paths::from_vars(|name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.into())).expect("paths");
+    let mut client = Client::connect(&paths).expect("bob's node answers");
+    match client.request(Request::ChatHistory { room: room.to_string(), limit: 10_000 }).expect("chat history") {
+        Response::ChatHistory { messages } => messages,
+        other => panic!("unexpected answer: {other:?}"),
+    }
+}
+
+/// Publishes chat `text` from eve until bob's `chat --tail --json` lists it (re-sent every 3 s
+/// with a new nonce, so new bytes).
+fn wait_for_chat(bob: &Node, repo: &std::path::Path, eve: &Eve, repo_id: &str, text: &str) {
+    let eve_peer = eve.peer_id().to_string();
+    let mut last_sent: Option<Instant> = None;
+    eventually(Duration::from_secs(60), &format!("{text:?} from eve in bob's chat"), || {
+        if last_sent.is_none_or(|t| t.elapsed() > Duration::from_secs(3)) {
+            if let Err(e) = eve.publish(chat_message(&eve.key, repo_id, text, now_ms())) {
+                eprintln!("eve: honest chat publish: {e:?}");
+            }
+            last_sent = Some(Instant::now());
+        }
+        let tail = bob.ok_in(repo, &["chat", "--tail", "--json"]);
+        let mut messages = tail.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"));
+        messages.any(|m| m["text"] == text && m["peer"] == eve_peer.as_str()).then_some(())
+    });
+}
+
+/// The `N`s of the `flood N` messages in `history`, in the order bob stored them.
+fn flood_numbers(history: &[ChatEntry], eve: &str) -> Vec<usize> {
+    history.iter().filter(|m| m.peer == eve).filter_map(|m| m.text.strip_prefix("flood ")?.parse().ok()).collect()
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
+    line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmRSS in kB")
+}
+
+#[test]
+fn a_flood_of_chat_messages_is_rate_limited() {
+    let bob = Node::new("bob");
+    bob.start();
+    let repo = bob.repo("proj", 1);
+    let out = bob.run_in(&repo, &["init"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let repo_id = bob.git(&repo, &["rev-list", "--max-parents=0", "HEAD"]).trim().to_string();
+    let bob_peer: PeerId = bob.peer_id().parse().expect("bob's peer id");
+    let bob_pid = bob.pid().expect("bob's node runs");
+
+    let topic = topic::chat(&repo_id);
+    let topic_hash = topic.hash();
+    let spawn_eve = || {
+        let eve = Eve::spawn(bob.tcp_addr().parse().expect("bob's address"), bob_peer, topic.clone());
+        eve.wait_subscribed(bob_peer, &topic_hash);
+        eve
+    };
+    let score_at_bob = |peer: &str| {
+        let peers = bob.peers();
+        peers.iter().find(|p| p["peer_id"] == peer)?["score"].as_f64()
+    };
+
+    // The path works: an honest message of eve's reaches bob's room.
+    let eve = spawn_eve();
+    let eve_peer = eve.peer_id().to_string();
+    wait_for_chat(&bob, &repo, &eve, &repo_id, "honest hello");
+
+    // The flood: distinct, valid, signed messages, as fast as eve can send them. Bob's bucket
+    // holds at most CHAT_BURST tokens when it starts, and refills at CHAT_RATE from then on.
+    let flood_start = Instant::now();
+    let mut sent = 0;
+    for i in 0..FLOOD {
+        match eve.publish(chat_message(&eve.key, &repo_id, &format!("flood {i}"), i as u64)) {
+            Ok(_) => sent += 1,
+            Err(e) if i < 5 => panic!("eve could not start the flood: {e:?}"),
+            Err(_) => {}
+        }
+    }
+    let publishing = flood_start.elapsed();
+    assert!(sent as f64 > CHAT_BURST + 50.0, "the flood exceeds the burst: only {sent} sent");
+
+    // Bob's limiter rejects the excess: eve's score at bob turns negative.
+    eventually(Duration::from_secs(60), "bob to penalise eve for the flood", || {
+        (score_at_bob(&eve_peer)? < 0.0).then_some(())
+    });
+
+    // What bob stored of it is bounded by the bucket (checked over the whole history, and again
+    // at the end, when anything still queued at bob has long been processed).
+    let check_history = |when: &str| {
+        let history = chat_history(&bob, &repo_id);
+        let bound = CHAT_BURST + CHAT_RATE * flood_start.elapsed().as_secs_f64() + 1.0;
+        let flood = flood_numbers(&history, &eve_peer);
+        let stored: Vec<_> = history.iter().filter(|m| m.text.starts_with("flood ")).map(|m| m.received_at).collect();
+        let storing = stored.last().zip(stored.first()).map(|(last, first)| last - first);
+        eprintln!(
+            "{when}: eve sent {sent} in {publishing:?}; bob stored {} (bound {bound:.0}) in {storing:?} ms, highest {:?}",
+            flood.len(),
+            flood.iter().max()
+        );
+        assert!((flood.len() as f64) <= bound, "{when}: bob stored {} flood messages, at most {bound:.0}", flood.len());
+        assert!(flood.len() < sent, "{when}: some of the flood was dropped");
+        assert!(!flood.contains(&(FLOOD - 1)), "{when}: the last flood message got through: {flood:?}");
+        let distinct: std::collections::HashSet<_> = flood.iter().collect();
+        assert_eq!(distinct.len(), flood.len(), "{when}: each stored once: {flood:?}");
+        let tail = bob.ok_in(&repo, &["chat", "--tail", "--json"]);
+        assert!(!tail.contains(&format!("\"flood {}\"", FLOOD - 1)), "{when}: {tail}");
+    };
+    check_history("after the flood");
+
+    // Bob's node is unharmed: same process, answering, memory bounded.
+    assert!(alive(bob_pid), "bob's node survived");
+    assert_eq!(bob.pid(), Some(bob_pid), "the same node, not a restarted one");
+    bob.ok(&["peers"]);
+    let rss = rss_kib(bob_pid);
+    assert!(rss < 100 * 1024, "bob's node uses {rss} KiB after the flood");
+    eprintln!("bob's node: {rss} KiB resident after the flood");
+
+    // The room still works for others: a fresh honest peer's message gets through.
+    let carol = spawn_eve();
+    wait_for_chat(&bob, &repo, &carol, &repo_id, "carol after the flood");
+    assert!(score_at_bob(&carol.peer_id().to_string()).is_some_and(|s| s >= 0.0), "carol is in good standing");
+    check_history("at the end");
+    assert!(alive(bob_pid), "bob's node survived");
+    let rss = rss_kib(bob_pid);
+    assert!(rss < 100 * 1024, "bob's node uses {rss} KiB at the end");
 }
