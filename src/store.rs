@@ -190,7 +190,17 @@ impl Store {
 impl Store {
     /// Appends to the outbox durably; returns the entry's sequence number.
     pub fn outbox_push(&self, entry: &OutboxEntry) -> Result<u64, StoreError> {
-        let txn = db(self.db.begin_write())?;
+        self.outbox_push_with(entry, true)
+    }
+
+    /// Like [`Store::outbox_push`]; with `durable` false the caller must [`Store::sync`] before
+    /// it acknowledges the entry to anyone (group commit: one fsync for a batch of requests).
+    pub fn outbox_push_with(&self, entry: &OutboxEntry, durable: bool) -> Result<u64, StoreError> {
+        let mut txn = db(self.db.begin_write())?;
+        if !durable {
+            // Only fails for a transaction that already wrote with another durability; this one is new.
+            let _ = txn.set_durability(redb::Durability::None);
+        }
         let seq = {
             let mut table = db(txn.open_table(OUTBOX))?;
             let last = db(table.last())?.map(|(k, _)| k.value()).unwrap_or(0);

@@ -61,6 +61,9 @@ enum Room {
     Chat { repo: String, thread: Option<String> },
 }
 
+/// Control requests handled together before one group commit.
+const COMMAND_BATCH: usize = 64;
+
 /// Most announcements `log` returns in one answer.
 const MAX_LOG: usize = 10_000;
 
@@ -101,6 +104,8 @@ pub struct EventLoop {
     chat_tokens: std::collections::HashMap<PeerId, (f64, Instant)>,
     /// Chat history was written without fsync since the last tick.
     unsynced: bool,
+    /// Writes of the current command batch that must be synced before it is answered.
+    unsynced_acks: bool,
 }
 
 impl EventLoop {
@@ -129,6 +134,7 @@ impl EventLoop {
             rooms: Default::default(),
             chat_tokens: Default::default(),
             unsynced: false,
+            unsynced_acks: false,
         };
         let now = Instant::now();
         for b in bootstrap {
@@ -185,14 +191,8 @@ impl EventLoop {
                     break;
                 }
                 command = self.commands.recv() => {
-                    let Some(Command { req, reply }) = command else { break };
-                    let stopping = matches!(req, Request::Shutdown);
-                    let outcome = self.handle_request(req);
-                    let _ = reply.send(outcome);
-                    // Publishing waits until the client has its answer: the hook only needs to
-                    // know the announcement is durable.
-                    self.flush_outbox();
-                    if stopping {
+                    let Some(first) = command else { break };
+                    if self.handle_commands(first) {
                         tracing::info!("shutdown requested, stopping");
                         break;
                     }
@@ -207,6 +207,39 @@ impl EventLoop {
                 }
             }
         }
+    }
+
+    /// Handles `first` and whatever else is queued (up to [`COMMAND_BATCH`]), makes their writes
+    /// durable with one fsync (group commit), and only then answers them. Returns true when one
+    /// of them asked the node to stop.
+    fn handle_commands(&mut self, first: Command) -> bool {
+        let mut batch = vec![first];
+        while batch.len() < COMMAND_BATCH {
+            match self.commands.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
+        }
+        let mut stopping = false;
+        let mut answers = Vec::with_capacity(batch.len());
+        for Command { req, reply } in batch {
+            stopping |= matches!(req, Request::Shutdown);
+            answers.push((reply, self.handle_request(req)));
+        }
+        if std::mem::take(&mut self.unsynced_acks) {
+            if let Err(e) = self.store.sync() {
+                for (reply, _) in answers {
+                    let _ = reply.send(Outcome::Error(format!("cannot store: {e}")));
+                }
+                return stopping;
+            }
+        }
+        for (reply, outcome) in answers {
+            let _ = reply.send(outcome);
+        }
+        // Publishing waits until the clients have their answers.
+        self.flush_outbox();
+        stopping
     }
 
     fn handle_request(&mut self, req: Request) -> Outcome {
@@ -277,8 +310,11 @@ impl EventLoop {
             Err(e) => return Outcome::Error(format!("cannot store the message: {e}")),
         }
         let outbox_entry = OutboxEntry { repo, envelope, thread };
-        match self.store.outbox_push(&outbox_entry) {
-            Ok(seq) => self.outbox.push_back((seq, outbox_entry)),
+        match self.store.outbox_push_with(&outbox_entry, false) {
+            Ok(seq) => {
+                self.unsynced_acks = true;
+                self.outbox.push_back((seq, outbox_entry));
+            }
             Err(e) => return Outcome::Error(format!("cannot queue the message: {e}")),
         }
         let peers = self.swarm.behaviour().gossipsub.all_peers().filter(|(_, topics)| topics.contains(&&topic)).count();
