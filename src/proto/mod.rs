@@ -3,4 +3,5 @@
 pub mod announce;
 pub mod chat;
 pub mod envelope;
+pub mod kv;
 pub mod topic;

@@ -1,0 +1,304 @@
+//! DHT key-value records (the groundwork of `git p2p kv`): a record holds one signed entry per
+//! author; receivers verify every entry, keep the highest sequence number per author, refuse
+//! forgeries, rollbacks and oversized values, and merge records from several peers the same way
+//! on every node. Pure: no I/O, no clock.
+
+use libp2p::identity::{Keypair, PublicKey};
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+
+/// Largest value; larger input is refused with a clear error (never truncated).
+pub const MAX_VALUE: usize = 8 * 1024;
+/// Longest user key, in bytes.
+pub const MAX_KEY: usize = 256;
+/// Entries (authors) per record; beyond it the entry with the oldest time is dropped.
+pub const MAX_ENTRIES: usize = 64;
+const SIGNING_CONTEXT: &[u8] = b"git-p2p kv v1\0";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KvError {
+    #[error("empty key")]
+    EmptyKey,
+    #[error("key too long ({0} bytes, at most {MAX_KEY})")]
+    KeyTooLong(usize),
+    #[error("key contains control characters")]
+    KeyControl,
+    #[error("value too large ({0} bytes, at most {MAX_VALUE})")]
+    ValueTooLarge(usize),
+    #[error("malformed record: {0}")]
+    Malformed(String),
+    #[error("record for another key or repository")]
+    WrongKey,
+    #[error("entry by {0} has a bad signature")]
+    BadSignature(String),
+    #[error("entry by {author} rolls back from seq {have} to {got}")]
+    Rollback { author: String, have: u64, got: u64 },
+}
+
+pub fn validate_key(key: &str) -> Result<(), KvError> {
+    if key.is_empty() {
+        return Err(KvError::EmptyKey);
+    }
+    if key.len() > MAX_KEY {
+        return Err(KvError::KeyTooLong(key.len()));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(KvError::KeyControl);
+    }
+    Ok(())
+}
+
+/// The DHT key of a user key in a repository's namespace.
+pub fn record_key(repo: &str, key: &str) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(format!("git-p2p/1/{repo}/{key}").as_bytes()).to_vec()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The author's libp2p public key, protobuf-encoded, hex.
+    pub author: String,
+    /// The value (hex); None is a tombstone (`kv rm`).
+    pub value: Option<String>,
+    pub seq: u64,
+    /// Unix milliseconds, the author's clock (shown, and used to pick what to drop when full).
+    pub ts: u64,
+    pub sig: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub repo: String,
+    pub key: String,
+    pub entries: Vec<Entry>,
+}
+
+fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn signing_bytes(repo: &str, key: &str, value: Option<&str>, seq: u64, ts: u64) -> Vec<u8> {
+    let mut out = SIGNING_CONTEXT.to_vec();
+    field(&mut out, repo.as_bytes());
+    field(&mut out, key.as_bytes());
+    match value {
+        Some(v) => {
+            out.push(1);
+            field(&mut out, v.as_bytes());
+        }
+        None => out.push(0),
+    }
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&ts.to_be_bytes());
+    out
+}
+
+impl Entry {
+    /// Signs `value` (None: a tombstone) for `key` in `repo`.
+    pub fn sign(
+        key_pair: &Keypair,
+        repo: &str,
+        key: &str,
+        value: Option<&[u8]>,
+        seq: u64,
+        ts: u64,
+    ) -> Result<Self, KvError> {
+        validate_key(key)?;
+        if let Some(v) = value {
+            if v.len() > MAX_VALUE {
+                return Err(KvError::ValueTooLarge(v.len()));
+            }
+        }
+        let value = value.map(hex::encode);
+        let bytes = signing_bytes(repo, key, value.as_deref(), seq, ts);
+        let sig = hex::encode(key_pair.sign(&bytes).expect("ed25519 signing cannot fail"));
+        Ok(Self { author: hex::encode(key_pair.public().encode_protobuf()), value, seq, ts, sig })
+    }
+
+    /// Checks the entry for `key` in `repo`; returns its author.
+    pub fn verify(&self, repo: &str, key: &str) -> Result<PeerId, KvError> {
+        let bad = || KvError::BadSignature(self.author.chars().take(16).collect());
+        let public =
+            hex::decode(&self.author).ok().and_then(|b| PublicKey::try_decode_protobuf(&b).ok()).ok_or_else(bad)?;
+        if let Some(v) = &self.value {
+            if v.len() > 2 * MAX_VALUE {
+                return Err(KvError::ValueTooLarge(v.len() / 2));
+            }
+        }
+        let sig = hex::decode(&self.sig).map_err(|_| bad())?;
+        if !public.verify(&signing_bytes(repo, key, self.value.as_deref(), self.seq, self.ts), &sig) {
+            return Err(bad());
+        }
+        Ok(public.to_peer_id())
+    }
+
+    pub fn value_bytes(&self) -> Option<Vec<u8>> {
+        self.value.as_deref().and_then(|v| hex::decode(v).ok())
+    }
+}
+
+impl Record {
+    pub fn new(repo: &str, key: &str) -> Self {
+        Self { repo: repo.to_string(), key: key.to_string(), entries: Vec::new() }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("records always serialise")
+    }
+
+    /// Decodes a record found under `dht_key` and checks it belongs there and to `repo`; every
+    /// entry is verified. Used on incoming PUTs and on GET results.
+    pub fn decode(bytes: &[u8], repo: &str, dht_key: &[u8]) -> Result<Self, KvError> {
+        let max = MAX_ENTRIES * (2 * MAX_VALUE + 1024) + 1024;
+        if bytes.len() > max {
+            return Err(KvError::Malformed(format!("{} bytes", bytes.len())));
+        }
+        let record: Self = serde_json::from_slice(bytes).map_err(|e| KvError::Malformed(e.to_string()))?;
+        validate_key(&record.key)?;
+        if record.repo != repo || record_key(&record.repo, &record.key) != dht_key {
+            return Err(KvError::WrongKey);
+        }
+        if record.entries.len() > MAX_ENTRIES {
+            return Err(KvError::Malformed(format!("{} entries", record.entries.len())));
+        }
+        for e in &record.entries {
+            e.verify(&record.repo, &record.key)?;
+        }
+        Ok(record)
+    }
+
+    /// Merges one entry: the highest seq per author wins; a lower one is a rollback and refused.
+    /// Equal seqs keep the entry with the greater signature, so every node picks the same one.
+    pub fn merge_entry(&mut self, entry: Entry) -> Result<bool, KvError> {
+        entry.verify(&self.repo, &self.key)?;
+        if let Some(have) = self.entries.iter_mut().find(|e| e.author == entry.author) {
+            if entry.seq < have.seq {
+                return Err(KvError::Rollback {
+                    author: entry.author.chars().take(16).collect(),
+                    have: have.seq,
+                    got: entry.seq,
+                });
+            }
+            if entry.seq == have.seq && entry.sig <= have.sig {
+                return Ok(false);
+            }
+            *have = entry;
+            return Ok(true);
+        }
+        self.entries.push(entry);
+        if self.entries.len() > MAX_ENTRIES {
+            let oldest = (0..self.entries.len()).min_by_key(|&i| (self.entries[i].ts, self.entries[i].sig.clone()));
+            if let Some(i) = oldest {
+                self.entries.remove(i);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Merges another copy of the same record (e.g. GET answers from several peers); entries
+    /// that fail are skipped. Returns how many changed this record.
+    pub fn merge(&mut self, other: Record) -> usize {
+        other.entries.into_iter().filter_map(|e| self.merge_entry(e).ok()).filter(|changed| *changed).count()
+    }
+
+    /// Live values, newest first (tombstones hide their author's older values).
+    pub fn values(&self) -> Vec<&Entry> {
+        let mut live: Vec<&Entry> = self.entries.iter().filter(|e| e.value.is_some()).collect();
+        live.sort_by_key(|e| std::cmp::Reverse(e.ts));
+        live
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPO: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    fn alice() -> Keypair {
+        Keypair::ed25519_from_bytes([1u8; 32]).unwrap()
+    }
+    fn bob() -> Keypair {
+        Keypair::ed25519_from_bytes([2u8; 32]).unwrap()
+    }
+
+    fn entry(k: &Keypair, value: Option<&str>, seq: u64, ts: u64) -> Entry {
+        Entry::sign(k, REPO, "refs/heads/main", value.map(str::as_bytes), seq, ts).unwrap()
+    }
+
+    #[test]
+    fn two_authors_keep_their_own_newest_value() {
+        let mut r = Record::new(REPO, "refs/heads/main");
+        assert!(r.merge_entry(entry(&alice(), Some("a1"), 1, 10)).unwrap());
+        assert!(r.merge_entry(entry(&bob(), Some("b1"), 1, 20)).unwrap());
+        assert!(r.merge_entry(entry(&alice(), Some("a2"), 2, 30)).unwrap());
+        let values: Vec<Vec<u8>> = r.values().iter().filter_map(|e| e.value_bytes()).collect();
+        assert_eq!(values, vec![b"a2".to_vec(), b"b1".to_vec()], "newest first, one per author");
+    }
+
+    #[test]
+    fn a_tombstone_hides_the_authors_older_value() {
+        let mut r = Record::new(REPO, "refs/heads/main");
+        r.merge_entry(entry(&alice(), Some("a1"), 1, 10)).unwrap();
+        r.merge_entry(entry(&alice(), None, 2, 20)).unwrap();
+        assert!(r.values().is_empty());
+        assert!(r.merge_entry(entry(&alice(), Some("a1"), 1, 10)).is_err(), "the old value cannot come back");
+    }
+
+    #[test]
+    fn forgeries_rollbacks_tampering_oversize_and_foreign_keys_are_refused() {
+        let mut r = Record::new(REPO, "refs/heads/main");
+        r.merge_entry(entry(&alice(), Some("a2"), 2, 10)).unwrap();
+        assert!(matches!(r.merge_entry(entry(&alice(), Some("a1"), 1, 5)), Err(KvError::Rollback { .. })));
+        let mut forged = entry(&bob(), Some("evil"), 9, 10);
+        forged.author = entry(&alice(), Some("x"), 1, 1).author;
+        assert!(matches!(r.merge_entry(forged), Err(KvError::BadSignature(_))));
+        let mut tampered = entry(&alice(), Some("a3"), 3, 10);
+        tampered.value = Some(hex::encode("a4"));
+        assert!(matches!(r.merge_entry(tampered), Err(KvError::BadSignature(_))));
+        let big = vec![b'x'; MAX_VALUE + 1];
+        assert_eq!(Entry::sign(&alice(), REPO, "k", Some(&big), 1, 1), Err(KvError::ValueTooLarge(MAX_VALUE + 1)));
+        // Signed for another key: does not verify under this one.
+        let other_key = Entry::sign(&alice(), REPO, "refs/heads/dev", Some(b"v"), 5, 1).unwrap();
+        assert!(r.merge_entry(other_key).is_err());
+        // A record stored under a key outside the repo's namespace.
+        let bytes = r.encode();
+        assert_eq!(
+            Record::decode(&bytes, REPO, &record_key("b".repeat(40).as_str(), "refs/heads/main")),
+            Err(KvError::WrongKey)
+        );
+        assert_eq!(Record::decode(&bytes, REPO, &record_key(REPO, "refs/heads/main")).unwrap(), r);
+        assert!(matches!(Record::decode(b"{not json", REPO, b"k"), Err(KvError::Malformed(_))));
+    }
+
+    #[test]
+    fn merging_copies_from_several_peers_converges() {
+        let mut one = Record::new(REPO, "refs/heads/main");
+        let mut two = Record::new(REPO, "refs/heads/main");
+        one.merge_entry(entry(&alice(), Some("a1"), 1, 1)).unwrap();
+        one.merge_entry(entry(&bob(), Some("b2"), 2, 2)).unwrap();
+        two.merge_entry(entry(&alice(), Some("a3"), 3, 3)).unwrap();
+        two.merge_entry(entry(&bob(), Some("b1"), 1, 1)).unwrap();
+        let (mut x, mut y) = (one.clone(), two.clone());
+        x.merge(two);
+        y.merge(one);
+        let values = |r: &Record| r.values().iter().filter_map(|e| e.value_bytes()).collect::<Vec<_>>();
+        assert_eq!(values(&x), values(&y));
+        assert_eq!(values(&x), vec![b"a3".to_vec(), b"b2".to_vec()]);
+    }
+
+    #[test]
+    fn keys_are_checked_and_entries_bounded() {
+        assert_eq!(validate_key(""), Err(KvError::EmptyKey));
+        assert_eq!(validate_key("a\u{1b}b"), Err(KvError::KeyControl));
+        assert_eq!(validate_key(&"k".repeat(MAX_KEY + 1)), Err(KvError::KeyTooLong(MAX_KEY + 1)));
+        let mut r = Record::new(REPO, "refs/heads/main");
+        for i in 0..(MAX_ENTRIES as u64 + 5) {
+            let k = Keypair::generate_ed25519();
+            r.merge_entry(entry(&k, Some("v"), 1, 100 + i)).unwrap();
+        }
+        assert_eq!(r.entries.len(), MAX_ENTRIES);
+        assert!(r.entries.iter().all(|e| e.ts >= 105), "the oldest were dropped");
+    }
+}
