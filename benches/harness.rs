@@ -379,6 +379,11 @@ fn main() {
             m.goal
         );
     }
+    let missing: Vec<&str> = metrics.iter().filter(|m| m.samples.is_empty()).map(|m| m.name).collect();
+    if !missing.is_empty() {
+        eprintln!("harness: no samples for {missing:?}");
+        std::process::exit(1);
+    }
     for m in &metrics {
         println!(
             "{}",
