@@ -82,7 +82,7 @@ fn tui_first_frame(metrics: &mut Vec<Metric>, runs: usize) {
             Ok(o) if o.status.success() => {}
             other => {
                 eprintln!("tmux failed, tui_first_frame not measured: {other:?}");
-                return;
+                break;
             }
         }
         let deadline = t0 + Duration::from_secs(10);
