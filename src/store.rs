@@ -34,6 +34,20 @@ const CHAT_SEEN: TableDefinition<&str, u64> = TableDefinition::new("chat_seen");
 /// A room keeps this many messages; older ones are dropped first.
 pub const MAX_CHAT_PER_ROOM: usize = 1000;
 
+/// DHT key -> [`DhtRecord`] (JSON): the Kademlia records this node holds, ours and others'
+const DHT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dht");
+/// (repo, key) -> unix ms of our last write: the keys this node published (`kv ls`)
+const KV_OWN: TableDefinition<(&str, &str), u64> = TableDefinition::new("kv_own");
+
+/// A Kademlia record as stored: the expiry is wall-clock time, so it survives restarts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DhtRecord {
+    pub value: Vec<u8>,
+    pub publisher: Option<String>,
+    /// Unix ms after which the record is dropped; None: never.
+    pub expires: Option<u64>,
+}
+
 /// The feed keeps this many announcements per repo; older ones are dropped first.
 pub const MAX_FEED_PER_REPO: usize = 10_000;
 
@@ -80,8 +94,10 @@ impl OutboxEntry {
     }
 }
 
+/// Cheap to clone: the Kademlia record store holds a handle too.
+#[derive(Clone)]
 pub struct Store {
-    db: Database,
+    db: std::sync::Arc<Database>,
 }
 
 fn db<T, E: Into<redb::Error>>(r: Result<T, E>) -> Result<T, StoreError> {
@@ -113,8 +129,10 @@ impl Store {
         db(txn.open_table(SEEN))?;
         db(txn.open_table(CHAT))?;
         db(txn.open_table(CHAT_SEEN))?;
+        db(txn.open_table(DHT))?;
+        db(txn.open_table(KV_OWN))?;
         db(txn.commit())?;
-        Ok(Self { db: database })
+        Ok(Self { db: std::sync::Arc::new(database) })
     }
 
     /// Records that we are connected to `peer` at `addrs` (most useful first).
@@ -309,6 +327,63 @@ impl Store {
         }
         db(txn.commit())?;
         Ok(true)
+    }
+
+    /// Stores (or replaces) a DHT record; durable with the next sync.
+    pub fn dht_put(&self, key: &[u8], record: &DhtRecord) -> Result<(), StoreError> {
+        let mut txn = db(self.db.begin_write())?;
+        // Only fails for a transaction that already wrote with another durability; this one is new.
+        let _ = txn.set_durability(redb::Durability::None);
+        {
+            let mut table = db(txn.open_table(DHT))?;
+            let bytes = serde_json::to_vec(record).expect("DHT records always serialise");
+            db(table.insert(key, bytes.as_slice()))?;
+        }
+        db(txn.commit())
+    }
+
+    pub fn dht_remove(&self, key: &[u8]) -> Result<(), StoreError> {
+        let mut txn = db(self.db.begin_write())?;
+        let _ = txn.set_durability(redb::Durability::None);
+        db(db(txn.open_table(DHT))?.remove(key))?;
+        db(txn.commit())
+    }
+
+    /// Every stored DHT record.
+    pub fn dht_records(&self) -> Result<Vec<(Vec<u8>, DhtRecord)>, StoreError> {
+        let txn = db(self.db.begin_read())?;
+        let table = db(txn.open_table(DHT))?;
+        let mut out = Vec::new();
+        for item in db(table.iter())? {
+            let (k, v) = db(item)?;
+            if let Ok(r) = serde_json::from_slice(v.value()) {
+                out.push((k.value().to_vec(), r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remembers that we wrote `key` in `repo` (for `kv ls`).
+    pub fn kv_own(&self, repo: &str, key: &str, ts: u64) -> Result<(), StoreError> {
+        let txn = db(self.db.begin_write())?;
+        db(db(txn.open_table(KV_OWN))?.insert((repo, key), ts))?;
+        db(txn.commit())
+    }
+
+    /// The keys we wrote in `repo`, with the time of our last write.
+    pub fn kv_own_keys(&self, repo: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let txn = db(self.db.begin_read())?;
+        let table = db(txn.open_table(KV_OWN))?;
+        let mut out = Vec::new();
+        for item in db(table.range((repo, "")..))? {
+            let (k, v) = db(item)?;
+            let (r, key) = k.value();
+            if r != repo {
+                break;
+            }
+            out.push((key.to_string(), v.value()));
+        }
+        Ok(out)
     }
 
     /// Makes every earlier non-durable commit durable (one fsync).

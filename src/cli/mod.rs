@@ -9,6 +9,7 @@ pub(crate) mod fmt;
 mod hooks;
 mod id;
 mod init;
+mod kv;
 mod log;
 mod peers;
 
@@ -151,8 +152,8 @@ pub enum KvCommand {
     /// Get each author's value of KEY, newest first
     Get {
         key: String,
-        /// Only this author's value (PeerId or npub)
-        #[arg(long, value_name = "PEER|NPUB")]
+        /// Only this author's value (a PeerId, or "me")
+        #[arg(long, value_name = "PEER")]
         author: Option<String>,
         #[arg(long)]
         json: bool,
@@ -322,7 +323,7 @@ fn run(ctx: &Ctx, command: Command, out: &mut dyn Write) -> anyhow::Result<ExitC
         Command::Chat(args) => chat::run(ctx, &args, out)?,
         Command::Announce(args) => announce::run(ctx, &args, out)?,
         Command::Log(args) => log::run(ctx, &args, out)?,
-        Command::Kv(_) => not_yet("kv")?,
+        Command::Kv(cmd) => return kv::run(ctx, cmd, out),
         Command::Refs(_) => not_yet("refs")?,
         Command::Notes(_) => not_yet("notes")?,
         Command::Hooks(cmd) => hooks::run(ctx, cmd, out)?,

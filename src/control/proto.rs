@@ -49,6 +49,12 @@ pub enum Request {
     ChatJoin { repo: RepoInfo, thread: Option<String> },
     /// Stream a room's messages as they arrive (`following`, then `chat` frames).
     FollowChat { room: String },
+    /// Merge a signed entry into the repo's record for `key` and put it in the DHT.
+    KvPut { repo: RepoInfo, key: String, entry: crate::proto::kv::Entry },
+    /// Look `key` up in the DHT (merging what every peer answers with our own copy).
+    KvGet { repo: String, key: String },
+    /// The keys this node wrote in the repo.
+    KvList { repo: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -95,6 +101,17 @@ pub enum Response {
     },
     Chat {
         message: ChatEntry,
+    },
+    /// Stored; `replicas` is how many peers took it (0: only here so far).
+    KvStored {
+        replicas: usize,
+    },
+    KvRecord {
+        record: Option<crate::proto::kv::Record>,
+    },
+    /// (key, unix ms of our last write)
+    KvKeys {
+        keys: Vec<(String, u64)>,
     },
 }
 

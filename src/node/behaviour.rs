@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use libp2p::identity::Keypair;
-use libp2p::kad::store::MemoryStore;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{gossipsub, identify, kad, mdns, ping, StreamProtocol};
@@ -22,7 +21,7 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
-    pub kad: kad::Behaviour<MemoryStore>,
+    pub kad: kad::Behaviour<super::kad_store::PersistentStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
@@ -64,7 +63,7 @@ pub fn topic_score_params() -> gossipsub::TopicScoreParams {
 }
 
 impl Behaviour {
-    pub fn new(key: &Keypair, config: &NodeConfig) -> Result<Self, String> {
+    pub fn new(key: &Keypair, config: &NodeConfig, records: super::kad_store::PersistentStore) -> Result<Self, String> {
         let peer_id = key.public().to_peer_id();
 
         let identify = identify::Behaviour::new(
@@ -104,8 +103,12 @@ impl Behaviour {
             .map_err(|e| format!("gossipsub scoring: {e}"))?;
 
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
-        kad_config.set_query_timeout(Duration::from_secs(30));
-        let mut kad = kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_config);
+        kad_config.set_query_timeout(Duration::from_secs(10));
+        // Incoming PUTs reach the application, which verifies and merges before storing.
+        kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
+        // A full multi-writer record is far above the 16 KiB default.
+        kad_config.set_max_packet_size(2 * super::kad_store::MAX_RECORD_BYTES);
+        let mut kad = kad::Behaviour::with_config(peer_id, records, kad_config);
         // Left alone, Kademlia stays a client until it has a confirmed external address, which
         // never happens on a LAN or on loopback: nobody would then answer queries.
         kad.set_mode(Some(match config.dht_mode {

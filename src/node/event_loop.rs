@@ -54,6 +54,23 @@ const CHAT_BURST: f64 = 100.0;
 /// Authors tracked by the rate limiter before it starts afresh (bounded memory).
 const CHAT_RATE_AUTHORS: usize = 10_000;
 
+/// A control request waiting for a Kademlia query.
+enum PendingKad {
+    Put { reply: oneshot::Sender<Outcome> },
+    Get { reply: oneshot::Sender<Outcome>, merged: crate::proto::kv::Record, found: bool },
+}
+
+/// What `handle_request` decided: answer now, or when a DHT query finishes.
+enum Answer {
+    Now(Outcome),
+    Later(libp2p::kad::QueryId, PendingKadKind),
+}
+
+enum PendingKadKind {
+    Put,
+    Get(crate::proto::kv::Record, bool),
+}
+
 /// What a subscribed topic carries.
 #[derive(Debug, Clone)]
 enum Room {
@@ -106,6 +123,8 @@ pub struct EventLoop {
     unsynced: bool,
     /// Writes of the current command batch that must be synced before it is answered.
     unsynced_acks: bool,
+    /// Control requests waiting for a DHT query.
+    pending_kad: std::collections::HashMap<libp2p::kad::QueryId, PendingKad>,
 }
 
 impl EventLoop {
@@ -135,6 +154,7 @@ impl EventLoop {
             chat_tokens: Default::default(),
             unsynced: false,
             unsynced_acks: false,
+            pending_kad: Default::default(),
         };
         let now = Instant::now();
         for b in bootstrap {
@@ -224,7 +244,15 @@ impl EventLoop {
         let mut answers = Vec::with_capacity(batch.len());
         for Command { req, reply } in batch {
             stopping |= matches!(req, Request::Shutdown);
-            answers.push((reply, self.handle_request(req)));
+            match self.answer(req) {
+                Answer::Now(outcome) => answers.push((reply, outcome)),
+                Answer::Later(query, PendingKadKind::Put) => {
+                    self.pending_kad.insert(query, PendingKad::Put { reply });
+                }
+                Answer::Later(query, PendingKadKind::Get(merged, found)) => {
+                    self.pending_kad.insert(query, PendingKad::Get { reply, merged, found });
+                }
+            }
         }
         if std::mem::take(&mut self.unsynced_acks) {
             if let Err(e) = self.store.sync() {
@@ -242,8 +270,133 @@ impl EventLoop {
         stopping
     }
 
+    /// Requests answered by a DHT query are started here; everything else is answered now.
+    fn answer(&mut self, req: Request) -> Answer {
+        match req {
+            Request::KvPut { repo, key, entry } => self.kv_put(repo, key, entry),
+            Request::KvGet { repo, key } => self.kv_get(repo, key),
+            other => Answer::Now(self.handle_request(other)),
+        }
+    }
+
+    /// Merges our entry into our copy of the record and puts the result in the DHT.
+    fn kv_put(&mut self, repo: RepoInfo, key: String, entry: crate::proto::kv::Entry) -> Answer {
+        use crate::proto::kv::{record_key, Record};
+        let dht_key = record_key(&repo.id, &key);
+        let mut record = self.local_kv(&repo.id, &key, &dht_key).unwrap_or_else(|| Record::new(&repo.id, &key));
+        let ts = entry.ts;
+        if let Err(e) = record.merge_entry(entry) {
+            return Answer::Now(Outcome::Error(e.to_string()));
+        }
+        if let Err(e) = self.store.kv_own(&repo.id, &key, ts) {
+            return Answer::Now(Outcome::Error(format!("cannot store: {e}")));
+        }
+        let kad_record = libp2p::kad::Record::new(libp2p::kad::RecordKey::new(&dht_key), record.encode());
+        match self.swarm.behaviour_mut().kad.put_record(kad_record, libp2p::kad::Quorum::One) {
+            Ok(query) => Answer::Later(query, PendingKadKind::Put),
+            Err(e) => Answer::Now(Outcome::Error(format!("cannot store the record: {e:?}"))),
+        }
+    }
+
+    /// Starts a DHT lookup; the answer merges every copy found with our own.
+    fn kv_get(&mut self, repo: String, key: String) -> Answer {
+        use crate::proto::kv::{record_key, Record};
+        if let Err(e) = crate::proto::kv::validate_key(&key) {
+            return Answer::Now(Outcome::Error(e.to_string()));
+        }
+        let dht_key = record_key(&repo, &key);
+        let local = self.local_kv(&repo, &key, &dht_key);
+        let found = local.is_some();
+        let merged = local.unwrap_or_else(|| Record::new(&repo, &key));
+        let query = self.swarm.behaviour_mut().kad.get_record(libp2p::kad::RecordKey::new(&dht_key));
+        Answer::Later(query, PendingKadKind::Get(merged, found))
+    }
+
+    /// Our stored copy of a KV record, if we hold a valid one.
+    fn local_kv(&mut self, repo: &str, key: &str, dht_key: &[u8]) -> Option<crate::proto::kv::Record> {
+        use libp2p::kad::store::RecordStore;
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        let stored = store.get(&libp2p::kad::RecordKey::new(&dht_key))?;
+        let _ = key;
+        crate::proto::kv::Record::decode(&stored.value, repo, dht_key).ok()
+    }
+
+    /// A peer asks us to store a record: verify every entry, merge with our copy, store that.
+    fn inbound_put(&mut self, source: PeerId, record: libp2p::kad::Record) {
+        use libp2p::kad::store::RecordStore;
+        let incoming = match crate::proto::kv::Record::decode_any(&record.value, record.key.as_ref()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(%source, error = %e, "refused a DHT record");
+                return;
+            }
+        };
+        let dht_key = record.key.to_vec();
+        let merged = match self.local_kv(&incoming.repo, &incoming.key, &dht_key) {
+            Some(mut mine) => {
+                mine.merge(incoming);
+                mine
+            }
+            None => incoming,
+        };
+        let mut stored = libp2p::kad::Record::new(record.key.clone(), merged.encode());
+        stored.publisher = record.publisher;
+        stored.expires = record.expires;
+        if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(stored) {
+            tracing::debug!(%source, error = ?e, "cannot store a DHT record");
+        }
+        self.unsynced = true;
+    }
+
+    /// A DHT query moved on: answer the control request waiting for it when it is done.
+    fn kad_progress(&mut self, id: libp2p::kad::QueryId, result: libp2p::kad::QueryResult, last: bool) {
+        use libp2p::kad::{GetRecordOk, QueryResult};
+        match result {
+            QueryResult::PutRecord(result) => {
+                let Some(PendingKad::Put { reply }) = self.pending_kad.remove(&id) else { return };
+                let replicas = match result {
+                    Ok(_) => 1,
+                    Err(libp2p::kad::PutRecordError::QuorumFailed { success, .. }) => success.len(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "DHT put failed");
+                        0
+                    }
+                };
+                let _ = reply.send(Outcome::Ok(Response::KvStored { replicas }));
+            }
+            QueryResult::GetRecord(result) => {
+                if let Some(PendingKad::Get { merged, found, .. }) = self.pending_kad.get_mut(&id) {
+                    if let Ok(GetRecordOk::FoundRecord(peer_record)) = result {
+                        let key = peer_record.record.key.to_vec();
+                        match crate::proto::kv::Record::decode(&peer_record.record.value, &merged.repo, &key) {
+                            Ok(record) => {
+                                merged.merge(record);
+                                *found = true;
+                            }
+                            Err(e) => tracing::debug!(peer = ?peer_record.peer, error = %e, "refused a DHT answer"),
+                        }
+                    }
+                }
+                if last {
+                    if let Some(PendingKad::Get { reply, merged, found }) = self.pending_kad.remove(&id) {
+                        let record = found.then_some(merged);
+                        let _ = reply.send(Outcome::Ok(Response::KvRecord { record }));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn handle_request(&mut self, req: Request) -> Outcome {
         match req {
+            Request::KvPut { .. } | Request::KvGet { .. } => {
+                Outcome::Error("DHT requests are answered by their query".into())
+            }
+            Request::KvList { repo } => match self.store.kv_own_keys(&repo) {
+                Ok(keys) => Outcome::Ok(Response::KvKeys { keys }),
+                Err(e) => Outcome::Error(format!("cannot read: {e}")),
+            },
             Request::Status => Outcome::Ok(Response::Status(Box::new(self.status()))),
             Request::Peers => {
                 let mut peers = self.peers.snapshot(Instant::now(), &self.repo_topics);
@@ -694,6 +847,12 @@ impl EventLoop {
                 let addrs = addresses.into_vec();
                 self.redial.learn(peer, addrs.clone(), Instant::now());
                 self.dial(peer, addrs);
+            }
+            BehaviourEvent::Kad(kad::Event::InboundRequest {
+                request: kad::InboundRequest::PutRecord { source, record: Some(record), .. },
+            }) => self.inbound_put(source, record),
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, .. }) => {
+                self.kad_progress(id, result, step.last)
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 let now = Instant::now();

@@ -3,6 +3,7 @@
 
 pub mod behaviour;
 pub mod event_loop;
+pub mod kad_store;
 pub mod peers;
 
 use std::fs::File;
@@ -106,7 +107,8 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
         .build()
         .map_err(io_err("cannot start the async runtime"))?;
     runtime.block_on(async {
-        let mut swarm = build_swarm(&identity, &config)?;
+        let records = kad_store::PersistentStore::load(identity.peer_id(), store.clone());
+        let mut swarm = build_swarm(&identity, &config, records)?;
         listen(&mut swarm, &config).await?;
 
         let socket_path = paths.socket();
@@ -160,14 +162,18 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
     })
 }
 
-fn build_swarm(identity: &Identity, config: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
+fn build_swarm(
+    identity: &Identity,
+    config: &NodeConfig,
+    records: kad_store::PersistentStore,
+) -> Result<Swarm<Behaviour>, NodeError> {
     let swarm_err = |e: &dyn std::fmt::Display| NodeError::Swarm(e.to_string());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(identity.libp2p.clone())
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| swarm_err(&e))?
         .with_quic()
-        .with_behaviour(|key| Behaviour::new(key, config).map_err(Into::into))
+        .with_behaviour(|key| Behaviour::new(key, config, records).map_err(Into::into))
         .map_err(|e| swarm_err(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();

@@ -168,6 +168,17 @@ impl Record {
         Ok(record)
     }
 
+    /// Decodes a record found under `dht_key`, whatever its repository (a DHT node holds
+    /// records of repos it does not have); the key must still be that record's own.
+    pub fn decode_any(bytes: &[u8], dht_key: &[u8]) -> Result<Self, KvError> {
+        #[derive(Deserialize)]
+        struct Head {
+            repo: String,
+        }
+        let head: Head = serde_json::from_slice(bytes).map_err(|e| KvError::Malformed(e.to_string()))?;
+        Self::decode(bytes, &head.repo, dht_key)
+    }
+
     /// Merges one entry: the highest seq per author wins; a lower one is a rollback and refused.
     /// Equal seqs keep the entry with the greater signature, so every node picks the same one.
     pub fn merge_entry(&mut self, entry: Entry) -> Result<bool, KvError> {

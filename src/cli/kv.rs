@@ -1,0 +1,127 @@
+//! `git p2p kv set|get|ls|rm`: signed records in this repository's DHT namespace.
+
+use std::io::{Read, Write};
+
+use super::{Ctx, KvCommand};
+use crate::control::proto::{RepoInfo, Request, Response};
+use crate::identity::Identity;
+use crate::proto::kv::{validate_key, Entry, MAX_VALUE};
+
+pub fn run(ctx: &Ctx, command: KvCommand, out: &mut dyn Write) -> anyhow::Result<std::process::ExitCode> {
+    let repo = ctx.repo()?;
+    let info = RepoInfo { id: repo.repo_id.to_string(), name: repo.room_name.clone() };
+    match command {
+        KvCommand::Set { key, value, file } => {
+            validate_key(&key)?;
+            let bytes = match (value.as_deref(), file) {
+                (_, Some(path)) => read_bounded(
+                    std::fs::File::open(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+                )?,
+                (Some("-"), None) => read_bounded(std::io::stdin())?,
+                (Some(v), None) => v.as_bytes().to_vec(),
+                (None, None) => anyhow::bail!("no value: give VALUE, --file FILE, or - for standard input"),
+            };
+            if bytes.len() > MAX_VALUE {
+                anyhow::bail!("value too large ({} bytes, at most {MAX_VALUE}): not stored", bytes.len());
+            }
+            let replicas = put(ctx, &info, &key, Some(&bytes))?;
+            report(out, "stored", &key, replicas)?;
+        }
+        KvCommand::Rm { key } => {
+            validate_key(&key)?;
+            let replicas = put(ctx, &info, &key, None)?;
+            report(out, "removed", &key, replicas)?;
+        }
+        KvCommand::Get { key, author, json } => {
+            validate_key(&key)?;
+            let Response::KvRecord { record } =
+                ctx.client()?.request(Request::KvGet { repo: info.id, key: key.clone() })?
+            else {
+                anyhow::bail!("unexpected answer from the node");
+            };
+            let me = Identity::load_or_create_libp2p(&ctx.paths()?.data_dir)?.public().to_peer_id().to_string();
+            let mut values: Vec<(String, &Entry)> = Vec::new();
+            if let Some(record) = &record {
+                for e in record.values() {
+                    let peer = e.verify(&record.repo, &record.key).map(|p| p.to_string()).unwrap_or_default();
+                    if author.as_deref().is_none_or(|a| a == peer || (a == "me" && peer == me)) {
+                        values.push((peer, e));
+                    }
+                }
+            }
+            if values.is_empty() {
+                match &author {
+                    Some(a) => anyhow::bail!("no value of {key:?} from {a}"),
+                    None => anyhow::bail!("no value of {key:?} in this repository's DHT"),
+                }
+            }
+            for (peer, e) in values {
+                let value = e.value_bytes().unwrap_or_default();
+                if json {
+                    let text = String::from_utf8(value.clone()).ok();
+                    let line = serde_json::json!({
+                        "key": key, "author": peer, "own": peer == me, "seq": e.seq, "time": e.ts,
+                        "value": text, "value_hex": hex::encode(&value),
+                    });
+                    writeln!(out, "{line}")?;
+                } else {
+                    let who = if peer == me {
+                        "you".to_string()
+                    } else {
+                        format!("..{}", &peer[peer.len().saturating_sub(6)..])
+                    };
+                    let shown = match std::str::from_utf8(&value) {
+                        Ok(t) if !t.chars().any(|c| c.is_control() && c != '\n') => t.to_string(),
+                        _ => format!("(binary, {} bytes, hex) {}", value.len(), hex::encode(&value)),
+                    };
+                    writeln!(out, "{}  {who:<8}  {shown}", super::fmt::utc_time(e.ts / 1000))?;
+                }
+            }
+        }
+        KvCommand::Ls { json } => {
+            let Response::KvKeys { keys } = ctx.client()?.request(Request::KvList { repo: info.id })? else {
+                anyhow::bail!("unexpected answer from the node");
+            };
+            for (key, ts) in keys {
+                if json {
+                    writeln!(out, "{}", serde_json::json!({ "key": key, "time": ts }))?;
+                } else {
+                    writeln!(out, "{}  {key}", super::fmt::utc_time(ts / 1000))?;
+                }
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn read_bounded(reader: impl Read) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    reader.take(MAX_VALUE as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > MAX_VALUE {
+        anyhow::bail!("value too large (more than {MAX_VALUE} bytes): not stored");
+    }
+    Ok(bytes)
+}
+
+/// Signs an entry (None: a tombstone) and hands it to the node; returns the replica count.
+fn put(ctx: &Ctx, repo: &RepoInfo, key: &str, value: Option<&[u8]>) -> anyhow::Result<usize> {
+    let paths = ctx.paths()?;
+    paths.ensure()?;
+    let pair = Identity::load_or_create_libp2p(&paths.data_dir)?;
+    // Time-based sequence numbers grow across restarts without any state to keep.
+    let now = crate::store::unix_now_ms();
+    let entry = Entry::sign(&pair, &repo.id, key, value, now, now)?;
+    match ctx.client()?.request(Request::KvPut { repo: repo.clone(), key: key.to_string(), entry })? {
+        Response::KvStored { replicas } => Ok(replicas),
+        _ => anyhow::bail!("unexpected answer from the node"),
+    }
+}
+
+fn report(out: &mut dyn Write, what: &str, key: &str, replicas: usize) -> anyhow::Result<()> {
+    if replicas == 0 {
+        writeln!(out, "{what} {key} on this node only: no peer reachable yet (it is republished later)")?;
+    } else {
+        writeln!(out, "{what} {key} (in the DHT)")?;
+    }
+    Ok(())
+}
