@@ -107,6 +107,24 @@ impl RepoContext {
     }
 }
 
+impl RepoContext {
+    /// Branches and tags (`refs/heads/*`, `refs/tags/*`) with the object each points to.
+    pub fn branches_and_tags(&self) -> Result<Vec<(String, String)>, GitError> {
+        let platform = self.handle.references().map_err(ctx("cannot list refs"))?;
+        let mut out = Vec::new();
+        for prefix in ["refs/heads/", "refs/tags/"] {
+            let iter = platform.prefixed(prefix).map_err(ctx("cannot list refs"))?;
+            for reference in iter {
+                let Ok(reference) = reference else { continue };
+                if let Some(id) = reference.try_id() {
+                    out.push((reference.name().as_bstr().to_str_lossy().into_owned(), id.to_string()));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// A commit as peers are told about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitInfo {

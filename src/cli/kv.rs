@@ -104,7 +104,7 @@ fn read_bounded(reader: impl Read) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Signs an entry (None: a tombstone) and hands it to the node; returns the replica count.
-fn put(ctx: &Ctx, repo: &RepoInfo, key: &str, value: Option<&[u8]>) -> anyhow::Result<usize> {
+pub(super) fn put(ctx: &Ctx, repo: &RepoInfo, key: &str, value: Option<&[u8]>) -> anyhow::Result<usize> {
     let paths = ctx.paths()?;
     paths.ensure()?;
     let pair = Identity::load_or_create_libp2p(&paths.data_dir)?;

@@ -12,6 +12,7 @@ mod init;
 mod kv;
 mod log;
 mod peers;
+mod refs;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -171,8 +172,8 @@ pub enum KvCommand {
 pub struct RefsArgs {
     #[command(subcommand)]
     pub command: Option<RefsCommand>,
-    /// Only this author's refs (PeerId or npub)
-    #[arg(long, value_name = "PEER|NPUB")]
+    /// Only this author's refs (a PeerId, or "me")
+    #[arg(long, value_name = "PEER")]
     pub author: Option<String>,
     #[arg(long)]
     pub json: bool,
@@ -324,7 +325,7 @@ fn run(ctx: &Ctx, command: Command, out: &mut dyn Write) -> anyhow::Result<ExitC
         Command::Announce(args) => announce::run(ctx, &args, out)?,
         Command::Log(args) => log::run(ctx, &args, out)?,
         Command::Kv(cmd) => return kv::run(ctx, cmd, out),
-        Command::Refs(_) => not_yet("refs")?,
+        Command::Refs(args) => refs::run(ctx, args, out)?,
         Command::Notes(_) => not_yet("notes")?,
         Command::Hooks(cmd) => hooks::run(ctx, cmd, out)?,
         Command::Nostr(_) => not_yet("nostr")?,

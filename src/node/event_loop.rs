@@ -87,6 +87,8 @@ const MAX_LOG: usize = 10_000;
 /// What the node says about itself that does not change while it runs.
 pub struct NodeInfo {
     pub data_dir_path: PathBuf,
+    /// The user's libp2p key: signs the DHT entries the node writes for its own announcements.
+    pub key: libp2p::identity::Keypair,
     pub npub: String,
     pub name: Option<String>,
     pub data_dir: String,
@@ -533,10 +535,56 @@ impl EventLoop {
         }
         let entry = OutboxEntry { repo, envelope, thread: None };
         match self.store.outbox_push(&entry) {
-            Ok(seq) => self.outbox.push_back((seq, entry)),
+            Ok(seq) => {
+                self.publish_ref(&entry);
+                self.outbox.push_back((seq, entry));
+            }
             Err(e) => return Outcome::Error(format!("cannot store the announcement: {e}")),
         }
         Outcome::Ok(Response::Queued { pending: self.outbox.len() })
+    }
+
+    /// Our own announcement of a commit on a branch also updates our refs in the DHT: the key
+    /// `refs/heads/<b>` and our entry in the repo's `refs` index (all our refs, for `git p2p refs`).
+    fn publish_ref(&mut self, entry: &OutboxEntry) {
+        if entry.envelope.kind != crate::proto::announce::KIND
+            || entry.envelope.author != hex::encode(self.info.key.public().encode_protobuf())
+        {
+            return;
+        }
+        let Ok(announcement) = Announcement::from_envelope(&entry.envelope) else { return };
+        let Some(ref_name) = announcement.ref_name else { return };
+        let repo = entry.repo.id.clone();
+        self.put_own(&repo, &ref_name, announcement.commit.as_bytes());
+        let mut refs = self.own_refs(&repo);
+        refs.insert(ref_name, announcement.commit);
+        let index = serde_json::to_vec(&refs).expect("a map of strings serialises");
+        self.put_own(&repo, crate::proto::kv::REFS_KEY, &index);
+    }
+
+    /// Our current entry in a repo's refs index (empty if we have none).
+    fn own_refs(&mut self, repo: &str) -> std::collections::BTreeMap<String, String> {
+        let key = crate::proto::kv::REFS_KEY;
+        let me = hex::encode(self.info.key.public().encode_protobuf());
+        self.local_kv(repo, key, &crate::proto::kv::record_key(repo, key))
+            .and_then(|r| r.entries.into_iter().find(|e| e.author == me))
+            .and_then(|e| e.value_bytes())
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default()
+    }
+
+    /// Signs and puts an entry of ours; nobody waits for the DHT's answer.
+    fn put_own(&mut self, repo: &str, key: &str, value: &[u8]) {
+        let now = crate::store::unix_now_ms();
+        match crate::proto::kv::Entry::sign(&self.info.key, repo, key, Some(value), now, now) {
+            Ok(entry) => {
+                let info = RepoInfo { id: repo.to_string(), name: String::new() };
+                if let Answer::Now(Outcome::Error(e)) = self.kv_put(info, key.to_string(), entry) {
+                    tracing::warn!(%key, error = %e, "cannot publish a ref");
+                }
+            }
+            Err(e) => tracing::warn!(%key, error = %e, "cannot sign a ref"),
+        }
     }
 
     /// Moves announcements the hook spooled while the node was down into the outbox.
@@ -544,6 +592,7 @@ impl EventLoop {
         for (path, entry) in crate::spool::read(&self.info.data_dir_path) {
             match self.store.outbox_push(&entry) {
                 Ok(seq) => {
+                    self.publish_ref(&entry);
                     self.outbox.push_back((seq, entry));
                     // Stored durably: now the file may go. A crash in between queues it twice,
                     // which receivers de-duplicate.

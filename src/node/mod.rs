@@ -127,6 +127,7 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
         let (events, _) = tokio::sync::broadcast::channel(FEED_BROADCAST);
         let info = NodeInfo {
             data_dir_path: paths.data_dir.clone(),
+            key: identity.libp2p.clone(),
             npub: identity.npub(),
             name: config.name.clone(),
             data_dir: paths.data_dir.display().to_string(),

@@ -14,6 +14,9 @@ pub const MAX_KEY: usize = 256;
 /// Entries (authors) per record; beyond it the entry with the oldest time is dropped.
 pub const MAX_ENTRIES: usize = 64;
 const SIGNING_CONTEXT: &[u8] = b"git-p2p kv v1\0";
+/// The key whose entries are each author's whole set of refs (JSON: ref name -> object id), so
+/// that `git p2p refs` needs one lookup, not one per ref.
+pub const REFS_KEY: &str = "refs";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KvError {

@@ -108,3 +108,35 @@ fn bad_kv_input_is_a_one_line_error() {
     alice.ok(&["daemon", "stop"]);
     assert_one_line_error(&cmd.output().unwrap(), 1, "the node is not running");
 }
+
+#[test]
+fn commits_publish_refs_and_refs_publish_adds_tags() {
+    let (nodes, repos) = network(2);
+    let (alice, bob) = (&nodes[0], &nodes[1]);
+    // The hook announces the commit and the node puts alice's branch into the DHT.
+    eventually(Duration::from_secs(30), "bob in the DHT", || (!alice.peers().is_empty()).then_some(()));
+    alice.git(&repos[0], &["commit", "-q", "--allow-empty", "-m", "on main"]);
+    let head = alice.git(&repos[0], &["rev-parse", "HEAD"]).trim().to_string();
+    let alice_id = alice.peer_id();
+    let refs = |node: &Node, repo: &std::path::Path| -> Vec<Value> {
+        let out = node.run_in(repo, &["refs", "--json"]);
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    };
+    eventually(Duration::from_secs(40), "alice's main in bob's view of the refs", || {
+        refs(bob, &repos[1])
+            .iter()
+            .any(|r| r["ref"] == "refs/heads/main" && r["oid"] == head.as_str() && r["author"] == alice_id.as_str())
+            .then_some(())
+    });
+    wait_values(bob, &repos[1], "refs/heads/main", &[&head]);
+
+    alice.git(&repos[0], &["tag", "v1.0"]);
+    let out = alice.ok_in(&repos[0], &["refs", "publish"]);
+    assert!(out.starts_with("published 2 refs"), "{out}");
+    eventually(Duration::from_secs(40), "the tag in bob's view", || {
+        refs(bob, &repos[1]).iter().any(|r| r["ref"] == "refs/tags/v1.0" && r["oid"] == head.as_str()).then_some(())
+    });
+    let table = bob.ok_in(&repos[1], &["refs", "--author", &alice_id]);
+    assert!(table.contains(&format!("{head}\trefs/heads/main\t{alice_id}")), "{table}");
+    assert_one_line_error(&bob.run_in(&repos[1], &["refs", "--author", "me"]), 1, "no refs published by me");
+}

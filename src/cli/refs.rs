@@ -1,0 +1,64 @@
+//! `git p2p refs [--author PEER] [--json]` and `git p2p refs publish`: branches and tags
+//! through the DHT, per author, like `git ls-remote`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use super::{Ctx, RefsArgs, RefsCommand};
+use crate::control::proto::{RepoInfo, Request, Response};
+use crate::identity::Identity;
+use crate::proto::kv::{MAX_VALUE, REFS_KEY};
+
+pub fn run(ctx: &Ctx, args: RefsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let repo = ctx.repo()?;
+    let info = RepoInfo { id: repo.repo_id.to_string(), name: repo.room_name.clone() };
+    if let Some(RefsCommand::Publish) = args.command {
+        let refs: BTreeMap<String, String> = repo.branches_and_tags()?.into_iter().collect();
+        let index = serde_json::to_vec(&refs)?;
+        if index.len() > MAX_VALUE {
+            anyhow::bail!("too many refs to publish ({} bytes of refs, at most {MAX_VALUE})", index.len());
+        }
+        for (name, oid) in &refs {
+            super::kv::put(ctx, &info, name, Some(oid.as_bytes()))?;
+        }
+        let replicas = super::kv::put(ctx, &info, REFS_KEY, Some(&index))?;
+        let where_ = if replicas == 0 { "on this node only (no peer reachable yet)" } else { "to the DHT" };
+        writeln!(out, "published {} ref{} {where_}", refs.len(), if refs.len() == 1 { "" } else { "s" })?;
+        return Ok(());
+    }
+    let Response::KvRecord { record } =
+        ctx.client()?.request(Request::KvGet { repo: info.id, key: REFS_KEY.into() })?
+    else {
+        anyhow::bail!("unexpected answer from the node");
+    };
+    let me = Identity::load_or_create_libp2p(&ctx.paths()?.data_dir)?.public().to_peer_id().to_string();
+    let mut shown = 0;
+    for entry in record.as_ref().map(|r| r.values()).unwrap_or_default() {
+        let Some(record) = &record else { break };
+        let Ok(author) = entry.verify(&record.repo, &record.key).map(|p| p.to_string()) else { continue };
+        if args.author.as_deref().is_some_and(|a| a != author && !(a == "me" && author == me)) {
+            continue;
+        }
+        let refs: BTreeMap<String, String> =
+            entry.value_bytes().and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or_default();
+        for (name, oid) in refs {
+            shown += 1;
+            if args.json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({ "author": author, "own": author == me, "ref": name, "oid": oid })
+                )?;
+            } else {
+                writeln!(out, "{oid}\t{name}\t{author}")?;
+            }
+        }
+    }
+    if shown == 0 {
+        match &args.author {
+            Some(a) => anyhow::bail!("no refs published by {a}"),
+            None => anyhow::bail!("no refs published for this repository yet"),
+        }
+    }
+    Ok(())
+}
