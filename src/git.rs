@@ -125,6 +125,59 @@ impl RepoContext {
     }
 }
 
+impl RepoContext {
+    fn git(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new("git");
+        cmd.arg("--git-dir").arg(&self.git_dir);
+        cmd
+    }
+
+    /// The notes in `notes_ref` (e.g. `refs/notes/commits`): (annotated commit, note text).
+    pub fn notes(&self, notes_ref: &str) -> Result<Vec<(String, Vec<u8>)>, GitError> {
+        let out =
+            self.git().args(["notes", "--ref", notes_ref, "list"]).output().map_err(ctx("cannot run git notes"))?;
+        if !out.status.success() {
+            // No notes ref yet: no notes.
+            return Ok(Vec::new());
+        }
+        let mut notes = Vec::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some((blob, commit)) = line.split_once(' ') else { continue };
+            let Ok(blob) = ObjectId::from_hex(blob.as_bytes()) else { continue };
+            let object = self.handle.find_object(blob).map_err(ctx("cannot read a note"))?;
+            notes.push((commit.to_string(), object.data.clone()));
+        }
+        Ok(notes)
+    }
+
+    /// Whether the repository has this commit.
+    pub fn has_commit(&self, id: &str) -> bool {
+        ObjectId::from_hex(id.as_bytes()).ok().is_some_and(|oid| self.handle.find_commit(oid).is_ok())
+    }
+
+    /// Writes (or replaces) the note on `commit` in `notes_ref`.
+    pub fn set_note(&self, notes_ref: &str, commit: &str, text: &[u8]) -> Result<(), GitError> {
+        use std::io::Write;
+        let mut child = self
+            .git()
+            .args(["notes", "--ref", notes_ref, "add", "-f", "-F", "-", commit])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(ctx("cannot run git notes"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(text).map_err(ctx("cannot write a note"))?;
+        }
+        let out = child.wait_with_output().map_err(ctx("cannot run git notes"))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(GitError::Git(format!("git notes failed: {}", err.lines().next().unwrap_or(""))));
+        }
+        Ok(())
+    }
+}
+
 /// A commit as peers are told about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitInfo {

@@ -11,6 +11,7 @@ mod id;
 mod init;
 mod kv;
 mod log;
+mod notes;
 mod peers;
 mod refs;
 
@@ -326,7 +327,7 @@ fn run(ctx: &Ctx, command: Command, out: &mut dyn Write) -> anyhow::Result<ExitC
         Command::Log(args) => log::run(ctx, &args, out)?,
         Command::Kv(cmd) => return kv::run(ctx, cmd, out),
         Command::Refs(args) => refs::run(ctx, args, out)?,
-        Command::Notes(_) => not_yet("notes")?,
+        Command::Notes(cmd) => notes::run(ctx, cmd, out)?,
         Command::Hooks(cmd) => hooks::run(ctx, cmd, out)?,
         Command::Nostr(_) => not_yet("nostr")?,
     }

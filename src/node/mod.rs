@@ -94,6 +94,13 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
     };
     crate::logging::init_file(&paths.log_file(), opts.verbosity)
         .map_err(io_err(format!("cannot open log file {}", paths.log_file().display())))?;
+    // A detached node has no stderr: a panic must reach the log file, or nobody ever learns why
+    // the node went away.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(%info, "node panicked");
+        default_hook(info);
+    }));
 
     let config = NodeConfig::from_source(&crate::git::GlobalConfig::load().map_err(NodeError::GitConfig)?)?;
     let identity = Identity::load_or_create(&paths.data_dir)?;

@@ -54,7 +54,7 @@ fn dash_c_runs_in_another_directory_and_detached_head_is_fine() {
 #[test]
 fn commands_of_later_milestones_say_so() {
     let alice = Node::new("alice");
-    assert_one_line_error(&alice.run(&["notes", "push"]), 1, "not yet implemented");
+    assert_one_line_error(&alice.run(&["nostr", "status"]), 1, "not yet implemented");
 }
 
 #[test]

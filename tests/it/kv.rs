@@ -140,3 +140,28 @@ fn commits_publish_refs_and_refs_publish_adds_tags() {
     assert!(table.contains(&format!("{head}\trefs/heads/main\t{alice_id}")), "{table}");
     assert_one_line_error(&bob.run_in(&repos[1], &["refs", "--author", "me"]), 1, "no refs published by me");
 }
+
+#[test]
+fn notes_pushed_by_alice_are_pulled_into_bobs_p2p_notes_ref() {
+    let (nodes, repos) = network(2);
+    let (alice, bob) = (&nodes[0], &nodes[1]);
+    let head = alice.git(&repos[0], &["rev-parse", "HEAD"]).trim().to_string();
+    alice.git(&repos[0], &["notes", "add", "-m", "reviewed by alice: LGTM", "HEAD"]);
+    bob.git(&repos[1], &["notes", "add", "-m", "bob's own note", "HEAD"]);
+    eventually(Duration::from_secs(30), "alice's notes in the DHT", || {
+        alice.ok_in(&repos[0], &["notes", "push"]).starts_with("pushed 1 note").then_some(())?;
+        let peers_have_it = !get(bob, &repos[1], &format!("notes/commits/{head}")).is_empty();
+        peers_have_it.then_some(())
+    });
+    let alice_id = alice.peer_id();
+    let short = &alice_id[alice_id.len() - 12..];
+    eventually(Duration::from_secs(30), "bob to pull alice's note", || {
+        bob.ok_in(&repos[1], &["notes", "pull"]).starts_with("pulled 1 note").then_some(())
+    });
+    let note = bob.git(&repos[1], &["notes", "--ref", &format!("p2p/{short}"), "show", &head]);
+    assert_eq!(note.trim(), "reviewed by alice: LGTM");
+    let own = bob.git(&repos[1], &["notes", "show", &head]);
+    assert_eq!(own.trim(), "bob's own note", "the user's own notes are never touched");
+    let log = bob.git(&repos[1], &["log", "-1", &format!("--notes=p2p/{short}")]);
+    assert!(log.contains("reviewed by alice"), "{log}");
+}

@@ -195,6 +195,12 @@ impl Node {
         let pid = self.pid().expect("a running node");
         unsafe_kill(pid, 9);
         eventually(Duration::from_secs(10), "the killed node to be gone", || (!alive(pid)).then_some(()));
+        // The group leader turns zombie before its other threads are gone, and the socket closes
+        // with the last of them: wait until nothing answers on it.
+        let socket = self.path("run/git-p2p/control.sock");
+        eventually(Duration::from_secs(10), "the killed node's socket to close", || {
+            std::os::unix::net::UnixStream::connect(&socket).is_err().then_some(())
+        });
     }
 
     /// A repository in this node's home, with one commit (or `commits` of them).

@@ -1,0 +1,86 @@
+//! `git p2p notes push|pull`: git notes through the DHT. Push publishes your notes on this
+//! repository's commits (`notes/<ref>/<commit>` keys, and an index of them under `notes/<ref>`);
+//! pull fetches peers' notes on commits you have into `refs/notes/p2p/<author>`, never into your
+//! own notes refs, so `git log --notes=p2p/<author>` shows them.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+
+use super::{Ctx, NotesCommand};
+use crate::control::proto::{RepoInfo, Request, Response};
+use crate::identity::Identity;
+use crate::proto::kv::{Record, MAX_VALUE};
+
+/// `refs/notes/commits` -> `commits` (the part that names the notes in keys).
+fn short_ref(notes_ref: &str) -> &str {
+    notes_ref.strip_prefix("refs/notes/").unwrap_or(notes_ref)
+}
+
+/// The local notes ref for an author's notes: the end of their PeerId, like a short commit id.
+pub fn author_ref(peer: &str) -> String {
+    format!("refs/notes/p2p/{}", &peer[peer.len().saturating_sub(12)..])
+}
+
+fn get(ctx: &Ctx, repo: &str, key: &str) -> anyhow::Result<Option<Record>> {
+    match ctx.client()?.request(Request::KvGet { repo: repo.to_string(), key: key.to_string() })? {
+        Response::KvRecord { record } => Ok(record),
+        _ => anyhow::bail!("unexpected answer from the node"),
+    }
+}
+
+pub fn run(ctx: &Ctx, command: NotesCommand, out: &mut dyn Write) -> anyhow::Result<()> {
+    let repo = ctx.repo()?;
+    let info = RepoInfo { id: repo.repo_id.to_string(), name: repo.room_name.clone() };
+    match command {
+        NotesCommand::Push { notes_ref } => {
+            let short = short_ref(&notes_ref);
+            let notes = repo.notes(&notes_ref)?;
+            if notes.is_empty() {
+                writeln!(out, "no notes in {notes_ref}: nothing to push")?;
+                return Ok(());
+            }
+            let mut index = BTreeSet::new();
+            for (commit, text) in &notes {
+                if text.len() > MAX_VALUE {
+                    anyhow::bail!("the note on {commit} is too large ({} bytes, at most {MAX_VALUE})", text.len());
+                }
+                super::kv::put(ctx, &info, &format!("notes/{short}/{commit}"), Some(text))?;
+                index.insert(commit.clone());
+            }
+            let index = serde_json::to_vec(&index)?;
+            if index.len() > MAX_VALUE {
+                anyhow::bail!("too many notes for one index ({} bytes, at most {MAX_VALUE})", index.len());
+            }
+            super::kv::put(ctx, &info, &format!("notes/{short}"), Some(&index))?;
+            writeln!(out, "pushed {} note{} from {notes_ref}", notes.len(), if notes.len() == 1 { "" } else { "s" })?;
+        }
+        NotesCommand::Pull { notes_ref } => {
+            let short = short_ref(&notes_ref);
+            let me = Identity::load_or_create_libp2p(&ctx.paths()?.data_dir)?.public().to_peer_id().to_string();
+            let Some(index) = get(ctx, &info.id, &format!("notes/{short}"))? else {
+                writeln!(out, "no notes published for this repository")?;
+                return Ok(());
+            };
+            let mut written = 0;
+            for entry in index.values() {
+                let Ok(author) = entry.verify(&index.repo, &index.key).map(|p| p.to_string()) else { continue };
+                if author == me {
+                    continue;
+                }
+                let commits: BTreeSet<String> =
+                    entry.value_bytes().and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or_default();
+                for commit in commits.iter().filter(|c| repo.has_commit(c)) {
+                    let Some(record) = get(ctx, &info.id, &format!("notes/{short}/{commit}"))? else { continue };
+                    let note =
+                        record.values().into_iter().find(|e| e.author == entry.author).and_then(|e| e.value_bytes());
+                    if let Some(text) = note {
+                        repo.set_note(&author_ref(&author), commit, &text)?;
+                        written += 1;
+                    }
+                }
+            }
+            writeln!(out, "pulled {written} note{} into refs/notes/p2p/", if written == 1 { "" } else { "s" })?;
+        }
+    }
+    Ok(())
+}
