@@ -48,6 +48,60 @@ fn rss_mib(pid: i32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The DHT: `nodes` daemons bootstrapping to the first; a warm node sets and gets keys through
+/// the control socket (what `git p2p kv` does, without the process start). Also records how many
+/// peers each query asked.
+fn kv_bench(metrics: &mut Vec<Metric>, nodes: usize, ops: usize) {
+    use git_p2p::control::proto::{RepoInfo, Request, Response};
+    use git_p2p::control::Client;
+    use git_p2p::proto::kv::Entry;
+
+    let names: Vec<String> = (0..nodes).map(|i| format!("k{i}")).collect();
+    let all: Vec<Node> = names.iter().map(|n| Node::new(n)).collect();
+    all[0].start();
+    let boot = all[0].tcp_addr();
+    for node in &all[1..] {
+        node.config(&["p2p.bootstrap", &boot]);
+        node.start();
+    }
+    // Warm: every node knows a good part of the network.
+    support::eventually(Duration::from_secs(60), "the DHT network to form", || {
+        all.iter().all(|n| n.peers().len() >= (nodes - 1).min(8)).then_some(())
+    });
+    let repo = RepoInfo { id: "b".repeat(40), name: "bench".into() };
+    let key_pair = libp2p::identity::Keypair::generate_ed25519();
+    let (setter, getter) = (&all[1], &all[nodes - 1]);
+    let mut set_client = Client::connect(&paths(setter)).expect("node");
+    let mut get_client = Client::connect(&paths(getter)).expect("node");
+    let (mut set_ms, mut get_ms, mut set_asked, mut get_asked) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..ops {
+        let key = format!("refs/heads/b{i}");
+        let now = git_p2p::store::unix_now_ms();
+        let entry = Entry::sign(&key_pair, &repo.id, &key, Some(b"0123456789abcdef0123456789abcdef01234567"), now, now)
+            .expect("entry");
+        let t = Instant::now();
+        match set_client.request(Request::KvPut { repo: repo.clone(), key: key.clone(), entry }) {
+            Ok(Response::KvStored { replicas, requests }) if replicas > 0 => {
+                set_ms.push(ms(t.elapsed()));
+                set_asked.push(f64::from(requests));
+            }
+            other => eprintln!("kv set {key}: {other:?}"),
+        }
+        let t = Instant::now();
+        match get_client.request(Request::KvGet { repo: repo.id.clone(), key }) {
+            Ok(Response::KvRecord { record: Some(_), requests }) => {
+                get_ms.push(ms(t.elapsed()));
+                get_asked.push(f64::from(requests));
+            }
+            other => eprintln!("kv get: {other:?}"),
+        }
+    }
+    metrics.push(Metric { name: "kv_set", unit: "ms", samples: set_ms, nodes, goal: "p50 <= 50 ms" });
+    metrics.push(Metric { name: "kv_get", unit: "ms", samples: get_ms, nodes, goal: "p50 <= 10 ms" });
+    metrics.push(Metric { name: "kv_set_peers_asked", unit: "", samples: set_asked, nodes, goal: "(lookup size)" });
+    metrics.push(Metric { name: "kv_get_peers_asked", unit: "", samples: get_asked, nodes, goal: "(lookup size)" });
+}
+
 /// `git p2p chat` in a tmux pane, warm node: from starting the command until the window is on
 /// the screen (tmux's capture-pane polled; each poll is a process, so ±2 ms).
 fn tui_first_frame(metrics: &mut Vec<Metric>, runs: usize) {
@@ -378,6 +432,7 @@ fn main() {
     });
 
     tui_first_frame(&mut metrics, if smoke { 2 } else { 20 });
+    kv_bench(&mut metrics, if smoke { 4 } else { 20 }, if smoke { 5 } else { 100 });
     chat_bench(&mut metrics, if smoke { 50 } else { 3000 });
 
     println!("{:<26} {:>10} {:>10} {:>5} {:>5}  goal", "metric", "p50", "p99", "n", "nodes");

@@ -34,7 +34,7 @@ pub fn run(ctx: &Ctx, command: KvCommand, out: &mut dyn Write) -> anyhow::Result
         }
         KvCommand::Get { key, author, json } => {
             validate_key(&key)?;
-            let Response::KvRecord { record } =
+            let Response::KvRecord { record, .. } =
                 ctx.client()?.request(Request::KvGet { repo: info.id, key: key.clone() })?
             else {
                 anyhow::bail!("unexpected answer from the node");
@@ -112,7 +112,7 @@ pub(super) fn put(ctx: &Ctx, repo: &RepoInfo, key: &str, value: Option<&[u8]>) -
     let now = crate::store::unix_now_ms();
     let entry = Entry::sign(&pair, &repo.id, key, value, now, now)?;
     match ctx.client()?.request(Request::KvPut { repo: repo.clone(), key: key.to_string(), entry })? {
-        Response::KvStored { replicas } => Ok(replicas),
+        Response::KvStored { replicas, .. } => Ok(replicas),
         _ => anyhow::bail!("unexpected answer from the node"),
     }
 }

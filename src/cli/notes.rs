@@ -23,7 +23,7 @@ pub fn author_ref(peer: &str) -> String {
 
 fn get(ctx: &Ctx, repo: &str, key: &str) -> anyhow::Result<Option<Record>> {
     match ctx.client()?.request(Request::KvGet { repo: repo.to_string(), key: key.to_string() })? {
-        Response::KvRecord { record } => Ok(record),
+        Response::KvRecord { record, .. } => Ok(record),
         _ => anyhow::bail!("unexpected answer from the node"),
     }
 }

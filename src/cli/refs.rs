@@ -26,7 +26,7 @@ pub fn run(ctx: &Ctx, args: RefsArgs, out: &mut dyn Write) -> anyhow::Result<()>
         writeln!(out, "published {} ref{} {where_}", refs.len(), if refs.len() == 1 { "" } else { "s" })?;
         return Ok(());
     }
-    let Response::KvRecord { record } =
+    let Response::KvRecord { record, .. } =
         ctx.client()?.request(Request::KvGet { repo: info.id, key: REFS_KEY.into() })?
     else {
         anyhow::bail!("unexpected answer from the node");

@@ -103,11 +103,14 @@ pub enum Response {
         message: ChatEntry,
     },
     /// Stored; `replicas` is how many peers took it (0: only here so far).
+    /// `requests`: how many peers the DHT query asked.
     KvStored {
         replicas: usize,
+        requests: u32,
     },
     KvRecord {
         record: Option<crate::proto::kv::Record>,
+        requests: u32,
     },
     /// (key, unix ms of our last write)
     KvKeys {

@@ -351,7 +351,14 @@ impl EventLoop {
     }
 
     /// A DHT query moved on: answer the control request waiting for it when it is done.
-    fn kad_progress(&mut self, id: libp2p::kad::QueryId, result: libp2p::kad::QueryResult, last: bool) {
+    fn kad_progress(
+        &mut self,
+        id: libp2p::kad::QueryId,
+        result: libp2p::kad::QueryResult,
+        last: bool,
+        stats: &libp2p::kad::QueryStats,
+    ) {
+        let requests = stats.num_requests();
         use libp2p::kad::{GetRecordOk, QueryResult};
         match result {
             QueryResult::PutRecord(result) => {
@@ -364,7 +371,7 @@ impl EventLoop {
                         0
                     }
                 };
-                let _ = reply.send(Outcome::Ok(Response::KvStored { replicas }));
+                let _ = reply.send(Outcome::Ok(Response::KvStored { replicas, requests }));
             }
             QueryResult::GetRecord(result) => {
                 if let Some(PendingKad::Get { merged, found, .. }) = self.pending_kad.get_mut(&id) {
@@ -382,7 +389,7 @@ impl EventLoop {
                 if last {
                     if let Some(PendingKad::Get { reply, merged, found }) = self.pending_kad.remove(&id) {
                         let record = found.then_some(merged);
-                        let _ = reply.send(Outcome::Ok(Response::KvRecord { record }));
+                        let _ = reply.send(Outcome::Ok(Response::KvRecord { record, requests }));
                     }
                 }
             }
@@ -900,8 +907,8 @@ impl EventLoop {
             BehaviourEvent::Kad(kad::Event::InboundRequest {
                 request: kad::InboundRequest::PutRecord { source, record: Some(record), .. },
             }) => self.inbound_put(source, record),
-            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, .. }) => {
-                self.kad_progress(id, result, step.last)
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, stats }) => {
+                self.kad_progress(id, result, step.last, &stats)
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 let now = Instant::now();
