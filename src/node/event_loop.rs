@@ -57,8 +57,12 @@ const CHAT_RATE_AUTHORS: usize = 10_000;
 /// A control request waiting for a Kademlia query.
 enum PendingKad {
     Put { reply: oneshot::Sender<Outcome> },
-    Get { reply: oneshot::Sender<Outcome>, merged: crate::proto::kv::Record, found: bool },
+    Get { reply: oneshot::Sender<Outcome>, merged: crate::proto::kv::Record, found: bool, copies: usize },
 }
+
+/// A `kv get` answers once this many peers sent their copy (merged with ours), without waiting
+/// for the lookup to ask all 20 closest peers: a writer's put reached several of them.
+const GET_COPIES: usize = 3;
 
 /// What `handle_request` decided: answer now, or when a DHT query finishes.
 enum Answer {
@@ -252,7 +256,7 @@ impl EventLoop {
                     self.pending_kad.insert(query, PendingKad::Put { reply });
                 }
                 Answer::Later(query, PendingKadKind::Get(merged, found)) => {
-                    self.pending_kad.insert(query, PendingKad::Get { reply, merged, found });
+                    self.pending_kad.insert(query, PendingKad::Get { reply, merged, found, copies: 0 });
                 }
             }
         }
@@ -374,20 +378,31 @@ impl EventLoop {
                 let _ = reply.send(Outcome::Ok(Response::KvStored { replicas, requests }));
             }
             QueryResult::GetRecord(result) => {
-                if let Some(PendingKad::Get { merged, found, .. }) = self.pending_kad.get_mut(&id) {
+                let mut enough = false;
+                if let Some(PendingKad::Get { merged, found, copies, .. }) = self.pending_kad.get_mut(&id) {
                     if let Ok(GetRecordOk::FoundRecord(peer_record)) = result {
                         let key = peer_record.record.key.to_vec();
                         match crate::proto::kv::Record::decode(&peer_record.record.value, &merged.repo, &key) {
                             Ok(record) => {
                                 merged.merge(record);
                                 *found = true;
+                                // Copies from peers (our own local one has no peer).
+                                if peer_record.peer.is_some() {
+                                    *copies += 1;
+                                }
                             }
                             Err(e) => tracing::debug!(peer = ?peer_record.peer, error = %e, "refused a DHT answer"),
                         }
                     }
+                    enough = *copies >= GET_COPIES;
                 }
-                if last {
-                    if let Some(PendingKad::Get { reply, merged, found }) = self.pending_kad.remove(&id) {
+                if enough {
+                    if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                        query.finish();
+                    }
+                }
+                if last || enough {
+                    if let Some(PendingKad::Get { reply, merged, found, .. }) = self.pending_kad.remove(&id) {
                         let record = found.then_some(merged);
                         let _ = reply.send(Outcome::Ok(Response::KvRecord { record, requests }));
                     }
