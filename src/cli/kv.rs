@@ -44,7 +44,8 @@ pub fn run(ctx: &Ctx, command: KvCommand, out: &mut dyn Write) -> anyhow::Result
             if let Some(record) = &record {
                 for e in record.values() {
                     let peer = e.verify(&record.repo, &record.key).map(|p| p.to_string()).unwrap_or_default();
-                    if author.as_deref().is_none_or(|a| a == peer || (a == "me" && peer == me)) {
+                    let npub = e.who.npub.as_deref().unwrap_or("");
+                    if author.as_deref().is_none_or(|a| a == peer || a == npub || (a == "me" && peer == me)) {
                         values.push((peer, e));
                     }
                 }
@@ -60,21 +61,23 @@ pub fn run(ctx: &Ctx, command: KvCommand, out: &mut dyn Write) -> anyhow::Result
                 if json {
                     let text = String::from_utf8(value.clone()).ok();
                     let line = serde_json::json!({
-                        "key": key, "author": peer, "own": peer == me, "seq": e.seq, "time": e.ts,
+                        "key": key, "author": peer, "name": e.who.name, "npub": e.who.npub, "own": peer == me,
+                        "seq": e.seq, "time": e.ts,
                         "value": text, "value_hex": hex::encode(&value),
                     });
                     writeln!(out, "{line}")?;
                 } else {
-                    let who = if peer == me {
-                        "you".to_string()
-                    } else {
-                        format!("..{}", &peer[peer.len().saturating_sub(6)..])
+                    let short = &peer[peer.len().saturating_sub(6)..];
+                    let who = match (&e.who.name, peer == me) {
+                        (_, true) => "you".to_string(),
+                        (Some(name), false) => format!("{} (..{short})", crate::tui::view::inert(name)),
+                        (None, false) => format!("..{short}"),
                     };
                     let shown = match std::str::from_utf8(&value) {
                         Ok(t) if !t.chars().any(|c| c.is_control() && c != '\n') => t.to_string(),
                         _ => format!("(binary, {} bytes, hex) {}", value.len(), hex::encode(&value)),
                     };
-                    writeln!(out, "{}  {who:<8}  {shown}", super::fmt::utc_time(e.ts / 1000))?;
+                    writeln!(out, "{}  {who}  {shown}", super::fmt::utc_time(e.ts / 1000))?;
                 }
             }
         }
@@ -107,10 +110,11 @@ fn read_bounded(reader: impl Read) -> anyhow::Result<Vec<u8>> {
 pub(super) fn put(ctx: &Ctx, repo: &RepoInfo, key: &str, value: Option<&[u8]>) -> anyhow::Result<usize> {
     let paths = ctx.paths()?;
     paths.ensure()?;
-    let pair = Identity::load_or_create_libp2p(&paths.data_dir)?;
+    let identity = Identity::load_or_create(&paths.data_dir)?;
+    let who = crate::proto::kv::Who { name: ctx.repo()?.user_name, npub: Some(identity.npub()) };
     // Time-based sequence numbers grow across restarts without any state to keep.
     let now = crate::store::unix_now_ms();
-    let entry = Entry::sign(&pair, &repo.id, key, value, now, now)?;
+    let entry = Entry::sign_as(&identity.libp2p, &repo.id, key, value, now, now, who)?;
     match ctx.client()?.request(Request::KvPut { repo: repo.clone(), key: key.to_string(), entry })? {
         Response::KvStored { replicas, .. } => Ok(replicas),
         _ => anyhow::bail!("unexpected answer from the node"),

@@ -154,8 +154,8 @@ pub enum KvCommand {
     /// Get each author's value of KEY, newest first
     Get {
         key: String,
-        /// Only this author's value (a PeerId, or "me")
-        #[arg(long, value_name = "PEER")]
+        /// Only this author's value (a PeerId, an npub, or "me")
+        #[arg(long, value_name = "PEER|NPUB")]
         author: Option<String>,
         #[arg(long)]
         json: bool,

@@ -598,7 +598,8 @@ impl EventLoop {
     /// Signs and puts an entry of ours; nobody waits for the DHT's answer.
     fn put_own(&mut self, repo: &str, key: &str, value: &[u8]) {
         let now = crate::store::unix_now_ms();
-        match crate::proto::kv::Entry::sign(&self.info.key, repo, key, Some(value), now, now) {
+        let who = crate::proto::kv::Who { name: self.info.name.clone(), npub: Some(self.info.npub.clone()) };
+        match crate::proto::kv::Entry::sign_as(&self.info.key, repo, key, Some(value), now, now, who) {
             Ok(entry) => {
                 let info = RepoInfo { id: repo.to_string(), name: String::new() };
                 if let Answer::Now(Outcome::Error(e)) = self.kv_put(info, key.to_string(), entry) {

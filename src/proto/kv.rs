@@ -66,7 +66,27 @@ pub struct Entry {
     pub seq: u64,
     /// Unix milliseconds, the author's clock (shown, and used to pick what to drop when full).
     pub ts: u64,
+    /// Who the author says they are (signed with the entry): display name and Nostr npub, so
+    /// `kv get` can show names and `--author npub1...` can filter.
+    #[serde(default)]
+    pub who: Who,
     pub sig: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Who {
+    pub name: Option<String>,
+    pub npub: Option<String>,
+}
+
+fn optional(out: &mut Vec<u8>, v: Option<&str>) {
+    match v {
+        Some(v) => {
+            out.push(1);
+            field(out, v.as_bytes());
+        }
+        None => out.push(0),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,19 +101,15 @@ fn field(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-fn signing_bytes(repo: &str, key: &str, value: Option<&str>, seq: u64, ts: u64) -> Vec<u8> {
+fn signing_bytes(repo: &str, key: &str, value: Option<&str>, seq: u64, ts: u64, who: &Who) -> Vec<u8> {
     let mut out = SIGNING_CONTEXT.to_vec();
     field(&mut out, repo.as_bytes());
     field(&mut out, key.as_bytes());
-    match value {
-        Some(v) => {
-            out.push(1);
-            field(&mut out, v.as_bytes());
-        }
-        None => out.push(0),
-    }
+    optional(&mut out, value);
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(&ts.to_be_bytes());
+    optional(&mut out, who.name.as_deref());
+    optional(&mut out, who.npub.as_deref());
     out
 }
 
@@ -107,16 +123,33 @@ impl Entry {
         seq: u64,
         ts: u64,
     ) -> Result<Self, KvError> {
+        Self::sign_as(key_pair, repo, key, value, seq, ts, Who::default())
+    }
+
+    /// Like [`Entry::sign`], naming the author.
+    pub fn sign_as(
+        key_pair: &Keypair,
+        repo: &str,
+        key: &str,
+        value: Option<&[u8]>,
+        seq: u64,
+        ts: u64,
+        who: Who,
+    ) -> Result<Self, KvError> {
         validate_key(key)?;
         if let Some(v) = value {
             if v.len() > MAX_VALUE {
                 return Err(KvError::ValueTooLarge(v.len()));
             }
         }
+        let who = Who {
+            name: who.name.map(|n| n.chars().filter(|c| !c.is_control()).take(128).collect()),
+            npub: who.npub.filter(|n| n.len() <= 100),
+        };
         let value = value.map(hex::encode);
-        let bytes = signing_bytes(repo, key, value.as_deref(), seq, ts);
+        let bytes = signing_bytes(repo, key, value.as_deref(), seq, ts, &who);
         let sig = hex::encode(key_pair.sign(&bytes).expect("ed25519 signing cannot fail"));
-        Ok(Self { author: hex::encode(key_pair.public().encode_protobuf()), value, seq, ts, sig })
+        Ok(Self { author: hex::encode(key_pair.public().encode_protobuf()), value, seq, ts, who, sig })
     }
 
     /// Checks the entry for `key` in `repo`; returns its author.
@@ -130,7 +163,12 @@ impl Entry {
             }
         }
         let sig = hex::decode(&self.sig).map_err(|_| bad())?;
-        if !public.verify(&signing_bytes(repo, key, self.value.as_deref(), self.seq, self.ts), &sig) {
+        let name_ok =
+            self.who.name.as_ref().is_none_or(|n| n.chars().count() <= 128 && !n.chars().any(char::is_control));
+        if !name_ok || self.who.npub.as_ref().is_some_and(|n| n.len() > 100) {
+            return Err(bad());
+        }
+        if !public.verify(&signing_bytes(repo, key, self.value.as_deref(), self.seq, self.ts, &self.who), &sig) {
             return Err(bad());
         }
         Ok(public.to_peer_id())
@@ -284,6 +322,15 @@ mod tests {
         );
         assert_eq!(Record::decode(&bytes, REPO, &record_key(REPO, "refs/heads/main")).unwrap(), r);
         assert!(matches!(Record::decode(b"{not json", REPO, b"k"), Err(KvError::Malformed(_))));
+    }
+
+    #[test]
+    fn the_authors_name_and_npub_are_signed() {
+        let who = Who { name: Some("Alice".into()), npub: Some("npub1alice".into()) };
+        let mut e = Entry::sign_as(&alice(), REPO, "k", Some(b"v"), 1, 1, who).unwrap();
+        assert!(e.verify(REPO, "k").is_ok());
+        e.who.name = Some("Mallory".into());
+        assert!(e.verify(REPO, "k").is_err(), "a changed name breaks the signature");
     }
 
     #[test]

@@ -59,10 +59,15 @@ fn records_travel_merge_and_survive() {
     set(n1, &repos[0], "refs/heads/main", "abc123");
     let values = wait_values(n6, &repos[5], "refs/heads/main", &["abc123"]);
     assert_eq!(values[0]["author"], n1.peer_id().as_str());
+    assert_eq!(values[0]["name"], "n1", "the author's name travels, signed, with the entry");
+    let npub = n1.json(&["id", "--json"])["npub"].as_str().unwrap().to_string();
+    assert_eq!(values[0]["npub"], npub.as_str());
 
     // A second author, same key: both values are kept, one per author.
     set(&nodes[2], &repos[2], "refs/heads/main", "def456");
     wait_values(n6, &repos[5], "refs/heads/main", &["abc123", "def456"]);
+    let by_npub = n6.ok_in(&repos[5], &["kv", "get", "refs/heads/main", "--author", &npub]);
+    assert!(by_npub.contains("abc123") && !by_npub.contains("def456") && by_npub.contains("n1 (.."), "{by_npub}");
 
     // rm: n1's tombstone hides n1's value, n3's stays.
     let out = n1.ok_in(&repos[0], &["kv", "rm", "refs/heads/main"]);
