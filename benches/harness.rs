@@ -48,6 +48,236 @@ fn rss_mib(pid: i32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Announcements in a network of `nodes` daemons (all bootstrap to the first): `commits` commits
+/// in the first node's repository; per node, from `git commit` returning until that node's
+/// feed stream has it; and until the last node has it. Plus the delivery ratio and RSS.
+fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
+    use git_p2p::control::proto::{Request, Response};
+    use git_p2p::control::Client;
+
+    let all: Vec<Node> = (0..nodes).map(|i| Node::new(&format!("m{i}"))).collect();
+    all[0].start();
+    let boot = all[0].tcp_addr();
+    let origin = all[0].repo("proj", 1);
+    let mut repos = vec![origin.clone()];
+    for node in &all[1..] {
+        node.config(&["p2p.bootstrap", &boot]);
+        node.git(&node.path("home"), &["clone", "-q", origin.to_str().expect("utf-8"), "proj"]);
+        repos.push(node.path("home/proj"));
+        node.start();
+    }
+    for (node, repo) in all.iter().zip(&repos) {
+        node.ok_in(repo, &["init"]);
+    }
+    support::eventually(Duration::from_secs(120), "every node to have peers", || {
+        all.iter().all(|n| n.peers().len() >= (nodes - 1).min(4)).then_some(())
+    });
+    let repo_id = all[0].git(&origin, &["rev-list", "--max-parents=0", "HEAD"]).trim().to_string();
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, String, Instant)>();
+    for (i, node) in all.iter().enumerate().skip(1) {
+        let mut follower = Client::connect(&paths(node)).expect("node");
+        follower.wait_forever().expect("socket");
+        let id = follower.send(Request::Follow { repo: repo_id.clone() }).expect("follow");
+        assert!(matches!(follower.next(id), Ok(Response::Following)));
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            while let Ok(Response::Announcement { entry }) = follower.next(id) {
+                if tx.send((i, entry.commit, Instant::now())).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    // Warm-up commit: the mesh forms.
+    time_commit(&all[0], &origin, 0, false);
+    let warm = all[0].git(&origin, &["rev-parse", "HEAD"]).trim().to_string();
+    let mut got = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < nodes - 1 && Instant::now() < deadline {
+        if let Ok((i, c, _)) = rx.recv_timeout(Duration::from_secs(1)) {
+            if c == warm {
+                got.insert(i);
+            }
+        }
+    }
+    let (mut per_node, mut until_all) = (Vec::new(), Vec::new());
+    let (mut delivered, mut expected) = (0usize, 0usize);
+    for k in 1..=commits {
+        let t0 = Instant::now();
+        let took = time_commit(&all[0], &origin, k, false);
+        let committed = t0 + Duration::from_secs_f64(took / 1000.0);
+        let commit = all[0].git(&origin, &["rev-parse", "HEAD"]).trim().to_string();
+        expected += nodes - 1;
+        let mut seen = std::collections::HashSet::new();
+        let mut last = committed;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while seen.len() < nodes - 1 && Instant::now() < deadline {
+            if let Ok((i, c, at)) = rx.recv_timeout(Duration::from_millis(200)) {
+                if c == commit && seen.insert(i) {
+                    per_node.push(ms(at.saturating_duration_since(committed)));
+                    last = last.max(at);
+                }
+            }
+        }
+        delivered += seen.len();
+        if seen.len() == nodes - 1 {
+            until_all.push(ms(last.saturating_duration_since(committed)));
+        }
+    }
+    let rss: Vec<f64> = all.iter().filter_map(|n| n.pid()).map(rss_mib).collect();
+    metrics.push(Metric { name: "announce_n_per_node", unit: "ms", samples: per_node, nodes, goal: "p99 <= 100 ms" });
+    metrics.push(Metric {
+        name: "announce_n_until_all",
+        unit: "ms",
+        samples: until_all,
+        nodes,
+        goal: "(all nodes have it)",
+    });
+    metrics.push(Metric {
+        name: "announce_n_delivery",
+        unit: "%",
+        samples: vec![100.0 * delivered as f64 / expected.max(1) as f64],
+        nodes,
+        goal: "100 %",
+    });
+    metrics.push(Metric { name: "rss_in_network", unit: "MiB", samples: rss, nodes, goal: "(per node)" });
+}
+
+/// Our gossip path against bare rust-libp2p: one message at a time from node A to node B.
+/// Ours: a signed chat message through A's control socket, validated, stored and streamed to a
+/// follower of B. Bare: two gossipsub swarms (same libp2p, TCP, same gossipsub settings) in this
+/// process, publish → `Message` event. The ratio is our overhead over the stack.
+fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
+    use git_p2p::control::proto::{RepoInfo, Request, Response};
+    use git_p2p::control::Client;
+    use git_p2p::proto::chat::{ChatMessage, KIND};
+    use git_p2p::proto::envelope::Envelope;
+
+    let alice = Node::new("galice");
+    let bob = Node::new("gbob");
+    bob.start();
+    alice.config(&["p2p.bootstrap", &bob.tcp_addr()]);
+    let repo = alice.repo("proj", 1);
+    bob.git(&bob.path("home"), &["clone", "-q", repo.to_str().expect("utf-8"), "proj"]);
+    alice.ok_in(&repo, &["init"]);
+    bob.ok_in(&bob.path("home/proj"), &["init"]);
+    support::eventually(Duration::from_secs(30), "alice and bob connected", || {
+        (!alice.peers().is_empty()).then_some(())
+    });
+    let repo_id = alice.git(&repo, &["rev-list", "--max-parents=0", "HEAD"]).trim().to_string();
+    let info = RepoInfo { id: repo_id.clone(), name: "proj".into() };
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let mut follower = Client::connect(&paths(&bob)).expect("bob's node");
+    follower.wait_forever().expect("socket");
+    let id = follower.send(Request::FollowChat { room: repo_id.clone() }).expect("follow");
+    assert!(matches!(follower.next(id), Ok(Response::Following)));
+    let mut sender = Client::connect(&paths(&alice)).expect("alice's node");
+    let mut ours = Vec::new();
+    for i in 0..=count {
+        let m =
+            ChatMessage { thread: None, text: format!("g{i} {}", "x".repeat(400)), name: None, nonce: format!("{i}") };
+        let envelope = Envelope::sign(&key, KIND, &repo_id, i as u64, m.to_body());
+        let t = Instant::now();
+        let _ = sender.request(Request::ChatSend { repo: info.clone(), envelope, thread: None });
+        loop {
+            match follower.next(id) {
+                Ok(Response::Chat { message }) if message.text.starts_with(&format!("g{i} ")) => break,
+                Ok(_) => {}
+                Err(e) => panic!("follower: {e}"),
+            }
+        }
+        if i > 0 {
+            ours.push(ms(t.elapsed())); // the first one waits for the mesh
+        }
+    }
+    let bare = bare_gossip(count);
+    let ratio = vec![median(&ours) / median(&bare)];
+    metrics.push(Metric { name: "gossip_2_nodes_ours", unit: "ms", samples: ours, nodes: 2, goal: "(vs bare)" });
+    metrics.push(Metric { name: "gossip_2_nodes_bare", unit: "ms", samples: bare, nodes: 2, goal: "(floor)" });
+    metrics.push(Metric { name: "gossip_ratio_p50", unit: "x", samples: ratio, nodes: 2, goal: "<= 1.2x" });
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Two bare gossipsub swarms on loopback TCP; `count` publish → receive latencies.
+fn bare_gossip(count: usize) -> Vec<f64> {
+    use libp2p::futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{gossipsub, noise, tcp, yamux};
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async move {
+        let make = || {
+            libp2p::SwarmBuilder::with_new_identity()
+                .with_tokio()
+                .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+                .expect("tcp")
+                .with_behaviour(|key| {
+                    let config = gossipsub::ConfigBuilder::default()
+                        .heartbeat_initial_delay(Duration::from_millis(500))
+                        .heartbeat_interval(Duration::from_secs(1))
+                        .validation_mode(gossipsub::ValidationMode::Strict)
+                        .build()
+                        .expect("config");
+                    gossipsub::Behaviour::<gossipsub::IdentityTransform, gossipsub::AllowAllSubscriptionFilter>::new(
+                        gossipsub::MessageAuthenticity::Signed(key.clone()),
+                        config,
+                    )
+                    .expect("gossipsub")
+                })
+                .expect("behaviour")
+                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+                .build()
+        };
+        let (mut a, mut b) = (make(), make());
+        let topic = gossipsub::IdentTopic::new("bench");
+        a.behaviour_mut().subscribe(&topic).expect("subscribe");
+        b.behaviour_mut().subscribe(&topic).expect("subscribe");
+        b.listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr")).expect("listen");
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = b.select_next_some().await {
+                break address;
+            }
+        };
+        a.dial(addr).expect("dial");
+        let b_id = *b.local_peer_id();
+        loop {
+            tokio::select! {
+                e = a.select_next_some() => {
+                    if let SwarmEvent::Behaviour(gossipsub::Event::Subscribed { peer_id, .. }) = e {
+                        if peer_id == b_id { break; }
+                    }
+                }
+                _ = b.select_next_some() => {}
+            }
+        }
+        let mut out = Vec::new();
+        for i in 0..=count {
+            let data = format!("g{i} {}", "x".repeat(600)).into_bytes();
+            let t = Instant::now();
+            if a.behaviour_mut().publish(topic.clone(), data).is_err() {
+                continue;
+            }
+            loop {
+                tokio::select! {
+                    e = b.select_next_some() => {
+                        if let SwarmEvent::Behaviour(gossipsub::Event::Message { .. }) = e { break; }
+                    }
+                    _ = a.select_next_some() => {}
+                }
+            }
+            if i > 0 {
+                out.push(ms(t.elapsed()));
+            }
+        }
+        out
+    })
+}
+
 /// The DHT: `nodes` daemons bootstrapping to the first; a warm node sets and gets keys through
 /// the control socket (what `git p2p kv` does, without the process start). Also records how many
 /// peers each query asked.
@@ -432,6 +662,9 @@ fn main() {
     });
 
     tui_first_frame(&mut metrics, if smoke { 2 } else { 20 });
+    gossip_vs_bare(&mut metrics, if smoke { 10 } else { 300 });
+    let many: usize = std::env::var("BENCH_NODES").ok().and_then(|n| n.parse().ok()).unwrap_or(50);
+    announce_many(&mut metrics, if smoke { 4 } else { many }, if smoke { 3 } else { 20 });
     kv_bench(&mut metrics, if smoke { 4 } else { 20 }, if smoke { 5 } else { 100 });
     chat_bench(&mut metrics, if smoke { 50 } else { 3000 });
 
