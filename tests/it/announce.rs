@@ -9,29 +9,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-/// Alice and Bob, connected, each with an initialised clone of the same repository.
-struct Pair {
-    alice: Node,
-    bob: Node,
-    alice_repo: PathBuf,
-    bob_repo: PathBuf,
-}
-
-fn pair() -> Pair {
-    let alice = Node::new("alice");
-    let bob = Node::new("bob");
-    bob.start();
-    alice.config(&["p2p.bootstrap", &bob.tcp_addr()]);
-    let alice_repo = alice.repo("proj", 1);
-    bob.git(&bob.path("home"), &["clone", "-q", alice_repo.to_str().unwrap(), "proj"]);
-    let bob_repo = bob.path("home/proj");
-    for (node, repo) in [(&alice, &alice_repo), (&bob, &bob_repo)] {
-        let out = node.run_in(repo, &["init"]);
-        assert!(out.status.success(), "{}: {}", node.name, stderr(&out));
-    }
-    Pair { alice, bob, alice_repo, bob_repo }
-}
-
 fn commit(node: &Node, repo: &Path, message: &str) -> String {
     let out = node.git(repo, &["commit", "-q", "--allow-empty", "-m", message]);
     assert!(out.is_empty(), "the hook is silent: {out}");

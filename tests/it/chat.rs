@@ -1,32 +1,12 @@
 //! Chat rooms headless (`--send`, `--tail`): delivery between nodes, threads per commit, bounds,
 //! and a message sent while the only other peer is down.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::support::*;
-
-struct Room {
-    alice: Node,
-    bob: Node,
-    alice_repo: PathBuf,
-    bob_repo: PathBuf,
-}
-
-fn room() -> Room {
-    let alice = Node::new("alice");
-    let bob = Node::new("bob");
-    bob.start();
-    alice.config(&["p2p.bootstrap", &bob.tcp_addr()]);
-    let alice_repo = alice.repo("proj", 1);
-    bob.git(&bob.path("home"), &["clone", "-q", alice_repo.to_str().unwrap(), "proj"]);
-    let bob_repo = bob.path("home/proj");
-    alice.ok_in(&alice_repo, &["init"]);
-    bob.ok_in(&bob_repo, &["init"]);
-    Room { alice, bob, alice_repo, bob_repo }
-}
 
 fn tail(node: &Node, repo: &Path, extra: &[&str]) -> Vec<Value> {
     let mut args = vec!["chat", "--tail", "--json"];
@@ -42,7 +22,7 @@ fn wait_for_text(node: &Node, repo: &Path, extra: &[&str], text: &str) -> Value 
 
 #[test]
 fn a_message_sent_by_alice_reaches_bobs_room() {
-    let Room { alice, bob, alice_repo, bob_repo } = room();
+    let Pair { alice, bob, alice_repo, bob_repo } = pair();
     // Wait until the room has a peer, so the message goes out at once.
     let sent = eventually(Duration::from_secs(20), "bob in alice's room", || {
         let out = alice.ok_in(&alice_repo, &["chat", "--send", "warm-up"]);
@@ -62,7 +42,7 @@ fn a_message_sent_by_alice_reaches_bobs_room() {
 
 #[test]
 fn a_commits_thread_is_its_own_room() {
-    let Room { alice, bob, alice_repo, bob_repo } = room();
+    let Pair { alice, bob, alice_repo, bob_repo } = pair();
     bob.ok_in(&bob_repo, &["chat", "--tail", "--commit"]);
     eventually(Duration::from_secs(20), "bob in the thread", || {
         alice
@@ -76,7 +56,7 @@ fn a_commits_thread_is_its_own_room() {
 
 #[test]
 fn follow_streams_new_messages() {
-    let Room { alice, bob, alice_repo, bob_repo } = room();
+    let Pair { alice, bob, alice_repo, bob_repo } = pair();
     let mut cmd = bob.command(&["chat", "--tail", "-f", "--json"]);
     cmd.current_dir(&bob_repo).stdout(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap();
@@ -106,7 +86,7 @@ fn follow_streams_new_messages() {
 
 #[test]
 fn a_message_sent_while_the_only_peer_is_down_arrives_when_it_returns() {
-    let Room { alice, bob, alice_repo, bob_repo } = room();
+    let Pair { alice, bob, alice_repo, bob_repo } = pair();
     eventually(Duration::from_secs(20), "bob in the room", || {
         alice.ok_in(&alice_repo, &["chat", "--send", "before"]).starts_with("sent").then_some(())
     });

@@ -257,6 +257,28 @@ impl Drop for Node {
     }
 }
 
+/// Alice and Bob: Bob's node runs, Alice bootstraps to it, and each has an initialised clone of
+/// Alice's repository `proj` (one commit), so both are in the same rooms and topics.
+pub struct Pair {
+    pub alice: Node,
+    pub bob: Node,
+    pub alice_repo: PathBuf,
+    pub bob_repo: PathBuf,
+}
+
+pub fn pair() -> Pair {
+    let alice = Node::new("alice");
+    let bob = Node::new("bob");
+    bob.start();
+    alice.config(&["p2p.bootstrap", &bob.tcp_addr()]);
+    let alice_repo = alice.repo("proj", 1);
+    bob.git(&bob.path("home"), &["clone", "-q", alice_repo.to_str().expect("utf-8 path"), "proj"]);
+    let bob_repo = bob.path("home/proj");
+    alice.ok_in(&alice_repo, &["init"]);
+    bob.ok_in(&bob_repo, &["init"]);
+    Pair { alice, bob, alice_repo, bob_repo }
+}
+
 /// Whether a process with this pid exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

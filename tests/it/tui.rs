@@ -77,15 +77,7 @@ impl Drop for Tmux {
 
 #[test]
 fn a_line_typed_in_alices_window_appears_on_bobs_screen() {
-    let alice = Node::new("alice");
-    let bob = Node::new("bob");
-    bob.start();
-    alice.config(&["p2p.bootstrap", &bob.tcp_addr()]);
-    let alice_repo = alice.repo("proj", 1);
-    bob.git(&bob.path("home"), &["clone", "-q", alice_repo.to_str().unwrap(), "proj"]);
-    let bob_repo = bob.path("home/proj");
-    alice.ok_in(&alice_repo, &["init"]);
-    bob.ok_in(&bob_repo, &["init"]);
+    let Pair { alice, bob, alice_repo, bob_repo } = pair();
     eventually(Duration::from_secs(20), "alice and bob connected", || (!alice.peers().is_empty()).then_some(()));
 
     let tmux = Tmux::new();
