@@ -1,5 +1,6 @@
 //! git-p2p: peer-to-peer collaboration for git repositories. See ARCHITECTURE.md for the map.
 
+pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod control;
