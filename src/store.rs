@@ -394,28 +394,27 @@ impl Store {
 
     /// The newest `limit` messages of a room, oldest first (the order a chat shows them in).
     pub fn chat_history(&self, room: &str, limit: usize) -> Result<Vec<ChatEntry>, StoreError> {
-        let txn = db(self.db.begin_read())?;
-        let table = db(txn.open_table(CHAT))?;
-        let mut out = Vec::new();
-        for item in db(table.range((room, 0)..=(room, u64::MAX)))?.rev() {
-            if out.len() >= limit {
-                break;
-            }
-            let (_, v) = db(item)?;
-            if let Ok(entry) = serde_json::from_slice(v.value()) {
-                out.push(entry);
-            }
-        }
+        let mut out = self.newest(CHAT, room, limit)?;
         out.reverse();
         Ok(out)
     }
 
     /// The newest `limit` announcements of a repo, newest first.
     pub fn feed(&self, repo: &str, limit: usize) -> Result<Vec<FeedEntry>, StoreError> {
+        self.newest(FEED, repo, limit)
+    }
+
+    /// The newest `limit` readable entries under `prefix` of a (prefix, seq) table, newest first.
+    fn newest<T: serde::de::DeserializeOwned>(
+        &self,
+        def: TableDefinition<(&str, u64), &[u8]>,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<T>, StoreError> {
         let txn = db(self.db.begin_read())?;
-        let table = db(txn.open_table(FEED))?;
+        let table = db(txn.open_table(def))?;
         let mut out = Vec::new();
-        for item in db(table.range((repo, 0)..=(repo, u64::MAX)))?.rev() {
+        for item in db(table.range((prefix, 0)..=(prefix, u64::MAX)))?.rev() {
             if out.len() >= limit {
                 break;
             }

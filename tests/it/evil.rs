@@ -260,16 +260,29 @@ fn bad_messages(eve: &Keypair, repo_id: &str) -> (Vec<Bad>, Bad) {
     (bad, ("oversized", oversized))
 }
 
-#[test]
-fn an_adversarial_peer_is_refused_and_the_node_keeps_running() {
+/// Bob: a real node with an initialised repository (so it is in the repo's topics).
+struct Bob {
+    bob: Node,
+    repo: std::path::PathBuf,
+    repo_id: String,
+    peer: PeerId,
+    pid: i32,
+}
+
+fn bob() -> Bob {
     let bob = Node::new("bob");
     bob.start();
     let repo = bob.repo("proj", 1);
-    let out = bob.run_in(&repo, &["init"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    bob.ok_in(&repo, &["init"]);
     let repo_id = bob.git(&repo, &["rev-list", "--max-parents=0", "HEAD"]).trim().to_string();
-    let bob_peer: PeerId = bob.peer_id().parse().expect("bob's peer id");
-    let bob_pid = bob.pid().expect("bob's node runs");
+    let peer = bob.peer_id().parse().expect("bob's peer id");
+    let pid = bob.pid().expect("bob's node runs");
+    Bob { bob, repo, repo_id, peer, pid }
+}
+
+#[test]
+fn an_adversarial_peer_is_refused_and_the_node_keeps_running() {
+    let Bob { bob, repo, repo_id, peer: bob_peer, pid: bob_pid } = bob();
 
     let topic = topic::commits(&repo_id);
     let topic_hash = topic.hash();
@@ -424,14 +437,7 @@ fn rss_kib(pid: i32) -> u64 {
 
 #[test]
 fn a_flood_of_chat_messages_is_rate_limited() {
-    let bob = Node::new("bob");
-    bob.start();
-    let repo = bob.repo("proj", 1);
-    let out = bob.run_in(&repo, &["init"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let repo_id = bob.git(&repo, &["rev-list", "--max-parents=0", "HEAD"]).trim().to_string();
-    let bob_peer: PeerId = bob.peer_id().parse().expect("bob's peer id");
-    let bob_pid = bob.pid().expect("bob's node runs");
+    let Bob { bob, repo, repo_id, peer: bob_peer, pid: bob_pid } = bob();
 
     let topic = topic::chat(&repo_id);
     let topic_hash = topic.hash();
