@@ -165,7 +165,7 @@ fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
         (!alice.peers().is_empty()).then_some(())
     });
     let repo_id = alice.git(&repo, &["rev-list", "--max-parents=0", "HEAD"]).trim().to_string();
-    let info = RepoInfo { id: repo_id.clone(), name: "proj".into() };
+    let info = RepoInfo { id: repo_id.clone(), name: "proj".into(), git_dir: None };
     // Many authors in turn: one author alone would hit the receivers' per-author rate limit.
     let authors: Vec<libp2p::identity::Keypair> =
         (0..50).map(|_| libp2p::identity::Keypair::generate_ed25519()).collect();
@@ -313,7 +313,7 @@ fn kv_bench(metrics: &mut Vec<Metric>, nodes: usize, ops: usize) {
     support::eventually(Duration::from_secs(60), "the DHT network to form", || {
         all.iter().all(|n| n.peers().len() >= (nodes - 1).min(8)).then_some(())
     });
-    let repo = RepoInfo { id: "b".repeat(40), name: "bench".into() };
+    let repo = RepoInfo { id: "b".repeat(40), name: "bench".into(), git_dir: None };
     let key_pair = libp2p::identity::Keypair::generate_ed25519();
     let (setter, getter) = (&all[1], &all[nodes - 1]);
     let mut set_client = Client::connect(&paths(setter)).expect("node");
@@ -431,7 +431,7 @@ fn chat_bench(metrics: &mut Vec<Metric>, count: usize) {
         [&alice, &bob, &carol].iter().all(|n| n.peers().len() == 2).then_some(())
     });
     let repo_id = alice.git(&repo, &["rev-list", "--max-parents=0", "HEAD"]).trim().to_string();
-    let info = RepoInfo { id: repo_id.clone(), name: "proj".into() };
+    let info = RepoInfo { id: repo_id.clone(), name: "proj".into(), git_dir: None };
     let authors: Vec<libp2p::identity::Keypair> =
         (0..100).map(|_| libp2p::identity::Keypair::generate_ed25519()).collect();
     let envelopes: Vec<Envelope> = (0..count)

@@ -86,6 +86,27 @@ impl RepoContext {
         self.workdir.is_none()
     }
 
+    /// What the node is told about this repository.
+    pub fn info(&self) -> crate::control::proto::RepoInfo {
+        crate::control::proto::RepoInfo {
+            id: self.repo_id.to_string(),
+            name: self.room_name.clone(),
+            // Absolute: the node runs elsewhere (a hook sees GIT_DIR=.git).
+            git_dir: Some(
+                std::path::absolute(&self.git_dir).unwrap_or_else(|_| self.git_dir.clone()).display().to_string(),
+            ),
+        }
+    }
+
+    /// `p2p.description` from the repository's config (local, then global), or empty.
+    pub fn description(&self) -> String {
+        self.handle
+            .config_snapshot()
+            .string("p2p.description")
+            .map(|d| d.to_str_lossy().trim().to_owned())
+            .unwrap_or_default()
+    }
+
     /// What an announcement says about the commit `rev` names (HEAD, a branch, an id...).
     pub fn commit_info(&self, rev: &str) -> Result<CommitInfo, GitError> {
         let repo = &self.handle;

@@ -72,7 +72,7 @@ mod tests {
         let key = libp2p::identity::Keypair::generate_ed25519();
         let entries: Vec<OutboxEntry> = (0..3)
             .map(|i| OutboxEntry {
-                repo: RepoInfo { id: "r".into(), name: "n".into() },
+                repo: RepoInfo { id: "r".into(), name: "n".into(), git_dir: None },
                 envelope: Envelope::sign(&key, "announce", "r", i, "{}".into()),
                 thread: None,
             })

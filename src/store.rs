@@ -38,6 +38,12 @@ pub const MAX_CHAT_PER_ROOM: usize = 1000;
 const DHT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dht");
 /// (repo, key) -> unix ms of our last write: the keys this node published (`kv ls`)
 const KV_OWN: TableDefinition<(&str, &str), u64> = TableDefinition::new("kv_own");
+/// Repo id -> its git dir on this machine (read by the Nostr bridge; never published).
+const REPO_DIRS: TableDefinition<&str, &str> = TableDefinition::new("repo_dirs");
+/// Signed Nostr events waiting for relays to accept them: seq -> JSON [`NostrPending`].
+const NOSTR_OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("nostr_outbox");
+/// What we last queued for each replaceable event (`kind:d`): JSON [`NostrLast`].
+const NOSTR_LAST: TableDefinition<&str, &[u8]> = TableDefinition::new("nostr_last");
 
 /// A Kademlia record as stored: the expiry is wall-clock time, so it survives restarts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -131,6 +137,9 @@ impl Store {
         db(txn.open_table(CHAT_SEEN))?;
         db(txn.open_table(DHT))?;
         db(txn.open_table(KV_OWN))?;
+        db(txn.open_table(REPO_DIRS))?;
+        db(txn.open_table(NOSTR_OUTBOX))?;
+        db(txn.open_table(NOSTR_LAST))?;
         db(txn.commit())?;
         Ok(Self { db: std::sync::Arc::new(database) })
     }
@@ -190,18 +199,157 @@ impl Store {
     pub fn add_repo(&self, repo: &RepoInfo) -> Result<(), StoreError> {
         let txn = db(self.db.begin_write())?;
         db(db(txn.open_table(REPOS))?.insert(repo.id.as_str(), repo.name.as_str()))?;
+        if let Some(dir) = &repo.git_dir {
+            db(db(txn.open_table(REPO_DIRS))?.insert(repo.id.as_str(), dir.as_str()))?;
+        }
         db(txn.commit())
     }
 
     pub fn repos(&self) -> Result<Vec<RepoInfo>, StoreError> {
         let txn = db(self.db.begin_read())?;
         let table = db(txn.open_table(REPOS))?;
+        let dirs = db(txn.open_table(REPO_DIRS))?;
         let mut out = Vec::new();
         for item in db(table.iter())? {
             let (k, v) = db(item)?;
-            out.push(RepoInfo { id: k.value().to_string(), name: v.value().to_string() });
+            let git_dir = db(dirs.get(k.value()))?.map(|d| d.value().to_string());
+            out.push(RepoInfo { id: k.value().to_string(), name: v.value().to_string(), git_dir });
         }
         Ok(out)
+    }
+}
+
+/// A signed Nostr event and the relays that have not accepted it yet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NostrPending {
+    /// The event's id (hex).
+    pub id: String,
+    /// The event as JSON, signed once: retries send exactly these bytes.
+    pub event: String,
+    pub relays: Vec<String>,
+    /// For a replaceable event, its `kind:d`: a newer one of the same replaces it in the queue.
+    pub replaces: Option<String>,
+}
+
+/// The last replaceable event queued under a `kind:d`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NostrLast {
+    /// Digest of what the event says, to tell whether a new one is needed.
+    pub digest: String,
+    pub created_at: u64,
+}
+
+impl Store {
+    /// Queues a signed event. A replaceable event (`replaces` set) drops queued older ones of the
+    /// same `kind:d` (relays keep only the newest anyway) and records `last`. With `durable`
+    /// false the caller syncs before acknowledging (group commit).
+    pub fn nostr_queue(
+        &self,
+        pending: &NostrPending,
+        last: Option<&NostrLast>,
+        durable: bool,
+    ) -> Result<u64, StoreError> {
+        let mut txn = db(self.db.begin_write())?;
+        if !durable {
+            let _ = txn.set_durability(redb::Durability::None);
+        }
+        let seq = {
+            let mut table = db(txn.open_table(NOSTR_OUTBOX))?;
+            // Taken before dropping replaced entries: a number is never used twice, so a sender
+            // still holding a replaced entry cannot mark its successor as accepted.
+            let seq = db(table.last())?.map(|(k, _)| k.value()).unwrap_or(0) + 1;
+            if let Some(key) = &pending.replaces {
+                let mut stale = Vec::new();
+                for item in db(table.iter())? {
+                    let (k, v) = db(item)?;
+                    if serde_json::from_slice::<NostrPending>(v.value()).is_ok_and(|p| p.replaces.as_ref() == Some(key))
+                    {
+                        stale.push(k.value());
+                    }
+                }
+                for seq in stale {
+                    db(table.remove(seq))?;
+                }
+                if let Some(last) = last {
+                    let bytes = serde_json::to_vec(last).expect("plain structs serialise");
+                    db(db(txn.open_table(NOSTR_LAST))?.insert(key.as_str(), bytes.as_slice()))?;
+                }
+            }
+            let bytes = serde_json::to_vec(pending).expect("plain structs serialise");
+            db(table.insert(seq, bytes.as_slice()))?;
+            seq
+        };
+        db(txn.commit())?;
+        Ok(seq)
+    }
+
+    pub fn nostr_last(&self, key: &str) -> Result<Option<NostrLast>, StoreError> {
+        let txn = db(self.db.begin_read())?;
+        let table = db(txn.open_table(NOSTR_LAST))?;
+        Ok(db(table.get(key))?.and_then(|v| serde_json::from_slice(v.value()).ok()))
+    }
+
+    /// Every queued event, oldest first.
+    pub fn nostr_pending(&self) -> Result<Vec<(u64, NostrPending)>, StoreError> {
+        let txn = db(self.db.begin_read())?;
+        let table = db(txn.open_table(NOSTR_OUTBOX))?;
+        let mut out = Vec::new();
+        for item in db(table.iter())? {
+            let (k, v) = db(item)?;
+            match serde_json::from_slice(v.value()) {
+                Ok(p) => out.push((k.value(), p)),
+                Err(e) => tracing::warn!(seq = k.value(), error = %e, "unreadable Nostr outbox entry kept"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// `relay` accepted event `id` queued as `seq`; the entry goes once every relay has. Durable.
+    pub fn nostr_accepted(&self, seq: u64, id: &str, relay: &str) -> Result<(), StoreError> {
+        let txn = db(self.db.begin_write())?;
+        {
+            let mut table = db(txn.open_table(NOSTR_OUTBOX))?;
+            let current: Option<NostrPending> =
+                db(table.get(seq))?.and_then(|v| serde_json::from_slice(v.value()).ok());
+            if let Some(mut p) = current.filter(|p| p.id == id) {
+                p.relays.retain(|r| r != relay);
+                if p.relays.is_empty() {
+                    db(table.remove(seq))?;
+                } else {
+                    let bytes = serde_json::to_vec(&p).expect("plain structs serialise");
+                    db(table.insert(seq, bytes.as_slice()))?;
+                }
+            }
+        }
+        db(txn.commit())
+    }
+
+    /// Forgets relays no longer configured, so their events do not wait forever.
+    pub fn nostr_keep_relays(&self, relays: &[String]) -> Result<(), StoreError> {
+        let txn = db(self.db.begin_write())?;
+        {
+            let mut table = db(txn.open_table(NOSTR_OUTBOX))?;
+            let mut changed = Vec::new();
+            for item in db(table.iter())? {
+                let (k, v) = db(item)?;
+                if let Ok(mut p) = serde_json::from_slice::<NostrPending>(v.value()) {
+                    let before = p.relays.len();
+                    p.relays.retain(|r| relays.contains(r));
+                    if p.relays.len() != before {
+                        changed.push((k.value(), p));
+                    }
+                }
+            }
+            for (seq, p) in changed {
+                if p.relays.is_empty() {
+                    db(table.remove(seq))?;
+                } else {
+                    let bytes = serde_json::to_vec(&p).expect("plain structs serialise");
+                    db(table.insert(seq, bytes.as_slice()))?;
+                }
+            }
+        }
+        db(txn.commit())
     }
 }
 
@@ -431,6 +579,48 @@ impl Store {
 mod tests {
     use super::*;
 
+    fn pending(id: &str, relays: &[&str], replaces: Option<&str>) -> NostrPending {
+        NostrPending {
+            id: id.into(),
+            event: format!("{{\"id\":\"{id}\"}}"),
+            relays: relays.iter().map(|r| r.to_string()).collect(),
+            replaces: replaces.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn nostr_outbox_replaces_states_and_never_reuses_a_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = Store::open(&path).unwrap();
+        let last = |t| NostrLast { digest: format!("d{t}"), created_at: t };
+        let a = store.nostr_queue(&pending("ann", &["r1", "r2"], Some("30617:p")), Some(&last(1)), true).unwrap();
+        let s1 = store.nostr_queue(&pending("s1", &["r1", "r2"], Some("30618:p")), Some(&last(2)), true).unwrap();
+        let c = store.nostr_queue(&pending("c", &["r1", "r2"], None), None, false).unwrap();
+        let s2 = store.nostr_queue(&pending("s2", &["r1", "r2"], Some("30618:p")), Some(&last(3)), true).unwrap();
+        assert!(a < s1 && s1 < c && c < s2);
+        let ids: Vec<String> = store.nostr_pending().unwrap().into_iter().map(|(_, p)| p.id).collect();
+        assert_eq!(ids, ["ann", "c", "s2"], "the newer state replaced the older one, in place at the end");
+        assert_eq!(store.nostr_last("30618:p").unwrap(), Some(last(3)));
+
+        // A sender that still held s1 reports it accepted: s2 stays.
+        store.nostr_accepted(s1, "s1", "r1").unwrap();
+        store.nostr_accepted(s2, "s1", "r1").unwrap();
+        store.nostr_accepted(a, "ann", "r1").unwrap();
+        let left: Vec<(String, Vec<String>)> =
+            store.nostr_pending().unwrap().into_iter().map(|(_, p)| (p.id, p.relays)).collect();
+        assert_eq!(left[0], ("ann".into(), vec!["r2".into()]), "waits for the other relay");
+        assert_eq!(left[2], ("s2".into(), vec!["r1".into(), "r2".into()]));
+
+        // r2 is no longer configured: nothing waits for it; fully accepted entries go.
+        store.nostr_keep_relays(&["r1".into()]).unwrap();
+        store.nostr_accepted(s2, "s2", "r1").unwrap();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        let left: Vec<String> = store.nostr_pending().unwrap().into_iter().map(|(_, p)| p.id).collect();
+        assert_eq!(left, ["c"], "kept across a reopen");
+    }
+
     #[test]
     fn address_book_survives_reopen_and_merges_addresses() {
         let dir = tempfile::tempdir().unwrap();
@@ -439,14 +629,19 @@ mod tests {
             let store = Store::open(&path).unwrap();
             store.remember_peer("alice", &["/ip4/127.0.0.1/tcp/1".into()], Some("Alice")).unwrap();
             store.remember_peer("alice", &["/ip4/127.0.0.1/tcp/2".into()], None).unwrap();
-            store.add_repo(&RepoInfo { id: "aa".into(), name: "proj".into() }).unwrap();
+            store
+                .add_repo(&RepoInfo { id: "aa".into(), name: "proj".into(), git_dir: Some("/tmp/proj/.git".into()) })
+                .unwrap();
         }
         let store = Store::open(&path).unwrap();
         let peers = store.known_peers().unwrap();
         assert_eq!(peers.len(), 1);
         assert_eq!(peers[0].1.addrs, vec!["/ip4/127.0.0.1/tcp/2", "/ip4/127.0.0.1/tcp/1"]);
         assert_eq!(peers[0].1.name.as_deref(), Some("Alice"), "a name is kept when a later update has none");
-        assert_eq!(store.repos().unwrap(), vec![RepoInfo { id: "aa".into(), name: "proj".into() }]);
+        assert_eq!(
+            store.repos().unwrap(),
+            vec![RepoInfo { id: "aa".into(), name: "proj".into(), git_dir: Some("/tmp/proj/.git".into()) }]
+        );
     }
 
     #[test]

@@ -69,10 +69,13 @@ pub fn announcement(
     EventBuilder::new(Kind::GitRepoAnnouncement, "").tags(tags).custom_created_at(created_at).sign_with_keys(keys)
 }
 
-/// Kind 30618: this author's refs (`refs/heads/*`, `refs/tags/*` → id) and HEAD.
+/// Kind 30618: this author's refs (`refs/heads/*`, `refs/tags/*` → id) and HEAD, with the root
+/// commit (`r` … `euc`, as in the announcement) so a state can be matched to its repository by
+/// content as well as by `d`.
 pub fn state(
     keys: &Keys,
     identifier: &str,
+    euc: &str,
     refs: &[(String, String)],
     head_branch: Option<&str>,
     created_at: Timestamp,
@@ -86,6 +89,7 @@ pub fn state(
     if let Some(branch) = head_branch {
         tags.push(tag("HEAD", [format!("ref: refs/heads/{branch}")]));
     }
+    tags.push(tag("r", [euc.to_string(), "euc".to_string()]));
     EventBuilder::new(Kind::RepoState, "").tags(tags).custom_created_at(created_at).sign_with_keys(keys)
 }
 
@@ -161,7 +165,7 @@ mod tests {
             ("refs/tags/v1".to_string(), "d".repeat(40)),
             ("refs/notes/commits".to_string(), "e".repeat(40)),
         ];
-        let e = state(&keys, "proj", &refs, Some("main"), Timestamp::from(5)).unwrap();
+        let e = state(&keys, "proj", &"a".repeat(40), &refs, Some("main"), Timestamp::from(5)).unwrap();
         assert_eq!(e.kind, Kind::from(30618));
         assert_eq!(
             tags(&e),
@@ -170,6 +174,7 @@ mod tests {
                 vec!["refs/heads/main".to_string(), "c".repeat(40)],
                 vec!["refs/tags/v1".to_string(), "d".repeat(40)],
                 s(&["HEAD", "ref: refs/heads/main"]),
+                vec!["r".to_string(), "a".repeat(40), "euc".to_string()],
             ]
         );
     }

@@ -8,7 +8,7 @@
 use std::io::Write;
 
 use super::{one_line, AnnounceArgs, Ctx};
-use crate::control::proto::{RepoInfo, Request, Response};
+use crate::control::proto::{Request, Response};
 use crate::control::{client, Client, ClientError};
 use crate::identity::Identity;
 use crate::proto::announce::{Announcement, KIND};
@@ -41,7 +41,7 @@ fn announce(ctx: &Ctx, rev: &str, hook: bool) -> anyhow::Result<(String, Option<
     let announcement = Announcement::new(&commit, repo.user_name.as_deref());
     let envelope =
         Envelope::sign(&key, KIND, repo.repo_id.as_str(), crate::store::unix_now_ms(), announcement.to_body());
-    let repo_info = RepoInfo { id: repo.repo_id.to_string(), name: repo.room_name.clone() };
+    let repo_info = repo.info();
     if hook {
         crate::spool::write(&paths.data_dir, &OutboxEntry { repo: repo_info, envelope, thread: None })?;
         match Client::notify(paths, Request::IngestSpool) {

@@ -19,7 +19,7 @@ pub fn run(ctx: &Ctx, args: &ChatArgs, out: &mut dyn Write) -> anyhow::Result<()
         Some(rev) => Some(repo.commit_info(rev)?.id),
         None => None,
     };
-    let repo_info = RepoInfo { id: repo.repo_id.to_string(), name: repo.room_name.clone() };
+    let repo_info = repo.info();
     let room = room_id(&repo_info.id, thread.as_deref());
     if let Some(text) = &args.send {
         let message =
@@ -30,12 +30,14 @@ pub fn run(ctx: &Ctx, args: &ChatArgs, out: &mut dyn Write) -> anyhow::Result<()
         paths.ensure()?;
         let key = Identity::load_or_create_libp2p(&paths.data_dir)?;
         let envelope = Envelope::sign(&key, KIND, &repo_info.id, crate::store::unix_now_ms(), message.to_body());
-        let Response::ChatSent { peers, .. } =
+        let Response::ChatSent { peers, id } =
             ctx.client()?.request(Request::ChatSend { repo: repo_info, envelope, thread })?
         else {
             anyhow::bail!("unexpected answer from the node");
         };
-        if peers == 0 {
+        if args.json {
+            writeln!(out, "{}", serde_json::json!({ "id": id, "peers": peers }))?;
+        } else if peers == 0 {
             writeln!(out, "queued: no peer in the room yet; it goes out when one joins")?;
         } else {
             writeln!(out, "sent to {peers} peer{}", if peers == 1 { "" } else { "s" })?;
@@ -104,10 +106,7 @@ fn window(
     }
     let paths = ctx.paths()?.clone();
     ctx.client()?; // starts the node if needed
-    let status = match client_status(&paths) {
-        Some(s) if !s.config.relays.is_empty() => format!("{} relay(s), bridge not yet running", s.config.relays.len()),
-        _ => "off".to_string(),
-    };
+    let status = client_status(&paths).map(|s| super::nostr::summary(&s.nostr)).unwrap_or_else(|| "off".to_string());
     let header = crate::tui::app::Header {
         room: repo.room_name.clone(),
         repo_short: repo.repo_id.short().to_string(),

@@ -113,7 +113,11 @@ fn print_status(s: &NodeStatus, out: &mut dyn Write) -> anyhow::Result<()> {
     if s.config.relays.is_empty() {
         writeln!(out, "nostr      off (no p2p.relay configured)")?;
     } else {
-        writeln!(out, "nostr      {} relay(s) configured: {}", s.config.relays.len(), s.config.relays.join(", "))?;
+        writeln!(out, "nostr      {}", super::nostr::summary(&s.nostr))?;
+        for r in &s.nostr.relays {
+            let error = r.last_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
+            writeln!(out, "           {} {}{error}", r.url, r.state)?;
+        }
     }
     for (i, r) in s.repos.iter().enumerate() {
         writeln!(out, "{:<10} {} ({})", if i == 0 { "repos" } else { "" }, r.name, &r.id[..r.id.len().min(12)])?;

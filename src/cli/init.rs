@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use super::Ctx;
-use crate::control::proto::{RepoInfo, Request};
+use crate::control::proto::Request;
 
 pub fn run(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<()> {
     let repo = ctx.repo()?;
@@ -13,7 +13,7 @@ pub fn run(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     let hooks = super::hooks::install(ctx)?;
     let mut client = ctx.client()?;
-    let info = RepoInfo { id: repo.repo_id.to_string(), name: repo.room_name.clone() };
+    let info = repo.info();
     client.request(Request::RegisterRepo { repo: info })?;
     writeln!(out, "{hooks}")?;
     writeln!(out, "registered {} (repo id {}) with the node", repo.room_name, repo.repo_id.short())?;

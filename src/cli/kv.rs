@@ -9,7 +9,7 @@ use crate::proto::kv::{validate_key, Entry, MAX_VALUE};
 
 pub fn run(ctx: &Ctx, command: KvCommand, out: &mut dyn Write) -> anyhow::Result<std::process::ExitCode> {
     let repo = ctx.repo()?;
-    let info = RepoInfo { id: repo.repo_id.to_string(), name: repo.room_name.clone() };
+    let info = repo.info();
     match command {
         KvCommand::Set { key, value, file } => {
             validate_key(&key)?;

@@ -11,6 +11,7 @@ mod id;
 mod init;
 mod kv;
 mod log;
+mod nostr;
 mod notes;
 mod peers;
 mod refs;
@@ -113,8 +114,8 @@ pub struct ChatArgs {
     /// With --tail: follow new messages
     #[arg(short, long, requires = "tail")]
     pub follow: bool,
-    /// With --tail: print JSON, one message per line
-    #[arg(long, requires = "tail")]
+    /// Print JSON: with --tail one message per line, with --send the message id and peer count
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -329,13 +330,9 @@ fn run(ctx: &Ctx, command: Command, out: &mut dyn Write) -> anyhow::Result<ExitC
         Command::Refs(args) => refs::run(ctx, args, out)?,
         Command::Notes(cmd) => notes::run(ctx, cmd, out)?,
         Command::Hooks(cmd) => hooks::run(ctx, cmd, out)?,
-        Command::Nostr(_) => not_yet("nostr")?,
+        Command::Nostr(cmd) => nostr::run(ctx, cmd, out)?,
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn not_yet(command: &str) -> anyhow::Result<()> {
-    anyhow::bail!("'git p2p {command}' is not yet implemented")
 }
 
 /// The clap definition, for man page generation.

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 
 use super::{Ctx, NotesCommand};
-use crate::control::proto::{RepoInfo, Request, Response};
+use crate::control::proto::{Request, Response};
 use crate::identity::Identity;
 use crate::proto::kv::{Record, MAX_VALUE};
 
@@ -30,7 +30,7 @@ fn get(ctx: &Ctx, repo: &str, key: &str) -> anyhow::Result<Option<Record>> {
 
 pub fn run(ctx: &Ctx, command: NotesCommand, out: &mut dyn Write) -> anyhow::Result<()> {
     let repo = ctx.repo()?;
-    let info = RepoInfo { id: repo.repo_id.to_string(), name: repo.room_name.clone() };
+    let info = repo.info();
     match command {
         NotesCommand::Push { notes_ref } => {
             let short = short_ref(&notes_ref);

@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use super::{Ctx, RefsArgs, RefsCommand};
-use crate::control::proto::{RepoInfo, Request, Response};
+use crate::control::proto::{Request, Response};
 use crate::identity::Identity;
 use crate::proto::kv::{MAX_VALUE, REFS_KEY};
 
 pub fn run(ctx: &Ctx, args: RefsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let repo = ctx.repo()?;
-    let info = RepoInfo { id: repo.repo_id.to_string(), name: repo.room_name.clone() };
+    let info = repo.info();
     if let Some(RefsCommand::Publish) = args.command {
         let refs: BTreeMap<String, String> = repo.branches_and_tags()?.into_iter().collect();
         let index = serde_json::to_vec(&refs)?;

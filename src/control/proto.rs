@@ -55,6 +55,8 @@ pub enum Request {
     KvGet { repo: String, key: String },
     /// The keys this node wrote in the repo.
     KvList { repo: String },
+    /// The Nostr bridge: relays, their state, events waiting.
+    NostrStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -116,6 +118,32 @@ pub enum Response {
     KvKeys {
         keys: Vec<(String, u64)>,
     },
+    Nostr(NostrStatus),
+}
+
+/// The Nostr bridge as the node sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NostrStatus {
+    /// False when no relay is configured (`p2p.relay`): nothing is published.
+    pub enabled: bool,
+    /// The key events are signed with.
+    pub npub: String,
+    pub relays: Vec<RelayState>,
+    /// Events not yet accepted by every relay they are for.
+    pub pending: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RelayState {
+    pub url: String,
+    /// connected, connecting, disconnected, invalid (a URL that cannot be a relay), ...
+    pub state: String,
+    /// Events this relay accepted (OK true) since the node started.
+    pub accepted: u64,
+    /// Events waiting for this relay.
+    pub pending: usize,
+    /// The last refusal or failure, as the relay or the connection put it.
+    pub last_error: Option<String>,
 }
 
 /// A chat message as kept in a room's history.
@@ -133,6 +161,10 @@ pub struct ChatEntry {
     pub received_at: u64,
     /// Sent by this node's user.
     pub own: bool,
+    /// Where it came from when not from a git-p2p peer: "nostr" for a plain Nostr comment
+    /// (then `peer` is the author's npub).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// What the node streams to followers.
@@ -167,6 +199,10 @@ pub struct RepoInfo {
     pub id: String,
     /// Room name (normalised origin URL or directory name).
     pub name: String,
+    /// The repository's git dir on this machine, for the node's Nostr bridge (which reads its
+    /// refs, remotes and description). Local only: never sent to peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_dir: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -188,6 +224,8 @@ pub struct NodeStatus {
     pub known_peers: usize,
     pub repos: Vec<RepoInfo>,
     pub config: ConfigInForce,
+    #[serde(default)]
+    pub nostr: NostrStatus,
 }
 
 /// The settings the node started with (it re-reads git config only on restart).
@@ -295,7 +333,9 @@ mod tests {
             Request::Status,
             Request::Peers,
             Request::Shutdown,
-            Request::RegisterRepo { repo: RepoInfo { id: "ab".repeat(20), name: "github.com/a/b".into() } },
+            Request::RegisterRepo {
+                repo: RepoInfo { id: "ab".repeat(20), name: "github.com/a/b".into(), git_dir: None },
+            },
         ] {
             let line = encode(&RequestFrame::new(7, req.clone()));
             assert_eq!(line.last(), Some(&b'\n'));

@@ -18,8 +18,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::behaviour::{name_from_agent, Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, KAD_PROTOCOL};
 use super::peers::{PeerTable, Redial};
+use crate::bridge::{Bridge, Inbound};
 use crate::control::proto::{
-    ChatEntry, ConfigInForce, FeedEntry, NodeEvent, NodeStatus, Outcome, RepoInfo, Request, Response,
+    ChatEntry, ConfigInForce, FeedEntry, NodeEvent, NodeStatus, NostrStatus, Outcome, RepoInfo, Request, Response,
 };
 use crate::proto::announce::Announcement;
 use crate::proto::chat::ChatMessage;
@@ -94,6 +95,8 @@ pub struct NodeInfo {
     /// The user's libp2p key: signs the DHT entries the node writes for its own announcements.
     pub key: libp2p::identity::Keypair,
     pub npub: String,
+    /// The user's Nostr key: signs what the bridge publishes.
+    pub nostr: nostr::Keys,
     pub name: Option<String>,
     pub data_dir: String,
     pub socket: String,
@@ -124,13 +127,18 @@ pub struct EventLoop {
     /// Every topic we are subscribed to, and what it carries.
     rooms: std::collections::HashMap<TopicHash, Room>,
     /// Chat rate limiter: author -> (tokens, last refill).
-    chat_tokens: std::collections::HashMap<PeerId, (f64, Instant)>,
+    chat_tokens: std::collections::HashMap<String, (f64, Instant)>,
     /// Chat history was written without fsync since the last tick.
     unsynced: bool,
     /// Writes of the current command batch that must be synced before it is answered.
     unsynced_acks: bool,
     /// Control requests waiting for a DHT query.
     pending_kad: std::collections::HashMap<libp2p::kad::QueryId, PendingKad>,
+    /// The Nostr bridge, when relays are configured.
+    bridge: Option<Bridge>,
+    /// What the bridge heard from relays. The sender is kept so the channel never closes.
+    inbound: mpsc::Receiver<Inbound>,
+    _inbound_tx: mpsc::Sender<Inbound>,
 }
 
 impl EventLoop {
@@ -142,6 +150,8 @@ impl EventLoop {
         bootstrap: &[crate::config::Bootstrap],
         events: broadcast::Sender<NodeEvent>,
     ) -> Self {
+        let (inbound_tx, inbound) = mpsc::channel(crate::bridge::INBOUND_QUEUE);
+        let bridge = Bridge::start(store.clone(), info.nostr.clone(), &info.config.relays, inbound_tx.clone());
         let mut this = Self {
             swarm,
             commands,
@@ -161,6 +171,9 @@ impl EventLoop {
             unsynced: false,
             unsynced_acks: false,
             pending_kad: Default::default(),
+            bridge,
+            inbound,
+            _inbound_tx: inbound_tx,
         };
         let now = Instant::now();
         for b in bootstrap {
@@ -224,6 +237,7 @@ impl EventLoop {
                     }
                 }
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
+                Some(message) = self.inbound.recv() => self.receive_from_nostr(message),
                 _ = tick.tick() => {
                     if self.orphaned() {
                         tracing::warn!("the data dir is gone, stopping");
@@ -434,9 +448,11 @@ impl EventLoop {
                 if let Err(e) = self.store.add_repo(&repo) {
                     return Outcome::Error(format!("cannot register the repo: {e}"));
                 }
-                self.join_repo(repo);
+                self.join_repo(repo.clone());
+                self.repo_changed(&repo);
                 Outcome::Ok(Response::Done)
             }
+            Request::NostrStatus => Outcome::Ok(Response::Nostr(self.nostr_status())),
             Request::Shutdown => Outcome::Ok(Response::Done),
             Request::Announce { repo, envelope } => self.announce(repo, envelope),
             Request::IngestSpool => {
@@ -477,6 +493,12 @@ impl EventLoop {
         };
         self.join_repo(repo.clone());
         let topic = self.join_room(&repo.id, thread.clone());
+        if let (Some(bridge), None) = (&self.bridge, &thread) {
+            match bridge.comment(&repo, &message.text, &envelope) {
+                Ok(()) => self.unsynced_acks = true,
+                Err(e) => tracing::warn!(error = %e, "cannot queue the message for Nostr"),
+            }
+        }
         let entry = chat_entry(&envelope, author, message, true);
         let id = entry.id.clone();
         match self.store.chat_insert(&entry) {
@@ -523,7 +545,7 @@ impl EventLoop {
     }
 
     /// Token bucket per author: true if this message may be stored.
-    fn chat_allowed(&mut self, author: PeerId, now: Instant) -> bool {
+    fn chat_allowed(&mut self, author: String, now: Instant) -> bool {
         if self.chat_tokens.len() >= CHAT_RATE_AUTHORS {
             // Forget authors whose bucket has refilled anyway; active ones keep their state.
             let full = Duration::from_secs_f64(CHAT_BURST / CHAT_RATE);
@@ -550,7 +572,7 @@ impl EventLoop {
         if envelope.repo != repo.id {
             return Outcome::Error("announcement and repo disagree on the repo id".into());
         }
-        if !self.repos.iter().any(|r| r.id == repo.id) {
+        if !self.repos.iter().any(|r| r.id == repo.id && (r.git_dir == repo.git_dir || repo.git_dir.is_none())) {
             if let Err(e) = self.store.add_repo(&repo) {
                 return Outcome::Error(format!("cannot register the repo: {e}"));
             }
@@ -559,6 +581,7 @@ impl EventLoop {
         match self.store.outbox_push(&entry) {
             Ok(seq) => {
                 self.publish_ref(&entry);
+                self.repo_changed(&entry.repo);
                 self.outbox.push_back((seq, entry));
             }
             Err(e) => return Outcome::Error(format!("cannot store the announcement: {e}")),
@@ -601,7 +624,7 @@ impl EventLoop {
         let who = crate::proto::kv::Who { name: self.info.name.clone(), npub: Some(self.info.npub.clone()) };
         match crate::proto::kv::Entry::sign_as(&self.info.key, repo, key, Some(value), now, now, who) {
             Ok(entry) => {
-                let info = RepoInfo { id: repo.to_string(), name: String::new() };
+                let info = RepoInfo { id: repo.to_string(), name: String::new(), git_dir: None };
                 if let Answer::Now(Outcome::Error(e)) = self.kv_put(info, key.to_string(), entry) {
                     tracing::warn!(%key, error = %e, "cannot publish a ref");
                 }
@@ -616,6 +639,12 @@ impl EventLoop {
             match self.store.outbox_push(&entry) {
                 Ok(seq) => {
                     self.publish_ref(&entry);
+                    if entry.thread.is_none() && entry.envelope.kind == crate::proto::announce::KIND {
+                        if let Err(e) = self.store.add_repo(&entry.repo) {
+                            tracing::warn!(error = %e, "cannot register the repo");
+                        }
+                        self.repo_changed(&entry.repo);
+                    }
                     self.outbox.push_back((seq, entry));
                     // Stored durably: now the file may go. A crash in between queues it twice,
                     // which receivers de-duplicate.
@@ -711,30 +740,41 @@ impl EventLoop {
         envelope: Envelope,
         thread: Option<String>,
     ) -> gossipsub::MessageAcceptance {
+        self.accept_chat(message.source, envelope, thread)
+    }
+
+    /// Checks a room message (from gossip, or bridged through Nostr) and stores it if new.
+    fn accept_chat(
+        &mut self,
+        source: Option<PeerId>,
+        envelope: Envelope,
+        thread: Option<String>,
+    ) -> gossipsub::MessageAcceptance {
         use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
         let author = match envelope.verify() {
             Ok(author) => author,
             Err(e) => {
-                tracing::debug!(source = ?message.source, error = %e, "rejected chat message");
+                tracing::debug!(?source, error = %e, "rejected chat message");
                 return Reject;
             }
         };
         let chat = match ChatMessage::from_envelope(&envelope) {
             Ok(m) if m.thread == thread => m,
             Ok(_) => {
-                tracing::debug!(source = ?message.source, "rejected chat message for another thread");
+                tracing::debug!(?source, "rejected chat message for another thread");
                 return Reject;
             }
             Err(e) => {
-                tracing::debug!(source = ?message.source, error = %e, "rejected chat message");
+                tracing::debug!(?source, error = %e, "rejected chat message");
                 return Reject;
             }
         };
-        if !self.chat_allowed(author, Instant::now()) {
+        if !self.chat_allowed(author.to_string(), Instant::now()) {
             tracing::debug!(%author, "chat flood: message dropped");
             return Reject;
         }
-        let entry = chat_entry(&envelope, author, chat, false);
+        let own = author == self.local_peer_id();
+        let entry = chat_entry(&envelope, author, chat, own);
         match self.store.chat_insert(&entry) {
             Ok(true) => {
                 self.unsynced = true;
@@ -814,6 +854,60 @@ impl EventLoop {
             known_peers: self.redial.len(),
             repos: self.repos.clone(),
             config: self.info.config.clone(),
+            nostr: self.nostr_status(),
+        }
+    }
+
+    fn nostr_status(&self) -> NostrStatus {
+        match &self.bridge {
+            Some(bridge) => bridge.status(),
+            None => NostrStatus { npub: self.info.npub.clone(), ..NostrStatus::default() },
+        }
+    }
+
+    /// A repository of ours may look different now: tell the Nostr bridge.
+    fn repo_changed(&mut self, repo: &RepoInfo) {
+        if let Some(known) = self.repos.iter_mut().find(|r| r.id == repo.id) {
+            if repo.git_dir.is_some() {
+                known.git_dir = repo.git_dir.clone();
+            }
+        }
+        if let (Some(bridge), Some(known)) = (&self.bridge, self.repos.iter().find(|r| r.id == repo.id)) {
+            bridge.refresh(known);
+        }
+    }
+
+    /// A room message that came through a Nostr relay.
+    fn receive_from_nostr(&mut self, message: Inbound) {
+        match message {
+            Inbound::Envelope(envelope) => {
+                self.accept_chat(None, envelope, None);
+            }
+            Inbound::Comment { repo, id, npub, text, created_at } => {
+                if text.len() > crate::proto::chat::MAX_TEXT || !self.chat_allowed(npub.clone(), Instant::now()) {
+                    tracing::debug!(%id, "Nostr comment dropped (too long or flooding)");
+                    return;
+                }
+                let entry = ChatEntry {
+                    room: crate::proto::chat::room_id(&repo, None),
+                    id,
+                    peer: npub,
+                    name: None,
+                    text,
+                    sent_at: created_at.saturating_mul(1000),
+                    received_at: crate::store::unix_now_ms(),
+                    own: false,
+                    via: Some("nostr".to_string()),
+                };
+                match self.store.chat_insert(&entry) {
+                    Ok(true) => {
+                        self.unsynced = true;
+                        let _ = self.events.send(NodeEvent::Chat(entry));
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot store a Nostr comment"),
+                }
+            }
         }
     }
 
@@ -825,7 +919,11 @@ impl EventLoop {
         self.repo_topics.push((topic.hash(), repo.id.clone()));
         self.subscribe(topic, Room::Commits { repo: repo.id.clone() });
         self.join_room(&repo.id, None);
-        self.repos.push(repo);
+        self.repos.push(repo.clone());
+        if let Some(bridge) = &self.bridge {
+            bridge.watch(&self.repos);
+            bridge.refresh(&repo);
+        }
     }
 
     fn maintain(&mut self) {
@@ -988,6 +1086,7 @@ fn chat_entry(envelope: &Envelope, author: PeerId, message: ChatMessage, own: bo
         sent_at: envelope.ts,
         received_at: crate::store::unix_now_ms(),
         own,
+        via: None,
     }
 }
 

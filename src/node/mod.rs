@@ -136,6 +136,7 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
             data_dir_path: paths.data_dir.clone(),
             key: identity.libp2p.clone(),
             npub: identity.npub(),
+            nostr: identity.nostr.clone(),
             name: config.name.clone(),
             data_dir: paths.data_dir.display().to_string(),
             socket: socket_path.display().to_string(),

@@ -256,6 +256,7 @@ mod tests {
             sent_at: at,
             received_at: at,
             own: false,
+            via: None,
         }
     }
 

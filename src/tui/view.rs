@@ -66,7 +66,9 @@ pub fn item_rows(item: &Item, width: usize) -> Vec<Line<'static>> {
     match item {
         Item::Chat(m) => {
             let who = if m.own { "you".to_string() } else { inert(m.name.as_deref().unwrap_or("?")) };
-            let prefix = format!("{} {} (..{}) ", hhmm(m.sent_at), who, short(&m.peer));
+            // A plain Nostr comment: its author is an npub, not a peer of ours.
+            let via = m.via.as_deref().map(|v| format!(" via {}", inert(v))).unwrap_or_default();
+            let prefix = format!("{} {} (..{}{via}) ", hhmm(m.sent_at), who, short(&m.peer));
             let style = if m.own {
                 Style::default().fg(Color::Yellow).add_modifier(Modifier::BOLD)
             } else {
@@ -239,6 +241,7 @@ mod tests {
             sent_at: at,
             received_at: at,
             own,
+            via: None,
         }
     }
 
@@ -322,6 +325,20 @@ mod tests {
         app.update(Msg::Chat(chat("new", T0 + 99_000, "carol", "incoming", false)));
         let after = screen(&app);
         assert_eq!(before[1..4], after[1..4], "incoming messages do not move a scrolled view");
+    }
+
+    #[test]
+    fn a_comment_from_nostr_is_marked_and_the_header_shows_the_bridge() {
+        let mut app = app(130, 10);
+        app.header.nostr = "1/1 relay(s) connected, 0 event(s) pending".into();
+        let mut m = chat("nostr:ab", T0, "x", "from a Nostr client", false);
+        m.name = None;
+        m.peer = "npub1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqzzzz".into();
+        m.via = Some("nostr".into());
+        app.update(Msg::Chat(m));
+        let s = screen(&app);
+        assert!(s[0].contains("nostr: 1/1 relay(s) connected"), "{s:#?}");
+        assert!(s[1].starts_with("22:13 ? (..qqzzzz via nostr) from a Nostr client"), "{s:#?}");
     }
 
     #[test]

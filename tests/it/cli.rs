@@ -52,9 +52,14 @@ fn dash_c_runs_in_another_directory_and_detached_head_is_fine() {
 }
 
 #[test]
-fn commands_of_later_milestones_say_so() {
+fn without_relays_nostr_is_off_and_says_how_to_turn_it_on() {
     let alice = Node::new("alice");
-    assert_one_line_error(&alice.run(&["nostr", "status"]), 1, "not yet implemented");
+    let human = alice.ok(&["nostr", "status"]);
+    assert!(human.starts_with("nostr off: no relay configured") && human.contains("p2p.relay"), "{human}");
+    let json = alice.json(&["nostr", "status", "--json"]);
+    assert_eq!(json["enabled"], false);
+    assert_eq!(json["npub"], alice.json(&["id", "--json"])["npub"]);
+    assert!(alice.ok(&["daemon", "status"]).contains("nostr      off (no p2p.relay configured)"));
 }
 
 #[test]

@@ -8,5 +8,7 @@ mod evil;
 mod kv;
 mod lan;
 mod node;
+mod nostr;
+mod relay;
 mod support;
 mod tui;

@@ -154,6 +154,11 @@ impl Node {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{}: bad JSON from {args:?}: {e}: {out}", self.name))
     }
 
+    pub fn json_in(&self, dir: &Path, args: &[&str]) -> Value {
+        let out = self.ok_in(dir, args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{}: bad JSON from {args:?}: {e}: {out}", self.name))
+    }
+
     pub fn start(&self) -> Value {
         self.ok(&["daemon", "start"]);
         self.json(&["id", "--json"])
@@ -267,8 +272,17 @@ pub struct Pair {
 }
 
 pub fn pair() -> Pair {
+    pair_with(&[])
+}
+
+/// Like [`pair`], with these Nostr relays configured on both nodes before they start.
+pub fn pair_with(relays: &[&str]) -> Pair {
     let alice = Node::new("alice");
     let bob = Node::new("bob");
+    for r in relays {
+        alice.config(&["--add", "p2p.relay", r]);
+        bob.config(&["--add", "p2p.relay", r]);
+    }
     bob.start();
     alice.config(&["p2p.bootstrap", &bob.tcp_addr()]);
     let alice_repo = alice.repo("proj", 1);
