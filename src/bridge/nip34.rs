@@ -5,7 +5,8 @@
 //! `maintainers` only with valid keys (one bad entry drops the whole announcement), and state
 //! timestamps that strictly increase.
 
-use nostr::{Event, EventBuilder, Keys, Kind, PublicKey, Tag, TagKind, Timestamp};
+use nostr::nips::nip34::GitRepositoryAnnouncement;
+use nostr::{Event, EventBuilder, Keys, Kind, PublicKey, RelayUrl, Tag, TagKind, Timestamp};
 
 /// What a repository announcement says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,31 +43,37 @@ fn tag(kind: &str, values: impl IntoIterator<Item = String>) -> Tag {
     Tag::custom(TagKind::custom(kind.to_string()), values)
 }
 
-/// Kind 30617, signed by `keys`.
+/// A clone URL as a URL: scp-like `user@host:path` becomes `ssh://user@host/path` (the same
+/// remote, in the form nostr's NIP-34 type takes).
+fn clone_url(url: &str) -> Option<nostr::Url> {
+    let url = url.trim();
+    if !network_url(url) {
+        return None;
+    }
+    if url.contains("://") {
+        return nostr::Url::parse(url).ok();
+    }
+    let (host, path) = url.split_once(':')?;
+    nostr::Url::parse(&format!("ssh://{host}/{}", path.trim_start_matches('/'))).ok()
+}
+
+/// Kind 30617, signed by `keys`, built with nostr's NIP-34 type.
 pub fn announcement(
     keys: &Keys,
     a: &Announcement,
     created_at: Timestamp,
 ) -> Result<Event, nostr::event::builder::Error> {
-    let mut tags = vec![
-        Tag::identifier(a.identifier.clone()),
-        tag("name", [a.name.clone()]),
-        tag("description", [a.description.clone()]),
-    ];
-    let clone: Vec<String> = a.clone_urls.iter().filter(|u| network_url(u)).cloned().collect();
-    if !clone.is_empty() {
-        tags.push(tag("clone", clone));
-    }
-    if !a.relays.is_empty() {
-        tags.push(tag("relays", a.relays.clone()));
-    }
-    tags.push(tag("r", [a.euc.clone(), "euc".to_string()]));
-    let maintainers: Vec<String> =
-        a.maintainers.iter().filter_map(|m| PublicKey::parse(m).ok()).map(|pk| pk.to_hex()).collect();
-    if !maintainers.is_empty() {
-        tags.push(tag("maintainers", maintainers));
-    }
-    EventBuilder::new(Kind::GitRepoAnnouncement, "").tags(tags).custom_created_at(created_at).sign_with_keys(keys)
+    let announcement = GitRepositoryAnnouncement {
+        id: a.identifier.clone(),
+        name: Some(a.name.clone()),
+        description: Some(a.description.clone()),
+        web: Vec::new(),
+        clone: a.clone_urls.iter().filter_map(|u| clone_url(u)).collect(),
+        relays: a.relays.iter().filter_map(|r| RelayUrl::parse(r).ok()).collect(),
+        euc: a.euc.parse().ok(),
+        maintainers: a.maintainers.iter().filter_map(|m| PublicKey::parse(m).ok()).collect(),
+    };
+    EventBuilder::git_repository_announcement(announcement)?.custom_created_at(created_at).sign_with_keys(keys)
 }
 
 /// Kind 30618: this author's refs (`refs/heads/*`, `refs/tags/*` → id) and HEAD, with the root
@@ -134,7 +141,7 @@ mod tests {
                 s(&["d", "github.com-acme-proj"]),
                 s(&["name", "proj"]),
                 s(&["description", "a project"]),
-                s(&["clone", "https://github.com/acme/proj.git", "git@github.com:acme/proj.git"]),
+                s(&["clone", "https://github.com/acme/proj.git", "ssh://git@github.com/acme/proj.git"]),
                 s(&["relays", "wss://relay.example"]),
                 vec!["r".to_string(), "a".repeat(40), "euc".to_string()],
                 vec!["maintainers".to_string(), maintainer.to_hex()],
