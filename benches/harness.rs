@@ -470,7 +470,9 @@ fn chat_bench(metrics: &mut Vec<Metric>, count: usize) {
     }
     // Four clients, each keeping up to 8 requests in flight, paced to 1000 messages/s in all:
     // latency is measured at the goal's rate, not at saturation (where it only shows queueing).
-    let interval = Duration::from_micros(4000);
+    // BENCH_CHAT_RATE (messages/s in all) to see latency at other loads; the goal is at 1000.
+    let rate: u64 = std::env::var("BENCH_CHAT_RATE").ok().and_then(|r| r.parse().ok()).unwrap_or(1000).max(1);
+    let interval = Duration::from_micros(4_000_000 / rate);
     let sent_at: std::sync::Arc<Vec<std::sync::OnceLock<Instant>>> =
         std::sync::Arc::new((0..count).map(|_| std::sync::OnceLock::new()).collect());
     let start = Instant::now();
@@ -515,6 +517,15 @@ fn chat_bench(metrics: &mut Vec<Metric>, count: usize) {
         }
     }
     let received = latency.len();
+    if let Some(path) = std::env::var_os("BENCH_DUMP") {
+        // Send time (ms since start) and latency of each message, to look at when tails happen.
+        let rows: String = (0..count)
+            .filter_map(|i| sent_at[i].get().map(|t| (i, ms(*t - start))))
+            .zip(latency.iter())
+            .map(|((i, t), l)| format!("{i} {t:.3} {l:.3}\n"))
+            .collect();
+        let _ = std::fs::write(path, rows);
+    }
     let rate = received as f64 / (last - start).as_secs_f64();
     metrics.push(Metric { name: "chat_latency_3_nodes", unit: "ms", samples: latency, nodes: 3, goal: "p99 <= 10 ms" });
     metrics.push(Metric { name: "chat_throughput", unit: "/s", samples: vec![rate], nodes: 3, goal: ">= 1000 msg/s" });
@@ -547,7 +558,41 @@ fn main() {
     let runs = if smoke { 5 } else { 200 };
     let cold_runs = if smoke { 3 } else { 20 };
     let mut metrics = Vec::new();
+    // BENCH_ONLY=chat,kv runs only those parts: basics (peers, cold start, idle RSS), hook,
+    // announce, tui, gossip, many, kv, chat.
+    let only: Option<Vec<String>> =
+        std::env::var("BENCH_ONLY").ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
+    let wants = |part: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == part));
 
+    if wants("basics") {
+        basics(&mut metrics, runs, cold_runs, smoke);
+    }
+    if wants("hook") {
+        hook_cost(&mut metrics, smoke);
+    }
+    if wants("announce") {
+        announce_two(&mut metrics, smoke);
+    }
+    if wants("tui") {
+        tui_first_frame(&mut metrics, if smoke { 2 } else { 20 });
+    }
+    if wants("gossip") {
+        gossip_vs_bare(&mut metrics, if smoke { 10 } else { 300 });
+    }
+    if wants("many") {
+        let many: usize = std::env::var("BENCH_NODES").ok().and_then(|n| n.parse().ok()).unwrap_or(50);
+        announce_many(&mut metrics, if smoke { 4 } else { many }, if smoke { 3 } else { 20 });
+    }
+    if wants("kv") {
+        kv_bench(&mut metrics, if smoke { 4 } else { 20 }, if smoke { 5 } else { 100 });
+    }
+    if wants("chat") {
+        chat_bench(&mut metrics, if smoke { 50 } else { 3000 });
+    }
+    report(&metrics);
+}
+
+fn basics(metrics: &mut Vec<Metric>, runs: usize, cold_runs: usize, smoke: bool) {
     // 1. `git p2p peers` against a warm node with one connected peer.
     let alice = Node::new("alice");
     let bob = Node::new("bob");
@@ -580,7 +625,9 @@ fn main() {
     std::thread::sleep(Duration::from_secs(if smoke { 1 } else { 5 }));
     let samples = [&alice, &bob].iter().filter_map(|n| n.pid()).map(rss_mib).collect();
     metrics.push(Metric { name: "idle_rss", unit: "MiB", samples, nodes: 2, goal: "<= 20 MiB" });
+}
 
+fn hook_cost(metrics: &mut Vec<Metric>, smoke: bool) {
     // 4. Hook cost: `git commit` with the hook minus without, interleaved in one run, node up;
     // then with the node down (the hook spools and, with autostart off, starts nothing).
     let commits = if smoke { 5 } else { 200 };
@@ -613,7 +660,10 @@ fn main() {
         nodes: 1,
         goal: "+50 ms over baseline",
     });
+}
 
+fn announce_two(metrics: &mut Vec<Metric>, smoke: bool) {
+    let commits = if smoke { 5 } else { 200 };
     // 5. Announce latency: from the moment `git commit` in erin's repo returns (the commit exists
     // and the hook is done) until frank's `log -f` prints the announcement; and the same from the
     // start of `git commit`.
@@ -675,16 +725,11 @@ fn main() {
         nodes: 2,
         goal: "100 %",
     });
+}
 
-    tui_first_frame(&mut metrics, if smoke { 2 } else { 20 });
-    gossip_vs_bare(&mut metrics, if smoke { 10 } else { 300 });
-    let many: usize = std::env::var("BENCH_NODES").ok().and_then(|n| n.parse().ok()).unwrap_or(50);
-    announce_many(&mut metrics, if smoke { 4 } else { many }, if smoke { 3 } else { 20 });
-    kv_bench(&mut metrics, if smoke { 4 } else { 20 }, if smoke { 5 } else { 100 });
-    chat_bench(&mut metrics, if smoke { 50 } else { 3000 });
-
+fn report(metrics: &[Metric]) {
     println!("{:<26} {:>10} {:>10} {:>5} {:>5}  goal", "metric", "p50", "p99", "n", "nodes");
-    for m in &metrics {
+    for m in metrics {
         println!(
             "{:<26} {:>7.2} {:<3}{:>7.2} {:<3}{:>4} {:>5}  {}",
             m.name,
@@ -702,7 +747,7 @@ fn main() {
         eprintln!("harness: no samples for {missing:?}");
         std::process::exit(1);
     }
-    for m in &metrics {
+    for m in metrics {
         println!(
             "{}",
             serde_json::json!({

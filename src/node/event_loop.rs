@@ -132,6 +132,8 @@ pub struct EventLoop {
     unsynced: bool,
     /// Writes of the current command batch that must be synced before it is answered.
     unsynced_acks: bool,
+    /// The store's fsyncs happen on this thread, so that the swarm never waits for the disk.
+    syncer: std::sync::mpsc::Sender<Acks>,
     /// Control requests waiting for a DHT query.
     pending_kad: std::collections::HashMap<libp2p::kad::QueryId, PendingKad>,
     /// The Nostr bridge, when relays are configured.
@@ -151,6 +153,7 @@ impl EventLoop {
         events: broadcast::Sender<NodeEvent>,
     ) -> Self {
         let (inbound_tx, inbound) = mpsc::channel(crate::bridge::INBOUND_QUEUE);
+        let syncer = spawn_syncer(store.clone());
         let bridge = Bridge::start(store.clone(), info.nostr.clone(), &info.config.relays, inbound_tx.clone());
         let mut this = Self {
             swarm,
@@ -171,6 +174,7 @@ impl EventLoop {
             unsynced: false,
             unsynced_acks: false,
             pending_kad: Default::default(),
+            syncer,
             bridge,
             inbound,
             _inbound_tx: inbound_tx,
@@ -247,6 +251,10 @@ impl EventLoop {
                 }
             }
         }
+        // Whatever was written without fsync since the last sync.
+        if let Err(e) = self.store.sync() {
+            tracing::warn!(error = %e, "cannot sync the store");
+        }
     }
 
     /// Handles `first` and whatever else is queued (up to [`COMMAND_BATCH`]), makes their writes
@@ -274,7 +282,20 @@ impl EventLoop {
                 }
             }
         }
-        if std::mem::take(&mut self.unsynced_acks) {
+        // Publish first: a message that left before a crash is not lost to anyone, and the
+        // room does not wait for our disk. The clients get their answers only once what they
+        // asked for is durable: the syncer thread fsyncs and then answers, while the event loop
+        // goes back to the swarm (which sends what was just published).
+        self.flush_outbox();
+        let needs_sync = std::mem::take(&mut self.unsynced_acks);
+        let mut answers = answers;
+        if needs_sync && !stopping {
+            match self.syncer.send(answers) {
+                Ok(()) => return stopping,
+                Err(std::sync::mpsc::SendError(back)) => answers = back,
+            }
+        }
+        if needs_sync {
             if let Err(e) = self.store.sync() {
                 for (reply, _) in answers {
                     let _ = reply.send(Outcome::Error(format!("cannot store: {e}")));
@@ -285,8 +306,6 @@ impl EventLoop {
         for (reply, outcome) in answers {
             let _ = reply.send(outcome);
         }
-        // Publishing waits until the clients have their answers.
-        self.flush_outbox();
         stopping
     }
 
@@ -927,7 +946,7 @@ impl EventLoop {
     }
 
     fn maintain(&mut self) {
-        if std::mem::take(&mut self.unsynced) {
+        if std::mem::take(&mut self.unsynced) && self.syncer.send(Vec::new()).is_err() {
             if let Err(e) = self.store.sync() {
                 tracing::warn!(error = %e, "cannot sync the store");
             }
@@ -1074,6 +1093,40 @@ impl EventLoop {
             self.maybe_kad_bootstrap();
         }
     }
+}
+
+/// Answers that may go out once the store is durable.
+type Acks = Vec<(oneshot::Sender<Outcome>, Outcome)>;
+
+/// The thread that makes the store durable (one fsync for whatever is queued) and then sends the
+/// answers that waited for it. Exits when the event loop drops its sender.
+fn spawn_syncer(store: Store) -> std::sync::mpsc::Sender<Acks> {
+    let (tx, rx) = std::sync::mpsc::channel::<Acks>();
+    let spawned = std::thread::Builder::new().name("store-sync".into()).spawn(move || {
+        while let Ok(mut acks) = rx.recv() {
+            while let Ok(more) = rx.try_recv() {
+                acks.extend(more);
+            }
+            match store.sync() {
+                Ok(()) => {
+                    for (reply, outcome) in acks {
+                        let _ = reply.send(outcome);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot sync the store");
+                    for (reply, _) in acks {
+                        let _ = reply.send(Outcome::Error(format!("cannot store: {e}")));
+                    }
+                }
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        // The receiver is gone with the closure: every send fails and the loop syncs itself.
+        tracing::warn!(error = %e, "cannot start the store's sync thread; syncing inline");
+    }
+    tx
 }
 
 fn chat_entry(envelope: &Envelope, author: PeerId, message: ChatMessage, own: bool) -> ChatEntry {

@@ -7,7 +7,8 @@
 use libp2p::gossipsub::{Sha256Topic, TopicHash};
 
 /// Version of the topic naming scheme; bumped if message formats change incompatibly.
-pub const TOPIC_VERSION: u32 = 1;
+/// 2: gossip messages are anonymous (the envelope inside is what is signed).
+pub const TOPIC_VERSION: u32 = 2;
 
 /// The topic on which commits of a repository are announced.
 pub fn commits(repo_id: &str) -> Sha256Topic {

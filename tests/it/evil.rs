@@ -78,7 +78,8 @@ impl Eve {
                         let gossip_config = gossipsub::ConfigBuilder::default()
                             .heartbeat_initial_delay(Duration::from_millis(200))
                             .heartbeat_interval(Duration::from_secs(1))
-                            .validation_mode(gossipsub::ValidationMode::Strict)
+                            // As our nodes do: the envelope is what is signed.
+                            .validation_mode(gossipsub::ValidationMode::Anonymous)
                             .message_id_fn(|m: &gossipsub::Message| {
                                 use sha2::Digest;
                                 gossipsub::MessageId::from(sha2::Sha256::digest(&m.data)[..20].to_vec())
@@ -86,11 +87,9 @@ impl Eve {
                             .max_transmit_size(EVE_MAX_TRANSMIT)
                             .build()
                             .expect("gossipsub config");
-                        let gossipsub = gossipsub::Behaviour::new(
-                            gossipsub::MessageAuthenticity::Signed(key.clone()),
-                            gossip_config,
-                        )
-                        .expect("gossipsub");
+                        let gossipsub =
+                            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)
+                                .expect("gossipsub");
                         let identify = identify::Behaviour::new(
                             identify::Config::new("/git-p2p/1.0.0".to_string(), key.public())
                                 .with_agent_version("evil/6.6.6".to_string()),

@@ -186,3 +186,36 @@ fn logs_go_to_a_file_and_secrets_never_do() {
     let nostr_secret = std::fs::read_to_string(alice.data_dir().join("nostr.key")).unwrap();
     assert!(!log.contains(nostr_secret.trim()), "the Nostr secret key leaked into the log");
 }
+
+#[test]
+fn pipelined_requests_are_answered_in_order_and_a_stream_follows_them() {
+    use std::io::{BufRead, Write};
+    let alice = Node::new("alice");
+    alice.start();
+    let socket = alice.path("run/git-p2p/control.sock");
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+    // Five requests in one write, a malformed line among them, then a stream request.
+    let mut batch = String::new();
+    for (id, op) in [(1, "status"), (2, "peers"), (3, "status")] {
+        batch.push_str(&format!("{{\"v\":1,\"id\":{id},\"req\":{{\"op\":\"{op}\"}}}}\n"));
+    }
+    batch.push_str("{\"v\":1,\"id\":4,\"req\":{\"op\":\"no_such_op\"}}\n");
+    batch.push_str("{\"v\":1,\"id\":5,\"req\":{\"op\":\"peers\"}}\n");
+    batch.push_str("{\"v\":1,\"id\":6,\"req\":{\"op\":\"follow_chat\",\"room\":\"r\"}}\n");
+    stream.write_all(batch.as_bytes()).expect("write");
+    let mut reader = std::io::BufReader::new(stream);
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read");
+        let frame: serde_json::Value = serde_json::from_str(&line).expect("JSON frame");
+        if frame["id"] == 4 {
+            assert!(frame["error"].as_str().is_some(), "{frame}");
+        }
+        if frame["id"] == 6 {
+            assert_eq!(frame["ok"]["kind"], "following", "{frame}");
+        }
+        ids.push(frame["id"].as_u64().expect("id"));
+    }
+    assert_eq!(ids, [1, 2, 3, 4, 5, 6]);
+}
