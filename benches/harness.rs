@@ -202,11 +202,50 @@ fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
             ours.push(ms(at - t));
         }
     }
+    // Our path has two control-socket hops (client → alice, bob → follower): about one round trip
+    // of a request the node answers at once.
+    let mut socket = Vec::new();
+    for _ in 0..count {
+        let t = Instant::now();
+        let _ = sender.request(Request::ChatHistory { room: "none".into(), limit: 0 });
+        socket.push(ms(t.elapsed()));
+    }
     let bare = bare_gossip(count);
+    let bare_processes = bare_gossip_processes(count);
     let ratio = vec![median(&ours) / median(&bare)];
+    let node_to_node: Vec<f64> = vec![(median(&ours) - median(&socket)).max(0.0)];
+    let ratio_processes = vec![node_to_node[0] / median(&bare_processes)];
     metrics.push(Metric { name: "gossip_2_nodes_ours", unit: "ms", samples: ours, nodes: 2, goal: "(vs bare)" });
-    metrics.push(Metric { name: "gossip_2_nodes_bare", unit: "ms", samples: bare, nodes: 2, goal: "(floor)" });
+    metrics.push(Metric { name: "gossip_socket_rtt", unit: "ms", samples: socket, nodes: 1, goal: "(part of ours)" });
+    metrics.push(Metric {
+        name: "gossip_ours_minus_socket",
+        unit: "ms",
+        samples: node_to_node,
+        nodes: 2,
+        goal: "(node to node)",
+    });
+    metrics.push(Metric {
+        name: "gossip_2_nodes_bare",
+        unit: "ms",
+        samples: bare,
+        nodes: 2,
+        goal: "(floor, 1 thread)",
+    });
+    metrics.push(Metric {
+        name: "gossip_bare_2_processes",
+        unit: "ms",
+        samples: bare_processes,
+        nodes: 2,
+        goal: "(floor, 2 processes)",
+    });
     metrics.push(Metric { name: "gossip_ratio_p50", unit: "x", samples: ratio, nodes: 2, goal: "<= 1.2x" });
+    metrics.push(Metric {
+        name: "gossip_ratio_node_to_node",
+        unit: "x",
+        samples: ratio_processes,
+        nodes: 2,
+        goal: "<= 1.2x (vs 2 processes)",
+    });
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -216,36 +255,57 @@ fn median(v: &[f64]) -> f64 {
 }
 
 /// Two bare gossipsub swarms on loopback TCP; `count` publish → receive latencies.
+/// A bare gossipsub swarm configured as our nodes' gossip is (anonymous messages, content ids,
+/// same heartbeat), with nothing of ours on top.
+type BareGossip =
+    libp2p::gossipsub::Behaviour<libp2p::gossipsub::IdentityTransform, libp2p::gossipsub::AllowAllSubscriptionFilter>;
+
+fn bare_swarm() -> libp2p::Swarm<BareGossip> {
+    use libp2p::{gossipsub, noise, tcp, yamux};
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .expect("tcp")
+        .with_behaviour(|_| {
+            let config = gossipsub::ConfigBuilder::default()
+                .heartbeat_initial_delay(Duration::from_millis(500))
+                .heartbeat_interval(Duration::from_secs(1))
+                .validation_mode(gossipsub::ValidationMode::Anonymous)
+                .message_id_fn(|m: &gossipsub::Message| {
+                    use sha2::Digest;
+                    gossipsub::MessageId::from(sha2::Sha256::digest(&m.data)[..20].to_vec())
+                })
+                .build()
+                .expect("config");
+            gossipsub::Behaviour::<gossipsub::IdentityTransform, gossipsub::AllowAllSubscriptionFilter>::new(
+                gossipsub::MessageAuthenticity::Anonymous,
+                config,
+            )
+            .expect("gossipsub")
+        })
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
+/// CLOCK_MONOTONIC in ns: one clock for every process of this machine.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec we own; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Two bare gossipsub swarms on loopback TCP, both in this thread; `count` publish → receive
+/// latencies. No process boundary: the lowest the stack can do.
 fn bare_gossip(count: usize) -> Vec<f64> {
     use libp2p::futures::StreamExt;
+    use libp2p::gossipsub;
     use libp2p::swarm::SwarmEvent;
-    use libp2p::{gossipsub, noise, tcp, yamux};
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async move {
-        let make = || {
-            libp2p::SwarmBuilder::with_new_identity()
-                .with_tokio()
-                .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-                .expect("tcp")
-                .with_behaviour(|key| {
-                    let config = gossipsub::ConfigBuilder::default()
-                        .heartbeat_initial_delay(Duration::from_millis(500))
-                        .heartbeat_interval(Duration::from_secs(1))
-                        .validation_mode(gossipsub::ValidationMode::Strict)
-                        .build()
-                        .expect("config");
-                    gossipsub::Behaviour::<gossipsub::IdentityTransform, gossipsub::AllowAllSubscriptionFilter>::new(
-                        gossipsub::MessageAuthenticity::Signed(key.clone()),
-                        config,
-                    )
-                    .expect("gossipsub")
-                })
-                .expect("behaviour")
-                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-                .build()
-        };
-        let (mut a, mut b) = (make(), make());
+        let (mut a, mut b) = (bare_swarm(), bare_swarm());
         let topic = gossipsub::IdentTopic::new("bench");
         a.behaviour_mut().subscribe(&topic).expect("subscribe");
         b.behaviour_mut().subscribe(&topic).expect("subscribe");
@@ -291,6 +351,114 @@ fn bare_gossip(count: usize) -> Vec<f64> {
         }
         out
     })
+}
+
+/// The receiving side of [`bare_gossip_processes`], run as `harness --bare-child`: prints its
+/// address, then `R <i> <monotonic ns>` for every message `g<i> ...` it receives.
+fn bare_child() {
+    use libp2p::futures::StreamExt;
+    use libp2p::gossipsub;
+    use libp2p::swarm::SwarmEvent;
+    use std::io::Write;
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async move {
+        let mut b = bare_swarm();
+        b.behaviour_mut().subscribe(&gossipsub::IdentTopic::new("bench")).expect("subscribe");
+        b.listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr")).expect("listen");
+        let mut out = std::io::stdout().lock();
+        loop {
+            match b.select_next_some().await {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    let _ = writeln!(out, "ADDR {address}/p2p/{}", b.local_peer_id());
+                    let _ = out.flush();
+                }
+                SwarmEvent::Behaviour(gossipsub::Event::Message { message, .. }) => {
+                    let at = monotonic_ns();
+                    let text = String::from_utf8_lossy(&message.data);
+                    if let Some(i) = text.strip_prefix('g').and_then(|t| t.split(' ').next()) {
+                        if writeln!(out, "R {i} {at}").and_then(|_| out.flush()).is_err() {
+                            return;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
+/// The same publish → receive with the two swarms in two processes, as our nodes are: the cost
+/// of crossing processes (wake-ups, scheduling) is in this floor too.
+fn bare_gossip_processes(count: usize) -> Vec<f64> {
+    use libp2p::futures::StreamExt;
+    use libp2p::gossipsub;
+    use libp2p::swarm::SwarmEvent;
+    use std::io::BufRead;
+
+    let exe = std::env::current_exe().expect("own path");
+    let mut child =
+        Command::new(exe).arg("--bare-child").stdout(Stdio::piped()).stdin(Stdio::null()).spawn().expect("child");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr: libp2p::Multiaddr = loop {
+        let line = lines.next().expect("child address").expect("read");
+        if let Some(a) = line.strip_prefix("ADDR ") {
+            break a.parse().expect("multiaddr");
+        }
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let mut parts = line.split(' ').skip(1);
+            if let (Some(Ok(i)), Some(Ok(at))) =
+                (parts.next().map(str::parse::<usize>), parts.next().map(str::parse::<u64>))
+            {
+                if tx.send((i, at)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let out = runtime.block_on(async move {
+        let mut a = bare_swarm();
+        let topic = gossipsub::IdentTopic::new("bench");
+        a.behaviour_mut().subscribe(&topic).expect("subscribe");
+        a.dial(addr).expect("dial");
+        loop {
+            if let SwarmEvent::Behaviour(gossipsub::Event::Subscribed { .. }) = a.select_next_some().await {
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        for i in 0..=count {
+            let data = format!("g{i} {}", "x".repeat(600)).into_bytes();
+            let t = monotonic_ns();
+            if a.behaviour_mut().publish(topic.clone(), data).is_err() {
+                continue;
+            }
+            let received = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    tokio::select! {
+                        r = rx.recv() => match r {
+                            Some((n, at)) if n == i => return Some(at),
+                            Some(_) => {}
+                            None => return None,
+                        },
+                        _ = a.select_next_some() => {}
+                    }
+                }
+            })
+            .await;
+            if let (Ok(Some(at)), true) = (received, i > 0) {
+                out.push(at.saturating_sub(t) as f64 / 1e6);
+            }
+        }
+        out
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    out
 }
 
 /// The DHT: `nodes` daemons bootstrapping to the first; a warm node sets and gets keys through
@@ -554,6 +722,10 @@ fn time_commit(node: &Node, repo: &Path, i: usize, no_autostart: bool) -> f64 {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "--bare-child") {
+        bare_child();
+        return;
+    }
     let smoke = std::env::args().any(|a| a == "--smoke");
     let runs = if smoke { 5 } else { 200 };
     let cold_runs = if smoke { 3 } else { 20 };
