@@ -405,10 +405,12 @@ impl Store {
     }
 
     /// Adds an announcement to its repo's feed unless the same author announced the same commit
-    /// before. Returns false for such a duplicate.
+    /// before. Returns false for such a duplicate. Not durable until the next [`Store::sync`].
     pub fn feed_insert(&self, entry: &FeedEntry) -> Result<bool, StoreError> {
         let seen_key = format!("{}/{}/{}", entry.repo, entry.commit, entry.peer);
-        let txn = db(self.db.begin_write())?;
+        let mut txn = db(self.db.begin_write())?;
+        // Not fsync'd here: the node syncs received history once a second (see the event loop).
+        let _ = txn.set_durability(redb::Durability::None);
         {
             let mut seen = db(txn.open_table(SEEN))?;
             if db(seen.get(seen_key.as_str()))?.is_some() {

@@ -843,6 +843,7 @@ impl EventLoop {
         };
         match self.store.feed_insert(&entry) {
             Ok(true) => {
+                self.unsynced = true;
                 let _ = self.events.send(NodeEvent::Announcement(entry));
                 Accept
             }
