@@ -106,7 +106,7 @@ fn window(
     }
     let paths = ctx.paths()?.clone();
     ctx.client()?; // starts the node if needed
-    let status = client_status(&paths).map(|s| super::nostr::summary(&s.nostr)).unwrap_or_else(|| "off".to_string());
+    let status = client_status(&paths).map(|s| s.nostr.summary()).unwrap_or_else(|| "off".to_string());
     let header = crate::tui::app::Header {
         room: repo.room_name.clone(),
         repo_short: repo.repo_id.short().to_string(),

@@ -113,7 +113,7 @@ fn print_status(s: &NodeStatus, out: &mut dyn Write) -> anyhow::Result<()> {
     if s.config.relays.is_empty() {
         writeln!(out, "nostr      off (no p2p.relay configured)")?;
     } else {
-        writeln!(out, "nostr      {}", super::nostr::summary(&s.nostr))?;
+        writeln!(out, "nostr      {}", s.nostr.summary())?;
         for r in &s.nostr.relays {
             let error = r.last_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
             writeln!(out, "           {} {}{error}", r.url, r.state)?;

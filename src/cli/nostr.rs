@@ -40,12 +40,3 @@ pub(super) fn print(s: &NostrStatus, out: &mut dyn Write) -> anyhow::Result<()> 
     }
     Ok(())
 }
-
-/// One line for `daemon status` and the chat header: "2/3 relays connected, 4 pending".
-pub(crate) fn summary(s: &NostrStatus) -> String {
-    if !s.enabled {
-        return "off".to_string();
-    }
-    let connected = s.relays.iter().filter(|r| r.state == "connected").count();
-    format!("{connected}/{} relay(s) connected, {} event(s) pending", s.relays.len(), s.pending)
-}

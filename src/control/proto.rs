@@ -133,6 +133,17 @@ pub struct NostrStatus {
     pub pending: usize,
 }
 
+impl NostrStatus {
+    /// One line for `daemon status` and the chat header: "1/2 relay(s) connected, 3 event(s) pending".
+    pub fn summary(&self) -> String {
+        if !self.enabled {
+            return "off".to_string();
+        }
+        let connected = self.relays.iter().filter(|r| r.state == "connected").count();
+        format!("{connected}/{} relay(s) connected, {} event(s) pending", self.relays.len(), self.pending)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RelayState {
     pub url: String,

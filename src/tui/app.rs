@@ -47,6 +47,8 @@ pub enum Msg {
     Chat(ChatEntry),
     Commit(FeedEntry),
     Peers(Vec<PeerInfo>),
+    /// The Nostr bridge's state, for the header.
+    Nostr(String),
     /// The node's answer to a send: peers it went to, or an error.
     Sent(Result<usize, String>),
     /// A background connection to the node failed.
@@ -134,6 +136,7 @@ impl App {
             Msg::Chat(m) => self.push(Item::Chat(m)),
             Msg::Commit(c) => self.push(Item::Commit(c)),
             Msg::Peers(p) => self.peers = p,
+            Msg::Nostr(state) => self.header.nostr = state,
             Msg::Sent(Ok(0)) => self.status = "queued: no peer in the room yet; it goes out when one joins".into(),
             Msg::Sent(Ok(n)) => self.status = format!("sent to {n} peer{}", if n == 1 { "" } else { "s" }),
             Msg::Sent(Err(e)) | Msg::NodeError(e) => self.status = format!("error: {e}"),

@@ -115,14 +115,28 @@ fn follow(paths: &Paths, req: Request, tx: mpsc::Sender<Msg>) {
 
 fn poll_peers(paths: Paths, tx: mpsc::Sender<Msg>) {
     std::thread::spawn(move || loop {
-        let peers = Client::connect(&paths).and_then(|mut c| c.request(Request::Peers));
-        let msg = match peers {
+        let mut client = match Client::connect(&paths) {
+            Ok(client) => client,
+            Err(e) => {
+                if tx.send(Msg::NodeError(e.to_string())).is_err() {
+                    return;
+                }
+                std::thread::sleep(PEERS_EVERY);
+                continue;
+            }
+        };
+        let peers = match client.request(Request::Peers) {
             Ok(Response::Peers { peers }) => Msg::Peers(peers),
-            Ok(_) => continue,
+            Ok(_) => Msg::NodeError("unexpected answer from the node".into()),
             Err(e) => Msg::NodeError(e.to_string()),
         };
-        if tx.send(msg).is_err() {
+        if tx.send(peers).is_err() {
             return;
+        }
+        if let Ok(Response::Nostr(status)) = client.request(Request::NostrStatus) {
+            if tx.send(Msg::Nostr(status.summary())).is_err() {
+                return;
+            }
         }
         std::thread::sleep(PEERS_EVERY);
     });

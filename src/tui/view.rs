@@ -330,7 +330,8 @@ mod tests {
     #[test]
     fn a_comment_from_nostr_is_marked_and_the_header_shows_the_bridge() {
         let mut app = app(130, 10);
-        app.header.nostr = "1/1 relay(s) connected, 0 event(s) pending".into();
+        // The window polls the node; the header follows the bridge's state.
+        app.update(Msg::Nostr("1/1 relay(s) connected, 0 event(s) pending".into()));
         let mut m = chat("nostr:ab", T0, "x", "from a Nostr client", false);
         m.name = None;
         m.peer = "npub1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqzzzz".into();
