@@ -313,12 +313,7 @@ impl Store {
                 db(table.get(seq))?.and_then(|v| serde_json::from_slice(v.value()).ok());
             if let Some(mut p) = current.filter(|p| p.id == id) {
                 p.relays.retain(|r| r != relay);
-                if p.relays.is_empty() {
-                    db(table.remove(seq))?;
-                } else {
-                    let bytes = serde_json::to_vec(&p).expect("plain structs serialise");
-                    db(table.insert(seq, bytes.as_slice()))?;
-                }
+                put_or_drop(&mut table, seq, &p)?;
             }
         }
         db(txn.commit())
@@ -341,16 +336,22 @@ impl Store {
                 }
             }
             for (seq, p) in changed {
-                if p.relays.is_empty() {
-                    db(table.remove(seq))?;
-                } else {
-                    let bytes = serde_json::to_vec(&p).expect("plain structs serialise");
-                    db(table.insert(seq, bytes.as_slice()))?;
-                }
+                put_or_drop(&mut table, seq, &p)?;
             }
         }
         db(txn.commit())
     }
+}
+
+/// Writes a queued event back, or drops it once no relay is waiting for it.
+fn put_or_drop(table: &mut redb::Table<u64, &[u8]>, seq: u64, p: &NostrPending) -> Result<(), StoreError> {
+    if p.relays.is_empty() {
+        db(table.remove(seq))?;
+    } else {
+        let bytes = serde_json::to_vec(p).expect("plain structs serialise");
+        db(table.insert(seq, bytes.as_slice()))?;
+    }
+    Ok(())
 }
 
 impl Store {

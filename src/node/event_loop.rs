@@ -591,7 +591,7 @@ impl EventLoop {
         if envelope.repo != repo.id {
             return Outcome::Error("announcement and repo disagree on the repo id".into());
         }
-        if !self.repos.iter().any(|r| r.id == repo.id && (r.git_dir == repo.git_dir || repo.git_dir.is_none())) {
+        if !self.knows_repo_at(&repo) {
             if let Err(e) = self.store.add_repo(&repo) {
                 return Outcome::Error(format!("cannot register the repo: {e}"));
             }
@@ -659,8 +659,10 @@ impl EventLoop {
                 Ok(seq) => {
                     self.publish_ref(&entry);
                     if entry.thread.is_none() && entry.envelope.kind == crate::proto::announce::KIND {
-                        if let Err(e) = self.store.add_repo(&entry.repo) {
-                            tracing::warn!(error = %e, "cannot register the repo");
+                        if !self.knows_repo_at(&entry.repo) {
+                            if let Err(e) = self.store.add_repo(&entry.repo) {
+                                tracing::warn!(error = %e, "cannot register the repo");
+                            }
                         }
                         self.repo_changed(&entry.repo);
                     }
@@ -883,6 +885,11 @@ impl EventLoop {
             Some(bridge) => bridge.status(),
             None => NostrStatus { npub: self.info.npub.clone(), ..NostrStatus::default() },
         }
+    }
+
+    /// Whether `repo` is registered already, at the same git dir (or the caller names none).
+    fn knows_repo_at(&self, repo: &RepoInfo) -> bool {
+        self.repos.iter().any(|r| r.id == repo.id && (repo.git_dir.is_none() || r.git_dir == repo.git_dir))
     }
 
     /// A repository of ours may look different now: tell the Nostr bridge.
