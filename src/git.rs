@@ -128,6 +128,52 @@ impl RepoContext {
     }
 }
 
+/// Reflog messages of the entries that made a commit on HEAD: `git commit` (initial, amend,
+/// merge), `git cherry-pick` and `git revert`, the commands that run the post-commit hook.
+const COMMIT_ENTRIES: [&str; 3] = ["commit", "cherry-pick", "revert"];
+
+impl RepoContext {
+    /// How long HEAD's reflog is now (bytes; 0 without one): where to start reading later.
+    pub fn head_reflog_len(&self) -> u64 {
+        std::fs::metadata(self.git_dir.join("logs").join("HEAD")).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Commits HEAD's reflog recorded after byte `offset`, oldest first, and the reflog's length
+    /// now. With no offset (first look) or a reflog shorter than it (expired, rewritten), only
+    /// the newest entry counts. No reflog (`core.logAllRefUpdates` off): HEAD's commit.
+    pub fn head_reflog_commits(&self, offset: Option<u64>) -> (Vec<String>, u64) {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.git_dir.join("logs").join("HEAD");
+        let Ok(mut file) = std::fs::File::open(&path) else {
+            return (vec![self.head_commit.clone()], 0);
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let (start, newest_only) = match offset {
+            Some(o) if o <= len => (o, false),
+            _ => (0, true),
+        };
+        let mut text = String::new();
+        if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_string(&mut text).is_err() {
+            return (Vec::new(), len);
+        }
+        let mut commits: Vec<String> = text
+            .lines()
+            .filter_map(|line| {
+                let (head, message) = line.split_once('\t')?;
+                let new = head.split(' ').nth(1)?;
+                let made_commit = COMMIT_ENTRIES.iter().any(|k| message.starts_with(k));
+                (made_commit && new.len() >= 40 && new.bytes().all(|b| b.is_ascii_hexdigit())).then(|| new.to_string())
+            })
+            .collect();
+        if newest_only {
+            commits = commits.pop().into_iter().collect();
+        }
+        // Only up to the last complete line: a line being appended is read next time.
+        let end = start + text.rfind('\n').map_or(0, |i| i as u64 + 1);
+        (commits, if newest_only { len } else { end })
+    }
+}
+
 impl RepoContext {
     /// Branches and tags (`refs/heads/*`, `refs/tags/*`) with the object each points to.
     pub fn branches_and_tags(&self) -> Result<Vec<(String, String)>, GitError> {

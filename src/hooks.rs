@@ -184,6 +184,62 @@ mod tests {
     use std::collections::BTreeMap;
     use std::os::unix::fs::symlink;
 
+    /// The hook's fast path finds the node's files where `Paths` puts them, for every way the
+    /// environment can name them; with no live node it takes the slow path instead.
+    #[test]
+    fn the_fast_path_uses_the_same_paths_as_the_node() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let abs = |p: &str| r.join(p).display().to_string();
+        let cases: Vec<Vec<(&str, String)>> = vec![
+            vec![("HOME", abs("home")), ("XDG_DATA_HOME", abs("data")), ("XDG_RUNTIME_DIR", abs("run"))],
+            vec![("HOME", abs("home")), ("XDG_DATA_HOME", "relative/ignored".into()), ("XDG_RUNTIME_DIR", abs("run"))],
+            vec![("HOME", abs("home")), ("XDG_DATA_HOME", abs("data"))],
+            vec![("HOME", abs("home")), ("XDG_DATA_HOME", String::new()), ("XDG_RUNTIME_DIR", String::new())],
+        ];
+        let hook = r.join("post-commit");
+        fs::write(&hook, HOOK_SCRIPT).unwrap();
+        for (i, env) in cases.iter().enumerate() {
+            let vars: std::collections::HashMap<&str, &String> = env.iter().map(|(k, v)| (*k, v)).collect();
+            let paths = crate::paths::Paths::from_vars(|k| {
+                vars.get(k).filter(|v| !v.is_empty()).map(|v| std::ffi::OsString::from(v.as_str()))
+            })
+            .unwrap();
+            paths.ensure().unwrap();
+            fs::create_dir_all(crate::spool::dir(&paths.data_dir)).unwrap();
+            let run = || {
+                let out = std::process::Command::new("sh")
+                    .arg(&hook)
+                    .current_dir(r)
+                    .env_clear()
+                    .env("PATH", "/usr/bin:/bin")
+                    .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                    .output()
+                    .unwrap();
+                assert!(out.status.success());
+                String::from_utf8_lossy(&out.stderr).into_owned()
+            };
+            let note = crate::spool::dir(&paths.data_dir).join(format!("case-{i}"));
+            // No live node: the slow path (git-p2p is not on this PATH, so it says so).
+            assert!(run().contains("not on PATH"), "case {i}");
+            // A live node: its pid in the lock (this test's), its socket bound.
+            fs::write(paths.data_lock(), std::process::id().to_string()).unwrap();
+            let _socket = std::os::unix::net::UnixListener::bind(paths.socket()).unwrap();
+            assert_eq!(run(), "", "case {i}: the fast path is silent");
+            let notes: Vec<PathBuf> = fs::read_dir(crate::spool::dir(&paths.data_dir))
+                .unwrap()
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "note"))
+                .collect();
+            assert_eq!(notes.len(), 1, "case {i}: {notes:?}");
+            let text = fs::read_to_string(&notes[0]).unwrap();
+            assert_eq!(crate::spool::Note::parse(&text).map(|n| n.cwd), Some(r.to_path_buf()), "case {i}");
+            fs::rename(&notes[0], &note).unwrap();
+            fs::remove_file(paths.socket()).unwrap();
+            fs::remove_file(paths.data_lock()).unwrap();
+        }
+    }
+
     #[derive(Debug, PartialEq, Clone)]
     enum Entry {
         File { mode: u32, bytes: Vec<u8> },

@@ -1,4 +1,6 @@
-//! The spool: announcements written by the post-commit hook while the node is down.
+//! The spool: what the post-commit hook leaves for the node. While the node runs, the hook's
+//! fast path only leaves a [`Note`] (shell builtins, no fork); while it is down, the hook signs
+//! the announcement itself and spools it whole.
 //!
 //! One file per announcement (`<data dir>/spool/<time>-<pid>-<n>.json`), written to a temporary
 //! name, fsync'd, renamed into place and the directory fsync'd: a file either is complete or does
@@ -34,23 +36,84 @@ pub fn write(data_dir: &Path, entry: &OutboxEntry) -> io::Result<PathBuf> {
     Ok(path)
 }
 
-/// Spooled entries, oldest first. Unreadable files are renamed `*.bad` and reported, never
-/// deleted.
-pub fn read(data_dir: &Path) -> Vec<(PathBuf, OutboxEntry)> {
+/// What the hook's fast path leaves (`hook-<pid>.note`, written with shell builtins while the
+/// node runs): "this repository has a new commit". The node reads which from the reflog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// The hook's working directory (the work tree's root, or the git dir of a bare repository).
+    pub cwd: PathBuf,
+    /// `GIT_DIR` as git gave it to the hook, if it did (may be relative to `cwd`).
+    pub git_dir: Option<PathBuf>,
+}
+
+impl Note {
+    /// Where to open the repository.
+    pub fn repo_dir(&self) -> PathBuf {
+        match &self.git_dir {
+            Some(g) if g.is_absolute() => g.clone(),
+            Some(g) => self.cwd.join(g),
+            None => self.cwd.clone(),
+        }
+    }
+
+    /// `git-p2p-note 1`, the directory, `GIT_DIR` (maybe empty), `end`; None while incomplete.
+    pub fn parse(text: &str) -> Option<Self> {
+        let lines: Vec<&str> = text.split('\n').collect();
+        match lines.as_slice() {
+            ["git-p2p-note 1", cwd, git_dir, "end", ""] if cwd.starts_with('/') => {
+                Some(Self { cwd: PathBuf::from(cwd), git_dir: (!git_dir.is_empty()).then(|| PathBuf::from(git_dir)) })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One spooled item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// A whole signed announcement (the hook's slow path: the node was down).
+    Entry(OutboxEntry),
+    /// A note of the fast path.
+    Note(Note),
+}
+
+/// A note this old that still does not parse was not being written: it is set aside.
+const NOTE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Spooled items, oldest first. Unreadable files are renamed `*.bad` and reported, never
+/// deleted; a note still being written is left for the next look.
+pub fn read(data_dir: &Path) -> Vec<(PathBuf, Item)> {
     let Ok(entries) = fs::read_dir(dir(data_dir)) else { return Vec::new() };
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter(|p| p.extension().is_some_and(|x| x == "json" || x == "note"))
         .collect();
     paths.sort();
     let mut out = Vec::new();
     for path in paths {
-        match fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        {
-            Ok(entry) => out.push((path, entry)),
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read a spool file");
+                continue;
+            }
+        };
+        if path.extension().is_some_and(|x| x == "note") {
+            match Note::parse(&String::from_utf8_lossy(&bytes)) {
+                Some(note) => out.push((path, Item::Note(note))),
+                None => {
+                    let age = fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+                    if age.is_some_and(|a| a > NOTE_GRACE) {
+                        tracing::warn!(path = %path.display(), "unreadable hook note set aside");
+                        let _ = fs::rename(&path, path.with_extension("bad"));
+                    }
+                }
+            }
+            continue;
+        }
+        match serde_json::from_slice(&bytes) {
+            Ok(entry) => out.push((path, Item::Entry(entry))),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "unreadable spool file set aside");
                 let _ = fs::rename(&path, path.with_extension("bad"));
@@ -81,8 +144,37 @@ mod tests {
             write(dir.path(), e).unwrap();
         }
         fs::write(super::dir(dir.path()).join("zzz.json"), b"{torn").unwrap();
-        let read_back: Vec<OutboxEntry> = read(dir.path()).into_iter().map(|(_, e)| e).collect();
-        assert_eq!(read_back, entries);
+        let read_back: Vec<Item> = read(dir.path()).into_iter().map(|(_, e)| e).collect();
+        assert_eq!(read_back, entries.into_iter().map(Item::Entry).collect::<Vec<_>>());
         assert!(super::dir(dir.path()).join("zzz.bad").exists(), "garbage kept aside, not deleted");
+    }
+
+    #[test]
+    fn notes_parse_only_when_complete() {
+        let note = Note::parse("git-p2p-note 1\n/home/a/proj\n.git\nend\n").unwrap();
+        assert_eq!(note.repo_dir(), PathBuf::from("/home/a/proj/.git"));
+        let bare = Note::parse("git-p2p-note 1\n/srv/proj.git\n\nend\n").unwrap();
+        assert_eq!(bare.repo_dir(), PathBuf::from("/srv/proj.git"));
+        let abs = Note::parse("git-p2p-note 1\n/w\n/elsewhere/.git\nend\n").unwrap();
+        assert_eq!(abs.repo_dir(), PathBuf::from("/elsewhere/.git"));
+        for torn in [
+            "",
+            "git-p2p-note 1\n/w\n",
+            "git-p2p-note 1\n/w\n\nen",
+            "git-p2p-note 2\n/w\n\nend\n",
+            "git-p2p-note 1\nrel\n\nend\n",
+        ] {
+            assert_eq!(Note::parse(torn), None, "{torn:?}");
+        }
+        // A note being written is left in place; one that is complete is read.
+        let dir = tempfile::tempdir().unwrap();
+        let spool = super::dir(dir.path());
+        fs::create_dir_all(&spool).unwrap();
+        fs::write(spool.join("hook-1.note"), "git-p2p-note 1\n/w\n").unwrap();
+        fs::write(spool.join("hook-2.note"), "git-p2p-note 1\n/w\n\nend\n").unwrap();
+        let items = read(dir.path());
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].1, Item::Note(Note { cwd: "/w".into(), git_dir: None }));
+        assert!(spool.join("hook-1.note").exists());
     }
 }

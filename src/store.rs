@@ -40,6 +40,11 @@ const DHT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dht");
 const KV_OWN: TableDefinition<(&str, &str), u64> = TableDefinition::new("kv_own");
 /// Repo id -> its git dir on this machine (read by the Nostr bridge; never published).
 const REPO_DIRS: TableDefinition<&str, &str> = TableDefinition::new("repo_dirs");
+/// Our own announced commits: (repo id, commit) -> unix ms. The hook's fast and slow paths and
+/// the reflog all lead here, so each commit is announced once.
+const OWN_ANNOUNCED: TableDefinition<(&str, &str), u64> = TableDefinition::new("own_announced");
+/// Repo id -> how far (bytes) the node has read the repository's HEAD reflog.
+const REFLOG_POS: TableDefinition<&str, u64> = TableDefinition::new("reflog_pos");
 /// Signed Nostr events waiting for relays to accept them: seq -> JSON [`NostrPending`].
 const NOSTR_OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("nostr_outbox");
 /// What we last queued for each replaceable event (`kind:d`): JSON [`NostrLast`].
@@ -138,6 +143,8 @@ impl Store {
         db(txn.open_table(DHT))?;
         db(txn.open_table(KV_OWN))?;
         db(txn.open_table(REPO_DIRS))?;
+        db(txn.open_table(OWN_ANNOUNCED))?;
+        db(txn.open_table(REFLOG_POS))?;
         db(txn.open_table(NOSTR_OUTBOX))?;
         db(txn.open_table(NOSTR_LAST))?;
         db(txn.commit())?;
@@ -216,6 +223,38 @@ impl Store {
             out.push(RepoInfo { id: k.value().to_string(), name: v.value().to_string(), git_dir });
         }
         Ok(out)
+    }
+}
+
+impl Store {
+    pub fn own_announced(&self, repo: &str, commit: &str) -> Result<bool, StoreError> {
+        let txn = db(self.db.begin_read())?;
+        Ok(db(db(txn.open_table(OWN_ANNOUNCED))?.get((repo, commit)))?.is_some())
+    }
+
+    /// Records that we announced `commit` (not fsync'd: it is written with the outbox entry's
+    /// durable commit, or the next one).
+    pub fn mark_announced(&self, repo: &str, commit: &str) -> Result<(), StoreError> {
+        let mut txn = db(self.db.begin_write())?;
+        let _ = txn.set_durability(redb::Durability::None);
+        db(db(txn.open_table(OWN_ANNOUNCED))?.insert((repo, commit), unix_now_ms()))?;
+        db(txn.commit())
+    }
+
+    pub fn reflog_pos(&self, repo: &str) -> Result<Option<u64>, StoreError> {
+        let txn = db(self.db.begin_read())?;
+        Ok(db(db(txn.open_table(REFLOG_POS))?.get(repo))?.map(|v| v.value()))
+    }
+
+    /// Without `durable` the caller syncs soon: a position lost in a crash only means reading
+    /// part of the reflog again, and the announced-commits set (or the receivers) drop repeats.
+    pub fn set_reflog_pos(&self, repo: &str, pos: u64, durable: bool) -> Result<(), StoreError> {
+        let mut txn = db(self.db.begin_write())?;
+        if !durable {
+            let _ = txn.set_durability(redb::Durability::None);
+        }
+        db(db(txn.open_table(REFLOG_POS))?.insert(repo, pos))?;
+        db(txn.commit())
     }
 }
 

@@ -136,6 +136,9 @@ pub struct EventLoop {
     syncer: std::sync::mpsc::Sender<Acks>,
     /// Control requests waiting for a DHT query.
     pending_kad: std::collections::HashMap<libp2p::kad::QueryId, PendingKad>,
+    /// Wakes us when the hook leaves something in the spool (None if inotify is unavailable:
+    /// the spool is then read every second).
+    spool_watch: Option<super::spool_watch::SpoolWatch>,
     /// The Nostr bridge, when relays are configured.
     bridge: Option<Bridge>,
     /// What the bridge heard from relays. The sender is kept so the channel never closes.
@@ -154,6 +157,12 @@ impl EventLoop {
     ) -> Self {
         let (inbound_tx, inbound) = mpsc::channel(crate::bridge::INBOUND_QUEUE);
         let syncer = spawn_syncer(store.clone());
+        let spool_dir = crate::spool::dir(&info.data_dir_path);
+        let spool_watch = crate::paths::ensure_private_dir(&spool_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|()| super::spool_watch::SpoolWatch::new(&spool_dir).map_err(|e| e.to_string()))
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot watch the spool; reading it every second"))
+            .ok();
         let bridge = Bridge::start(store.clone(), info.nostr.clone(), &info.config.relays, inbound_tx.clone());
         let mut this = Self {
             swarm,
@@ -175,6 +184,7 @@ impl EventLoop {
             unsynced_acks: false,
             pending_kad: Default::default(),
             syncer,
+            spool_watch,
             bridge,
             inbound,
             _inbound_tx: inbound_tx,
@@ -209,6 +219,7 @@ impl EventLoop {
             Err(e) => tracing::warn!(error = %e, "cannot read the outbox"),
         }
         this.ingest_spool();
+        this.catch_up_reflogs();
         this
     }
 
@@ -242,6 +253,18 @@ impl EventLoop {
                 }
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 Some(message) = self.inbound.recv() => self.receive_from_nostr(message),
+                changed = spool_changed(&self.spool_watch) => {
+                    if let Err(e) = changed {
+                        tracing::warn!(error = %e, "spool watch failed; reading the spool every second");
+                        self.spool_watch = None;
+                    }
+                    self.ingest_spool();
+                    // Publish first, then make it durable off this thread.
+                    self.flush_outbox();
+                    if std::mem::take(&mut self.unsynced) && self.syncer.send(Vec::new()).is_err() {
+                        self.unsynced = true;
+                    }
+                }
                 _ = tick.tick() => {
                     if self.orphaned() {
                         tracing::warn!("the data dir is gone, stopping");
@@ -467,6 +490,7 @@ impl EventLoop {
                 if let Err(e) = self.store.add_repo(&repo) {
                     return Outcome::Error(format!("cannot register the repo: {e}"));
                 }
+                self.start_reflog(&repo);
                 self.join_repo(repo.clone());
                 self.repo_changed(&repo);
                 Outcome::Ok(Response::Done)
@@ -591,21 +615,100 @@ impl EventLoop {
         if envelope.repo != repo.id {
             return Outcome::Error("announcement and repo disagree on the repo id".into());
         }
-        if !self.knows_repo_at(&repo) {
-            if let Err(e) = self.store.add_repo(&repo) {
-                return Outcome::Error(format!("cannot register the repo: {e}"));
+        match self.queue_announcement(OutboxEntry { repo, envelope, thread: None }, true) {
+            Ok(()) => Outcome::Ok(Response::Queued { pending: self.outbox.len() }),
+            Err(e) => Outcome::Error(format!("cannot store the announcement: {e}")),
+        }
+    }
+
+    /// Queues one of our announcements durably: outbox, our refs in the DHT, the repo registered
+    /// (at its git dir) and re-read for Nostr, the commit marked as announced.
+    /// Not `durable`: the caller has the store synced soon (an announcement read from the reflog
+    /// is found there again after a crash).
+    fn queue_announcement(&mut self, entry: OutboxEntry, durable: bool) -> Result<(), crate::store::StoreError> {
+        if !self.knows_repo_at(&entry.repo) {
+            self.store.add_repo(&entry.repo)?;
+            self.start_reflog(&entry.repo);
+        }
+        let ours = entry.envelope.author == hex::encode(self.info.key.public().encode_protobuf());
+        if let (true, Ok(a)) = (ours, Announcement::from_envelope(&entry.envelope)) {
+            // Not fsync'd by itself: the outbox push below makes it durable too.
+            self.store.mark_announced(&entry.repo.id, &a.commit)?;
+        }
+        let seq = self.store.outbox_push_with(&entry, durable)?;
+        if !durable {
+            self.unsynced = true;
+        }
+        self.publish_ref(&entry);
+        self.repo_changed(&entry.repo);
+        self.outbox.push_back((seq, entry));
+        Ok(())
+    }
+
+    /// From a repository's registration on, the hook's notes are read against its HEAD reflog:
+    /// remember where the reflog ends now (once), so that every later commit is found.
+    fn start_reflog(&mut self, repo: &RepoInfo) {
+        let Some(dir) = &repo.git_dir else { return };
+        if matches!(self.store.reflog_pos(&repo.id), Ok(Some(_))) {
+            return;
+        }
+        match crate::git::open(std::path::Path::new(dir)) {
+            Ok(ctx) if ctx.repo_id.as_str() == repo.id => {
+                if let Err(e) = self.store.set_reflog_pos(&repo.id, ctx.head_reflog_len(), true) {
+                    tracing::warn!(error = %e, "cannot record the reflog position");
+                }
+            }
+            Ok(_) => tracing::warn!(%dir, "the registered git dir holds another repository"),
+            Err(e) => tracing::warn!(%dir, error = %e, "cannot open the registered repository"),
+        }
+    }
+
+    /// At start: commits made in a hooked repository while no node ran to read the hook's notes
+    /// (or with the hook skipped) are in its reflog; announce those not announced yet.
+    fn catch_up_reflogs(&mut self) {
+        let repos: Vec<(String, String)> =
+            self.repos.iter().filter_map(|r| r.git_dir.clone().map(|d| (r.id.clone(), d))).collect();
+        for (id, dir) in repos {
+            let hooked =
+                crate::hooks::hooks_dir(std::path::Path::new(&dir)).is_ok_and(|h| crate::hooks::is_installed(&h));
+            if !hooked || !matches!(self.store.reflog_pos(&id), Ok(Some(_))) {
+                continue;
+            }
+            let note = crate::spool::Note { cwd: std::path::PathBuf::from(&dir), git_dir: None };
+            if let Err(e) = self.announce_from_reflog(&note) {
+                tracing::warn!(%dir, error = %e, "cannot read the repository's reflog");
             }
         }
-        let entry = OutboxEntry { repo, envelope, thread: None };
-        match self.store.outbox_push(&entry) {
-            Ok(seq) => {
-                self.publish_ref(&entry);
-                self.repo_changed(&entry.repo);
-                self.outbox.push_back((seq, entry));
+    }
+
+    /// The hook's fast path left a note: announce the commits the repository's HEAD reflog
+    /// recorded since we last looked (those not announced yet by any path).
+    fn announce_from_reflog(&mut self, note: &crate::spool::Note) -> Result<(), String> {
+        let ctx = crate::git::open(&note.repo_dir()).map_err(|e| e.to_string())?;
+        let repo = ctx.info();
+        let pos = self.store.reflog_pos(&repo.id).map_err(|e| e.to_string())?;
+        let (commits, new_pos) = ctx.head_reflog_commits(pos);
+        // The commits are on HEAD's branch: the reflog does not say which branch it was then.
+        let ref_name = ctx.branch.as_ref().map(|b| format!("refs/heads/{b}"));
+        for commit in commits {
+            if self.store.own_announced(&repo.id, &commit).map_err(|e| e.to_string())? {
+                continue;
             }
-            Err(e) => return Outcome::Error(format!("cannot store the announcement: {e}")),
+            let mut info = ctx.commit_info(&commit).map_err(|e| e.to_string())?;
+            info.ref_name = ref_name.clone();
+            let body = Announcement::new(&info, ctx.user_name.as_deref()).to_body();
+            let envelope = Envelope::sign(
+                &self.info.key,
+                crate::proto::announce::KIND,
+                &repo.id,
+                crate::store::unix_now_ms(),
+                body,
+            );
+            self.queue_announcement(OutboxEntry { repo: repo.clone(), envelope, thread: None }, false)
+                .map_err(|e| e.to_string())?;
         }
-        Outcome::Ok(Response::Queued { pending: self.outbox.len() })
+        self.unsynced = true;
+        self.store.set_reflog_pos(&repo.id, new_pos, false).map_err(|e| e.to_string())
     }
 
     /// Our own announcement of a commit on a branch also updates our refs in the DHT: the key
@@ -653,30 +756,32 @@ impl EventLoop {
     }
 
     /// Moves announcements the hook spooled while the node was down into the outbox.
+    /// Moves what the hook spooled into the outbox: whole announcements (made while the node was
+    /// down) and notes of the fast path (announced from the reflog).
     fn ingest_spool(&mut self) {
-        for (path, entry) in crate::spool::read(&self.info.data_dir_path) {
-            match self.store.outbox_push(&entry) {
-                Ok(seq) => {
-                    self.publish_ref(&entry);
-                    if entry.thread.is_none() && entry.envelope.kind == crate::proto::announce::KIND {
-                        if !self.knows_repo_at(&entry.repo) {
-                            if let Err(e) = self.store.add_repo(&entry.repo) {
-                                tracing::warn!(error = %e, "cannot register the repo");
-                            }
-                        }
-                        self.repo_changed(&entry.repo);
-                    }
-                    self.outbox.push_back((seq, entry));
-                    // Stored durably: now the file may go. A crash in between queues it twice,
-                    // which receivers de-duplicate.
-                    if let Err(e) = std::fs::remove_file(&path) {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot remove spool file");
+        use crate::spool::Item;
+        for (path, item) in crate::spool::read(&self.info.data_dir_path) {
+            match item {
+                Item::Entry(entry) if self.already_announced(&entry) => {}
+                Item::Entry(entry) => {
+                    if let Err(e) = self.queue_announcement(entry, true) {
+                        tracing::warn!(error = %e, "cannot move a spooled announcement to the outbox");
+                        return;
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot move a spooled announcement to the outbox");
-                    return;
+                Item::Note(note) => {
+                    if let Err(e) = self.announce_from_reflog(&note) {
+                        tracing::warn!(path = %path.display(), repo = %note.repo_dir().display(), error = %e,
+                            "cannot announce from a hook note; set aside");
+                        let _ = std::fs::rename(&path, path.with_extension("bad"));
+                        continue;
+                    }
                 }
+            }
+            // Stored durably: now the file may go. A crash in between queues it twice, which
+            // the announced-commits set (and the receivers) de-duplicate.
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove spool file");
             }
         }
     }
@@ -885,6 +990,14 @@ impl EventLoop {
             Some(bridge) => bridge.status(),
             None => NostrStatus { npub: self.info.npub.clone(), ..NostrStatus::default() },
         }
+    }
+
+    /// A spooled announcement of ours whose commit went out already (a note's reflog read found
+    /// it first): not queued twice.
+    fn already_announced(&self, entry: &OutboxEntry) -> bool {
+        let ours = entry.envelope.author == hex::encode(self.info.key.public().encode_protobuf());
+        ours && Announcement::from_envelope(&entry.envelope)
+            .is_ok_and(|a| self.store.own_announced(&entry.repo.id, &a.commit).unwrap_or(false))
     }
 
     /// Whether `repo` is registered already, at the same git dir (or the caller names none).
@@ -1100,6 +1213,14 @@ impl EventLoop {
         if self.bootstrap_peers.contains(&peer) || self.peers.len() <= 8 {
             self.maybe_kad_bootstrap();
         }
+    }
+}
+
+/// Resolves when the spool changed; never without a watch.
+async fn spool_changed(watch: &Option<super::spool_watch::SpoolWatch>) -> std::io::Result<()> {
+    match watch {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
     }
 }
 

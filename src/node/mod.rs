@@ -5,6 +5,7 @@ pub mod behaviour;
 pub mod event_loop;
 pub mod kad_store;
 pub mod peers;
+mod spool_watch;
 
 use std::fs::File;
 use std::io::{self, Write};

@@ -180,3 +180,46 @@ fn init_chains_an_existing_hook_and_uninstall_restores_it() {
     assert_eq!(std::fs::read_to_string(hooks.join("post-commit")).unwrap(), original, "restored byte for byte");
     assert_eq!(std::fs::read_dir(&hooks).unwrap().count(), 1, "nothing left behind");
 }
+
+#[test]
+fn with_the_node_up_the_hook_needs_no_binary_and_the_reflog_catches_hookless_commits() {
+    let Pair { alice, bob, alice_repo, bob_repo } = pair();
+    // The fast path uses shell builtins only: with git-p2p off PATH the commit is still announced.
+    let mut cmd = std::process::Command::new("git");
+    cmd.args(["commit", "-q", "--allow-empty", "-m", "fast path"]).current_dir(&alice_repo);
+    alice.envs(&mut cmd);
+    cmd.env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    let out = cmd.output().unwrap();
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", stderr(&out));
+    let fast = alice.git(&alice_repo, &["rev-parse", "HEAD"]).trim().to_string();
+    wait_for_commits(&bob, &bob_repo, std::slice::from_ref(&fast));
+    let spool = alice.data_dir().join("spool");
+    let json = std::fs::read_dir(&spool)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.path().extension() == Some("json".as_ref()));
+    assert!(!json, "nothing was signed by the hook");
+
+    // Two commits made without any hook, then one with it: the node reads all three from the
+    // reflog (the hook's note says only "look").
+    let mut missed = Vec::new();
+    for m in ["no hook 1", "no hook 2"] {
+        alice.git(&alice_repo, &["-c", "core.hooksPath=/dev/null", "commit", "-q", "--allow-empty", "-m", m]);
+        missed.push(alice.git(&alice_repo, &["rev-parse", "HEAD"]).trim().to_string());
+    }
+    missed.push(commit(&alice, &alice_repo, "with the hook"));
+    let entries = wait_for_commits(&bob, &bob_repo, &missed);
+    missed.push(fast);
+    assert_exactly_once(&entries, &missed);
+    let e = entries.iter().find(|e| e["summary"] == "no hook 1").unwrap();
+    assert_eq!(e["ref_name"], "refs/heads/main");
+
+    // A commit that skipped the hook while the node was down is announced when it starts.
+    alice.ok(&["daemon", "stop"]);
+    alice.git(&alice_repo, &["-c", "core.hooksPath=/dev/null", "commit", "-q", "--allow-empty", "-m", "while down"]);
+    let down = alice.git(&alice_repo, &["rev-parse", "HEAD"]).trim().to_string();
+    alice.start();
+    let entries = wait_for_commits(&bob, &bob_repo, std::slice::from_ref(&down));
+    missed.push(down);
+    assert_exactly_once(&entries, &missed);
+}
