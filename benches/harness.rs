@@ -806,13 +806,20 @@ fn hook_cost(metrics: &mut Vec<Metric>, smoke: bool) {
     let dave = Node::new("dave");
     let hooked = dave.repo("hooked", 1);
     let plain = dave.repo("plain", 1);
+    // The floor of any post-commit hook: git running an `sh` script that does nothing.
+    let empty = dave.repo("empty", 1);
+    let empty_hook = empty.join(".git/hooks/post-commit");
+    std::fs::write(&empty_hook, "#!/bin/sh\nexit 0\n").expect("write hook");
+    std::fs::set_permissions(&empty_hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     dave.ok_in(&hooked, &["init"]);
-    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let (mut with, mut without, mut floor) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..commits {
         without.push(time_commit(&dave, &plain, i, false));
         with.push(time_commit(&dave, &hooked, i, false));
+        floor.push(time_commit(&dave, &empty, i, false));
     }
     metrics.push(Metric { name: "commit_no_hook", unit: "ms", samples: without.clone(), nodes: 1, goal: "(baseline)" });
+    metrics.push(Metric { name: "commit_empty_sh_hook", unit: "ms", samples: floor, nodes: 1, goal: "(floor of any hook)" });
     metrics.push(Metric {
         name: "commit_hook",
         unit: "ms",
