@@ -819,7 +819,13 @@ fn hook_cost(metrics: &mut Vec<Metric>, smoke: bool) {
         floor.push(time_commit(&dave, &empty, i, false));
     }
     metrics.push(Metric { name: "commit_no_hook", unit: "ms", samples: without.clone(), nodes: 1, goal: "(baseline)" });
-    metrics.push(Metric { name: "commit_empty_sh_hook", unit: "ms", samples: floor, nodes: 1, goal: "(floor of any hook)" });
+    metrics.push(Metric {
+        name: "commit_empty_sh_hook",
+        unit: "ms",
+        samples: floor,
+        nodes: 1,
+        goal: "(floor of any hook)",
+    });
     metrics.push(Metric {
         name: "commit_hook",
         unit: "ms",

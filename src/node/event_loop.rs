@@ -219,7 +219,6 @@ impl EventLoop {
             Err(e) => tracing::warn!(error = %e, "cannot read the outbox"),
         }
         this.ingest_spool();
-        this.catch_up_reflogs();
         this
     }
 
@@ -235,6 +234,8 @@ impl EventLoop {
     /// Runs until a shutdown command or `stop` resolves.
     pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
+        // After "ready": it may run git for each repository.
+        self.catch_up_reflogs();
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
