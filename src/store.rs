@@ -433,8 +433,11 @@ impl Store {
         Ok(out)
     }
 
+    /// Not fsync'd (the caller syncs later): an entry whose removal is lost in a crash is only
+    /// sent again, and receivers drop the repeat.
     pub fn outbox_remove(&self, seqs: &[u64]) -> Result<(), StoreError> {
-        let txn = db(self.db.begin_write())?;
+        let mut txn = db(self.db.begin_write())?;
+        let _ = txn.set_durability(redb::Durability::None);
         {
             let mut table = db(txn.open_table(OUTBOX))?;
             for seq in seqs {

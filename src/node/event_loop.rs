@@ -833,8 +833,9 @@ impl EventLoop {
         if done.is_empty() {
             return;
         }
-        if let Err(e) = self.store.outbox_remove(&done) {
-            tracing::warn!(error = %e, "cannot clear published announcements; a restart sends them again");
+        match self.store.outbox_remove(&done) {
+            Ok(()) => self.unsynced = true,
+            Err(e) => tracing::warn!(error = %e, "cannot clear published announcements; a restart sends them again"),
         }
     }
 
