@@ -489,37 +489,58 @@ impl Store {
     /// last second of *received* history. One fsync per message would cap a room at a few
     /// hundred messages a second.
     pub fn chat_insert(&self, entry: &ChatEntry) -> Result<bool, StoreError> {
+        Ok(self.chat_insert_all(std::slice::from_ref(entry))? == 1)
+    }
+
+    /// Adds messages to their rooms' histories in one transaction (not fsync'd), skipping ids
+    /// seen before. Returns how many were new.
+    pub fn chat_insert_all(&self, entries: &[ChatEntry]) -> Result<usize, StoreError> {
         let mut txn = db(self.db.begin_write())?;
         // Only fails for a transaction that already wrote with another durability; this one is new.
         let _ = txn.set_durability(redb::Durability::None);
+        let mut added = 0;
         {
             let mut seen = db(txn.open_table(CHAT_SEEN))?;
-            if db(seen.get(entry.id.as_str()))?.is_some() {
-                return Ok(false);
-            }
             let mut chat = db(txn.open_table(CHAT))?;
-            let room = entry.room.as_str();
-            let last = db(chat.range((room, 0)..=(room, u64::MAX)))?
-                .next_back()
-                .transpose()
-                .map_err(|e| StoreError::Db(e.into()))?
-                .map(|(k, _)| k.value().1)
-                .unwrap_or(0);
-            let seq = last + 1;
-            let bytes = serde_json::to_vec(entry).expect("chat entries always serialise");
-            db(chat.insert((room, seq), bytes.as_slice()))?;
-            db(seen.insert(entry.id.as_str(), seq))?;
-            if seq > MAX_CHAT_PER_ROOM as u64 {
-                // The oldest message leaves the history, and its id the seen set (bounded too).
-                let old = db(chat.remove((room, seq - MAX_CHAT_PER_ROOM as u64)))?;
-                let old_id = old.and_then(|v| serde_json::from_slice::<ChatEntry>(v.value()).ok()).map(|e| e.id);
-                if let Some(old_id) = old_id {
-                    db(seen.remove(old_id.as_str()))?;
+            for entry in entries {
+                if db(seen.get(entry.id.as_str()))?.is_some() {
+                    continue;
                 }
+                let room = entry.room.as_str();
+                let last = db(chat.range((room, 0)..=(room, u64::MAX)))?
+                    .next_back()
+                    .transpose()
+                    .map_err(|e| StoreError::Db(e.into()))?
+                    .map(|(k, _)| k.value().1)
+                    .unwrap_or(0);
+                let seq = last + 1;
+                let bytes = serde_json::to_vec(entry).expect("chat entries always serialise");
+                db(chat.insert((room, seq), bytes.as_slice()))?;
+                db(seen.insert(entry.id.as_str(), seq))?;
+                if seq > MAX_CHAT_PER_ROOM as u64 {
+                    // The oldest message leaves the history, and its id the seen set (bounded too).
+                    let old = db(chat.remove((room, seq - MAX_CHAT_PER_ROOM as u64)))?;
+                    let old_id = old.and_then(|v| serde_json::from_slice::<ChatEntry>(v.value()).ok()).map(|e| e.id);
+                    if let Some(old_id) = old_id {
+                        db(seen.remove(old_id.as_str()))?;
+                    }
+                }
+                added += 1;
             }
         }
         db(txn.commit())?;
-        Ok(true)
+        Ok(added)
+    }
+
+    /// The ids of the messages the histories hold (the seen set), newest last per room.
+    pub fn chat_seen_ids(&self) -> Result<Vec<String>, StoreError> {
+        let txn = db(self.db.begin_read())?;
+        let table = db(txn.open_table(CHAT_SEEN))?;
+        let mut out = Vec::new();
+        for item in db(table.iter())? {
+            out.push(db(item)?.0.value().to_string());
+        }
+        Ok(out)
     }
 
     /// Stores (or replaces) a DHT record; durable with the next sync.

@@ -136,6 +136,10 @@ pub struct EventLoop {
     syncer: std::sync::mpsc::Sender<Acks>,
     /// Control requests waiting for a DHT query.
     pending_kad: std::collections::HashMap<libp2p::kad::QueryId, PendingKad>,
+    /// Received room messages are stored by this writer thread, off the event loop.
+    history: super::history::HistoryWriter,
+    /// Ids of the room messages seen lately (loaded from the histories at start): what is new.
+    chat_seen: super::history::Recent,
     /// Wakes us when the hook leaves something in the spool (None if inotify is unavailable:
     /// the spool is then read every second).
     spool_watch: Option<super::spool_watch::SpoolWatch>,
@@ -157,6 +161,12 @@ impl EventLoop {
     ) -> Self {
         let (inbound_tx, inbound) = mpsc::channel(crate::bridge::INBOUND_QUEUE);
         let syncer = spawn_syncer(store.clone());
+        let history = super::history::HistoryWriter::spawn(store.clone());
+        let known = store.chat_seen_ids().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the seen messages");
+            Vec::new()
+        });
+        let chat_seen = super::history::Recent::new(RECENT_CHAT_IDS, known);
         let spool_dir = crate::spool::dir(&info.data_dir_path);
         let spool_watch = crate::paths::ensure_private_dir(&spool_dir)
             .map_err(|e| e.to_string())
@@ -184,6 +194,8 @@ impl EventLoop {
             unsynced_acks: false,
             pending_kad: Default::default(),
             syncer,
+            history,
+            chat_seen,
             spool_watch,
             bridge,
             inbound,
@@ -545,6 +557,7 @@ impl EventLoop {
         }
         let entry = chat_entry(&envelope, author, message, true);
         let id = entry.id.clone();
+        self.chat_seen.insert(id.clone());
         match self.store.chat_insert(&entry) {
             Ok(true) => {
                 let _ = self.events.send(NodeEvent::Chat(entry));
@@ -903,18 +916,12 @@ impl EventLoop {
         }
         let own = author == self.local_peer_id();
         let entry = chat_entry(&envelope, author, chat, own);
-        match self.store.chat_insert(&entry) {
-            Ok(true) => {
-                self.unsynced = true;
-                let _ = self.events.send(NodeEvent::Chat(entry));
-                Accept
-            }
-            Ok(false) => Ignore,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot store a chat message");
-                Ignore
-            }
+        if !self.chat_seen.insert(entry.id.clone()) {
+            return Ignore;
         }
+        let _ = self.events.send(NodeEvent::Chat(entry.clone()));
+        self.history.write(entry);
+        Accept
     }
 
     fn receive_announcement(
@@ -1041,13 +1048,9 @@ impl EventLoop {
                     own: false,
                     via: Some("nostr".to_string()),
                 };
-                match self.store.chat_insert(&entry) {
-                    Ok(true) => {
-                        self.unsynced = true;
-                        let _ = self.events.send(NodeEvent::Chat(entry));
-                    }
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(error = %e, "cannot store a Nostr comment"),
+                if self.chat_seen.insert(entry.id.clone()) {
+                    let _ = self.events.send(NodeEvent::Chat(entry.clone()));
+                    self.history.write(entry);
                 }
             }
         }
@@ -1225,6 +1228,9 @@ async fn spool_changed(watch: &Option<super::spool_watch::SpoolWatch>) -> std::i
         None => std::future::pending().await,
     }
 }
+
+/// Room message ids remembered in memory to tell new from repeated (about 100 bytes each).
+const RECENT_CHAT_IDS: usize = 100_000;
 
 /// Answers that may go out once the store is durable.
 type Acks = Vec<(oneshot::Sender<Outcome>, Outcome)>;

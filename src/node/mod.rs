@@ -3,6 +3,7 @@
 
 pub mod behaviour;
 pub mod event_loop;
+mod history;
 pub mod kad_store;
 pub mod peers;
 mod spool_watch;

@@ -1,0 +1,159 @@
+//! Received room messages go to the store on their own thread, in batches, so that gossip
+//! forwarding and delivery to followers never wait for redb (or for an fsync holding its lock).
+//! The event loop decides what is new with an in-memory set of recent ids ([`Recent`]) and
+//! broadcasts at once; the writer makes it durable about once a second.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::control::proto::ChatEntry;
+use crate::store::Store;
+
+/// Messages written per transaction at most.
+const BATCH: usize = 512;
+/// How often the writer makes what it wrote durable.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// Hands received messages to the writer thread.
+pub struct HistoryWriter {
+    tx: Option<mpsc::Sender<ChatEntry>>,
+    store: Store,
+}
+
+impl HistoryWriter {
+    pub fn spawn(store: Store) -> Self {
+        let (tx, rx) = mpsc::channel::<ChatEntry>();
+        let writer_store = store.clone();
+        let spawned = std::thread::Builder::new().name("history".into()).spawn(move || write_loop(&writer_store, &rx));
+        match spawned {
+            Ok(_) => Self { tx: Some(tx), store },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the history thread; writing inline");
+                Self { tx: None, store }
+            }
+        }
+    }
+
+    pub fn write(&self, entry: ChatEntry) {
+        let entry = match &self.tx {
+            Some(tx) => match tx.send(entry) {
+                Ok(()) => return,
+                Err(mpsc::SendError(entry)) => entry,
+            },
+            None => entry,
+        };
+        if let Err(e) = self.store.chat_insert(&entry) {
+            tracing::warn!(error = %e, "cannot store a chat message");
+        }
+    }
+}
+
+fn write_loop(store: &Store, rx: &mpsc::Receiver<ChatEntry>) {
+    let mut last_sync = Instant::now();
+    let mut unsynced = false;
+    loop {
+        let first = match rx.recv_timeout(SYNC_EVERY) {
+            Ok(entry) => Some(entry),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        if let Some(first) = first {
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(entry) => batch.push(entry),
+                    Err(_) => break,
+                }
+            }
+            match store.chat_insert_all(&batch) {
+                Ok(_) => unsynced = true,
+                Err(e) => tracing::warn!(error = %e, lost = batch.len(), "cannot store chat messages"),
+            }
+        }
+        if unsynced && last_sync.elapsed() >= SYNC_EVERY {
+            if let Err(e) = store.sync() {
+                tracing::warn!(error = %e, "cannot sync the chat history");
+            }
+            unsynced = false;
+            last_sync = Instant::now();
+        }
+    }
+    if unsynced {
+        let _ = store.sync();
+    }
+}
+
+/// The ids seen lately, at most `cap` of them (the oldest are forgotten first).
+pub struct Recent {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+    cap: usize,
+}
+
+impl Recent {
+    pub fn new(cap: usize, known: impl IntoIterator<Item = String>) -> Self {
+        let mut this = Self { set: HashSet::new(), order: VecDeque::new(), cap };
+        for id in known {
+            this.insert(id);
+        }
+        this
+    }
+
+    /// True if `id` was not seen before.
+    pub fn insert(&mut self, id: String) -> bool {
+        if self.set.contains(&id) {
+            return false;
+        }
+        if self.order.len() >= self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.set.insert(id.clone());
+        self.order.push_back(id);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_ids_are_bounded_and_forget_the_oldest() {
+        let mut r = Recent::new(3, ["a".to_string()]);
+        assert!(!r.insert("a".into()));
+        assert!(r.insert("b".into()) && r.insert("c".into()) && r.insert("d".into()));
+        assert!(r.insert("a".into()), "the oldest was forgotten");
+        assert!(!r.insert("d".into()));
+        assert_eq!(r.set.len(), 3);
+    }
+
+    #[test]
+    fn the_writer_stores_what_it_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let writer = HistoryWriter::spawn(store.clone());
+        for i in 0..10u64 {
+            writer.write(ChatEntry {
+                room: "r".into(),
+                id: format!("m{i}"),
+                peer: "p".into(),
+                name: None,
+                text: format!("t{i}"),
+                sent_at: i,
+                received_at: i,
+                own: false,
+                via: None,
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.chat_history("r", 100).unwrap().len() < 10 {
+            assert!(Instant::now() < deadline, "written within 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let texts: Vec<String> = store.chat_history("r", 100).unwrap().into_iter().map(|m| m.text).collect();
+        assert_eq!(texts, (0..10).map(|i| format!("t{i}")).collect::<Vec<_>>());
+    }
+}
