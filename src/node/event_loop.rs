@@ -133,7 +133,10 @@ pub struct EventLoop {
     /// Writes of the current command batch that must be synced before it is answered.
     unsynced_acks: bool,
     /// The store's fsyncs happen on this thread, so that the swarm never waits for the disk.
-    syncer: std::sync::mpsc::Sender<Acks>,
+    syncer: std::sync::mpsc::Sender<SyncJob>,
+    /// Our own room messages published by this command batch: the sync thread writes them to
+    /// the history before it fsyncs and answers.
+    own_history: Vec<ChatEntry>,
     /// Control requests waiting for a DHT query.
     pending_kad: std::collections::HashMap<libp2p::kad::QueryId, PendingKad>,
     /// Received room messages are stored by this writer thread, off the event loop.
@@ -194,6 +197,7 @@ impl EventLoop {
             unsynced_acks: false,
             pending_kad: Default::default(),
             syncer,
+            own_history: Vec::new(),
             history,
             chat_seen,
             spool_watch,
@@ -274,7 +278,7 @@ impl EventLoop {
                     self.ingest_spool();
                     // Publish first, then make it durable off this thread.
                     self.flush_outbox();
-                    if std::mem::take(&mut self.unsynced) && self.syncer.send(Vec::new()).is_err() {
+                    if std::mem::take(&mut self.unsynced) && self.syncer.send(SyncJob::default()).is_err() {
                         self.unsynced = true;
                     }
                 }
@@ -324,15 +328,16 @@ impl EventLoop {
         // goes back to the swarm (which sends what was just published).
         self.flush_outbox();
         let needs_sync = std::mem::take(&mut self.unsynced_acks);
-        let mut answers = answers;
+        let mut job = SyncJob { history: std::mem::take(&mut self.own_history), acks: answers };
         if needs_sync && !stopping {
-            match self.syncer.send(answers) {
+            match self.syncer.send(job) {
                 Ok(()) => return stopping,
-                Err(std::sync::mpsc::SendError(back)) => answers = back,
+                Err(std::sync::mpsc::SendError(back)) => job = back,
             }
         }
+        let answers = job.acks;
         if needs_sync {
-            if let Err(e) = self.store.sync() {
+            if let Err(e) = self.store.chat_insert_all(&job.history).and_then(|_| self.store.sync()) {
                 for (reply, _) in answers {
                     let _ = reply.send(Outcome::Error(format!("cannot store: {e}")));
                 }
@@ -557,7 +562,24 @@ impl EventLoop {
         }
         let entry = chat_entry(&envelope, author, message, true);
         let id = entry.id.clone();
-        self.chat_seen.insert(id.clone());
+        let new = self.chat_seen.insert(id.clone());
+        let peers = self.swarm.behaviour().gossipsub.all_peers().filter(|(_, topics)| topics.contains(&&topic)).count();
+        // Peers are in the room and nothing of it waits in the outbox: publish now, and let the
+        // sync thread write the history (off this thread) before the answer goes out.
+        let waiting = self.outbox.iter().any(|(_, e)| e.topic().hash() == topic);
+        if peers > 0 && !waiting {
+            match self.swarm.behaviour_mut().gossipsub.publish(topic.clone(), envelope.encode()) {
+                Ok(_) | Err(gossipsub::PublishError::Duplicate) => {
+                    if new {
+                        let _ = self.events.send(NodeEvent::Chat(entry.clone()));
+                        self.own_history.push(entry);
+                    }
+                    self.unsynced_acks = true;
+                    return Outcome::Ok(Response::ChatSent { id, peers });
+                }
+                Err(e) => tracing::debug!(error = %e, "message goes to the outbox"),
+            }
+        }
         match self.store.chat_insert(&entry) {
             Ok(true) => {
                 let _ = self.events.send(NodeEvent::Chat(entry));
@@ -573,7 +595,6 @@ impl EventLoop {
             }
             Err(e) => return Outcome::Error(format!("cannot queue the message: {e}")),
         }
-        let peers = self.swarm.behaviour().gossipsub.all_peers().filter(|(_, topics)| topics.contains(&&topic)).count();
         Outcome::Ok(Response::ChatSent { id, peers })
     }
 
@@ -1072,7 +1093,7 @@ impl EventLoop {
     }
 
     fn maintain(&mut self) {
-        if std::mem::take(&mut self.unsynced) && self.syncer.send(Vec::new()).is_err() {
+        if std::mem::take(&mut self.unsynced) && self.syncer.send(SyncJob::default()).is_err() {
             if let Err(e) = self.store.sync() {
                 tracing::warn!(error = %e, "cannot sync the store");
             }
@@ -1232,19 +1253,26 @@ async fn spool_changed(watch: &Option<super::spool_watch::SpoolWatch>) -> std::i
 /// Room message ids remembered in memory to tell new from repeated (about 100 bytes each).
 const RECENT_CHAT_IDS: usize = 100_000;
 
-/// Answers that may go out once the store is durable.
-type Acks = Vec<(oneshot::Sender<Outcome>, Outcome)>;
+/// What the sync thread does for one command batch: write our published room messages to the
+/// history, fsync, then send the answers that waited for it.
+#[derive(Default)]
+struct SyncJob {
+    history: Vec<ChatEntry>,
+    acks: Vec<(oneshot::Sender<Outcome>, Outcome)>,
+}
 
 /// The thread that makes the store durable (one fsync for whatever is queued) and then sends the
 /// answers that waited for it. Exits when the event loop drops its sender.
-fn spawn_syncer(store: Store) -> std::sync::mpsc::Sender<Acks> {
-    let (tx, rx) = std::sync::mpsc::channel::<Acks>();
+fn spawn_syncer(store: Store) -> std::sync::mpsc::Sender<SyncJob> {
+    let (tx, rx) = std::sync::mpsc::channel::<SyncJob>();
     let spawned = std::thread::Builder::new().name("store-sync".into()).spawn(move || {
-        while let Ok(mut acks) = rx.recv() {
+        while let Ok(mut job) = rx.recv() {
             while let Ok(more) = rx.try_recv() {
-                acks.extend(more);
+                job.history.extend(more.history);
+                job.acks.extend(more.acks);
             }
-            match store.sync() {
+            let acks = job.acks;
+            match store.chat_insert_all(&job.history).and_then(|_| store.sync()) {
                 Ok(()) => {
                     for (reply, outcome) in acks {
                         let _ = reply.send(outcome);
