@@ -241,6 +241,27 @@ impl Store {
         db(txn.commit())
     }
 
+    /// Forgets announced commits older than `before` (unix ms): the reflog is only read forward
+    /// from where the node stopped, so an old commit does not come back. Returns how many went.
+    pub fn prune_announced(&self, before: u64) -> Result<usize, StoreError> {
+        let mut txn = db(self.db.begin_write())?;
+        let _ = txn.set_durability(redb::Durability::None);
+        let removed = {
+            let mut table = db(txn.open_table(OWN_ANNOUNCED))?;
+            let old: Vec<(String, String)> = db(table.iter())?
+                .filter_map(|item| item.ok())
+                .filter(|(_, at)| at.value() < before)
+                .map(|(k, _)| (k.value().0.to_string(), k.value().1.to_string()))
+                .collect();
+            for (repo, commit) in &old {
+                db(table.remove((repo.as_str(), commit.as_str())))?;
+            }
+            old.len()
+        };
+        db(txn.commit())?;
+        Ok(removed)
+    }
+
     pub fn reflog_pos(&self, repo: &str) -> Result<Option<u64>, StoreError> {
         let txn = db(self.db.begin_read())?;
         Ok(db(db(txn.open_table(REFLOG_POS))?.get(repo))?.map(|v| v.value()))
@@ -652,6 +673,18 @@ mod tests {
             relays: relays.iter().map(|r| r.to_string()).collect(),
             replaces: replaces.map(str::to_string),
         }
+    }
+
+    #[test]
+    fn announced_commits_are_remembered_until_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        store.mark_announced("r", "c1").unwrap();
+        assert!(store.own_announced("r", "c1").unwrap());
+        assert!(!store.own_announced("r", "c2").unwrap());
+        assert_eq!(store.prune_announced(0).unwrap(), 0, "nothing older than the epoch");
+        assert_eq!(store.prune_announced(unix_now_ms() + 1).unwrap(), 1);
+        assert!(!store.own_announced("r", "c1").unwrap());
     }
 
     #[test]

@@ -139,6 +139,8 @@ pub struct EventLoop {
     own_history: Vec<ChatEntry>,
     /// Control requests waiting for a DHT query.
     pending_kad: std::collections::HashMap<libp2p::kad::QueryId, PendingKad>,
+    /// When the announced-commits set was last pruned.
+    last_prune: Option<Instant>,
     /// Received room messages are stored by this writer thread, off the event loop.
     history: super::history::HistoryWriter,
     /// Ids of the room messages seen lately (loaded from the histories at start): what is new.
@@ -198,6 +200,7 @@ impl EventLoop {
             pending_kad: Default::default(),
             syncer,
             own_history: Vec::new(),
+            last_prune: None,
             history,
             chat_seen,
             spool_watch,
@@ -1102,6 +1105,15 @@ impl EventLoop {
         self.flush_outbox();
         let now = Instant::now();
         self.forget_published(now);
+        if self.last_prune.is_none_or(|at| now.duration_since(at) >= PRUNE_EVERY) {
+            self.last_prune = Some(now);
+            let before = crate::store::unix_now_ms().saturating_sub(ANNOUNCED_KEPT.as_millis() as u64);
+            match self.store.prune_announced(before) {
+                Ok(n) if n > 0 => self.unsynced = true,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot prune the announced commits"),
+            }
+        }
         let peers = &self.peers;
         for (peer, addrs) in self.redial.due(now, |p| peers.is_connected(p)) {
             tracing::debug!(%peer, ?addrs, "dialling");
@@ -1249,6 +1261,11 @@ async fn spool_changed(watch: &Option<super::spool_watch::SpoolWatch>) -> std::i
         None => std::future::pending().await,
     }
 }
+
+/// How often, and for how long, our announced commits are remembered (against announcing one
+/// twice through the hook's two paths and the reflog; those meet within seconds).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+const ANNOUNCED_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Room message ids remembered in memory to tell new from repeated (about 100 bytes each).
 const RECENT_CHAT_IDS: usize = 100_000;
