@@ -148,7 +148,7 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
 /// follower of B. Bare: two gossipsub swarms (same libp2p, TCP, same gossipsub settings) in this
 /// process, publish → `Message` event. The ratio is our overhead over the stack.
 fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
-    use git_p2p::control::proto::{RepoInfo, Request, Response};
+    use git_p2p::control::proto::{RepoInfo, Request};
     use git_p2p::control::Client;
     use git_p2p::proto::chat::{ChatMessage, KIND};
     use git_p2p::proto::envelope::Envelope;
@@ -169,18 +169,7 @@ fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
     // Many authors in turn: one author alone would hit the receivers' per-author rate limit.
     let authors: Vec<libp2p::identity::Keypair> =
         (0..50).map(|_| libp2p::identity::Keypair::generate_ed25519()).collect();
-    let mut follower = Client::connect(&paths(&bob)).expect("bob's node");
-    follower.wait_forever().expect("socket");
-    let id = follower.send(Request::FollowChat { room: repo_id.clone() }).expect("follow");
-    assert!(matches!(follower.next(id), Ok(Response::Following)));
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        while let Ok(Response::Chat { message }) = follower.next(id) {
-            if tx.send((Instant::now(), message.text)).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = follow_chat(&bob, &repo_id);
     let mut sender = Client::connect(&paths(&alice)).expect("alice's node");
     let mut ours = Vec::new();
     for i in 0..=count {
@@ -567,6 +556,24 @@ fn tui_first_frame(metrics: &mut Vec<Metric>, runs: usize) {
 }
 
 /// The control-socket paths of a test node.
+/// `node`'s room `room` as it arrives: (when, text) per message, read on a thread of its own.
+fn follow_chat(node: &Node, room: &str) -> std::sync::mpsc::Receiver<(Instant, String)> {
+    use git_p2p::control::proto::{Request, Response};
+    let mut follower = git_p2p::control::Client::connect(&paths(node)).expect("node");
+    follower.wait_forever().expect("socket");
+    let id = follower.send(Request::FollowChat { room: room.to_string() }).expect("follow");
+    assert!(matches!(follower.next(id), Ok(Response::Following)));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while let Ok(Response::Chat { message }) = follower.next(id) {
+            if tx.send((Instant::now(), message.text)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 fn paths(node: &Node) -> git_p2p::paths::Paths {
     git_p2p::paths::Paths { data_dir: node.data_dir(), socket_dir: node.path("run/git-p2p") }
 }
@@ -609,18 +616,7 @@ fn chat_bench(metrics: &mut Vec<Metric>, count: usize) {
         })
         .collect();
 
-    let mut follower = Client::connect(&paths(&carol)).expect("carol's node");
-    follower.wait_forever().expect("socket");
-    let id = follower.send(Request::FollowChat { room: repo_id.clone() }).expect("follow");
-    assert!(matches!(follower.next(id), Ok(Response::Following)));
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        while let Ok(Response::Chat { message }) = follower.next(id) {
-            if tx.send((Instant::now(), message.text)).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = follow_chat(&carol, &repo_id);
     // Warm-up: one message end to end, so the room's subscriptions and mesh are in place.
     {
         let m = ChatMessage { thread: None, text: "warm-up".into(), name: None, nonce: "w".into() };

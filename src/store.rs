@@ -124,6 +124,17 @@ pub fn unix_now() -> u64 {
 }
 
 impl Store {
+    /// A write transaction; without `durable` its commit is not fsync'd and becomes durable with
+    /// the next durable commit (see [`Store::sync`]).
+    fn write(&self, durable: bool) -> Result<redb::WriteTransaction, StoreError> {
+        let mut txn = db(self.db.begin_write())?;
+        if !durable {
+            // Only fails for a transaction that already wrote with another durability; this one is new.
+            let _ = txn.set_durability(redb::Durability::None);
+        }
+        Ok(txn)
+    }
+
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let database = match Database::create(path) {
             Ok(database) => database,
@@ -153,7 +164,7 @@ impl Store {
 
     /// Records that we are connected to `peer` at `addrs` (most useful first).
     pub fn remember_peer(&self, peer: &str, addrs: &[String], name: Option<&str>) -> Result<(), StoreError> {
-        let txn = db(self.db.begin_write())?;
+        let txn = self.write(true)?;
         {
             let mut table = db(txn.open_table(PEERS))?;
             let old = db(table.get(peer))?.and_then(|v| serde_json::from_slice::<KnownPeer>(v.value()).ok());
@@ -204,7 +215,7 @@ impl Store {
     }
 
     pub fn add_repo(&self, repo: &RepoInfo) -> Result<(), StoreError> {
-        let txn = db(self.db.begin_write())?;
+        let txn = self.write(true)?;
         db(db(txn.open_table(REPOS))?.insert(repo.id.as_str(), repo.name.as_str()))?;
         if let Some(dir) = &repo.git_dir {
             db(db(txn.open_table(REPO_DIRS))?.insert(repo.id.as_str(), dir.as_str()))?;
@@ -235,8 +246,7 @@ impl Store {
     /// Records that we announced `commit` (not fsync'd: it is written with the outbox entry's
     /// durable commit, or the next one).
     pub fn mark_announced(&self, repo: &str, commit: &str) -> Result<(), StoreError> {
-        let mut txn = db(self.db.begin_write())?;
-        let _ = txn.set_durability(redb::Durability::None);
+        let txn = self.write(false)?;
         db(db(txn.open_table(OWN_ANNOUNCED))?.insert((repo, commit), unix_now_ms()))?;
         db(txn.commit())
     }
@@ -244,8 +254,7 @@ impl Store {
     /// Forgets announced commits older than `before` (unix ms): the reflog is only read forward
     /// from where the node stopped, so an old commit does not come back. Returns how many went.
     pub fn prune_announced(&self, before: u64) -> Result<usize, StoreError> {
-        let mut txn = db(self.db.begin_write())?;
-        let _ = txn.set_durability(redb::Durability::None);
+        let txn = self.write(false)?;
         let removed = {
             let mut table = db(txn.open_table(OWN_ANNOUNCED))?;
             let old: Vec<(String, String)> = db(table.iter())?
@@ -270,10 +279,7 @@ impl Store {
     /// Without `durable` the caller syncs soon: a position lost in a crash only means reading
     /// part of the reflog again, and the announced-commits set (or the receivers) drop repeats.
     pub fn set_reflog_pos(&self, repo: &str, pos: u64, durable: bool) -> Result<(), StoreError> {
-        let mut txn = db(self.db.begin_write())?;
-        if !durable {
-            let _ = txn.set_durability(redb::Durability::None);
-        }
+        let txn = self.write(durable)?;
         db(db(txn.open_table(REFLOG_POS))?.insert(repo, pos))?;
         db(txn.commit())
     }
@@ -309,15 +315,12 @@ impl Store {
         last: Option<&NostrLast>,
         durable: bool,
     ) -> Result<u64, StoreError> {
-        let mut txn = db(self.db.begin_write())?;
-        if !durable {
-            let _ = txn.set_durability(redb::Durability::None);
-        }
+        let txn = self.write(durable)?;
         let seq = {
             let mut table = db(txn.open_table(NOSTR_OUTBOX))?;
             // Taken before dropping replaced entries: a number is never used twice, so a sender
             // still holding a replaced entry cannot mark its successor as accepted.
-            let seq = db(table.last())?.map(|(k, _)| k.value()).unwrap_or(0) + 1;
+            let seq = next_seq(&table)?;
             if let Some(key) = &pending.replaces {
                 let mut stale = Vec::new();
                 for item in db(table.iter())? {
@@ -351,22 +354,12 @@ impl Store {
 
     /// Every queued event, oldest first.
     pub fn nostr_pending(&self) -> Result<Vec<(u64, NostrPending)>, StoreError> {
-        let txn = db(self.db.begin_read())?;
-        let table = db(txn.open_table(NOSTR_OUTBOX))?;
-        let mut out = Vec::new();
-        for item in db(table.iter())? {
-            let (k, v) = db(item)?;
-            match serde_json::from_slice(v.value()) {
-                Ok(p) => out.push((k.value(), p)),
-                Err(e) => tracing::warn!(seq = k.value(), error = %e, "unreadable Nostr outbox entry kept"),
-            }
-        }
-        Ok(out)
+        self.queue(NOSTR_OUTBOX)
     }
 
     /// `relay` accepted event `id` queued as `seq`; the entry goes once every relay has. Durable.
     pub fn nostr_accepted(&self, seq: u64, id: &str, relay: &str) -> Result<(), StoreError> {
-        let txn = db(self.db.begin_write())?;
+        let txn = self.write(true)?;
         {
             let mut table = db(txn.open_table(NOSTR_OUTBOX))?;
             let current: Option<NostrPending> =
@@ -381,7 +374,7 @@ impl Store {
 
     /// Forgets relays no longer configured, so their events do not wait forever.
     pub fn nostr_keep_relays(&self, relays: &[String]) -> Result<(), StoreError> {
-        let txn = db(self.db.begin_write())?;
+        let txn = self.write(true)?;
         {
             let mut table = db(txn.open_table(NOSTR_OUTBOX))?;
             let mut changed = Vec::new();
@@ -401,6 +394,11 @@ impl Store {
         }
         db(txn.commit())
     }
+}
+
+/// The number after the last one of a queue.
+fn next_seq(table: &redb::Table<u64, &[u8]>) -> Result<u64, StoreError> {
+    Ok(db(table.last())?.map(|(k, _)| k.value()).unwrap_or(0) + 1)
 }
 
 /// Writes a queued event back, or drops it once no relay is waiting for it.
@@ -423,17 +421,13 @@ impl Store {
     /// Like [`Store::outbox_push`]; with `durable` false the caller must [`Store::sync`] before
     /// it acknowledges the entry to anyone (group commit: one fsync for a batch of requests).
     pub fn outbox_push_with(&self, entry: &OutboxEntry, durable: bool) -> Result<u64, StoreError> {
-        let mut txn = db(self.db.begin_write())?;
-        if !durable {
-            // Only fails for a transaction that already wrote with another durability; this one is new.
-            let _ = txn.set_durability(redb::Durability::None);
-        }
+        let txn = self.write(durable)?;
         let seq = {
             let mut table = db(txn.open_table(OUTBOX))?;
-            let last = db(table.last())?.map(|(k, _)| k.value()).unwrap_or(0);
+            let seq = next_seq(&table)?;
             let bytes = serde_json::to_vec(entry).expect("outbox entries always serialise");
-            db(table.insert(last + 1, bytes.as_slice()))?;
-            last + 1
+            db(table.insert(seq, bytes.as_slice()))?;
+            seq
         };
         db(txn.commit())?;
         Ok(seq)
@@ -441,14 +435,23 @@ impl Store {
 
     /// Every undelivered entry, oldest first.
     pub fn outbox(&self) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+        self.queue(OUTBOX)
+    }
+
+    /// The entries of a numbered queue (JSON values), oldest first; unreadable ones are reported
+    /// and left in place.
+    fn queue<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<u64, &[u8]>,
+    ) -> Result<Vec<(u64, T)>, StoreError> {
         let txn = db(self.db.begin_read())?;
-        let table = db(txn.open_table(OUTBOX))?;
+        let table = db(txn.open_table(table))?;
         let mut out = Vec::new();
         for item in db(table.iter())? {
             let (k, v) = db(item)?;
             match serde_json::from_slice(v.value()) {
                 Ok(entry) => out.push((k.value(), entry)),
-                Err(e) => tracing::warn!(seq = k.value(), error = %e, "unreadable outbox entry kept"),
+                Err(e) => tracing::warn!(seq = k.value(), error = %e, "unreadable queued entry kept"),
             }
         }
         Ok(out)
@@ -457,8 +460,7 @@ impl Store {
     /// Not fsync'd (the caller syncs later): an entry whose removal is lost in a crash is only
     /// sent again, and receivers drop the repeat.
     pub fn outbox_remove(&self, seqs: &[u64]) -> Result<(), StoreError> {
-        let mut txn = db(self.db.begin_write())?;
-        let _ = txn.set_durability(redb::Durability::None);
+        let txn = self.write(false)?;
         {
             let mut table = db(txn.open_table(OUTBOX))?;
             for seq in seqs {
@@ -472,9 +474,7 @@ impl Store {
     /// before. Returns false for such a duplicate. Not durable until the next [`Store::sync`].
     pub fn feed_insert(&self, entry: &FeedEntry) -> Result<bool, StoreError> {
         let seen_key = format!("{}/{}/{}", entry.repo, entry.commit, entry.peer);
-        let mut txn = db(self.db.begin_write())?;
-        // Not fsync'd here: the node syncs received history once a second (see the event loop).
-        let _ = txn.set_durability(redb::Durability::None);
+        let txn = self.write(false)?;
         {
             let mut seen = db(txn.open_table(SEEN))?;
             if db(seen.get(seen_key.as_str()))?.is_some() {
@@ -516,9 +516,7 @@ impl Store {
     /// Adds messages to their rooms' histories in one transaction (not fsync'd), skipping ids
     /// seen before. Returns how many were new.
     pub fn chat_insert_all(&self, entries: &[ChatEntry]) -> Result<usize, StoreError> {
-        let mut txn = db(self.db.begin_write())?;
-        // Only fails for a transaction that already wrote with another durability; this one is new.
-        let _ = txn.set_durability(redb::Durability::None);
+        let txn = self.write(false)?;
         let mut added = 0;
         {
             let mut seen = db(txn.open_table(CHAT_SEEN))?;
@@ -566,9 +564,7 @@ impl Store {
 
     /// Stores (or replaces) a DHT record; durable with the next sync.
     pub fn dht_put(&self, key: &[u8], record: &DhtRecord) -> Result<(), StoreError> {
-        let mut txn = db(self.db.begin_write())?;
-        // Only fails for a transaction that already wrote with another durability; this one is new.
-        let _ = txn.set_durability(redb::Durability::None);
+        let txn = self.write(false)?;
         {
             let mut table = db(txn.open_table(DHT))?;
             let bytes = serde_json::to_vec(record).expect("DHT records always serialise");
@@ -578,8 +574,7 @@ impl Store {
     }
 
     pub fn dht_remove(&self, key: &[u8]) -> Result<(), StoreError> {
-        let mut txn = db(self.db.begin_write())?;
-        let _ = txn.set_durability(redb::Durability::None);
+        let txn = self.write(false)?;
         db(db(txn.open_table(DHT))?.remove(key))?;
         db(txn.commit())
     }
@@ -600,7 +595,7 @@ impl Store {
 
     /// Remembers that we wrote `key` in `repo` (for `kv ls`).
     pub fn kv_own(&self, repo: &str, key: &str, ts: u64) -> Result<(), StoreError> {
-        let txn = db(self.db.begin_write())?;
+        let txn = self.write(true)?;
         db(db(txn.open_table(KV_OWN))?.insert((repo, key), ts))?;
         db(txn.commit())
     }
@@ -623,7 +618,7 @@ impl Store {
 
     /// Makes every earlier non-durable commit durable (one fsync).
     pub fn sync(&self) -> Result<(), StoreError> {
-        let txn = db(self.db.begin_write())?;
+        let txn = self.write(true)?;
         db(txn.commit())
     }
 

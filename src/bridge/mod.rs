@@ -38,12 +38,8 @@ const REFRESH_QUEUE: usize = 256;
 /// Messages from relays waiting for the event loop; the relay task waits when it is full.
 pub const INBOUND_QUEUE: usize = 1024;
 
-/// A repository whose comments we listen for.
-#[derive(Debug, Clone, PartialEq)]
-struct Watched {
-    repo: String,
-    identifier: String,
-}
+/// A repository whose comments we listen for: (root commit id, `d` identifier).
+type Watched = (String, String);
 
 /// The event loop's handle on the bridge. Exists only when relays are configured.
 pub struct Bridge {
@@ -111,8 +107,7 @@ impl Bridge {
 
     /// Listen for comments on these repositories.
     pub fn watch(&self, repos: &[RepoInfo]) {
-        let watched: Vec<Watched> =
-            repos.iter().map(|r| Watched { repo: r.id.clone(), identifier: nip34::identifier(&r.name) }).collect();
+        let watched: Vec<Watched> = repos.iter().map(|r| (r.id.clone(), nip34::identifier(&r.name))).collect();
         self.watched.send_if_modified(|current| {
             let changed = *current != watched;
             *current = watched;

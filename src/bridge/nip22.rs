@@ -57,9 +57,10 @@ pub enum Incoming {
     Plain { text: String },
 }
 
-/// Which of `repos` (root commit ids) a comment is about, and its content. None for anything that
-/// is not a top-level comment on one of them: another kind, another repository, a bad signature.
-pub fn read(event: &Event, repos: &[String], identifiers: &[(String, String)]) -> Option<(String, Incoming)> {
+/// Which of `repos` ((root commit id, `d` identifier) pairs) a comment is about, and its
+/// content. None for anything that is not a comment on one of them: another kind, another
+/// repository, a bad signature.
+pub fn read(event: &Event, repos: &[(String, String)]) -> Option<(String, Incoming)> {
     if event.kind != Kind::Comment || event.verify().is_err() {
         return None;
     }
@@ -67,11 +68,11 @@ pub fn read(event: &Event, repos: &[String], identifiers: &[(String, String)]) -
     let mut envelope = None;
     for tag in event.tags.iter() {
         match tag.as_slice() {
-            [k, euc, ..] if k == "r" && repos.contains(euc) => repo = Some(euc.clone()),
+            [k, euc, ..] if k == "r" && repos.iter().any(|(id, _)| id == euc) => repo = Some(euc.clone()),
             [k, coordinate, ..] if k == "A" => {
                 if let Ok(c) = Coordinate::parse(coordinate) {
                     if c.kind == Kind::GitRepoAnnouncement && repo.is_none() {
-                        repo = identifiers.iter().find(|(_, d)| *d == c.identifier).map(|(r, _)| r.clone());
+                        repo = repos.iter().find(|(_, d)| *d == c.identifier).map(|(r, _)| r.clone());
                     }
                 }
             }
@@ -128,23 +129,19 @@ mod tests {
     fn read_finds_the_repository_by_root_commit_or_by_identifier() {
         let keys = Keys::generate();
         let s = scope(&keys);
-        let repos = vec!["e".repeat(40)];
-        let ids = vec![("e".repeat(40), "proj".to_string())];
+        let repos = vec![("e".repeat(40), "proj".to_string())];
         let ours = comment(&keys, &s, "hi", Some("env"), Timestamp::from(1)).unwrap();
-        assert_eq!(read(&ours, &repos, &ids), Some(("e".repeat(40), Incoming::Envelope("env".into()))));
+        assert_eq!(read(&ours, &repos), Some(("e".repeat(40), Incoming::Envelope("env".into()))));
 
         // A plain client comments on the announcement only (A tag, no r tag).
         let coordinate = s.coordinate();
         let target = || CommentTarget::coordinate(Cow::Borrowed(&coordinate), None);
         let plain = EventBuilder::comment("from a client", target(), Some(target())).sign_with_keys(&keys).unwrap();
-        assert_eq!(
-            read(&plain, &repos, &ids),
-            Some(("e".repeat(40), Incoming::Plain { text: "from a client".into() }))
-        );
+        assert_eq!(read(&plain, &repos), Some(("e".repeat(40), Incoming::Plain { text: "from a client".into() })));
 
-        assert_eq!(read(&ours, &["f".repeat(40)], &[]), None, "another repository");
+        assert_eq!(read(&ours, &[("f".repeat(40), "other".into())]), None, "another repository");
         let note = EventBuilder::text_note("not a comment").sign_with_keys(&keys).unwrap();
-        assert_eq!(read(&note, &repos, &ids), None);
+        assert_eq!(read(&note, &repos), None);
     }
 
     #[test]
@@ -152,6 +149,6 @@ mod tests {
         let keys = Keys::generate();
         let mut e = comment(&keys, &scope(&keys), "hi", None, Timestamp::from(1)).unwrap();
         e.content = "changed".into();
-        assert_eq!(read(&e, &["e".repeat(40)], &[]), None);
+        assert_eq!(read(&e, &[("e".repeat(40), "proj".into())]), None);
     }
 }

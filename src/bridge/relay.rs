@@ -93,14 +93,12 @@ async fn subscribe(client: &Client, id: &SubscriptionId, keys: &Keys, repos: &[W
         return;
     }
     let since = Timestamp::from(crate::store::unix_now().saturating_sub(HISTORY));
-    let ours: Vec<String> = repos
-        .iter()
-        .map(|w| format!("{}:{}:{}", Kind::GitRepoAnnouncement.as_u16(), keys.public_key(), w.identifier))
-        .collect();
+    let ours: Vec<String> =
+        repos.iter().map(|w| format!("{}:{}:{}", Kind::GitRepoAnnouncement.as_u16(), keys.public_key(), w.1)).collect();
     let filters = vec![
         Filter::new()
             .kind(Kind::Comment)
-            .custom_tags(SingleLetterTag::lowercase(Alphabet::R), repos.iter().map(|w| w.repo.clone()))
+            .custom_tags(SingleLetterTag::lowercase(Alphabet::R), repos.iter().map(|w| w.0.clone()))
             .since(since)
             .limit(HISTORY_LIMIT),
         Filter::new()
@@ -115,9 +113,7 @@ async fn subscribe(client: &Client, id: &SubscriptionId, keys: &Keys, repos: &[W
 }
 
 async fn receive(event: &Event, repos: &[Watched], inbound: &mpsc::Sender<Inbound>) {
-    let ids: Vec<String> = repos.iter().map(|w| w.repo.clone()).collect();
-    let identifiers: Vec<(String, String)> = repos.iter().map(|w| (w.repo.clone(), w.identifier.clone())).collect();
-    let Some((repo, incoming)) = nip22::read(event, &ids, &identifiers) else { return };
+    let Some((repo, incoming)) = nip22::read(event, repos) else { return };
     let message = match incoming {
         Incoming::Envelope(text) => match Envelope::decode(text.as_bytes()) {
             Ok(envelope) if envelope.repo == repo => Inbound::Envelope(envelope),
@@ -195,7 +191,12 @@ async fn deliver(shared: &Shared, client: &Client, relays: &[RelayUrl], backoff:
         }
         states.insert(key, (state_name(state), accepted, error));
     }
-    let pending = shared.store.nostr_pending().unwrap_or_default();
+    // What is left, for the status: read again only if a relay took something this round.
+    let pending = if states.values().any(|(_, accepted, _)| *accepted > 0) {
+        shared.store.nostr_pending().unwrap_or_default()
+    } else {
+        pending
+    };
     if let Ok(mut status) = shared.status.lock() {
         status.pending = pending.len();
         for relay in status.relays.iter_mut() {

@@ -11,8 +11,7 @@ use super::{one_line, AnnounceArgs, Ctx};
 use crate::control::proto::{Request, Response};
 use crate::control::{client, Client, ClientError};
 use crate::identity::Identity;
-use crate::proto::announce::{Announcement, KIND};
-use crate::proto::envelope::Envelope;
+use crate::proto::announce::Announcement;
 use crate::store::OutboxEntry;
 
 pub fn run(ctx: &Ctx, args: &AnnounceArgs, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -38,9 +37,11 @@ fn announce(ctx: &Ctx, rev: &str, hook: bool) -> anyhow::Result<(String, Option<
     let paths = ctx.paths()?;
     paths.ensure()?;
     let key = Identity::load_or_create_libp2p(&paths.data_dir)?;
-    let announcement = Announcement::new(&commit, repo.user_name.as_deref());
-    let envelope =
-        Envelope::sign(&key, KIND, repo.repo_id.as_str(), crate::store::unix_now_ms(), announcement.to_body());
+    let envelope = Announcement::new(&commit, repo.user_name.as_deref()).sign(
+        &key,
+        repo.repo_id.as_str(),
+        crate::store::unix_now_ms(),
+    );
     let repo_info = repo.info();
     if hook {
         crate::spool::write(&paths.data_dir, &OutboxEntry { repo: repo_info, envelope, thread: None })?;

@@ -734,13 +734,10 @@ impl EventLoop {
             }
             let mut info = ctx.commit_info(&commit).map_err(|e| e.to_string())?;
             info.ref_name = ref_name.clone();
-            let body = Announcement::new(&info, ctx.user_name.as_deref()).to_body();
-            let envelope = Envelope::sign(
+            let envelope = Announcement::new(&info, ctx.user_name.as_deref()).sign(
                 &self.info.key,
-                crate::proto::announce::KIND,
                 &repo.id,
                 crate::store::unix_now_ms(),
-                body,
             );
             self.queue_announcement(OutboxEntry { repo: repo.clone(), envelope, thread: None }, false)
                 .map_err(|e| e.to_string())?;
@@ -908,6 +905,16 @@ impl EventLoop {
         self.accept_chat(message.source, envelope, thread)
     }
 
+    /// A received room message: if new, to followers at once and to the history thread.
+    fn keep_received(&mut self, entry: ChatEntry) -> bool {
+        if !self.chat_seen.insert(entry.id.clone()) {
+            return false;
+        }
+        let _ = self.events.send(NodeEvent::Chat(entry.clone()));
+        self.history.write(entry);
+        true
+    }
+
     /// Checks a room message (from gossip, or bridged through Nostr) and stores it if new.
     fn accept_chat(
         &mut self,
@@ -940,12 +947,11 @@ impl EventLoop {
         }
         let own = author == self.local_peer_id();
         let entry = chat_entry(&envelope, author, chat, own);
-        if !self.chat_seen.insert(entry.id.clone()) {
-            return Ignore;
+        if self.keep_received(entry) {
+            Accept
+        } else {
+            Ignore
         }
-        let _ = self.events.send(NodeEvent::Chat(entry.clone()));
-        self.history.write(entry);
-        Accept
     }
 
     fn receive_announcement(
@@ -1072,10 +1078,7 @@ impl EventLoop {
                     own: false,
                     via: Some("nostr".to_string()),
                 };
-                if self.chat_seen.insert(entry.id.clone()) {
-                    let _ = self.events.send(NodeEvent::Chat(entry.clone()));
-                    self.history.write(entry);
-                }
+                self.keep_received(entry);
             }
         }
     }

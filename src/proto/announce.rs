@@ -64,6 +64,11 @@ impl Announcement {
         serde_json::to_string(self).expect("announcements always serialise")
     }
 
+    /// The announcement signed by `key` for repository `repo`, stamped `ts` (Unix ms).
+    pub fn sign(&self, key: &libp2p::identity::Keypair, repo: &str, ts: u64) -> Envelope {
+        Envelope::sign(key, KIND, repo, ts, self.to_body())
+    }
+
     /// The announcement in an envelope, with every bound checked. The signature is checked
     /// separately ([`Envelope::verify`]), by the caller, before this.
     pub fn from_envelope(env: &Envelope) -> Result<Self, AnnounceError> {
