@@ -809,9 +809,21 @@ fn hook_cost(metrics: &mut Vec<Metric>, smoke: bool) {
     std::fs::set_permissions(&empty_hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     dave.ok_in(&hooked, &["init"]);
     let (mut with, mut without, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+    // The node announces a commit once git has exited; that work must not land in the next
+    // commit's time (whichever repo it is in): each commit starts when the node took the last note.
+    let notes = dave.path("run/git-p2p/notes");
+    // Polled finely: a long idle gap would slow the next commit (cold caches, idle CPU states).
+    let idle = || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::read_dir(&notes).is_ok_and(|mut d| d.next().is_some()) {
+            assert!(Instant::now() < deadline, "the node did not take the hook's note");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    };
     for i in 0..commits {
         without.push(time_commit(&dave, &plain, i, false));
         with.push(time_commit(&dave, &hooked, i, false));
+        idle();
         floor.push(time_commit(&dave, &empty, i, false));
     }
     metrics.push(Metric { name: "commit_no_hook", unit: "ms", samples: without.clone(), nodes: 1, goal: "(baseline)" });

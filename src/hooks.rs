@@ -206,7 +206,7 @@ mod tests {
             })
             .unwrap();
             paths.ensure().unwrap();
-            fs::create_dir_all(crate::spool::dir(&paths.data_dir)).unwrap();
+            fs::create_dir_all(paths.notes_dir()).unwrap();
             let run = || {
                 let out = std::process::Command::new("sh")
                     .arg(&hook)
@@ -219,14 +219,14 @@ mod tests {
                 assert!(out.status.success());
                 String::from_utf8_lossy(&out.stderr).into_owned()
             };
-            let note = crate::spool::dir(&paths.data_dir).join(format!("case-{i}"));
+            let note = paths.notes_dir().join(format!("case-{i}"));
             // No live node: the slow path (git-p2p is not on this PATH, so it says so).
             assert!(run().contains("not on PATH"), "case {i}");
             // A live node: its pid in the lock (this test's), its socket bound.
             fs::write(paths.data_lock(), std::process::id().to_string()).unwrap();
             let _socket = std::os::unix::net::UnixListener::bind(paths.socket()).unwrap();
             assert_eq!(run(), "", "case {i}: the fast path is silent");
-            let notes: Vec<PathBuf> = fs::read_dir(crate::spool::dir(&paths.data_dir))
+            let notes: Vec<PathBuf> = fs::read_dir(paths.notes_dir())
                 .unwrap()
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|x| x == "note"))

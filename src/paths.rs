@@ -73,6 +73,13 @@ impl Paths {
     pub fn log_file(&self) -> PathBuf {
         self.data_dir.join("node.log")
     }
+    /// Where the hook's fast path leaves its notes ("this repository has a new commit"), next to
+    /// the socket: a note is only a wake-up, the reflog is the record, so a tmpfs runtime dir
+    /// (wiped at logout) loses nothing, and creating a file there does not wait for the journal
+    /// of a disk file system that git is fsyncing its refs on at that moment.
+    pub fn notes_dir(&self) -> PathBuf {
+        self.socket_dir.join("notes")
+    }
 
     /// Creates the data and socket dirs (0700) if missing and checks the socket path fits.
     pub fn ensure(&self) -> Result<(), PathError> {

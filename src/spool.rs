@@ -44,6 +44,8 @@ pub struct Note {
     pub cwd: PathBuf,
     /// `GIT_DIR` as git gave it to the hook, if it did (may be relative to `cwd`).
     pub git_dir: Option<PathBuf>,
+    /// The hook's parent (git), whose exit the node waits for (version 2 notes).
+    pub waiter: Option<u32>,
 }
 
 impl Note {
@@ -56,15 +58,20 @@ impl Note {
         }
     }
 
-    /// `git-p2p-note 1`, the directory, `GIT_DIR` (maybe empty), `end`; None while incomplete.
+    /// `git-p2p-note 2`, the directory, `GIT_DIR` (maybe empty), the hook's parent pid, `end`
+    /// (version 1, of earlier hooks, has no pid); None while incomplete.
     pub fn parse(text: &str) -> Option<Self> {
         let lines: Vec<&str> = text.split('\n').collect();
-        match lines.as_slice() {
-            ["git-p2p-note 1", cwd, git_dir, "end", ""] if cwd.starts_with('/') => {
-                Some(Self { cwd: PathBuf::from(cwd), git_dir: (!git_dir.is_empty()).then(|| PathBuf::from(git_dir)) })
-            }
-            _ => None,
-        }
+        let (cwd, git_dir, waiter) = match lines.as_slice() {
+            ["git-p2p-note 1", cwd, git_dir, "end", ""] => (cwd, git_dir, None),
+            ["git-p2p-note 2", cwd, git_dir, pid, "end", ""] => (cwd, git_dir, pid.parse().ok()),
+            _ => return None,
+        };
+        cwd.starts_with('/').then(|| Self {
+            cwd: PathBuf::from(cwd),
+            git_dir: (!git_dir.is_empty()).then(|| PathBuf::from(git_dir)),
+            waiter,
+        })
     }
 }
 
@@ -77,19 +84,32 @@ pub enum Item {
     Note(Note),
 }
 
+/// A note the hook left; the node renames it to [`WAITING`] while it waits for the hook's git
+/// process to exit (the hook's fast path only looks for notes nobody took).
+pub const NOTE: &str = "note";
+pub const WAITING: &str = "wait";
+
 /// A note this old that still does not parse was not being written: it is set aside.
 const NOTE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Spooled items, oldest first. Unreadable files are renamed `*.bad` and reported, never
-/// deleted; a note still being written is left for the next look.
-pub fn read(data_dir: &Path) -> Vec<(PathBuf, Item)> {
-    let Ok(entries) = fs::read_dir(dir(data_dir)) else { return Vec::new() };
+/// Files of `dir` with one of `extensions`, by name.
+fn files(dir: &Path, extensions: &[&str]) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json" || x == "note"))
+        .filter(|p| p.extension().is_some_and(|x| extensions.iter().any(|e| x == *e)))
         .collect();
     paths.sort();
+    paths
+}
+
+/// Spooled items (the spool's by age), then the notes in `notes_dir`. Notes are also read from
+/// the spool, where hooks installed by earlier versions leave them. Unreadable files are renamed
+/// `*.bad` and reported, never deleted; a note still being written is left for the next look.
+pub fn read(data_dir: &Path, notes_dir: &Path) -> Vec<(PathBuf, Item)> {
+    let mut paths = files(&dir(data_dir), &["json", "note"]);
+    paths.extend(files(notes_dir, &[NOTE, WAITING]));
     let mut out = Vec::new();
     for path in paths {
         let bytes = match fs::read(&path) {
@@ -99,7 +119,7 @@ pub fn read(data_dir: &Path) -> Vec<(PathBuf, Item)> {
                 continue;
             }
         };
-        if path.extension().is_some_and(|x| x == "note") {
+        if path.extension().is_some_and(|x| x == NOTE || x == WAITING) {
             match Note::parse(&String::from_utf8_lossy(&bytes)) {
                 Some(note) => out.push((path, Item::Note(note))),
                 None => {
@@ -144,7 +164,7 @@ mod tests {
             write(dir.path(), e).unwrap();
         }
         fs::write(super::dir(dir.path()).join("zzz.json"), b"{torn").unwrap();
-        let read_back: Vec<Item> = read(dir.path()).into_iter().map(|(_, e)| e).collect();
+        let read_back: Vec<Item> = read(dir.path(), &dir.path().join("notes")).into_iter().map(|(_, e)| e).collect();
         assert_eq!(read_back, entries.into_iter().map(Item::Entry).collect::<Vec<_>>());
         assert!(super::dir(dir.path()).join("zzz.bad").exists(), "garbage kept aside, not deleted");
     }
@@ -157,24 +177,31 @@ mod tests {
         assert_eq!(bare.repo_dir(), PathBuf::from("/srv/proj.git"));
         let abs = Note::parse("git-p2p-note 1\n/w\n/elsewhere/.git\nend\n").unwrap();
         assert_eq!(abs.repo_dir(), PathBuf::from("/elsewhere/.git"));
+        let v2 = Note::parse("git-p2p-note 2\n/w\n\n4242\nend\n").unwrap();
+        assert_eq!((v2.repo_dir(), v2.waiter), (PathBuf::from("/w"), Some(4242)));
+        assert_eq!(Note::parse("git-p2p-note 2\n/w\n\n\nend\n").unwrap().waiter, None);
         for torn in [
             "",
             "git-p2p-note 1\n/w\n",
             "git-p2p-note 1\n/w\n\nen",
             "git-p2p-note 2\n/w\n\nend\n",
+            "git-p2p-note 3\n/w\n\n1\nend\n",
             "git-p2p-note 1\nrel\n\nend\n",
         ] {
             assert_eq!(Note::parse(torn), None, "{torn:?}");
         }
-        // A note being written is left in place; one that is complete is read.
+        // A note being written is left in place; one that is complete is read, from the notes
+        // dir and from the spool (where hooks of earlier versions leave them).
         let dir = tempfile::tempdir().unwrap();
-        let spool = super::dir(dir.path());
+        let (spool, notes) = (super::dir(dir.path()), dir.path().join("run/notes"));
         fs::create_dir_all(&spool).unwrap();
-        fs::write(spool.join("hook-1.note"), "git-p2p-note 1\n/w\n").unwrap();
-        fs::write(spool.join("hook-2.note"), "git-p2p-note 1\n/w\n\nend\n").unwrap();
-        let items = read(dir.path());
-        assert_eq!(items.len(), 1);
-        assert_eq!(items[0].1, Item::Note(Note { cwd: "/w".into(), git_dir: None }));
-        assert!(spool.join("hook-1.note").exists());
+        fs::create_dir_all(&notes).unwrap();
+        fs::write(notes.join("hook-1.note"), "git-p2p-note 1\n/w\n").unwrap();
+        fs::write(notes.join("hook-2.note"), "git-p2p-note 1\n/w\n\nend\n").unwrap();
+        fs::write(spool.join("hook-3.note"), "git-p2p-note 1\n/old\n\nend\n").unwrap();
+        let items: Vec<Item> = read(dir.path(), &notes).into_iter().map(|(_, i)| i).collect();
+        let note = |cwd: &str| Item::Note(Note { cwd: cwd.into(), git_dir: None, waiter: None });
+        assert_eq!(items, [note("/old"), note("/w")]);
+        assert!(notes.join("hook-1.note").exists());
     }
 }

@@ -594,8 +594,8 @@ impl Store {
     }
 
     /// Remembers that we wrote `key` in `repo` (for `kv ls`).
-    pub fn kv_own(&self, repo: &str, key: &str, ts: u64) -> Result<(), StoreError> {
-        let txn = self.write(true)?;
+    pub fn kv_own(&self, repo: &str, key: &str, ts: u64, durable: bool) -> Result<(), StoreError> {
+        let txn = self.write(durable)?;
         db(db(txn.open_table(KV_OWN))?.insert((repo, key), ts))?;
         db(txn.commit())
     }

@@ -35,7 +35,7 @@ use crate::paths::Paths;
                   notes through a distributed key-value store. No server: a per-user node daemon speaks libp2p \
                   (TCP, QUIC, gossipsub, Kademlia, mDNS) and bridges to Nostr relays.\n\n\
                   Settings live in git config (p2p.listen, p2p.bootstrap, p2p.mdns, p2p.relay, p2p.name, \
-                  p2p.dht-mode); keys and data in $XDG_DATA_HOME/git-p2p; the control socket in \
+                  p2p.dht-mode); keys and data in $XDG_DATA_HOME/git-p2p; the control socket and the hook's notes in \
                   $XDG_RUNTIME_DIR/git-p2p (or the data dir).",
     after_help = "Exit status: 0 on success, 1 when the command failed, 2 on a usage error."
 )]

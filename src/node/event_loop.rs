@@ -92,6 +92,8 @@ const MAX_LOG: usize = 10_000;
 /// What the node says about itself that does not change while it runs.
 pub struct NodeInfo {
     pub data_dir_path: PathBuf,
+    /// Where the hook's fast path leaves notes ([`crate::paths::Paths::notes_dir`]).
+    pub notes_dir: PathBuf,
     /// The user's libp2p key: signs the DHT entries the node writes for its own announcements.
     pub key: libp2p::identity::Keypair,
     pub npub: String,
@@ -148,6 +150,10 @@ pub struct EventLoop {
     /// Wakes us when the hook leaves something in the spool (None if inotify is unavailable:
     /// the spool is then read every second).
     spool_watch: Option<super::spool_watch::SpoolWatch>,
+    /// Announcements just queued whose refs are published in the DHT after them.
+    pending_refs: Vec<OutboxEntry>,
+    /// Hook notes held until the git process that wrote them has exited.
+    hook_waits: super::hook_wait::HookWaits,
     /// The Nostr bridge, when relays are configured.
     bridge: Option<Bridge>,
     /// What the bridge heard from relays. The sender is kept so the channel never closes.
@@ -174,8 +180,9 @@ impl EventLoop {
         let chat_seen = super::history::Recent::new(RECENT_CHAT_IDS, known);
         let spool_dir = crate::spool::dir(&info.data_dir_path);
         let spool_watch = crate::paths::ensure_private_dir(&spool_dir)
+            .and_then(|()| crate::paths::ensure_private_dir(&info.notes_dir))
             .map_err(|e| e.to_string())
-            .and_then(|()| super::spool_watch::SpoolWatch::new(&spool_dir).map_err(|e| e.to_string()))
+            .and_then(|()| super::spool_watch::SpoolWatch::new(&spool_dir, &info.notes_dir).map_err(|e| e.to_string()))
             .inspect_err(|e| tracing::warn!(error = %e, "cannot watch the spool; reading it every second"))
             .ok();
         let bridge = Bridge::start(store.clone(), info.nostr.clone(), &info.config.relays, inbound_tx.clone());
@@ -204,6 +211,8 @@ impl EventLoop {
             history,
             chat_seen,
             spool_watch,
+            hook_waits: Default::default(),
+            pending_refs: Vec::new(),
             bridge,
             inbound,
             _inbound_tx: inbound_tx,
@@ -278,13 +287,9 @@ impl EventLoop {
                         tracing::warn!(error = %e, "spool watch failed; reading the spool every second");
                         self.spool_watch = None;
                     }
-                    self.ingest_spool();
-                    // Publish first, then make it durable off this thread.
-                    self.flush_outbox();
-                    if std::mem::take(&mut self.unsynced) && self.syncer.send(SyncJob::default()).is_err() {
-                        self.unsynced = true;
-                    }
+                    self.spool_changed();
                 }
+                _ = self.hook_waits.done() => self.spool_changed(),
                 _ = tick.tick() => {
                     if self.orphaned() {
                         tracing::warn!("the data dir is gone, stopping");
@@ -356,14 +361,16 @@ impl EventLoop {
     /// Requests answered by a DHT query are started here; everything else is answered now.
     fn answer(&mut self, req: Request) -> Answer {
         match req {
-            Request::KvPut { repo, key, entry } => self.kv_put(repo, key, entry),
+            Request::KvPut { repo, key, entry } => self.kv_put(repo, key, entry, true),
             Request::KvGet { repo, key } => self.kv_get(repo, key),
             other => Answer::Now(self.handle_request(other)),
         }
     }
 
     /// Merges our entry into our copy of the record and puts the result in the DHT.
-    fn kv_put(&mut self, repo: RepoInfo, key: String, entry: crate::proto::kv::Entry) -> Answer {
+    /// Stores and publishes one entry of ours; `durable`: fsync'd before the answer (a user's
+    /// `kv set`), else synced with the next batch (refs derived from an announcement).
+    fn kv_put(&mut self, repo: RepoInfo, key: String, entry: crate::proto::kv::Entry, durable: bool) -> Answer {
         use crate::proto::kv::{record_key, Record};
         let dht_key = record_key(&repo.id, &key);
         let mut record = self.local_kv(&repo.id, &key, &dht_key).unwrap_or_else(|| Record::new(&repo.id, &key));
@@ -371,9 +378,10 @@ impl EventLoop {
         if let Err(e) = record.merge_entry(entry) {
             return Answer::Now(Outcome::Error(e.to_string()));
         }
-        if let Err(e) = self.store.kv_own(&repo.id, &key, ts) {
+        if let Err(e) = self.store.kv_own(&repo.id, &key, ts, durable) {
             return Answer::Now(Outcome::Error(format!("cannot store: {e}")));
         }
+        self.unsynced |= !durable;
         let kad_record = libp2p::kad::Record::new(libp2p::kad::RecordKey::new(&dht_key), record.encode());
         match self.swarm.behaviour_mut().kad.put_record(kad_record, libp2p::kad::Quorum::One) {
             Ok(query) => Answer::Later(query, PendingKadKind::Put),
@@ -677,7 +685,8 @@ impl EventLoop {
         if !durable {
             self.unsynced = true;
         }
-        self.publish_ref(&entry);
+        // The refs in the DHT follow once the announcement itself went out (`flush_outbox`).
+        self.pending_refs.push(entry.clone());
         self.repo_changed(&entry.repo);
         self.outbox.push_back((seq, entry));
         Ok(())
@@ -712,7 +721,7 @@ impl EventLoop {
             if !hooked || !matches!(self.store.reflog_pos(&id), Ok(Some(_))) {
                 continue;
             }
-            let note = crate::spool::Note { cwd: std::path::PathBuf::from(&dir), git_dir: None };
+            let note = crate::spool::Note { cwd: std::path::PathBuf::from(&dir), git_dir: None, waiter: None };
             if let Err(e) = self.announce_from_reflog(&note) {
                 tracing::warn!(%dir, error = %e, "cannot read the repository's reflog");
             }
@@ -782,7 +791,7 @@ impl EventLoop {
         match crate::proto::kv::Entry::sign_as(&self.info.key, repo, key, Some(value), now, now, who) {
             Ok(entry) => {
                 let info = RepoInfo { id: repo.to_string(), name: String::new(), git_dir: None };
-                if let Answer::Now(Outcome::Error(e)) = self.kv_put(info, key.to_string(), entry) {
+                if let Answer::Now(Outcome::Error(e)) = self.kv_put(info, key.to_string(), entry, false) {
                     tracing::warn!(%key, error = %e, "cannot publish a ref");
                 }
             }
@@ -790,12 +799,21 @@ impl EventLoop {
         }
     }
 
-    /// Moves announcements the hook spooled while the node was down into the outbox.
+    /// Something arrived in the spool or a held note may go now.
+    fn spool_changed(&mut self) {
+        self.ingest_spool();
+        // Publish first, then make it durable off this thread.
+        self.flush_outbox();
+        if std::mem::take(&mut self.unsynced) && self.syncer.send(SyncJob::default()).is_err() {
+            self.unsynced = true;
+        }
+    }
+
     /// Moves what the hook spooled into the outbox: whole announcements (made while the node was
     /// down) and notes of the fast path (announced from the reflog).
     fn ingest_spool(&mut self) {
         use crate::spool::Item;
-        for (path, item) in crate::spool::read(&self.info.data_dir_path) {
+        for (path, item) in crate::spool::read(&self.info.data_dir_path, &self.info.notes_dir) {
             match item {
                 Item::Entry(entry) if self.already_announced(&entry) => {}
                 Item::Entry(entry) => {
@@ -805,6 +823,9 @@ impl EventLoop {
                     }
                 }
                 Item::Note(note) => {
+                    if self.hold_note(&path, &note) {
+                        continue;
+                    }
                     if let Err(e) = self.announce_from_reflog(&note) {
                         tracing::warn!(path = %path.display(), repo = %note.repo_dir().display(), error = %e,
                             "cannot announce from a hook note; set aside");
@@ -821,9 +842,33 @@ impl EventLoop {
         }
     }
 
-    /// Publishes queued announcements. One stays queued until a publish succeeds with at least
-    /// one peer subscribed to its topic; later ones of the same topic wait behind it (order).
+    /// Whether a note must wait for the hook's git process to exit (see `hook_wait`); a held
+    /// note is marked taken, so that the next hook does not think the node is not reading.
+    fn hold_note(&mut self, path: &std::path::Path, note: &crate::spool::Note) -> bool {
+        let Some(pid) = note.waiter else { return false };
+        let written = std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+        if !self.hook_waits.hold(pid, written) {
+            return false;
+        }
+        if path.extension().is_some_and(|x| x == crate::spool::NOTE) {
+            if let Err(e) = std::fs::rename(path, path.with_extension(crate::spool::WAITING)) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot mark a hook note taken");
+            }
+        }
+        true
+    }
+
+    /// Publishes queued announcements, then the refs in the DHT that our new ones move.
     fn flush_outbox(&mut self) {
+        self.publish_outbox();
+        for entry in std::mem::take(&mut self.pending_refs) {
+            self.publish_ref(&entry);
+        }
+    }
+
+    /// One announcement stays queued until a publish succeeds with at least one peer subscribed
+    /// to its topic; later ones of the same topic wait behind it (order).
+    fn publish_outbox(&mut self) {
         if self.outbox.is_empty() {
             return;
         }

@@ -4,6 +4,7 @@
 pub mod behaviour;
 pub mod event_loop;
 mod history;
+mod hook_wait;
 pub mod kad_store;
 pub mod peers;
 mod spool_watch;
@@ -136,6 +137,7 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
         let (events, _) = tokio::sync::broadcast::channel(FEED_BROADCAST);
         let info = NodeInfo {
             data_dir_path: paths.data_dir.clone(),
+            notes_dir: paths.notes_dir(),
             key: identity.libp2p.clone(),
             npub: identity.npub(),
             nostr: identity.nostr.clone(),

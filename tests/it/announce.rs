@@ -223,3 +223,52 @@ fn with_the_node_up_the_hook_needs_no_binary_and_the_reflog_catches_hookless_com
     missed.push(down);
     assert_exactly_once(&entries, &missed);
 }
+
+/// Runs the repo's post-commit hook from an `sh` that then waits for a line on its stdin: the
+/// hook's parent stays alive (as git would while finishing, or a rebase that commits again).
+fn hook_from_a_lingering_parent(node: &Node, repo: &Path) -> std::process::Child {
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", ".git/hooks/post-commit; read -r line || :"]).current_dir(repo);
+    node.envs(&mut cmd);
+    // Without git-p2p on PATH only the fast path can announce.
+    cmd.env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    cmd.stdin(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.spawn().unwrap()
+}
+
+fn notes(node: &Node, ext: &str) -> usize {
+    let dir = node.path("run/git-p2p/notes");
+    std::fs::read_dir(dir).unwrap().filter(|e| e.as_ref().unwrap().path().extension() == Some(ext.as_ref())).count()
+}
+
+#[test]
+fn the_node_reads_a_note_once_the_hooks_git_has_exited_and_waits_no_more_than_two_seconds() {
+    let Pair { alice, bob, alice_repo, bob_repo } = pair();
+    let no_hook = ["-c", "core.hooksPath=/dev/null", "commit", "-q", "--allow-empty", "-m"];
+    let mut first = no_hook.to_vec();
+    first.push("first");
+    alice.git(&alice_repo, &first);
+    let held = alice.git(&alice_repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let mut parent = hook_from_a_lingering_parent(&alice, &alice_repo);
+    // The note is taken (renamed) and held while its parent lives.
+    eventually(Duration::from_secs(10), "the note to be held", || (notes(&alice, "wait") == 1).then_some(()));
+    assert_eq!(notes(&alice, "note"), 0);
+    // A second hook meanwhile still takes the fast path: a held note is not a backlog.
+    let mut second = no_hook.to_vec();
+    second.push("second");
+    alice.git(&alice_repo, &second);
+    let next = alice.git(&alice_repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let mut other = hook_from_a_lingering_parent(&alice, &alice_repo);
+    eventually(Duration::from_secs(10), "both notes to be held", || (notes(&alice, "wait") == 2).then_some(()));
+    // The first parent exits: its commits go out (the reflog holds both).
+    drop(parent.stdin.take());
+    assert!(parent.wait().unwrap().success());
+    let entries = wait_for_commits(&bob, &bob_repo, &[held.clone(), next.clone()]);
+    assert_exactly_once(&entries, &[held, next]);
+    // A parent that never exits delays its note by two seconds, not more.
+    eventually(Duration::from_secs(10), "the other note to go", || (notes(&alice, "wait") == 0).then_some(()));
+    let out = other.stderr.take().unwrap();
+    drop(other.stdin.take());
+    assert!(other.wait().unwrap().success());
+    assert!(std::io::read_to_string(out).unwrap().is_empty(), "the fast path is silent");
+}

@@ -24,6 +24,9 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Op
 pub struct Node {
     pub name: String,
     pub dir: tempfile::TempDir,
+    /// The runtime dir behind `dir/run`: on tmpfs (/dev/shm) when there is one, as
+    /// `$XDG_RUNTIME_DIR` is in a login session.
+    _run: Option<tempfile::TempDir>,
     /// Command prefix, e.g. `ip netns exec ns0` for nodes in a network namespace.
     pub wrapper: Vec<String>,
 }
@@ -40,15 +43,26 @@ impl Node {
 
     /// A node with only a name configured; the caller sets the network config.
     pub fn bare(name: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("gp-{name}-"))
-            .disable_cleanup(std::env::var_os("GIT_P2P_TEST_KEEP").is_some())
-            .tempdir()
-            .expect("tempdir");
-        for sub in ["home", "data", "run"] {
+        let keep = std::env::var_os("GIT_P2P_TEST_KEEP").is_some();
+        let dir =
+            tempfile::Builder::new().prefix(&format!("gp-{name}-")).disable_cleanup(keep).tempdir().expect("tempdir");
+        for sub in ["home", "data"] {
             std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
         }
-        let node = Self { name: name.to_string(), dir, wrapper: Vec::new() };
+        let shm = Path::new("/dev/shm");
+        let run = shm.is_dir().then(|| {
+            let run = tempfile::Builder::new()
+                .prefix(&format!("gp-{name}-run-"))
+                .disable_cleanup(keep)
+                .tempdir_in(shm)
+                .expect("tempdir in /dev/shm");
+            std::os::unix::fs::symlink(run.path(), dir.path().join("run")).expect("symlink the runtime dir");
+            run
+        });
+        if run.is_none() {
+            std::fs::create_dir_all(dir.path().join("run")).expect("mkdir");
+        }
+        let node = Self { name: name.to_string(), dir, _run: run, wrapper: Vec::new() };
         node.config(&["user.name", name]);
         node.config(&["user.email", &format!("{name}@example.invalid")]);
         node
