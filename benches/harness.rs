@@ -808,12 +808,17 @@ fn hook_cost(metrics: &mut Vec<Metric>, smoke: bool) {
     std::fs::write(&empty_hook, "#!/bin/sh\nexit 0\n").expect("write hook");
     std::fs::set_permissions(&empty_hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     dave.ok_in(&hooked, &["init"]);
-    let (mut with, mut without, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+    // The same with the runtime dir (and so the hook's notes) on the disk, as without a login
+    // session's tmpfs `$XDG_RUNTIME_DIR`.
+    let walt = Node::with_runtime_on_disk("walt");
+    let on_disk = walt.repo("hooked", 1);
+    walt.ok_in(&on_disk, &["init"]);
+    let (mut with, mut without, mut floor, mut disk) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // The node announces a commit once git has exited; that work must not land in the next
     // commit's time (whichever repo it is in): each commit starts when the node took the last note.
-    let notes = dave.path("run/git-p2p/notes");
     // Polled finely: a long idle gap would slow the next commit (cold caches, idle CPU states).
-    let idle = || {
+    let idle = |node: &Node| {
+        let notes = node.path("run/git-p2p/notes");
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::fs::read_dir(&notes).is_ok_and(|mut d| d.next().is_some()) {
             assert!(Instant::now() < deadline, "the node did not take the hook's note");
@@ -823,9 +828,12 @@ fn hook_cost(metrics: &mut Vec<Metric>, smoke: bool) {
     for i in 0..commits {
         without.push(time_commit(&dave, &plain, i, false));
         with.push(time_commit(&dave, &hooked, i, false));
-        idle();
+        idle(&dave);
         floor.push(time_commit(&dave, &empty, i, false));
+        disk.push(time_commit(&walt, &on_disk, i, false));
+        idle(&walt);
     }
+    drop(walt);
     metrics.push(Metric { name: "commit_no_hook", unit: "ms", samples: without.clone(), nodes: 1, goal: "(baseline)" });
     metrics.push(Metric {
         name: "commit_empty_sh_hook",
@@ -840,6 +848,13 @@ fn hook_cost(metrics: &mut Vec<Metric>, smoke: bool) {
         samples: with.clone(),
         nodes: 1,
         goal: "+2 ms over baseline",
+    });
+    metrics.push(Metric {
+        name: "commit_hook_runtime_on_disk",
+        unit: "ms",
+        samples: disk,
+        nodes: 1,
+        goal: "(runtime dir on ext4)",
     });
     dave.ok(&["daemon", "stop"]);
     let mut down = Vec::new();

@@ -183,7 +183,8 @@ fn init_chains_an_existing_hook_and_uninstall_restores_it() {
 
 #[test]
 fn with_the_node_up_the_hook_needs_no_binary_and_the_reflog_catches_hookless_commits() {
-    let Pair { alice, bob, alice_repo, bob_repo } = pair();
+    // Alice's runtime dir (where the notes go) is on the disk, not on a tmpfs.
+    let Pair { alice, bob, alice_repo, bob_repo } = pair_of(Node::with_runtime_on_disk("alice"), &[]);
     // The fast path uses shell builtins only: with git-p2p off PATH the commit is still announced.
     let mut cmd = std::process::Command::new("git");
     cmd.args(["commit", "-q", "--allow-empty", "-m", "fast path"]).current_dir(&alice_repo);

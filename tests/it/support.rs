@@ -34,7 +34,15 @@ pub struct Node {
 impl Node {
     /// A node that listens on loopback only, with mDNS off.
     pub fn new(name: &str) -> Self {
-        let node = Self::bare(name);
+        Self::loopback(Self::bare(name))
+    }
+
+    /// Like [`Node::new`], with the runtime dir on the disk (as without a login session's tmpfs).
+    pub fn with_runtime_on_disk(name: &str) -> Self {
+        Self::loopback(Self::bare_with(name, false))
+    }
+
+    fn loopback(node: Self) -> Self {
         node.config(&["p2p.mdns", "false"]);
         node.config(&["--add", "p2p.listen", "/ip4/127.0.0.1/tcp/0"]);
         node.config(&["--add", "p2p.listen", "/ip4/127.0.0.1/udp/0/quic-v1"]);
@@ -43,6 +51,10 @@ impl Node {
 
     /// A node with only a name configured; the caller sets the network config.
     pub fn bare(name: &str) -> Self {
+        Self::bare_with(name, true)
+    }
+
+    fn bare_with(name: &str, tmpfs_runtime: bool) -> Self {
         let keep = std::env::var_os("GIT_P2P_TEST_KEEP").is_some();
         let dir =
             tempfile::Builder::new().prefix(&format!("gp-{name}-")).disable_cleanup(keep).tempdir().expect("tempdir");
@@ -50,7 +62,7 @@ impl Node {
             std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
         }
         let shm = Path::new("/dev/shm");
-        let run = shm.is_dir().then(|| {
+        let run = (tmpfs_runtime && shm.is_dir()).then(|| {
             let run = tempfile::Builder::new()
                 .prefix(&format!("gp-{name}-run-"))
                 .disable_cleanup(keep)
@@ -291,7 +303,11 @@ pub fn pair() -> Pair {
 
 /// Like [`pair`], with these Nostr relays configured on both nodes before they start.
 pub fn pair_with(relays: &[&str]) -> Pair {
-    let alice = Node::new("alice");
+    pair_of(Node::new("alice"), relays)
+}
+
+/// Like [`pair_with`], with this node as alice.
+pub fn pair_of(alice: Node, relays: &[&str]) -> Pair {
     let bob = Node::new("bob");
     for r in relays {
         alice.config(&["--add", "p2p.relay", r]);
