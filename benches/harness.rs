@@ -815,7 +815,8 @@ fn hook_cost(metrics: &mut Vec<Metric>, smoke: bool) {
     walt.ok_in(&on_disk, &["init"]);
     let (mut with, mut without, mut floor, mut disk) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // The node announces a commit once git has exited; that work must not land in the next
-    // commit's time (whichever repo it is in): each commit starts when the node took the last note.
+    // commit's time (whichever repo it is in): each commit starts when the node took the last
+    // note and then answered a request (its event loop is done with the announcement).
     // Polled finely: a long idle gap would slow the next commit (cold caches, idle CPU states).
     let idle = |node: &Node| {
         let notes = node.path("run/git-p2p/notes");
@@ -824,6 +825,8 @@ fn hook_cost(metrics: &mut Vec<Metric>, smoke: bool) {
             assert!(Instant::now() < deadline, "the node did not take the hook's note");
             std::thread::sleep(Duration::from_micros(200));
         }
+        let mut client = git_p2p::control::Client::connect(&paths(node)).expect("the node's socket");
+        client.request(git_p2p::control::proto::Request::Status).expect("status");
     };
     for i in 0..commits {
         without.push(time_commit(&dave, &plain, i, false));
