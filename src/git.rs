@@ -133,6 +133,20 @@ impl RepoContext {
 const COMMIT_ENTRIES: [&str; 3] = ["commit", "cherry-pick", "revert"];
 
 impl RepoContext {
+    /// Re-reads HEAD (its commit and branch) through the open handle: what changes from one
+    /// commit to the next. The identity, room name, remotes and user stay as read at open.
+    pub fn reread_head(&mut self) -> Result<(), GitError> {
+        let head = self.handle.head().map_err(ctx("cannot read HEAD"))?;
+        if head.is_unborn() {
+            return Err(GitError::EmptyRepo);
+        }
+        self.branch = (!head.is_detached()).then(|| head.referent_name().map(|n| n.shorten().to_string())).flatten();
+        drop(head);
+        let commit = self.handle.head_commit().map_err(ctx("cannot resolve HEAD to a commit"))?;
+        self.head_commit = commit.id.to_string();
+        Ok(())
+    }
+
     /// How long HEAD's reflog is now (bytes; 0 without one): where to start reading later.
     pub fn head_reflog_len(&self) -> u64 {
         std::fs::metadata(self.git_dir.join("logs").join("HEAD")).map(|m| m.len()).unwrap_or(0)
@@ -534,6 +548,23 @@ mod tests {
 
     fn cache_of(ctx: &RepoContext) -> PathBuf {
         ctx.git_dir.join("p2p").join(CACHE_FILE)
+    }
+
+    #[test]
+    fn an_open_repository_sees_new_commits_and_branch_switches() {
+        let sb = Sandbox::new();
+        let repo = sb.init("proj");
+        sb.commit(&repo, None);
+        let mut ctx = open_isolated(&repo).unwrap();
+        sb.git(&repo, "checkout -q -b topic");
+        let new = sb.commit(&repo, None);
+        ctx.reread_head().unwrap();
+        assert_eq!((ctx.branch.as_deref(), ctx.head_commit.as_str()), (Some("topic"), new.as_str()));
+        // Objects written after the open are found through the same handle.
+        assert_eq!(ctx.commit_info(&new).unwrap().id, new);
+        sb.git(&repo, "checkout -q --detach");
+        ctx.reread_head().unwrap();
+        assert_eq!(ctx.branch, None);
     }
 
     #[test]

@@ -150,6 +150,8 @@ pub struct EventLoop {
     /// Wakes us when the hook leaves something in the spool (None if inotify is unavailable:
     /// the spool is then read every second).
     spool_watch: Option<super::spool_watch::SpoolWatch>,
+    /// Repositories kept open between hook notes.
+    open_repos: super::repo_cache::RepoCache,
     /// Announcements just queued whose refs are published in the DHT after them.
     pending_refs: Vec<OutboxEntry>,
     /// Hook notes held until the git process that wrote them has exited.
@@ -213,6 +215,7 @@ impl EventLoop {
             spool_watch,
             hook_waits: Default::default(),
             pending_refs: Vec::new(),
+            open_repos: Default::default(),
             bridge,
             inbound,
             _inbound_tx: inbound_tx,
@@ -731,7 +734,7 @@ impl EventLoop {
     /// The hook's fast path left a note: announce the commits the repository's HEAD reflog
     /// recorded since we last looked (those not announced yet by any path).
     fn announce_from_reflog(&mut self, note: &crate::spool::Note) -> Result<(), String> {
-        let ctx = crate::git::open(&note.repo_dir()).map_err(|e| e.to_string())?;
+        let ctx = self.open_repos.open(&note.repo_dir()).map_err(|e| e.to_string())?;
         let repo = ctx.info();
         let pos = self.store.reflog_pos(&repo.id).map_err(|e| e.to_string())?;
         let (commits, new_pos) = ctx.head_reflog_commits(pos);

@@ -7,6 +7,7 @@ mod history;
 mod hook_wait;
 pub mod kad_store;
 pub mod peers;
+mod repo_cache;
 mod spool_watch;
 
 use std::fs::File;
