@@ -149,8 +149,10 @@ fn print_message(m: &ChatEntry, json: bool, out: &mut dyn Write) -> anyhow::Resu
     let who = m.name.as_deref().unwrap_or("?");
     let short = &m.peer[m.peer.len().saturating_sub(6)..];
     let mine = if m.own { " (you)" } else { "" };
-    // Messages were checked for control characters on arrival; tabs and newlines are indented.
-    let text = m.text.replace('\n', "\n    ");
+    // Messages were checked for control characters on arrival (and are again here: a terminal
+    // must never receive an escape sequence from a peer); newlines are indented.
+    let text = crate::tui::view::inert(&m.text).replace('\n', "\n    ");
+    let who = crate::tui::view::inert(who);
     writeln!(out, "{}  {who} (..{short}){mine}: {text}", super::fmt::utc_time(m.sent_at / 1000))?;
     Ok(())
 }

@@ -1111,6 +1111,8 @@ impl EventLoop {
                 self.accept_chat(None, envelope, None);
             }
             Inbound::Comment { repo, id, npub, text, created_at } => {
+                // A plain Nostr client's text: no escape sequence reaches a reader's terminal.
+                let text = crate::proto::chat::tame(&text);
                 if text.len() > crate::proto::chat::MAX_TEXT || !self.chat_allowed(npub.clone(), Instant::now()) {
                     tracing::debug!(%id, "Nostr comment dropped (too long or flooding)");
                     return;

@@ -51,6 +51,20 @@ fn clean(s: &str) -> bool {
     !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t')
 }
 
+/// Text from outside git-p2p (a plain Nostr comment) made safe to keep and show: CR LF and a
+/// lone CR become a newline; any other control character (escape sequences above all) a
+/// visible placeholder. Tabs and newlines stay.
+pub fn tame(text: &str) -> String {
+    text.replace("\r\n", "\n")
+        .chars()
+        .map(|c| match c {
+            '\r' => '\n',
+            c if c.is_control() && c != '\n' && c != '\t' => '\u{fffd}',
+            c => c,
+        })
+        .collect()
+}
+
 impl ChatMessage {
     pub fn to_body(&self) -> String {
         serde_json::to_string(self).expect("chat messages always serialise")
@@ -97,6 +111,12 @@ impl ChatMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outside_text_is_tamed() {
+        assert_eq!(tame("a\u{1b}[2J\r\nb\rc\td\u{7}"), "a\u{fffd}[2J\nb\nc\td\u{fffd}");
+        assert_eq!(tame("plain é 漢"), "plain é 漢");
+    }
 
     fn msg(text: &str) -> ChatMessage {
         ChatMessage { thread: None, text: text.into(), name: Some("alice".into()), nonce: "01".into() }

@@ -93,11 +93,20 @@ impl Envelope {
         hex::encode(&sha2::Sha256::digest(self.sig.as_bytes())[..16])
     }
 
-    /// Checks the signature; returns the author's PeerId.
+    /// Checks the signature; returns the author's PeerId. The key and the signature must be in
+    /// their one canonical form (lowercase hex, the key's own protobuf encoding): otherwise one
+    /// signed message would have several encodings, each with another id, and be taken for
+    /// several messages.
     pub fn verify(&self) -> Result<PeerId, EnvelopeError> {
         let key_bytes = hex::decode(&self.author).map_err(|_| EnvelopeError::BadAuthor)?;
         let key = PublicKey::try_decode_protobuf(&key_bytes).map_err(|_| EnvelopeError::BadAuthor)?;
+        if hex::encode(key.encode_protobuf()) != self.author {
+            return Err(EnvelopeError::BadAuthor);
+        }
         let sig = hex::decode(&self.sig).map_err(|_| EnvelopeError::BadSignature)?;
+        if hex::encode(&sig) != self.sig {
+            return Err(EnvelopeError::BadSignature);
+        }
         let bytes = signing_bytes(self.v, &self.kind, &self.repo, &self.author, self.ts, &self.body);
         if !key.verify(&bytes, &sig) {
             return Err(EnvelopeError::BadSignature);
@@ -145,9 +154,17 @@ mod tests {
         let mut bad = env.clone();
         bad.author = "zz".into();
         assert_eq!(bad.verify(), Err(EnvelopeError::BadAuthor));
-        let mut bad = env;
+        let mut bad = env.clone();
         bad.sig = "00".into();
         assert_eq!(bad.verify(), Err(EnvelopeError::BadSignature));
+        // One message, one spelling: the same key or signature in upper-case hex would be a
+        // second valid envelope with another id.
+        let mut upper = env.clone();
+        upper.sig = upper.sig.to_uppercase();
+        assert_eq!(upper.verify(), Err(EnvelopeError::BadSignature));
+        let mut upper = env;
+        upper.author = upper.author.to_uppercase();
+        assert_eq!(upper.verify(), Err(EnvelopeError::BadAuthor));
     }
 
     #[test]

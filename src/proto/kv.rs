@@ -152,17 +152,26 @@ impl Entry {
         Ok(Self { author: hex::encode(key_pair.public().encode_protobuf()), value, seq, ts, who, sig })
     }
 
-    /// Checks the entry for `key` in `repo`; returns its author.
+    /// Checks the entry for `key` in `repo`; returns its author. The author key and signature
+    /// must be in their one canonical form (lowercase hex, the key's own protobuf encoding):
+    /// entries are told apart by author, so a second spelling of one author would pass as
+    /// another author, outside the rollback check.
     pub fn verify(&self, repo: &str, key: &str) -> Result<PeerId, KvError> {
         let bad = || KvError::BadSignature(self.author.chars().take(16).collect());
         let public =
             hex::decode(&self.author).ok().and_then(|b| PublicKey::try_decode_protobuf(&b).ok()).ok_or_else(bad)?;
+        if hex::encode(public.encode_protobuf()) != self.author {
+            return Err(bad());
+        }
         if let Some(v) = &self.value {
             if v.len() > 2 * MAX_VALUE {
                 return Err(KvError::ValueTooLarge(v.len() / 2));
             }
         }
         let sig = hex::decode(&self.sig).map_err(|_| bad())?;
+        if hex::encode(&sig) != self.sig {
+            return Err(bad());
+        }
         let name_ok =
             self.who.name.as_ref().is_none_or(|n| n.chars().count() <= 128 && !n.chars().any(char::is_control));
         if !name_ok || self.who.npub.as_ref().is_some_and(|n| n.len() > 100) {
@@ -277,6 +286,24 @@ mod tests {
 
     fn entry(k: &Keypair, value: Option<&str>, seq: u64, ts: u64) -> Entry {
         Entry::sign(k, REPO, "refs/heads/main", value.map(str::as_bytes), seq, ts).unwrap()
+    }
+
+    #[test]
+    fn an_old_entry_respelled_is_not_another_author() {
+        let mut r = Record::new(REPO, "refs/heads/main");
+        let old = entry(&alice(), Some("a1"), 1, 10);
+        assert!(r.merge_entry(old.clone()).unwrap());
+        assert!(r.merge_entry(entry(&alice(), Some("a2"), 2, 30)).unwrap());
+        // The same key or signature in upper-case hex would pass as a new author with the old
+        // value, past the rollback check.
+        for respell in
+            [|e: &mut Entry| e.author = e.author.to_uppercase(), |e: &mut Entry| e.sig = e.sig.to_uppercase()]
+        {
+            let mut replay = old.clone();
+            respell(&mut replay);
+            assert!(matches!(r.merge_entry(replay), Err(KvError::BadSignature(_))));
+        }
+        assert_eq!(r.entries.len(), 1);
     }
 
     #[test]

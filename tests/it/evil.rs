@@ -242,6 +242,12 @@ fn bad_messages(eve: &Keypair, repo_id: &str) -> (Vec<Bad>, Bad) {
         assert!(a.validate().is_err(), "{a:?} is out of bounds");
     }
 
+    // 7. Re-encoded: a valid envelope with its signature's hex in upper case (the same signature
+    // bytes, another message id): the one encoding is the only valid one.
+    let mut re_encoded = signed(repo_id, &announcement("EVIL-7 re-encoded signature"));
+    re_encoded.sig = re_encoded.sig.to_uppercase();
+    assert!(re_encoded.verify().is_err(), "a second spelling of a signature does not verify");
+
     // 4. Oversized: valid signature, encoded far beyond bob's 64 KiB gossip limit.
     let padded = announcement(&format!("EVIL-4 {}", "x".repeat(100 * 1024)));
     let oversized = signed(repo_id, &padded).encode();
@@ -255,6 +261,7 @@ fn bad_messages(eve: &Keypair, repo_id: &str) -> (Vec<Bad>, Bad) {
         ("off-topic", off_topic.encode()),
         ("bad commit id", signed(repo_id, &bad_commit).encode()),
         ("escape sequence", signed(repo_id, &escape).encode()),
+        ("re-encoded", re_encoded.encode()),
     ];
     (bad, ("oversized", oversized))
 }

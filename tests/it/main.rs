@@ -9,6 +9,7 @@ mod kv;
 mod lan;
 mod node;
 mod nostr;
+mod properties;
 mod relay;
 mod support;
 mod tui;

@@ -232,6 +232,17 @@ fn room_messages_cross_through_the_relay_and_plain_comments_show_up() {
     assert_eq!(c["peer"], nostr_sdk::ToBech32::to_bech32(&carol.public_key()).expect("npub"));
     assert_eq!(got.iter().filter(|m| m["text"] == "hello over nostr").count(), 1, "no duplicates");
 
+    // A comment carrying an escape sequence (and CR LF line ends): kept, but inert.
+    let evil = nostr_sdk::EventBuilder::comment("evil \u{1b}[2J\r\nsecond line", target(), Some(target()))
+        .sign_with_keys(&carol)
+        .expect("sign");
+    relay.publish(&carol, &evil);
+    eventually(Duration::from_secs(30), "carol's second comment in bob's room", || {
+        tail(&bob, &bob_repo).iter().any(|m| m["text"] == "evil \u{fffd}[2J\nsecond line").then_some(())
+    });
+    let human = bob.run_in(&bob_repo, &["chat", "--tail"]);
+    assert!(human.status.success() && !human.stdout.contains(&0x1b), "{}", String::from_utf8_lossy(&human.stdout));
+
     // The r tag filter: the comment is found by the repository's root commit too.
     let root = alice.git(&alice_repo, &["rev-list", "--max-parents=0", "HEAD"]).trim().to_string();
     let by_root =
