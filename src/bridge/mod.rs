@@ -115,8 +115,15 @@ impl Bridge {
         });
     }
 
-    /// Queues our room message as a comment. Not fsync'd: the caller syncs before it answers.
-    pub fn comment(&self, repo: &RepoInfo, text: &str, envelope: &Envelope) -> Result<(), String> {
+    /// Queues our room message (or a commit thread's: `thread`) as a comment. Not fsync'd: the
+    /// caller syncs before it answers.
+    pub fn comment(
+        &self,
+        repo: &RepoInfo,
+        text: &str,
+        envelope: &Envelope,
+        thread: Option<&str>,
+    ) -> Result<(), String> {
         let scope = nip22::Scope {
             owner: self.keys.public_key(),
             identifier: nip34::identifier(&repo.name),
@@ -124,7 +131,8 @@ impl Bridge {
         };
         let encoded = String::from_utf8_lossy(&envelope.encode()).into_owned();
         let created_at = Timestamp::from(envelope.ts / 1000);
-        let event = nip22::comment(&self.keys, &scope, text, Some(&encoded), created_at).map_err(|e| e.to_string())?;
+        let event =
+            nip22::comment(&self.keys, &scope, text, Some(&encoded), thread, created_at).map_err(|e| e.to_string())?;
         let pending =
             NostrPending { id: event.id.to_hex(), event: event.as_json(), relays: self.relays.clone(), replaces: None };
         self.store.nostr_queue(&pending, None, false).map_err(|e| e.to_string())?;

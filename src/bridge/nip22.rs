@@ -31,17 +31,24 @@ impl Scope {
 }
 
 /// Kind 1111 scoped to the repository (root and parent are both the announcement: a top-level
-/// comment), with the root commit in an `r` tag and our envelope when we have one.
+/// comment), with the root commit in an `r` tag, the commit of a thread in a `commit` tag (as
+/// NIP-34 patches name theirs) and our envelope when we have one. A plain client shows a thread's
+/// message as a comment on the repository; git-p2p files it under the thread its signed message
+/// names.
 pub fn comment(
     keys: &Keys,
     scope: &Scope,
     text: &str,
     envelope: Option<&str>,
+    thread: Option<&str>,
     created_at: Timestamp,
 ) -> Result<Event, nostr::event::builder::Error> {
     let coordinate = scope.coordinate();
     let target = || CommentTarget::coordinate(Cow::Borrowed(&coordinate), None);
     let mut extra = vec![Tag::custom(TagKind::custom("r"), [scope.euc.clone()])];
+    if let Some(commit) = thread {
+        extra.push(Tag::custom(TagKind::custom("commit"), [commit.to_string()]));
+    }
     if let Some(envelope) = envelope {
         extra.push(Tag::custom(TagKind::custom(ENVELOPE_TAG), [envelope.to_string()]));
     }
@@ -103,7 +110,7 @@ mod tests {
     fn comment_is_scoped_to_the_repository_announcement_as_nip22_says() {
         let keys = Keys::generate();
         let s = scope(&keys);
-        let e = comment(&keys, &s, "hello", Some("{\"v\":1}"), Timestamp::from(1000)).unwrap();
+        let e = comment(&keys, &s, "hello", Some("{\"v\":1}"), None, Timestamp::from(1000)).unwrap();
         assert_eq!(e.kind, Kind::Comment);
         assert_eq!(e.content, "hello");
         let coordinate = format!("30617:{}:proj", keys.public_key().to_hex());
@@ -130,7 +137,7 @@ mod tests {
         let keys = Keys::generate();
         let s = scope(&keys);
         let repos = vec![("e".repeat(40), "proj".to_string())];
-        let ours = comment(&keys, &s, "hi", Some("env"), Timestamp::from(1)).unwrap();
+        let ours = comment(&keys, &s, "hi", Some("env"), None, Timestamp::from(1)).unwrap();
         assert_eq!(read(&ours, &repos), Some(("e".repeat(40), Incoming::Envelope("env".into()))));
 
         // A plain client comments on the announcement only (A tag, no r tag).
@@ -145,9 +152,19 @@ mod tests {
     }
 
     #[test]
+    fn a_threads_comment_names_its_commit() {
+        let keys = Keys::generate();
+        let commit = "c".repeat(40);
+        let e = comment(&keys, &scope(&keys), "on it", Some("env"), Some(&commit), Timestamp::from(1)).unwrap();
+        assert!(tags(&e).contains(&vec!["commit".to_string(), commit]));
+        let repos = [("e".repeat(40), "proj".to_string())];
+        assert_eq!(read(&e, &repos), Some(("e".repeat(40), Incoming::Envelope("env".into()))));
+    }
+
+    #[test]
     fn read_refuses_a_tampered_comment() {
         let keys = Keys::generate();
-        let mut e = comment(&keys, &scope(&keys), "hi", None, Timestamp::from(1)).unwrap();
+        let mut e = comment(&keys, &scope(&keys), "hi", None, None, Timestamp::from(1)).unwrap();
         e.content = "changed".into();
         assert_eq!(read(&e, &[("e".repeat(40), "proj".into())]), None);
     }

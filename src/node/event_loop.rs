@@ -568,8 +568,8 @@ impl EventLoop {
         };
         self.join_repo(repo.clone());
         let topic = self.join_room(&repo.id, thread.clone());
-        if let (Some(bridge), None) = (&self.bridge, &thread) {
-            match bridge.comment(&repo, &message.text, &envelope) {
+        if let Some(bridge) = &self.bridge {
+            match bridge.comment(&repo, &message.text, &envelope, thread.as_deref()) {
                 Ok(()) => self.unsynced_acks = true,
                 Err(e) => tracing::warn!(error = %e, "cannot queue the message for Nostr"),
             }
@@ -1108,7 +1108,9 @@ impl EventLoop {
     fn receive_from_nostr(&mut self, message: Inbound) {
         match message {
             Inbound::Envelope(envelope) => {
-                self.accept_chat(None, envelope, None);
+                // The room is the one the signed message names (a relay has no topics).
+                let thread = ChatMessage::from_envelope(&envelope).ok().and_then(|m| m.thread);
+                self.accept_chat(None, envelope, thread);
             }
             Inbound::Comment { repo, id, npub, text, created_at } => {
                 // A plain Nostr client's text: no escape sequence reaches a reader's terminal.

@@ -189,12 +189,18 @@ fn room_messages_cross_through_the_relay_and_plain_comments_show_up() {
     // Bob's node is down when Alice writes: the relay keeps the message for him.
     bob.ok(&["daemon", "stop"]);
     let sent = alice.json_in(&alice_repo, &["chat", "--send", "hello over nostr", "--json"]);
-    eventually(Duration::from_secs(30), "alice's comment accepted", || {
+    // And one in the thread of her HEAD commit.
+    alice.json_in(&alice_repo, &["chat", "--commit", "HEAD", "--send", "about this commit", "--json"]);
+    eventually(Duration::from_secs(30), "alice's comments accepted", || {
         (nostr_status(&alice)["pending"] == 0).then_some(())
     });
     let comments = relay.fetch(Filter::new().kind(Kind::Comment).author(pubkey(&alice)));
-    assert_eq!(comments.len(), 1);
-    assert_eq!(comments[0].content, "hello over nostr");
+    assert_eq!(comments.len(), 2);
+    let head = alice.git(&alice_repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let room = comments.iter().find(|c| c.content == "hello over nostr").expect("the room's message");
+    assert!(room.tags.iter().all(|t| t.as_slice()[0] != "commit"), "no commit tag in the room's message");
+    let thread = comments.iter().find(|c| c.content == "about this commit").expect("the thread's message");
+    assert!(thread.tags.iter().any(|t| t.as_slice() == ["commit".to_string(), head.clone()]), "{:?}", thread.tags);
 
     let tail = |node: &Node, repo: &Path| -> Vec<Value> {
         let out = node.run_in(repo, &["chat", "--tail", "--json"]);
@@ -210,6 +216,12 @@ fn room_messages_cross_through_the_relay_and_plain_comments_show_up() {
     assert_eq!(m["peer"], alice.peer_id().as_str(), "verified as alice's git-p2p message");
     assert_eq!(m["id"], sent["id"], "the same message id both ways");
     assert!(m.get("via").is_none_or(|v| v.is_null()), "{m}");
+    // The thread's message is in the thread, not in the room.
+    assert!(got.iter().all(|m| m["text"] != "about this commit"), "{got:?}");
+    eventually(Duration::from_secs(30), "alice's thread message in bob's thread", || {
+        let out = bob.run_in(&bob_repo, &["chat", "--tail", "--commit", &head, "--json"]);
+        String::from_utf8_lossy(&out.stdout).contains("about this commit").then_some(())
+    });
 
     // A plain Nostr client comments on Bob's repository announcement.
     let bob_key = pubkey(&bob);
@@ -247,7 +259,7 @@ fn room_messages_cross_through_the_relay_and_plain_comments_show_up() {
     let root = alice.git(&alice_repo, &["rev-list", "--max-parents=0", "HEAD"]).trim().to_string();
     let by_root =
         relay.fetch(Filter::new().kind(Kind::Comment).custom_tag(SingleLetterTag::lowercase(Alphabet::R), root));
-    assert_eq!(by_root.len(), 1, "alice's comment carries the root commit");
+    assert_eq!(by_root.len(), 2, "alice's comments carry the root commit");
 }
 
 #[test]
