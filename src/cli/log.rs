@@ -30,6 +30,9 @@ pub fn run(ctx: &Ctx, args: &LogArgs, out: &mut dyn Write) -> anyhow::Result<()>
         anyhow::bail!("unexpected answer from the node");
     };
     let mut shown: std::collections::HashSet<(String, String)> = Default::default();
+    if entries.is_empty() && !args.json && follow.is_none() {
+        writeln!(out, "no commits announced by peers yet in {} (yours go to them, not here)", repo.room_name)?;
+    }
     for entry in &entries {
         shown.insert((entry.commit.clone(), entry.peer.clone()));
         print_entry(entry, args.json, out)?;

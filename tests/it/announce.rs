@@ -56,6 +56,8 @@ fn a_commit_in_alice_appears_in_bobs_log() {
     let human = bob.ok_in(&bob_repo, &["log"]);
     assert!(human.contains("Fix the frobnicator") && human.contains("alice") && human.contains(&id[..10]), "{human}");
     assert!(feed(&alice, &alice_repo).is_empty(), "alice's feed holds what peers announced, not her own commits");
+    let empty = alice.ok_in(&alice_repo, &["log"]);
+    assert!(empty.starts_with("no commits announced by peers yet in proj"), "{empty}");
 }
 
 #[test]
