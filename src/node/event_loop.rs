@@ -323,6 +323,11 @@ impl EventLoop {
         let mut answers = Vec::with_capacity(batch.len());
         for Command { req, reply } in batch {
             stopping |= matches!(req, Request::Shutdown);
+            // Read by the history writer, after the received messages it still has to write.
+            if let Request::ChatHistory { room, limit } = req {
+                self.history.read(room, limit.min(MAX_LOG), reply);
+                continue;
+            }
             match self.answer(req) {
                 Answer::Now(outcome) => answers.push((reply, outcome)),
                 Answer::Later(query, PendingKadKind::Put) => {
@@ -539,10 +544,7 @@ impl EventLoop {
                 Err(e) => Outcome::Error(format!("cannot read the feed: {e}")),
             },
             Request::ChatSend { repo, envelope, thread } => self.chat_send(repo, envelope, thread),
-            Request::ChatHistory { room, limit } => match self.store.chat_history(&room, limit.min(MAX_LOG)) {
-                Ok(messages) => Outcome::Ok(Response::ChatHistory { messages }),
-                Err(e) => Outcome::Error(format!("cannot read the room's history: {e}")),
-            },
+            Request::ChatHistory { .. } => Outcome::Error("room histories are read by the history writer".into()),
             Request::ChatJoin { repo, thread } => {
                 self.join_repo(repo.clone());
                 self.join_room(&repo.id, thread);

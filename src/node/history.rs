@@ -1,13 +1,17 @@
 //! Received room messages go to the store on their own thread, in batches, so that gossip
 //! forwarding and delivery to followers never wait for redb (or for an fsync holding its lock).
 //! The event loop decides what is new with an in-memory set of recent ids ([`Recent`]) and
-//! broadcasts at once; the writer makes it durable about once a second.
+//! broadcasts at once; the writer makes it durable about once a second. Reads of a room's history
+//! go through the same thread, after every message handed to it before: a client that saw a
+//! message streamed finds it in the history too.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::control::proto::ChatEntry;
+use tokio::sync::oneshot;
+
+use crate::control::proto::{ChatEntry, Outcome, Response};
 use crate::store::Store;
 
 /// Messages written per transaction at most.
@@ -15,15 +19,32 @@ const BATCH: usize = 512;
 /// How often the writer makes what it wrote durable.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
+enum Job {
+    Write(ChatEntry),
+    /// The newest `limit` messages of `room`, once what came before is written.
+    Read {
+        room: String,
+        limit: usize,
+        reply: oneshot::Sender<Outcome>,
+    },
+}
+
 /// Hands received messages to the writer thread.
 pub struct HistoryWriter {
-    tx: Option<mpsc::Sender<ChatEntry>>,
+    tx: Option<mpsc::Sender<Job>>,
     store: Store,
+}
+
+fn read(store: &Store, room: &str, limit: usize) -> Outcome {
+    match store.chat_history(room, limit) {
+        Ok(messages) => Outcome::Ok(Response::ChatHistory { messages }),
+        Err(e) => Outcome::Error(format!("cannot read the room's history: {e}")),
+    }
 }
 
 impl HistoryWriter {
     pub fn spawn(store: Store) -> Self {
-        let (tx, rx) = mpsc::channel::<ChatEntry>();
+        let (tx, rx) = mpsc::channel::<Job>();
         let writer_store = store.clone();
         let spawned = std::thread::Builder::new().name("history".into()).spawn(move || write_loop(&writer_store, &rx));
         match spawned {
@@ -37,9 +58,10 @@ impl HistoryWriter {
 
     pub fn write(&self, entry: ChatEntry) {
         let entry = match &self.tx {
-            Some(tx) => match tx.send(entry) {
+            Some(tx) => match tx.send(Job::Write(entry)) {
                 Ok(()) => return,
-                Err(mpsc::SendError(entry)) => entry,
+                Err(mpsc::SendError(Job::Write(entry))) => entry,
+                Err(_) => return,
             },
             None => entry,
         };
@@ -47,28 +69,56 @@ impl HistoryWriter {
             tracing::warn!(error = %e, "cannot store a chat message");
         }
     }
+
+    /// Answers `reply` with the newest `limit` messages of `room`, including every message
+    /// handed to [`Self::write`] before.
+    pub fn read(&self, room: String, limit: usize, reply: oneshot::Sender<Outcome>) {
+        let (room, limit, reply) = match &self.tx {
+            Some(tx) => match tx.send(Job::Read { room, limit, reply }) {
+                Ok(()) => return,
+                Err(mpsc::SendError(Job::Read { room, limit, reply })) => (room, limit, reply),
+                Err(_) => return,
+            },
+            None => (room, limit, reply),
+        };
+        let _ = reply.send(read(&self.store, &room, limit));
+    }
 }
 
-fn write_loop(store: &Store, rx: &mpsc::Receiver<ChatEntry>) {
+fn write_loop(store: &Store, rx: &mpsc::Receiver<Job>) {
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     loop {
         let first = match rx.recv_timeout(SYNC_EVERY) {
-            Ok(entry) => Some(entry),
+            Ok(job) => Some(job),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        if let Some(first) = first {
-            let mut batch = vec![first];
-            while batch.len() < BATCH {
+        let mut next = first;
+        while let Some(job) = next.take() {
+            let mut batch = Vec::new();
+            let mut read_after = None;
+            match job {
+                Job::Write(entry) => batch.push(entry),
+                Job::Read { room, limit, reply } => read_after = Some((room, limit, reply)),
+            }
+            while read_after.is_none() && batch.len() < BATCH {
                 match rx.try_recv() {
-                    Ok(entry) => batch.push(entry),
+                    Ok(Job::Write(entry)) => batch.push(entry),
+                    Ok(Job::Read { room, limit, reply }) => read_after = Some((room, limit, reply)),
                     Err(_) => break,
                 }
             }
-            match store.chat_insert_all(&batch) {
-                Ok(_) => unsynced = true,
-                Err(e) => tracing::warn!(error = %e, lost = batch.len(), "cannot store chat messages"),
+            if !batch.is_empty() {
+                match store.chat_insert_all(&batch) {
+                    Ok(_) => unsynced = true,
+                    Err(e) => tracing::warn!(error = %e, lost = batch.len(), "cannot store chat messages"),
+                }
+            }
+            if let Some((room, limit, reply)) = read_after {
+                let _ = reply.send(read(store, &room, limit));
+                // More may be queued behind the read.
+                next = rx.try_recv().ok();
             }
         }
         if unsynced && last_sync.elapsed() >= SYNC_EVERY {
@@ -128,6 +178,35 @@ mod tests {
         assert!(r.insert("a".into()), "the oldest was forgotten");
         assert!(!r.insert("d".into()));
         assert_eq!(r.set.len(), 3);
+    }
+
+    #[test]
+    fn a_read_sees_every_message_written_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let writer = HistoryWriter::spawn(store);
+        let entry = |i: u64| ChatEntry {
+            room: "r".into(),
+            id: format!("m{i}"),
+            peer: "p".into(),
+            name: None,
+            text: format!("t{i}"),
+            sent_at: i,
+            received_at: i,
+            own: false,
+            via: None,
+        };
+        for round in 0..20u64 {
+            for i in 0..50 {
+                writer.write(entry(round * 50 + i));
+            }
+            let (reply, answer) = oneshot::channel();
+            writer.read("r".into(), 10_000, reply);
+            let Ok(Outcome::Ok(Response::ChatHistory { messages })) = answer.blocking_recv() else {
+                panic!("no history")
+            };
+            assert_eq!(messages.len() as u64, (round + 1) * 50, "round {round}: no read overtakes a write");
+        }
     }
 
     #[test]
