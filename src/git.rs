@@ -132,6 +132,49 @@ impl RepoContext {
 /// merge), `git cherry-pick` and `git revert`, the commands that run the post-commit hook.
 const COMMIT_ENTRIES: [&str; 3] = ["commit", "cherry-pick", "revert"];
 
+/// A commit to announce, read from HEAD's reflog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReflogCommit {
+    pub id: String,
+    /// The branch a rebase returned to (`refs/heads/topic`); None: HEAD's branch now.
+    pub ref_name: Option<String>,
+}
+
+/// The commits a stretch of HEAD's reflog made, oldest first. A rebase (`rebase (start)` ..
+/// `rebase (finish): returning to refs/heads/b`, also `pull --rebase`) counts once, as its
+/// result on the branch it returned to: its picks and anything committed while it stopped
+/// (an `edit`) are steps, not news. An aborted rebase made nothing.
+pub fn reflog_commits(text: &str) -> Vec<ReflogCommit> {
+    let mut out = Vec::new();
+    let mut in_rebase = false;
+    for line in text.lines() {
+        let Some((head, message)) = line.split_once('\t') else { continue };
+        let Some(new) = head.split(' ').nth(1).filter(|n| n.len() >= 40 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        else {
+            continue;
+        };
+        let action = message.split_once(": ").map_or(message, |(a, _)| a);
+        if action.contains("rebase") {
+            if action.ends_with("(start)") {
+                in_rebase = true;
+            } else if action.ends_with("(finish)") {
+                in_rebase = false;
+                let target = message.split_once("returning to ").map(|(_, r)| r.trim());
+                if let Some(branch) = target.filter(|r| r.starts_with("refs/heads/")) {
+                    out.push(ReflogCommit { id: new.to_string(), ref_name: Some(branch.to_string()) });
+                }
+            } else if action.ends_with("(abort)") {
+                in_rebase = false;
+            }
+            continue;
+        }
+        if !in_rebase && COMMIT_ENTRIES.iter().any(|k| message.starts_with(k)) {
+            out.push(ReflogCommit { id: new.to_string(), ref_name: None });
+        }
+    }
+    out
+}
+
 impl RepoContext {
     /// Re-reads HEAD (its commit and branch) through the open handle: what changes from one
     /// commit to the next. The identity, room name, remotes and user stay as read at open.
@@ -152,38 +195,39 @@ impl RepoContext {
         std::fs::metadata(self.git_dir.join("logs").join("HEAD")).map(|m| m.len()).unwrap_or(0)
     }
 
-    /// Commits HEAD's reflog recorded after byte `offset`, oldest first, and the reflog's length
-    /// now. With no offset (first look) or a reflog shorter than it (expired, rewritten), only
-    /// the newest entry counts. No reflog (`core.logAllRefUpdates` off): HEAD's commit.
-    pub fn head_reflog_commits(&self, offset: Option<u64>) -> (Vec<String>, u64) {
+    /// Whether a rebase is under way (stopped or running): its reflog entries are read once it
+    /// has ended, as one.
+    pub fn rebase_in_progress(&self) -> bool {
+        ["rebase-merge", "rebase-apply"].iter().any(|d| self.git_dir.join(d).is_dir())
+    }
+
+    /// Commits HEAD's reflog recorded after byte `offset` ([`reflog_commits`]), oldest first,
+    /// and the reflog's length now. With no offset (first look) or a reflog shorter than it
+    /// (expired, rewritten), only the newest counts. No reflog (`core.logAllRefUpdates` off):
+    /// HEAD's commit.
+    pub fn head_reflog_commits(&self, offset: Option<u64>) -> (Vec<ReflogCommit>, u64) {
         use std::io::{Read, Seek, SeekFrom};
         let path = self.git_dir.join("logs").join("HEAD");
         let Ok(mut file) = std::fs::File::open(&path) else {
-            return (vec![self.head_commit.clone()], 0);
+            return (vec![ReflogCommit { id: self.head_commit.clone(), ref_name: None }], 0);
         };
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let (start, newest_only) = match offset {
             Some(o) if o <= len => (o, false),
             _ => (0, true),
         };
-        let mut text = String::new();
-        if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_string(&mut text).is_err() {
-            return (Vec::new(), len);
+        // Bytes: a commit subject in the log need not be UTF-8 (ids and actions are ASCII).
+        let mut bytes = Vec::new();
+        if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_end(&mut bytes).is_err() {
+            return (Vec::new(), start);
         }
-        let mut commits: Vec<String> = text
-            .lines()
-            .filter_map(|line| {
-                let (head, message) = line.split_once('\t')?;
-                let new = head.split(' ').nth(1)?;
-                let made_commit = COMMIT_ENTRIES.iter().any(|k| message.starts_with(k));
-                (made_commit && new.len() >= 40 && new.bytes().all(|b| b.is_ascii_hexdigit())).then(|| new.to_string())
-            })
-            .collect();
+        // Only up to the last complete line: a line being appended is read next time.
+        let complete = &bytes[..bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)];
+        let mut commits = reflog_commits(&String::from_utf8_lossy(complete));
         if newest_only {
             commits = commits.pop().into_iter().collect();
         }
-        // Only up to the last complete line: a line being appended is read next time.
-        let end = start + text.rfind('\n').map_or(0, |i| i as u64 + 1);
+        let end = start + complete.len() as u64;
         (commits, if newest_only { len } else { end })
     }
 }
@@ -548,6 +592,76 @@ mod tests {
 
     fn cache_of(ctx: &RepoContext) -> PathBuf {
         ctx.git_dir.join("p2p").join(CACHE_FILE)
+    }
+
+    #[test]
+    fn a_rebase_counts_once_as_its_result_on_its_branch() {
+        let id = |c: char| c.to_string().repeat(40);
+        let line = |old: char, new: char, msg: &str| format!("{} {} A <a@x> 1 +0000\t{msg}\n", id(old), id(new));
+        let log = [
+            line('0', '1', "commit (initial): root"),
+            line('1', '2', "commit: work"),
+            line('2', '3', "rebase (start): checkout main"),
+            line('3', '4', "rebase (pick): work"),
+            line('4', '5', "commit (amend): edited while stopped"),
+            line('5', '6', "rebase (continue): more"),
+            line('6', '6', "rebase (finish): returning to refs/heads/topic"),
+            line('6', '7', "pull --rebase (start): checkout origin/main"),
+            line('7', '8', "pull --rebase (pick): x"),
+            line('8', '8', "pull --rebase (finish): returning to refs/heads/main"),
+            line('8', '9', "rebase (start): checkout main"),
+            line('9', '8', "rebase (abort): returning to refs/heads/main"),
+            line('8', 'a', "cherry-pick: fix"),
+            line('a', 'b', "checkout: moving from main to other"),
+            "not a reflog line\n".to_string(),
+        ]
+        .concat();
+        let got: Vec<(String, Option<String>)> = reflog_commits(&log).into_iter().map(|c| (c.id, c.ref_name)).collect();
+        let on = |b: &str| Some(format!("refs/heads/{b}"));
+        assert_eq!(
+            got,
+            [(id('1'), None), (id('2'), None), (id('6'), on("topic")), (id('8'), on("main")), (id('a'), None)]
+        );
+    }
+
+    #[test]
+    fn a_real_rebase_is_read_once_it_has_ended() {
+        let sb = Sandbox::new();
+        let repo = sb.init("proj");
+        sb.commit(&repo, None);
+        sb.git(&repo, "checkout -q -b topic");
+        sb.commit(&repo, None);
+        sb.commit(&repo, None);
+        sb.git(&repo, "checkout -q main");
+        sb.commit(&repo, None);
+        sb.git(&repo, "checkout -q topic");
+        let ctx = open_isolated(&repo).unwrap();
+        let pos = ctx.head_reflog_len();
+        // Stop at the first pick (`edit`), amend it, go on.
+        sb.run(&repo, None, &["-c", "sequence.editor=sed -i 1s/^pick/edit/", "rebase", "-q", "-i", "main"]);
+        assert!(ctx.rebase_in_progress());
+        sb.run(&repo, None, &["commit", "-q", "--allow-empty", "--amend", "-m", "amended"]);
+        sb.run(&repo, None, &["-c", "core.editor=true", "rebase", "--continue"]);
+        assert!(!ctx.rebase_in_progress());
+        let tip = sb.git(&repo, "rev-parse HEAD");
+        let (commits, _) = ctx.head_reflog_commits(Some(pos));
+        assert_eq!(commits, [ReflogCommit { id: tip, ref_name: Some("refs/heads/topic".into()) }]);
+    }
+
+    #[test]
+    fn a_subject_that_is_not_utf8_does_not_hide_the_reflog() {
+        let sb = Sandbox::new();
+        let repo = sb.init("proj");
+        sb.commit(&repo, None);
+        let ctx = open_isolated(&repo).unwrap();
+        let pos = ctx.head_reflog_len();
+        let msg = repo.join("msg");
+        std::fs::write(&msg, b"caf\xe9 in latin-1\n").unwrap();
+        sb.run(&repo, None, &["-c", "i18n.commitEncoding=latin1", "commit", "-q", "--allow-empty", "-F", "msg"]);
+        let head = sb.git(&repo, "rev-parse HEAD");
+        let (commits, end) = ctx.head_reflog_commits(Some(pos));
+        assert_eq!(commits.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [head.as_str()]);
+        assert_eq!(end, ctx.head_reflog_len());
     }
 
     #[test]

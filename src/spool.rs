@@ -75,6 +75,17 @@ impl Note {
     }
 }
 
+/// Leaves a note like the hook's fast path does (`hook-<pid>.note` in `notes_dir`), written in
+/// place: the node reads it once complete.
+pub fn write_note(notes_dir: &Path, note: &Note) -> io::Result<PathBuf> {
+    crate::paths::ensure_private_dir(notes_dir).map_err(io::Error::other)?;
+    let path = notes_dir.join(format!("hook-{}.note", std::process::id()));
+    let git_dir = note.git_dir.as_deref().map(|g| g.display().to_string()).unwrap_or_default();
+    let waiter = note.waiter.map(|p| p.to_string()).unwrap_or_default();
+    fs::write(&path, format!("git-p2p-note 2\n{}\n{git_dir}\n{waiter}\nend\n", note.cwd.display()))?;
+    Ok(path)
+}
+
 /// One spooled item.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {

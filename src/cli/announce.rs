@@ -33,9 +33,21 @@ pub fn run(ctx: &Ctx, args: &AnnounceArgs, out: &mut dyn Write) -> anyhow::Resul
 /// Returns the commit id and, when the node took it, how many announcements it has queued.
 fn announce(ctx: &Ctx, rev: &str, hook: bool) -> anyhow::Result<(String, Option<usize>)> {
     let repo = ctx.repo()?;
-    let commit = repo.commit_info(rev)?;
     let paths = ctx.paths()?;
     paths.ensure()?;
+    if hook && repo.rebase_in_progress() {
+        // A rebase's picks are steps: the node announces its result once it has ended, read
+        // from the reflog (see git::reflog_commits). Leave it a note and make sure it runs.
+        let note = crate::spool::Note {
+            cwd: repo.git_dir.clone(),
+            git_dir: None,
+            waiter: Some(std::os::unix::process::parent_id()),
+        };
+        crate::spool::write_note(&paths.notes_dir(), &note)?;
+        ring_or_start(paths, Request::IngestSpool)?;
+        return Ok((repo.head_commit.clone(), None));
+    }
+    let commit = repo.commit_info(rev)?;
     let key = Identity::load_or_create_libp2p(&paths.data_dir)?;
     let envelope = Announcement::new(&commit, repo.user_name.as_deref()).sign(
         &key,
@@ -45,15 +57,7 @@ fn announce(ctx: &Ctx, rev: &str, hook: bool) -> anyhow::Result<(String, Option<
     let repo_info = repo.info();
     if hook {
         crate::spool::write(&paths.data_dir, &OutboxEntry { repo: repo_info, envelope, thread: None })?;
-        match Client::notify(paths, Request::IngestSpool) {
-            // Not rung: the node also looks at the spool every second.
-            Ok(()) | Err(ClientError::Io(_)) => {}
-            Err(ClientError::NotRunning) if client::autostart_allowed() => {
-                client::spawn_node(false)?;
-            }
-            Err(ClientError::NotRunning) => {}
-            Err(e) => return Err(e.into()),
-        }
+        ring_or_start(paths, Request::IngestSpool)?;
         return Ok((commit.id, None));
     }
     let request = Request::Announce { repo: repo_info, envelope };
@@ -64,6 +68,20 @@ fn announce(ctx: &Ctx, rev: &str, hook: bool) -> anyhow::Result<(String, Option<
             Response::Queued { pending } => Ok((commit.id, Some(pending))),
             _ => anyhow::bail!("unexpected answer from the node"),
         },
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Tells the node there is something for it, or starts it (in the background) if none runs.
+fn ring_or_start(paths: &crate::paths::Paths, request: Request) -> anyhow::Result<()> {
+    match Client::notify(paths, request) {
+        // Not rung: the node also looks at the spool every second.
+        Ok(()) | Err(ClientError::Io(_)) => Ok(()),
+        Err(ClientError::NotRunning) if client::autostart_allowed() => {
+            client::spawn_node(false)?;
+            Ok(())
+        }
+        Err(ClientError::NotRunning) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

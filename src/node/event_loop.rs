@@ -150,6 +150,8 @@ pub struct EventLoop {
     /// Wakes us when the hook leaves something in the spool (None if inotify is unavailable:
     /// the spool is then read every second).
     spool_watch: Option<super::spool_watch::SpoolWatch>,
+    /// Repositories whose reflog waits for a rebase to end (looked at each tick).
+    rebasing: HashSet<std::path::PathBuf>,
     /// Repositories kept open between hook notes.
     open_repos: super::repo_cache::RepoCache,
     /// Announcements just queued whose refs are published in the DHT after them.
@@ -216,6 +218,7 @@ impl EventLoop {
             hook_waits: Default::default(),
             pending_refs: Vec::new(),
             open_repos: Default::default(),
+            rebasing: HashSet::new(),
             bridge,
             inbound,
             _inbound_tx: inbound_tx,
@@ -726,28 +729,50 @@ impl EventLoop {
             if !hooked || !matches!(self.store.reflog_pos(&id), Ok(Some(_))) {
                 continue;
             }
-            let note = crate::spool::Note { cwd: std::path::PathBuf::from(&dir), git_dir: None, waiter: None };
-            if let Err(e) = self.announce_from_reflog(&note) {
+            if let Err(e) = self.announce_or_defer(std::path::PathBuf::from(&dir)) {
                 tracing::warn!(%dir, error = %e, "cannot read the repository's reflog");
             }
         }
     }
 
-    /// The hook's fast path left a note: announce the commits the repository's HEAD reflog
-    /// recorded since we last looked (those not announced yet by any path).
-    fn announce_from_reflog(&mut self, note: &crate::spool::Note) -> Result<(), String> {
-        let ctx = self.open_repos.open(&note.repo_dir()).map_err(|e| e.to_string())?;
+    /// Announces what the reflog of the repository at `dir` recorded since we last looked; while
+    /// a rebase is under way there, looks again each tick until it has ended.
+    fn announce_or_defer(&mut self, dir: std::path::PathBuf) -> Result<(), String> {
+        if !self.announce_from_reflog(&dir)? {
+            self.rebasing.insert(dir);
+        }
+        Ok(())
+    }
+
+    /// Repositories whose rebase has ended since the last tick: read their reflogs now.
+    fn retry_rebasing(&mut self) {
+        for dir in std::mem::take(&mut self.rebasing) {
+            if let Err(e) = self.announce_or_defer(dir.clone()) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot read the repository's reflog");
+            }
+        }
+    }
+
+    /// Announces the commits the HEAD reflog of the repository at `dir` recorded since we last
+    /// looked (those not announced yet by any path). While a rebase is under way nothing is read
+    /// (false): its entries are read as one once it has ended.
+    fn announce_from_reflog(&mut self, dir: &std::path::Path) -> Result<bool, String> {
+        let ctx = self.open_repos.open(dir).map_err(|e| e.to_string())?;
+        if ctx.rebase_in_progress() {
+            return Ok(false);
+        }
         let repo = ctx.info();
         let pos = self.store.reflog_pos(&repo.id).map_err(|e| e.to_string())?;
         let (commits, new_pos) = ctx.head_reflog_commits(pos);
-        // The commits are on HEAD's branch: the reflog does not say which branch it was then.
-        let ref_name = ctx.branch.as_ref().map(|b| format!("refs/heads/{b}"));
+        // A commit is on HEAD's branch (the reflog does not say which branch it was then),
+        // unless a rebase said where it returned to.
+        let head_ref = ctx.branch.as_ref().map(|b| format!("refs/heads/{b}"));
         for commit in commits {
-            if self.store.own_announced(&repo.id, &commit).map_err(|e| e.to_string())? {
+            if self.store.own_announced(&repo.id, &commit.id).map_err(|e| e.to_string())? {
                 continue;
             }
-            let mut info = ctx.commit_info(&commit).map_err(|e| e.to_string())?;
-            info.ref_name = ref_name.clone();
+            let mut info = ctx.commit_info(&commit.id).map_err(|e| e.to_string())?;
+            info.ref_name = commit.ref_name.or_else(|| head_ref.clone());
             let envelope = Announcement::new(&info, ctx.user_name.as_deref()).sign(
                 &self.info.key,
                 &repo.id,
@@ -757,7 +782,8 @@ impl EventLoop {
                 .map_err(|e| e.to_string())?;
         }
         self.unsynced = true;
-        self.store.set_reflog_pos(&repo.id, new_pos, false).map_err(|e| e.to_string())
+        self.store.set_reflog_pos(&repo.id, new_pos, false).map_err(|e| e.to_string())?;
+        Ok(true)
     }
 
     /// Our own announcement of a commit on a branch also updates our refs in the DHT: the key
@@ -831,7 +857,7 @@ impl EventLoop {
                     if self.hold_note(&path, &note) {
                         continue;
                     }
-                    if let Err(e) = self.announce_from_reflog(&note) {
+                    if let Err(e) = self.announce_or_defer(note.repo_dir()) {
                         tracing::warn!(path = %path.display(), repo = %note.repo_dir().display(), error = %e,
                             "cannot announce from a hook note; set aside");
                         let _ = std::fs::rename(&path, path.with_extension("bad"));
@@ -855,11 +881,7 @@ impl EventLoop {
         if !self.hook_waits.hold(pid, written) {
             return false;
         }
-        if path.extension().is_some_and(|x| x == crate::spool::NOTE) {
-            if let Err(e) = std::fs::rename(path, path.with_extension(crate::spool::WAITING)) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot mark a hook note taken");
-            }
-        }
+        mark_taken(path);
         true
     }
 
@@ -1159,6 +1181,7 @@ impl EventLoop {
             }
         }
         self.ingest_spool();
+        self.retry_rebasing();
         self.flush_outbox();
         let now = Instant::now();
         self.forget_published(now);
@@ -1307,6 +1330,16 @@ impl EventLoop {
         }
         if self.bootstrap_peers.contains(&peer) || self.peers.len() <= 8 {
             self.maybe_kad_bootstrap();
+        }
+    }
+}
+
+/// A note the node keeps for later is renamed, so that the hook does not take it for one the
+/// node is not reading.
+fn mark_taken(path: &std::path::Path) {
+    if path.extension().is_some_and(|x| x == crate::spool::NOTE) {
+        if let Err(e) = std::fs::rename(path, path.with_extension(crate::spool::WAITING)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot mark a hook note taken");
         }
     }
 }

@@ -275,3 +275,56 @@ fn the_node_reads_a_note_once_the_hooks_git_has_exited_and_waits_no_more_than_tw
     assert!(other.wait().unwrap().success());
     assert!(std::io::read_to_string(out).unwrap().is_empty(), "the fast path is silent");
 }
+
+#[test]
+fn a_rebase_is_announced_once_as_its_result_whether_the_node_runs_or_not() {
+    let Pair { alice, bob, alice_repo, bob_repo } = pair();
+    let base = commit(&alice, &alice_repo, "base");
+    alice.git(&alice_repo, &["checkout", "-q", "-b", "topic"]);
+    let work: Vec<String> = (1..=3).map(|i| commit(&alice, &alice_repo, &format!("topic {i}"))).collect();
+    alice.git(&alice_repo, &["checkout", "-q", "main"]);
+    let main = commit(&alice, &alice_repo, "main moves on");
+    let mut expected = vec![base, main];
+    expected.extend(work);
+    wait_for_commits(&bob, &bob_repo, &expected);
+
+    // With the node up: three picks, each running the post-commit hook; one announcement.
+    alice.git(&alice_repo, &["rebase", "-q", "main", "topic"]);
+    let tip = alice.git(&alice_repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let entries = wait_for_commits(&bob, &bob_repo, std::slice::from_ref(&tip));
+    let e = entries.iter().find(|e| e["commit"] == tip.as_str()).unwrap();
+    assert_eq!((e["ref_name"].as_str(), e["summary"].as_str()), (Some("refs/heads/topic"), Some("topic 3")));
+    let picks = alice.git(&alice_repo, &["rev-list", "main..topic~1"]);
+
+    // With the node down (and not started by the hook): the hook's slow path spools the commit
+    // on main, and leaves a note instead of announcing each pick of the rebase.
+    alice.ok(&["daemon", "stop"]);
+    alice.git(&alice_repo, &["checkout", "-q", "main"]);
+    let offline = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("git");
+        cmd.args(args).current_dir(&alice_repo);
+        alice.envs(&mut cmd);
+        let out = cmd.env("GIT_P2P_NO_AUTOSTART", "1").output().unwrap();
+        assert!(out.status.success() && out.stderr.is_empty(), "git {args:?}: {}", stderr(&out));
+    };
+    offline(&["commit", "-q", "--allow-empty", "-m", "main moves again"]);
+    let main2 = alice.git(&alice_repo, &["rev-parse", "HEAD"]).trim().to_string();
+    offline(&["rebase", "-q", "main", "topic"]);
+    let tip2 = alice.git(&alice_repo, &["rev-parse", "HEAD"]).trim().to_string();
+    assert!(alice.pid().is_none_or(|p| !alive(p)), "no node was started");
+    let spooled = std::fs::read_dir(alice.data_dir().join("spool")).unwrap().count();
+    assert_eq!(spooled, 1, "only the commit on main was spooled");
+    alice.start();
+    let entries = wait_for_commits(&bob, &bob_repo, &[main2.clone(), tip2.clone()]);
+    let e = entries.iter().find(|e| e["commit"] == tip2.as_str()).unwrap();
+    assert_eq!(e["ref_name"], "refs/heads/topic");
+    let picks2 = alice.git(&alice_repo, &["rev-list", "main..topic~1"]);
+    // No pick of either rebase was announced, and nothing twice.
+    let listed: Vec<&str> = entries.iter().filter_map(|e| e["commit"].as_str()).collect();
+    for pick in picks.lines().chain(picks2.lines()) {
+        assert!(!listed.contains(&pick), "pick {pick} announced: {listed:?}");
+    }
+    expected.extend([tip, main2, tip2]);
+    assert_exactly_once(&entries, &expected);
+    assert_eq!(entries.len(), expected.len(), "{listed:?}");
+}
