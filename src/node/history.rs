@@ -180,12 +180,8 @@ mod tests {
         assert_eq!(r.set.len(), 3);
     }
 
-    #[test]
-    fn a_read_sees_every_message_written_before_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("store.redb")).unwrap();
-        let writer = HistoryWriter::spawn(store);
-        let entry = |i: u64| ChatEntry {
+    fn entry(i: u64) -> ChatEntry {
+        ChatEntry {
             room: "r".into(),
             id: format!("m{i}"),
             peer: "p".into(),
@@ -195,7 +191,14 @@ mod tests {
             received_at: i,
             own: false,
             via: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_read_sees_every_message_written_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let writer = HistoryWriter::spawn(store);
         for round in 0..20u64 {
             for i in 0..50 {
                 writer.write(entry(round * 50 + i));
@@ -215,17 +218,7 @@ mod tests {
         let store = Store::open(&dir.path().join("store.redb")).unwrap();
         let writer = HistoryWriter::spawn(store.clone());
         for i in 0..10u64 {
-            writer.write(ChatEntry {
-                room: "r".into(),
-                id: format!("m{i}"),
-                peer: "p".into(),
-                name: None,
-                text: format!("t{i}"),
-                sent_at: i,
-                received_at: i,
-                own: false,
-                via: None,
-            });
+            writer.write(entry(i));
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while store.chat_history("r", 100).unwrap().len() < 10 {
