@@ -367,3 +367,78 @@ fn hook_notes_round_trip_and_any_text_parses_or_is_refused() {
 fn mutations_text(rng: &mut Rng, text: &str, n: usize) -> Vec<String> {
     (0..n).map(|_| String::from_utf8_lossy(&mutate_bytes(rng, text.as_bytes())).into_owned()).collect()
 }
+
+#[test]
+fn relay_comments_of_any_shape_are_read_or_ignored() {
+    use git_p2p::bridge::nip22::{self, Incoming, Scope};
+    use nostr::{EventBuilder, Keys, Kind, Tag, TagKind, Timestamp};
+    let mut rng = Rng(seed());
+    let keys = Keys::generate();
+    let repo = rng.hex_id();
+    let repos = [(repo.clone(), "proj".to_string())];
+    let scope = Scope { owner: keys.public_key(), identifier: "proj".into(), euc: repo.clone() };
+    for _ in 0..cases() {
+        // Ours round-trips, with or without a thread.
+        let text = rng.text(30);
+        let thread = rng.chance(2).then(|| rng.hex_id());
+        let event = nip22::comment(&keys, &scope, &text, Some("{}"), thread.as_deref(), Timestamp::from(1)).unwrap();
+        assert_eq!(nip22::read(&event, &repos), Some((repo.clone(), Incoming::Envelope("{}".into()))));
+        // Anyone's comment with random tags: read as ours, as plain, or ignored; never a panic.
+        let names = ["r", "A", "a", "git-p2p", "commit", "K", "e", "p", ""];
+        let tags: Vec<Tag> = (0..rng.below(6))
+            .map(|_| {
+                let name = names[rng.below(names.len())];
+                let values: Vec<String> = (0..rng.below(3))
+                    .map(|_| match rng.below(4) {
+                        0 => repo.clone(),
+                        1 => format!("30617:{}:proj", keys.public_key().to_hex()),
+                        2 => format!("30617:{}", rng.text(10)),
+                        _ => rng.text(20),
+                    })
+                    .collect();
+                Tag::custom(TagKind::custom(name), values)
+            })
+            .collect();
+        let kind = if rng.chance(4) { Kind::TextNote } else { Kind::Comment };
+        let event = EventBuilder::new(kind, rng.text(40)).tags(tags).sign_with_keys(&Keys::generate()).unwrap();
+        let input = nostr::JsonUtil::as_json(&event);
+        no_panic("relay comment", input.as_bytes(), || {
+            if let Some((found, _)) = nip22::read(&event, &repos) {
+                assert_eq!(found, repo, "only one of our repositories");
+                assert_eq!(event.kind, Kind::Comment);
+            }
+        });
+    }
+}
+
+#[test]
+fn a_damaged_spool_file_is_set_aside_never_lost() {
+    use git_p2p::spool::{self, Item};
+    use git_p2p::store::OutboxEntry;
+    let mut rng = Rng(seed());
+    for _ in 0..cases() / 10 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let envelope = random_envelope(&mut rng);
+        let repo = RepoInfo { id: envelope.repo.clone(), name: "proj".into(), git_dir: None };
+        let entry = OutboxEntry { repo, envelope, thread: None };
+        let good = spool::write(dir.path(), &entry).expect("spooled");
+        let bytes = std::fs::read(&good).expect("read back");
+        let spool_dir = spool::dir(dir.path());
+        let damaged = mutations(&mut rng, &bytes, 10);
+        for (i, m) in damaged.iter().enumerate() {
+            std::fs::write(spool_dir.join(format!("z{i:02}.json")), m).expect("write");
+        }
+        let notes = dir.path().join("notes");
+        let items = no_panic_value("spool", &bytes, || spool::read(dir.path(), &notes));
+        assert!(items.iter().any(|(p, item)| p == &good && item == &Item::Entry(entry.clone())));
+        let files = std::fs::read_dir(&spool_dir).expect("spool dir").count();
+        assert_eq!(files, 1 + damaged.len(), "every file is still there, read or set aside");
+    }
+}
+
+/// Like [`no_panic`], returning what `check` returns.
+fn no_panic_value<T>(what: &str, input: &[u8], check: impl FnOnce() -> T) -> T {
+    let mut out = None;
+    no_panic(what, input, || out = Some(check()));
+    out.expect("ran")
+}
