@@ -149,6 +149,11 @@ pub fn is_installed(hooks_dir: &Path) -> bool {
     is_ours(&hooks_dir.join(HOOK_NAME)).unwrap_or(false)
 }
 
+/// Whether `hooks_dir/post-commit` is ours but not this version's script.
+pub fn is_outdated(hooks_dir: &Path) -> bool {
+    is_installed(hooks_dir) && fs::read(hooks_dir.join(HOOK_NAME)).is_ok_and(|b| b != HOOK_SCRIPT.as_bytes())
+}
+
 /// The hooks directory git uses for the repository at `repo_dir`, honouring `core.hooksPath`.
 pub fn hooks_dir(repo_dir: &Path) -> Result<PathBuf, HookError> {
     hooks_dir_with(repo_dir, Command::new("git"))

@@ -719,13 +719,21 @@ impl EventLoop {
     }
 
     /// At start: commits made in a hooked repository while no node ran to read the hook's notes
-    /// (or with the hook skipped) are in its reflog; announce those not announced yet.
+    /// (or with the hook skipped) are in its reflog; announce those not announced yet. A hook
+    /// of ours from an earlier version is brought up to date on the way.
     fn catch_up_reflogs(&mut self) {
         let repos: Vec<(String, String)> =
             self.repos.iter().filter_map(|r| r.git_dir.clone().map(|d| (r.id.clone(), d))).collect();
         for (id, dir) in repos {
-            let hooked =
-                crate::hooks::hooks_dir(std::path::Path::new(&dir)).is_ok_and(|h| crate::hooks::is_installed(&h));
+            let hooks = crate::hooks::hooks_dir(std::path::Path::new(&dir)).ok();
+            let hooked = hooks.as_deref().is_some_and(crate::hooks::is_installed);
+            // Our hook from an earlier version (git-p2p was upgraded): replace it with ours.
+            if let Some(h) = hooks.as_deref().filter(|h| crate::hooks::is_outdated(h)) {
+                match crate::hooks::install(h) {
+                    Ok(_) => tracing::info!(hooks = %h.display(), "updated the git-p2p post-commit hook"),
+                    Err(e) => tracing::warn!(hooks = %h.display(), error = %e, "cannot update the post-commit hook"),
+                }
+            }
             if !hooked || !matches!(self.store.reflog_pos(&id), Ok(Some(_))) {
                 continue;
             }

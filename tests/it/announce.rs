@@ -328,3 +328,24 @@ fn a_rebase_is_announced_once_as_its_result_whether_the_node_runs_or_not() {
     assert_exactly_once(&entries, &expected);
     assert_eq!(entries.len(), expected.len(), "{listed:?}");
 }
+
+#[test]
+fn the_node_brings_an_older_git_p2p_hook_up_to_date() {
+    let Pair { alice, alice_repo, .. } = pair();
+    alice.ok(&["daemon", "stop"]);
+    let hook = alice_repo.join(".git/hooks/post-commit");
+    let current = std::fs::read_to_string(&hook).unwrap();
+    assert_eq!(current, git_p2p::hooks::HOOK_SCRIPT);
+    let older = current.replace("git-p2p-note 2", "git-p2p-note 1");
+    std::fs::write(&hook, &older).unwrap();
+    // A hook that is not ours is never touched: a foreign one chained next to ours stays.
+    let orig = alice_repo.join(".git/hooks/post-commit.git-p2p-orig");
+    std::fs::write(&orig, "#!/bin/sh\n# mine\n").unwrap();
+    alice.start();
+    eventually(Duration::from_secs(20), "the hook to be rewritten", || {
+        (std::fs::read_to_string(&hook).ok()? == git_p2p::hooks::HOOK_SCRIPT).then_some(())
+    });
+    assert_eq!(std::fs::read_to_string(&orig).unwrap(), "#!/bin/sh\n# mine\n");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&hook).unwrap().permissions().mode() & 0o777, 0o755);
+}
