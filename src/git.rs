@@ -195,6 +195,17 @@ impl RepoContext {
         std::fs::metadata(self.git_dir.join("logs").join("HEAD")).map(|m| m.len()).unwrap_or(0)
     }
 
+    /// Names this work tree's HEAD reflog (where the node keeps its reading position): the
+    /// repository id for the main work tree; with the work tree's git dir for a linked one
+    /// (`git worktree add`), which has a HEAD and a reflog of its own.
+    pub fn reflog_key(&self) -> String {
+        if self.handle.git_dir() == self.handle.common_dir() {
+            self.repo_id.to_string()
+        } else {
+            format!("{}:{}", self.repo_id, self.git_dir.display())
+        }
+    }
+
     /// Whether a rebase is under way (stopped or running): its reflog entries are read once it
     /// has ended, as one.
     pub fn rebase_in_progress(&self) -> bool {
@@ -622,6 +633,21 @@ mod tests {
             got,
             [(id('1'), None), (id('2'), None), (id('6'), on("topic")), (id('8'), on("main")), (id('a'), None)]
         );
+    }
+
+    #[test]
+    fn each_work_tree_has_its_own_reflog_key() {
+        let sb = Sandbox::new();
+        let repo = sb.init("proj");
+        sb.commit(&repo, None);
+        sb.git(&repo, &format!("worktree add -q -b feature {}", sb.path("wt").display()));
+        let main = open_isolated(&repo).unwrap();
+        let linked = open_isolated(&sb.path("wt")).unwrap();
+        assert_eq!(main.repo_id, linked.repo_id, "one repository");
+        assert_eq!(main.reflog_key(), main.repo_id.as_str(), "the main work tree keeps the plain id");
+        assert_ne!(linked.reflog_key(), main.reflog_key());
+        assert_eq!(open_isolated(&linked.git_dir).unwrap().reflog_key(), linked.reflog_key(), "from its git dir too");
+        assert!(linked.git_dir.join("logs/HEAD").exists() && main.git_dir.join("logs/HEAD").exists());
     }
 
     #[test]

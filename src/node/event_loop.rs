@@ -704,12 +704,13 @@ impl EventLoop {
     /// remember where the reflog ends now (once), so that every later commit is found.
     fn start_reflog(&mut self, repo: &RepoInfo) {
         let Some(dir) = &repo.git_dir else { return };
-        if matches!(self.store.reflog_pos(&repo.id), Ok(Some(_))) {
-            return;
-        }
         match crate::git::open(std::path::Path::new(dir)) {
             Ok(ctx) if ctx.repo_id.as_str() == repo.id => {
-                if let Err(e) = self.store.set_reflog_pos(&repo.id, ctx.head_reflog_len(), true) {
+                let key = ctx.reflog_key();
+                if matches!(self.store.reflog_pos(&key), Ok(Some(_))) {
+                    return;
+                }
+                if let Err(e) = self.store.set_reflog_pos(&key, ctx.head_reflog_len(), true) {
                     tracing::warn!(error = %e, "cannot record the reflog position");
                 }
             }
@@ -722,9 +723,8 @@ impl EventLoop {
     /// (or with the hook skipped) are in its reflog; announce those not announced yet. A hook
     /// of ours from an earlier version is brought up to date on the way.
     fn catch_up_reflogs(&mut self) {
-        let repos: Vec<(String, String)> =
-            self.repos.iter().filter_map(|r| r.git_dir.clone().map(|d| (r.id.clone(), d))).collect();
-        for (id, dir) in repos {
+        let dirs: Vec<String> = self.repos.iter().filter_map(|r| r.git_dir.clone()).collect();
+        for dir in dirs {
             let hooks = crate::hooks::hooks_dir(std::path::Path::new(&dir)).ok();
             let hooked = hooks.as_deref().is_some_and(crate::hooks::is_installed);
             // Our hook from an earlier version (git-p2p was upgraded): replace it with ours.
@@ -734,7 +734,8 @@ impl EventLoop {
                     Err(e) => tracing::warn!(hooks = %h.display(), error = %e, "cannot update the post-commit hook"),
                 }
             }
-            if !hooked || !matches!(self.store.reflog_pos(&id), Ok(Some(_))) {
+            let key = self.open_repos.open(std::path::Path::new(&dir)).map(|c| c.reflog_key());
+            if !hooked || !key.is_ok_and(|k| matches!(self.store.reflog_pos(&k), Ok(Some(_)))) {
                 continue;
             }
             if let Err(e) = self.announce_or_defer(std::path::PathBuf::from(&dir)) {
@@ -770,7 +771,8 @@ impl EventLoop {
             return Ok(false);
         }
         let repo = ctx.info();
-        let pos = self.store.reflog_pos(&repo.id).map_err(|e| e.to_string())?;
+        let key = ctx.reflog_key();
+        let pos = self.store.reflog_pos(&key).map_err(|e| e.to_string())?;
         let (commits, new_pos) = ctx.head_reflog_commits(pos);
         // A commit is on HEAD's branch (the reflog does not say which branch it was then),
         // unless a rebase said where it returned to.
@@ -790,7 +792,7 @@ impl EventLoop {
                 .map_err(|e| e.to_string())?;
         }
         self.unsynced = true;
-        self.store.set_reflog_pos(&repo.id, new_pos, false).map_err(|e| e.to_string())?;
+        self.store.set_reflog_pos(&key, new_pos, false).map_err(|e| e.to_string())?;
         Ok(true)
     }
 

@@ -349,3 +349,28 @@ fn the_node_brings_an_older_git_p2p_hook_up_to_date() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&hook).unwrap().permissions().mode() & 0o777, 0o755);
 }
+
+#[test]
+fn commits_in_a_linked_worktree_are_announced_on_its_branch() {
+    let Pair { alice, bob, alice_repo, bob_repo } = pair();
+    // Each work tree has a HEAD reflog of its own: commits alternate between the two, so that a
+    // reading position of one applied to the other would land in the middle of its lines.
+    let wt = alice_repo.parent().unwrap().join("wt");
+    alice.git(&alice_repo, &["worktree", "add", "-q", "-b", "feature", wt.to_str().unwrap()]);
+    let (mut expected, mut in_wt) = (Vec::new(), Vec::new());
+    for round in 0..4 {
+        for i in 0..=round {
+            in_wt.push(commit(&alice, &wt, &format!("feature {round}.{i}")));
+        }
+        expected.push(commit(&alice, &alice_repo, &format!("main {round}")));
+    }
+    expected.extend(in_wt.iter().cloned());
+    let entries = wait_for_commits(&bob, &bob_repo, &expected);
+    assert_exactly_once(&entries, &expected);
+    for c in &in_wt {
+        let e = entries.iter().find(|e| e["commit"] == c.as_str()).unwrap();
+        assert_eq!(e["ref_name"], "refs/heads/feature", "{e}");
+    }
+    let last = entries.iter().find(|e| e["summary"] == "main 3").unwrap();
+    assert_eq!(last["ref_name"], "refs/heads/main");
+}
