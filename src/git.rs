@@ -328,6 +328,12 @@ pub struct CommitInfo {
     pub ref_name: Option<String>,
 }
 
+/// Whether `name` is a full ref name git accepts (`refs/...` by check-ref-format's rules: no
+/// control characters, spaces, `..`, `~^:?*[\`...): what peers say about their refs is held to it.
+pub fn is_ref_name(name: &str) -> bool {
+    name.starts_with("refs/") && gix::refs::FullName::try_from(name).is_ok()
+}
+
 /// Discovers the repository containing `dir` (searching upwards like git) and reads its context.
 pub fn open(dir: &Path) -> Result<RepoContext, GitError> {
     open_with(dir, None)
@@ -633,6 +639,17 @@ mod tests {
             got,
             [(id('1'), None), (id('2'), None), (id('6'), on("topic")), (id('8'), on("main")), (id('a'), None)]
         );
+    }
+
+    #[test]
+    fn ref_names_are_held_to_gits_rules() {
+        for good in ["refs/heads/main", "refs/tags/v1.0", "refs/heads/feature/x-y_z", "refs/heads/caf\u{e9}"] {
+            assert!(is_ref_name(good), "{good}");
+        }
+        for bad in ["main", "refs/heads/a\u{1b}[2J", "refs/heads/a b", "refs/heads/a..b", "refs/heads/a~1", "refs/", ""]
+        {
+            assert!(!is_ref_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::io::Write;
 use super::{Ctx, RefsArgs, RefsCommand};
 use crate::control::proto::{Request, Response};
 use crate::identity::Identity;
+use crate::proto::announce::is_object_id;
 use crate::proto::kv::{MAX_VALUE, REFS_KEY};
 
 pub fn run(ctx: &Ctx, args: RefsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -41,7 +42,10 @@ pub fn run(ctx: &Ctx, args: RefsArgs, out: &mut dyn Write) -> anyhow::Result<()>
         }
         let refs: BTreeMap<String, String> =
             entry.value_bytes().and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or_default();
-        for (name, oid) in refs {
+        // A peer's entry says what it likes: only ref names git accepts and object ids are
+        // shown (nothing that could steer a terminal or a script reading the output).
+        let valid = |(name, oid): &(String, String)| crate::git::is_ref_name(name) && is_object_id(oid);
+        for (name, oid) in refs.into_iter().filter(valid) {
             shown += 1;
             if args.json {
                 writeln!(

@@ -144,6 +144,22 @@ fn commits_publish_refs_and_refs_publish_adds_tags() {
     let table = bob.ok_in(&repos[1], &["refs", "--author", &alice_id]);
     assert!(table.contains(&format!("{head}\trefs/heads/main\t{alice_id}")), "{table}");
     assert_one_line_error(&bob.run_in(&repos[1], &["refs", "--author", "me"]), 1, "no refs published by me");
+
+    // Alice's refs entry, written by hand with names git would refuse and a non-id: bob shows
+    // the one valid ref only (no escape sequence reaches his terminal).
+    let forged = serde_json::json!({
+        "refs/heads/ok": head,
+        "refs/heads/evil\u{1b}]0;pwned\u{7}": head,
+        "refs/heads/a..b": head,
+        "refs/heads/not-an-id": "HEAD~1",
+    });
+    set(alice, &repos[0], "refs", &forged.to_string());
+    let table = eventually(Duration::from_secs(40), "the hand-written entry in bob's view", || {
+        let table = bob.ok_in(&repos[1], &["refs", "--author", &alice_id]);
+        table.contains("refs/heads/ok").then_some(table)
+    });
+    assert_eq!(table.lines().count(), 1, "{table:?}");
+    assert!(!table.contains('\u{1b}'));
 }
 
 #[test]
