@@ -204,7 +204,8 @@ async fn deliver(shared: &Shared, client: &Client, relays: &[RelayUrl], backoff:
                 relay.state = state;
                 relay.accepted += accepted;
                 if error.is_some() || accepted > 0 {
-                    relay.last_error = error;
+                    // A relay's words, shown in terminals: one line, no control characters.
+                    relay.last_error = error.map(|e| crate::proto::chat::tame(&e).replace('\n', " "));
                 }
                 relay.pending = pending.iter().filter(|(_, p)| p.relays.contains(&relay.url)).count();
             }

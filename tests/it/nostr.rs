@@ -135,7 +135,8 @@ fn relay_down_during_20_commits_and_a_killed_node_lose_nothing() {
 
 #[test]
 fn malformed_refusing_and_hanging_up_relays_give_a_clear_status_and_keep_the_outbox() {
-    let refusing = TestRelay::refusing("blocked: not on the list");
+    // Its reason carries an escape sequence and a line break: shown, but inert, on one line.
+    let refusing = TestRelay::refusing("blocked: not on the list \u{1b}[2J\nsecond line");
     // Accepts TCP and closes at once: a relay that hangs up. The wss:// one makes the node set
     // up TLS (it panics without a rustls crypto provider).
     let hang_up = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -158,6 +159,11 @@ fn malformed_refusing_and_hanging_up_relays_give_a_clear_status_and_keep_the_out
     });
     let relays = status["relays"].as_array().expect("relays");
     assert_eq!(relays.len(), 4, "{status}");
+    let reason =
+        relays.iter().find_map(|r| r["last_error"].as_str().filter(|e| e.contains("blocked"))).expect("reason");
+    assert!(!reason.contains('\u{1b}') && !reason.contains('\n'), "{reason:?}");
+    let human = alice.ok(&["nostr", "status"]);
+    assert!(human.contains("blocked: not on the list") && !human.contains('\u{1b}'), "{human}");
     let invalid = relays.iter().find(|r| r["url"] == "not a relay url").expect("the malformed one listed");
     assert_eq!(invalid["state"], "invalid");
     assert!(invalid["last_error"].as_str().unwrap_or("").contains("not a relay URL"), "{invalid}");
