@@ -268,8 +268,9 @@ impl EventLoop {
     /// Runs until a shutdown command or `stop` resolves.
     pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
-        // After "ready": it may run git for each repository.
-        self.catch_up_reflogs();
+        // After "ready", off this thread: it runs git for each repository.
+        let dirs: Vec<PathBuf> = self.repos.iter().filter_map(|r| r.git_dir.as_ref().map(PathBuf::from)).collect();
+        let mut survey = Some(survey_hooks(dirs));
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -288,6 +289,10 @@ impl EventLoop {
                 }
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 Some(message) = self.inbound.recv() => self.receive_from_nostr(message),
+                hooked = hooked_repos(&mut survey) => {
+                    survey = None;
+                    self.catch_up_reflogs(hooked);
+                }
                 changed = spool_changed(&self.spool_watch) => {
                     if let Err(e) = changed {
                         tracing::warn!(error = %e, "spool watch failed; reading the spool every second");
@@ -720,26 +725,15 @@ impl EventLoop {
     }
 
     /// At start: commits made in a hooked repository while no node ran to read the hook's notes
-    /// (or with the hook skipped) are in its reflog; announce those not announced yet. A hook
-    /// of ours from an earlier version is brought up to date on the way.
-    fn catch_up_reflogs(&mut self) {
-        let dirs: Vec<String> = self.repos.iter().filter_map(|r| r.git_dir.clone()).collect();
-        for dir in dirs {
-            let hooks = crate::hooks::hooks_dir(std::path::Path::new(&dir)).ok();
-            let hooked = hooks.as_deref().is_some_and(crate::hooks::is_installed);
-            // Our hook from an earlier version (git-p2p was upgraded): replace it with ours.
-            if let Some(h) = hooks.as_deref().filter(|h| crate::hooks::is_outdated(h)) {
-                match crate::hooks::install(h) {
-                    Ok(_) => tracing::info!(hooks = %h.display(), "updated the git-p2p post-commit hook"),
-                    Err(e) => tracing::warn!(hooks = %h.display(), error = %e, "cannot update the post-commit hook"),
-                }
-            }
-            let key = self.open_repos.open(std::path::Path::new(&dir)).map(|c| c.reflog_key());
-            if !hooked || !key.is_ok_and(|k| matches!(self.store.reflog_pos(&k), Ok(Some(_)))) {
+    /// (or with the hook skipped) are in its reflog; announce those not announced yet.
+    fn catch_up_reflogs(&mut self, hooked: Vec<PathBuf>) {
+        for dir in hooked {
+            let key = self.open_repos.open(&dir).map(|c| c.reflog_key());
+            if !key.is_ok_and(|k| matches!(self.store.reflog_pos(&k), Ok(Some(_)))) {
                 continue;
             }
-            if let Err(e) = self.announce_or_defer(std::path::PathBuf::from(&dir)) {
-                tracing::warn!(%dir, error = %e, "cannot read the repository's reflog");
+            if let Err(e) = self.announce_or_defer(dir.clone()) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot read the repository's reflog");
             }
         }
     }
@@ -1341,6 +1335,43 @@ impl EventLoop {
         if self.bootstrap_peers.contains(&peer) || self.peers.len() <= 8 {
             self.maybe_kad_bootstrap();
         }
+    }
+}
+
+/// Which of the registered repositories at `dirs` have our hook, found on a thread of its own
+/// (it runs git for each); a hook of ours from an earlier version is brought up to date on the
+/// way (git-p2p was upgraded).
+fn survey_hooks(dirs: Vec<PathBuf>) -> oneshot::Receiver<Vec<PathBuf>> {
+    let (tx, rx) = oneshot::channel();
+    let survey = move || {
+        let mut hooked = Vec::new();
+        for dir in dirs {
+            let Ok(hooks) = crate::hooks::hooks_dir(&dir) else { continue };
+            if crate::hooks::is_outdated(&hooks) {
+                match crate::hooks::install(&hooks) {
+                    Ok(_) => tracing::info!(hooks = %hooks.display(), "updated the git-p2p post-commit hook"),
+                    Err(e) => {
+                        tracing::warn!(hooks = %hooks.display(), error = %e, "cannot update the post-commit hook")
+                    }
+                }
+            }
+            if crate::hooks::is_installed(&hooks) {
+                hooked.push(dir);
+            }
+        }
+        let _ = tx.send(hooked);
+    };
+    if let Err(e) = std::thread::Builder::new().name("hook-survey".into()).spawn(survey) {
+        tracing::warn!(error = %e, "cannot look for hooked repositories");
+    }
+    rx
+}
+
+/// The survey's answer once; never again after it came (or if it could not run).
+async fn hooked_repos(survey: &mut Option<oneshot::Receiver<Vec<PathBuf>>>) -> Vec<PathBuf> {
+    match survey {
+        Some(rx) => rx.await.unwrap_or_default(),
+        None => std::future::pending().await,
     }
 }
 
