@@ -124,7 +124,8 @@ pub struct AnnounceArgs {
     /// The commit to announce
     #[arg(default_value = "HEAD")]
     pub rev: String,
-    /// Hook mode: never fail, stay silent, and queue the announcement if the node is down
+    /// Hook mode: never fail, stay silent, and queue the announcement if the node is down (during
+    /// a rebase, leave the node a note instead: it announces the rebase's result once it ends)
     #[arg(long)]
     pub hook: bool,
 }
