@@ -143,10 +143,11 @@ pub struct ReflogCommit {
 /// The commits a stretch of HEAD's reflog made, oldest first. A rebase (`rebase (start)` ..
 /// `rebase (finish): returning to refs/heads/b`, also `pull --rebase`) counts once, as its
 /// result on the branch it returned to: its picks and anything committed while it stopped
-/// (an `edit`) are steps, not news. An aborted rebase made nothing.
+/// (an `edit`) are steps, not news. An aborted rebase made nothing, and so did one that picked
+/// nothing (its result is the upstream's commit, not ours).
 pub fn reflog_commits(text: &str) -> Vec<ReflogCommit> {
     let mut out = Vec::new();
-    let mut in_rebase = false;
+    let (mut in_rebase, mut picked) = (false, false);
     for line in text.lines() {
         let Some((head, message)) = line.split_once('\t') else { continue };
         let Some(new) = head.split(' ').nth(1).filter(|n| n.len() >= 40 && n.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -154,21 +155,26 @@ pub fn reflog_commits(text: &str) -> Vec<ReflogCommit> {
             continue;
         };
         let action = message.split_once(": ").map_or(message, |(a, _)| a);
-        if action.contains("rebase") {
+        if action.contains("rebase") && action.ends_with(')') {
             if action.ends_with("(start)") {
-                in_rebase = true;
+                (in_rebase, picked) = (true, false);
             } else if action.ends_with("(finish)") {
-                in_rebase = false;
                 let target = message.split_once("returning to ").map(|(_, r)| r.trim());
-                if let Some(branch) = target.filter(|r| r.starts_with("refs/heads/")) {
+                if let Some(branch) = target.filter(|r| picked && r.starts_with("refs/heads/")) {
                     out.push(ReflogCommit { id: new.to_string(), ref_name: Some(branch.to_string()) });
                 }
+                in_rebase = false;
             } else if action.ends_with("(abort)") {
                 in_rebase = false;
+            } else {
+                // pick, reword, squash, fixup, continue...
+                picked = true;
             }
             continue;
         }
-        if !in_rebase && COMMIT_ENTRIES.iter().any(|k| message.starts_with(k)) {
+        if in_rebase {
+            picked |= COMMIT_ENTRIES.iter().any(|k| message.starts_with(k));
+        } else if COMMIT_ENTRIES.iter().any(|k| message.starts_with(k)) {
             out.push(ReflogCommit { id: new.to_string(), ref_name: None });
         }
     }
@@ -628,6 +634,11 @@ mod tests {
             line('8', '8', "pull --rebase (finish): returning to refs/heads/main"),
             line('8', '9', "rebase (start): checkout main"),
             line('9', '8', "rebase (abort): returning to refs/heads/main"),
+            // Everything was upstream already: the result is not ours.
+            line('8', 'd', "rebase (start): checkout origin/main"),
+            line('d', 'd', "rebase (finish): returning to refs/heads/main"),
+            line('d', 'e', "pull: Fast-forward"),
+            line('e', '8', "reset: moving to HEAD~1"),
             line('8', 'a', "cherry-pick: fix"),
             line('a', 'b', "checkout: moving from main to other"),
             "not a reflog line\n".to_string(),
