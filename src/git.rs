@@ -172,9 +172,13 @@ pub fn reflog_commits(text: &str) -> Vec<ReflogCommit> {
             }
             continue;
         }
+        // `git merge` and `git pull` run no post-commit hook, but a merge they made is a new
+        // commit of ours (a fast-forward is not): read with the next note, or at start.
+        let made = COMMIT_ENTRIES.iter().any(|k| message.starts_with(k))
+            || ((action.starts_with("merge ") || action.starts_with("pull")) && message.contains(": Merge made by"));
         if in_rebase {
-            picked |= COMMIT_ENTRIES.iter().any(|k| message.starts_with(k));
-        } else if COMMIT_ENTRIES.iter().any(|k| message.starts_with(k)) {
+            picked |= made;
+        } else if made {
             out.push(ReflogCommit { id: new.to_string(), ref_name: None });
         }
     }
@@ -641,6 +645,9 @@ mod tests {
             line('e', '8', "reset: moving to HEAD~1"),
             line('8', 'a', "cherry-pick: fix"),
             line('a', 'b', "checkout: moving from main to other"),
+            line('b', 'c', "merge topic: Merge made by the 'ort' strategy."),
+            line('c', 'f', "merge other: Fast-forward"),
+            line('f', 'e', "pull origin main: Merge made by the 'ort' strategy."),
             "not a reflog line\n".to_string(),
         ]
         .concat();
@@ -648,7 +655,15 @@ mod tests {
         let on = |b: &str| Some(format!("refs/heads/{b}"));
         assert_eq!(
             got,
-            [(id('1'), None), (id('2'), None), (id('6'), on("topic")), (id('8'), on("main")), (id('a'), None)]
+            [
+                (id('1'), None),
+                (id('2'), None),
+                (id('6'), on("topic")),
+                (id('8'), on("main")),
+                (id('a'), None),
+                (id('c'), None),
+                (id('e'), None)
+            ]
         );
     }
 
