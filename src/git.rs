@@ -172,8 +172,8 @@ pub fn reflog_commits(text: &str) -> Vec<ReflogCommit> {
             }
             continue;
         }
-        // `git merge` and `git pull` run no post-commit hook, but a merge they made is a new
-        // commit of ours (a fast-forward is not): read with the next note, or at start.
+        // A merge `git merge` or `git pull` made is a new commit of ours (a fast-forward is
+        // not); the post-merge hook leaves the note.
         let made = COMMIT_ENTRIES.iter().any(|k| message.starts_with(k))
             || ((action.starts_with("merge ") || action.starts_with("pull")) && message.contains(": Merge made by"));
         if in_rebase {

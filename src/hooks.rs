@@ -1,6 +1,7 @@
-//! Installs and removes the git-p2p `post-commit` hook, chaining to (and later restoring) any hook already there.
+//! Installs and removes the git-p2p hooks, `post-commit` and `post-merge` (one script, both names: `git merge` and
+//! `git pull` make commits without running post-commit), chaining to (and later restoring) any hook already there.
 //!
-//! A pre-existing hook is never modified: it is renamed to `post-commit.git-p2p-orig` (a rename keeps bytes, mode
+//! A pre-existing hook is never modified: it is renamed to `<name>.git-p2p-orig` (a rename keeps bytes, mode
 //! and symlink-ness exactly) and our script runs it first. A pre-existing hook that is not executable is kept as is:
 //! git would not have run it, and our script does not run it either (it checks `-x`); uninstall puts it back.
 
@@ -16,7 +17,8 @@ pub const HOOK_SCRIPT: &str = include_str!("../hooks/post-commit");
 /// Present in [`HOOK_SCRIPT`]; a `post-commit` containing it is ours.
 pub const MARKER: &str = "# git-p2p post-commit hook";
 pub const ORIG_SUFFIX: &str = ".git-p2p-orig";
-const HOOK_NAME: &str = "post-commit";
+/// The hooks we install, the first being the one whose presence means "installed".
+pub const HOOK_NAMES: [&str; 2] = ["post-commit", "post-merge"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Installed {
@@ -54,8 +56,8 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> HookEr
     move |source| HookError::Io { action, path, source }
 }
 
-fn orig_path(hooks_dir: &Path) -> PathBuf {
-    hooks_dir.join(format!("{HOOK_NAME}{ORIG_SUFFIX}"))
+fn orig_path(hooks_dir: &Path, name: &str) -> PathBuf {
+    hooks_dir.join(format!("{name}{ORIG_SUFFIX}"))
 }
 
 /// Whether anything (including a dangling symlink) occupies `path`.
@@ -77,9 +79,9 @@ fn is_ours(path: &Path) -> Result<bool, HookError> {
     }
 }
 
-/// Writes our script to `hooks_dir/post-commit` through a temp file + rename, so git never sees a half-written hook.
-fn write_ours(hooks_dir: &Path) -> Result<(), HookError> {
-    let tmp = hooks_dir.join(format!(".{HOOK_NAME}.git-p2p-tmp.{}", std::process::id()));
+/// Writes our script to `hooks_dir/<name>` through a temp file + rename, so git never sees a half-written hook.
+fn write_ours(hooks_dir: &Path, name: &str) -> Result<(), HookError> {
+    let tmp = hooks_dir.join(format!(".{name}.git-p2p-tmp.{}", std::process::id()));
     // A stale temp file (from a crash) is replaced; create_new then never follows a planted symlink.
     let _ = fs::remove_file(&tmp);
     let write = || -> io::Result<()> {
@@ -93,48 +95,79 @@ fn write_ours(hooks_dir: &Path) -> Result<(), HookError> {
         let _ = fs::remove_file(&tmp);
         return Err(io_err("write", &tmp)(e));
     }
-    let hook = hooks_dir.join(HOOK_NAME);
+    let hook = hooks_dir.join(name);
     fs::rename(&tmp, &hook).map_err(|e| {
         let _ = fs::remove_file(&tmp);
         io_err("replace", &hook)(e)
     })
 }
 
-/// Installs our `post-commit` into `hooks_dir` (created if missing), chaining to any foreign hook already there.
+/// Installs our hooks into `hooks_dir` (created if missing), chaining to any foreign hook already there. Nothing
+/// is changed when a foreign hook's orig slot is taken. The outcome is the most telling one of the hooks:
+/// `Chained` if any foreign hook was kept, else `Fresh` if any of ours was new, else `Updated`.
 pub fn install(hooks_dir: &Path) -> Result<Installed, HookError> {
     fs::create_dir_all(hooks_dir).map_err(io_err("create", hooks_dir))?;
-    let hook = hooks_dir.join(HOOK_NAME);
+    // rename(2) would silently replace an orig slot, losing whatever is there; refuse first, change nothing.
+    for name in HOOK_NAMES {
+        let orig = orig_path(hooks_dir, name);
+        if occupied(&hooks_dir.join(name))? && !is_ours(&hooks_dir.join(name))? && occupied(&orig)? {
+            return Err(HookError::OrigTaken { path: orig });
+        }
+    }
+    let mut outcome = Installed::Updated;
+    for name in HOOK_NAMES {
+        let this = install_one(hooks_dir, name)?;
+        if this == Installed::Chained || (this == Installed::Fresh && outcome == Installed::Updated) {
+            outcome = this;
+        }
+    }
+    Ok(outcome)
+}
+
+fn install_one(hooks_dir: &Path, name: &str) -> Result<Installed, HookError> {
+    let hook = hooks_dir.join(name);
     if !occupied(&hook)? {
-        write_ours(hooks_dir)?;
+        write_ours(hooks_dir, name)?;
         return Ok(Installed::Fresh);
     }
     if is_ours(&hook)? {
         // Any orig from the first install stays where it is.
-        write_ours(hooks_dir)?;
+        write_ours(hooks_dir, name)?;
         return Ok(Installed::Updated);
     }
-    let orig = orig_path(hooks_dir);
-    // rename(2) would silently replace the orig slot, losing whatever is there; refuse instead.
+    let orig = orig_path(hooks_dir, name);
     if occupied(&orig)? {
         return Err(HookError::OrigTaken { path: orig });
     }
     // rename, not copy: keeps bytes, mode, and a symlink as the link itself.
     fs::rename(&hook, &orig).map_err(io_err("rename", &hook))?;
-    if let Err(e) = write_ours(hooks_dir) {
-        // Put the foreign hook back rather than leave the repo with no post-commit at all.
+    if let Err(e) = write_ours(hooks_dir, name) {
+        // Put the foreign hook back rather than leave the repo without it.
         let _ = fs::rename(&orig, &hook);
         return Err(e);
     }
     Ok(Installed::Chained)
 }
 
-/// Removes our `post-commit`, restoring the chained original if there is one. A foreign hook is never touched.
+/// Removes our hooks, restoring the chained originals. A foreign hook is never touched. The outcome: `Restored`
+/// if any original came back, else `Removed` if any of ours went, else `NotInstalled`.
 pub fn uninstall(hooks_dir: &Path) -> Result<Uninstalled, HookError> {
-    let hook = hooks_dir.join(HOOK_NAME);
+    let mut outcome = Uninstalled::NotInstalled;
+    for name in HOOK_NAMES {
+        let this = uninstall_one(hooks_dir, name)?;
+        if this == Uninstalled::Restored || (this == Uninstalled::Removed && outcome == Uninstalled::NotInstalled) {
+            outcome = this;
+        }
+    }
+    Ok(outcome)
+}
+
+fn uninstall_one(hooks_dir: &Path, name: &str) -> Result<Uninstalled, HookError> {
+    let hook = hooks_dir.join(name);
     if !is_ours(&hook)? {
         return Ok(Uninstalled::NotInstalled);
     }
-    let orig = orig_path(hooks_dir);
+    let orig = orig_path(hooks_dir, name);
     if occupied(&orig)? {
         // A single rename replaces ours atomically: there is never a moment without the original hook.
         fs::rename(&orig, &hook).map_err(io_err("restore", &orig))?;
@@ -144,14 +177,16 @@ pub fn uninstall(hooks_dir: &Path) -> Result<Uninstalled, HookError> {
     Ok(Uninstalled::Removed)
 }
 
-/// Whether `hooks_dir/post-commit` is ours. Unreadable counts as not installed.
+/// Whether our `post-commit` is in `hooks_dir`. Unreadable counts as not installed.
 pub fn is_installed(hooks_dir: &Path) -> bool {
-    is_ours(&hooks_dir.join(HOOK_NAME)).unwrap_or(false)
+    is_ours(&hooks_dir.join(HOOK_NAMES[0])).unwrap_or(false)
 }
 
-/// Whether `hooks_dir/post-commit` is ours but not this version's script.
+/// Whether we are installed but not as this version would be: a hook of ours with another script, or one of
+/// ours missing (an earlier version installed only `post-commit`).
 pub fn is_outdated(hooks_dir: &Path) -> bool {
-    is_installed(hooks_dir) && fs::read(hooks_dir.join(HOOK_NAME)).is_ok_and(|b| b != HOOK_SCRIPT.as_bytes())
+    is_installed(hooks_dir)
+        && HOOK_NAMES.iter().any(|name| fs::read(hooks_dir.join(name)).map_or(true, |b| b != HOOK_SCRIPT.as_bytes()))
 }
 
 /// The hooks directory git uses for the repository at `repo_dir`, honouring `core.hooksPath`.
@@ -316,6 +351,12 @@ mod tests {
                 Installed::Chained,
                 Uninstalled::Restored,
             ),
+            (
+                "foreign post-merge only",
+                |r| write_mode(&r.join("hooks/post-merge"), FOREIGN, 0o755),
+                Installed::Chained,
+                Uninstalled::Restored,
+            ),
         ];
         for &(name, setup, want_install, want_uninstall) in cases {
             let root = tempfile::tempdir().unwrap();
@@ -325,14 +366,15 @@ mod tests {
             let before = snapshot(root.path());
 
             assert_eq!(install(&dir).unwrap(), want_install, "{name}");
-            assert!(is_installed(&dir), "{name}");
+            assert!(is_installed(&dir) && !is_outdated(&dir), "{name}");
             let installed = snapshot(root.path());
             let ours = Entry::File { mode: 0o755, bytes: HOOK_SCRIPT.as_bytes().to_vec() };
             assert_eq!(installed[Path::new("hooks/post-commit")], ours, "{name}");
-            if want_install == Installed::Chained {
+            assert_eq!(installed[Path::new("hooks/post-merge")], ours, "{name}");
+            for hook in HOOK_NAMES {
                 // The original, byte for byte and mode (or the same link), now under the orig name.
-                let orig = Path::new("hooks/post-commit.git-p2p-orig");
-                assert_eq!(installed[orig], before[Path::new("hooks/post-commit")], "{name}");
+                let (path, orig) = (format!("hooks/{hook}"), format!("hooks/{hook}{ORIG_SUFFIX}"));
+                assert_eq!(installed.get(Path::new(&orig)), before.get(Path::new(&path)), "{name}: {hook}");
             }
 
             assert_eq!(install(&dir).unwrap(), Installed::Updated, "{name}");
@@ -351,20 +393,37 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("a/b/hooks");
         assert_eq!(install(&dir).unwrap(), Installed::Fresh);
-        assert_eq!(fs::read_to_string(dir.join("post-commit")).unwrap(), HOOK_SCRIPT);
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temp file left behind");
+        for hook in HOOK_NAMES {
+            assert_eq!(fs::read_to_string(dir.join(hook)).unwrap(), HOOK_SCRIPT);
+        }
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 2, "no temp file left behind");
     }
 
     #[test]
     fn orig_name_taken_is_refused_without_changes() {
+        for hook in HOOK_NAMES {
+            let root = tempfile::tempdir().unwrap();
+            write_mode(&root.path().join(hook), FOREIGN, 0o755);
+            write_mode(&root.path().join(format!("{hook}{ORIG_SUFFIX}")), b"something else", 0o600);
+            let before = snapshot(root.path());
+            let err = install(root.path()).unwrap_err();
+            assert!(matches!(err, HookError::OrigTaken { .. }), "{err:?}");
+            assert!(err.to_string().contains(&format!("{hook}.git-p2p-orig")), "{err}");
+            assert_eq!(snapshot(root.path()), before, "{hook}: nothing changed, the other hook neither");
+        }
+    }
+
+    #[test]
+    fn an_install_of_an_earlier_version_is_outdated_and_brought_up_to_date() {
         let root = tempfile::tempdir().unwrap();
-        write_mode(&root.path().join("post-commit"), FOREIGN, 0o755);
-        write_mode(&root.path().join("post-commit.git-p2p-orig"), b"something else", 0o600);
-        let before = snapshot(root.path());
-        let err = install(root.path()).unwrap_err();
-        assert!(matches!(err, HookError::OrigTaken { .. }), "{err:?}");
-        assert!(err.to_string().contains("post-commit.git-p2p-orig"), "{err}");
-        assert_eq!(snapshot(root.path()), before);
+        let dir = root.path();
+        // An earlier version: an older post-commit of ours, no post-merge.
+        write_mode(&dir.join("post-commit"), format!("{HOOK_SCRIPT}# older\n").as_bytes(), 0o755);
+        assert!(is_installed(dir) && is_outdated(dir));
+        fs::write(dir.join("post-commit"), HOOK_SCRIPT).unwrap();
+        assert!(is_outdated(dir), "post-merge is missing");
+        assert_eq!(install(dir).unwrap(), Installed::Fresh);
+        assert!(!is_outdated(dir));
     }
 
     #[test]

@@ -16,13 +16,13 @@ use crate::store::OutboxEntry;
 
 pub fn run(ctx: &Ctx, args: &AnnounceArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if args.hook {
-        if let Err(e) = announce(ctx, &args.rev, true) {
+        if let Err(e) = announce(ctx, &args.rev, true, args.note) {
             // At most one line, and the commit still succeeds.
             eprintln!("git-p2p: commit not announced: {}", one_line(&e));
         }
         return Ok(());
     }
-    let (commit, queued) = announce(ctx, &args.rev, false)?;
+    let (commit, queued) = announce(ctx, &args.rev, false, false)?;
     match queued {
         Some(pending) => writeln!(out, "announced {} ({pending} queued for peers)", &commit[..commit.len().min(12)])?,
         None => writeln!(out, "announced {} (spooled until the node runs)", &commit[..commit.len().min(12)])?,
@@ -31,13 +31,14 @@ pub fn run(ctx: &Ctx, args: &AnnounceArgs, out: &mut dyn Write) -> anyhow::Resul
 }
 
 /// Returns the commit id and, when the node took it, how many announcements it has queued.
-fn announce(ctx: &Ctx, rev: &str, hook: bool) -> anyhow::Result<(String, Option<usize>)> {
+fn announce(ctx: &Ctx, rev: &str, hook: bool, note: bool) -> anyhow::Result<(String, Option<usize>)> {
     let repo = ctx.repo()?;
     let paths = ctx.paths()?;
     paths.ensure()?;
-    if hook && repo.rebase_in_progress() {
-        // A rebase's picks are steps: the node announces its result once it has ended, read
-        // from the reflog (see git::reflog_commits). Leave it a note and make sure it runs.
+    if hook && (note || repo.rebase_in_progress()) {
+        // What a merge made, or a rebase's result once it has ended (its picks are steps), is
+        // read by the node from the reflog (see git::reflog_commits). Leave it a note and make
+        // sure it runs.
         let note = crate::spool::Note {
             cwd: repo.git_dir.clone(),
             git_dir: None,

@@ -1,4 +1,4 @@
-//! `git p2p hooks install|uninstall`: the post-commit hook of the current repository.
+//! `git p2p hooks install|uninstall`: the post-commit and post-merge hooks of the current repository.
 
 use std::io::Write;
 
@@ -15,8 +15,10 @@ pub fn run(ctx: &Ctx, command: HooksCommand, out: &mut dyn Write) -> anyhow::Res
             work_tree(ctx)?;
             let dir = hooks::hooks_dir(&ctx.dir)?;
             let message = match hooks::uninstall(&dir)? {
-                Uninstalled::Removed => "removed the post-commit hook",
-                Uninstalled::Restored => "removed the post-commit hook and restored the one that was there before",
+                Uninstalled::Removed => "removed the post-commit and post-merge hooks",
+                Uninstalled::Restored => {
+                    "removed the post-commit and post-merge hooks and restored what was there before"
+                }
                 Uninstalled::NotInstalled => "no git-p2p hook installed: nothing changed",
             };
             writeln!(out, "{message} ({})", dir.display())?;
@@ -30,9 +32,9 @@ pub fn install(ctx: &Ctx) -> anyhow::Result<String> {
     work_tree(ctx)?;
     let dir = hooks::hooks_dir(&ctx.dir)?;
     let what = match hooks::install(&dir)? {
-        Installed::Fresh => "installed the post-commit hook",
-        Installed::Chained => "installed the post-commit hook (your existing hook still runs first)",
-        Installed::Updated => "post-commit hook already installed (updated)",
+        Installed::Fresh => "installed the post-commit and post-merge hooks",
+        Installed::Chained => "installed the post-commit and post-merge hooks (your existing hook still runs first)",
+        Installed::Updated => "post-commit and post-merge hooks already installed (updated)",
     };
     Ok(format!("{what} in {}", dir.display()))
 }

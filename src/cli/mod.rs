@@ -52,7 +52,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Set up this repository: install the post-commit hook and register it with the node
+    /// Set up this repository: install the post-commit and post-merge hooks and register it with the node
     Init,
     /// Open the repository's chat room (a terminal UI), or send and read messages from scripts
     Chat(ChatArgs),
@@ -128,6 +128,10 @@ pub struct AnnounceArgs {
     /// a rebase, leave the node a note instead: it announces the rebase's result once it ends)
     #[arg(long)]
     pub hook: bool,
+    /// With --hook: leave the node a note to read what was made from the reflog instead of
+    /// announcing REV (the post-merge hook: after a fast-forward HEAD is not a commit of ours)
+    #[arg(long, requires = "hook")]
+    pub note: bool,
 }
 
 #[derive(Debug, Args)]
@@ -220,9 +224,9 @@ pub enum DaemonCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum HooksCommand {
-    /// Install the post-commit hook (chaining any existing hook)
+    /// Install the post-commit and post-merge hooks (chaining any existing ones)
     Install,
-    /// Remove the hook and restore what was there before
+    /// Remove the hooks and restore what was there before
     Uninstall,
 }
 

@@ -165,9 +165,9 @@ pub(super) fn survey_hooks(dirs: Vec<PathBuf>) -> oneshot::Receiver<Vec<PathBuf>
             let Ok(hooks) = crate::hooks::hooks_dir(&dir) else { continue };
             if crate::hooks::is_outdated(&hooks) {
                 match crate::hooks::install(&hooks) {
-                    Ok(_) => tracing::info!(hooks = %hooks.display(), "updated the git-p2p post-commit hook"),
+                    Ok(_) => tracing::info!(hooks = %hooks.display(), "updated the git-p2p hooks"),
                     Err(e) => {
-                        tracing::warn!(hooks = %hooks.display(), error = %e, "cannot update the post-commit hook")
+                        tracing::warn!(hooks = %hooks.display(), error = %e, "cannot update the git-p2p hooks")
                     }
                 }
             }
