@@ -718,12 +718,24 @@ impl EventLoop {
         }
         let Ok(announcement) = Announcement::from_envelope(&entry.envelope) else { return };
         let Some(ref_name) = announcement.ref_name else { return };
-        let repo = entry.repo.id.clone();
-        self.put_own(&repo, &ref_name, announcement.commit.as_bytes());
-        let mut refs = self.own_refs(&repo);
-        refs.insert(ref_name, announcement.commit);
+        self.put_ref(&entry.repo.id, ref_name, announcement.commit);
+    }
+
+    /// Puts our `ref_name` → `commit` in the DHT, and in our entry of the repo's refs index.
+    fn put_ref(&mut self, repo: &str, ref_name: String, commit: String) {
+        self.put_own(repo, &ref_name, commit.as_bytes());
+        let mut refs = self.own_refs(repo);
+        refs.insert(ref_name, commit);
         let index = serde_json::to_vec(&refs).expect("a map of strings serialises");
-        self.put_own(&repo, crate::proto::kv::REFS_KEY, &index);
+        self.put_own(repo, crate::proto::kv::REFS_KEY, &index);
+    }
+
+    /// Our branch moved without a commit of ours (a fast-forward, a reset): the DHT learns
+    /// where it is now, unless it knows already.
+    fn branch_moved(&mut self, repo: &str, ref_name: String, commit: String) {
+        if self.own_refs(repo).get(&ref_name) != Some(&commit) {
+            self.put_ref(repo, ref_name, commit);
+        }
     }
 
     /// Our current entry in a repo's refs index (empty if we have none).

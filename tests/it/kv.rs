@@ -145,6 +145,16 @@ fn commits_publish_refs_and_refs_publish_adds_tags() {
     assert!(table.contains(&format!("{head}\trefs/heads/main\t{alice_id}")), "{table}");
     assert_one_line_error(&bob.run_in(&repos[1], &["refs", "--author", "me"]), 1, "no refs published by me");
 
+    // A fast-forward makes no commit (nothing announced), but alice's main moved: the DHT learns.
+    alice.git(&repos[0], &["checkout", "-q", "-b", "ahead"]);
+    alice.git(&repos[0], &["commit", "-q", "--allow-empty", "-m", "ahead"]);
+    let ahead = alice.git(&repos[0], &["rev-parse", "HEAD"]).trim().to_string();
+    alice.git(&repos[0], &["checkout", "-q", "main"]);
+    alice.git(&repos[0], &["merge", "-q", "--ff-only", "ahead"]);
+    eventually(Duration::from_secs(40), "alice's fast-forwarded main in bob's view", || {
+        refs(bob, &repos[1]).iter().any(|r| r["ref"] == "refs/heads/main" && r["oid"] == ahead.as_str()).then_some(())
+    });
+
     // Alice's refs entry, written by hand with names git would refuse and a non-id: bob shows
     // the one valid ref only (no escape sequence reaches his terminal).
     let forged = serde_json::json!({

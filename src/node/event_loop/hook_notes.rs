@@ -79,6 +79,7 @@ impl EventLoop {
         // A commit is on HEAD's branch (the reflog does not say which branch it was then),
         // unless a rebase said where it returned to.
         let head_ref = ctx.branch.as_ref().map(|b| format!("refs/heads/{b}"));
+        let moved_only = commits.is_empty() && pos.is_some_and(|p| new_pos > p);
         for commit in commits {
             if self.store.own_announced(&repo.id, &commit.id).map_err(|e| e.to_string())? {
                 continue;
@@ -92,6 +93,9 @@ impl EventLoop {
             );
             self.queue_announcement(OutboxEntry { repo: repo.clone(), envelope, thread: None }, false)
                 .map_err(|e| e.to_string())?;
+        }
+        if let (true, Some(head_ref)) = (moved_only, head_ref) {
+            self.branch_moved(&repo.id, head_ref, ctx.head_commit.clone());
         }
         self.unsynced = true;
         self.store.set_reflog_pos(&key, new_pos, false).map_err(|e| e.to_string())?;
