@@ -20,23 +20,25 @@ pub const ORIG_SUFFIX: &str = ".git-p2p-orig";
 /// The hooks we install, the first being the one whose presence means "installed".
 pub const HOOK_NAMES: [&str; 2] = ["post-commit", "post-merge"];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What an install did, least telling first (for several hooks, the most telling one is said).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Installed {
-    /// There was no `post-commit`; ours was written.
-    Fresh,
-    /// An existing hook was kept (renamed to `post-commit.git-p2p-orig`) and is run first.
-    Chained,
     /// Ours was already there; rewritten to the current script.
     Updated,
+    /// There was no such hook; ours was written.
+    Fresh,
+    /// An existing hook was kept (renamed to `<name>.git-p2p-orig`) and is run first.
+    Chained,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What an uninstall did, least telling first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Uninstalled {
+    /// No hook of ours: nothing touched.
+    NotInstalled,
     Removed,
     /// The original hook is back.
     Restored,
-    /// No hook of ours: nothing touched.
-    NotInstalled,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,8 +105,7 @@ fn write_ours(hooks_dir: &Path, name: &str) -> Result<(), HookError> {
 }
 
 /// Installs our hooks into `hooks_dir` (created if missing), chaining to any foreign hook already there. Nothing
-/// is changed when a foreign hook's orig slot is taken. The outcome is the most telling one of the hooks:
-/// `Chained` if any foreign hook was kept, else `Fresh` if any of ours was new, else `Updated`.
+/// is changed when a foreign hook's orig slot is taken. The outcome is the most telling one of the hooks'.
 pub fn install(hooks_dir: &Path) -> Result<Installed, HookError> {
     fs::create_dir_all(hooks_dir).map_err(io_err("create", hooks_dir))?;
     // rename(2) would silently replace an orig slot, losing whatever is there; refuse first, change nothing.
@@ -116,10 +117,7 @@ pub fn install(hooks_dir: &Path) -> Result<Installed, HookError> {
     }
     let mut outcome = Installed::Updated;
     for name in HOOK_NAMES {
-        let this = install_one(hooks_dir, name)?;
-        if this == Installed::Chained || (this == Installed::Fresh && outcome == Installed::Updated) {
-            outcome = this;
-        }
+        outcome = outcome.max(install_one(hooks_dir, name)?);
     }
     Ok(outcome)
 }
@@ -149,15 +147,12 @@ fn install_one(hooks_dir: &Path, name: &str) -> Result<Installed, HookError> {
     Ok(Installed::Chained)
 }
 
-/// Removes our hooks, restoring the chained originals. A foreign hook is never touched. The outcome: `Restored`
-/// if any original came back, else `Removed` if any of ours went, else `NotInstalled`.
+/// Removes our hooks, restoring the chained originals. A foreign hook is never touched. The outcome is the most
+/// telling one of the hooks'.
 pub fn uninstall(hooks_dir: &Path) -> Result<Uninstalled, HookError> {
     let mut outcome = Uninstalled::NotInstalled;
     for name in HOOK_NAMES {
-        let this = uninstall_one(hooks_dir, name)?;
-        if this == Uninstalled::Restored || (this == Uninstalled::Removed && outcome == Uninstalled::NotInstalled) {
-            outcome = this;
-        }
+        outcome = outcome.max(uninstall_one(hooks_dir, name)?);
     }
     Ok(outcome)
 }
