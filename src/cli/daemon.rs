@@ -122,6 +122,12 @@ fn print_status(s: &NodeStatus, out: &mut dyn Write) -> anyhow::Result<()> {
     for (i, r) in s.repos.iter().enumerate() {
         writeln!(out, "{:<10} {} ({})", if i == 0 { "repos" } else { "" }, r.name, &r.id[..r.id.len().min(12)])?;
     }
+    if s.outbox > 0 {
+        writeln!(out, "outbox     {} announcement(s) waiting for a peer in their repository", s.outbox)?;
+    }
+    for dir in &s.rebasing {
+        writeln!(out, "waiting    for the rebase in {dir} to end (its result is announced then)")?;
+    }
     writeln!(out, "data dir   {}", s.data_dir)?;
     writeln!(out, "socket     {}", s.socket)?;
     writeln!(out, "log        {}", s.log_file)?;

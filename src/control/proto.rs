@@ -237,6 +237,12 @@ pub struct NodeStatus {
     pub config: ConfigInForce,
     #[serde(default)]
     pub nostr: NostrStatus,
+    /// Announcements waiting for a peer in their repository's topic.
+    #[serde(default)]
+    pub outbox: usize,
+    /// Repositories (their git dirs) whose new commits wait for a rebase there to end.
+    #[serde(default)]
+    pub rebasing: Vec<String>,
 }
 
 /// The settings the node started with (it re-reads git config only on restart).

@@ -153,7 +153,7 @@ pub struct EventLoop {
     /// Wakes us when the hook leaves something in the spool (None if inotify is unavailable:
     /// the spool is then read every second).
     spool_watch: Option<super::spool_watch::SpoolWatch>,
-    /// Repositories whose reflog waits for a rebase to end (looked at each tick).
+    /// Git dirs of repositories whose reflog waits for a rebase to end (looked at each tick).
     rebasing: HashSet<std::path::PathBuf>,
     /// Repositories kept open between hook notes.
     open_repos: super::repo_cache::RepoCache,
@@ -972,6 +972,8 @@ impl EventLoop {
             repos: self.repos.clone(),
             config: self.info.config.clone(),
             nostr: self.nostr_status(),
+            outbox: self.outbox.len(),
+            rebasing: self.rebasing.iter().map(|d| d.display().to_string()).collect(),
         }
     }
 

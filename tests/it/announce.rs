@@ -296,6 +296,24 @@ fn a_rebase_is_announced_once_as_its_result_whether_the_node_runs_or_not() {
     assert_eq!((e["ref_name"].as_str(), e["summary"].as_str()), (Some("refs/heads/topic"), Some("topic 3")));
     let picks = alice.git(&alice_repo, &["rev-list", "main..topic~1"]);
 
+    // An interactive rebase stopped at an `edit`: a commit made meanwhile waits for its end
+    // (`daemon status` says so), and only the result is announced.
+    alice.git(&alice_repo, &["checkout", "-q", "main"]);
+    let main3 = commit(&alice, &alice_repo, "main moves a third time");
+    alice.git(&alice_repo, &["-c", "sequence.editor=sed -i 1s/^pick/edit/", "rebase", "-q", "-i", "main", "topic"]);
+    alice.git(&alice_repo, &["commit", "-q", "--allow-empty", "--amend", "-m", "topic 1, edited"]);
+    let edited = alice.git(&alice_repo, &["rev-parse", "HEAD"]).trim().to_string();
+    eventually(Duration::from_secs(20), "the node to wait for the rebase", || {
+        let status = alice.json(&["daemon", "status", "--json"]);
+        (status["rebasing"].as_array()?.len() == 1).then_some(())
+    });
+    assert!(alice.ok(&["daemon", "status"]).contains("waiting    for the rebase in"));
+    alice.git(&alice_repo, &["-c", "core.editor=true", "rebase", "--continue"]);
+    let tip3 = alice.git(&alice_repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let entries = wait_for_commits(&bob, &bob_repo, &[main3.clone(), tip3.clone()]);
+    assert!(entries.iter().all(|e| e["commit"] != edited.as_str()), "a step of the rebase was announced");
+    expected.extend([main3, tip3]);
+
     // With the node down (and not started by the hook): the hook's slow path spools the commit
     // on main, and leaves a note instead of announcing each pick of the rebase.
     alice.ok(&["daemon", "stop"]);

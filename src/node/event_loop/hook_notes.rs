@@ -49,8 +49,8 @@ impl EventLoop {
     /// Announces what the reflog of the repository at `dir` recorded since we last looked; while
     /// a rebase is under way there, looks again each tick until it has ended.
     fn announce_or_defer(&mut self, dir: std::path::PathBuf) -> Result<(), String> {
-        if !self.announce_from_reflog(&dir)? {
-            self.rebasing.insert(dir);
+        if let Some(git_dir) = self.announce_from_reflog(&dir)? {
+            self.rebasing.insert(git_dir);
         }
         Ok(())
     }
@@ -66,11 +66,11 @@ impl EventLoop {
 
     /// Announces the commits the HEAD reflog of the repository at `dir` recorded since we last
     /// looked (those not announced yet by any path). While a rebase is under way nothing is read
-    /// (false): its entries are read as one once it has ended.
-    fn announce_from_reflog(&mut self, dir: &std::path::Path) -> Result<bool, String> {
+    /// (its git dir is returned): its entries are read as one once it has ended.
+    fn announce_from_reflog(&mut self, dir: &std::path::Path) -> Result<Option<PathBuf>, String> {
         let ctx = self.open_repos.open(dir).map_err(|e| e.to_string())?;
         if ctx.rebase_in_progress() {
-            return Ok(false);
+            return Ok(Some(ctx.git_dir.clone()));
         }
         let repo = ctx.info();
         let key = ctx.reflog_key();
@@ -99,7 +99,7 @@ impl EventLoop {
         }
         self.unsynced = true;
         self.store.set_reflog_pos(&key, new_pos, false).map_err(|e| e.to_string())?;
-        Ok(true)
+        Ok(None)
     }
 
     /// Something arrived in the spool or a held note may go now.
