@@ -115,6 +115,13 @@ fn db<T, E: Into<redb::Error>>(r: Result<T, E>) -> Result<T, StoreError> {
     r.map_err(|e| StoreError::Db(e.into()))
 }
 
+/// The highest sequence number under `key` in a `(key, seq)` table (0 when there is none).
+fn last_seq(table: &impl ReadableTable<(&'static str, u64), &'static [u8]>, key: &str) -> Result<u64, StoreError> {
+    let last =
+        db(table.range((key, 0)..=(key, u64::MAX)))?.next_back().transpose().map_err(|e| StoreError::Db(e.into()))?;
+    Ok(last.map_or(0, |(k, _)| k.value().1))
+}
+
 pub fn unix_now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -481,13 +488,7 @@ impl Store {
                 return Ok(false);
             }
             let mut feed = db(txn.open_table(FEED))?;
-            let last = db(feed.range((entry.repo.as_str(), 0)..=(entry.repo.as_str(), u64::MAX)))?
-                .next_back()
-                .transpose()
-                .map_err(|e| StoreError::Db(e.into()))?
-                .map(|(k, _)| k.value().1)
-                .unwrap_or(0);
-            let seq = last + 1;
+            let seq = last_seq(&feed, &entry.repo)? + 1;
             let bytes = serde_json::to_vec(entry).expect("feed entries always serialise");
             db(feed.insert((entry.repo.as_str(), seq), bytes.as_slice()))?;
             db(seen.insert(seen_key.as_str(), seq))?;
@@ -526,13 +527,7 @@ impl Store {
                     continue;
                 }
                 let room = entry.room.as_str();
-                let last = db(chat.range((room, 0)..=(room, u64::MAX)))?
-                    .next_back()
-                    .transpose()
-                    .map_err(|e| StoreError::Db(e.into()))?
-                    .map(|(k, _)| k.value().1)
-                    .unwrap_or(0);
-                let seq = last + 1;
+                let seq = last_seq(&chat, room)? + 1;
                 let bytes = serde_json::to_vec(entry).expect("chat entries always serialise");
                 db(chat.insert((room, seq), bytes.as_slice()))?;
                 db(seen.insert(entry.id.as_str(), seq))?;
