@@ -17,7 +17,8 @@ impl EventLoop {
     /// remember where the reflog ends now (once), so that every later commit is found.
     pub(super) fn start_reflog(&mut self, repo: &RepoInfo) {
         let Some(dir) = &repo.git_dir else { return };
-        match crate::git::open(std::path::Path::new(dir)) {
+        // Through the cache: the hook's notes for this repository will find it open.
+        match self.open_repos.open(std::path::Path::new(dir)) {
             Ok(ctx) if ctx.repo_id.as_str() == repo.id => {
                 let key = ctx.reflog_key();
                 if matches!(self.store.reflog_pos(&key), Ok(Some(_))) {
