@@ -260,10 +260,7 @@ fn bare_swarm() -> libp2p::Swarm<BareGossip> {
                 .heartbeat_initial_delay(Duration::from_millis(500))
                 .heartbeat_interval(Duration::from_secs(1))
                 .validation_mode(gossipsub::ValidationMode::Anonymous)
-                .message_id_fn(|m: &gossipsub::Message| {
-                    use sha2::Digest;
-                    gossipsub::MessageId::from(sha2::Sha256::digest(&m.data)[..20].to_vec())
-                })
+                .message_id_fn(git_p2p::node::behaviour::message_id)
                 .build()
                 .expect("config");
             gossipsub::Behaviour::<gossipsub::IdentityTransform, gossipsub::AllowAllSubscriptionFilter>::new(

@@ -40,6 +40,14 @@ pub fn name_from_agent(agent: &str) -> Option<String> {
     crate::config::sanitize_name(name)
 }
 
+/// The gossipsub message id: a hash of the message's bytes (20 bytes of SHA-256). Content ids
+/// make the same envelope re-sent after a restart a duplicate that receivers drop. Every swarm
+/// that talks to our nodes (the adversarial-peer test, the harness's bare floors) uses this one.
+pub fn message_id(message: &gossipsub::Message) -> gossipsub::MessageId {
+    use sha2::Digest;
+    gossipsub::MessageId::from(sha2::Sha256::digest(&message.data)[..20].to_vec())
+}
+
 /// Score parameters of our topics. Rejected (invalid) messages weigh heavily and are forgotten
 /// slowly; delivery-rate penalties are off, since a repository's topics are quiet most of the time
 /// and a quiet honest peer must not look like a withholding one.
@@ -87,10 +95,7 @@ impl Behaviour {
             // Every message is checked by the app (signature, topic, bounds) before it is forwarded.
             .validate_messages()
             // Content-addressed ids: the same envelope re-sent after a restart is a duplicate.
-            .message_id_fn(|m: &gossipsub::Message| {
-                use sha2::Digest;
-                gossipsub::MessageId::from(sha2::Sha256::digest(&m.data)[..20].to_vec())
-            })
+            .message_id_fn(message_id)
             .max_transmit_size(MAX_GOSSIP_MESSAGE)
             .build()
             .map_err(|e| format!("gossipsub config: {e}"))?;

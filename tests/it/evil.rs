@@ -80,10 +80,7 @@ impl Eve {
                             .heartbeat_interval(Duration::from_secs(1))
                             // As our nodes do: the envelope is what is signed.
                             .validation_mode(gossipsub::ValidationMode::Anonymous)
-                            .message_id_fn(|m: &gossipsub::Message| {
-                                use sha2::Digest;
-                                gossipsub::MessageId::from(sha2::Sha256::digest(&m.data)[..20].to_vec())
-                            })
+                            .message_id_fn(git_p2p::node::behaviour::message_id)
                             .max_transmit_size(EVE_MAX_TRANSMIT)
                             .build()
                             .expect("gossipsub config");
