@@ -72,7 +72,7 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
     support::eventually(Duration::from_secs(120), "every node to have peers", || {
         all.iter().all(|n| n.peers().len() >= (nodes - 1).min(4)).then_some(())
     });
-    let repo_id = all[0].git(&origin, &["rev-list", "--max-parents=0", "HEAD"]).trim().to_string();
+    let repo_id = repo_id_of(&all[0], &origin);
     let (tx, rx) = std::sync::mpsc::channel::<(usize, String, Instant)>();
     for (i, node) in all.iter().enumerate().skip(1) {
         let mut follower = Client::connect(&paths(node)).expect("node");
@@ -82,7 +82,7 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
         let tx = tx.clone();
         std::thread::spawn(move || {
             while let Ok(Response::Announcement { entry }) = follower.next(id) {
-                if tx.send((i, entry.commit, Instant::now())).is_err() {
+                if tx.send((i, entry.commit.id, Instant::now())).is_err() {
                     return;
                 }
             }
@@ -148,10 +148,11 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
 /// follower of B. Bare: two gossipsub swarms (same libp2p, TCP, same gossipsub settings) in this
 /// process, publish → `Message` event. The ratio is our overhead over the stack.
 fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
-    use git_p2p::control::proto::{RepoInfo, Request};
+    use git_p2p::control::proto::Request;
     use git_p2p::control::Client;
     use git_p2p::proto::chat::{ChatMessage, KIND};
     use git_p2p::proto::envelope::Envelope;
+    use git_p2p::proto::repo::RepoInfo;
 
     let alice = Node::new("galice");
     let bob = Node::new("gbob");
@@ -164,12 +165,12 @@ fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
     support::eventually(Duration::from_secs(30), "alice and bob connected", || {
         (!alice.peers().is_empty()).then_some(())
     });
-    let repo_id = alice.git(&repo, &["rev-list", "--max-parents=0", "HEAD"]).trim().to_string();
+    let repo_id = repo_id_of(&alice, &repo);
     let info = RepoInfo { id: repo_id.clone(), name: "proj".into(), git_dir: None };
     // Many authors in turn: one author alone would hit the receivers' per-author rate limit.
     let authors: Vec<libp2p::identity::Keypair> =
         (0..50).map(|_| libp2p::identity::Keypair::generate_ed25519()).collect();
-    let rx = follow_chat(&bob, &repo_id);
+    let rx = follow_chat(&bob, repo_id.as_str());
     let mut sender = Client::connect(&paths(&alice)).expect("alice's node");
     let mut ours = Vec::new();
     for i in 0..=count {
@@ -451,9 +452,10 @@ fn bare_gossip_processes(count: usize) -> Vec<f64> {
 /// the control socket (what `git p2p kv` does, without the process start). Also records how many
 /// peers each query asked.
 fn kv_bench(metrics: &mut Vec<Metric>, nodes: usize, ops: usize) {
-    use git_p2p::control::proto::{RepoInfo, Request, Response};
+    use git_p2p::control::proto::{Request, Response};
     use git_p2p::control::Client;
     use git_p2p::proto::kv::Entry;
+    use git_p2p::proto::repo::RepoInfo;
 
     let names: Vec<String> = (0..nodes).map(|i| format!("k{i}")).collect();
     let all: Vec<Node> = names.iter().map(|n| Node::new(n)).collect();
@@ -467,7 +469,7 @@ fn kv_bench(metrics: &mut Vec<Metric>, nodes: usize, ops: usize) {
     support::eventually(Duration::from_secs(60), "the DHT network to form", || {
         all.iter().all(|n| n.peers().len() >= (nodes - 1).min(8)).then_some(())
     });
-    let repo = RepoInfo { id: "b".repeat(40), name: "bench".into(), git_dir: None };
+    let repo = RepoInfo::bare(git_p2p::proto::repo::RepoId::try_from("b".repeat(40)).expect("a repo id"));
     let key_pair = libp2p::identity::Keypair::generate_ed25519();
     let (setter, getter) = (&all[1], &all[nodes - 1]);
     let mut set_client = Client::connect(&paths(setter)).expect("node");
@@ -475,7 +477,7 @@ fn kv_bench(metrics: &mut Vec<Metric>, nodes: usize, ops: usize) {
     let (mut set_ms, mut get_ms, mut set_asked, mut get_asked) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..ops {
         let key = format!("refs/heads/b{i}");
-        let now = git_p2p::store::unix_now_ms();
+        let now = git_p2p::clock::unix_now_ms();
         let entry = Entry::sign(&key_pair, &repo.id, &key, Some(b"0123456789abcdef0123456789abcdef01234567"), now, now)
             .expect("entry");
         let t = Instant::now();
@@ -571,6 +573,12 @@ fn follow_chat(node: &Node, room: &str) -> std::sync::mpsc::Receiver<(Instant, S
     rx
 }
 
+/// The repository id (root commit) of `repo`, as `node`'s git sees it.
+fn repo_id_of(node: &Node, repo: &Path) -> git_p2p::proto::repo::RepoId {
+    let root = node.git(repo, &["rev-list", "--max-parents=0", "HEAD"]);
+    git_p2p::proto::repo::RepoId::try_from(root.trim()).expect("the root commit is a repo id")
+}
+
 fn paths(node: &Node) -> git_p2p::paths::Paths {
     git_p2p::paths::Paths { data_dir: node.data_dir(), socket_dir: node.path("run/git-p2p") }
 }
@@ -580,10 +588,11 @@ fn paths(node: &Node) -> git_p2p::paths::Paths {
 /// busy room; each author stays under the receivers' per-author rate limit); carol's node streams
 /// them to a follower. Throughput over the whole run, per-message latency send → follower.
 fn chat_bench(metrics: &mut Vec<Metric>, count: usize) {
-    use git_p2p::control::proto::{RepoInfo, Request, Response};
+    use git_p2p::control::proto::{Request, Response};
     use git_p2p::control::Client;
     use git_p2p::proto::chat::{ChatMessage, KIND};
     use git_p2p::proto::envelope::Envelope;
+    use git_p2p::proto::repo::RepoInfo;
 
     let alice = Node::new("alice");
     let bob = Node::new("bob");
@@ -602,7 +611,7 @@ fn chat_bench(metrics: &mut Vec<Metric>, count: usize) {
     support::eventually(Duration::from_secs(30), "a full mesh of 3", || {
         [&alice, &bob, &carol].iter().all(|n| n.peers().len() == 2).then_some(())
     });
-    let repo_id = alice.git(&repo, &["rev-list", "--max-parents=0", "HEAD"]).trim().to_string();
+    let repo_id = repo_id_of(&alice, &repo);
     let info = RepoInfo { id: repo_id.clone(), name: "proj".into(), git_dir: None };
     let authors: Vec<libp2p::identity::Keypair> =
         (0..100).map(|_| libp2p::identity::Keypair::generate_ed25519()).collect();
@@ -613,7 +622,7 @@ fn chat_bench(metrics: &mut Vec<Metric>, count: usize) {
         })
         .collect();
 
-    let rx = follow_chat(&carol, &repo_id);
+    let rx = follow_chat(&carol, repo_id.as_str());
     // Warm-up: one message end to end, so the room's subscriptions and mesh are in place.
     {
         let m = ChatMessage { thread: None, text: "warm-up".into(), name: None, nonce: "w".into() };

@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 use gix::bstr::ByteSlice;
 use gix::ObjectId;
 
+use crate::proto::announce::Commit;
+use crate::proto::repo::RepoId;
+use crate::proto::repo::RepoInfo;
+
 /// Failures when inspecting the repository; messages are shown to the user as-is.
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -20,40 +24,6 @@ pub enum GitError {
 /// Wraps a gix error with what we were doing; gix errors may span lines, the user gets one.
 fn ctx<E: fmt::Display>(context: &str) -> impl FnOnce(E) -> GitError + '_ {
     move |err| GitError::Git(format!("{context}: {}", err.to_string().replace('\n', " ")))
-}
-
-/// Names a repository across peers: the hex id of its root commit, which every clone shares.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RepoId(String);
-
-impl RepoId {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// Enough to tell repositories apart in logs and prompts (construction guarantees 40+ ASCII chars).
-    pub fn short(&self) -> &str {
-        &self.0[..12]
-    }
-}
-
-impl TryFrom<&str> for RepoId {
-    type Error = GitError;
-
-    fn try_from(s: &str) -> Result<Self, GitError> {
-        let valid_len = s.len() == 40 || s.len() == 64;
-        if valid_len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            Ok(RepoId(s.to_owned()))
-        } else {
-            Err(GitError::Git(format!("invalid repository id (want 40 or 64 lowercase hex digits): {s:?}")))
-        }
-    }
-}
-
-impl fmt::Display for RepoId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// A snapshot of the repository state git-p2p works with.
@@ -87,9 +57,9 @@ impl RepoContext {
     }
 
     /// What the node is told about this repository.
-    pub fn info(&self) -> crate::control::proto::RepoInfo {
-        crate::control::proto::RepoInfo {
-            id: self.repo_id.to_string(),
+    pub fn info(&self) -> RepoInfo {
+        RepoInfo {
+            id: self.repo_id.clone(),
             name: self.room_name.clone(),
             // Absolute: the node runs elsewhere (a hook sees GIT_DIR=.git).
             git_dir: Some(
@@ -108,13 +78,13 @@ impl RepoContext {
     }
 
     /// What an announcement says about the commit `rev` names (HEAD, a branch, an id...).
-    pub fn commit_info(&self, rev: &str) -> Result<CommitInfo, GitError> {
+    pub fn commit_info(&self, rev: &str) -> Result<Commit, GitError> {
         let repo = &self.handle;
         let id = repo.rev_parse_single(rev).map_err(ctx(&format!("unknown revision {rev:?}")))?;
         let commit = id.object().map_err(ctx("cannot read commit"))?.peel_to_commit().map_err(ctx("not a commit"))?;
         let parents = commit.parent_ids().map(|p| p.to_string()).collect();
         let author = commit.author().map_err(ctx("cannot read the commit's author"))?;
-        let author_name = author.name.to_str_lossy().into_owned();
+        let author = author.name.to_str_lossy().into_owned();
         let time = commit.time().map_err(ctx("cannot read the commit's time"))?.seconds;
         let message = commit.message().map_err(ctx("cannot read the commit's message"))?;
         let summary = message.title.to_str_lossy().trim().to_owned();
@@ -124,7 +94,7 @@ impl RepoContext {
         } else {
             repo.find_reference(rev).ok().map(|r| r.name().as_bstr().to_str_lossy().into_owned())
         };
-        Ok(CommitInfo { id: commit.id.to_string(), parents, author_name, summary, time, ref_name })
+        Ok(Commit { id: commit.id.to_string(), parents, author, summary, time, ref_name })
     }
 }
 
@@ -324,20 +294,6 @@ impl RepoContext {
     }
 }
 
-/// A commit as peers are told about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommitInfo {
-    pub id: String,
-    pub parents: Vec<String>,
-    pub author_name: String,
-    /// The first line of the message.
-    pub summary: String,
-    /// Committer time, Unix seconds.
-    pub time: i64,
-    /// Full ref name (`refs/heads/main`); None for a detached HEAD or a bare commit id.
-    pub ref_name: Option<String>,
-}
-
 /// Whether `name` is a full ref name git accepts (`refs/...` by check-ref-format's rules: no
 /// control characters, spaces, `..`, `~^:?*[\`...): what peers say about their refs is held to it.
 pub fn is_ref_name(name: &str) -> bool {
@@ -532,7 +488,7 @@ fn walk_for_root(repo: &gix::Repository, head: ObjectId) -> Result<RepoId, GitEr
             _ => "history reachable from HEAD has no root commit".into(),
         }));
     };
-    RepoId::try_from(id.to_string().as_str())
+    RepoId::try_from(id.to_string()).map_err(|e| GitError::Git(e.to_string()))
 }
 
 fn read_cache(path: &Path) -> Option<(ObjectId, RepoId)> {
@@ -923,19 +879,6 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(normalize_remote_url(input), want, "input {input:?}");
-        }
-    }
-
-    #[test]
-    fn repo_id_validation() {
-        let sha1 = "0123456789abcdef0123456789abcdef01234567";
-        let id = RepoId::try_from(sha1).unwrap();
-        assert_eq!(id.to_string(), sha1);
-        assert_eq!(id.short(), "0123456789ab");
-        assert!(RepoId::try_from("ab".repeat(32).as_str()).is_ok());
-        let bad = [sha1.to_uppercase(), format!("{sha1}0"), sha1.replace('0', "g")];
-        for bad in bad.iter().map(String::as_str).chain(["", "0123"]) {
-            assert!(RepoId::try_from(bad).is_err(), "{bad:?}");
         }
     }
 }

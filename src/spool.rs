@@ -12,7 +12,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::store::OutboxEntry;
+use crate::proto::outbox::OutboxEntry;
 
 pub fn dir(data_dir: &Path) -> PathBuf {
     data_dir.join("spool")
@@ -157,17 +157,18 @@ pub fn read(data_dir: &Path, notes_dir: &Path) -> Vec<(PathBuf, Item)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::proto::RepoInfo;
     use crate::proto::envelope::Envelope;
+    use crate::proto::repo::RepoInfo;
 
     #[test]
     fn spooled_entries_come_back_in_order_and_garbage_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
         let key = libp2p::identity::Keypair::generate_ed25519();
+        let repo = crate::proto::repo::RepoId::try_from("1".repeat(40)).unwrap();
         let entries: Vec<OutboxEntry> = (0..3)
             .map(|i| OutboxEntry {
-                repo: RepoInfo { id: "r".into(), name: "n".into(), git_dir: None },
-                envelope: Envelope::sign(&key, "announce", "r", i, "{}".into()),
+                repo: RepoInfo { id: repo.clone(), name: "n".into(), git_dir: None },
+                envelope: Envelope::sign(&key, "announce", &repo, i, "{}".into()),
                 thread: None,
             })
             .collect();

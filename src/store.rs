@@ -6,13 +6,15 @@
 //! migration; readers skip records they cannot parse instead of failing the whole node.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::control::proto::{ChatEntry, FeedEntry, RepoInfo};
-use crate::proto::envelope::Envelope;
+use crate::clock::{unix_now, unix_now_ms};
+use crate::proto::announce::FeedEntry;
+use crate::proto::chat::ChatEntry;
+use crate::proto::outbox::OutboxEntry;
+use crate::proto::repo::{RepoId, RepoInfo};
 
 /// peer id -> [`KnownPeer`] (JSON)
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
@@ -83,28 +85,6 @@ pub struct KnownPeer {
     pub last_seen: u64,
 }
 
-/// An announcement waiting to be published, with the repo it belongs to.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct OutboxEntry {
-    pub repo: RepoInfo,
-    pub envelope: Envelope,
-    /// For chat messages in a commit's thread: the commit.
-    #[serde(default)]
-    pub thread: Option<String>,
-}
-
-impl OutboxEntry {
-    /// The gossipsub topic this entry is published on.
-    pub fn topic(&self) -> libp2p::gossipsub::Sha256Topic {
-        use crate::proto::topic;
-        match (self.envelope.kind.as_str(), &self.thread) {
-            (crate::proto::chat::KIND, Some(commit)) => topic::commit_thread(&self.repo.id, commit),
-            (crate::proto::chat::KIND, None) => topic::chat(&self.repo.id),
-            _ => topic::commits(&self.repo.id),
-        }
-    }
-}
-
 /// Cheap to clone: the Kademlia record store holds a handle too.
 #[derive(Clone)]
 pub struct Store {
@@ -120,14 +100,6 @@ fn last_seq(table: &impl ReadableTable<(&'static str, u64), &'static [u8]>, key:
     let last =
         db(table.range((key, 0)..=(key, u64::MAX)))?.next_back().transpose().map_err(|e| StoreError::Db(e.into()))?;
     Ok(last.map_or(0, |(k, _)| k.value().1))
-}
-
-pub fn unix_now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Store {
@@ -238,23 +210,25 @@ impl Store {
         for item in db(table.iter())? {
             let (k, v) = db(item)?;
             let git_dir = db(dirs.get(k.value()))?.map(|d| d.value().to_string());
-            out.push(RepoInfo { id: k.value().to_string(), name: v.value().to_string(), git_dir });
+            // An id that is not one cannot have been registered by this version: skip it.
+            let Ok(id) = RepoId::try_from(k.value()) else { continue };
+            out.push(RepoInfo { id, name: v.value().to_string(), git_dir });
         }
         Ok(out)
     }
 }
 
 impl Store {
-    pub fn own_announced(&self, repo: &str, commit: &str) -> Result<bool, StoreError> {
+    pub fn own_announced(&self, repo: &RepoId, commit: &str) -> Result<bool, StoreError> {
         let txn = db(self.db.begin_read())?;
-        Ok(db(db(txn.open_table(OWN_ANNOUNCED))?.get((repo, commit)))?.is_some())
+        Ok(db(db(txn.open_table(OWN_ANNOUNCED))?.get((repo.as_str(), commit)))?.is_some())
     }
 
     /// Records that we announced `commit` (not fsync'd: it is written with the outbox entry's
     /// durable commit, or the next one).
-    pub fn mark_announced(&self, repo: &str, commit: &str) -> Result<(), StoreError> {
+    pub fn mark_announced(&self, repo: &RepoId, commit: &str) -> Result<(), StoreError> {
         let txn = self.write(false)?;
-        db(db(txn.open_table(OWN_ANNOUNCED))?.insert((repo, commit), unix_now_ms()))?;
+        db(db(txn.open_table(OWN_ANNOUNCED))?.insert((repo.as_str(), commit), unix_now_ms()))?;
         db(txn.commit())
     }
 
@@ -480,7 +454,7 @@ impl Store {
     /// Adds an announcement to its repo's feed unless the same author announced the same commit
     /// before. Returns false for such a duplicate. Not durable until the next [`Store::sync`].
     pub fn feed_insert(&self, entry: &FeedEntry) -> Result<bool, StoreError> {
-        let seen_key = format!("{}/{}/{}", entry.repo, entry.commit, entry.peer);
+        let seen_key = format!("{}/{}/{}", entry.repo, entry.commit.id, entry.peer);
         let txn = self.write(false)?;
         {
             let mut seen = db(txn.open_table(SEEN))?;
@@ -488,7 +462,7 @@ impl Store {
                 return Ok(false);
             }
             let mut feed = db(txn.open_table(FEED))?;
-            let seq = last_seq(&feed, &entry.repo)? + 1;
+            let seq = last_seq(&feed, entry.repo.as_str())? + 1;
             let bytes = serde_json::to_vec(entry).expect("feed entries always serialise");
             db(feed.insert((entry.repo.as_str(), seq), bytes.as_slice()))?;
             db(seen.insert(seen_key.as_str(), seq))?;
@@ -496,7 +470,7 @@ impl Store {
                 let old = db(feed.remove((entry.repo.as_str(), seq - MAX_FEED_PER_REPO as u64)))?;
                 let old = old.and_then(|v| serde_json::from_slice::<FeedEntry>(v.value()).ok());
                 if let Some(old) = old {
-                    db(seen.remove(format!("{}/{}/{}", old.repo, old.commit, old.peer).as_str()))?;
+                    db(seen.remove(format!("{}/{}/{}", old.repo, old.commit.id, old.peer).as_str()))?;
                 }
             }
         }
@@ -589,14 +563,15 @@ impl Store {
     }
 
     /// Remembers that we wrote `key` in `repo` (for `kv ls`).
-    pub fn kv_own(&self, repo: &str, key: &str, ts: u64, durable: bool) -> Result<(), StoreError> {
+    pub fn kv_own(&self, repo: &RepoId, key: &str, ts: u64, durable: bool) -> Result<(), StoreError> {
         let txn = self.write(durable)?;
-        db(db(txn.open_table(KV_OWN))?.insert((repo, key), ts))?;
+        db(db(txn.open_table(KV_OWN))?.insert((repo.as_str(), key), ts))?;
         db(txn.commit())
     }
 
     /// The keys we wrote in `repo`, with the time of our last write.
-    pub fn kv_own_keys(&self, repo: &str) -> Result<Vec<(String, u64)>, StoreError> {
+    pub fn kv_own_keys(&self, repo: &RepoId) -> Result<Vec<(String, u64)>, StoreError> {
+        let repo = repo.as_str();
         let txn = db(self.db.begin_read())?;
         let table = db(txn.open_table(KV_OWN))?;
         let mut out = Vec::new();
@@ -625,8 +600,8 @@ impl Store {
     }
 
     /// The newest `limit` announcements of a repo, newest first.
-    pub fn feed(&self, repo: &str, limit: usize) -> Result<Vec<FeedEntry>, StoreError> {
-        self.newest(FEED, repo, limit)
+    pub fn feed(&self, repo: &RepoId, limit: usize) -> Result<Vec<FeedEntry>, StoreError> {
+        self.newest(FEED, repo.as_str(), limit)
     }
 
     /// The newest `limit` readable entries under `prefix` of a (prefix, seq) table, newest first.
@@ -669,12 +644,13 @@ mod tests {
     fn announced_commits_are_remembered_until_pruned() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store.redb")).unwrap();
-        store.mark_announced("r", "c1").unwrap();
-        assert!(store.own_announced("r", "c1").unwrap());
-        assert!(!store.own_announced("r", "c2").unwrap());
+        let r = RepoId::try_from("e".repeat(40)).unwrap();
+        store.mark_announced(&r, "c1").unwrap();
+        assert!(store.own_announced(&r, "c1").unwrap());
+        assert!(!store.own_announced(&r, "c2").unwrap());
         assert_eq!(store.prune_announced(0).unwrap(), 0, "nothing older than the epoch");
         assert_eq!(store.prune_announced(unix_now_ms() + 1).unwrap(), 1);
-        assert!(!store.own_announced("r", "c1").unwrap());
+        assert!(!store.own_announced(&r, "c1").unwrap());
     }
 
     #[test]
@@ -719,7 +695,11 @@ mod tests {
             store.remember_peer("alice", &["/ip4/127.0.0.1/tcp/1".into()], Some("Alice")).unwrap();
             store.remember_peer("alice", &["/ip4/127.0.0.1/tcp/2".into()], None).unwrap();
             store
-                .add_repo(&RepoInfo { id: "aa".into(), name: "proj".into(), git_dir: Some("/tmp/proj/.git".into()) })
+                .add_repo(&RepoInfo {
+                    id: RepoId::try_from("a".repeat(40)).unwrap(),
+                    name: "proj".into(),
+                    git_dir: Some("/tmp/proj/.git".into()),
+                })
                 .unwrap();
         }
         let store = Store::open(&path).unwrap();
@@ -729,7 +709,11 @@ mod tests {
         assert_eq!(peers[0].1.name.as_deref(), Some("Alice"), "a name is kept when a later update has none");
         assert_eq!(
             store.repos().unwrap(),
-            vec![RepoInfo { id: "aa".into(), name: "proj".into(), git_dir: Some("/tmp/proj/.git".into()) }]
+            vec![RepoInfo {
+                id: RepoId::try_from("a".repeat(40)).unwrap(),
+                name: "proj".into(),
+                git_dir: Some("/tmp/proj/.git".into())
+            }]
         );
     }
 

@@ -20,9 +20,11 @@ use nostr::{JsonUtil, Keys, RelayUrl, Timestamp};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::control::proto::{NostrStatus, RelayState, RepoInfo};
+use crate::clock::unix_now;
+use crate::control::proto::{NostrStatus, RelayState};
 use crate::proto::envelope::Envelope;
-use crate::store::{unix_now, NostrLast, NostrPending, Store};
+use crate::proto::repo::{RepoId, RepoInfo};
+use crate::store::{NostrLast, NostrPending, Store};
 
 /// What the relays brought in, for the event loop to check and store.
 #[derive(Debug)]
@@ -30,7 +32,7 @@ pub enum Inbound {
     /// A git-p2p room message bridged by its author: verified like gossip.
     Envelope(Envelope),
     /// A comment written with a plain Nostr client.
-    Comment { repo: String, id: String, npub: String, text: String, created_at: u64 },
+    Comment { repo: RepoId, id: String, npub: String, text: String, created_at: u64 },
 }
 
 /// Repositories waiting to be re-read (one per announced commit, coalesced per repository).
@@ -39,7 +41,7 @@ const REFRESH_QUEUE: usize = 256;
 pub const INBOUND_QUEUE: usize = 1024;
 
 /// A repository whose comments we listen for: (root commit id, `d` identifier).
-type Watched = (String, String);
+type Watched = (RepoId, String);
 
 /// The event loop's handle on the bridge. Exists only when relays are configured.
 pub struct Bridge {
@@ -185,7 +187,7 @@ async fn refresher(shared: relay::Shared, keys: Keys, relays: Vec<String>, mut r
 fn queue_repo_events(store: &Store, keys: &Keys, relays: &[String], repo: &RepoInfo) -> Result<usize, String> {
     let Some(dir) = &repo.git_dir else { return Ok(0) };
     let ctx = crate::git::open(Path::new(dir)).map_err(|e| e.to_string())?;
-    if ctx.repo_id.as_str() != repo.id {
+    if ctx.repo_id != repo.id {
         return Err(format!("{dir} is now another repository"));
     }
     let identifier = nip34::identifier(&repo.name);
@@ -195,7 +197,7 @@ fn queue_repo_events(store: &Store, keys: &Keys, relays: &[String], repo: &RepoI
         description: ctx.description(),
         clone_urls: ctx.remote_urls.clone(),
         relays: relays.to_vec(),
-        euc: repo.id.clone(),
+        euc: repo.id.to_string(),
         maintainers: vec![keys.public_key().to_hex()],
     };
     let mut queued = 0;
@@ -209,7 +211,7 @@ fn queue_repo_events(store: &Store, keys: &Keys, relays: &[String], repo: &RepoI
     let head = ctx.branch.clone();
     let said = digest(&format!("{refs:?}{head:?}{relays:?}"));
     if queue_replaceable(store, relays, &format!("30618:{identifier}"), said, |ts| {
-        nip34::state(keys, &identifier, &repo.id, &refs, head.as_deref(), ts)
+        nip34::state(keys, &identifier, repo.id.as_str(), &refs, head.as_deref(), ts)
     })? {
         queued += 1;
     }

@@ -12,6 +12,8 @@ use nostr::nips::nip01::Coordinate;
 use nostr::nips::nip22::CommentTarget;
 use nostr::{Event, EventBuilder, Keys, Kind, PublicKey, Tag, TagKind, Timestamp};
 
+use crate::proto::repo::RepoId;
+
 /// The tag carrying the signed git-p2p envelope of a bridged room message.
 pub const ENVELOPE_TAG: &str = "git-p2p";
 
@@ -21,7 +23,7 @@ pub const ENVELOPE_TAG: &str = "git-p2p";
 pub struct Scope {
     pub owner: PublicKey,
     pub identifier: String,
-    pub euc: String,
+    pub euc: RepoId,
 }
 
 impl Scope {
@@ -45,7 +47,7 @@ pub fn comment(
 ) -> Result<Event, nostr::event::builder::Error> {
     let coordinate = scope.coordinate();
     let target = || CommentTarget::coordinate(Cow::Borrowed(&coordinate), None);
-    let mut extra = vec![Tag::custom(TagKind::custom("r"), [scope.euc.clone()])];
+    let mut extra = vec![Tag::custom(TagKind::custom("r"), [scope.euc.to_string()])];
     if let Some(commit) = thread {
         extra.push(Tag::custom(TagKind::custom("commit"), [commit.to_string()]));
     }
@@ -67,7 +69,7 @@ pub enum Incoming {
 /// Which of `repos` ((root commit id, `d` identifier) pairs) a comment is about, and its
 /// content. None for anything that is not a comment on one of them: another kind, another
 /// repository, a bad signature.
-pub fn read(event: &Event, repos: &[(String, String)]) -> Option<(String, Incoming)> {
+pub fn read(event: &Event, repos: &[(RepoId, String)]) -> Option<(RepoId, Incoming)> {
     if event.kind != Kind::Comment || event.verify().is_err() {
         return None;
     }
@@ -75,7 +77,11 @@ pub fn read(event: &Event, repos: &[(String, String)]) -> Option<(String, Incomi
     let mut envelope = None;
     for tag in event.tags.iter() {
         match tag.as_slice() {
-            [k, euc, ..] if k == "r" && repos.iter().any(|(id, _)| id == euc) => repo = Some(euc.clone()),
+            [k, euc, ..] if k == "r" => {
+                if let Some((id, _)) = repos.iter().find(|(id, _)| id.as_str() == euc) {
+                    repo = Some(id.clone());
+                }
+            }
             [k, coordinate, ..] if k == "A" => {
                 if let Ok(c) = Coordinate::parse(coordinate) {
                     if c.kind == Kind::GitRepoAnnouncement && repo.is_none() {
@@ -98,8 +104,12 @@ pub fn read(event: &Event, repos: &[(String, String)]) -> Option<(String, Incomi
 mod tests {
     use super::*;
 
+    fn e40() -> RepoId {
+        RepoId::try_from("e".repeat(40)).unwrap()
+    }
+
     fn scope(keys: &Keys) -> Scope {
-        Scope { owner: keys.public_key(), identifier: "proj".into(), euc: "e".repeat(40) }
+        Scope { owner: keys.public_key(), identifier: "proj".into(), euc: e40() }
     }
 
     fn tags(e: &Event) -> Vec<Vec<String>> {
@@ -136,17 +146,21 @@ mod tests {
     fn read_finds_the_repository_by_root_commit_or_by_identifier() {
         let keys = Keys::generate();
         let s = scope(&keys);
-        let repos = vec![("e".repeat(40), "proj".to_string())];
+        let repos = vec![(e40(), "proj".to_string())];
         let ours = comment(&keys, &s, "hi", Some("env"), None, Timestamp::from(1)).unwrap();
-        assert_eq!(read(&ours, &repos), Some(("e".repeat(40), Incoming::Envelope("env".into()))));
+        assert_eq!(read(&ours, &repos), Some((e40(), Incoming::Envelope("env".into()))));
 
         // A plain client comments on the announcement only (A tag, no r tag).
         let coordinate = s.coordinate();
         let target = || CommentTarget::coordinate(Cow::Borrowed(&coordinate), None);
         let plain = EventBuilder::comment("from a client", target(), Some(target())).sign_with_keys(&keys).unwrap();
-        assert_eq!(read(&plain, &repos), Some(("e".repeat(40), Incoming::Plain { text: "from a client".into() })));
+        assert_eq!(read(&plain, &repos), Some((e40(), Incoming::Plain { text: "from a client".into() })));
 
-        assert_eq!(read(&ours, &[("f".repeat(40), "other".into())]), None, "another repository");
+        assert_eq!(
+            read(&ours, &[(RepoId::try_from("f".repeat(40)).unwrap(), "other".into())]),
+            None,
+            "another repository"
+        );
         let note = EventBuilder::text_note("not a comment").sign_with_keys(&keys).unwrap();
         assert_eq!(read(&note, &repos), None);
     }
@@ -157,8 +171,8 @@ mod tests {
         let commit = "c".repeat(40);
         let e = comment(&keys, &scope(&keys), "on it", Some("env"), Some(&commit), Timestamp::from(1)).unwrap();
         assert!(tags(&e).contains(&vec!["commit".to_string(), commit]));
-        let repos = [("e".repeat(40), "proj".to_string())];
-        assert_eq!(read(&e, &repos), Some(("e".repeat(40), Incoming::Envelope("env".into()))));
+        let repos = [(e40(), "proj".to_string())];
+        assert_eq!(read(&e, &repos), Some((e40(), Incoming::Envelope("env".into()))));
     }
 
     #[test]
@@ -166,6 +180,6 @@ mod tests {
         let keys = Keys::generate();
         let mut e = comment(&keys, &scope(&keys), "hi", None, None, Timestamp::from(1)).unwrap();
         e.content = "changed".into();
-        assert_eq!(read(&e, &[("e".repeat(40), "proj".into())]), None);
+        assert_eq!(read(&e, &[(e40(), "proj".into())]), None);
     }
 }

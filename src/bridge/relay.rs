@@ -92,7 +92,7 @@ async fn subscribe(client: &Client, id: &SubscriptionId, keys: &Keys, repos: &[W
     if repos.is_empty() {
         return;
     }
-    let since = Timestamp::from(crate::store::unix_now().saturating_sub(HISTORY));
+    let since = Timestamp::from(crate::clock::unix_now().saturating_sub(HISTORY));
     let ours: Vec<String> =
         repos.iter().map(|w| format!("{}:{}:{}", Kind::GitRepoAnnouncement.as_u16(), keys.public_key(), w.1)).collect();
     let filters = vec![

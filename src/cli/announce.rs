@@ -12,7 +12,7 @@ use crate::control::proto::{Request, Response};
 use crate::control::{client, Client, ClientError};
 use crate::identity::Identity;
 use crate::proto::announce::Announcement;
-use crate::store::OutboxEntry;
+use crate::proto::outbox::OutboxEntry;
 
 pub fn run(ctx: &Ctx, args: &AnnounceArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if args.hook {
@@ -49,24 +49,22 @@ fn announce(ctx: &Ctx, rev: &str, hook: bool, note: bool) -> anyhow::Result<(Str
         return Ok((repo.head_commit.clone(), None));
     }
     let commit = repo.commit_info(rev)?;
+    let commit_id = commit.id.clone();
     let key = Identity::load_or_create_libp2p(&paths.data_dir)?;
-    let envelope = Announcement::new(&commit, repo.user_name.as_deref()).sign(
-        &key,
-        repo.repo_id.as_str(),
-        crate::store::unix_now_ms(),
-    );
+    let envelope =
+        Announcement::new(commit, repo.user_name.as_deref()).sign(&key, &repo.repo_id, crate::clock::unix_now_ms());
     let repo_info = repo.info();
     if hook {
         crate::spool::write(&paths.data_dir, &OutboxEntry { repo: repo_info, envelope, thread: None })?;
         ring_or_start(paths, Request::IngestSpool)?;
-        return Ok((commit.id, None));
+        return Ok((commit_id, None));
     }
     let request = Request::Announce { repo: repo_info, envelope };
     match Client::connect(paths).and_then(|mut client| client.request(request.clone())) {
-        Ok(Response::Queued { pending }) => Ok((commit.id, Some(pending))),
+        Ok(Response::Queued { pending }) => Ok((commit_id, Some(pending))),
         Ok(_) => anyhow::bail!("unexpected answer from the node"),
         Err(ClientError::NotRunning) => match ctx.client()?.request(request)? {
-            Response::Queued { pending } => Ok((commit.id, Some(pending))),
+            Response::Queued { pending } => Ok((commit_id, Some(pending))),
             _ => anyhow::bail!("unexpected answer from the node"),
         },
         Err(e) => Err(e.into()),

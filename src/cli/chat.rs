@@ -4,11 +4,13 @@
 use std::io::Write;
 
 use super::{ChatArgs, Ctx};
-use crate::control::proto::{ChatEntry, RepoInfo, Request, Response};
+use crate::control::proto::{Request, Response};
 use crate::control::Client;
 use crate::identity::Identity;
+use crate::proto::chat::ChatEntry;
 use crate::proto::chat::{room_id, ChatMessage, KIND};
 use crate::proto::envelope::Envelope;
+use crate::proto::repo::RepoInfo;
 
 /// Messages `--tail` shows before following.
 const TAIL_COUNT: usize = 50;
@@ -29,7 +31,7 @@ pub fn run(ctx: &Ctx, args: &ChatArgs, out: &mut dyn Write) -> anyhow::Result<()
         let paths = ctx.paths()?;
         paths.ensure()?;
         let key = Identity::load_or_create_libp2p(&paths.data_dir)?;
-        let envelope = Envelope::sign(&key, KIND, &repo_info.id, crate::store::unix_now_ms(), message.to_body());
+        let envelope = Envelope::sign(&key, KIND, &repo_info.id, crate::clock::unix_now_ms(), message.to_body());
         let Response::ChatSent { peers, id } =
             ctx.client()?.request(Request::ChatSend { repo: repo_info, envelope, thread })?
         else {
@@ -84,7 +86,7 @@ pub fn run(ctx: &Ctx, args: &ChatArgs, out: &mut dyn Write) -> anyhow::Result<()
 /// Signs a message and hands it to the node; returns how many peers are in the room.
 fn send(paths: &crate::paths::Paths, repo: &RepoInfo, message: ChatMessage) -> anyhow::Result<usize> {
     let key = Identity::load_or_create_libp2p(&paths.data_dir)?;
-    let envelope = Envelope::sign(&key, KIND, &repo.id, crate::store::unix_now_ms(), message.to_body());
+    let envelope = Envelope::sign(&key, KIND, &repo.id, crate::clock::unix_now_ms(), message.to_body());
     let thread = message.thread.clone();
     match Client::connect(paths)?.request(Request::ChatSend { repo: repo.clone(), envelope, thread })? {
         Response::ChatSent { peers, .. } => Ok(peers),

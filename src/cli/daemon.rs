@@ -120,7 +120,7 @@ fn print_status(s: &NodeStatus, out: &mut dyn Write) -> anyhow::Result<()> {
         }
     }
     for (i, r) in s.repos.iter().enumerate() {
-        writeln!(out, "{:<10} {} ({})", if i == 0 { "repos" } else { "" }, r.name, &r.id[..r.id.len().min(12)])?;
+        writeln!(out, "{:<10} {} ({})", if i == 0 { "repos" } else { "" }, r.name, r.id.short())?;
     }
     if s.outbox > 0 {
         writeln!(out, "outbox     {} announcement(s) waiting for a peer in their repository", s.outbox)?;

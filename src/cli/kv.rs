@@ -3,9 +3,10 @@
 use std::io::{Read, Write};
 
 use super::{Ctx, KvCommand};
-use crate::control::proto::{RepoInfo, Request, Response};
+use crate::control::proto::{Request, Response};
 use crate::identity::Identity;
 use crate::proto::kv::{validate_key, Entry, MAX_VALUE};
+use crate::proto::repo::RepoInfo;
 
 pub fn run(ctx: &Ctx, command: KvCommand, out: &mut dyn Write) -> anyhow::Result<std::process::ExitCode> {
     let repo = ctx.repo()?;
@@ -113,7 +114,7 @@ pub(super) fn put(ctx: &Ctx, repo: &RepoInfo, key: &str, value: Option<&[u8]>) -
     let identity = Identity::load_or_create(&paths.data_dir)?;
     let who = crate::proto::kv::Who { name: ctx.repo()?.user_name, npub: Some(identity.npub()) };
     // Time-based sequence numbers grow across restarts without any state to keep.
-    let now = crate::store::unix_now_ms();
+    let now = crate::clock::unix_now_ms();
     let entry = Entry::sign_as(&identity.libp2p, &repo.id, key, value, now, now, who)?;
     match ctx.client()?.request(Request::KvPut { repo: repo.clone(), key: key.to_string(), entry })? {
         Response::KvStored { replicas, .. } => Ok(replicas),

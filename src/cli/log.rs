@@ -3,15 +3,16 @@
 use std::io::Write;
 
 use super::{Ctx, LogArgs};
-use crate::control::proto::{FeedEntry, Request, Response};
+use crate::control::proto::{Request, Response};
 use crate::control::Client;
+use crate::proto::announce::FeedEntry;
 
 /// Entries shown by default; `-n` changes it.
 const DEFAULT_COUNT: usize = 50;
 
 pub fn run(ctx: &Ctx, args: &LogArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let repo = ctx.repo()?;
-    let repo_id = repo.repo_id.to_string();
+    let repo_id = repo.repo_id.clone();
     let mut client = ctx.client()?;
     // Subscribe before reading the history, so nothing falls between the two.
     let follow = if args.follow {
@@ -34,7 +35,7 @@ pub fn run(ctx: &Ctx, args: &LogArgs, out: &mut dyn Write) -> anyhow::Result<()>
         writeln!(out, "no commits announced by peers yet in {} (yours go to them, not here)", repo.room_name)?;
     }
     for entry in &entries {
-        shown.insert((entry.commit.clone(), entry.peer.clone()));
+        shown.insert((entry.commit.id.clone(), entry.peer.clone()));
         print_entry(entry, args.json, out)?;
     }
     out.flush()?;
@@ -43,7 +44,7 @@ pub fn run(ctx: &Ctx, args: &LogArgs, out: &mut dyn Write) -> anyhow::Result<()>
         let Response::Announcement { entry } = follower.next(id)? else {
             anyhow::bail!("unexpected answer from the node");
         };
-        if shown.insert((entry.commit.clone(), entry.peer.clone())) {
+        if shown.insert((entry.commit.id.clone(), entry.peer.clone())) {
             print_entry(&entry, args.json, out)?;
             out.flush()?;
         }
@@ -55,15 +56,16 @@ fn print_entry(e: &FeedEntry, json: bool, out: &mut dyn Write) -> anyhow::Result
         writeln!(out, "{}", serde_json::to_string(e)?)?;
         return Ok(());
     }
-    let branch = e.ref_name.as_deref().map(|r| r.strip_prefix("refs/heads/").unwrap_or(r)).unwrap_or("(detached)");
+    let c = &e.commit;
+    let branch = c.ref_name.as_deref().map(|r| r.strip_prefix("refs/heads/").unwrap_or(r)).unwrap_or("(detached)");
     let who = e.name.as_deref().unwrap_or("?");
     let peer_short = &e.peer[e.peer.len().saturating_sub(6)..];
     writeln!(
         out,
         "{}  {who} (..{peer_short})  {branch}  {}  {}",
         super::fmt::utc_time(e.announced_at / 1000),
-        &e.commit[..e.commit.len().min(10)],
-        e.summary
+        &c.id[..c.id.len().min(10)],
+        c.summary
     )?;
     Ok(())
 }

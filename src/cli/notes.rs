@@ -10,6 +10,7 @@ use super::{Ctx, NotesCommand};
 use crate::control::proto::{Request, Response};
 use crate::identity::Identity;
 use crate::proto::kv::{Record, MAX_VALUE};
+use crate::proto::repo::RepoId;
 
 /// `refs/notes/commits` -> `commits` (the part that names the notes in keys).
 fn short_ref(notes_ref: &str) -> &str {
@@ -21,8 +22,8 @@ pub fn author_ref(peer: &str) -> String {
     format!("refs/notes/p2p/{}", &peer[peer.len().saturating_sub(12)..])
 }
 
-fn get(ctx: &Ctx, repo: &str, key: &str) -> anyhow::Result<Option<Record>> {
-    match ctx.client()?.request(Request::KvGet { repo: repo.to_string(), key: key.to_string() })? {
+fn get(ctx: &Ctx, repo: &RepoId, key: &str) -> anyhow::Result<Option<Record>> {
+    match ctx.client()?.request(Request::KvGet { repo: repo.clone(), key: key.to_string() })? {
         Response::KvRecord { record, .. } => Ok(record),
         _ => anyhow::bail!("unexpected answer from the node"),
     }

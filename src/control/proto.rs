@@ -7,7 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::proto::announce::FeedEntry;
+use crate::proto::chat::ChatEntry;
 use crate::proto::envelope::Envelope;
+use crate::proto::repo::{RepoId, RepoInfo};
 
 /// Bumped on any incompatible change of the types below.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -37,10 +40,10 @@ pub enum Request {
     /// New files are in the spool: move them to the outbox now (the hook's fast path).
     IngestSpool,
     /// The newest `limit` announcements received for a repo, newest first.
-    Log { repo: String, limit: usize },
+    Log { repo: RepoId, limit: usize },
     /// Stream announcements for a repo as they arrive: answered with `following`, then one
     /// `announcement` frame per arrival, same request id, until the client hangs up.
-    Follow { repo: String },
+    Follow { repo: RepoId },
     /// Send a signed chat message to a room (`thread`: a commit's thread, else the repo's room).
     ChatSend { repo: RepoInfo, envelope: Envelope, thread: Option<String> },
     /// The newest `limit` messages of a room, oldest first.
@@ -52,9 +55,9 @@ pub enum Request {
     /// Merge a signed entry into the repo's record for `key` and put it in the DHT.
     KvPut { repo: RepoInfo, key: String, entry: crate::proto::kv::Entry },
     /// Look `key` up in the DHT (merging what every peer answers with our own copy).
-    KvGet { repo: String, key: String },
+    KvGet { repo: RepoId, key: String },
     /// The keys this node wrote in the repo.
-    KvList { repo: String },
+    KvList { repo: RepoId },
     /// The Nostr bridge: relays, their state, events waiting.
     NostrStatus,
 }
@@ -157,63 +160,11 @@ pub struct RelayState {
     pub last_error: Option<String>,
 }
 
-/// A chat message as kept in a room's history.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ChatEntry {
-    pub room: String,
-    pub id: String,
-    /// PeerId of the author.
-    pub peer: String,
-    pub name: Option<String>,
-    pub text: String,
-    /// When the author sent it (Unix ms, the author's clock).
-    pub sent_at: u64,
-    /// When this node stored it (Unix ms).
-    pub received_at: u64,
-    /// Sent by this node's user.
-    pub own: bool,
-    /// Where it came from when not from a git-p2p peer: "nostr" for a plain Nostr comment
-    /// (then `peer` is the author's npub).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub via: Option<String>,
-}
-
 /// What the node streams to followers.
 #[derive(Debug, Clone)]
 pub enum NodeEvent {
     Announcement(FeedEntry),
     Chat(ChatEntry),
-}
-
-/// An announcement as received from a peer and kept in the repo's feed.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FeedEntry {
-    pub repo: String,
-    /// PeerId of the author (the envelope's signer).
-    pub peer: String,
-    pub name: Option<String>,
-    pub ref_name: Option<String>,
-    pub commit: String,
-    pub parents: Vec<String>,
-    pub author: String,
-    pub summary: String,
-    pub commit_time: i64,
-    /// When the author announced it (Unix ms, the author's clock).
-    pub announced_at: u64,
-    /// When this node received it (Unix ms).
-    pub received_at: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct RepoInfo {
-    /// Root commit id (hex).
-    pub id: String,
-    /// Room name (normalised origin URL or directory name).
-    pub name: String,
-    /// The repository's git dir on this machine, for the node's Nostr bridge (which reads its
-    /// refs, remotes and description). Local only: never sent to peers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub git_dir: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -266,7 +217,7 @@ pub struct PeerInfo {
     pub transport: String,
     pub rtt_ms: Option<f64>,
     /// Ids of our registered repos that this peer has too.
-    pub repos: Vec<String>,
+    pub repos: Vec<RepoId>,
     /// Seconds since the first open connection was established.
     pub connected_secs: u64,
     /// Our gossipsub score of the peer: negative after it sent messages we rejected.
@@ -351,7 +302,11 @@ mod tests {
             Request::Peers,
             Request::Shutdown,
             Request::RegisterRepo {
-                repo: RepoInfo { id: "ab".repeat(20), name: "github.com/a/b".into(), git_dir: None },
+                repo: RepoInfo {
+                    id: RepoId::try_from("ab".repeat(20)).unwrap(),
+                    name: "github.com/a/b".into(),
+                    git_dir: None,
+                },
             },
         ] {
             let line = encode(&RequestFrame::new(7, req.clone()));

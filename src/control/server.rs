@@ -86,7 +86,7 @@ async fn serve_client(
         };
         match &frame.req {
             Request::Follow { repo } => {
-                follow = Some((frame.id, repo.clone(), false));
+                follow = Some((frame.id, repo.to_string(), false));
                 break;
             }
             Request::FollowChat { room } => {
@@ -145,7 +145,7 @@ async fn stream_events(
     loop {
         tokio::select! {
             event = rx.recv() => match event {
-                Ok(NodeEvent::Announcement(entry)) if !chat && entry.repo == wanted => {
+                Ok(NodeEvent::Announcement(entry)) if !chat && entry.repo.as_str() == wanted => {
                     let frame = ResponseFrame::ok(id, Response::Announcement { entry });
                     write.write_all(&proto::encode(&frame)).await?;
                 }

@@ -21,13 +21,13 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::behaviour::{name_from_agent, Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, KAD_PROTOCOL};
 use super::peers::{PeerTable, Redial};
 use crate::bridge::{Bridge, Inbound};
-use crate::control::proto::{
-    ChatEntry, ConfigInForce, FeedEntry, NodeEvent, NodeStatus, NostrStatus, Outcome, RepoInfo, Request, Response,
-};
-use crate::proto::announce::Announcement;
-use crate::proto::chat::ChatMessage;
+use crate::control::proto::{ConfigInForce, NodeEvent, NodeStatus, NostrStatus, Outcome, Request, Response};
+use crate::proto::announce::{Announcement, FeedEntry};
+use crate::proto::chat::{ChatEntry, ChatMessage};
 use crate::proto::envelope::Envelope;
-use crate::store::{OutboxEntry, Store};
+use crate::proto::outbox::OutboxEntry;
+use crate::proto::repo::{RepoId, RepoInfo};
+use crate::store::Store;
 use hook_notes::{hooked_repos, spool_changed, survey_hooks};
 
 /// How often the loop looks for peers to redial.
@@ -82,8 +82,8 @@ enum PendingKadKind {
 /// What a subscribed topic carries.
 #[derive(Debug, Clone)]
 enum Room {
-    Commits { repo: String },
-    Chat { repo: String, thread: Option<String> },
+    Commits { repo: RepoId },
+    Chat { repo: RepoId, thread: Option<String> },
 }
 
 /// Control requests handled together before one group commit.
@@ -120,7 +120,7 @@ pub struct EventLoop {
     bootstrap_peers: HashSet<PeerId>,
     repos: Vec<RepoInfo>,
     /// Each registered repo's marker topic, to tell which repos a peer shares with us.
-    repo_topics: Vec<(TopicHash, String)>,
+    repo_topics: Vec<(TopicHash, RepoId)>,
     last_kad_bootstrap: Option<Instant>,
     /// Mirror of the store's outbox (oldest first) without what was published, so publishing does
     /// not re-read the store.
@@ -409,7 +409,7 @@ impl EventLoop {
     }
 
     /// Starts a DHT lookup; the answer merges every copy found with our own.
-    fn kv_get(&mut self, repo: String, key: String) -> Answer {
+    fn kv_get(&mut self, repo: RepoId, key: String) -> Answer {
         use crate::proto::kv::{record_key, Record};
         if let Err(e) = crate::proto::kv::validate_key(&key) {
             return Answer::Now(Outcome::Error(e.to_string()));
@@ -423,7 +423,7 @@ impl EventLoop {
     }
 
     /// Our stored copy of a KV record, if we hold a valid one.
-    fn local_kv(&mut self, repo: &str, key: &str, dht_key: &[u8]) -> Option<crate::proto::kv::Record> {
+    fn local_kv(&mut self, repo: &RepoId, key: &str, dht_key: &[u8]) -> Option<crate::proto::kv::Record> {
         use libp2p::kad::store::RecordStore;
         let store = self.swarm.behaviour_mut().kad.store_mut();
         let stored = store.get(&libp2p::kad::RecordKey::new(&dht_key))?;
@@ -626,14 +626,14 @@ impl EventLoop {
     }
 
     /// Subscribes to a chat room's topic; returns its hash.
-    fn join_room(&mut self, repo: &str, thread: Option<String>) -> TopicHash {
+    fn join_room(&mut self, repo: &RepoId, thread: Option<String>) -> TopicHash {
         let topic = match &thread {
             Some(commit) => crate::proto::topic::commit_thread(repo, commit),
             None => crate::proto::topic::chat(repo),
         };
         let hash = topic.hash();
         if !self.rooms.contains_key(&hash) {
-            self.subscribe(topic, Room::Chat { repo: repo.to_string(), thread });
+            self.subscribe(topic, Room::Chat { repo: repo.clone(), thread });
         }
         hash
     }
@@ -695,7 +695,7 @@ impl EventLoop {
         let ours = entry.envelope.author == hex::encode(self.info.key.public().encode_protobuf());
         if let (true, Ok(a)) = (ours, Announcement::from_envelope(&entry.envelope)) {
             // Not fsync'd by itself: the outbox push below makes it durable too.
-            self.store.mark_announced(&entry.repo.id, &a.commit)?;
+            self.store.mark_announced(&entry.repo.id, &a.commit.id)?;
         }
         let seq = self.store.outbox_push_with(&entry, durable)?;
         if !durable {
@@ -717,12 +717,12 @@ impl EventLoop {
             return;
         }
         let Ok(announcement) = Announcement::from_envelope(&entry.envelope) else { return };
-        let Some(ref_name) = announcement.ref_name else { return };
-        self.put_ref(&entry.repo.id, ref_name, announcement.commit);
+        let Some(ref_name) = announcement.commit.ref_name else { return };
+        self.put_ref(&entry.repo.id, ref_name, announcement.commit.id);
     }
 
     /// Puts our `ref_name` → `commit` in the DHT, and in our entry of the repo's refs index.
-    fn put_ref(&mut self, repo: &str, ref_name: String, commit: String) {
+    fn put_ref(&mut self, repo: &RepoId, ref_name: String, commit: String) {
         self.put_own(repo, &ref_name, commit.as_bytes());
         let mut refs = self.own_refs(repo);
         refs.insert(ref_name, commit);
@@ -732,14 +732,14 @@ impl EventLoop {
 
     /// Our branch moved without a commit of ours (a fast-forward, a reset): the DHT learns
     /// where it is now, unless it knows already.
-    fn branch_moved(&mut self, repo: &str, ref_name: String, commit: String) {
+    pub(super) fn branch_moved(&mut self, repo: &RepoId, ref_name: String, commit: String) {
         if self.own_refs(repo).get(&ref_name) != Some(&commit) {
             self.put_ref(repo, ref_name, commit);
         }
     }
 
     /// Our current entry in a repo's refs index (empty if we have none).
-    fn own_refs(&mut self, repo: &str) -> std::collections::BTreeMap<String, String> {
+    fn own_refs(&mut self, repo: &RepoId) -> std::collections::BTreeMap<String, String> {
         let key = crate::proto::kv::REFS_KEY;
         let me = hex::encode(self.info.key.public().encode_protobuf());
         self.local_kv(repo, key, &crate::proto::kv::record_key(repo, key))
@@ -750,12 +750,12 @@ impl EventLoop {
     }
 
     /// Signs and puts an entry of ours; nobody waits for the DHT's answer.
-    fn put_own(&mut self, repo: &str, key: &str, value: &[u8]) {
-        let now = crate::store::unix_now_ms();
+    fn put_own(&mut self, repo: &RepoId, key: &str, value: &[u8]) {
+        let now = crate::clock::unix_now_ms();
         let who = crate::proto::kv::Who { name: self.info.name.clone(), npub: Some(self.info.npub.clone()) };
         match crate::proto::kv::Entry::sign_as(&self.info.key, repo, key, Some(value), now, now, who) {
             Ok(entry) => {
-                let info = RepoInfo { id: repo.to_string(), name: String::new(), git_dir: None };
+                let info = RepoInfo::bare(repo.clone());
                 if let Answer::Now(Outcome::Error(e)) = self.kv_put(info, key.to_string(), entry, false) {
                     tracing::warn!(%key, error = %e, "cannot publish a ref");
                 }
@@ -929,14 +929,9 @@ impl EventLoop {
             repo: envelope.repo,
             peer: author.to_string(),
             name: announcement.name,
-            ref_name: announcement.ref_name,
             commit: announcement.commit,
-            parents: announcement.parents,
-            author: announcement.author,
-            summary: announcement.summary,
-            commit_time: announcement.commit_time,
             announced_at: envelope.ts,
-            received_at: crate::store::unix_now_ms(),
+            received_at: crate::clock::unix_now_ms(),
         };
         match self.store.feed_insert(&entry) {
             Ok(true) => {
@@ -989,7 +984,7 @@ impl EventLoop {
     fn already_announced(&self, entry: &OutboxEntry) -> bool {
         let ours = entry.envelope.author == hex::encode(self.info.key.public().encode_protobuf());
         ours && Announcement::from_envelope(&entry.envelope)
-            .is_ok_and(|a| self.store.own_announced(&entry.repo.id, &a.commit).unwrap_or(false))
+            .is_ok_and(|a| self.store.own_announced(&entry.repo.id, &a.commit.id).unwrap_or(false))
     }
 
     /// Whether `repo` is registered already, at the same git dir (or the caller names none).
@@ -1031,7 +1026,7 @@ impl EventLoop {
                     name: None,
                     text,
                     sent_at: created_at.saturating_mul(1000),
-                    received_at: crate::store::unix_now_ms(),
+                    received_at: crate::clock::unix_now_ms(),
                     own: false,
                     via: Some("nostr".to_string()),
                 };
@@ -1068,7 +1063,7 @@ impl EventLoop {
         self.forget_published(now);
         if self.last_prune.is_none_or(|at| now.duration_since(at) >= PRUNE_EVERY) {
             self.last_prune = Some(now);
-            let before = crate::store::unix_now_ms().saturating_sub(ANNOUNCED_KEPT.as_millis() as u64);
+            let before = crate::clock::unix_now_ms().saturating_sub(ANNOUNCED_KEPT.as_millis() as u64);
             match self.store.prune_announced(before) {
                 Ok(n) if n > 0 => self.unsynced = true,
                 Ok(_) => {}
@@ -1272,7 +1267,7 @@ fn chat_entry(envelope: &Envelope, author: PeerId, message: ChatMessage, own: bo
         name: message.name,
         text: message.text,
         sent_at: envelope.ts,
-        received_at: crate::store::unix_now_ms(),
+        received_at: crate::clock::unix_now_ms(),
         own,
         via: None,
     }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::control::proto::{ChatEntry, Outcome, Response};
+use crate::control::proto::{Outcome, Response};
+use crate::proto::chat::ChatEntry;
 use crate::store::Store;
 
 /// Messages written per transaction at most.

@@ -10,7 +10,8 @@ use libp2p::kad::store::{Error, MemoryStore, RecordStore, Result};
 use libp2p::kad::{ProviderRecord, Record, RecordKey};
 use libp2p::PeerId;
 
-use crate::store::{unix_now_ms, DhtRecord, Store};
+use crate::clock::unix_now_ms;
+use crate::store::{DhtRecord, Store};
 
 /// Records held at most (ours and others'); beyond it new ones are refused.
 pub const MAX_RECORDS: usize = 10_000;

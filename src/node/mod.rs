@@ -146,7 +146,7 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
             data_dir: paths.data_dir.display().to_string(),
             socket: socket_path.display().to_string(),
             log_file: paths.log_file().display().to_string(),
-            started_at: crate::store::unix_now(),
+            started_at: crate::clock::unix_now(),
             config: ConfigInForce {
                 listen: config.listen.iter().map(|a| a.to_string()).collect(),
                 bootstrap: config.bootstrap.iter().map(|b| format!("{}/p2p/{}", b.addr, b.peer_id)).collect(),

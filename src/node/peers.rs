@@ -11,6 +11,7 @@ use libp2p::swarm::ConnectionId;
 use libp2p::{Multiaddr, PeerId};
 
 use crate::control::proto::PeerInfo;
+use crate::proto::repo::RepoId;
 
 /// First redial delay after a failed dial; doubled per failure up to [`REDIAL_MAX`].
 pub const REDIAL_MIN: Duration = Duration::from_secs(1);
@@ -108,7 +109,7 @@ impl PeerTable {
     }
 
     /// The peers as the control protocol shows them; `repos` maps a repo's marker topic to its id.
-    pub fn snapshot(&self, now: Instant, repos: &[(TopicHash, String)]) -> Vec<PeerInfo> {
+    pub fn snapshot(&self, now: Instant, repos: &[(TopicHash, RepoId)]) -> Vec<PeerInfo> {
         let mut out: Vec<PeerInfo> = self
             .peers
             .iter()
@@ -212,13 +213,14 @@ mod tests {
         table.connected(alice, c2, addr("/ip4/127.0.0.1/tcp/9"), t0 + Duration::from_secs(1));
         table.identified(&alice, "git-p2p/0.1.0 name=Alice".into(), Some("Alice".into()));
         table.rtt(&alice, Duration::from_micros(1500));
-        let repo_topic = crate::proto::topic::repo_marker("r1");
+        let r1 = crate::proto::repo::RepoId::try_from("1".repeat(40)).unwrap();
+        let repo_topic = crate::proto::topic::repo_marker(&r1);
         table.subscribed(&alice, repo_topic.clone());
-        let snap = table.snapshot(t0 + Duration::from_secs(5), &[(repo_topic, "r1".into())]);
+        let snap = table.snapshot(t0 + Duration::from_secs(5), &[(repo_topic, r1.clone())]);
         assert_eq!(snap.len(), 1);
         assert_eq!(snap[0].transport, "quic", "the first connection's transport");
         assert_eq!(snap[0].rtt_ms, Some(1.5));
-        assert_eq!(snap[0].repos, vec!["r1"]);
+        assert_eq!(snap[0].repos, vec![r1]);
         assert_eq!(snap[0].connected_secs, 5);
         assert_eq!(snap[0].name.as_deref(), Some("Alice"));
         assert!(!table.disconnected(&alice, c1));

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::envelope::Envelope;
+use super::repo::RepoId;
 
 pub const KIND: &str = "announce";
 /// Bounds on announcement fields: an announcement is a notice, not a transport for data.
@@ -12,20 +13,46 @@ pub const MAX_NAME: usize = 128;
 pub const MAX_REF: usize = 256;
 pub const MAX_PARENTS: usize = 16;
 
+/// A commit as peers are told about it: made by git (`git::RepoContext::commit_info`), carried
+/// in announcements and kept in the feed, in this one shape. The JSON names are the wire's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Announcement {
+pub struct Commit {
     /// Full ref name the commit was made on (`refs/heads/main`); None when HEAD was detached.
     pub ref_name: Option<String>,
-    pub commit: String,
+    #[serde(rename = "commit")]
+    pub id: String,
     pub parents: Vec<String>,
     /// The commit's author name.
     pub author: String,
     /// First line of the commit message.
     pub summary: String,
     /// Committer time, Unix seconds.
-    pub commit_time: i64,
+    #[serde(rename = "commit_time")]
+    pub time: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    #[serde(flatten)]
+    pub commit: Commit,
     /// The announcer's display name.
     pub name: Option<String>,
+}
+
+/// An announcement as received from a peer and kept in the repository's feed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FeedEntry {
+    pub repo: RepoId,
+    /// PeerId of the author (the envelope's signer).
+    pub peer: String,
+    /// The announcer's display name.
+    pub name: Option<String>,
+    #[serde(flatten)]
+    pub commit: Commit,
+    /// When the author announced it (Unix ms, the author's clock).
+    pub announced_at: u64,
+    /// When this node received it (Unix ms).
+    pub received_at: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -48,16 +75,16 @@ fn clip(s: &str, max: usize) -> String {
 
 impl Announcement {
     /// Builds an announcement, clipping free-text fields to their bounds.
-    pub fn new(commit: &crate::git::CommitInfo, name: Option<&str>) -> Self {
-        Self {
+    pub fn new(commit: Commit, name: Option<&str>) -> Self {
+        let commit = Commit {
             ref_name: commit.ref_name.as_deref().map(|r| clip(r, MAX_REF)),
-            commit: commit.id.clone(),
-            parents: commit.parents.iter().take(MAX_PARENTS).cloned().collect(),
-            author: clip(&commit.author_name, MAX_NAME),
+            id: commit.id,
+            parents: commit.parents.into_iter().take(MAX_PARENTS).collect(),
+            author: clip(&commit.author, MAX_NAME),
             summary: clip(&commit.summary, MAX_SUMMARY),
-            commit_time: commit.time,
-            name: name.map(|n| clip(n, MAX_NAME)),
-        }
+            time: commit.time,
+        };
+        Self { commit, name: name.map(|n| clip(n, MAX_NAME)) }
     }
 
     pub fn to_body(&self) -> String {
@@ -65,7 +92,7 @@ impl Announcement {
     }
 
     /// The announcement signed by `key` for repository `repo`, stamped `ts` (Unix ms).
-    pub fn sign(&self, key: &libp2p::identity::Keypair, repo: &str, ts: u64) -> Envelope {
+    pub fn sign(&self, key: &libp2p::identity::Keypair, repo: &RepoId, ts: u64) -> Envelope {
         Envelope::sign(key, KIND, repo, ts, self.to_body())
     }
 
@@ -82,17 +109,18 @@ impl Announcement {
 
     pub fn validate(&self) -> Result<(), AnnounceError> {
         use AnnounceError::Invalid;
-        if !is_object_id(&self.commit) {
+        let c = &self.commit;
+        if !is_object_id(&c.id) {
             return Err(Invalid("commit is not an object id"));
         }
-        if self.parents.len() > MAX_PARENTS || !self.parents.iter().all(|p| is_object_id(p)) {
+        if c.parents.len() > MAX_PARENTS || !c.parents.iter().all(|p| is_object_id(p)) {
             return Err(Invalid("bad parents"));
         }
         let text_ok = |s: &str, max: usize| s.chars().count() <= max && !s.chars().any(char::is_control);
-        if !text_ok(&self.summary, MAX_SUMMARY) || !text_ok(&self.author, MAX_NAME) {
+        if !text_ok(&c.summary, MAX_SUMMARY) || !text_ok(&c.author, MAX_NAME) {
             return Err(Invalid("summary or author too long or with control characters"));
         }
-        if let Some(r) = &self.ref_name {
+        if let Some(r) = &c.ref_name {
             if !r.starts_with("refs/") || !text_ok(r, MAX_REF) {
                 return Err(Invalid("bad ref name"));
             }
@@ -113,20 +141,33 @@ mod tests {
 
     fn sample() -> Announcement {
         Announcement {
-            ref_name: Some("refs/heads/main".into()),
-            commit: "a".repeat(40),
-            parents: vec!["b".repeat(40)],
-            author: "Alice".into(),
-            summary: "Fix the frobnicator".into(),
-            commit_time: 1_700_000_000,
+            commit: Commit {
+                ref_name: Some("refs/heads/main".into()),
+                id: "a".repeat(40),
+                parents: vec!["b".repeat(40)],
+                author: "Alice".into(),
+                summary: "Fix the frobnicator".into(),
+                time: 1_700_000_000,
+            },
             name: Some("alice".into()),
         }
+    }
+
+    fn repo() -> RepoId {
+        RepoId::try_from("c".repeat(40)).unwrap()
+    }
+
+    #[test]
+    fn the_wire_names_of_an_announcement_stay() {
+        let body: serde_json::Value = serde_json::from_str(&sample().to_body()).unwrap();
+        let names: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(names, ["author", "commit", "commit_time", "name", "parents", "ref_name", "summary"]);
     }
 
     #[test]
     fn announcements_round_trip_through_envelopes() {
         let key = Keypair::generate_ed25519();
-        let env = Envelope::sign(&key, KIND, &"c".repeat(40), 1, sample().to_body());
+        let env = Envelope::sign(&key, KIND, &repo(), 1, sample().to_body());
         assert_eq!(Announcement::from_envelope(&env).unwrap(), sample());
     }
 
@@ -134,13 +175,13 @@ mod tests {
     fn bad_announcements_are_refused() {
         type Mutation = fn(&mut Announcement);
         let cases: [(&str, Mutation); 8] = [
-            ("short commit", |a| a.commit = "abc".into()),
-            ("uppercase commit", |a| a.commit = "A".repeat(40)),
-            ("bad parent", |a| a.parents.push("zz".into())),
-            ("many parents", |a| a.parents = vec!["b".repeat(40); MAX_PARENTS + 1]),
-            ("long summary", |a| a.summary = "x".repeat(MAX_SUMMARY + 1)),
-            ("escape in summary", |a| a.summary = "\u{1b}[2J".into()),
-            ("ref outside refs/", |a| a.ref_name = Some("HEAD".into())),
+            ("short commit", |a| a.commit.id = "abc".into()),
+            ("uppercase commit", |a| a.commit.id = "A".repeat(40)),
+            ("bad parent", |a| a.commit.parents.push("zz".into())),
+            ("many parents", |a| a.commit.parents = vec!["b".repeat(40); MAX_PARENTS + 1]),
+            ("long summary", |a| a.commit.summary = "x".repeat(MAX_SUMMARY + 1)),
+            ("escape in summary", |a| a.commit.summary = "\u{1b}[2J".into()),
+            ("ref outside refs/", |a| a.commit.ref_name = Some("HEAD".into())),
             ("control in name", |a| a.name = Some("a\nb".into())),
         ];
         for (what, mutate) in cases {
@@ -149,9 +190,9 @@ mod tests {
             assert!(a.validate().is_err(), "{what}");
         }
         let key = Keypair::generate_ed25519();
-        let env = Envelope::sign(&key, "chat", "r", 1, sample().to_body());
+        let env = Envelope::sign(&key, "chat", &repo(), 1, sample().to_body());
         assert!(matches!(Announcement::from_envelope(&env), Err(AnnounceError::WrongKind(_))));
-        let env = Envelope::sign(&key, KIND, "r", 1, "{\"commit\":1}".into());
+        let env = Envelope::sign(&key, KIND, &repo(), 1, "{\"commit\":1}".into());
         assert!(matches!(Announcement::from_envelope(&env), Err(AnnounceError::Malformed(_))));
     }
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::announce::is_object_id;
 use super::envelope::Envelope;
+use super::repo::RepoId;
 
 pub const KIND: &str = "chat";
 /// Longest message, in characters. Longer input is refused, never split or cut.
@@ -23,6 +24,44 @@ pub struct ChatMessage {
     pub nonce: String,
 }
 
+/// A chat message as kept in a room's history and shown to readers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChatEntry {
+    pub room: String,
+    pub id: String,
+    /// PeerId of the author.
+    pub peer: String,
+    pub name: Option<String>,
+    pub text: String,
+    /// When the author sent it (Unix ms, the author's clock).
+    pub sent_at: u64,
+    /// When this node stored it (Unix ms).
+    pub received_at: u64,
+    /// Sent by this node's user.
+    pub own: bool,
+    /// Where it came from when not from a git-p2p peer: "nostr" for a plain Nostr comment
+    /// (then `peer` is the author's npub).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+}
+
+impl ChatEntry {
+    /// The entry for a verified room message signed by `author` (in envelope `env`).
+    pub fn new(env: &Envelope, author: libp2p::PeerId, message: ChatMessage, own: bool, received_at: u64) -> Self {
+        Self {
+            room: room_id(&env.repo, message.thread.as_deref()),
+            id: env.id(),
+            peer: author.to_string(),
+            name: message.name,
+            text: message.text,
+            sent_at: env.ts,
+            received_at,
+            own,
+            via: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChatError {
     #[error("not a chat message (kind {0:?})")]
@@ -38,7 +77,7 @@ pub enum ChatError {
 }
 
 /// The room a message belongs to.
-pub fn room_id(repo: &str, thread: Option<&str>) -> String {
+pub fn room_id(repo: &RepoId, thread: Option<&str>) -> String {
     match thread {
         Some(commit) => format!("{repo}/{commit}"),
         None => repo.to_string(),
@@ -118,6 +157,10 @@ mod tests {
         assert_eq!(tame("plain é 漢"), "plain é 漢");
     }
 
+    fn repo() -> RepoId {
+        RepoId::try_from("d".repeat(40)).unwrap()
+    }
+
     fn msg(text: &str) -> ChatMessage {
         ChatMessage { thread: None, text: text.into(), name: Some("alice".into()), nonce: "01".into() }
     }
@@ -126,10 +169,11 @@ mod tests {
     fn good_messages_pass_and_round_trip() {
         let key = libp2p::identity::Keypair::generate_ed25519();
         let m = ChatMessage { thread: Some("a".repeat(40)), ..msg("hi ✓ 世界\n\tindented? yes") };
-        let env = Envelope::sign(&key, KIND, "r", 1, m.to_body());
+        let r = repo();
+        let env = Envelope::sign(&key, KIND, &r, 1, m.to_body());
         assert_eq!(ChatMessage::from_envelope(&env).unwrap(), m);
-        assert_eq!(room_id("r", m.thread.as_deref()), format!("r/{}", "a".repeat(40)));
-        assert_eq!(room_id("r", None), "r");
+        assert_eq!(room_id(&r, m.thread.as_deref()), format!("{r}/{}", "a".repeat(40)));
+        assert_eq!(room_id(&r, None), r.as_str());
     }
 
     #[test]
@@ -143,7 +187,7 @@ mod tests {
         let bad_thread = ChatMessage { thread: Some("HEAD".into()), ..msg("x") };
         assert!(bad_thread.validate().is_err());
         let key = libp2p::identity::Keypair::generate_ed25519();
-        let env = Envelope::sign(&key, "announce", "r", 1, msg("x").to_body());
+        let env = Envelope::sign(&key, "announce", &repo(), 1, msg("x").to_body());
         assert!(matches!(ChatMessage::from_envelope(&env), Err(ChatError::WrongKind(_))));
     }
 }

@@ -9,6 +9,8 @@ use libp2p::identity::{Keypair, PublicKey};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
+use super::repo::RepoId;
+
 pub const ENVELOPE_VERSION: u32 = 1;
 /// Largest encoded envelope; bodies are announcements and chat lines, a few hundred bytes.
 pub const MAX_ENVELOPE: usize = 16 * 1024;
@@ -20,7 +22,7 @@ pub struct Envelope {
     pub v: u32,
     pub kind: String,
     /// Repo id (root commit, hex).
-    pub repo: String,
+    pub repo: RepoId,
     /// The author's libp2p public key, protobuf-encoded, hex.
     pub author: String,
     /// Unix milliseconds when the author signed.
@@ -64,11 +66,11 @@ fn signing_bytes(v: u32, kind: &str, repo: &str, author: &str, ts: u64, body: &s
 }
 
 impl Envelope {
-    pub fn sign(key: &Keypair, kind: &str, repo: &str, ts: u64, body: String) -> Self {
+    pub fn sign(key: &Keypair, kind: &str, repo: &RepoId, ts: u64, body: String) -> Self {
         let author = hex::encode(key.public().encode_protobuf());
-        let bytes = signing_bytes(ENVELOPE_VERSION, kind, repo, &author, ts, &body);
+        let bytes = signing_bytes(ENVELOPE_VERSION, kind, repo.as_str(), &author, ts, &body);
         let sig = hex::encode(key.sign(&bytes).expect("ed25519 signing cannot fail"));
-        Self { v: ENVELOPE_VERSION, kind: kind.to_string(), repo: repo.to_string(), author, ts, body, sig }
+        Self { v: ENVELOPE_VERSION, kind: kind.to_string(), repo: repo.clone(), author, ts, body, sig }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -107,7 +109,7 @@ impl Envelope {
         if hex::encode(&sig) != self.sig {
             return Err(EnvelopeError::BadSignature);
         }
-        let bytes = signing_bytes(self.v, &self.kind, &self.repo, &self.author, self.ts, &self.body);
+        let bytes = signing_bytes(self.v, &self.kind, self.repo.as_str(), &self.author, self.ts, &self.body);
         if !key.verify(&bytes, &sig) {
             return Err(EnvelopeError::BadSignature);
         }
@@ -125,10 +127,13 @@ mod tests {
     fn eve() -> Keypair {
         Keypair::ed25519_from_bytes([66u8; 32]).unwrap()
     }
+    fn ab() -> RepoId {
+        RepoId::try_from("ab".repeat(20)).unwrap()
+    }
 
     #[test]
     fn signed_envelopes_verify_and_round_trip() {
-        let env = Envelope::sign(&alice(), "announce", "ab", 7, r#"{"x":1}"#.into());
+        let env = Envelope::sign(&alice(), "announce", &ab(), 7, r#"{"x":1}"#.into());
         let decoded = Envelope::decode(&env.encode()).unwrap();
         assert_eq!(decoded, env);
         assert_eq!(decoded.verify().unwrap(), alice().public().to_peer_id());
@@ -136,14 +141,14 @@ mod tests {
 
     #[test]
     fn forged_and_tampered_envelopes_are_refused() {
-        let env = Envelope::sign(&alice(), "announce", "ab", 7, "{}".into());
+        let env = Envelope::sign(&alice(), "announce", &ab(), 7, "{}".into());
         // Eve signs but claims to be Alice.
-        let mut forged = Envelope::sign(&eve(), "announce", "ab", 7, "{}".into());
+        let mut forged = Envelope::sign(&eve(), "announce", &ab(), 7, "{}".into());
         forged.author = env.author.clone();
         assert_eq!(forged.verify(), Err(EnvelopeError::BadSignature));
         for tamper in [
             |e: &mut Envelope| e.body = r#"{"evil":1}"#.into(),
-            |e: &mut Envelope| e.repo = "cd".into(),
+            |e: &mut Envelope| e.repo = RepoId::try_from("cd".repeat(20)).unwrap(),
             |e: &mut Envelope| e.kind = "chat".into(),
             |e: &mut Envelope| e.ts += 1,
         ] {
@@ -173,7 +178,7 @@ mod tests {
         for junk in [&b""[..], b"{}", b"[1,2]", b"\xff\x00", b"{\"v\":1}"] {
             assert!(matches!(Envelope::decode(junk), Err(EnvelopeError::Malformed(_))), "{junk:?}");
         }
-        let mut env = Envelope::sign(&alice(), "announce", "ab", 7, "{}".into());
+        let mut env = Envelope::sign(&alice(), "announce", &ab(), 7, "{}".into());
         env.v = 2;
         assert_eq!(Envelope::decode(&env.encode()), Err(EnvelopeError::Version(2)));
     }

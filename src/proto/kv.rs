@@ -7,6 +7,8 @@ use libp2p::identity::{Keypair, PublicKey};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
+use super::repo::RepoId;
+
 /// Largest value; larger input is refused with a clear error (never truncated).
 pub const MAX_VALUE: usize = 8 * 1024;
 /// Longest user key, in bytes.
@@ -52,7 +54,7 @@ pub fn validate_key(key: &str) -> Result<(), KvError> {
 }
 
 /// The DHT key of a user key in a repository's namespace.
-pub fn record_key(repo: &str, key: &str) -> Vec<u8> {
+pub fn record_key(repo: &RepoId, key: &str) -> Vec<u8> {
     use sha2::Digest;
     sha2::Sha256::digest(format!("git-p2p/1/{repo}/{key}").as_bytes()).to_vec()
 }
@@ -91,7 +93,7 @@ fn optional(out: &mut Vec<u8>, v: Option<&str>) {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    pub repo: String,
+    pub repo: RepoId,
     pub key: String,
     pub entries: Vec<Entry>,
 }
@@ -117,7 +119,7 @@ impl Entry {
     /// Signs `value` (None: a tombstone) for `key` in `repo`.
     pub fn sign(
         key_pair: &Keypair,
-        repo: &str,
+        repo: &RepoId,
         key: &str,
         value: Option<&[u8]>,
         seq: u64,
@@ -129,7 +131,7 @@ impl Entry {
     /// Like [`Entry::sign`], naming the author.
     pub fn sign_as(
         key_pair: &Keypair,
-        repo: &str,
+        repo: &RepoId,
         key: &str,
         value: Option<&[u8]>,
         seq: u64,
@@ -147,7 +149,7 @@ impl Entry {
             npub: who.npub.filter(|n| n.len() <= 100),
         };
         let value = value.map(hex::encode);
-        let bytes = signing_bytes(repo, key, value.as_deref(), seq, ts, &who);
+        let bytes = signing_bytes(repo.as_str(), key, value.as_deref(), seq, ts, &who);
         let sig = hex::encode(key_pair.sign(&bytes).expect("ed25519 signing cannot fail"));
         Ok(Self { author: hex::encode(key_pair.public().encode_protobuf()), value, seq, ts, who, sig })
     }
@@ -156,7 +158,7 @@ impl Entry {
     /// must be in their one canonical form (lowercase hex, the key's own protobuf encoding):
     /// entries are told apart by author, so a second spelling of one author would pass as
     /// another author, outside the rollback check.
-    pub fn verify(&self, repo: &str, key: &str) -> Result<PeerId, KvError> {
+    pub fn verify(&self, repo: &RepoId, key: &str) -> Result<PeerId, KvError> {
         let bad = || KvError::BadSignature(self.author.chars().take(16).collect());
         let public =
             hex::decode(&self.author).ok().and_then(|b| PublicKey::try_decode_protobuf(&b).ok()).ok_or_else(bad)?;
@@ -177,7 +179,8 @@ impl Entry {
         if !name_ok || self.who.npub.as_ref().is_some_and(|n| n.len() > 100) {
             return Err(bad());
         }
-        if !public.verify(&signing_bytes(repo, key, self.value.as_deref(), self.seq, self.ts, &self.who), &sig) {
+        let bytes = signing_bytes(repo.as_str(), key, self.value.as_deref(), self.seq, self.ts, &self.who);
+        if !public.verify(&bytes, &sig) {
             return Err(bad());
         }
         Ok(public.to_peer_id())
@@ -189,8 +192,8 @@ impl Entry {
 }
 
 impl Record {
-    pub fn new(repo: &str, key: &str) -> Self {
-        Self { repo: repo.to_string(), key: key.to_string(), entries: Vec::new() }
+    pub fn new(repo: &RepoId, key: &str) -> Self {
+        Self { repo: repo.clone(), key: key.to_string(), entries: Vec::new() }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -199,14 +202,14 @@ impl Record {
 
     /// Decodes a record found under `dht_key` and checks it belongs there and to `repo`; every
     /// entry is verified. Used on incoming PUTs and on GET results.
-    pub fn decode(bytes: &[u8], repo: &str, dht_key: &[u8]) -> Result<Self, KvError> {
+    pub fn decode(bytes: &[u8], repo: &RepoId, dht_key: &[u8]) -> Result<Self, KvError> {
         let max = MAX_ENTRIES * (2 * MAX_VALUE + 1024) + 1024;
         if bytes.len() > max {
             return Err(KvError::Malformed(format!("{} bytes", bytes.len())));
         }
         let record: Self = serde_json::from_slice(bytes).map_err(|e| KvError::Malformed(e.to_string()))?;
         validate_key(&record.key)?;
-        if record.repo != repo || record_key(&record.repo, &record.key) != dht_key {
+        if record.repo != *repo || record_key(&record.repo, &record.key) != dht_key {
             return Err(KvError::WrongKey);
         }
         if record.entries.len() > MAX_ENTRIES {
@@ -223,7 +226,7 @@ impl Record {
     pub fn decode_any(bytes: &[u8], dht_key: &[u8]) -> Result<Self, KvError> {
         #[derive(Deserialize)]
         struct Head {
-            repo: String,
+            repo: RepoId,
         }
         let head: Head = serde_json::from_slice(bytes).map_err(|e| KvError::Malformed(e.to_string()))?;
         Self::decode(bytes, &head.repo, dht_key)
@@ -275,7 +278,9 @@ impl Record {
 mod tests {
     use super::*;
 
-    const REPO: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    fn repo() -> RepoId {
+        RepoId::try_from("a".repeat(40)).unwrap()
+    }
 
     fn alice() -> Keypair {
         Keypair::ed25519_from_bytes([1u8; 32]).unwrap()
@@ -285,12 +290,12 @@ mod tests {
     }
 
     fn entry(k: &Keypair, value: Option<&str>, seq: u64, ts: u64) -> Entry {
-        Entry::sign(k, REPO, "refs/heads/main", value.map(str::as_bytes), seq, ts).unwrap()
+        Entry::sign(k, &repo(), "refs/heads/main", value.map(str::as_bytes), seq, ts).unwrap()
     }
 
     #[test]
     fn an_old_entry_respelled_is_not_another_author() {
-        let mut r = Record::new(REPO, "refs/heads/main");
+        let mut r = Record::new(&repo(), "refs/heads/main");
         let old = entry(&alice(), Some("a1"), 1, 10);
         assert!(r.merge_entry(old.clone()).unwrap());
         assert!(r.merge_entry(entry(&alice(), Some("a2"), 2, 30)).unwrap());
@@ -308,7 +313,7 @@ mod tests {
 
     #[test]
     fn two_authors_keep_their_own_newest_value() {
-        let mut r = Record::new(REPO, "refs/heads/main");
+        let mut r = Record::new(&repo(), "refs/heads/main");
         assert!(r.merge_entry(entry(&alice(), Some("a1"), 1, 10)).unwrap());
         assert!(r.merge_entry(entry(&bob(), Some("b1"), 1, 20)).unwrap());
         assert!(r.merge_entry(entry(&alice(), Some("a2"), 2, 30)).unwrap());
@@ -318,7 +323,7 @@ mod tests {
 
     #[test]
     fn a_tombstone_hides_the_authors_older_value() {
-        let mut r = Record::new(REPO, "refs/heads/main");
+        let mut r = Record::new(&repo(), "refs/heads/main");
         r.merge_entry(entry(&alice(), Some("a1"), 1, 10)).unwrap();
         r.merge_entry(entry(&alice(), None, 2, 20)).unwrap();
         assert!(r.values().is_empty());
@@ -327,7 +332,7 @@ mod tests {
 
     #[test]
     fn forgeries_rollbacks_tampering_oversize_and_foreign_keys_are_refused() {
-        let mut r = Record::new(REPO, "refs/heads/main");
+        let mut r = Record::new(&repo(), "refs/heads/main");
         r.merge_entry(entry(&alice(), Some("a2"), 2, 10)).unwrap();
         assert!(matches!(r.merge_entry(entry(&alice(), Some("a1"), 1, 5)), Err(KvError::Rollback { .. })));
         let mut forged = entry(&bob(), Some("evil"), 9, 10);
@@ -337,33 +342,33 @@ mod tests {
         tampered.value = Some(hex::encode("a4"));
         assert!(matches!(r.merge_entry(tampered), Err(KvError::BadSignature(_))));
         let big = vec![b'x'; MAX_VALUE + 1];
-        assert_eq!(Entry::sign(&alice(), REPO, "k", Some(&big), 1, 1), Err(KvError::ValueTooLarge(MAX_VALUE + 1)));
+        assert_eq!(Entry::sign(&alice(), &repo(), "k", Some(&big), 1, 1), Err(KvError::ValueTooLarge(MAX_VALUE + 1)));
         // Signed for another key: does not verify under this one.
-        let other_key = Entry::sign(&alice(), REPO, "refs/heads/dev", Some(b"v"), 5, 1).unwrap();
+        let other_key = Entry::sign(&alice(), &repo(), "refs/heads/dev", Some(b"v"), 5, 1).unwrap();
         assert!(r.merge_entry(other_key).is_err());
         // A record stored under a key outside the repo's namespace.
         let bytes = r.encode();
         assert_eq!(
-            Record::decode(&bytes, REPO, &record_key("b".repeat(40).as_str(), "refs/heads/main")),
+            Record::decode(&bytes, &repo(), &record_key(&RepoId::try_from("b".repeat(40)).unwrap(), "refs/heads/main")),
             Err(KvError::WrongKey)
         );
-        assert_eq!(Record::decode(&bytes, REPO, &record_key(REPO, "refs/heads/main")).unwrap(), r);
-        assert!(matches!(Record::decode(b"{not json", REPO, b"k"), Err(KvError::Malformed(_))));
+        assert_eq!(Record::decode(&bytes, &repo(), &record_key(&repo(), "refs/heads/main")).unwrap(), r);
+        assert!(matches!(Record::decode(b"{not json", &repo(), b"k"), Err(KvError::Malformed(_))));
     }
 
     #[test]
     fn the_authors_name_and_npub_are_signed() {
         let who = Who { name: Some("Alice".into()), npub: Some("npub1alice".into()) };
-        let mut e = Entry::sign_as(&alice(), REPO, "k", Some(b"v"), 1, 1, who).unwrap();
-        assert!(e.verify(REPO, "k").is_ok());
+        let mut e = Entry::sign_as(&alice(), &repo(), "k", Some(b"v"), 1, 1, who).unwrap();
+        assert!(e.verify(&repo(), "k").is_ok());
         e.who.name = Some("Mallory".into());
-        assert!(e.verify(REPO, "k").is_err(), "a changed name breaks the signature");
+        assert!(e.verify(&repo(), "k").is_err(), "a changed name breaks the signature");
     }
 
     #[test]
     fn merging_copies_from_several_peers_converges() {
-        let mut one = Record::new(REPO, "refs/heads/main");
-        let mut two = Record::new(REPO, "refs/heads/main");
+        let mut one = Record::new(&repo(), "refs/heads/main");
+        let mut two = Record::new(&repo(), "refs/heads/main");
         one.merge_entry(entry(&alice(), Some("a1"), 1, 1)).unwrap();
         one.merge_entry(entry(&bob(), Some("b2"), 2, 2)).unwrap();
         two.merge_entry(entry(&alice(), Some("a3"), 3, 3)).unwrap();
@@ -381,7 +386,7 @@ mod tests {
         assert_eq!(validate_key(""), Err(KvError::EmptyKey));
         assert_eq!(validate_key("a\u{1b}b"), Err(KvError::KeyControl));
         assert_eq!(validate_key(&"k".repeat(MAX_KEY + 1)), Err(KvError::KeyTooLong(MAX_KEY + 1)));
-        let mut r = Record::new(REPO, "refs/heads/main");
+        let mut r = Record::new(&repo(), "refs/heads/main");
         for i in 0..(MAX_ENTRIES as u64 + 5) {
             let k = Keypair::generate_ed25519();
             r.merge_entry(entry(&k, Some("v"), 1, 100 + i)).unwrap();

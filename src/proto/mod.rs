@@ -4,4 +4,6 @@ pub mod announce;
 pub mod chat;
 pub mod envelope;
 pub mod kv;
+pub mod outbox;
+pub mod repo;
 pub mod topic;

@@ -6,27 +6,29 @@
 
 use libp2p::gossipsub::{Sha256Topic, TopicHash};
 
+use super::repo::RepoId;
+
 /// Version of the topic naming scheme; bumped if message formats change incompatibly.
 /// 2: gossip messages are anonymous (the envelope inside is what is signed).
 pub const TOPIC_VERSION: u32 = 2;
 
 /// The topic on which commits of a repository are announced.
-pub fn commits(repo_id: &str) -> Sha256Topic {
+pub fn commits(repo_id: &RepoId) -> Sha256Topic {
     Sha256Topic::new(format!("git-p2p/{TOPIC_VERSION}/{repo_id}/commits"))
 }
 
 /// The repository's chat room.
-pub fn chat(repo_id: &str) -> Sha256Topic {
+pub fn chat(repo_id: &RepoId) -> Sha256Topic {
     Sha256Topic::new(format!("git-p2p/{TOPIC_VERSION}/{repo_id}/chat"))
 }
 
 /// The chat thread about one commit.
-pub fn commit_thread(repo_id: &str, commit_id: &str) -> Sha256Topic {
+pub fn commit_thread(repo_id: &RepoId, commit_id: &str) -> Sha256Topic {
     Sha256Topic::new(format!("git-p2p/{TOPIC_VERSION}/{repo_id}/chat/{commit_id}"))
 }
 
 /// The hash under which peers subscribe to a repo's commits; used to tell which repos a peer has.
-pub fn repo_marker(repo_id: &str) -> TopicHash {
+pub fn repo_marker(repo_id: &RepoId) -> TopicHash {
     commits(repo_id).hash()
 }
 
@@ -36,15 +38,19 @@ mod tests {
 
     #[test]
     fn topics_are_distinct_stable_and_hide_the_repo_id() {
-        let repo = "a".repeat(40);
-        let other = "b".repeat(40);
-        let hashes =
-            [commits(&repo).hash(), chat(&repo).hash(), commit_thread(&repo, &other).hash(), commits(&other).hash()];
+        let repo = RepoId::try_from("a".repeat(40)).unwrap();
+        let other = RepoId::try_from("b".repeat(40)).unwrap();
+        let hashes = [
+            commits(&repo).hash(),
+            chat(&repo).hash(),
+            commit_thread(&repo, other.as_str()).hash(),
+            commits(&other).hash(),
+        ];
         for (i, a) in hashes.iter().enumerate() {
             for b in &hashes[i + 1..] {
                 assert_ne!(a, b);
             }
-            assert!(!a.as_str().contains(&repo), "hashed on the wire");
+            assert!(!a.as_str().contains(repo.as_str()), "hashed on the wire");
         }
         assert_eq!(commits(&repo).hash(), repo_marker(&repo), "same input, same topic");
     }

@@ -7,7 +7,9 @@ use std::collections::HashSet;
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use unicode_width::UnicodeWidthChar;
 
-use crate::control::proto::{ChatEntry, FeedEntry, PeerInfo};
+use crate::control::proto::PeerInfo;
+use crate::proto::announce::FeedEntry;
+use crate::proto::chat::ChatEntry;
 use crate::proto::chat::MAX_TEXT;
 
 /// Items kept in the timeline; older ones scroll out of memory (history stays in the node).
@@ -29,7 +31,7 @@ impl Item {
     fn key(&self) -> String {
         match self {
             Item::Chat(m) => m.id.clone(),
-            Item::Commit(c) => format!("{}/{}", c.commit, c.peer),
+            Item::Commit(c) => format!("{}/{}", c.commit.id, c.peer),
         }
     }
 }

@@ -11,9 +11,10 @@ pub mod view;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::control::proto::{RepoInfo, Request, Response};
+use crate::control::proto::{Request, Response};
 use crate::control::Client;
 use crate::paths::Paths;
+use crate::proto::repo::RepoInfo;
 use app::{Action, App, Header, Item, Msg};
 
 /// How often the peers pane and count are refreshed.

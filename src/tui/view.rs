@@ -86,18 +86,19 @@ pub fn item_rows(item: &Item, width: usize) -> Vec<Line<'static>> {
             }
             rows
         }
-        Item::Commit(c) => {
+        Item::Commit(entry) => {
+            let c = &entry.commit;
             let branch =
                 c.ref_name.as_deref().map(|r| r.strip_prefix("refs/heads/").unwrap_or(r)).unwrap_or("(detached)");
             let card = Style::default().fg(Color::Yellow);
-            let who = inert(c.name.as_deref().unwrap_or(&c.author));
+            let who = inert(entry.name.as_deref().unwrap_or(&c.author));
             let title = format!(
                 "{} ┌ commit {} on {} by {} (..{})",
-                hhmm(c.announced_at),
-                &c.commit[..c.commit.len().min(10)],
+                hhmm(entry.announced_at),
+                &c.id[..c.id.len().min(10)],
                 inert(branch),
                 who,
-                short(&c.peer)
+                short(&entry.peer)
             );
             let mut rows: Vec<Line<'static>> = wrap(&title, width).into_iter().map(|r| Line::styled(r, card)).collect();
             for part in wrap(&inert(&c.summary), width.saturating_sub(8).max(10)) {
@@ -226,7 +227,8 @@ mod tests {
     use ratatui::Terminal;
 
     use super::*;
-    use crate::control::proto::{ChatEntry, FeedEntry};
+    use crate::proto::announce::FeedEntry;
+    use crate::proto::chat::ChatEntry;
     use crate::tui::app::{Header, Msg};
 
     const T0: u64 = 1_700_000_000_000; // 22:13 UTC
@@ -247,15 +249,17 @@ mod tests {
 
     fn commit(at: u64) -> FeedEntry {
         FeedEntry {
-            repo: "r".into(),
+            repo: crate::proto::repo::RepoId::try_from("f".repeat(40)).unwrap(),
             peer: "12D3KooWbobPEER".into(),
             name: Some("bob".into()),
-            ref_name: Some("refs/heads/main".into()),
-            commit: "0123456789abcdef0123456789abcdef01234567".into(),
-            parents: vec![],
-            author: "Bob".into(),
-            summary: "Fix the frobnicator".into(),
-            commit_time: 0,
+            commit: crate::proto::announce::Commit {
+                ref_name: Some("refs/heads/main".into()),
+                id: "0123456789abcdef0123456789abcdef01234567".into(),
+                parents: vec![],
+                author: "Bob".into(),
+                summary: "Fix the frobnicator".into(),
+                time: 0,
+            },
             announced_at: at,
             received_at: at,
         }

@@ -8,12 +8,14 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use git_p2p::control::proto::{ChatEntry, Request, Response};
+use git_p2p::control::proto::{Request, Response};
 use git_p2p::control::Client;
 use git_p2p::paths::Paths;
 use git_p2p::proto::announce::{Announcement, KIND};
+use git_p2p::proto::chat::ChatEntry;
 use git_p2p::proto::chat::{self, ChatMessage};
 use git_p2p::proto::envelope::Envelope;
+use git_p2p::proto::repo::RepoId;
 use git_p2p::proto::topic;
 use libp2p::futures::StreamExt;
 use libp2p::gossipsub::{self, Sha256Topic, TopicHash};
@@ -197,12 +199,14 @@ fn now_ms() -> u64 {
 fn announcement(summary: &str) -> Announcement {
     use sha2::Digest;
     Announcement {
-        ref_name: Some("refs/heads/main".into()),
-        commit: hex::encode(&sha2::Sha256::digest(summary.as_bytes())[..20]),
-        parents: vec!["b".repeat(40)],
-        author: "Eve".into(),
-        summary: summary.into(),
-        commit_time: 1_700_000_000,
+        commit: git_p2p::proto::announce::Commit {
+            ref_name: Some("refs/heads/main".into()),
+            id: hex::encode(&sha2::Sha256::digest(summary.as_bytes())[..20]),
+            parents: vec!["b".repeat(40)],
+            author: "Eve".into(),
+            summary: summary.into(),
+            time: 1_700_000_000,
+        },
         name: Some("eve".into()),
     }
 }
@@ -212,9 +216,9 @@ type Bad = (&'static str, Vec<u8>);
 
 /// The bad messages, each distinct and each with an `EVIL-` marker where it has a summary; and,
 /// apart, the oversized one (bob's gossipsub drops the stream it came on).
-fn bad_messages(eve: &Keypair, repo_id: &str) -> (Vec<Bad>, Bad) {
+fn bad_messages(eve: &Keypair, repo_id: &RepoId) -> (Vec<Bad>, Bad) {
     let ts = now_ms();
-    let signed = |repo: &str, a: &Announcement| Envelope::sign(eve, KIND, repo, ts, a.to_body());
+    let signed = |repo: &RepoId, a: &Announcement| Envelope::sign(eve, KIND, repo, ts, a.to_body());
     let mallory = Keypair::generate_ed25519();
 
     // 1. Forged: signed by eve, claiming another author.
@@ -228,12 +232,12 @@ fn bad_messages(eve: &Keypair, repo_id: &str) -> (Vec<Bad>, Bad) {
     assert!(tampered.verify().is_err(), "the tampered envelope does not verify");
 
     // 5. Off-topic: valid announcement for another repo, sent on bob's repo topic.
-    let off_topic = signed(&"e".repeat(40), &announcement("EVIL-5 another repo"));
+    let off_topic = signed(&RepoId::try_from("e".repeat(40)).expect("a repo id"), &announcement("EVIL-5 another repo"));
     assert!(off_topic.verify().is_ok());
 
     // 6. Out of bounds: valid signature, fails validate().
     let mut bad_commit = announcement("EVIL-6a bad commit id");
-    bad_commit.commit = "xyz".into();
+    bad_commit.commit.id = "xyz".into();
     let escape = announcement("EVIL-6b \u{1b}[2J escape");
     for a in [&bad_commit, &escape] {
         assert!(a.validate().is_err(), "{a:?} is out of bounds");
@@ -267,7 +271,7 @@ fn bad_messages(eve: &Keypair, repo_id: &str) -> (Vec<Bad>, Bad) {
 struct Bob {
     bob: Node,
     repo: std::path::PathBuf,
-    repo_id: String,
+    repo_id: RepoId,
     peer: PeerId,
     pid: i32,
 }
@@ -277,7 +281,8 @@ fn bob() -> Bob {
     bob.start();
     let repo = bob.repo("proj", 1);
     bob.ok_in(&repo, &["init"]);
-    let repo_id = bob.git(&repo, &["rev-list", "--max-parents=0", "HEAD"]).trim().to_string();
+    let repo_id = RepoId::try_from(bob.git(&repo, &["rev-list", "--max-parents=0", "HEAD"]).trim())
+        .expect("the root commit is a repo id");
     let peer = bob.peer_id().parse().expect("bob's peer id");
     let pid = bob.pid().expect("bob's node runs");
     Bob { bob, repo, repo_id, peer, pid }
@@ -352,7 +357,7 @@ fn wait_for_honest(
     bob: &Node,
     repo: &std::path::Path,
     eve: &Eve,
-    repo_id: &str,
+    repo_id: &RepoId,
     summary: &str,
     mut reconnect_after: Option<Duration>,
 ) -> String {
@@ -391,7 +396,7 @@ const CHAT_RATE: f64 = 20.0;
 const FLOOD: usize = 1000;
 
 /// A chat message in the repository's room, signed by `key`; `nonce` makes it distinct.
-fn chat_message(key: &Keypair, repo_id: &str, text: &str, nonce: u64) -> Vec<u8> {
+fn chat_message(key: &Keypair, repo_id: &RepoId, text: &str, nonce: u64) -> Vec<u8> {
     let message =
         ChatMessage { thread: None, text: text.into(), name: Some("eve".into()), nonce: format!("{nonce:016x}") };
     Envelope::sign(key, chat::KIND, repo_id, now_ms(), message.to_body()).encode()
@@ -410,7 +415,7 @@ fn chat_history(bob: &Node, room: &str) -> Vec<ChatEntry> {
 
 /// Publishes chat `text` from eve until bob's `chat --tail --json` lists it (re-sent every 3 s
 /// with a new nonce, so new bytes).
-fn wait_for_chat(bob: &Node, repo: &std::path::Path, eve: &Eve, repo_id: &str, text: &str) {
+fn wait_for_chat(bob: &Node, repo: &std::path::Path, eve: &Eve, repo_id: &RepoId, text: &str) {
     let eve_peer = eve.peer_id().to_string();
     let mut last_sent: Option<Instant> = None;
     eventually(Duration::from_secs(60), &format!("{text:?} from eve in bob's chat"), || {
@@ -481,7 +486,7 @@ fn a_flood_of_chat_messages_is_rate_limited() {
     // What bob stored of it is bounded by the bucket (checked over the whole history, and again
     // at the end, when anything still queued at bob has long been processed).
     let check_history = |when: &str| {
-        let history = chat_history(&bob, &repo_id);
+        let history = chat_history(&bob, repo_id.as_str());
         let bound = CHAT_BURST + CHAT_RATE * flood_start.elapsed().as_secs_f64() + 1.0;
         let flood = flood_numbers(&history, &eve_peer);
         let stored: Vec<_> = history.iter().filter(|m| m.text.starts_with("flood ")).map(|m| m.received_at).collect();

@@ -9,12 +9,12 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use git_p2p::control::proto::{self as control, RepoInfo, Request, RequestFrame, PROTOCOL_VERSION};
-use git_p2p::git::CommitInfo;
-use git_p2p::proto::announce::{self, Announcement};
+use git_p2p::control::proto::{self as control, Request, RequestFrame, PROTOCOL_VERSION};
+use git_p2p::proto::announce::{self, Announcement, Commit};
 use git_p2p::proto::chat::{self, ChatMessage};
 use git_p2p::proto::envelope::Envelope;
 use git_p2p::proto::kv::{record_key, Entry, Record, Who};
+use git_p2p::proto::repo::{RepoId, RepoInfo};
 use git_p2p::spool::Note;
 use libp2p::identity::Keypair;
 use serde_json::Value;
@@ -46,6 +46,9 @@ impl Rng {
     }
     fn hex_id(&mut self) -> String {
         hex::encode(self.bytes(20))
+    }
+    fn repo_id(&mut self) -> RepoId {
+        RepoId::try_from(self.hex_id()).expect("40 lowercase hex digits are a repo id")
     }
     /// Text from a palette that reaches the edge cases: control characters, escapes, quotes,
     /// multi-byte and wide characters, JSON syntax.
@@ -200,11 +203,11 @@ fn no_panic(what: &str, input: &[u8], check: impl FnOnce()) {
     }
 }
 
-fn random_commit(rng: &mut Rng) -> CommitInfo {
-    CommitInfo {
+fn random_commit(rng: &mut Rng) -> Commit {
+    Commit {
         id: rng.hex_id(),
         parents: (0..rng.below(20)).map(|_| rng.hex_id()).collect(),
-        author_name: rng.text(200),
+        author: rng.text(200),
         summary: rng.text(400),
         time: rng.next() as i64,
         ref_name: rng.chance(4).then(|| format!("refs/heads/{}", rng.text(300))),
@@ -223,9 +226,9 @@ fn random_chat(rng: &mut Rng) -> ChatMessage {
 /// A signed envelope of a random kind and body: an announcement, a chat message or anything.
 fn random_envelope(rng: &mut Rng) -> Envelope {
     let key = rng.key();
-    let repo = rng.hex_id();
+    let repo = rng.repo_id();
     let (kind, body) = match rng.below(3) {
-        0 => (announce::KIND.to_string(), Announcement::new(&random_commit(rng), Some(&rng.text(10))).to_body()),
+        0 => (announce::KIND.to_string(), Announcement::new(random_commit(rng), Some(&rng.text(10))).to_body()),
         1 => (chat::KIND.to_string(), random_chat(rng).to_body()),
         _ => (rng.text(8), serde_json::to_string(&rng.text(30)).expect("a string serialises")),
     };
@@ -238,9 +241,9 @@ fn announcements_built_from_any_commit_are_valid_and_round_trip() {
     for _ in 0..cases() * 4 {
         let commit = random_commit(&mut rng);
         let name = rng.text(200);
-        let built = Announcement::new(&commit, Some(&name));
+        let built = Announcement::new(commit.clone(), Some(&name));
         assert_eq!(built.validate(), Ok(()), "seed {}: {commit:?}", seed());
-        let env = built.sign(&rng.key(), &rng.hex_id(), 1);
+        let env = built.sign(&rng.key(), &rng.repo_id(), 1);
         assert_eq!(Announcement::from_envelope(&env), Ok(built));
     }
 }
@@ -271,7 +274,7 @@ fn envelopes_round_trip_and_no_mutation_panics_or_verifies_as_another_message() 
 fn kv_records_round_trip_and_no_mutation_panics_or_verifies_as_another_entry() {
     let mut rng = Rng(seed());
     for _ in 0..cases() / 2 {
-        let repo = rng.hex_id();
+        let repo = rng.repo_id();
         let key = format!("refs/heads/{}", hex::encode(rng.bytes(3)));
         let mut record = Record::new(&repo, &key);
         for _ in 0..1 + rng.below(3) {
@@ -320,7 +323,7 @@ fn kv_records_round_trip_and_no_mutation_panics_or_verifies_as_another_entry() {
 fn control_frames_round_trip_and_no_mutation_panics_a_decoder() {
     let mut rng = Rng(seed());
     for i in 0..cases() {
-        let repo = RepoInfo { id: rng.hex_id(), name: rng.text(20), git_dir: rng.chance(2).then(|| rng.text(30)) };
+        let repo = RepoInfo { id: rng.repo_id(), name: rng.text(20), git_dir: rng.chance(2).then(|| rng.text(30)) };
         let req = match i % 5 {
             0 => Request::ChatSend { repo, envelope: random_envelope(&mut rng), thread: None },
             1 => Request::Announce { repo, envelope: random_envelope(&mut rng) },
@@ -374,7 +377,7 @@ fn relay_comments_of_any_shape_are_read_or_ignored() {
     use nostr::{EventBuilder, Keys, Kind, Tag, TagKind, Timestamp};
     let mut rng = Rng(seed());
     let keys = Keys::generate();
-    let repo = rng.hex_id();
+    let repo = rng.repo_id();
     let repos = [(repo.clone(), "proj".to_string())];
     let scope = Scope { owner: keys.public_key(), identifier: "proj".into(), euc: repo.clone() };
     for _ in 0..cases() {
@@ -390,7 +393,7 @@ fn relay_comments_of_any_shape_are_read_or_ignored() {
                 let name = names[rng.below(names.len())];
                 let values: Vec<String> = (0..rng.below(3))
                     .map(|_| match rng.below(4) {
-                        0 => repo.clone(),
+                        0 => repo.to_string(),
                         1 => format!("30617:{}:proj", keys.public_key().to_hex()),
                         2 => format!("30617:{}", rng.text(10)),
                         _ => rng.text(20),
@@ -413,8 +416,8 @@ fn relay_comments_of_any_shape_are_read_or_ignored() {
 
 #[test]
 fn a_damaged_spool_file_is_set_aside_never_lost() {
+    use git_p2p::proto::outbox::OutboxEntry;
     use git_p2p::spool::{self, Item};
-    use git_p2p::store::OutboxEntry;
     let mut rng = Rng(seed());
     for _ in 0..cases() / 10 {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use tokio::sync::oneshot;
 
 use super::{EventLoop, SyncJob};
-use crate::control::proto::RepoInfo;
 use crate::proto::announce::Announcement;
-use crate::store::OutboxEntry;
+use crate::proto::outbox::OutboxEntry;
+use crate::proto::repo::RepoInfo;
 
 impl EventLoop {
     /// From a repository's registration on, the hook's notes are read against its HEAD reflog:
@@ -19,7 +19,7 @@ impl EventLoop {
         let Some(dir) = &repo.git_dir else { return };
         // Through the cache: the hook's notes for this repository will find it open.
         match self.open_repos.open(std::path::Path::new(dir)) {
-            Ok(ctx) if ctx.repo_id.as_str() == repo.id => {
+            Ok(ctx) if ctx.repo_id == repo.id => {
                 let key = ctx.reflog_key();
                 if matches!(self.store.reflog_pos(&key), Ok(Some(_))) {
                     return;
@@ -87,10 +87,10 @@ impl EventLoop {
             }
             let mut info = ctx.commit_info(&commit.id).map_err(|e| e.to_string())?;
             info.ref_name = commit.ref_name.or_else(|| head_ref.clone());
-            let envelope = Announcement::new(&info, ctx.user_name.as_deref()).sign(
+            let envelope = Announcement::new(info, ctx.user_name.as_deref()).sign(
                 &self.info.key,
                 &repo.id,
-                crate::store::unix_now_ms(),
+                crate::clock::unix_now_ms(),
             );
             self.queue_announcement(OutboxEntry { repo: repo.clone(), envelope, thread: None }, false)
                 .map_err(|e| e.to_string())?;
