@@ -146,7 +146,9 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
 /// Our gossip path against bare rust-libp2p: one message at a time from node A to node B.
 /// Ours: a signed chat message through A's control socket, validated, stored and streamed to a
 /// follower of B. Bare: two gossipsub swarms (same libp2p, TCP, same gossipsub settings) in this
-/// process, publish → `Message` event. The ratio is our overhead over the stack.
+/// process, publish → `Message` event; then in two processes, unsigned as ours and with
+/// gossipsub's signatures (the crypto work ours does in its envelopes). The ratios are our
+/// overhead over the stack.
 fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
     use git_p2p::control::proto::Request;
     use git_p2p::control::Client;
@@ -201,10 +203,12 @@ fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
         socket.push(ms(t.elapsed()));
     }
     let bare = bare_gossip(count);
-    let bare_processes = bare_gossip_processes(count);
+    let bare_processes = bare_gossip_processes(count, Signing::Anonymous);
+    let bare_signed = bare_gossip_processes(count, Signing::Signed);
     let ratio = vec![median(&ours) / median(&bare)];
     let node_to_node: Vec<f64> = vec![(median(&ours) - median(&socket)).max(0.0)];
     let ratio_processes = vec![node_to_node[0] / median(&bare_processes)];
+    let ratio_signed = vec![node_to_node[0] / median(&bare_signed)];
     metrics.push(Metric { name: "gossip_2_nodes_ours", unit: "ms", samples: ours, nodes: 2, goal: "(vs bare)" });
     metrics.push(Metric { name: "gossip_socket_rtt", unit: "ms", samples: socket, nodes: 1, goal: "(part of ours)" });
     metrics.push(Metric {
@@ -228,6 +232,13 @@ fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
         nodes: 2,
         goal: "(floor, 2 processes)",
     });
+    metrics.push(Metric {
+        name: "gossip_bare_2_processes_signed",
+        unit: "ms",
+        samples: bare_signed,
+        nodes: 2,
+        goal: "(floor, 2 processes, signed)",
+    });
     metrics.push(Metric { name: "gossip_ratio_p50", unit: "x", samples: ratio, nodes: 2, goal: "<= 1.2x" });
     metrics.push(Metric {
         name: "gossip_ratio_node_to_node",
@@ -235,6 +246,13 @@ fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
         samples: ratio_processes,
         nodes: 2,
         goal: "<= 1.2x (vs 2 processes)",
+    });
+    metrics.push(Metric {
+        name: "gossip_ratio_node_to_node_signed",
+        unit: "x",
+        samples: ratio_signed,
+        nodes: 2,
+        goal: "<= 1.5x (vs signed pair)",
     });
 }
 
@@ -244,35 +262,74 @@ fn median(v: &[f64]) -> f64 {
     s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// Two bare gossipsub swarms on loopback TCP; `count` publish → receive latencies.
-/// A bare gossipsub swarm configured as our nodes' gossip is (anonymous messages, content ids,
-/// same heartbeat), with nothing of ours on top.
+/// A bare gossipsub swarm's message authenticity.
+#[derive(Clone, Copy)]
+enum Signing {
+    /// As our nodes' gossip: no gossipsub signature (ours signs an envelope instead).
+    Anonymous,
+    /// Gossipsub's own signatures, checked strictly on every copy: the crypto work ours does.
+    Signed,
+}
+
+impl Signing {
+    /// The argument after `--bare-child` that selects it in a child process.
+    fn arg(self) -> &'static str {
+        match self {
+            Signing::Anonymous => "anonymous",
+            Signing::Signed => "signed",
+        }
+    }
+
+    fn from_arg(arg: Option<&str>) -> Self {
+        match arg {
+            Some("anonymous") => Signing::Anonymous,
+            Some("signed") => Signing::Signed,
+            other => panic!("--bare-child anonymous|signed, not {other:?}"),
+        }
+    }
+}
+
 type BareGossip =
     libp2p::gossipsub::Behaviour<libp2p::gossipsub::IdentityTransform, libp2p::gossipsub::AllowAllSubscriptionFilter>;
 
-fn bare_swarm() -> libp2p::Swarm<BareGossip> {
+/// A bare gossipsub swarm configured as our nodes' gossip is (content ids, same heartbeat), with
+/// nothing of ours on top; `signing` says whether gossipsub signs and checks messages itself.
+fn bare_swarm(signing: Signing) -> libp2p::Swarm<BareGossip> {
     use libp2p::{gossipsub, noise, tcp, yamux};
     libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .expect("tcp")
-        .with_behaviour(|_| {
+        .with_behaviour(|key| {
+            let (authenticity, validation) = match signing {
+                Signing::Anonymous => (gossipsub::MessageAuthenticity::Anonymous, gossipsub::ValidationMode::Anonymous),
+                Signing::Signed => {
+                    (gossipsub::MessageAuthenticity::Signed(key.clone()), gossipsub::ValidationMode::Strict)
+                }
+            };
             let config = gossipsub::ConfigBuilder::default()
                 .heartbeat_initial_delay(Duration::from_millis(500))
                 .heartbeat_interval(Duration::from_secs(1))
-                .validation_mode(gossipsub::ValidationMode::Anonymous)
+                .validation_mode(validation)
                 .message_id_fn(git_p2p::node::behaviour::message_id)
                 .build()
                 .expect("config");
             gossipsub::Behaviour::<gossipsub::IdentityTransform, gossipsub::AllowAllSubscriptionFilter>::new(
-                gossipsub::MessageAuthenticity::Anonymous,
+                authenticity,
                 config,
             )
             .expect("gossipsub")
         })
         .expect("behaviour")
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        // Our nodes keep idle connections for an hour; gossipsub keeps only its mesh's alive, so a
+        // shorter timeout would thin the bare network's full mesh of connections during a slow run.
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
         .build()
+}
+
+/// The payload of bare message `i`: `g<i> ` and `padding` bytes; receivers report it by `i`.
+fn bare_message(i: usize, padding: usize) -> Vec<u8> {
+    format!("g{i} {}", "x".repeat(padding)).into_bytes()
 }
 
 /// CLOCK_MONOTONIC in ns: one clock for every process of this machine.
@@ -292,7 +349,7 @@ fn bare_gossip(count: usize) -> Vec<f64> {
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async move {
-        let (mut a, mut b) = (bare_swarm(), bare_swarm());
+        let (mut a, mut b) = (bare_swarm(Signing::Anonymous), bare_swarm(Signing::Anonymous));
         let topic = gossipsub::IdentTopic::new("bench");
         a.behaviour_mut().subscribe(&topic).expect("subscribe");
         b.behaviour_mut().subscribe(&topic).expect("subscribe");
@@ -316,9 +373,8 @@ fn bare_gossip(count: usize) -> Vec<f64> {
         }
         let mut out = Vec::new();
         for i in 0..=count {
-            let data = format!("g{i} {}", "x".repeat(600)).into_bytes();
             let t = Instant::now();
-            if a.behaviour_mut().publish(topic.clone(), data).is_err() {
+            if a.behaviour_mut().publish(topic.clone(), bare_message(i, 600)).is_err() {
                 continue;
             }
             let received = tokio::time::timeout(Duration::from_secs(10), async {
@@ -340,75 +396,172 @@ fn bare_gossip(count: usize) -> Vec<f64> {
     })
 }
 
-/// The receiving side of [`bare_gossip_processes`], run as `harness --bare-child`: prints its
-/// address, then `R <i> <monotonic ns>` for every message `g<i> ...` it receives.
-fn bare_child() {
+/// A line a bare child prints on stdout (after its `ADDR` line).
+enum ChildReport {
+    /// `R <i> <ns>`: it received message `i` at monotonic time `ns`.
+    Received(usize, u64),
+    /// `P <i> <ns>`: it published message `i` at `ns` (just before signing and sending).
+    Published(usize, u64),
+    /// `S <n>`: it knows of `n` connected peers subscribed to the topic.
+    Subscribed(usize),
+}
+
+impl ChildReport {
+    fn parse(line: &str) -> Option<Self> {
+        let mut parts = line.split(' ');
+        let (kind, n) = (parts.next()?, parts.next()?.parse().ok()?);
+        let at = parts.next().and_then(|at| at.parse().ok());
+        match kind {
+            "R" => Some(ChildReport::Received(n, at?)),
+            "P" => Some(ChildReport::Published(n, at?)),
+            "S" => Some(ChildReport::Subscribed(n)),
+            _ => None,
+        }
+    }
+}
+
+/// A bare gossipsub node, run as `harness --bare-child <signing>`: listens on loopback, prints
+/// `ADDR <address>`, subscribes to the topic and prints [`ChildReport`] lines. Commands come on
+/// stdin: `DIAL <address>`, `PUB <i> <padding>` (publish [`bare_message`] `i`). It exits when its
+/// stdin closes, so that it does not outlive the harness whatever happens to the harness.
+fn bare_child(signing: Signing) {
     use libp2p::futures::StreamExt;
     use libp2p::gossipsub;
     use libp2p::swarm::SwarmEvent;
     use std::io::Write;
 
+    // The runtime has no async stdin (tokio's io-std is off): a thread reads it.
+    let (tx, mut commands) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async move {
-        let mut b = bare_swarm();
-        b.behaviour_mut().subscribe(&gossipsub::IdentTopic::new("bench")).expect("subscribe");
+        let mut b = bare_swarm(signing);
+        let topic = gossipsub::IdentTopic::new("bench");
+        b.behaviour_mut().subscribe(&topic).expect("subscribe");
         b.listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr")).expect("listen");
         let mut out = std::io::stdout().lock();
         loop {
-            match b.select_next_some().await {
-                SwarmEvent::NewListenAddr { address, .. } => {
-                    let _ = writeln!(out, "ADDR {address}/p2p/{}", b.local_peer_id());
-                    let _ = out.flush();
-                }
-                SwarmEvent::Behaviour(gossipsub::Event::Message { message, .. }) => {
-                    let at = monotonic_ns();
-                    let text = String::from_utf8_lossy(&message.data);
-                    if let Some(i) = text.strip_prefix('g').and_then(|t| t.split(' ').next()) {
-                        if writeln!(out, "R {i} {at}").and_then(|_| out.flush()).is_err() {
-                            return;
+            let line = tokio::select! {
+                command = commands.recv() => {
+                    let Some(command) = command else { return };
+                    match command.split_once(' ') {
+                        Some(("DIAL", addr)) => {
+                            b.dial(addr.parse::<libp2p::Multiaddr>().expect("multiaddr")).expect("dial");
                         }
+                        Some(("PUB", args)) => {
+                            let (i, padding) = args.split_once(' ').expect("PUB <i> <padding>");
+                            let (i, padding) = (i.parse().expect("i"), padding.parse().expect("padding"));
+                            let at = monotonic_ns();
+                            // Reported only once published: the harness counts a failure as lost.
+                            match b.behaviour_mut().publish(topic.clone(), bare_message(i, padding)) {
+                                Ok(_) => {
+                                    let _ = writeln!(out, "P {i} {at}").and_then(|_| out.flush());
+                                }
+                                Err(e) => eprintln!("bare child: publish {i}: {e}"),
+                            }
+                        }
+                        _ => panic!("bare child: unknown command {command:?}"),
                     }
+                    continue;
                 }
-                _ => {}
+                event = b.select_next_some() => match event {
+                    SwarmEvent::NewListenAddr { address, .. } => format!("ADDR {address}/p2p/{}", b.local_peer_id()),
+                    SwarmEvent::Behaviour(gossipsub::Event::Message { message, .. }) => {
+                        let at = monotonic_ns();
+                        let text = String::from_utf8_lossy(&message.data);
+                        let Some(i) = text.strip_prefix('g').and_then(|t| t.split(' ').next()) else { continue };
+                        format!("R {i} {at}")
+                    }
+                    SwarmEvent::Behaviour(gossipsub::Event::Subscribed { .. }) => {
+                        let hash = topic.hash();
+                        let n = b.behaviour().all_peers().filter(|(_, topics)| topics.contains(&&hash)).count();
+                        format!("S {n}")
+                    }
+                    _ => continue,
+                },
+            };
+            if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                return;
             }
         }
     })
 }
 
-/// The same publish → receive with the two swarms in two processes, as our nodes are: the cost
-/// of crossing processes (wake-ups, scheduling) is in this floor too.
-fn bare_gossip_processes(count: usize) -> Vec<f64> {
-    use libp2p::futures::StreamExt;
-    use libp2p::gossipsub;
-    use libp2p::swarm::SwarmEvent;
-    use std::io::BufRead;
+/// A running `--bare-child` process. Dropping it kills and reaps the process, so that no path
+/// out of a measurement (a panic included) leaves one behind.
+struct BareChild {
+    process: std::process::Child,
+    stdin: std::process::ChildStdin,
+}
 
-    let exe = std::env::current_exe().expect("own path");
-    let mut child =
-        Command::new(exe).arg("--bare-child").stdout(Stdio::piped()).stdin(Stdio::null()).spawn().expect("child");
-    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr: libp2p::Multiaddr = loop {
-        let line = lines.next().expect("child address").expect("read");
-        if let Some(a) = line.strip_prefix("ADDR ") {
-            break a.parse().expect("multiaddr");
-        }
-    };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let mut parts = line.split(' ').skip(1);
-            if let (Some(Ok(i)), Some(Ok(at))) =
-                (parts.next().map(str::parse::<usize>), parts.next().map(str::parse::<u64>))
-            {
-                if tx.send((i, at)).is_err() {
+impl BareChild {
+    /// Starts a child and waits for its address; from then on `report` gets every line it prints
+    /// (on a thread of its own) until `report` returns false.
+    fn spawn(
+        signing: Signing,
+        mut report: impl FnMut(ChildReport) -> bool + Send + 'static,
+    ) -> (Self, libp2p::Multiaddr) {
+        let exe = std::env::current_exe().expect("own path");
+        let mut process = Command::new(exe)
+            .args(["--bare-child", signing.arg()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("child");
+        let (stdin, stdout) = (process.stdin.take().expect("stdin"), process.stdout.take().expect("stdout"));
+        let child = BareChild { process, stdin };
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines.next().expect("child address").expect("read");
+            if let Some(a) = line.strip_prefix("ADDR ") {
+                break a.parse().expect("multiaddr");
+            }
+        };
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if ChildReport::parse(&line).is_some_and(|r| !report(r)) {
                     return;
                 }
             }
-        }
+        });
+        (child, addr)
+    }
+
+    fn command(&mut self, line: &str) {
+        use std::io::Write;
+        writeln!(self.stdin, "{line}").expect("child's stdin");
+    }
+}
+
+impl Drop for BareChild {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// The same publish → receive with the two swarms in two processes, as our nodes are: the cost
+/// of crossing processes (wake-ups, scheduling) is in this floor too. Both swarms sign as
+/// `signing` says.
+fn bare_gossip_processes(count: usize, signing: Signing) -> Vec<f64> {
+    use libp2p::futures::StreamExt;
+    use libp2p::gossipsub;
+    use libp2p::swarm::SwarmEvent;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (_child, addr) = BareChild::spawn(signing, move |report| match report {
+        ChildReport::Received(i, at) => tx.send((i, at)).is_ok(),
+        _ => true,
     });
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let out = runtime.block_on(async move {
-        let mut a = bare_swarm();
+    runtime.block_on(async move {
+        let mut a = bare_swarm(signing);
         let topic = gossipsub::IdentTopic::new("bench");
         a.behaviour_mut().subscribe(&topic).expect("subscribe");
         a.dial(addr).expect("dial");
@@ -419,9 +572,8 @@ fn bare_gossip_processes(count: usize) -> Vec<f64> {
         }
         let mut out = Vec::new();
         for i in 0..=count {
-            let data = format!("g{i} {}", "x".repeat(600)).into_bytes();
             let t = monotonic_ns();
-            if a.behaviour_mut().publish(topic.clone(), data).is_err() {
+            if a.behaviour_mut().publish(topic.clone(), bare_message(i, 600)).is_err() {
                 continue;
             }
             let received = tokio::time::timeout(Duration::from_secs(10), async {
@@ -442,10 +594,128 @@ fn bare_gossip_processes(count: usize) -> Vec<f64> {
             }
         }
         out
+    })
+}
+
+/// The size of one of our commit announcements as it travels (a signed envelope's bytes).
+fn announcement_len() -> usize {
+    use git_p2p::proto::announce::Announcement;
+    let announcement = Announcement {
+        ref_name: Some("refs/heads/main".into()),
+        commit: "a".repeat(40),
+        parents: vec!["b".repeat(40)],
+        author: "m0".into(),
+        summary: "bench 1".into(),
+        commit_time: 1_700_000_000,
+        name: None,
+    };
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    announcement.sign(&key, &"c".repeat(40), 1_700_000_000_000).encode().len()
+}
+
+/// The floor of `announce_many`: a bare gossipsub network of `nodes` processes with our topology
+/// (every node connected to every other, as ours end up: they dial every peer Kademlia finds),
+/// signed and strictly checked (the crypto work ours does). Node 0 publishes `messages` messages
+/// the size of one of our announcements, one at a time, each once the previous reached all (or
+/// 10 s passed, as ours). Per node and until-all latencies (ms), and ours' until-all over it.
+fn announce_many_bare(metrics: &mut Vec<Metric>, nodes: usize, messages: usize) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (mut children, mut addrs) = (Vec::with_capacity(nodes), Vec::with_capacity(nodes));
+    for k in 0..nodes {
+        let tx = tx.clone();
+        let (child, addr) = BareChild::spawn(Signing::Signed, move |report| tx.send((k, report)).is_ok());
+        children.push(child);
+        addrs.push(addr);
+    }
+    // Node k dials nodes 0..k: one connection per pair.
+    for (k, child) in children.iter_mut().enumerate() {
+        for addr in &addrs[..k] {
+            child.command(&format!("DIAL {addr}"));
+        }
+    }
+    // Each node knows every other's subscription once all connections are up.
+    let mut subscribed = vec![0; nodes];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while subscribed.iter().any(|&n| n < nodes - 1) {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((k, ChildReport::Subscribed(n))) => subscribed[k] = n,
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("bare network: not fully connected after 60 s (subscribed peers: {subscribed:?})");
+                break;
+            }
+        }
+    }
+    let padding = announcement_len();
+    // Warm-up message, as ours' first commit. Node 0 floods its own messages to every subscribed
+    // peer, so the warm-up arrives before the mesh exists; two heartbeats (1 s) later every node
+    // has grafted its mesh and forwards (and checks) copies as ours do.
+    bare_deliver(&mut children[0], &rx, 0, padding, nodes, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    let (mut per_node, mut until_all) = (Vec::new(), Vec::new());
+    for i in 1..=messages {
+        let (Some(published), received) =
+            bare_deliver(&mut children[0], &rx, i, padding, nodes, Duration::from_secs(10))
+        else {
+            continue;
+        };
+        let latencies: Vec<f64> = received.iter().map(|at| at.saturating_sub(published) as f64 / 1e6).collect();
+        if latencies.len() == nodes - 1 {
+            until_all.push(latencies.iter().copied().fold(0.0, f64::max));
+        }
+        per_node.extend(latencies);
+    }
+    drop(children);
+    let ours = metrics.iter().find(|m| m.name == "announce_n_until_all").map_or(f64::NAN, |m| median(&m.samples));
+    let ratio = vec![ours / median(&until_all)];
+    metrics.push(Metric {
+        name: "announce_n_bare_per_node",
+        unit: "ms",
+        samples: per_node,
+        nodes,
+        goal: "(floor, signed)",
     });
-    let _ = child.kill();
-    let _ = child.wait();
-    out
+    metrics.push(Metric {
+        name: "announce_n_bare_until_all",
+        unit: "ms",
+        samples: until_all,
+        nodes,
+        goal: "(floor, signed)",
+    });
+    metrics.push(Metric {
+        name: "announce_n_ratio_until_all",
+        unit: "x",
+        samples: ratio,
+        nodes,
+        goal: "<= 1.5x (vs bare network)",
+    });
+}
+
+/// Has `publisher` (node 0) publish bare message `i` and waits until the `nodes - 1` others have
+/// it or `timeout` passed. When it was published (None if it was not) and when each node that
+/// got it received it, in monotonic ns.
+fn bare_deliver(
+    publisher: &mut BareChild,
+    reports: &std::sync::mpsc::Receiver<(usize, ChildReport)>,
+    i: usize,
+    padding: usize,
+    nodes: usize,
+    timeout: Duration,
+) -> (Option<u64>, Vec<u64>) {
+    publisher.command(&format!("PUB {i} {padding}"));
+    let deadline = Instant::now() + timeout;
+    let (mut published, mut received) = (None, std::collections::HashMap::new());
+    while published.is_none() || received.len() < nodes - 1 {
+        match reports.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((0, ChildReport::Published(n, at))) if n == i => published = Some(at),
+            Ok((k, ChildReport::Received(n, at))) if n == i && k != 0 => {
+                received.entry(k).or_insert(at);
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    (published, received.into_values().collect())
 }
 
 /// The DHT: `nodes` daemons bootstrapping to the first; a warm node sets and gets keys through
@@ -724,11 +994,12 @@ fn time_commit(node: &Node, repo: &Path, i: usize, no_autostart: bool) -> f64 {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--bare-child") {
-        bare_child();
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--bare-child") {
+        bare_child(Signing::from_arg(args.get(at + 1).map(String::as_str)));
         return;
     }
-    let smoke = std::env::args().any(|a| a == "--smoke");
+    let smoke = args.iter().any(|a| a == "--smoke");
     let runs = if smoke { 5 } else { 200 };
     let cold_runs = if smoke { 3 } else { 20 };
     let mut metrics = Vec::new();
@@ -755,7 +1026,10 @@ fn main() {
     }
     if wants("many") {
         let many: usize = std::env::var("BENCH_NODES").ok().and_then(|n| n.parse().ok()).unwrap_or(50);
-        announce_many(&mut metrics, if smoke { 4 } else { many }, if smoke { 3 } else { 20 });
+        let (nodes, commits) = if smoke { (4, 3) } else { (many, 20) };
+        announce_many(&mut metrics, nodes, commits);
+        // After ours, whose daemons are gone by then: the floor has the machine to itself too.
+        announce_many_bare(&mut metrics, nodes, commits);
     }
     if wants("kv") {
         kv_bench(&mut metrics, if smoke { 4 } else { 20 }, if smoke { 5 } else { 100 });
@@ -945,10 +1219,10 @@ fn announce_two(metrics: &mut Vec<Metric>, smoke: bool) {
 }
 
 fn report(metrics: &[Metric]) {
-    println!("{:<26} {:>10} {:>10} {:>5} {:>5}  goal", "metric", "p50", "p99", "n", "nodes");
+    println!("{:<32} {:>10} {:>10} {:>5} {:>5}  goal", "metric", "p50", "p99", "n", "nodes");
     for m in metrics {
         println!(
-            "{:<26} {:>7.2} {:<3}{:>7.2} {:<3}{:>4} {:>5}  {}",
+            "{:<32} {:>7.2} {:<3}{:>7.2} {:<3}{:>4} {:>5}  {}",
             m.name,
             m.percentile(0.5),
             m.unit,
