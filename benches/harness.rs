@@ -599,18 +599,21 @@ fn bare_gossip_processes(count: usize, signing: Signing) -> Vec<f64> {
 
 /// The size of one of our commit announcements as it travels (a signed envelope's bytes).
 fn announcement_len() -> usize {
-    use git_p2p::proto::announce::Announcement;
+    use git_p2p::proto::announce::{Announcement, Commit};
     let announcement = Announcement {
-        ref_name: Some("refs/heads/main".into()),
-        commit: "a".repeat(40),
-        parents: vec!["b".repeat(40)],
-        author: "m0".into(),
-        summary: "bench 1".into(),
-        commit_time: 1_700_000_000,
+        commit: Commit {
+            ref_name: Some("refs/heads/main".into()),
+            id: "a".repeat(40),
+            parents: vec!["b".repeat(40)],
+            author: "m0".into(),
+            summary: "bench 1".into(),
+            time: 1_700_000_000,
+        },
         name: None,
     };
     let key = libp2p::identity::Keypair::generate_ed25519();
-    announcement.sign(&key, &"c".repeat(40), 1_700_000_000_000).encode().len()
+    let repo = git_p2p::proto::repo::RepoId::try_from("c".repeat(40)).expect("a repo id");
+    announcement.sign(&key, &repo, 1_700_000_000_000).encode().len()
 }
 
 /// The floor of `announce_many`: a bare gossipsub network of `nodes` processes with our topology
