@@ -52,8 +52,7 @@ fn rss_mib(pid: i32) -> f64 {
 /// in the first node's repository; per node, from `git commit` returning until that node's
 /// feed stream has it; and until the last node has it. Plus the delivery ratio and RSS.
 fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
-    use git_p2p::control::proto::{Request, Response};
-    use git_p2p::control::Client;
+    use git_p2p::control::{Client, Feed};
 
     let all: Vec<Node> = (0..nodes).map(|i| Node::new(&format!("m{i}"))).collect();
     all[0].start();
@@ -75,13 +74,10 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
     let repo_id = repo_id_of(&all[0], &origin);
     let (tx, rx) = std::sync::mpsc::channel::<(usize, String, Instant)>();
     for (i, node) in all.iter().enumerate().skip(1) {
-        let mut follower = Client::connect(&paths(node)).expect("node");
-        follower.wait_forever().expect("socket");
-        let id = follower.send(Request::Follow { repo: repo_id.clone() }).expect("follow");
-        assert!(matches!(follower.next(id), Ok(Response::Following)));
+        let mut follower = Client::follow(&paths(node), &Feed(repo_id.clone())).expect("follow");
         let tx = tx.clone();
         std::thread::spawn(move || {
-            while let Ok(Response::Announcement { entry }) = follower.next(id) {
+            while let Ok(entry) = follower.recv() {
                 if tx.send((i, entry.commit.id, Instant::now())).is_err() {
                     return;
                 }
@@ -150,7 +146,6 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
 /// gossipsub's signatures (the crypto work ours does in its envelopes). The ratios are our
 /// overhead over the stack.
 fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
-    use git_p2p::control::proto::Request;
     use git_p2p::control::Client;
     use git_p2p::proto::chat::{ChatMessage, KIND};
     use git_p2p::proto::envelope::Envelope;
@@ -180,7 +175,7 @@ fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
             ChatMessage { thread: None, text: format!("g{i} {}", "x".repeat(400)), name: None, nonce: format!("{i}") };
         let envelope = Envelope::sign(&authors[i % authors.len()], KIND, &repo_id, i as u64, m.to_body());
         let t = Instant::now();
-        let _ = sender.request(Request::ChatSend { repo: info.clone(), envelope, thread: None });
+        let _ = sender.chat_send(info.clone(), envelope, None);
         let prefix = format!("g{i} ");
         let arrived = loop {
             match rx.recv_timeout(Duration::from_secs(10)) {
@@ -199,7 +194,7 @@ fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
     let mut socket = Vec::new();
     for _ in 0..count {
         let t = Instant::now();
-        let _ = sender.request(Request::ChatHistory { room: "none".into(), limit: 0 });
+        let _ = sender.chat_history("none", 0);
         socket.push(ms(t.elapsed()));
     }
     let bare = bare_gossip(count);
@@ -725,7 +720,6 @@ fn bare_deliver(
 /// the control socket (what `git p2p kv` does, without the process start). Also records how many
 /// peers each query asked.
 fn kv_bench(metrics: &mut Vec<Metric>, nodes: usize, ops: usize) {
-    use git_p2p::control::proto::{Request, Response};
     use git_p2p::control::Client;
     use git_p2p::proto::kv::Entry;
     use git_p2p::proto::repo::RepoInfo;
@@ -754,18 +748,18 @@ fn kv_bench(metrics: &mut Vec<Metric>, nodes: usize, ops: usize) {
         let entry = Entry::sign(&key_pair, &repo.id, &key, Some(b"0123456789abcdef0123456789abcdef01234567"), now, now)
             .expect("entry");
         let t = Instant::now();
-        match set_client.request(Request::KvPut { repo: repo.clone(), key: key.clone(), entry }) {
-            Ok(Response::KvStored { replicas, requests }) if replicas > 0 => {
+        match set_client.kv_put(repo.clone(), &key, entry) {
+            Ok(stored) if stored.replicas > 0 => {
                 set_ms.push(ms(t.elapsed()));
-                set_asked.push(f64::from(requests));
+                set_asked.push(f64::from(stored.requests));
             }
             other => eprintln!("kv set {key}: {other:?}"),
         }
         let t = Instant::now();
-        match get_client.request(Request::KvGet { repo: repo.id.clone(), key }) {
-            Ok(Response::KvRecord { record: Some(_), requests }) => {
+        match get_client.kv_get(repo.id.clone(), &key) {
+            Ok(found) if found.record.is_some() => {
                 get_ms.push(ms(t.elapsed()));
-                get_asked.push(f64::from(requests));
+                get_asked.push(f64::from(found.requests));
             }
             other => eprintln!("kv get: {other:?}"),
         }
@@ -830,14 +824,11 @@ fn tui_first_frame(metrics: &mut Vec<Metric>, runs: usize) {
 /// The control-socket paths of a test node.
 /// `node`'s room `room` as it arrives: (when, text) per message, read on a thread of its own.
 fn follow_chat(node: &Node, room: &str) -> std::sync::mpsc::Receiver<(Instant, String)> {
-    use git_p2p::control::proto::{Request, Response};
-    let mut follower = git_p2p::control::Client::connect(&paths(node)).expect("node");
-    follower.wait_forever().expect("socket");
-    let id = follower.send(Request::FollowChat { room: room.to_string() }).expect("follow");
-    assert!(matches!(follower.next(id), Ok(Response::Following)));
+    use git_p2p::control::{Client, Room};
+    let mut follower = Client::follow(&paths(node), &Room(room.to_string())).expect("follow");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        while let Ok(Response::Chat { message }) = follower.next(id) {
+        while let Ok(message) = follower.recv() {
             if tx.send((Instant::now(), message.text)).is_err() {
                 return;
             }
@@ -861,7 +852,8 @@ fn paths(node: &Node) -> git_p2p::paths::Paths {
 /// busy room; each author stays under the receivers' per-author rate limit); carol's node streams
 /// them to a follower. Throughput over the whole run, per-message latency send → follower.
 fn chat_bench(metrics: &mut Vec<Metric>, count: usize) {
-    use git_p2p::control::proto::{Request, Response};
+    use git_p2p::control::api::ChatSent;
+    use git_p2p::control::proto::Request;
     use git_p2p::control::Client;
     use git_p2p::proto::chat::{ChatMessage, KIND};
     use git_p2p::proto::envelope::Envelope;
@@ -901,8 +893,8 @@ fn chat_bench(metrics: &mut Vec<Metric>, count: usize) {
         let m = ChatMessage { thread: None, text: "warm-up".into(), name: None, nonce: "w".into() };
         let envelope = Envelope::sign(&authors[0], KIND, &repo_id, 0, m.to_body());
         let mut client = Client::connect(&paths(&alice)).expect("alice's node");
-        let answer = client.request(Request::ChatSend { repo: info.clone(), envelope, thread: None });
-        assert!(matches!(answer, Ok(Response::ChatSent { .. })), "{answer:?}");
+        let answer = client.chat_send(info.clone(), envelope, None);
+        assert!(answer.is_ok(), "{answer:?}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             match rx.recv_timeout(Duration::from_secs(1)) {
@@ -935,7 +927,7 @@ fn chat_bench(metrics: &mut Vec<Metric>, count: usize) {
                 }
                 if in_flight.len() == 8 {
                     let id = in_flight.pop_front().expect("in flight");
-                    assert!(matches!(client.next(id), Ok(Response::ChatSent { .. })));
+                    client.answer::<ChatSent>(id).expect("sent");
                 }
                 let _ = sent_at[i].set(Instant::now());
                 in_flight.push_back(
@@ -943,7 +935,7 @@ fn chat_bench(metrics: &mut Vec<Metric>, count: usize) {
                 );
             }
             for id in in_flight {
-                assert!(matches!(client.next(id), Ok(Response::ChatSent { .. })));
+                client.answer::<ChatSent>(id).expect("sent");
             }
         }));
     }
@@ -1109,7 +1101,7 @@ fn hook_cost(metrics: &mut Vec<Metric>, smoke: bool) {
             std::thread::sleep(Duration::from_micros(200));
         }
         let mut client = git_p2p::control::Client::connect(&paths(node)).expect("the node's socket");
-        client.request(git_p2p::control::proto::Request::Status).expect("status");
+        client.status().expect("status");
     };
     for i in 0..commits {
         without.push(time_commit(&dave, &plain, i, false));

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::clock::unix_now;
-use crate::control::proto::{NostrStatus, RelayState};
+use crate::control::api::{NostrStatus, RelayState};
 use crate::proto::envelope::Envelope;
 use crate::proto::repo::{RepoId, RepoInfo};
 use crate::store::{NostrLast, NostrPending, Store};

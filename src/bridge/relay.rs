@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc, watch, Notify};
 
 use super::nip22::{self, Incoming};
 use super::{Inbound, Watched};
-use crate::control::proto::NostrStatus;
+use crate::control::api::NostrStatus;
 use crate::proto::envelope::Envelope;
 use crate::store::Store;
 

@@ -8,7 +8,6 @@
 use std::io::Write;
 
 use super::{one_line, AnnounceArgs, Ctx};
-use crate::control::proto::{Request, Response};
 use crate::control::{client, Client, ClientError};
 use crate::identity::Identity;
 use crate::proto::announce::Announcement;
@@ -45,7 +44,7 @@ fn announce(ctx: &Ctx, rev: &str, hook: bool, note: bool) -> anyhow::Result<(Str
             waiter: Some(std::os::unix::process::parent_id()),
         };
         crate::spool::write_note(&paths.notes_dir(), &note)?;
-        ring_or_start(paths, Request::IngestSpool)?;
+        ring_or_start(paths)?;
         return Ok((repo.head_commit.clone(), None));
     }
     let commit = repo.commit_info(rev)?;
@@ -56,24 +55,16 @@ fn announce(ctx: &Ctx, rev: &str, hook: bool, note: bool) -> anyhow::Result<(Str
     let repo_info = repo.info();
     if hook {
         crate::spool::write(&paths.data_dir, &OutboxEntry { repo: repo_info, envelope, thread: None })?;
-        ring_or_start(paths, Request::IngestSpool)?;
+        ring_or_start(paths)?;
         return Ok((commit_id, None));
     }
-    let request = Request::Announce { repo: repo_info, envelope };
-    match Client::connect(paths).and_then(|mut client| client.request(request.clone())) {
-        Ok(Response::Queued { pending }) => Ok((commit_id, Some(pending))),
-        Ok(_) => anyhow::bail!("unexpected answer from the node"),
-        Err(ClientError::NotRunning) => match ctx.client()?.request(request)? {
-            Response::Queued { pending } => Ok((commit_id, Some(pending))),
-            _ => anyhow::bail!("unexpected answer from the node"),
-        },
-        Err(e) => Err(e.into()),
-    }
+    let queued = ctx.client()?.announce(repo_info, envelope)?;
+    Ok((commit_id, Some(queued.pending)))
 }
 
 /// Tells the node there is something for it, or starts it (in the background) if none runs.
-fn ring_or_start(paths: &crate::paths::Paths, request: Request) -> anyhow::Result<()> {
-    match Client::notify(paths, request) {
+fn ring_or_start(paths: &crate::paths::Paths) -> anyhow::Result<()> {
+    match Client::ring(paths) {
         // Not rung: the node also looks at the spool every second.
         Ok(()) | Err(ClientError::Io(_)) => Ok(()),
         Err(ClientError::NotRunning) if client::autostart_allowed() => {

@@ -4,8 +4,7 @@
 use std::io::Write;
 
 use super::{ChatArgs, Ctx};
-use crate::control::proto::{Request, Response};
-use crate::control::Client;
+use crate::control::{Client, Room};
 use crate::identity::Identity;
 use crate::proto::chat::ChatEntry;
 use crate::proto::chat::{room_id, ChatMessage, KIND};
@@ -32,11 +31,8 @@ pub fn run(ctx: &Ctx, args: &ChatArgs, out: &mut dyn Write) -> anyhow::Result<()
         paths.ensure()?;
         let key = Identity::load_or_create_libp2p(&paths.data_dir)?;
         let envelope = Envelope::sign(&key, KIND, &repo_info.id, crate::clock::unix_now_ms(), message.to_body());
-        let Response::ChatSent { peers, id } =
-            ctx.client()?.request(Request::ChatSend { repo: repo_info, envelope, thread })?
-        else {
-            anyhow::bail!("unexpected answer from the node");
-        };
+        let sent = ctx.client()?.chat_send(repo_info, envelope, thread)?;
+        let (id, peers) = (sent.id, sent.peers);
         if args.json {
             writeln!(out, "{}", serde_json::json!({ "id": id, "peers": peers }))?;
         } else if peers == 0 {
@@ -50,37 +46,17 @@ pub fn run(ctx: &Ctx, args: &ChatArgs, out: &mut dyn Write) -> anyhow::Result<()
         return window(ctx, repo, repo_info, room, thread);
     }
     let mut client = ctx.client()?;
-    client.request(Request::ChatJoin { repo: repo_info, thread })?;
-    let follow = if args.follow {
-        let mut follower = Client::connect(ctx.paths()?)?;
-        follower.wait_forever()?;
-        let id = follower.send(Request::FollowChat { room: room.clone() })?;
-        match follower.next(id)? {
-            Response::Following => Some((follower, id)),
-            _ => anyhow::bail!("unexpected answer from the node"),
-        }
-    } else {
-        None
-    };
-    let Response::ChatHistory { messages } = client.request(Request::ChatHistory { room, limit: TAIL_COUNT })? else {
-        anyhow::bail!("unexpected answer from the node");
-    };
-    let mut shown = std::collections::HashSet::new();
-    for m in &messages {
-        shown.insert(m.id.clone());
-        print_message(m, args.json, out)?;
+    client.chat_join(repo_info, thread)?;
+    let mut tail = client.tail(ctx.paths()?, Room(room), TAIL_COUNT, args.follow)?;
+    for m in std::mem::take(&mut tail.history) {
+        print_message(&m, args.json, out)?;
     }
     out.flush()?;
-    let Some((mut follower, id)) = follow else { return Ok(()) };
-    loop {
-        let Response::Chat { message } = follower.next(id)? else {
-            anyhow::bail!("unexpected answer from the node");
-        };
-        if shown.insert(message.id.clone()) {
-            print_message(&message, args.json, out)?;
-            out.flush()?;
-        }
+    while let Some(m) = tail.recv()? {
+        print_message(&m, args.json, out)?;
+        out.flush()?;
     }
+    Ok(())
 }
 
 /// Signs a message and hands it to the node; returns how many peers are in the room.
@@ -88,10 +64,7 @@ fn send(paths: &crate::paths::Paths, repo: &RepoInfo, message: ChatMessage) -> a
     let key = Identity::load_or_create_libp2p(&paths.data_dir)?;
     let envelope = Envelope::sign(&key, KIND, &repo.id, crate::clock::unix_now_ms(), message.to_body());
     let thread = message.thread.clone();
-    match Client::connect(paths)?.request(Request::ChatSend { repo: repo.clone(), envelope, thread })? {
-        Response::ChatSent { peers, .. } => Ok(peers),
-        _ => anyhow::bail!("unexpected answer from the node"),
-    }
+    Ok(Client::connect(paths)?.chat_send(repo.clone(), envelope, thread)?.peers)
 }
 
 /// The interactive window (a terminal is required).
@@ -127,11 +100,8 @@ fn window(
     })
 }
 
-fn client_status(paths: &crate::paths::Paths) -> Option<crate::control::proto::NodeStatus> {
-    match Client::connect(paths).ok()?.request(Request::Status).ok()? {
-        Response::Status(s) => Some(*s),
-        _ => None,
-    }
+fn client_status(paths: &crate::paths::Paths) -> Option<crate::control::api::NodeStatus> {
+    Client::connect(paths).ok()?.status().ok()
 }
 
 /// Unique per message (not secret): time, process and a counter.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use super::{Ctx, DaemonCommand};
-use crate::control::proto::{NodeStatus, Request, Response};
+use crate::control::api::NodeStatus;
 use crate::control::{Client, ClientError};
 
 /// How long `daemon stop` waits for the node to release its data dir.
@@ -19,7 +19,7 @@ pub fn run(ctx: &Ctx, command: DaemonCommand, out: &mut dyn Write) -> anyhow::Re
         }
         DaemonCommand::Start => {
             let already = Client::connect(paths).is_ok();
-            let status = status(&mut ctx.client()?)?;
+            let status = ctx.client()?.status()?;
             let what = if already { "already running" } else { "started" };
             writeln!(out, "node {what} (pid {}, peer id {})", status.pid, status.peer_id)?;
         }
@@ -32,8 +32,8 @@ pub fn run(ctx: &Ctx, command: DaemonCommand, out: &mut dyn Write) -> anyhow::Re
                 }
                 Err(e) => return Err(e.into()),
             };
-            let pid = status(&mut client)?.pid;
-            match client.request(Request::Shutdown) {
+            let pid = client.status()?.pid;
+            match client.shutdown() {
                 // The node may close the socket before its answer is out; its exit is what counts.
                 Ok(_) | Err(ClientError::Io(_)) => {}
                 Err(e) => return Err(e.into()),
@@ -43,7 +43,7 @@ pub fn run(ctx: &Ctx, command: DaemonCommand, out: &mut dyn Write) -> anyhow::Re
         }
         DaemonCommand::Status(args) => {
             let status = match Client::connect(paths) {
-                Ok(mut client) => status(&mut client)?,
+                Ok(mut client) => client.status()?,
                 Err(ClientError::NotRunning) => {
                     if args.json {
                         writeln!(out, "{}", serde_json::json!({ "running": false }))?;
@@ -64,13 +64,6 @@ pub fn run(ctx: &Ctx, command: DaemonCommand, out: &mut dyn Write) -> anyhow::Re
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn status(client: &mut Client) -> anyhow::Result<NodeStatus> {
-    match client.request(Request::Status)? {
-        Response::Status(status) => Ok(*status),
-        _ => anyhow::bail!("unexpected answer from the node"),
-    }
 }
 
 /// The node releases its data-dir lock as it exits; wait for that, so that `stop` returning

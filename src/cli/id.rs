@@ -3,17 +3,13 @@
 use std::io::{Read, Write};
 
 use super::{Ctx, IdArgs};
-use crate::control::proto::{Request, Response};
 use crate::identity::Identity;
 
 pub fn run(ctx: &Ctx, args: &IdArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if args.import_nsec {
         return import_nsec(ctx, out);
     }
-    let mut client = ctx.client()?;
-    let Response::Status(status) = client.request(Request::Status)? else {
-        anyhow::bail!("unexpected answer from the node");
-    };
+    let status = ctx.client()?.status()?;
     if args.json {
         let json = serde_json::json!({
             "peer_id": status.peer_id,

@@ -4,7 +4,6 @@
 use std::io::Write;
 
 use super::Ctx;
-use crate::control::proto::Request;
 
 pub fn run(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<()> {
     let repo = ctx.repo()?;
@@ -12,9 +11,7 @@ pub fn run(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<()> {
         anyhow::bail!("{} is a bare repository: git p2p init needs a clone with a work tree", repo.git_dir.display());
     }
     let hooks = super::hooks::install(ctx)?;
-    let mut client = ctx.client()?;
-    let info = repo.info();
-    client.request(Request::RegisterRepo { repo: info })?;
+    ctx.client()?.register_repo(repo.info())?;
     writeln!(out, "{hooks}")?;
     writeln!(out, "registered {} (repo id {}) with the node", repo.room_name, repo.repo_id.short())?;
     Ok(())

@@ -3,7 +3,6 @@
 use std::io::{Read, Write};
 
 use super::{Ctx, KvCommand};
-use crate::control::proto::{Request, Response};
 use crate::identity::Identity;
 use crate::proto::kv::{validate_key, Entry, MAX_VALUE};
 use crate::proto::repo::RepoInfo;
@@ -35,11 +34,7 @@ pub fn run(ctx: &Ctx, command: KvCommand, out: &mut dyn Write) -> anyhow::Result
         }
         KvCommand::Get { key, author, json } => {
             validate_key(&key)?;
-            let Response::KvRecord { record, .. } =
-                ctx.client()?.request(Request::KvGet { repo: info.id, key: key.clone() })?
-            else {
-                anyhow::bail!("unexpected answer from the node");
-            };
+            let record = ctx.client()?.kv_get(info.id, &key)?.record;
             let me = Identity::load_or_create_libp2p(&ctx.paths()?.data_dir)?.public().to_peer_id().to_string();
             let mut values: Vec<(String, &Entry)> = Vec::new();
             if let Some(record) = &record {
@@ -83,14 +78,11 @@ pub fn run(ctx: &Ctx, command: KvCommand, out: &mut dyn Write) -> anyhow::Result
             }
         }
         KvCommand::Ls { json } => {
-            let Response::KvKeys { keys } = ctx.client()?.request(Request::KvList { repo: info.id })? else {
-                anyhow::bail!("unexpected answer from the node");
-            };
-            for (key, ts) in keys {
+            for k in ctx.client()?.kv_list(info.id)? {
                 if json {
-                    writeln!(out, "{}", serde_json::json!({ "key": key, "time": ts }))?;
+                    writeln!(out, "{}", serde_json::to_string(&k)?)?;
                 } else {
-                    writeln!(out, "{}  {key}", super::fmt::utc_time(ts / 1000))?;
+                    writeln!(out, "{}  {}", super::fmt::utc_time(k.time / 1000), k.key)?;
                 }
             }
         }
@@ -116,10 +108,7 @@ pub(super) fn put(ctx: &Ctx, repo: &RepoInfo, key: &str, value: Option<&[u8]>) -
     // Time-based sequence numbers grow across restarts without any state to keep.
     let now = crate::clock::unix_now_ms();
     let entry = Entry::sign_as(&identity.libp2p, &repo.id, key, value, now, now, who)?;
-    match ctx.client()?.request(Request::KvPut { repo: repo.clone(), key: key.to_string(), entry })? {
-        Response::KvStored { replicas, .. } => Ok(replicas),
-        _ => anyhow::bail!("unexpected answer from the node"),
-    }
+    Ok(ctx.client()?.kv_put(repo.clone(), key, entry)?.replicas)
 }
 
 fn report(out: &mut dyn Write, what: &str, key: &str, replicas: usize) -> anyhow::Result<()> {

@@ -3,14 +3,11 @@
 use std::io::Write;
 
 use super::{Ctx, NostrCommand};
-use crate::control::proto::{NostrStatus, Request, Response};
+use crate::control::api::NostrStatus;
 
 pub fn run(ctx: &Ctx, command: NostrCommand, out: &mut dyn Write) -> anyhow::Result<()> {
     let NostrCommand::Status(args) = command;
-    let mut client = ctx.client()?;
-    let Response::Nostr(status) = client.request(Request::NostrStatus)? else {
-        anyhow::bail!("unexpected answer from the node");
-    };
+    let status = ctx.client()?.nostr_status()?;
     if args.json {
         writeln!(out, "{}", serde_json::to_string(&status)?)?;
         return Ok(());

@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use std::io::Write;
 
 use super::{Ctx, NotesCommand};
-use crate::control::proto::{Request, Response};
 use crate::identity::Identity;
 use crate::proto::kv::{Record, MAX_VALUE};
 use crate::proto::repo::RepoId;
@@ -23,10 +22,7 @@ pub fn author_ref(peer: &str) -> String {
 }
 
 fn get(ctx: &Ctx, repo: &RepoId, key: &str) -> anyhow::Result<Option<Record>> {
-    match ctx.client()?.request(Request::KvGet { repo: repo.clone(), key: key.to_string() })? {
-        Response::KvRecord { record, .. } => Ok(record),
-        _ => anyhow::bail!("unexpected answer from the node"),
-    }
+    Ok(ctx.client()?.kv_get(repo.clone(), key)?.record)
 }
 
 pub fn run(ctx: &Ctx, command: NotesCommand, out: &mut dyn Write) -> anyhow::Result<()> {

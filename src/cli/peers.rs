@@ -3,13 +3,10 @@
 use std::io::Write;
 
 use super::Ctx;
-use crate::control::proto::{PeerInfo, Request, Response};
+use crate::control::api::PeerInfo;
 
 pub fn run(ctx: &Ctx, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let mut client = ctx.client()?;
-    let Response::Peers { peers } = client.request(Request::Peers)? else {
-        anyhow::bail!("unexpected answer from the node");
-    };
+    let peers = ctx.client()?.peers()?;
     if json {
         writeln!(out, "{}", serde_json::to_string(&peers)?)?;
         return Ok(());

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use super::{Ctx, RefsArgs, RefsCommand};
-use crate::control::proto::{Request, Response};
 use crate::identity::Identity;
 use crate::proto::announce::is_object_id;
 use crate::proto::kv::{MAX_VALUE, REFS_KEY};
@@ -27,11 +26,7 @@ pub fn run(ctx: &Ctx, args: RefsArgs, out: &mut dyn Write) -> anyhow::Result<()>
         writeln!(out, "published {} ref{} {where_}", refs.len(), if refs.len() == 1 { "" } else { "s" })?;
         return Ok(());
     }
-    let Response::KvRecord { record, .. } =
-        ctx.client()?.request(Request::KvGet { repo: info.id, key: REFS_KEY.into() })?
-    else {
-        anyhow::bail!("unexpected answer from the node");
-    };
+    let record = ctx.client()?.kv_get(info.id, REFS_KEY)?.record;
     let me = Identity::load_or_create_libp2p(&ctx.paths()?.data_dir)?.public().to_peer_id().to_string();
     let mut shown = 0;
     for entry in record.as_ref().map(|r| r.values()).unwrap_or_default() {

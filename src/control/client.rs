@@ -5,16 +5,26 @@
 //! so that racing clients start exactly one node, and learns about readiness (or the node's start
 //! error) through a pipe on the child's stdout rather than by polling.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::marker::PhantomData;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::proto::{self, DecodeError, Outcome, Request, RequestFrame, Response, MAX_FRAME};
+use serde::de::DeserializeOwned;
+
+use super::api::{ChatSent, KvFound, KvKey, KvStored, NodeStatus, NostrStatus, PeerInfo, Queued};
+use super::proto::{self, DecodeError, Request, RequestFrame, MAX_FRAME};
 use crate::paths::{PathError, Paths};
+use crate::proto::announce::FeedEntry;
+use crate::proto::chat::ChatEntry;
+use crate::proto::envelope::Envelope;
+use crate::proto::kv::Entry;
+use crate::proto::repo::{RepoId, RepoInfo};
 
 /// How long a request may wait for the node's answer before the client gives up.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -92,13 +102,8 @@ impl Client {
         Self::connect(paths)
     }
 
-    /// Sends one request and waits for its answer.
-    pub fn request(&mut self, req: Request) -> Result<Response, ClientError> {
-        let id = self.send(req)?;
-        self.next(id)
-    }
-
-    /// Sends a request without waiting; the answer (or stream of answers) comes from [`Self::next`].
+    /// Sends a request without waiting for its answer: requests pipeline, and [`Self::answer`]
+    /// reads the answers in request order.
     pub fn send(&mut self, req: Request) -> Result<u64, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
@@ -106,30 +111,109 @@ impl Client {
         Ok(id)
     }
 
-    /// Sends a request and does not wait for the answer (a notification, like a doorbell).
-    pub fn notify(paths: &Paths, req: Request) -> Result<(), ClientError> {
-        let mut client = Self::connect(paths)?;
-        client.send(req)?;
-        Ok(())
-    }
-
-    /// For streams: wait for answers as long as it takes (the default is a bounded wait).
-    pub fn wait_forever(&mut self) -> Result<(), ClientError> {
-        self.reader.get_ref().set_read_timeout(None)?;
-        Ok(())
-    }
-
-    /// The next answer to request `id`.
-    pub fn next(&mut self, id: u64) -> Result<Response, ClientError> {
+    /// The answer to request `id`, as `T` (the request's answer type in [`super::api`]).
+    pub fn answer<T: DeserializeOwned>(&mut self, id: u64) -> Result<T, ClientError> {
         let line = self.read_line()?;
         let frame = proto::decode_response(&line)?;
         if frame.id != id {
             return Err(DecodeError::Malformed(format!("answer to request {} while waiting for {id}", frame.id)).into());
         }
-        match frame.outcome {
-            Outcome::Ok(response) => Ok(response),
-            Outcome::Error(message) => Err(ClientError::Node(message)),
-        }
+        frame.answer()?.map_err(ClientError::Node)
+    }
+
+    fn call<T: DeserializeOwned>(&mut self, req: Request) -> Result<T, ClientError> {
+        let id = self.send(req)?;
+        self.answer(id)
+    }
+
+    pub fn status(&mut self) -> Result<NodeStatus, ClientError> {
+        self.call(Request::Status)
+    }
+
+    pub fn peers(&mut self) -> Result<Vec<PeerInfo>, ClientError> {
+        self.call(Request::Peers)
+    }
+
+    pub fn register_repo(&mut self, repo: RepoInfo) -> Result<(), ClientError> {
+        self.call(Request::RegisterRepo { repo })
+    }
+
+    /// Asks the node to stop; it may close the connection before its answer is out.
+    pub fn shutdown(&mut self) -> Result<(), ClientError> {
+        self.call(Request::Shutdown)
+    }
+
+    pub fn announce(&mut self, repo: RepoInfo, envelope: Envelope) -> Result<Queued, ClientError> {
+        self.call(Request::Announce { repo, envelope })
+    }
+
+    pub fn log(&mut self, repo: RepoId, limit: usize) -> Result<Vec<FeedEntry>, ClientError> {
+        self.call(Request::Log { repo, limit })
+    }
+
+    pub fn chat_send(
+        &mut self,
+        repo: RepoInfo,
+        envelope: Envelope,
+        thread: Option<String>,
+    ) -> Result<ChatSent, ClientError> {
+        self.call(Request::ChatSend { repo, envelope, thread })
+    }
+
+    pub fn chat_history(&mut self, room: &str, limit: usize) -> Result<Vec<ChatEntry>, ClientError> {
+        self.call(Request::ChatHistory { room: room.to_string(), limit })
+    }
+
+    pub fn chat_join(&mut self, repo: RepoInfo, thread: Option<String>) -> Result<(), ClientError> {
+        self.call(Request::ChatJoin { repo, thread })
+    }
+
+    pub fn kv_put(&mut self, repo: RepoInfo, key: &str, entry: Entry) -> Result<KvStored, ClientError> {
+        self.call(Request::KvPut { repo, key: key.to_string(), entry })
+    }
+
+    pub fn kv_get(&mut self, repo: RepoId, key: &str) -> Result<KvFound, ClientError> {
+        self.call(Request::KvGet { repo, key: key.to_string() })
+    }
+
+    pub fn kv_list(&mut self, repo: RepoId) -> Result<Vec<KvKey>, ClientError> {
+        self.call(Request::KvList { repo })
+    }
+
+    pub fn nostr_status(&mut self) -> Result<NostrStatus, ClientError> {
+        self.call(Request::NostrStatus)
+    }
+
+    /// Rings the node's doorbell: something is in the spool. Nobody waits for the answer (the
+    /// post-commit hook must not).
+    pub fn ring(paths: &Paths) -> Result<(), ClientError> {
+        Self::connect(paths)?.send(Request::IngestSpool)?;
+        Ok(())
+    }
+
+    /// Subscribes to `subscription` on a connection of its own, which then waits for items as
+    /// long as it takes.
+    pub fn follow<S: Subscription>(paths: &Paths, subscription: &S) -> Result<Follower<S::Item>, ClientError> {
+        let mut client = Self::connect(paths)?;
+        client.reader.get_ref().set_read_timeout(None)?;
+        let id = client.send(subscription.follow_request())?;
+        client.answer::<()>(id)?;
+        Ok(Follower { client, id, item: PhantomData })
+    }
+
+    /// The newest `limit` items of `subscription` and, with `follow`, every later one, each once.
+    /// The subscription is made before the history is read, so that nothing falls between them.
+    pub fn tail<S: Subscription>(
+        &mut self,
+        paths: &Paths,
+        subscription: S,
+        limit: usize,
+        follow: bool,
+    ) -> Result<Tail<S>, ClientError> {
+        let follower = if follow { Some(Self::follow(paths, &subscription)?) } else { None };
+        let history: Vec<S::Item> = self.call(subscription.history_request(limit))?;
+        let seen = history.iter().map(S::key).collect();
+        Ok(Tail { history, follower, seen })
     }
 
     fn read_line(&mut self) -> Result<Vec<u8>, ClientError> {
@@ -143,6 +227,86 @@ impl Client {
         }
         line.pop();
         Ok(line)
+    }
+}
+
+/// Something the node streams to followers: a repository's feed of announcements, or a room.
+pub trait Subscription {
+    type Item: DeserializeOwned;
+    fn follow_request(&self) -> Request;
+    fn history_request(&self, limit: usize) -> Request;
+    /// What makes an item the same item when it arrives twice (in the history and the stream).
+    fn key(item: &Self::Item) -> String;
+}
+
+/// The announcements peers make in a repository.
+pub struct Feed(pub RepoId);
+
+impl Subscription for Feed {
+    type Item = FeedEntry;
+    fn follow_request(&self) -> Request {
+        Request::Follow { repo: self.0.clone() }
+    }
+    fn history_request(&self, limit: usize) -> Request {
+        Request::Log { repo: self.0.clone(), limit }
+    }
+    fn key(item: &FeedEntry) -> String {
+        format!("{}/{}", item.commit.id, item.peer)
+    }
+}
+
+/// A chat room (a repository's, or a commit's thread: [`crate::proto::chat::room_id`]).
+pub struct Room(pub String);
+
+impl Subscription for Room {
+    type Item = ChatEntry;
+    fn follow_request(&self) -> Request {
+        Request::FollowChat { room: self.0.clone() }
+    }
+    fn history_request(&self, limit: usize) -> Request {
+        Request::ChatHistory { room: self.0.clone(), limit }
+    }
+    fn key(item: &ChatEntry) -> String {
+        item.id.clone()
+    }
+}
+
+/// Items of a subscription as they arrive.
+pub struct Follower<T> {
+    client: Client,
+    id: u64,
+    item: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Follower<T> {
+    /// The next item; waits as long as it takes.
+    pub fn recv(&mut self) -> Result<T, ClientError> {
+        self.client.answer(self.id)
+    }
+}
+
+/// A subscription's recent history, then (when following) what arrives, each item once.
+pub struct Tail<S: Subscription> {
+    pub history: Vec<S::Item>,
+    follower: Option<Follower<S::Item>>,
+    seen: HashSet<String>,
+}
+
+impl<S: Subscription> Tail<S> {
+    /// The next item not seen before; None when not following.
+    pub fn recv(&mut self) -> Result<Option<S::Item>, ClientError> {
+        let Some(follower) = &mut self.follower else { return Ok(None) };
+        loop {
+            let item = follower.recv()?;
+            if self.seen.insert(S::key(&item)) {
+                return Ok(Some(item));
+            }
+        }
+    }
+
+    /// Whether items keep coming after the history.
+    pub fn is_following(&self) -> bool {
+        self.follower.is_some()
     }
 }
 

@@ -1,7 +1,9 @@
-//! The control socket: protocol types shared by both ends, the blocking client, and the server.
+//! The control socket: the wire (`proto`), the typed requests and answers both ends share
+//! (`api`), the blocking client, and the server. It knows nothing of the node behind it.
 
+pub mod api;
 pub mod client;
 pub mod proto;
 pub mod server;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, Feed, Room};

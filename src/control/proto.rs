@@ -1,19 +1,21 @@
-//! The control protocol between clients (CLI, hooks, TUI) and the node: types and framing.
+//! The control protocol between clients (CLI, hooks, TUI) and the node: the wire.
 //!
 //! JSON lines over a Unix socket. A client writes a [`RequestFrame`]; the node answers with one
-//! [`ResponseFrame`] carrying the same `id`. Every frame carries the protocol version `v`: a node
-//! and a client that disagree fail with a clear error instead of misreading each other. Later
-//! requests (subscriptions) answer with a stream of frames for the same `id`.
+//! [`ResponseFrame`] carrying the same `id`: `ok` with the request's answer (its type is paired
+//! with the request in [`super::api`]) or `error` with one line for the user. A subscription
+//! (`follow`, `follow_chat`) is answered with `ok: null`, then one frame per item, same `id`,
+//! until the client hangs up. Every frame carries the protocol version `v`: a node and a client
+//! that disagree fail with a clear error instead of misreading each other.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
-use crate::proto::announce::FeedEntry;
-use crate::proto::chat::ChatEntry;
 use crate::proto::envelope::Envelope;
 use crate::proto::repo::{RepoId, RepoInfo};
 
-/// Bumped on any incompatible change of the types below.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped on any incompatible change of the types here or in [`super::api`].
+/// 2: typed answers (`ok` carries the answer itself).
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Longest frame either side accepts; a longer line is a protocol error, not an allocation.
 pub const MAX_FRAME: usize = 1 << 20;
 
@@ -41,8 +43,7 @@ pub enum Request {
     IngestSpool,
     /// The newest `limit` announcements received for a repo, newest first.
     Log { repo: RepoId, limit: usize },
-    /// Stream announcements for a repo as they arrive: answered with `following`, then one
-    /// `announcement` frame per arrival, same request id, until the client hangs up.
+    /// Stream announcements for a repo as they arrive.
     Follow { repo: RepoId },
     /// Send a signed chat message to a room (`thread`: a commit's thread, else the repo's room).
     ChatSend { repo: RepoInfo, envelope: Envelope, thread: Option<String> },
@@ -50,7 +51,7 @@ pub enum Request {
     ChatHistory { room: String, limit: usize },
     /// Join a room (subscribe to its topic) without sending: for reading a commit's thread.
     ChatJoin { repo: RepoInfo, thread: Option<String> },
-    /// Stream a room's messages as they arrive (`following`, then `chat` frames).
+    /// Stream a room's messages as they arrive.
     FollowChat { room: String },
     /// Merge a signed entry into the repo's record for `key` and put it in the DHT.
     KvPut { repo: RepoInfo, key: String, entry: crate::proto::kv::Entry },
@@ -62,166 +63,21 @@ pub enum Request {
     NostrStatus,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// An answer (`ok`, the answer's JSON as it was written) or a failure (`error`).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ResponseFrame {
     pub v: u32,
     pub id: u64,
-    #[serde(flatten)]
-    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    pub ok: Option<Box<RawValue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Ok(Response),
-    Error(String),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Response {
-    Status(Box<NodeStatus>),
-    Peers {
-        peers: Vec<PeerInfo>,
-    },
-    Done,
-    Queued {
-        pending: usize,
-    },
-    Feed {
-        entries: Vec<FeedEntry>,
-    },
-    Following,
-    Announcement {
-        entry: FeedEntry,
-    },
-    /// A chat message was stored; `peers` is how many peers are in the room right now
-    /// (0: it waits in the outbox until someone joins).
-    ChatSent {
-        id: String,
-        peers: usize,
-    },
-    ChatHistory {
-        messages: Vec<ChatEntry>,
-    },
-    Chat {
-        message: ChatEntry,
-    },
-    /// Stored; `replicas` is how many peers took it (0: only here so far).
-    /// `requests`: how many peers the DHT query asked.
-    KvStored {
-        replicas: usize,
-        requests: u32,
-    },
-    KvRecord {
-        record: Option<crate::proto::kv::Record>,
-        requests: u32,
-    },
-    /// (key, unix ms of our last write)
-    KvKeys {
-        keys: Vec<(String, u64)>,
-    },
-    Nostr(NostrStatus),
-}
-
-/// The Nostr bridge as the node sees it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct NostrStatus {
-    /// False when no relay is configured (`p2p.relay`): nothing is published.
-    pub enabled: bool,
-    /// The key events are signed with.
-    pub npub: String,
-    pub relays: Vec<RelayState>,
-    /// Events not yet accepted by every relay they are for.
-    pub pending: usize,
-}
-
-impl NostrStatus {
-    /// One line for `daemon status` and the chat header: "1/2 relay(s) connected, 3 event(s) pending".
-    pub fn summary(&self) -> String {
-        if !self.enabled {
-            return "off".to_string();
-        }
-        let connected = self.relays.iter().filter(|r| r.state == "connected").count();
-        format!("{connected}/{} relay(s) connected, {} event(s) pending", self.relays.len(), self.pending)
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RelayState {
-    pub url: String,
-    /// connected, connecting, disconnected, invalid (a URL that cannot be a relay), ...
-    pub state: String,
-    /// Events this relay accepted (OK true) since the node started.
-    pub accepted: u64,
-    /// Events waiting for this relay.
-    pub pending: usize,
-    /// The last refusal or failure, as the relay or the connection put it.
-    pub last_error: Option<String>,
-}
-
-/// What the node streams to followers.
-#[derive(Debug, Clone)]
-pub enum NodeEvent {
-    Announcement(FeedEntry),
-    Chat(ChatEntry),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct NodeStatus {
-    /// git-p2p version of the node binary.
-    pub version: String,
-    pub protocol: u32,
-    pub pid: u32,
-    pub peer_id: String,
-    pub npub: String,
-    pub name: Option<String>,
-    pub data_dir: String,
-    pub socket: String,
-    pub log_file: String,
-    /// Addresses the node listens on (concrete, ports resolved).
-    pub listen_addrs: Vec<String>,
-    pub started_at: u64,
-    pub connected_peers: usize,
-    pub known_peers: usize,
-    pub repos: Vec<RepoInfo>,
-    pub config: ConfigInForce,
-    #[serde(default)]
-    pub nostr: NostrStatus,
-    /// Announcements waiting for a peer in their repository's topic.
-    #[serde(default)]
-    pub outbox: usize,
-    /// Repositories (their git dirs) whose new commits wait for a rebase there to end.
-    #[serde(default)]
-    pub rebasing: Vec<String>,
-}
-
-/// The settings the node started with (it re-reads git config only on restart).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ConfigInForce {
-    pub listen: Vec<String>,
-    pub bootstrap: Vec<String>,
-    pub mdns: bool,
-    pub dht_mode: String,
-    pub relays: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PeerInfo {
-    pub peer_id: String,
-    pub name: Option<String>,
-    pub agent: Option<String>,
-    /// Addresses of our open connections to this peer.
-    pub addresses: Vec<String>,
-    /// "tcp" or "quic": the transport of the first open connection.
-    pub transport: String,
-    pub rtt_ms: Option<f64>,
-    /// Ids of our registered repos that this peer has too.
-    pub repos: Vec<RepoId>,
-    /// Seconds since the first open connection was established.
-    pub connected_secs: u64,
-    /// Our gossipsub score of the peer: negative after it sent messages we rejected.
-    pub score: Option<f64>,
+/// A present `ok` is an answer even when it is `null` (the answer of a request that returns
+/// nothing); only a missing one is None.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 impl RequestFrame {
@@ -231,11 +87,23 @@ impl RequestFrame {
 }
 
 impl ResponseFrame {
-    pub fn ok(id: u64, response: Response) -> Self {
-        Self { v: PROTOCOL_VERSION, id, outcome: Outcome::Ok(response) }
+    /// An answer: `value` serialised.
+    pub fn ok<T: Serialize + ?Sized>(id: u64, value: &T) -> Self {
+        let ok = serde_json::value::to_raw_value(value).expect("answers always serialise");
+        Self { v: PROTOCOL_VERSION, id, ok: Some(ok), error: None }
     }
+
     pub fn error(id: u64, message: impl Into<String>) -> Self {
-        Self { v: PROTOCOL_VERSION, id, outcome: Outcome::Error(message.into()) }
+        Self { v: PROTOCOL_VERSION, id, ok: None, error: Some(message.into()) }
+    }
+
+    /// The answer as `T`, or the node's one-line failure.
+    pub fn answer<T: serde::de::DeserializeOwned>(&self) -> Result<Result<T, String>, DecodeError> {
+        if let Some(error) = &self.error {
+            return Ok(Err(error.clone()));
+        }
+        let json = self.ok.as_deref().ok_or_else(|| DecodeError::Malformed("neither ok nor error".into()))?;
+        serde_json::from_str(json.get()).map(Ok).map_err(|e| DecodeError::Malformed(format!("answer: {e}")))
     }
 }
 
@@ -281,7 +149,11 @@ pub fn decode_response(line: &[u8]) -> Result<ResponseFrame, DecodeError> {
     if head.v != PROTOCOL_VERSION {
         return Err(DecodeError::Version { node: head.v, client: PROTOCOL_VERSION });
     }
-    serde_json::from_slice(line).map_err(|e| DecodeError::Malformed(e.to_string()))
+    let frame: ResponseFrame = serde_json::from_slice(line).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if frame.ok.is_some() == frame.error.is_some() {
+        return Err(DecodeError::Malformed("a response has either ok or error".into()));
+    }
+    Ok(frame)
 }
 
 /// One frame as a line of JSON, newline included.
@@ -317,11 +189,15 @@ mod tests {
     }
 
     #[test]
-    fn responses_round_trip() {
-        let frame = ResponseFrame::error(3, "nope");
-        assert_eq!(decode_response(&encode(&frame)).unwrap(), frame);
-        let frame = ResponseFrame::ok(4, Response::Peers { peers: vec![] });
-        assert_eq!(decode_response(&encode(&frame)).unwrap(), frame);
+    fn answers_round_trip_typed() {
+        let frame = decode_response(&encode(&ResponseFrame::error(3, "nope"))).unwrap();
+        assert_eq!(frame.id, 3);
+        assert_eq!(frame.answer::<Vec<String>>().unwrap(), Err("nope".to_string()));
+        let frame = decode_response(&encode(&ResponseFrame::ok(4, &vec!["a".to_string()]))).unwrap();
+        assert_eq!(frame.answer::<Vec<String>>().unwrap(), Ok(vec!["a".to_string()]));
+        let frame = decode_response(&encode(&ResponseFrame::ok(5, &()))).unwrap();
+        assert_eq!(frame.answer::<()>().unwrap(), Ok(()));
+        assert!(matches!(frame.answer::<Vec<String>>(), Err(DecodeError::Malformed(_))), "another type: malformed");
     }
 
     #[test]
@@ -329,13 +205,14 @@ mod tests {
         let (id, err) = decode_request(br#"{"v":99,"id":5,"req":{"op":"teleport"}}"#).unwrap_err();
         assert_eq!(id, 5);
         assert_eq!(err, DecodeError::Version { node: PROTOCOL_VERSION, client: 99 });
-        let err = decode_response(br#"{"v":0,"id":5,"ok":{"kind":"done"}}"#).unwrap_err();
+        let err = decode_response(br#"{"v":1,"id":5,"ok":{"kind":"done"}}"#).unwrap_err();
         assert!(err.to_string().contains("version mismatch"), "{err}");
+        assert!(!err.to_string().contains('\n'), "one line");
     }
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
-        for line in [&b""[..], b"{", b"null", b"[]", b"{\"v\":1,\"id\":1,\"req\":{\"op\":\"nope\"}}", b"\xff\xfe"] {
+        for line in [&b""[..], b"{", b"null", b"[]", b"{\"v\":2,\"id\":1,\"req\":{\"op\":\"nope\"}}", b"\xff\xfe"] {
             assert!(decode_request(line).is_err(), "{line:?}");
             assert!(decode_response(line).is_err(), "{line:?}");
         }

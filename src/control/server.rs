@@ -1,14 +1,19 @@
-//! The node's side of the control socket: accepts clients, decodes their requests, hands them to
-//! the event loop and writes the answers back. It never touches the swarm itself.
+//! The node's side of the control socket: accepts clients, decodes their requests, hands each
+//! to the node as a typed [`Command`] and writes the answers back. Subscriptions are served here,
+//! from the node's event broadcast. It never touches the swarm and does not know the node.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 
-use super::proto::{self, NodeEvent, Request, Response, ResponseFrame, MAX_FRAME};
-use crate::node::event_loop::Command;
+use super::api::{Command, Failure, NodeEvent, Reply};
+use super::proto::{self, Request, ResponseFrame, MAX_FRAME};
+use crate::proto::repo::RepoId;
 
 /// Clients served at once; more wait in the listen backlog.
 const MAX_CLIENTS: usize = 128;
@@ -42,16 +47,69 @@ pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>, feed
 /// Requests of one client in the node at once; the client's further lines wait in the socket.
 const PIPELINE: usize = 32;
 
+/// An answer on its way: the node's typed answer, serialised once it comes.
+type Answer = Pin<Box<dyn Future<Output = Result<Box<serde_json::value::RawValue>, Failure>> + Send>>;
+
 /// What the writer half sends next, in request order.
 enum Out {
     Frame(Box<ResponseFrame>),
-    Answer(u64, oneshot::Receiver<proto::Outcome>),
+    Answer(u64, Answer),
 }
 
-/// Serves one client. Requests are pipelined: each is handed to the event loop as soon as it is
-/// read (so requests of one client share the event loop's group commit), and the answers are
-/// written in request order by a writer task. A stream request (`Follow`, `FollowChat`) takes
-/// over the connection once the answers before it are out.
+/// A subscription: what a follower is streamed.
+enum Subscription {
+    Feed(RepoId),
+    Room(String),
+}
+
+/// Where a request goes: to the node as a command (its answer on the way), or a subscription
+/// served here.
+enum Routed {
+    Command(Box<Command>, Answer),
+    Subscribe(Subscription),
+}
+
+/// The command for a request, with a reply channel of the request's answer type.
+fn route(req: Request) -> Routed {
+    match req {
+        Request::Status => ask(Command::Status),
+        Request::Peers => ask(Command::Peers),
+        Request::RegisterRepo { repo } => ask(|reply| Command::RegisterRepo { repo, reply }),
+        Request::Shutdown => ask(Command::Shutdown),
+        Request::Announce { repo, envelope } => ask(|reply| Command::Announce { repo, envelope, reply }),
+        Request::IngestSpool => ask(Command::IngestSpool),
+        Request::Log { repo, limit } => ask(|reply| Command::Log { repo, limit, reply }),
+        Request::ChatSend { repo, envelope, thread } => {
+            ask(|reply| Command::ChatSend { repo, envelope, thread, reply })
+        }
+        Request::ChatHistory { room, limit } => ask(|reply| Command::ChatHistory { room, limit, reply }),
+        Request::ChatJoin { repo, thread } => ask(|reply| Command::ChatJoin { repo, thread, reply }),
+        Request::KvPut { repo, key, entry } => ask(|reply| Command::KvPut { repo, key, entry, reply }),
+        Request::KvGet { repo, key } => ask(|reply| Command::KvGet { repo, key, reply }),
+        Request::KvList { repo } => ask(|reply| Command::KvList { repo, reply }),
+        Request::NostrStatus => ask(Command::NostrStatus),
+        Request::Follow { repo } => Routed::Subscribe(Subscription::Feed(repo)),
+        Request::FollowChat { room } => Routed::Subscribe(Subscription::Room(room)),
+    }
+}
+
+/// A command whose answer (of type `T`) is serialised for the wire when it comes.
+fn ask<T: Serialize + Send + 'static>(command: impl FnOnce(Reply<T>) -> Command) -> Routed {
+    let (reply, answer) = oneshot::channel();
+    let answer: Answer = Box::pin(async move {
+        match answer.await {
+            Ok(Ok(value)) => Ok(serde_json::value::to_raw_value(&value).expect("answers always serialise")),
+            Ok(Err(failure)) => Err(failure),
+            Err(_) => Err(Failure::new("the node is shutting down")),
+        }
+    });
+    Routed::Command(Box::new(command(reply)), answer)
+}
+
+/// Serves one client. Requests are pipelined: each is handed to the node as soon as it is read
+/// (so requests of one client share the node's group commit), and the answers are written in
+/// request order by a writer task. A subscription takes over the connection once the answers
+/// before it are out.
 async fn serve_client(
     stream: UnixStream,
     commands: mpsc::Sender<Command>,
@@ -84,19 +142,14 @@ async fn serve_client(
                 continue;
             }
         };
-        match &frame.req {
-            Request::Follow { repo } => {
-                follow = Some((frame.id, repo.to_string(), false));
+        let (command, answer) = match route(frame.req) {
+            Routed::Command(command, answer) => (command, answer),
+            Routed::Subscribe(subscription) => {
+                follow = Some((frame.id, subscription));
                 break;
             }
-            Request::FollowChat { room } => {
-                follow = Some((frame.id, room.clone(), true));
-                break;
-            }
-            _ => {}
-        }
-        let (reply, answer) = oneshot::channel();
-        if commands.send(Command { req: frame.req, reply }).await.is_err() {
+        };
+        if commands.send(*command).await.is_err() {
             let _ = out.send(Out::Frame(Box::new(ResponseFrame::error(frame.id, "the node is shutting down")))).await;
             break;
         }
@@ -107,12 +160,12 @@ async fn serve_client(
     drop(out);
     let write = writer.await.map_err(std::io::Error::other)??;
     match follow {
-        Some((id, wanted, chat)) => stream_events(write, reader, id, wanted, chat, feed).await,
+        Some((id, subscription)) => stream_events(write, reader, id, subscription, feed).await,
         None => Ok(()),
     }
 }
 
-/// Writes answers in request order, each once the event loop gave it.
+/// Writes answers in request order, each once the node gave it.
 async fn write_answers(
     mut write: tokio::net::unix::OwnedWriteHalf,
     mut pending: mpsc::Receiver<Out>,
@@ -121,8 +174,8 @@ async fn write_answers(
         let frame = match next {
             Out::Frame(frame) => *frame,
             Out::Answer(id, answer) => match answer.await {
-                Ok(outcome) => ResponseFrame { v: proto::PROTOCOL_VERSION, id, outcome },
-                Err(_) => ResponseFrame::error(id, "the node is shutting down"),
+                Ok(ok) => ResponseFrame { v: proto::PROTOCOL_VERSION, id, ok: Some(ok), error: None },
+                Err(failure) => ResponseFrame::error(id, failure.message()),
             },
         };
         write.write_all(&proto::encode(&frame)).await?;
@@ -130,36 +183,36 @@ async fn write_answers(
     Ok(write)
 }
 
-/// Streams announcements (or a room's messages) to a follower until it sends anything or hangs up.
+/// Streams a repository's announcements (or a room's messages) to a follower until it sends
+/// anything or hangs up.
 async fn stream_events(
     mut write: tokio::net::unix::OwnedWriteHalf,
     mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     id: u64,
-    wanted: String,
-    chat: bool,
+    subscription: Subscription,
     feed: broadcast::Sender<NodeEvent>,
 ) -> std::io::Result<()> {
     let mut rx = feed.subscribe();
-    write.write_all(&proto::encode(&ResponseFrame::ok(id, Response::Following))).await?;
+    write.write_all(&proto::encode(&ResponseFrame::ok(id, &()))).await?;
     let mut line = Vec::new();
     loop {
         tokio::select! {
-            event = rx.recv() => match event {
-                Ok(NodeEvent::Announcement(entry)) if !chat && entry.repo.as_str() == wanted => {
-                    let frame = ResponseFrame::ok(id, Response::Announcement { entry });
-                    write.write_all(&proto::encode(&frame)).await?;
-                }
-                Ok(NodeEvent::Chat(message)) if chat && message.room == wanted => {
-                    let frame = ResponseFrame::ok(id, Response::Chat { message });
-                    write.write_all(&proto::encode(&frame)).await?;
-                }
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    let frame = ResponseFrame::error(id, format!("too slow: {n} announcements skipped"));
-                    write.write_all(&proto::encode(&frame)).await?;
-                }
-                Err(broadcast::error::RecvError::Closed) => return Ok(()),
-            },
+            event = rx.recv() => {
+                let frame = match (event, &subscription) {
+                    (Ok(NodeEvent::Announcement(entry)), Subscription::Feed(repo)) if entry.repo == *repo => {
+                        ResponseFrame::ok(id, &entry)
+                    }
+                    (Ok(NodeEvent::Chat(message)), Subscription::Room(room)) if message.room == *room => {
+                        ResponseFrame::ok(id, &message)
+                    }
+                    (Ok(_), _) => continue,
+                    (Err(broadcast::error::RecvError::Lagged(n)), _) => {
+                        ResponseFrame::error(id, format!("too slow: {n} items skipped"))
+                    }
+                    (Err(broadcast::error::RecvError::Closed), _) => return Ok(()),
+                };
+                write.write_all(&proto::encode(&frame)).await?;
+            }
             // Anything from the client (or its hang-up) ends the stream.
             _ = reader.read_until(b'\n', &mut line) => return Ok(()),
         }

@@ -1,17 +1,13 @@
 //! Received room messages go to the store on their own thread, in batches, so that gossip
 //! forwarding and delivery to followers never wait for redb (or for an fsync holding its lock).
-//! The event loop decides what is new with an in-memory set of recent ids ([`Recent`]) and
-//! broadcasts at once; the writer makes it durable about once a second. Reads of a room's history
+//! The service decides what is new with an in-memory set of recent ids and broadcasts at once; the writer makes it durable about once a second. Reads of a room's history
 //! go through the same thread, after every message handed to it before: a client that saw a
 //! message streamed finds it in the history too.
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-
-use crate::control::proto::{Outcome, Response};
+use crate::control::api::{Failure, Reply};
 use crate::proto::chat::ChatEntry;
 use crate::store::Store;
 
@@ -26,7 +22,7 @@ enum Job {
     Read {
         room: String,
         limit: usize,
-        reply: oneshot::Sender<Outcome>,
+        reply: Reply<Vec<ChatEntry>>,
     },
 }
 
@@ -36,11 +32,8 @@ pub struct HistoryWriter {
     store: Store,
 }
 
-fn read(store: &Store, room: &str, limit: usize) -> Outcome {
-    match store.chat_history(room, limit) {
-        Ok(messages) => Outcome::Ok(Response::ChatHistory { messages }),
-        Err(e) => Outcome::Error(format!("cannot read the room's history: {e}")),
-    }
+fn read(store: &Store, room: &str, limit: usize) -> Result<Vec<ChatEntry>, Failure> {
+    store.chat_history(room, limit).map_err(|e| Failure::new(format!("cannot read the room's history: {e}")))
 }
 
 impl HistoryWriter {
@@ -73,7 +66,7 @@ impl HistoryWriter {
 
     /// Answers `reply` with the newest `limit` messages of `room`, including every message
     /// handed to [`Self::write`] before.
-    pub fn read(&self, room: String, limit: usize, reply: oneshot::Sender<Outcome>) {
+    pub fn read(&self, room: String, limit: usize, reply: Reply<Vec<ChatEntry>>) {
         let (room, limit, reply) = match &self.tx {
             Some(tx) => match tx.send(Job::Read { room, limit, reply }) {
                 Ok(()) => return,
@@ -135,51 +128,9 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Job>) {
     }
 }
 
-/// The ids seen lately, at most `cap` of them (the oldest are forgotten first).
-pub struct Recent {
-    set: HashSet<String>,
-    order: VecDeque<String>,
-    cap: usize,
-}
-
-impl Recent {
-    pub fn new(cap: usize, known: impl IntoIterator<Item = String>) -> Self {
-        let mut this = Self { set: HashSet::new(), order: VecDeque::new(), cap };
-        for id in known {
-            this.insert(id);
-        }
-        this
-    }
-
-    /// True if `id` was not seen before.
-    pub fn insert(&mut self, id: String) -> bool {
-        if self.set.contains(&id) {
-            return false;
-        }
-        if self.order.len() >= self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        self.set.insert(id.clone());
-        self.order.push_back(id);
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn recent_ids_are_bounded_and_forget_the_oldest() {
-        let mut r = Recent::new(3, ["a".to_string()]);
-        assert!(!r.insert("a".into()));
-        assert!(r.insert("b".into()) && r.insert("c".into()) && r.insert("d".into()));
-        assert!(r.insert("a".into()), "the oldest was forgotten");
-        assert!(!r.insert("d".into()));
-        assert_eq!(r.set.len(), 3);
-    }
 
     fn entry(i: u64) -> ChatEntry {
         ChatEntry {
@@ -204,11 +155,9 @@ mod tests {
             for i in 0..50 {
                 writer.write(entry(round * 50 + i));
             }
-            let (reply, answer) = oneshot::channel();
+            let (reply, answer) = tokio::sync::oneshot::channel();
             writer.read("r".into(), 10_000, reply);
-            let Ok(Outcome::Ok(Response::ChatHistory { messages })) = answer.blocking_recv() else {
-                panic!("no history")
-            };
+            let Ok(Ok(messages)) = answer.blocking_recv() else { panic!("no history") };
             assert_eq!(messages.len() as u64, (round + 1) * 50, "round {round}: no read overtakes a write");
         }
     }

@@ -77,6 +77,10 @@ impl RecordStore for PersistentStore {
         if !self.records.contains_key(&r.key) && self.records.len() >= MAX_RECORDS {
             return Err(Error::MaxRecords);
         }
+        if self.records.get(&r.key) == Some(&r) {
+            // The node stores its own writes before Kademlia's put stores them again.
+            return Ok(());
+        }
         let stored = DhtRecord {
             value: r.value.clone(),
             publisher: r.publisher.map(|p| p.to_string()),

@@ -2,12 +2,14 @@
 //! loop that owns the swarm, and graceful shutdown.
 
 pub mod behaviour;
+mod disk;
 pub mod event_loop;
 mod history;
+mod hook_notes;
 mod hook_wait;
 pub mod kad_store;
-pub mod peers;
 mod repo_cache;
+pub mod service;
 mod spool_watch;
 
 use std::fs::File;
@@ -22,7 +24,7 @@ use libp2p::{noise, tcp, yamux, Swarm};
 use tokio::sync::mpsc;
 
 use crate::config::NodeConfig;
-use crate::control::proto::ConfigInForce;
+use crate::control::api::ConfigInForce;
 use crate::identity::Identity;
 use crate::paths::Paths;
 use crate::store::Store;

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use unicode_width::UnicodeWidthChar;
 
-use crate::control::proto::PeerInfo;
+use crate::control::api::PeerInfo;
 use crate::proto::announce::FeedEntry;
 use crate::proto::chat::ChatEntry;
 use crate::proto::chat::MAX_TEXT;

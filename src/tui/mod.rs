@@ -11,8 +11,7 @@ pub mod view;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::control::proto::{Request, Response};
-use crate::control::Client;
+use crate::control::{Client, ClientError, Feed, Room};
 use crate::paths::Paths;
 use crate::proto::repo::RepoInfo;
 use app::{Action, App, Header, Item, Msg};
@@ -34,26 +33,19 @@ pub struct Session {
 /// many peers it went to.
 pub fn run(session: Session, mut send: impl FnMut(&str) -> Result<usize, String>) -> anyhow::Result<()> {
     let mut client = Client::connect_or_start(&session.paths)?;
-    client.request(Request::ChatJoin { repo: session.repo.clone(), thread: session.thread.clone() })?;
-    let (tx, rx) = mpsc::channel();
-    follow(&session.paths, Request::FollowChat { room: session.room.clone() }, tx.clone());
-    if session.thread.is_none() {
-        follow(&session.paths, Request::Follow { repo: session.repo.id.clone() }, tx.clone());
-    }
-    poll_peers(session.paths.clone(), tx.clone());
-
+    client.chat_join(session.repo.clone(), session.thread.clone())?;
     let (width, height) = crossterm::terminal::size().unwrap_or((80, 24));
     let mut app = App::new(session.header, width, height);
-    if let Response::ChatHistory { messages } =
-        client.request(Request::ChatHistory { room: session.room, limit: HISTORY })?
-    {
-        messages.into_iter().for_each(|m| app.push(Item::Chat(m)));
-    }
+    let (tx, rx) = mpsc::channel();
+    let mut room = client.tail(&session.paths, Room(session.room), HISTORY, true)?;
+    std::mem::take(&mut room.history).into_iter().for_each(|m| app.push(Item::Chat(m)));
+    forward(move || room.recv(), Msg::Chat, tx.clone());
     if session.thread.is_none() {
-        if let Response::Feed { entries } = client.request(Request::Log { repo: session.repo.id, limit: HISTORY })? {
-            entries.into_iter().for_each(|e| app.push(Item::Commit(e)));
-        }
+        let mut feed = client.tail(&session.paths, Feed(session.repo.id), HISTORY, true)?;
+        std::mem::take(&mut feed.history).into_iter().for_each(|e| app.push(Item::Commit(e)));
+        forward(move || feed.recv(), Msg::Commit, tx.clone());
     }
+    poll_peers(session.paths.clone(), tx.clone());
 
     let mut terminal = ratatui::init();
     let keys = tx.clone();
@@ -89,27 +81,23 @@ pub fn run(session: Session, mut send: impl FnMut(&str) -> Result<usize, String>
     result
 }
 
-/// Streams a follow request's frames into the window.
-fn follow(paths: &Paths, req: Request, tx: mpsc::Sender<Msg>) {
-    let paths = paths.clone();
-    std::thread::spawn(move || {
-        let result = (|| -> Result<(), crate::control::ClientError> {
-            let mut client = Client::connect(&paths)?;
-            client.wait_forever()?;
-            let id = client.send(req)?;
-            loop {
-                let msg = match client.next(id)? {
-                    Response::Chat { message } => Msg::Chat(message),
-                    Response::Announcement { entry } => Msg::Commit(entry),
-                    _ => continue,
-                };
-                if tx.send(msg).is_err() {
-                    return Ok(());
-                }
+/// Feeds what a subscription streams into the window, on a thread of its own.
+fn forward<T: Send + 'static>(
+    mut next: impl FnMut() -> Result<Option<T>, ClientError> + Send + 'static,
+    wrap: fn(T) -> Msg,
+    tx: mpsc::Sender<Msg>,
+) {
+    std::thread::spawn(move || loop {
+        let msg = match next() {
+            Ok(Some(item)) => wrap(item),
+            Ok(None) => return,
+            Err(e) => {
+                let _ = tx.send(Msg::NodeError(format!("lost the node: {e}")));
+                return;
             }
-        })();
-        if let Err(e) = result {
-            let _ = tx.send(Msg::NodeError(format!("lost the node: {e}")));
+        };
+        if tx.send(msg).is_err() {
+            return;
         }
     });
 }
@@ -126,15 +114,14 @@ fn poll_peers(paths: Paths, tx: mpsc::Sender<Msg>) {
                 continue;
             }
         };
-        let peers = match client.request(Request::Peers) {
-            Ok(Response::Peers { peers }) => Msg::Peers(peers),
-            Ok(_) => Msg::NodeError("unexpected answer from the node".into()),
+        let peers = match client.peers() {
+            Ok(peers) => Msg::Peers(peers),
             Err(e) => Msg::NodeError(e.to_string()),
         };
         if tx.send(peers).is_err() {
             return;
         }
-        if let Ok(Response::Nostr(status)) = client.request(Request::NostrStatus) {
+        if let Ok(status) = client.nostr_status() {
             if tx.send(Msg::Nostr(status.summary())).is_err() {
                 return;
             }

@@ -8,7 +8,6 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use git_p2p::control::proto::{Request, Response};
 use git_p2p::control::Client;
 use git_p2p::paths::Paths;
 use git_p2p::proto::announce::{Announcement, KIND};
@@ -407,10 +406,7 @@ fn chat_history(bob: &Node, room: &str) -> Vec<ChatEntry> {
     let env = bob.env_pairs();
     let paths = Paths::from_vars(|name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.into())).expect("paths");
     let mut client = Client::connect(&paths).expect("bob's node answers");
-    match client.request(Request::ChatHistory { room: room.to_string(), limit: 10_000 }).expect("chat history") {
-        Response::ChatHistory { messages } => messages,
-        other => panic!("unexpected answer: {other:?}"),
-    }
+    client.chat_history(room, 10_000).expect("chat history")
 }
 
 /// Publishes chat `text` from eve until bob's `chat --tail --json` lists it (re-sent every 3 s

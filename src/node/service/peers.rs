@@ -10,7 +10,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::ConnectionId;
 use libp2p::{Multiaddr, PeerId};
 
-use crate::control::proto::PeerInfo;
+use crate::control::api::PeerInfo;
 use crate::proto::repo::RepoId;
 
 /// First redial delay after a failed dial; doubled per failure up to [`REDIAL_MAX`].
@@ -94,6 +94,11 @@ impl PeerTable {
         if let Some(state) = self.peers.get_mut(peer) {
             state.topics.remove(topic);
         }
+    }
+
+    /// How many connected peers are subscribed to `topic`.
+    pub fn audience(&self, topic: &TopicHash) -> usize {
+        self.peers.values().filter(|s| s.topics.contains(topic)).count()
     }
 
     pub fn is_connected(&self, peer: &PeerId) -> bool {

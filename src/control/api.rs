@@ -1,0 +1,247 @@
+//! What the node answers, typed: one answer type per request kind, and the [`Command`] the
+//! control server hands the node for each request, carrying a reply channel of that type.
+//!
+//! This is where a request and its answer are paired (as in rust-libp2p's file-sharing example:
+//! commands carry `oneshot` senders of their own answer type). The control client decodes each
+//! answer as the same type; the wire (JSON lines, [`super::proto`]) carries the answer as it
+//! serialises.
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::proto::announce::FeedEntry;
+use crate::proto::chat::ChatEntry;
+use crate::proto::envelope::Envelope;
+use crate::proto::kv::{Entry, Record};
+use crate::proto::repo::{RepoId, RepoInfo};
+
+/// Why the node could not do what it was asked, in one line for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure(String);
+
+impl Failure {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into().replace(['\n', '\r'], " "))
+    }
+
+    /// An error and its causes on one line (a cause whose text the message already has is
+    /// left out: many of our errors quote their source).
+    pub fn of(error: &dyn std::error::Error) -> Self {
+        let mut message = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            source = cause.source();
+        }
+        Self::new(message)
+    }
+
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where the answer to a command goes.
+pub type Reply<T> = oneshot::Sender<Result<T, Failure>>;
+
+/// A control request as the node receives it: the request and the channel for its typed answer.
+#[derive(Debug)]
+pub enum Command {
+    /// Who the node is and what is in force.
+    Status(Reply<NodeStatus>),
+    /// Connected peers.
+    Peers(Reply<Vec<PeerInfo>>),
+    /// A repository of ours: the node joins its topics and reads its reflog from now on.
+    RegisterRepo { repo: RepoInfo, reply: Reply<()> },
+    /// Graceful shutdown; answered just before the node stops.
+    Shutdown(Reply<()>),
+    /// A signed announcement for the durable outbox; answered once it is stored.
+    Announce { repo: RepoInfo, envelope: Envelope, reply: Reply<Queued> },
+    /// The hook left something in the spool.
+    IngestSpool(Reply<()>),
+    /// The newest `limit` announcements received for a repository, newest first.
+    Log { repo: RepoId, limit: usize, reply: Reply<Vec<FeedEntry>> },
+    /// A signed room message of ours (in a commit's thread with `thread`).
+    ChatSend { repo: RepoInfo, envelope: Envelope, thread: Option<String>, reply: Reply<ChatSent> },
+    /// The newest `limit` messages of a room, oldest first.
+    ChatHistory { room: String, limit: usize, reply: Reply<Vec<ChatEntry>> },
+    /// Join a room without sending.
+    ChatJoin { repo: RepoInfo, thread: Option<String>, reply: Reply<()> },
+    /// Merge a signed entry of ours into the repository's record for `key` and put it in the DHT.
+    KvPut { repo: RepoInfo, key: String, entry: Entry, reply: Reply<KvStored> },
+    /// Look `key` up in the DHT (every copy found merged with ours).
+    KvGet { repo: RepoId, key: String, reply: Reply<KvFound> },
+    /// The keys this node wrote in the repository.
+    KvList { repo: RepoId, reply: Reply<Vec<KvKey>> },
+    /// The Nostr bridge: relays, their state, events waiting.
+    NostrStatus(Reply<NostrStatus>),
+}
+
+/// An announcement is in the durable outbox.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Queued {
+    /// Announcements waiting for a peer, this one included.
+    pub pending: usize,
+}
+
+/// A room message was stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChatSent {
+    pub id: String,
+    /// Peers in the room right now (0: it waits in the outbox until someone joins).
+    pub peers: usize,
+}
+
+/// A DHT entry of ours was stored.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KvStored {
+    /// Peers that took it (0: only here so far; it is republished later).
+    pub replicas: usize,
+    /// Peers the DHT query asked.
+    pub requests: u32,
+}
+
+/// What a DHT lookup found.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KvFound {
+    /// Every copy found, merged with ours; None when nobody has the key.
+    pub record: Option<Record>,
+    /// Peers the DHT query asked.
+    pub requests: u32,
+}
+
+/// A key this node wrote.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KvKey {
+    pub key: String,
+    /// Unix ms of our last write.
+    pub time: u64,
+}
+
+/// What the node streams to followers.
+#[derive(Debug, Clone)]
+pub enum NodeEvent {
+    Announcement(FeedEntry),
+    Chat(ChatEntry),
+}
+
+/// The Nostr bridge as the node sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NostrStatus {
+    /// False when no relay is configured (`p2p.relay`): nothing is published.
+    pub enabled: bool,
+    /// The key events are signed with.
+    pub npub: String,
+    pub relays: Vec<RelayState>,
+    /// Events not yet accepted by every relay they are for.
+    pub pending: usize,
+}
+
+impl NostrStatus {
+    /// One line for `daemon status` and the chat header: "1/2 relay(s) connected, 3 event(s) pending".
+    pub fn summary(&self) -> String {
+        if !self.enabled {
+            return "off".to_string();
+        }
+        let connected = self.relays.iter().filter(|r| r.state == "connected").count();
+        format!("{connected}/{} relay(s) connected, {} event(s) pending", self.relays.len(), self.pending)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RelayState {
+    pub url: String,
+    /// connected, connecting, disconnected, invalid (a URL that cannot be a relay), ...
+    pub state: String,
+    /// Events this relay accepted (OK true) since the node started.
+    pub accepted: u64,
+    /// Events waiting for this relay.
+    pub pending: usize,
+    /// The last refusal or failure, as the relay or the connection put it.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeStatus {
+    /// git-p2p version of the node binary.
+    pub version: String,
+    pub protocol: u32,
+    pub pid: u32,
+    pub peer_id: String,
+    pub npub: String,
+    pub name: Option<String>,
+    pub data_dir: String,
+    pub socket: String,
+    pub log_file: String,
+    /// Addresses the node listens on (concrete, ports resolved).
+    pub listen_addrs: Vec<String>,
+    pub started_at: u64,
+    pub connected_peers: usize,
+    pub known_peers: usize,
+    pub repos: Vec<RepoInfo>,
+    pub config: ConfigInForce,
+    #[serde(default)]
+    pub nostr: NostrStatus,
+    /// Announcements waiting for a peer in their repository's topic.
+    #[serde(default)]
+    pub outbox: usize,
+    /// Repositories (their git dirs) whose new commits wait for a rebase there to end.
+    #[serde(default)]
+    pub rebasing: Vec<String>,
+}
+
+/// The settings the node started with (it re-reads git config only on restart).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConfigInForce {
+    pub listen: Vec<String>,
+    pub bootstrap: Vec<String>,
+    pub mdns: bool,
+    pub dht_mode: String,
+    pub relays: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerInfo {
+    pub peer_id: String,
+    pub name: Option<String>,
+    pub agent: Option<String>,
+    /// Addresses of our open connections to this peer.
+    pub addresses: Vec<String>,
+    /// "tcp" or "quic": the transport of the first open connection.
+    pub transport: String,
+    pub rtt_ms: Option<f64>,
+    /// Ids of our registered repos that this peer has too.
+    pub repos: Vec<RepoId>,
+    /// Seconds since the first open connection was established.
+    pub connected_secs: u64,
+    /// Our gossipsub score of the peer: negative after it sent messages we rejected.
+    pub score: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot store: {0}")]
+    struct Outer(#[source] Inner);
+    #[derive(Debug, thiserror::Error)]
+    #[error("disk full\nretry later")]
+    struct Inner;
+
+    #[test]
+    fn a_failure_is_one_line_without_repeated_causes() {
+        let f = Failure::of(&Outer(Inner));
+        assert_eq!(f.message(), "cannot store: disk full retry later");
+    }
+}

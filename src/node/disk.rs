@@ -1,0 +1,189 @@
+//! The service's [`Disk`] over the node's store, and the `store-sync` thread that makes it
+//! durable. Writes are committed without fsync; the answers that need them durable wait in the
+//! command batch's [`SyncJob`], and the sync thread fsyncs once for the batch and only then sends
+//! them, so the swarm never waits for the disk (a group commit). What needs no answer is synced
+//! on the next tick. Received room messages go to the history thread instead.
+
+use libp2p::kad::store::RecordStore;
+use libp2p::{kad, Multiaddr, PeerId};
+
+use super::history::HistoryWriter;
+use super::kad_store::PersistentStore;
+use super::service::{Ack, Disk};
+use crate::control::api::Failure;
+use crate::proto::announce::FeedEntry;
+use crate::proto::chat::ChatEntry;
+use crate::proto::outbox::OutboxEntry;
+use crate::proto::repo::{RepoId, RepoInfo};
+use crate::store::{Store, StoreError};
+
+/// What the sync thread does for one command batch: write our published room messages to the
+/// history, fsync, then send the answers that waited for it.
+#[derive(Default)]
+struct SyncJob {
+    history: Vec<ChatEntry>,
+    acks: Vec<Ack>,
+}
+
+/// What the event loop keeps between writes: whether a sync is owed, and the command batch's
+/// answers waiting for durability.
+pub struct Durability {
+    syncer: std::sync::mpsc::Sender<SyncJob>,
+    /// Written without fsync since the last sync.
+    unsynced: bool,
+    batch: SyncJob,
+}
+
+impl Durability {
+    /// Starts the sync thread.
+    pub fn spawn(store: Store) -> Self {
+        Self { syncer: spawn_syncer(store), unsynced: false, batch: SyncJob::default() }
+    }
+
+    /// The end of a command batch: the sync thread writes our published messages, fsyncs and
+    /// answers. `inline` (the node is stopping, or the thread is gone): here and now.
+    pub fn commit_batch(&mut self, store: &Store, inline: bool) {
+        let job = std::mem::take(&mut self.batch);
+        if job.acks.is_empty() && job.history.is_empty() {
+            return;
+        }
+        self.unsynced = false;
+        let job = if inline {
+            job
+        } else {
+            match self.syncer.send(job) {
+                Ok(()) => return,
+                Err(std::sync::mpsc::SendError(job)) => job,
+            }
+        };
+        run_job(store, job);
+    }
+
+    /// What was written without fsync since the last sync is made durable (off this thread).
+    pub fn sync_soon(&mut self, store: &Store) {
+        if std::mem::take(&mut self.unsynced) && self.syncer.send(SyncJob::default()).is_err() {
+            if let Err(e) = store.sync() {
+                tracing::warn!(error = %e, "cannot sync the store");
+            }
+        }
+    }
+
+    /// A write was made without fsync.
+    pub fn wrote(&mut self) {
+        self.unsynced = true;
+    }
+}
+
+/// The service's view of the store (and of Kademlia's record store, which the swarm owns), for
+/// the length of one call.
+pub struct NodeDisk<'a> {
+    pub store: &'a Store,
+    pub records: &'a mut PersistentStore,
+    pub durability: &'a mut Durability,
+    pub history: &'a HistoryWriter,
+}
+
+impl NodeDisk<'_> {
+    fn wrote<T>(&mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        self.durability.unsynced = true;
+        result
+    }
+}
+
+impl Disk for NodeDisk<'_> {
+    fn add_repo(&mut self, repo: &RepoInfo) -> Result<(), StoreError> {
+        self.store.add_repo(repo)
+    }
+
+    fn outbox_push(&mut self, entry: &OutboxEntry, durable: bool) -> Result<u64, StoreError> {
+        let result = self.store.outbox_push_with(entry, durable);
+        self.wrote(result)
+    }
+
+    fn outbox_remove(&mut self, seqs: &[u64]) -> Result<(), StoreError> {
+        let result = self.store.outbox_remove(seqs);
+        self.wrote(result)
+    }
+
+    fn mark_announced(&mut self, repo: &RepoId, commit: &str) -> Result<(), StoreError> {
+        let result = self.store.mark_announced(repo, commit);
+        self.wrote(result)
+    }
+
+    fn prune_announced(&mut self, before_ms: u64) -> Result<usize, StoreError> {
+        let result = self.store.prune_announced(before_ms);
+        self.wrote(result)
+    }
+
+    fn feed_insert(&mut self, entry: &FeedEntry) -> Result<bool, StoreError> {
+        let result = self.store.feed_insert(entry);
+        self.wrote(result)
+    }
+
+    fn chat_received(&mut self, entry: ChatEntry) {
+        self.history.write(entry);
+    }
+
+    fn chat_insert(&mut self, entry: &ChatEntry) -> Result<bool, StoreError> {
+        let result = self.store.chat_insert(entry);
+        self.wrote(result)
+    }
+
+    fn chat_published(&mut self, entry: ChatEntry) {
+        self.durability.batch.history.push(entry);
+    }
+
+    fn reply_when_durable(&mut self, ack: Ack) {
+        self.durability.batch.acks.push(ack);
+    }
+
+    fn kv_own(&mut self, repo: &RepoId, key: &str, ts: u64, durable: bool) -> Result<(), StoreError> {
+        let result = self.store.kv_own(repo, key, ts, durable);
+        self.wrote(result)
+    }
+
+    fn record(&self, key: &kad::RecordKey) -> Option<kad::Record> {
+        self.records.get(key).map(|r| r.into_owned())
+    }
+
+    fn put_record(&mut self, record: kad::Record) -> Result<(), kad::store::Error> {
+        self.durability.unsynced = true;
+        self.records.put(record)
+    }
+
+    fn remember_peer(&mut self, peer: &PeerId, addrs: &[Multiaddr], name: Option<&str>) -> Result<(), StoreError> {
+        let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        self.store.remember_peer(&peer.to_string(), &addrs, name)
+    }
+}
+
+fn run_job(store: &Store, job: SyncJob) {
+    match store.chat_insert_all(&job.history).and_then(|_| store.sync()) {
+        Ok(()) => job.acks.into_iter().for_each(|ack| ack.settle(Ok(()))),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot sync the store");
+            let failure = Failure::new(format!("cannot store: {e}"));
+            job.acks.into_iter().for_each(|ack| ack.settle(Err(failure.clone())));
+        }
+    }
+}
+
+/// The thread that makes the store durable (one fsync for whatever is queued) and then sends the
+/// answers that waited for it. Exits when the event loop drops its sender.
+fn spawn_syncer(store: Store) -> std::sync::mpsc::Sender<SyncJob> {
+    let (tx, rx) = std::sync::mpsc::channel::<SyncJob>();
+    let spawned = std::thread::Builder::new().name("store-sync".into()).spawn(move || {
+        while let Ok(mut job) = rx.recv() {
+            while let Ok(more) = rx.try_recv() {
+                job.history.extend(more.history);
+                job.acks.extend(more.acks);
+            }
+            run_job(&store, job);
+        }
+    });
+    if let Err(e) = spawned {
+        // The receiver is gone with the closure: every send fails and the loop syncs itself.
+        tracing::warn!(error = %e, "cannot start the store's sync thread; syncing inline");
+    }
+    tx
+}

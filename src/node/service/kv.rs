@@ -1,0 +1,242 @@
+//! DHT records: our writes (merged into our copy, then put), lookups (every copy found merged
+//! with ours), the control requests waiting for their queries, and what peers ask us to store
+//! (every entry verified and merged before it is kept). A query is answered when Kademlia says it
+//! is done, when [`GET_COPIES`] peers sent a copy, or at [`QUERY_DEADLINE`], whichever is first.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use libp2p::{kad, PeerId};
+
+use super::{Disk, Io, Service};
+use crate::clock::Now;
+use crate::control::api::{Failure, KvFound, KvStored, Reply};
+use crate::proto::kv::{record_key, validate_key, Entry, Record};
+use crate::proto::repo::{RepoId, RepoInfo};
+
+/// A `kv get` answers once this many peers sent their copy (merged with ours), without waiting
+/// for the lookup to ask all 20 closest peers: a writer's put reached several of them.
+pub const GET_COPIES: usize = 3;
+/// A query not done by then is answered with what it has (Kademlia's own timeout is 10 s).
+pub const QUERY_DEADLINE: Duration = Duration::from_secs(12);
+
+/// Who writes an entry: a user (`kv set`: the write is durable before the put, and the answer
+/// waits for it), or the node itself (our refs: synced with the next batch, nobody waits).
+pub(super) enum Writer {
+    User(Reply<KvStored>),
+    Node,
+}
+
+/// A query of ours, as the service names it (the event loop maps it to Kademlia's id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QueryRef(u64);
+
+enum Pending {
+    /// `reply`: None for our own refs, which nobody waits for.
+    Put {
+        reply: Option<Reply<KvStored>>,
+        replicas: usize,
+        deadline: Instant,
+    },
+    Get {
+        reply: Reply<KvFound>,
+        merged: Record,
+        found: bool,
+        copies: usize,
+        deadline: Instant,
+    },
+}
+
+#[derive(Default)]
+pub struct Kv {
+    pending: HashMap<QueryRef, Pending>,
+    next: u64,
+}
+
+impl Kv {
+    fn start(&mut self, pending: Pending) -> QueryRef {
+        self.next += 1;
+        let query = QueryRef(self.next);
+        self.pending.insert(query, pending);
+        query
+    }
+
+    /// A copy of the record from `peer` (None: our own). True when the lookup has enough.
+    fn found(&mut self, query: QueryRef, peer: Option<PeerId>, record: &kad::Record) -> bool {
+        let Some(Pending::Get { merged, found, copies, .. }) = self.pending.get_mut(&query) else { return false };
+        match Record::decode(&record.value, &merged.repo, record.key.as_ref()) {
+            Ok(copy) => {
+                merged.merge(copy);
+                *found = true;
+                if peer.is_some() {
+                    *copies += 1;
+                }
+            }
+            Err(e) => tracing::debug!(?peer, error = %e, "refused a DHT answer"),
+        }
+        *copies >= GET_COPIES
+    }
+
+    /// Answers the request waiting for `query`, with what it has.
+    fn answer(&mut self, query: QueryRef, requests: u32) {
+        match self.pending.remove(&query) {
+            Some(Pending::Put { reply: Some(reply), replicas, .. }) => {
+                let _ = reply.send(Ok(KvStored { replicas, requests }));
+            }
+            Some(Pending::Get { reply, merged, found, .. }) => {
+                let _ = reply.send(Ok(KvFound { record: found.then_some(merged), requests }));
+            }
+            Some(Pending::Put { reply: None, .. }) | None => {}
+        }
+    }
+
+    /// Queries past their deadline.
+    fn overdue(&self, now: Instant) -> Vec<QueryRef> {
+        let deadline = |p: &Pending| match p {
+            Pending::Put { deadline, .. } | Pending::Get { deadline, .. } => *deadline,
+        };
+        self.pending.iter().filter(|(_, p)| deadline(p) <= now).map(|(q, _)| *q).collect()
+    }
+}
+
+/// Our copy of `key`'s record in `repo`, if we hold a valid one.
+fn local(disk: &dyn Disk, repo: &RepoId, dht_key: &kad::RecordKey) -> Option<Record> {
+    let stored = disk.record(dht_key)?;
+    Record::decode(&stored.value, repo, dht_key.as_ref()).ok()
+}
+
+impl Service {
+    /// A `kv set` (or `rm`): our entry merged into our copy, stored, and put in the DHT; the
+    /// answer waits for the put. `durable`: our write is fsync'd before the put (a user's
+    /// `kv set`); else synced with the next batch (refs derived from an announcement).
+    pub fn kv_put(
+        &mut self,
+        repo: RepoInfo,
+        key: String,
+        entry: Entry,
+        reply: Reply<KvStored>,
+        now: Now,
+        disk: &mut dyn Disk,
+    ) {
+        if let Err(e) = self.put_entry(&repo.id, &key, entry, Writer::User(reply), now, disk) {
+            tracing::debug!(%key, error = %e, "kv put refused");
+        }
+    }
+
+    /// Stores and puts one entry; on failure the user (if one waits) got the reason.
+    pub(super) fn put_entry(
+        &mut self,
+        repo: &RepoId,
+        key: &str,
+        entry: Entry,
+        writer: Writer,
+        now: Now,
+        disk: &mut dyn Disk,
+    ) -> Result<(), Failure> {
+        let (reply, durable) = match writer {
+            Writer::User(reply) => (Some(reply), true),
+            Writer::Node => (None, false),
+        };
+        let fail = |reply: Option<Reply<KvStored>>, failure: Failure| {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(failure.clone()));
+            }
+            Err(failure)
+        };
+        let dht_key = kad::RecordKey::new(&record_key(repo, key));
+        let mut record = local(disk, repo, &dht_key).unwrap_or_else(|| Record::new(repo, key));
+        let ts = entry.ts;
+        if let Err(e) = record.merge_entry(entry) {
+            return fail(reply, Failure::of(&e));
+        }
+        if let Err(e) = disk.kv_own(repo, key, ts, durable) {
+            return fail(reply, Failure::new(format!("cannot store: {e}")));
+        }
+        // Stored here at once (as Kademlia's put would), so that the next write of this key,
+        // even in the same batch, merges into this one.
+        let mut stored = kad::Record::new(dht_key, record.encode());
+        stored.publisher = Some(self.me.peer);
+        if let Err(e) = disk.put_record(stored.clone()) {
+            return fail(reply, Failure::new(format!("cannot store the record: {e:?}")));
+        }
+        let deadline = now.mono + QUERY_DEADLINE;
+        let query = self.kv.start(Pending::Put { reply, replicas: 0, deadline });
+        self.push(Io::PutRecord { query, record: stored });
+        Ok(())
+    }
+
+    /// A `kv get`: a DHT lookup, every copy found merged with ours.
+    pub fn kv_get(&mut self, repo: RepoId, key: String, reply: Reply<KvFound>, now: Now, disk: &mut dyn Disk) {
+        if let Err(e) = validate_key(&key) {
+            let _ = reply.send(Err(Failure::of(&e)));
+            return;
+        }
+        let dht_key = kad::RecordKey::new(&record_key(&repo, &key));
+        let ours = local(disk, &repo, &dht_key);
+        let found = ours.is_some();
+        let merged = ours.unwrap_or_else(|| Record::new(&repo, &key));
+        let deadline = now.mono + QUERY_DEADLINE;
+        let query = self.kv.start(Pending::Get { reply, merged, found, copies: 0, deadline });
+        self.push(Io::GetRecord { query, key: dht_key });
+    }
+
+    /// Kademlia refused to start a put (our own store refused the record).
+    pub fn kv_failed(&mut self, query: QueryRef, reason: String) {
+        if let Some(Pending::Put { reply: Some(reply), .. }) = self.kv.pending.remove(&query) {
+            let _ = reply.send(Err(Failure::new(format!("cannot store the record: {reason}"))));
+        }
+    }
+
+    /// A lookup found a copy (from `peer`, or ours when None).
+    pub fn kv_found(&mut self, query: QueryRef, peer: Option<PeerId>, record: &kad::Record, requests: u32) {
+        if self.kv.found(query, peer, record) {
+            self.push(Io::FinishQuery(query));
+            self.kv.answer(query, requests);
+        }
+    }
+
+    /// A put reached `replicas` peers.
+    pub fn kv_put_done(&mut self, query: QueryRef, replicas: usize) {
+        if let Some(Pending::Put { replicas: r, .. }) = self.kv.pending.get_mut(&query) {
+            *r = replicas;
+        }
+    }
+
+    /// Kademlia is done with a query: the request waiting for it is answered.
+    pub fn kv_query_done(&mut self, query: QueryRef, requests: u32) {
+        self.kv.answer(query, requests);
+    }
+
+    /// Queries past their deadline are answered with what they have, and stopped.
+    pub(super) fn expire_queries(&mut self, now: Now) {
+        for query in self.kv.overdue(now.mono) {
+            tracing::debug!(?query, "DHT query past its deadline");
+            self.kv.answer(query, 0);
+            self.push(Io::FinishQuery(query));
+        }
+    }
+
+    /// A peer asks us to store a record: every entry verified, merged with our copy, kept.
+    pub fn kad_inbound(&mut self, source: PeerId, record: kad::Record, disk: &mut dyn Disk) {
+        let incoming = match Record::decode_any(&record.value, record.key.as_ref()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(%source, error = %e, "refused a DHT record");
+                return;
+            }
+        };
+        let merged = match local(disk, &incoming.repo, &record.key) {
+            Some(mut ours) => {
+                ours.merge(incoming);
+                ours
+            }
+            None => incoming,
+        };
+        let mut stored = kad::Record::new(record.key, merged.encode());
+        stored.publisher = record.publisher;
+        stored.expires = record.expires;
+        if let Err(e) = disk.put_record(stored) {
+            tracing::debug!(%source, error = ?e, "cannot store a DHT record");
+        }
+    }
+}

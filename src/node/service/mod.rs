@@ -1,0 +1,305 @@
+//! The node's logic, without I/O: a state machine that takes the time and an input (a control
+//! command, a swarm event, a tick) and returns what to do: [`Io`] (subscribe, publish, dial, put
+//! or get a DHT record, hand an event to followers, ask the Nostr bridge). What it keeps durably
+//! goes through [`Disk`], which the event loop implements over the store and tests over memory.
+//! It never reads a clock, a socket or a file itself. Radicle's radicle-node `service` is the
+//! model; `tests` drives several services through a simulated network with a fake clock.
+//!
+//! One concern per file, each with its constants: `repos` (the registry), `rooms` (topics, what
+//! arrives on them, chat), `outbox` (our messages until a peer took them), `kv` (DHT records and
+//! the queries waiting for the network), `refs` (our refs in the DHT), `discovery` (peers, who to
+//! dial), `peers` (the peer table and redial backoff).
+
+mod discovery;
+mod kv;
+mod outbox;
+pub mod peers;
+mod refs;
+mod repos;
+mod rooms;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use libp2p::gossipsub::{Sha256Topic, TopicHash};
+use libp2p::identity::Keypair;
+use libp2p::{kad, Multiaddr, PeerId};
+
+use crate::clock::Now;
+use crate::control::api::{Failure, NodeEvent, PeerInfo, Reply};
+use crate::proto::announce::FeedEntry;
+use crate::proto::chat::ChatEntry;
+use crate::proto::envelope::Envelope;
+use crate::proto::outbox::OutboxEntry;
+use crate::proto::repo::{RepoId, RepoInfo};
+use crate::store::StoreError;
+
+pub use discovery::TARGET_PEERS;
+pub use kv::QueryRef;
+pub use outbox::PUBLISH_GRACE;
+pub use rooms::{CHAT_BURST, CHAT_RATE};
+
+/// How often, and for how long, our announced commits are remembered (against announcing one
+/// twice through the hook's two paths and the reflog; those meet within seconds).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+const ANNOUNCED_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Who this node is: it signs the DHT entries it writes for its own announcements.
+pub struct Me {
+    pub key: Keypair,
+    pub peer: PeerId,
+    /// Our key as envelopes and DHT entries name their author (protobuf, hex).
+    pub author: String,
+    pub name: Option<String>,
+    pub npub: String,
+}
+
+impl Me {
+    pub fn new(key: Keypair, name: Option<String>, npub: String) -> Self {
+        let peer = key.public().to_peer_id();
+        let author = hex::encode(key.public().encode_protobuf());
+        Self { key, peer, author, name, npub }
+    }
+}
+
+/// What the node keeps on disk, as the service sees it. Writes not marked `durable` become
+/// durable with the next sync (at most a second later); an answer that must wait for what its
+/// command wrote goes through [`Disk::reply_when_durable`].
+pub trait Disk {
+    fn add_repo(&mut self, repo: &RepoInfo) -> Result<(), StoreError>;
+    fn outbox_push(&mut self, entry: &OutboxEntry, durable: bool) -> Result<u64, StoreError>;
+    fn outbox_remove(&mut self, seqs: &[u64]) -> Result<(), StoreError>;
+    fn mark_announced(&mut self, repo: &RepoId, commit: &str) -> Result<(), StoreError>;
+    fn prune_announced(&mut self, before_ms: u64) -> Result<usize, StoreError>;
+    /// A received announcement; false if the feed has it already.
+    fn feed_insert(&mut self, entry: &FeedEntry) -> Result<bool, StoreError>;
+    /// A received room message, known to be new: stored off the event loop, in batches.
+    fn chat_received(&mut self, entry: ChatEntry);
+    /// One of our room messages going through the outbox; false if the history has it.
+    fn chat_insert(&mut self, entry: &ChatEntry) -> Result<bool, StoreError>;
+    /// One of our room messages published at once: stored before the batch's answers go out.
+    fn chat_published(&mut self, entry: ChatEntry);
+    /// Sends `ack` once everything written so far is durable.
+    fn reply_when_durable(&mut self, ack: Ack);
+    /// Remembers that we wrote `key` (for `kv ls`).
+    fn kv_own(&mut self, repo: &RepoId, key: &str, ts: u64, durable: bool) -> Result<(), StoreError>;
+    /// Our copy of a DHT record.
+    fn record(&self, key: &kad::RecordKey) -> Option<kad::Record>;
+    fn put_record(&mut self, record: kad::Record) -> Result<(), kad::store::Error>;
+    fn remember_peer(&mut self, peer: &PeerId, addrs: &[Multiaddr], name: Option<&str>) -> Result<(), StoreError>;
+}
+
+/// An answer that waits until what its command wrote is durable.
+pub struct Ack(Box<dyn FnOnce(Result<(), Failure>) + Send>);
+
+impl Ack {
+    pub fn new<T: Send + 'static>(reply: Reply<T>, value: T) -> Self {
+        Self(Box::new(move |result| {
+            let _ = reply.send(result.map(|()| value));
+        }))
+    }
+
+    /// Sends the answer, or `failure` in its place.
+    pub fn settle(self, result: Result<(), Failure>) {
+        (self.0)(result)
+    }
+}
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ack")
+    }
+}
+
+/// Which publish the network's answer is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ticket {
+    /// An outbox entry (its sequence number).
+    Outbox(u64),
+    /// A room message of ours published at once.
+    Chat(u64),
+}
+
+/// What the service asks the event loop to do.
+#[derive(Debug)]
+pub enum Io {
+    /// Subscribe to a topic (with our topic score parameters).
+    Subscribe(Sha256Topic),
+    /// Publish; the answer goes to [`Service::published`].
+    Publish {
+        ticket: Ticket,
+        topic: TopicHash,
+        data: Vec<u8>,
+    },
+    Dial {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
+    /// Tell Kademlia where a peer listens.
+    KadAddress {
+        peer: PeerId,
+        addr: Multiaddr,
+    },
+    /// A Kademlia self-lookup, to find peers near us.
+    KadBootstrap,
+    /// Put a record (stored here too) and replicate it; progress goes to [`Service::kv_put_done`]
+    /// and [`Service::kv_query_done`], a refusal to [`Service::kv_failed`].
+    PutRecord {
+        query: QueryRef,
+        record: kad::Record,
+    },
+    /// Look a record up; copies go to [`Service::kv_found`].
+    GetRecord {
+        query: QueryRef,
+        key: kad::RecordKey,
+    },
+    /// Stop a query: it has what it needs.
+    FinishQuery(QueryRef),
+    /// Hand a new feed entry or room message to followers.
+    Emit(NodeEvent),
+    /// Read this repository's HEAD reflog from its end on (it was just registered).
+    WatchReflog(RepoInfo),
+    /// Tell the Nostr bridge.
+    Bridge(BridgeOp),
+}
+
+#[derive(Debug)]
+pub enum BridgeOp {
+    /// Listen for comments on these repositories.
+    Watch(Vec<RepoInfo>),
+    /// The repository may look different now: re-read it.
+    Refresh(RepoInfo),
+    /// Our room message, as a comment.
+    Comment { repo: RepoInfo, text: String, envelope: Box<Envelope>, thread: Option<String> },
+}
+
+/// What the store had at start.
+#[derive(Default)]
+pub struct Loaded {
+    pub repos: Vec<RepoInfo>,
+    pub outbox: Vec<(u64, OutboxEntry)>,
+    /// The address book.
+    pub known_peers: Vec<(PeerId, Vec<Multiaddr>)>,
+    /// Ids of the room messages we have.
+    pub seen_chat: Vec<String>,
+}
+
+pub struct Service {
+    me: Me,
+    repos: repos::Repos,
+    rooms: rooms::Rooms,
+    outbox: outbox::Outbox,
+    kv: kv::Kv,
+    refs: refs::Refs,
+    discovery: discovery::Discovery,
+    /// Room messages of ours published at once, until the network answered.
+    sending: HashMap<u64, rooms::Sending>,
+    next_ticket: u64,
+    last_prune: Option<Instant>,
+    io: VecDeque<Io>,
+}
+
+impl Service {
+    /// A service that knows what the store had; `bootstrap`: the configured bootstrap peers.
+    pub fn new(me: Me, bootstrap: &[(PeerId, Multiaddr)], loaded: Loaded, now: Now) -> Self {
+        let mut service = Self {
+            me,
+            repos: repos::Repos::default(),
+            rooms: rooms::Rooms::new(loaded.seen_chat),
+            outbox: outbox::Outbox::default(),
+            kv: kv::Kv::default(),
+            refs: refs::Refs::default(),
+            discovery: discovery::Discovery::new(bootstrap.iter().map(|(p, _)| *p)),
+            sending: HashMap::new(),
+            next_ticket: 0,
+            last_prune: None,
+            io: VecDeque::new(),
+        };
+        for (peer, addr) in bootstrap {
+            service.io.push_back(Io::KadAddress { peer: *peer, addr: addr.clone() });
+            service.discovery.redial.learn(*peer, [addr.clone()], now.mono);
+        }
+        for (peer, addrs) in loaded.known_peers.into_iter().take(discovery::ADDRESS_BOOK_DIALS) {
+            service.discovery.redial.learn(peer, addrs, now.mono);
+        }
+        for repo in loaded.repos {
+            service.join_repo(repo);
+        }
+        for (seq, entry) in loaded.outbox {
+            service.join_repo(entry.repo.clone());
+            service.outbox.push(seq, entry);
+        }
+        service
+    }
+
+    /// The next thing to do, if any. Carrying one out may add more.
+    pub fn next_io(&mut self) -> Option<Io> {
+        self.io.pop_front()
+    }
+
+    pub fn me(&self) -> &Me {
+        &self.me
+    }
+
+    pub fn repos(&self) -> &[RepoInfo] {
+        self.repos.all()
+    }
+
+    /// Announcements and messages waiting for a peer.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    pub fn connected_peers(&self) -> usize {
+        self.discovery.peers.len()
+    }
+
+    pub fn known_peers(&self) -> usize {
+        self.discovery.redial.len()
+    }
+
+    /// The connected peers as `git p2p peers` shows them (without gossip scores).
+    pub fn peers(&self, now: Now) -> Vec<PeerInfo> {
+        self.discovery.peers.snapshot(now.mono, &self.repos.topics())
+    }
+
+    /// The network answered a publish.
+    pub fn published(&mut self, ticket: Ticket, result: Result<(), String>, now: Now, disk: &mut dyn Disk) {
+        match ticket {
+            Ticket::Outbox(seq) => self.outbox_published(seq, result, now),
+            Ticket::Chat(n) => self.chat_published(n, result, now, disk),
+        }
+    }
+
+    /// What is due now: the outbox, published entries past their grace, DHT queries past their
+    /// deadline, peers to redial; and, hourly, forgetting old announced commits.
+    pub fn tick(&mut self, now: Now, disk: &mut dyn Disk) {
+        self.flush(now, disk);
+        let done = self.outbox.expired(now.mono);
+        if !done.is_empty() {
+            if let Err(e) = disk.outbox_remove(&done) {
+                tracing::warn!(error = %e, "cannot clear published announcements; a restart sends them again");
+            }
+        }
+        if self.last_prune.is_none_or(|at| now.mono.duration_since(at) >= PRUNE_EVERY) {
+            self.last_prune = Some(now.mono);
+            let before = now.unix_ms.saturating_sub(ANNOUNCED_KEPT.as_millis() as u64);
+            if let Err(e) = disk.prune_announced(before) {
+                tracing::warn!(error = %e, "cannot prune the announced commits");
+            }
+        }
+        self.expire_queries(now);
+        self.redial(now);
+    }
+
+    fn push(&mut self, io: Io) {
+        self.io.push_back(io);
+    }
+
+    fn ticket(&mut self) -> u64 {
+        self.next_ticket += 1;
+        self.next_ticket
+    }
+}

@@ -1,0 +1,447 @@
+//! Topics and what each carries: a repository's commits, its room, a commit's thread. Whatever
+//! arrives (by gossip or through a Nostr relay) is checked here before anything else sees it:
+//! well-formed, validly signed in its one spelling, for the topic's repository and thread,
+//! within bounds, and within its author's rate. New announcements go to the feed, new room
+//! messages to followers and the history. Our own room messages leave from here too.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use libp2p::gossipsub::{MessageAcceptance, Sha256Topic, TopicHash};
+use libp2p::PeerId;
+
+use super::{Ack, BridgeOp, Disk, Io, Service, Ticket};
+use crate::bridge::Inbound;
+use crate::clock::Now;
+use crate::control::api::{ChatSent, Failure, NodeEvent, Reply};
+use crate::proto::announce::{AnnounceError, Announcement, FeedEntry};
+use crate::proto::chat::{room_id, ChatEntry, ChatError, ChatMessage};
+use crate::proto::envelope::{Envelope, EnvelopeError};
+use crate::proto::outbox::OutboxEntry;
+use crate::proto::repo::{RepoId, RepoInfo};
+
+/// Chat messages one author may have stored per second on average, and in a burst: a flood
+/// from one peer is dropped (and penalised) instead of filling the history.
+pub const CHAT_RATE: f64 = 20.0;
+pub const CHAT_BURST: f64 = 100.0;
+/// Authors tracked by the rate limiter before it starts afresh (bounded memory).
+const CHAT_RATE_AUTHORS: usize = 10_000;
+/// Room message ids remembered in memory to tell new from repeated (about 100 bytes each).
+const RECENT_CHAT_IDS: usize = 100_000;
+
+/// What a subscribed topic carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Room {
+    Commits { repo: RepoId },
+    Chat { repo: RepoId, thread: Option<String> },
+}
+
+impl Room {
+    pub fn topic(&self) -> Sha256Topic {
+        use crate::proto::topic;
+        match self {
+            Room::Commits { repo } => topic::commits(repo),
+            Room::Chat { repo, thread: None } => topic::chat(repo),
+            Room::Chat { repo, thread: Some(commit) } => topic::commit_thread(repo, commit),
+        }
+    }
+}
+
+/// Why something that arrived was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error("not for this topic's repository or thread")]
+    OffTopic,
+    #[error(transparent)]
+    Announcement(#[from] AnnounceError),
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+    #[error("{0} sends room messages faster than {CHAT_RATE}/s")]
+    Flood(String),
+    #[error("a Nostr comment over {} characters", crate::proto::chat::MAX_TEXT)]
+    TooLong,
+}
+
+/// What a message that arrived turned out to be.
+#[derive(Debug)]
+pub enum Arrival {
+    Announcement(FeedEntry),
+    /// A room message not seen before.
+    Chat(ChatEntry),
+    /// A room message we have.
+    Seen,
+    Refused(Refused),
+}
+
+/// One of our room messages published at once, until the network answered.
+pub struct Sending {
+    entry: ChatEntry,
+    outbox: OutboxEntry,
+    peers: usize,
+    reply: Reply<ChatSent>,
+}
+
+pub struct Rooms {
+    topics: HashMap<TopicHash, Room>,
+    limiter: RateLimiter,
+    seen: Recent,
+}
+
+impl Rooms {
+    pub fn new(seen: impl IntoIterator<Item = String>) -> Self {
+        Self { topics: HashMap::new(), limiter: RateLimiter::default(), seen: Recent::new(RECENT_CHAT_IDS, seen) }
+    }
+
+    /// Joins `room`; its topic, to subscribe to, if it is new to us.
+    pub fn join(&mut self, room: Room) -> Option<Sha256Topic> {
+        let topic = room.topic();
+        if self.topics.contains_key(&topic.hash()) {
+            return None;
+        }
+        self.topics.insert(topic.hash(), room);
+        Some(topic)
+    }
+
+    /// A gossip message on `topic`, checked.
+    pub fn arrival(&mut self, topic: &TopicHash, data: &[u8], me: &PeerId, now: Now) -> Arrival {
+        let envelope = match Envelope::decode(data) {
+            Ok(envelope) => envelope,
+            Err(e) => return Arrival::Refused(e.into()),
+        };
+        match self.topics.get(topic) {
+            Some(Room::Commits { repo }) if *repo == envelope.repo => announcement(envelope, now),
+            Some(Room::Chat { repo, thread }) if *repo == envelope.repo => {
+                let thread = thread.clone();
+                self.chat(envelope, thread, me, now)
+            }
+            _ => Arrival::Refused(Refused::OffTopic),
+        }
+    }
+
+    /// A room message or a plain comment that came through a Nostr relay.
+    pub fn bridged(&mut self, inbound: Inbound, me: &PeerId, now: Now) -> Arrival {
+        match inbound {
+            Inbound::Envelope(envelope) => {
+                // The room is the one the signed message names (a relay has no topics).
+                let thread = ChatMessage::from_envelope(&envelope).ok().and_then(|m| m.thread);
+                self.chat(envelope, thread, me, now)
+            }
+            Inbound::Comment { repo, id, npub, text, created_at } => {
+                // A plain Nostr client's text: no escape sequence reaches a reader's terminal.
+                let text = crate::proto::chat::tame(&text);
+                if text.chars().count() > crate::proto::chat::MAX_TEXT {
+                    return Arrival::Refused(Refused::TooLong);
+                }
+                if !self.limiter.allow(&npub, now.mono) {
+                    return Arrival::Refused(Refused::Flood(npub));
+                }
+                let entry = ChatEntry {
+                    room: room_id(&repo, None),
+                    id,
+                    peer: npub,
+                    name: None,
+                    text,
+                    sent_at: created_at.saturating_mul(1000),
+                    received_at: now.unix_ms,
+                    own: false,
+                    via: Some("nostr".to_string()),
+                };
+                self.fresh(entry)
+            }
+        }
+    }
+
+    /// A room message (for `thread`, or the repository's room): verified, within bounds and
+    /// rate, and new?
+    fn chat(&mut self, envelope: Envelope, thread: Option<String>, me: &PeerId, now: Now) -> Arrival {
+        let author = match envelope.verify() {
+            Ok(author) => author,
+            Err(e) => return Arrival::Refused(e.into()),
+        };
+        let message = match ChatMessage::from_envelope(&envelope) {
+            Ok(m) if m.thread == thread => m,
+            Ok(_) => return Arrival::Refused(Refused::OffTopic),
+            Err(e) => return Arrival::Refused(e.into()),
+        };
+        let author_id = author.to_string();
+        if !self.limiter.allow(&author_id, now.mono) {
+            return Arrival::Refused(Refused::Flood(author_id));
+        }
+        self.fresh(ChatEntry::new(&envelope, author, message, author == *me, now.unix_ms))
+    }
+
+    fn fresh(&mut self, entry: ChatEntry) -> Arrival {
+        if self.seen.insert(entry.id.clone()) {
+            Arrival::Chat(entry)
+        } else {
+            Arrival::Seen
+        }
+    }
+}
+
+/// An announcement, verified and within bounds, as the feed keeps it.
+fn announcement(envelope: Envelope, now: Now) -> Arrival {
+    let author = match envelope.verify() {
+        Ok(author) => author,
+        Err(e) => return Arrival::Refused(e.into()),
+    };
+    match Announcement::from_envelope(&envelope) {
+        Ok(a) => Arrival::Announcement(FeedEntry {
+            repo: envelope.repo,
+            peer: author.to_string(),
+            name: a.name,
+            commit: a.commit,
+            announced_at: envelope.ts,
+            received_at: now.unix_ms,
+        }),
+        Err(e) => Arrival::Refused(e.into()),
+    }
+}
+
+impl Service {
+    /// Joins a room; subscribes when it is new.
+    pub(super) fn join(&mut self, room: Room) -> TopicHash {
+        let hash = room.topic().hash();
+        if let Some(topic) = self.rooms.join(room) {
+            self.push(Io::Subscribe(topic));
+        }
+        hash
+    }
+
+    /// Joins a repository's room (or a commit's thread) without sending.
+    pub fn chat_join(&mut self, repo: RepoInfo, thread: Option<String>, reply: Reply<()>) {
+        let id = repo.id.clone();
+        self.join_repo(repo);
+        self.join(Room::Chat { repo: id, thread });
+        let _ = reply.send(Ok(()));
+    }
+
+    /// A gossip message: the verdict gossipsub forwards (or not) by. New announcements go to the
+    /// feed, new room messages to followers and the history.
+    pub fn gossip(
+        &mut self,
+        topic: &TopicHash,
+        data: &[u8],
+        source: Option<PeerId>,
+        now: Now,
+        disk: &mut dyn Disk,
+    ) -> MessageAcceptance {
+        let arrival = self.rooms.arrival(topic, data, &self.me.peer, now);
+        self.take(arrival, source, disk)
+    }
+
+    /// A room message or comment from a Nostr relay.
+    pub fn from_nostr(&mut self, inbound: Inbound, now: Now, disk: &mut dyn Disk) {
+        let arrival = self.rooms.bridged(inbound, &self.me.peer, now);
+        self.take(arrival, None, disk);
+    }
+
+    fn take(&mut self, arrival: Arrival, source: Option<PeerId>, disk: &mut dyn Disk) -> MessageAcceptance {
+        match arrival {
+            Arrival::Announcement(entry) => match disk.feed_insert(&entry) {
+                Ok(true) => {
+                    self.push(Io::Emit(NodeEvent::Announcement(entry)));
+                    MessageAcceptance::Accept
+                }
+                Ok(false) => MessageAcceptance::Ignore,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot store an announcement");
+                    MessageAcceptance::Ignore
+                }
+            },
+            Arrival::Chat(entry) => {
+                self.push(Io::Emit(NodeEvent::Chat(entry.clone())));
+                disk.chat_received(entry);
+                MessageAcceptance::Accept
+            }
+            Arrival::Seen => MessageAcceptance::Ignore,
+            Arrival::Refused(why) => {
+                tracing::debug!(?source, error = %why, "refused a message");
+                MessageAcceptance::Reject
+            }
+        }
+    }
+
+    /// Our room message: with peers in the room and nothing of it waiting, published at once
+    /// (its history is written before the answer); else stored and queued in the outbox.
+    pub fn chat_send(
+        &mut self,
+        repo: RepoInfo,
+        envelope: Envelope,
+        thread: Option<String>,
+        reply: Reply<ChatSent>,
+        now: Now,
+        disk: &mut dyn Disk,
+    ) {
+        let author = match envelope.verify() {
+            Ok(author) => author,
+            Err(e) => {
+                let _ = reply.send(Err(Failure::new(format!("refusing to send a message with a {e}"))));
+                return;
+            }
+        };
+        let message = match ChatMessage::from_envelope(&envelope) {
+            Ok(m) if m.thread == thread && envelope.repo == repo.id => m,
+            Ok(_) => {
+                let _ = reply.send(Err(Failure::new("message, repo and thread disagree")));
+                return;
+            }
+            Err(e) => {
+                let _ = reply.send(Err(Failure::of(&e)));
+                return;
+            }
+        };
+        self.join_repo(repo.clone());
+        let topic = self.join(Room::Chat { repo: repo.id.clone(), thread: thread.clone() });
+        self.push(Io::Bridge(BridgeOp::Comment {
+            repo: repo.clone(),
+            text: message.text.clone(),
+            envelope: Box::new(envelope.clone()),
+            thread: thread.clone(),
+        }));
+        let entry = ChatEntry::new(&envelope, author, message, true, now.unix_ms);
+        let peers = self.discovery.peers.audience(&topic);
+        let outbox = OutboxEntry { repo, envelope, thread };
+        if peers > 0 && !self.outbox.waits_for(&topic) {
+            let n = self.ticket();
+            let data = outbox.envelope.encode();
+            self.sending.insert(n, Sending { entry, outbox, peers, reply });
+            self.push(Io::Publish { ticket: Ticket::Chat(n), topic, data });
+            return;
+        }
+        self.queue_chat(entry, outbox, peers, reply, disk);
+    }
+
+    /// The network's answer to a room message published at once.
+    pub(super) fn chat_published(&mut self, n: u64, result: Result<(), String>, _now: Now, disk: &mut dyn Disk) {
+        let Some(Sending { entry, outbox, peers, reply }) = self.sending.remove(&n) else { return };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "message goes to the outbox");
+            self.queue_chat(entry, outbox, peers, reply, disk);
+            return;
+        }
+        let id = entry.id.clone();
+        if self.rooms.seen.insert(id.clone()) {
+            self.push(Io::Emit(NodeEvent::Chat(entry.clone())));
+            disk.chat_published(entry);
+        }
+        disk.reply_when_durable(Ack::new(reply, ChatSent { id, peers }));
+    }
+
+    /// Our room message into the history and the outbox, until a peer is in the room.
+    fn queue_chat(
+        &mut self,
+        entry: ChatEntry,
+        outbox: OutboxEntry,
+        peers: usize,
+        reply: Reply<ChatSent>,
+        disk: &mut dyn Disk,
+    ) {
+        let id = entry.id.clone();
+        self.rooms.seen.insert(id.clone());
+        match disk.chat_insert(&entry) {
+            Ok(true) => self.push(Io::Emit(NodeEvent::Chat(entry))),
+            Ok(false) => {}
+            Err(e) => {
+                let _ = reply.send(Err(Failure::new(format!("cannot store the message: {e}"))));
+                return;
+            }
+        }
+        match disk.outbox_push(&outbox, false) {
+            Ok(seq) => self.outbox.push(seq, outbox),
+            Err(e) => {
+                let _ = reply.send(Err(Failure::new(format!("cannot queue the message: {e}"))));
+                return;
+            }
+        }
+        disk.reply_when_durable(Ack::new(reply, ChatSent { id, peers }));
+    }
+}
+
+/// Token bucket per author: [`CHAT_BURST`] at once, then [`CHAT_RATE`] a second.
+#[derive(Default)]
+pub struct RateLimiter {
+    tokens: HashMap<String, (f64, Instant)>,
+}
+
+impl RateLimiter {
+    /// True if `author` may have one more message stored now.
+    pub fn allow(&mut self, author: &str, now: Instant) -> bool {
+        if !self.tokens.contains_key(author) && self.tokens.len() >= CHAT_RATE_AUTHORS {
+            // Forget authors whose bucket has refilled anyway; active ones keep their state.
+            let full = Duration::from_secs_f64(CHAT_BURST / CHAT_RATE);
+            self.tokens.retain(|_, (_, last)| now.saturating_duration_since(*last) < full);
+            if self.tokens.len() >= CHAT_RATE_AUTHORS {
+                return false;
+            }
+        }
+        let (tokens, last) = self.tokens.entry(author.to_string()).or_insert((CHAT_BURST, now));
+        *tokens = (*tokens + now.saturating_duration_since(*last).as_secs_f64() * CHAT_RATE).min(CHAT_BURST);
+        *last = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+}
+
+/// The ids seen lately, at most `cap` of them (the oldest are forgotten first).
+pub struct Recent {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+    cap: usize,
+}
+
+impl Recent {
+    pub fn new(cap: usize, known: impl IntoIterator<Item = String>) -> Self {
+        let mut this = Self { set: HashSet::new(), order: VecDeque::new(), cap };
+        for id in known {
+            this.insert(id);
+        }
+        this
+    }
+
+    /// True if `id` was not seen before.
+    pub fn insert(&mut self, id: String) -> bool {
+        if self.set.contains(&id) {
+            return false;
+        }
+        if self.order.len() >= self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.set.insert(id.clone());
+        self.order.push_back(id);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_ids_are_bounded_and_forget_the_oldest() {
+        let mut r = Recent::new(3, ["a".to_string()]);
+        assert!(!r.insert("a".into()));
+        assert!(r.insert("b".into()) && r.insert("c".into()) && r.insert("d".into()));
+        assert!(r.insert("a".into()), "the oldest was forgotten");
+        assert!(!r.insert("d".into()));
+        assert_eq!(r.set.len(), 3);
+    }
+
+    #[test]
+    fn the_limiter_allows_a_burst_then_the_rate() {
+        let (mut limiter, t0) = (RateLimiter::default(), Instant::now());
+        let allowed = (0..150).filter(|_| limiter.allow("eve", t0)).count();
+        assert_eq!(allowed, CHAT_BURST as usize);
+        assert!(limiter.allow("bob", t0), "another author has a bucket of their own");
+        let later = t0 + Duration::from_secs(1);
+        let refilled = (0..50).filter(|_| limiter.allow("eve", later)).count();
+        assert_eq!(refilled, CHAT_RATE as usize, "one second refills {CHAT_RATE} messages");
+    }
+}

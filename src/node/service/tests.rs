@@ -1,0 +1,653 @@
+//! The service driven without sockets, daemons or a clock: named simulated peers (alice, bob,
+//! eve) with in-memory disks, a fake clock moved by hand, and a simulated network that carries
+//! what one service publishes to the peers it is connected to that joined the topic. A crash
+//! loses what a node had not synced and what its connections had not delivered yet.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use libp2p::gossipsub::{MessageAcceptance, TopicHash};
+use libp2p::identity::Keypair;
+use libp2p::swarm::ConnectionId;
+use libp2p::{kad, Multiaddr, PeerId};
+use sha2::Digest;
+use tokio::sync::oneshot;
+
+use super::*;
+use crate::control::api::{ChatSent, KvFound, Queued};
+use crate::proto::announce::{Announcement, Commit};
+use crate::proto::chat::{ChatMessage, KIND as CHAT};
+use crate::proto::kv::{record_key, Entry};
+
+/// A disk in memory. Writes not made durable are lost in a crash unless a sync came first.
+#[derive(Default)]
+struct MemDisk {
+    repos: Vec<RepoInfo>,
+    /// seq -> (entry, durable)
+    outbox: BTreeMap<u64, (OutboxEntry, bool)>,
+    next_seq: u64,
+    announced: HashSet<(RepoId, String)>,
+    feed: Vec<FeedEntry>,
+    chat: Vec<ChatEntry>,
+    acks: Vec<Ack>,
+    records: HashMap<kad::RecordKey, kad::Record>,
+    peers: HashMap<PeerId, Vec<Multiaddr>>,
+}
+
+impl MemDisk {
+    /// An fsync: what waited for it is answered.
+    fn sync(&mut self) {
+        for (_, durable) in self.outbox.values_mut() {
+            *durable = true;
+        }
+        self.acks.drain(..).for_each(|ack| ack.settle(Ok(())));
+    }
+
+    /// What survives a crash.
+    fn after_crash(&mut self) {
+        self.outbox.retain(|_, (_, durable)| *durable);
+        self.acks.clear();
+    }
+
+    fn loaded(&self) -> Loaded {
+        Loaded {
+            repos: self.repos.clone(),
+            outbox: self.outbox.iter().map(|(seq, (e, _))| (*seq, e.clone())).collect(),
+            known_peers: self.peers.iter().map(|(p, a)| (*p, a.clone())).collect(),
+            seen_chat: self.chat.iter().map(|m| m.id.clone()).collect(),
+        }
+    }
+}
+
+impl Disk for MemDisk {
+    fn add_repo(&mut self, repo: &RepoInfo) -> Result<(), StoreError> {
+        if !self.repos.contains(repo) {
+            self.repos.push(repo.clone());
+        }
+        Ok(())
+    }
+    fn outbox_push(&mut self, entry: &OutboxEntry, durable: bool) -> Result<u64, StoreError> {
+        self.next_seq += 1;
+        self.outbox.insert(self.next_seq, (entry.clone(), durable));
+        Ok(self.next_seq)
+    }
+    fn outbox_remove(&mut self, seqs: &[u64]) -> Result<(), StoreError> {
+        seqs.iter().for_each(|s| {
+            self.outbox.remove(s);
+        });
+        Ok(())
+    }
+    fn mark_announced(&mut self, repo: &RepoId, commit: &str) -> Result<(), StoreError> {
+        self.announced.insert((repo.clone(), commit.to_string()));
+        Ok(())
+    }
+    fn prune_announced(&mut self, _before_ms: u64) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+    fn feed_insert(&mut self, entry: &FeedEntry) -> Result<bool, StoreError> {
+        if self.feed.iter().any(|e| e.commit.id == entry.commit.id && e.peer == entry.peer) {
+            return Ok(false);
+        }
+        self.feed.push(entry.clone());
+        Ok(true)
+    }
+    fn chat_received(&mut self, entry: ChatEntry) {
+        self.chat.push(entry);
+    }
+    fn chat_insert(&mut self, entry: &ChatEntry) -> Result<bool, StoreError> {
+        if self.chat.iter().any(|m| m.id == entry.id) {
+            return Ok(false);
+        }
+        self.chat.push(entry.clone());
+        Ok(true)
+    }
+    fn chat_published(&mut self, entry: ChatEntry) {
+        self.chat.push(entry);
+    }
+    fn reply_when_durable(&mut self, ack: Ack) {
+        self.acks.push(ack);
+    }
+    fn kv_own(&mut self, _repo: &RepoId, _key: &str, _ts: u64, _durable: bool) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn record(&self, key: &kad::RecordKey) -> Option<kad::Record> {
+        self.records.get(key).cloned()
+    }
+    fn put_record(&mut self, record: kad::Record) -> Result<(), kad::store::Error> {
+        self.records.insert(record.key.clone(), record);
+        Ok(())
+    }
+    fn remember_peer(&mut self, peer: &PeerId, addrs: &[Multiaddr], _name: Option<&str>) -> Result<(), StoreError> {
+        self.peers.insert(*peer, addrs.to_vec());
+        Ok(())
+    }
+}
+
+/// One simulated node.
+struct Peer {
+    key: Keypair,
+    id: PeerId,
+    service: Service,
+    disk: MemDisk,
+    /// Topics this node joined.
+    topics: HashSet<TopicHash>,
+    /// Peers it is connected to.
+    links: HashSet<PeerId>,
+    /// Messages it published that its connections have not delivered yet: (topic, bytes).
+    in_flight: Vec<(TopicHash, Vec<u8>)>,
+    /// What it handed to followers.
+    events: Vec<NodeEvent>,
+    /// Dials it asked for.
+    dials: Vec<PeerId>,
+    /// DHT queries it started.
+    queries: Vec<Io>,
+    /// While false, every publish fails (as when all peers graylist it).
+    can_publish: bool,
+}
+
+impl Peer {
+    fn new(seed: u8, now: Now) -> Self {
+        let key = Keypair::ed25519_from_bytes([seed; 32]).expect("32 bytes are an ed25519 secret");
+        let id = key.public().to_peer_id();
+        Self {
+            service: Service::new(me(&key), &[], Loaded::default(), now),
+            key,
+            id,
+            disk: MemDisk::default(),
+            topics: HashSet::new(),
+            links: HashSet::new(),
+            in_flight: Vec::new(),
+            events: Vec::new(),
+            dials: Vec::new(),
+            queries: Vec::new(),
+            can_publish: true,
+        }
+    }
+
+    fn announcements(&self) -> Vec<String> {
+        self.disk.feed.iter().map(|e| e.commit.summary.clone()).collect()
+    }
+}
+
+fn me(key: &Keypair) -> Me {
+    Me::new(key.clone(), Some("sim".into()), "npub1sim".into())
+}
+
+fn repo() -> RepoInfo {
+    RepoInfo { id: RepoId::try_from("a".repeat(40)).expect("a repo id"), name: "proj".into(), git_dir: None }
+}
+
+/// A network of named peers and a clock that moves only when told.
+struct Sim {
+    now: Now,
+    peers: HashMap<&'static str, Peer>,
+}
+
+impl Sim {
+    fn new(names: &[&'static str]) -> Self {
+        let now = Now::system();
+        let peers = names.iter().zip(1u8..).map(|(name, seed)| (*name, Peer::new(seed, now))).collect();
+        Self { now, peers }
+    }
+
+    fn peer(&mut self, name: &str) -> &mut Peer {
+        self.peers.get_mut(name).expect("a peer of this simulation")
+    }
+
+    fn id(&self, name: &str) -> PeerId {
+        self.peers[name].id
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now = self.now.after(d);
+    }
+
+    /// Carries out what `name`'s service asked for, until it asks nothing more.
+    fn settle(&mut self, name: &str) {
+        let now = self.now;
+        while let Some(io) = self.peer(name).service.next_io() {
+            match io {
+                Io::Subscribe(topic) => {
+                    let (me, hash) = (self.id(name), topic.hash());
+                    self.peer(name).topics.insert(hash.clone());
+                    for other in self.linked(name) {
+                        let peer = self.peer(other);
+                        peer.service.subscribed(&me, hash.clone(), now, &mut peer.disk);
+                        self.settle(other);
+                    }
+                }
+                Io::Publish { ticket, topic, data } => {
+                    let peer = self.peer(name);
+                    let audience =
+                        peer.can_publish && self.linked(name).iter().any(|o| self.peers[o].topics.contains(&topic));
+                    let result = if audience {
+                        self.peer(name).in_flight.push((topic, data));
+                        Ok(())
+                    } else {
+                        Err("no peer took it".to_string())
+                    };
+                    let peer = self.peer(name);
+                    peer.service.published(ticket, result, now, &mut peer.disk);
+                }
+                Io::Dial { peer, .. } => self.peer(name).dials.push(peer),
+                Io::Emit(event) => self.peer(name).events.push(event),
+                io @ (Io::PutRecord { .. } | Io::GetRecord { .. } | Io::FinishQuery(_)) => {
+                    self.peer(name).queries.push(io)
+                }
+                Io::KadAddress { .. } | Io::KadBootstrap | Io::WatchReflog(_) | Io::Bridge(_) => {}
+            }
+        }
+    }
+
+    fn linked(&self, name: &str) -> Vec<&'static str> {
+        let links = &self.peers[name].links;
+        self.peers.iter().filter(|(_, p)| links.contains(&p.id)).map(|(n, _)| *n).collect()
+    }
+
+    /// Connects two peers: each learns the other's topics.
+    fn connect(&mut self, a: &'static str, b: &'static str) {
+        let now = self.now;
+        for (x, y) in [(a, b), (b, a)] {
+            let (yid, ytopics) = (self.id(y), self.peers[y].topics.clone());
+            let peer = self.peer(x);
+            peer.links.insert(yid);
+            peer.service.connected(yid, ConnectionId::new_unchecked(1), "/ip4/10.0.0.1/tcp/1".parse().unwrap(), now);
+            for topic in ytopics {
+                let peer = self.peer(x);
+                peer.service.subscribed(&yid, topic, now, &mut peer.disk);
+            }
+        }
+        self.settle(a);
+        self.settle(b);
+    }
+
+    /// Delivers what `name` published to its linked peers in the topic; their verdicts.
+    fn deliver(&mut self, name: &str) -> Vec<MessageAcceptance> {
+        let (now, from) = (self.now, self.id(name));
+        let messages = std::mem::take(&mut self.peer(name).in_flight);
+        let mut verdicts = Vec::new();
+        for (topic, data) in messages {
+            for other in self.linked(name) {
+                let peer = self.peer(other);
+                if peer.topics.contains(&topic) {
+                    verdicts.push(peer.service.gossip(&topic, &data, Some(from), now, &mut peer.disk));
+                    self.settle(other);
+                }
+            }
+        }
+        verdicts
+    }
+
+    /// `name` dies: unsynced writes and undelivered messages are gone, links drop.
+    fn crash(&mut self, name: &str) {
+        let id = self.id(name);
+        for other in self.linked(name) {
+            let peer = self.peer(other);
+            peer.links.remove(&id);
+            peer.service.disconnected(&id, ConnectionId::new_unchecked(1));
+        }
+        let peer = self.peer(name);
+        peer.disk.after_crash();
+        peer.in_flight.clear();
+        peer.links.clear();
+        peer.topics.clear();
+    }
+
+    /// `name` starts again from what its disk kept.
+    fn restart(&mut self, name: &str) {
+        let now = self.now;
+        let peer = self.peer(name);
+        peer.service = Service::new(me(&peer.key), &[], peer.disk.loaded(), now);
+        self.settle(name);
+    }
+
+    fn tick(&mut self, name: &str) {
+        let now = self.now;
+        let peer = self.peer(name);
+        peer.service.tick(now, &mut peer.disk);
+        self.settle(name);
+    }
+
+    /// `name` announces a commit (as `git p2p announce` does); the answer once it is durable.
+    fn announce(&mut self, name: &str, summary: &str) -> Result<Queued, Failure> {
+        let now = self.now;
+        let peer = self.peer(name);
+        let commit = Commit {
+            ref_name: Some("refs/heads/main".into()),
+            id: hex::encode(&sha2::Sha256::digest(summary.as_bytes())[..20]),
+            parents: vec![],
+            author: name.into(),
+            summary: summary.into(),
+            time: 1_700_000_000,
+        };
+        let envelope = Announcement { commit, name: None }.sign(&peer.key, &repo().id, now.unix_ms);
+        let (reply, answer) = oneshot::channel();
+        peer.service.announce(repo(), envelope, reply, &mut peer.disk);
+        self.end_of_batch(name);
+        answer.blocking_recv().expect("an answer")
+    }
+
+    /// What the event loop does after a batch of commands: publish, then sync and answer.
+    fn end_of_batch(&mut self, name: &str) {
+        let now = self.now;
+        let peer = self.peer(name);
+        peer.service.flush(now, &mut peer.disk);
+        self.settle(name);
+        self.peer(name).disk.sync();
+    }
+
+    /// `name`'s user joins the repository (`git p2p init`).
+    fn init(&mut self, name: &str) {
+        let peer = self.peer(name);
+        let (reply, _) = oneshot::channel();
+        peer.service.register(repo(), reply, &mut peer.disk);
+        self.settle(name);
+    }
+}
+
+fn chat(key: &Keypair, text: &str, nonce: u64, ts: u64) -> Vec<u8> {
+    let m = ChatMessage { thread: None, text: text.into(), name: None, nonce: format!("{nonce:x}") };
+    Envelope::sign(key, CHAT, &repo().id, ts, m.to_body()).encode()
+}
+
+#[test]
+fn an_announcement_waits_for_a_peer_and_goes_when_one_joins_in_order() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("alice");
+    for summary in ["one", "two", "three"] {
+        assert_eq!(sim.announce("alice", summary).map(|q| q.pending > 0), Ok(true), "queued, durably");
+    }
+    assert_eq!(sim.peer("alice").service.outbox_len(), 3, "nobody to give them to");
+    sim.init("bob");
+    sim.connect("alice", "bob");
+    // Bob's subscription alone flushed the outbox: no tick needed.
+    assert_eq!(sim.peer("alice").service.outbox_len(), 0);
+    assert!(sim.deliver("alice").iter().all(|v| *v == MessageAcceptance::Accept));
+    assert_eq!(sim.peer("bob").announcements(), ["one", "two", "three"], "in order");
+}
+
+#[test]
+fn a_published_announcement_survives_a_crash_within_its_grace_and_then_leaves_the_disk() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("alice");
+    sim.init("bob");
+    sim.connect("alice", "bob");
+    sim.announce("alice", "fix").expect("queued");
+    assert_eq!(sim.peer("alice").service.outbox_len(), 0, "published at once");
+    assert_eq!(sim.peer("alice").disk.outbox.len(), 1, "kept on disk during the grace");
+    // Killed before its connections delivered it: the message was in flight only.
+    sim.advance(Duration::from_secs(1));
+    sim.crash("alice");
+    sim.restart("alice");
+    assert_eq!(sim.peer("alice").service.outbox_len(), 1, "the restarted node has it again");
+    sim.connect("alice", "bob");
+    let sent = sim.peer("alice").in_flight.clone();
+    assert_eq!(sent.len(), 1, "published again as soon as bob is back");
+    sim.deliver("alice");
+    assert_eq!(sim.peer("bob").announcements(), ["fix"]);
+    // A second copy (as when the first had arrived after all) is taken once.
+    let (now, alice) = (sim.now, sim.id("alice"));
+    let bob = sim.peer("bob");
+    let verdict = bob.service.gossip(&sent[0].0, &sent[0].1, Some(alice), now, &mut bob.disk);
+    assert_eq!(verdict, MessageAcceptance::Ignore);
+    assert_eq!(sim.peer("bob").announcements(), ["fix"]);
+    sim.advance(PUBLISH_GRACE - Duration::from_millis(1));
+    sim.tick("alice");
+    assert_eq!(sim.peer("alice").disk.outbox.len(), 1, "still within the grace");
+    sim.advance(Duration::from_millis(1));
+    sim.tick("alice");
+    assert!(sim.peer("alice").disk.outbox.is_empty(), "gone once the grace has passed");
+}
+
+#[test]
+fn a_refused_publish_stays_first_and_is_retried_on_the_next_tick() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("alice");
+    sim.init("bob");
+    sim.connect("alice", "bob");
+    sim.peer("alice").can_publish = false;
+    sim.announce("alice", "first").expect("queued");
+    sim.announce("alice", "second").expect("queued");
+    assert_eq!(sim.peer("alice").service.outbox_len(), 2, "refused: both wait");
+    sim.tick("alice");
+    assert_eq!(sim.peer("alice").service.outbox_len(), 2, "still refused");
+    sim.peer("alice").can_publish = true;
+    sim.advance(Duration::from_secs(1));
+    sim.tick("alice");
+    assert_eq!(sim.peer("alice").service.outbox_len(), 0);
+    sim.deliver("alice");
+    assert_eq!(sim.peer("bob").announcements(), ["first", "second"]);
+}
+
+#[test]
+fn a_flooding_author_is_rate_limited_and_an_honest_one_is_not() {
+    let mut sim = Sim::new(&["alice", "bob", "eve"]);
+    for name in ["alice", "bob", "eve"] {
+        sim.init(name);
+    }
+    sim.connect("eve", "bob");
+    sim.connect("alice", "bob");
+    let topic = crate::proto::topic::chat(&repo().id).hash();
+    let (now, eve_key, eve) = (sim.now, sim.peer("eve").key.clone(), sim.id("eve"));
+    let mut verdicts = Vec::new();
+    for i in 0..300 {
+        let bob = sim.peer("bob");
+        verdicts.push(bob.service.gossip(
+            &topic,
+            &chat(&eve_key, "flood", i, now.unix_ms),
+            Some(eve),
+            now,
+            &mut bob.disk,
+        ));
+    }
+    let accepted = verdicts.iter().filter(|v| **v == MessageAcceptance::Accept).count();
+    assert_eq!(accepted, CHAT_BURST as usize, "a burst, then nothing");
+    assert!(verdicts[CHAT_BURST as usize..].iter().all(|v| *v == MessageAcceptance::Reject));
+    let alice_key = sim.peer("alice").key.clone();
+    let bob = sim.peer("bob");
+    let honest = bob.service.gossip(&topic, &chat(&alice_key, "hello", 1, now.unix_ms), None, now, &mut bob.disk);
+    assert_eq!(honest, MessageAcceptance::Accept, "another author has a bucket of its own");
+    sim.advance(Duration::from_secs(1));
+    let now = sim.now;
+    let bob = sim.peer("bob");
+    let later: Vec<_> = (1000..1050)
+        .map(|i| bob.service.gossip(&topic, &chat(&eve_key, "flood", i, now.unix_ms), Some(eve), now, &mut bob.disk))
+        .collect();
+    assert_eq!(later.iter().filter(|v| **v == MessageAcceptance::Accept).count(), CHAT_RATE as usize);
+    assert_eq!(bob.disk.chat.len(), CHAT_BURST as usize + 1 + CHAT_RATE as usize, "only what was accepted is kept");
+}
+
+#[test]
+fn our_message_goes_out_at_once_with_peers_in_the_room_and_through_the_outbox_without() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("alice");
+    let send = |sim: &mut Sim, text: &str, n: u64| {
+        let now = sim.now;
+        let alice = sim.peer("alice");
+        let envelope = Envelope::decode(&chat(&alice.key, text, n, now.unix_ms)).expect("an envelope");
+        let (reply, answer) = oneshot::channel::<Result<ChatSent, Failure>>();
+        alice.service.chat_send(repo(), envelope, None, reply, now, &mut alice.disk);
+        sim.end_of_batch("alice");
+        answer.blocking_recv().expect("an answer").expect("sent")
+    };
+    assert_eq!(send(&mut sim, "alone", 1).peers, 0);
+    assert_eq!(sim.peer("alice").service.outbox_len(), 1, "waits for someone to join");
+    sim.init("bob");
+    sim.connect("alice", "bob");
+    assert_eq!(send(&mut sim, "together", 2).peers, 1);
+    sim.deliver("alice");
+    let texts: Vec<String> = sim.peer("bob").disk.chat.iter().map(|m| m.text.clone()).collect();
+    assert_eq!(texts, ["alone", "together"], "the waiting one first");
+    let own: Vec<bool> = sim.peer("alice").disk.chat.iter().map(|m| m.own).collect();
+    assert_eq!(own, [true, true], "ours are in our history, marked as ours");
+}
+
+#[test]
+fn a_message_for_another_repository_or_mis_signed_is_rejected() {
+    let mut sim = Sim::new(&["bob", "eve"]);
+    sim.init("bob");
+    let (now, eve_key) = (sim.now, sim.peer("eve").key.clone());
+    let topic = crate::proto::topic::chat(&repo().id).hash();
+    let other = RepoId::try_from("b".repeat(40)).expect("a repo id");
+    let m = ChatMessage { thread: None, text: "elsewhere".into(), name: None, nonce: "1".into() };
+    let elsewhere = Envelope::sign(&eve_key, CHAT, &other, now.unix_ms, m.to_body()).encode();
+    let mut forged = Envelope::decode(&chat(&eve_key, "forged", 2, now.unix_ms)).expect("an envelope");
+    forged.body = forged.body.replace("forged", "FORGED");
+    let bob = sim.peer("bob");
+    for bad in [elsewhere, forged.encode(), b"not json".to_vec()] {
+        assert_eq!(bob.service.gossip(&topic, &bad, None, now, &mut bob.disk), MessageAcceptance::Reject);
+    }
+    sim.settle("bob");
+    let bob = sim.peer("bob");
+    assert!(bob.disk.chat.is_empty() && bob.events.is_empty(), "nothing refused is kept or shown");
+}
+
+/// A signed entry of `key` for `k` in the repository, as a DHT copy holding only it.
+fn copy(key: &Keypair, k: &str, value: &str, seq: u64) -> kad::Record {
+    let entry = Entry::sign(key, &repo().id, k, Some(value.as_bytes()), seq, seq).expect("an entry");
+    let mut record = crate::proto::kv::Record::new(&repo().id, k);
+    record.merge_entry(entry).expect("merges");
+    kad::Record::new(kad::RecordKey::new(&record_key(&repo().id, k)), record.encode())
+}
+
+fn values(found: &KvFound) -> Vec<String> {
+    let record = found.record.as_ref().expect("a record");
+    let mut v: Vec<String> =
+        record.values().iter().filter_map(|e| e.value_bytes()).map(|b| String::from_utf8_lossy(&b).into()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_lookup_merges_ours_with_copies_and_answers_after_three_peers() {
+    let mut sim = Sim::new(&["alice", "bob", "carol", "dave", "eve"]);
+    let now = sim.now;
+    let keys: Vec<Keypair> = ["alice", "bob", "carol", "dave", "eve"].iter().map(|n| sim.peer(n).key.clone()).collect();
+    let ours = copy(&keys[0], "k", "from alice", 1);
+    sim.peer("alice").disk.records.insert(ours.key.clone(), ours);
+    let alice = sim.peer("alice");
+    let (reply, mut answer) = oneshot::channel();
+    alice.service.kv_get(repo().id, "k".into(), reply, now, &mut alice.disk);
+    sim.settle("alice");
+    let Some(Io::GetRecord { query, .. }) = sim.peer("alice").queries.pop() else { panic!("a lookup") };
+    let alice = sim.peer("alice");
+    // Kademlia hands our own copy first (no peer), then peers' copies.
+    let local = alice.disk.records.values().next().cloned().expect("ours");
+    alice.service.kv_found(query, None, &local, 1);
+    for (i, key) in keys[1..3].iter().enumerate() {
+        alice.service.kv_found(query, Some(PeerId::random()), &copy(key, "k", &format!("copy {i}"), 1), 2);
+    }
+    assert!(answer.try_recv().is_err(), "two copies are not enough");
+    let forged = kad::Record::new(kad::RecordKey::new(&record_key(&repo().id, "k")), b"{\"garbage\":1}".to_vec());
+    alice.service.kv_found(query, Some(PeerId::random()), &forged, 3);
+    assert!(answer.try_recv().is_err(), "a copy that does not verify does not count");
+    alice.service.kv_found(query, Some(PeerId::random()), &copy(&keys[3], "k", "copy 2", 1), 4);
+    let found = answer.try_recv().expect("answered").expect("found");
+    assert_eq!(values(&found), ["copy 0", "copy 1", "copy 2", "from alice"], "every author's newest value");
+    assert_eq!(found.requests, 4);
+    sim.settle("alice");
+    assert!(matches!(sim.peer("alice").queries.last(), Some(Io::FinishQuery(q)) if *q == query), "the lookup stops");
+    // Late copies and Kademlia's own end change nothing.
+    let alice = sim.peer("alice");
+    alice.service.kv_found(query, Some(PeerId::random()), &copy(&keys[4], "k", "late", 1), 5);
+    alice.service.kv_query_done(query, 5);
+}
+
+#[test]
+fn a_query_past_its_deadline_is_answered_with_what_it_has() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    let now = sim.now;
+    let bob_key = sim.peer("bob").key.clone();
+    let alice = sim.peer("alice");
+    let (get_reply, mut got) = oneshot::channel();
+    alice.service.kv_get(repo().id, "k".into(), get_reply, now, &mut alice.disk);
+    let (put_reply, mut put) = oneshot::channel();
+    let entry = Entry::sign(&alice.key, &repo().id, "mine", Some(b"v"), 1, 1).expect("an entry");
+    alice.service.kv_put(repo(), "mine".into(), entry, put_reply, now, &mut alice.disk);
+    sim.settle("alice");
+    let queries: Vec<QueryRef> = sim
+        .peer("alice")
+        .queries
+        .iter()
+        .filter_map(|io| match io {
+            Io::GetRecord { query, .. } | Io::PutRecord { query, .. } => Some(*query),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(queries.len(), 2);
+    let alice = sim.peer("alice");
+    alice.service.kv_found(queries[0], Some(PeerId::random()), &copy(&bob_key, "k", "bob's", 1), 1);
+    alice.service.kv_put_done(queries[1], 2);
+    sim.advance(kv::QUERY_DEADLINE - Duration::from_millis(1));
+    sim.tick("alice");
+    assert!(got.try_recv().is_err() && put.try_recv().is_err(), "not before the deadline");
+    sim.advance(Duration::from_millis(1));
+    sim.tick("alice");
+    assert_eq!(values(&got.try_recv().expect("answered").expect("found")), ["bob's"]);
+    assert_eq!(put.try_recv().expect("answered").expect("stored").replicas, 2, "what it had reached");
+    let finished =
+        sim.peer("alice").queries.iter().filter(|io| matches!(io, Io::FinishQuery(q) if queries.contains(q))).count();
+    assert_eq!(finished, 2, "both stopped");
+    assert!(sim.peer("alice").disk.records.contains_key(&kad::RecordKey::new(&record_key(&repo().id, "mine"))));
+}
+
+#[test]
+fn our_refs_follow_our_announcements_and_two_in_one_millisecond_do_not_tie() {
+    let mut sim = Sim::new(&["alice"]);
+    sim.init("alice");
+    sim.announce("alice", "one").expect("queued");
+    sim.announce("alice", "two").expect("queued");
+    let alice = sim.peer("alice");
+    let index_key = kad::RecordKey::new(&record_key(&repo().id, crate::proto::kv::REFS_KEY));
+    let record =
+        crate::proto::kv::Record::decode(&alice.disk.records[&index_key].value, &repo().id, index_key.as_ref())
+            .expect("our refs index");
+    let refs: BTreeMap<String, String> =
+        serde_json::from_slice(&record.entries[0].value_bytes().expect("a value")).expect("a map");
+    let announced: Vec<&OutboxEntry> = alice.disk.outbox.values().map(|(e, _)| e).collect();
+    let last = Announcement::from_envelope(&announced[1].envelope).expect("an announcement");
+    assert_eq!(refs.get("refs/heads/main"), Some(&last.commit.id), "the index names the newest commit");
+}
+
+#[test]
+fn lost_peers_are_redialled_with_backoff_and_connected_ones_are_not() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    let (now, bob) = (sim.now, sim.id("bob"));
+    let info = libp2p::identify::Info {
+        public_key: sim.peer("bob").key.public(),
+        protocol_version: crate::node::behaviour::IDENTIFY_PROTOCOL.into(),
+        agent_version: "git-p2p/0.1.0 name=Bob".into(),
+        listen_addrs: vec!["/ip4/10.0.0.2/tcp/4001".parse().unwrap()],
+        protocols: vec![],
+        observed_addr: "/ip4/10.0.0.1/tcp/1".parse().unwrap(),
+        signed_peer_record: None,
+    };
+    sim.connect("alice", "bob");
+    let alice = sim.peer("alice");
+    alice.service.identified(bob, info, now, &mut alice.disk);
+    assert_eq!(alice.disk.peers.get(&bob).map(Vec::len), Some(1), "in the address book");
+    sim.tick("alice");
+    assert!(sim.peer("alice").dials.is_empty(), "connected: no dial");
+    sim.crash("bob");
+    sim.advance(Duration::from_secs(1));
+    sim.tick("alice");
+    assert_eq!(sim.peer("alice").dials, [bob], "lost: dialled");
+    let now = sim.now;
+    let alice = sim.peer("alice");
+    alice.service.dial_failed(&bob, now);
+    alice.service.dial_failed(&bob, now);
+    alice.dials.clear();
+    let start = sim.now;
+    let mut dialled_at = Vec::new();
+    for s in 1..=20 {
+        sim.now = start.after(Duration::from_secs(s));
+        sim.tick("alice");
+        if !sim.peer("alice").dials.is_empty() {
+            dialled_at.push(s);
+            sim.peer("alice").dials.clear();
+            let now = sim.now;
+            sim.peer("alice").service.dial_failed(&bob, now);
+        }
+    }
+    assert_eq!(dialled_at, [4, 12], "4 s after two failures, then 8 s after the third");
+}
