@@ -383,10 +383,10 @@ fn dir_room_name(dir: &Path) -> String {
 pub struct GlobalConfig(gix::config::File);
 
 impl GlobalConfig {
-    pub fn load() -> Result<Self, String> {
-        let mut file = gix::config::File::from_globals().map_err(|e| e.to_string())?;
-        let overrides = gix::config::File::from_environment_overrides().map_err(|e| e.to_string())?;
-        file.append(overrides).map_err(|e| e.to_string())?;
+    pub fn load() -> Result<Self, GitError> {
+        let mut file = gix::config::File::from_globals().map_err(ctx("cannot read git config"))?;
+        let overrides = gix::config::File::from_environment_overrides().map_err(ctx("cannot read git config"))?;
+        file.append(overrides).map_err(ctx("cannot read git config"))?;
         Ok(Self(file))
     }
 }

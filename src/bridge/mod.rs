@@ -35,6 +35,18 @@ pub enum Inbound {
     Comment { repo: RepoId, id: String, npub: String, text: String, created_at: u64 },
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Git(#[from] crate::git::GitError),
+    #[error("cannot build the Nostr event: {0}")]
+    Event(#[from] nostr::event::builder::Error),
+    #[error("{dir} is now another repository")]
+    Moved { dir: String },
+}
+
 /// Repositories waiting to be re-read (one per announced commit, coalesced per repository).
 const REFRESH_QUEUE: usize = 256;
 /// Messages from relays waiting for the event loop; the relay task waits when it is full.
@@ -125,7 +137,7 @@ impl Bridge {
         text: &str,
         envelope: &Envelope,
         thread: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<(), BridgeError> {
         let scope = nip22::Scope {
             owner: self.keys.public_key(),
             identifier: nip34::identifier(&repo.name),
@@ -133,11 +145,10 @@ impl Bridge {
         };
         let encoded = String::from_utf8_lossy(&envelope.encode()).into_owned();
         let created_at = Timestamp::from(envelope.ts / 1000);
-        let event =
-            nip22::comment(&self.keys, &scope, text, Some(&encoded), thread, created_at).map_err(|e| e.to_string())?;
+        let event = nip22::comment(&self.keys, &scope, text, Some(&encoded), thread, created_at)?;
         let pending =
             NostrPending { id: event.id.to_hex(), event: event.as_json(), relays: self.relays.clone(), replaces: None };
-        self.store.nostr_queue(&pending, None, false).map_err(|e| e.to_string())?;
+        self.store.nostr_queue(&pending, None, false)?;
         self.wake.notify_one();
         Ok(())
     }
@@ -184,11 +195,11 @@ async fn refresher(shared: relay::Shared, keys: Keys, relays: Vec<String>, mut r
 }
 
 /// Queues a new 30617 and 30618 for `repo` where what they would say changed. Returns how many.
-fn queue_repo_events(store: &Store, keys: &Keys, relays: &[String], repo: &RepoInfo) -> Result<usize, String> {
+fn queue_repo_events(store: &Store, keys: &Keys, relays: &[String], repo: &RepoInfo) -> Result<usize, BridgeError> {
     let Some(dir) = &repo.git_dir else { return Ok(0) };
-    let ctx = crate::git::open(Path::new(dir)).map_err(|e| e.to_string())?;
+    let ctx = crate::git::open(Path::new(dir))?;
     if ctx.repo_id != repo.id {
-        return Err(format!("{dir} is now another repository"));
+        return Err(BridgeError::Moved { dir: dir.clone() });
     }
     let identifier = nip34::identifier(&repo.name);
     let announcement = nip34::Announcement {
@@ -207,7 +218,7 @@ fn queue_repo_events(store: &Store, keys: &Keys, relays: &[String], repo: &RepoI
     })? {
         queued += 1;
     }
-    let refs = ctx.branches_and_tags().map_err(|e| e.to_string())?;
+    let refs = ctx.branches_and_tags()?;
     let head = ctx.branch.clone();
     let said = digest(&format!("{refs:?}{head:?}{relays:?}"));
     if queue_replaceable(store, relays, &format!("30618:{identifier}"), said, |ts| {
@@ -230,19 +241,19 @@ fn queue_replaceable(
     key: &str,
     digest: String,
     build: impl FnOnce(Timestamp) -> Result<nostr::Event, nostr::event::builder::Error>,
-) -> Result<bool, String> {
-    let last = store.nostr_last(key).map_err(|e| e.to_string())?;
+) -> Result<bool, BridgeError> {
+    let last = store.nostr_last(key)?;
     if last.as_ref().is_some_and(|l| l.digest == digest) {
         return Ok(false);
     }
     let created_at = nip34::next_timestamp(unix_now(), last.map(|l| l.created_at));
-    let event = build(Timestamp::from(created_at)).map_err(|e| e.to_string())?;
+    let event = build(Timestamp::from(created_at))?;
     let pending = NostrPending {
         id: event.id.to_hex(),
         event: event.as_json(),
         relays: relays.to_vec(),
         replaces: Some(key.to_string()),
     };
-    store.nostr_queue(&pending, Some(&NostrLast { digest, created_at }), true).map_err(|e| e.to_string())?;
+    store.nostr_queue(&pending, Some(&NostrLast { digest, created_at }), true)?;
     Ok(true)
 }

@@ -16,6 +16,19 @@ pub const IDENTIFY_PROTOCOL: &str = "/git-p2p/1.0.0";
 /// Largest gossip message; announcements and chat lines are far smaller.
 pub const MAX_GOSSIP_MESSAGE: usize = 64 * 1024;
 
+/// Why the behaviour could not be set up (libp2p reports some of these as plain text).
+#[derive(Debug, thiserror::Error)]
+pub enum BehaviourError {
+    #[error("gossipsub config: {0}")]
+    GossipConfig(#[from] gossipsub::ConfigBuilderError),
+    #[error("gossipsub: {0}")]
+    Gossipsub(String),
+    #[error("gossipsub scoring: {0}")]
+    Scoring(String),
+    #[error("mDNS: {0}")]
+    Mdns(std::io::Error),
+}
+
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     pub identify: identify::Behaviour,
@@ -71,7 +84,11 @@ pub fn topic_score_params() -> gossipsub::TopicScoreParams {
 }
 
 impl Behaviour {
-    pub fn new(key: &Keypair, config: &NodeConfig, records: super::kad_store::PersistentStore) -> Result<Self, String> {
+    pub fn new(
+        key: &Keypair,
+        config: &NodeConfig,
+        records: super::kad_store::PersistentStore,
+    ) -> Result<Self, BehaviourError> {
         let peer_id = key.public().to_peer_id();
 
         let identify = identify::Behaviour::new(
@@ -97,10 +114,9 @@ impl Behaviour {
             // Content-addressed ids: the same envelope re-sent after a restart is a duplicate.
             .message_id_fn(message_id)
             .max_transmit_size(MAX_GOSSIP_MESSAGE)
-            .build()
-            .map_err(|e| format!("gossipsub config: {e}"))?;
+            .build()?;
         let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)
-            .map_err(|e| format!("gossipsub: {e}"))?;
+            .map_err(|e| BehaviourError::Gossipsub(e.to_string()))?;
         // Peer scoring, so that messages we reject cost their sender (graylisted after one).
         let score_params = gossipsub::PeerScoreParams {
             // Many honest peers behind one address (NAT, a LAN box, loopback) are normal here.
@@ -109,7 +125,7 @@ impl Behaviour {
         };
         gossipsub
             .with_peer_score(score_params, gossipsub::PeerScoreThresholds::default())
-            .map_err(|e| format!("gossipsub scoring: {e}"))?;
+            .map_err(BehaviourError::Scoring)?;
 
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config.set_query_timeout(Duration::from_secs(10));
@@ -127,7 +143,7 @@ impl Behaviour {
 
         let mdns = if config.mdns {
             let mdns_config = mdns::Config { query_interval: config.mdns_interval, ..Default::default() };
-            Some(mdns::tokio::Behaviour::new(mdns_config, peer_id).map_err(|e| format!("mDNS: {e}"))?)
+            Some(mdns::tokio::Behaviour::new(mdns_config, peer_id).map_err(BehaviourError::Mdns)?)
         } else {
             None
         };

@@ -9,7 +9,7 @@ use libp2p::{kad, Multiaddr, PeerId};
 
 use super::history::HistoryWriter;
 use super::kad_store::PersistentStore;
-use super::service::{Ack, Disk};
+use super::service::{Ack, Disk, Loaded};
 use crate::control::api::Failure;
 use crate::proto::announce::FeedEntry;
 use crate::proto::chat::ChatEntry;
@@ -165,6 +165,30 @@ fn run_job(store: &Store, job: SyncJob) {
             let failure = Failure::new(format!("cannot store: {e}"));
             job.acks.into_iter().for_each(|ack| ack.settle(Err(failure.clone())));
         }
+    }
+}
+
+/// What the service needs to know of the store at start; what cannot be read is logged and
+/// left out (the node still starts).
+pub fn load(store: &Store) -> Loaded {
+    fn read<T>(what: &str, result: Result<Vec<T>, crate::store::StoreError>) -> Vec<T> {
+        result.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read {what}");
+            Vec::new()
+        })
+    }
+    let known_peers = read("the address book", store.known_peers())
+        .into_iter()
+        .filter_map(|(peer, entry)| {
+            let peer = peer.parse().ok()?;
+            Some((peer, entry.addrs.iter().filter_map(|a| a.parse().ok()).collect()))
+        })
+        .collect();
+    Loaded {
+        repos: read("the registered repositories", store.repos()),
+        outbox: read("the outbox", store.outbox()),
+        known_peers,
+        seen_chat: read("the seen messages", store.chat_seen_ids()),
     }
 }
 

@@ -17,10 +17,10 @@ use libp2p::{gossipsub, kad, mdns, ping, Swarm};
 use tokio::sync::{broadcast, mpsc};
 
 use super::behaviour::{Behaviour, BehaviourEvent};
-use super::disk::{Durability, NodeDisk};
+use super::disk::{load, Durability, NodeDisk};
 use super::history::HistoryWriter;
 use super::hook_notes::{HookNotes, Wake};
-use super::service::{BridgeOp, Io, Loaded, Me, QueryRef, Service};
+use super::service::{BridgeOp, Io, Me, QueryRef, Service};
 use crate::bridge::{Bridge, Inbound};
 use crate::clock::Now;
 use crate::control::api::{Command, ConfigInForce, Failure, KvKey, NodeEvent, NodeStatus, NostrStatus};
@@ -262,11 +262,7 @@ impl EventLoop {
                 }
             }
             Io::Publish { ticket, topic, data } => {
-                let result = match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
-                    // Duplicate: this exact envelope went out before (a restart re-sends it).
-                    Ok(_) | Err(gossipsub::PublishError::Duplicate) => Ok(()),
-                    Err(e) => Err(e.to_string()),
-                };
+                let result = self.swarm.behaviour_mut().gossipsub.publish(topic, data).map(|_| ());
                 self.service.published(ticket, result, now, disk!(self));
             }
             Io::Dial { peer, addrs } => {
@@ -474,29 +470,5 @@ impl EventLoop {
             Some(bridge) => bridge.status(),
             None => NostrStatus { npub: self.info.npub.clone(), ..NostrStatus::default() },
         }
-    }
-}
-
-/// What the service needs to know of the store at start; what cannot be read is logged and
-/// left out (the node still starts).
-fn load(store: &Store) -> Loaded {
-    fn read<T>(what: &str, result: Result<Vec<T>, crate::store::StoreError>) -> Vec<T> {
-        result.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot read {what}");
-            Vec::new()
-        })
-    }
-    let known_peers = read("the address book", store.known_peers())
-        .into_iter()
-        .filter_map(|(peer, entry)| {
-            let peer = peer.parse().ok()?;
-            Some((peer, entry.addrs.iter().filter_map(|a| a.parse().ok()).collect()))
-        })
-        .collect();
-    Loaded {
-        repos: read("the registered repositories", store.repos()),
-        outbox: read("the outbox", store.outbox()),
-        known_peers,
-        seen_chat: read("the seen messages", store.chat_seen_ids()),
     }
 }

@@ -50,8 +50,8 @@ pub enum NodeError {
     Paths(#[from] crate::paths::PathError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot read git config: {0}")]
-    GitConfig(String),
+    #[error(transparent)]
+    GitConfig(#[from] crate::git::GitError),
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
     #[error(transparent)]
@@ -59,7 +59,7 @@ pub enum NodeError {
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: String, reason: String },
     #[error("cannot set up the network: {0}")]
-    Swarm(String),
+    Swarm(Box<dyn std::error::Error + Send + Sync>),
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
 }
@@ -108,7 +108,7 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
         default_hook(info);
     }));
 
-    let config = NodeConfig::from_source(&crate::git::GlobalConfig::load().map_err(NodeError::GitConfig)?)?;
+    let config = NodeConfig::from_source(&crate::git::GlobalConfig::load()?)?;
     let identity = Identity::load_or_create(&paths.data_dir)?;
     let store = Store::open(&paths.store())?;
     tracing::info!(peer_id = %identity.peer_id(), data_dir = %paths.data_dir.display(), "starting");
@@ -183,14 +183,13 @@ fn build_swarm(
     config: &NodeConfig,
     records: kad_store::PersistentStore,
 ) -> Result<Swarm<Behaviour>, NodeError> {
-    let swarm_err = |e: &dyn std::fmt::Display| NodeError::Swarm(e.to_string());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(identity.libp2p.clone())
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-        .map_err(|e| swarm_err(&e))?
+        .map_err(|e| NodeError::Swarm(e.into()))?
         .with_quic()
         .with_behaviour(|key| Behaviour::new(key, config, records).map_err(Into::into))
-        .map_err(|e| swarm_err(&e))?
+        .map_err(|e| NodeError::Swarm(e.into()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
     Ok(swarm)

@@ -220,3 +220,21 @@ fn pipelined_requests_are_answered_in_order_and_a_stream_follows_them() {
     }
     assert_eq!(ids, [1, 2, 3, 4, 5, 6]);
 }
+
+#[test]
+fn a_client_of_another_protocol_version_gets_one_clear_line() {
+    use std::io::{BufRead, Write};
+    let alice = Node::new("alice");
+    alice.start();
+    let socket = alice.path("run/git-p2p/control.sock");
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+    // What a client of protocol 1 sent.
+    stream.write_all(b"{\"v\":1,\"id\":9,\"req\":{\"op\":\"status\"}}\n").expect("write");
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line).expect("read");
+    let frame: serde_json::Value = serde_json::from_str(&line).expect("JSON frame");
+    assert_eq!(frame["id"], 9, "{frame}");
+    let error = frame["error"].as_str().expect("an error");
+    assert!(error.contains("version mismatch") && error.contains("daemon stop"), "{error}");
+    assert!(!error.contains('\n'), "one line: {error}");
+}

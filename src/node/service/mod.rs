@@ -23,7 +23,7 @@ mod tests;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use libp2p::gossipsub::{Sha256Topic, TopicHash};
+use libp2p::gossipsub::{PublishError, Sha256Topic, TopicHash};
 use libp2p::identity::Keypair;
 use libp2p::{kad, Multiaddr, PeerId};
 
@@ -265,11 +265,16 @@ impl Service {
         self.discovery.peers.snapshot(now.mono, &self.repos.topics())
     }
 
-    /// The network answered a publish.
-    pub fn published(&mut self, ticket: Ticket, result: Result<(), String>, now: Now, disk: &mut dyn Disk) {
+    /// The network answered a publish. A duplicate (this exact envelope went out before: a
+    /// restart re-sends it) counts as taken.
+    pub fn published(&mut self, ticket: Ticket, result: Result<(), PublishError>, now: Now, disk: &mut dyn Disk) {
+        let result = match result {
+            Err(PublishError::Duplicate) => Ok(()),
+            other => other,
+        };
         match ticket {
             Ticket::Outbox(seq) => self.outbox_published(seq, result, now),
-            Ticket::Chat(n) => self.chat_published(n, result, now, disk),
+            Ticket::Chat(n) => self.chat_published(n, result, disk),
         }
     }
 

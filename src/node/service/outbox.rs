@@ -9,7 +9,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use libp2p::gossipsub::TopicHash;
+use libp2p::gossipsub::{PublishError, TopicHash};
 
 use super::{Ack, Disk, Io, Service, Ticket};
 use crate::clock::Now;
@@ -161,7 +161,7 @@ impl Service {
         self.publish_refs(now, disk);
     }
 
-    pub(super) fn outbox_published(&mut self, seq: u64, result: Result<(), String>, now: Now) {
+    pub(super) fn outbox_published(&mut self, seq: u64, result: Result<(), PublishError>, now: Now) {
         if let Err(e) = &result {
             tracing::debug!(seq, error = %e, "stays in the outbox");
         }

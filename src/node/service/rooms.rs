@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use libp2p::gossipsub::{MessageAcceptance, Sha256Topic, TopicHash};
+use libp2p::gossipsub::{MessageAcceptance, PublishError, Sha256Topic, TopicHash};
 use libp2p::PeerId;
 
 use super::{Ack, BridgeOp, Disk, Io, Service, Ticket};
@@ -315,7 +315,7 @@ impl Service {
     }
 
     /// The network's answer to a room message published at once.
-    pub(super) fn chat_published(&mut self, n: u64, result: Result<(), String>, _now: Now, disk: &mut dyn Disk) {
+    pub(super) fn chat_published(&mut self, n: u64, result: Result<(), PublishError>, disk: &mut dyn Disk) {
         let Some(Sending { entry, outbox, peers, reply }) = self.sending.remove(&n) else { return };
         if let Err(e) = result {
             tracing::debug!(error = %e, "message goes to the outbox");

@@ -224,7 +224,7 @@ impl Sim {
                         self.peer(name).in_flight.push((topic, data));
                         Ok(())
                     } else {
-                        Err("no peer took it".to_string())
+                        Err(libp2p::gossipsub::PublishError::NoPeersSubscribedToTopic)
                     };
                     let peer = self.peer(name);
                     peer.service.published(ticket, result, now, &mut peer.disk);
