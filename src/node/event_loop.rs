@@ -336,7 +336,9 @@ impl EventLoop {
             }
             Wake::Released => self.spool_changed(),
         }
-        self.durability.wrote();
+        if self.hooks.take_wrote() {
+            self.durability.wrote();
+        }
     }
 
     /// Something arrived in the spool or a held note may go now: publish first, then make it
@@ -345,6 +347,9 @@ impl EventLoop {
         self.hooks.ingest(&mut self.service, disk!(self), &self.store);
         self.service.flush(Now::system(), disk!(self));
         self.run_io();
+        if self.hooks.take_wrote() {
+            self.durability.wrote();
+        }
         self.durability.sync_soon(&self.store);
     }
 
@@ -353,6 +358,9 @@ impl EventLoop {
         self.hooks.ingest(&mut self.service, disk!(self), &self.store);
         self.hooks.retry_rebasing(&mut self.service, disk!(self), &self.store);
         self.service.tick(Now::system(), disk!(self));
+        if self.hooks.take_wrote() {
+            self.durability.wrote();
+        }
     }
 
     fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {

@@ -50,6 +50,8 @@ pub struct HookNotes {
     /// Git dirs of repositories whose reflog waits for a rebase to end (looked at each tick).
     rebasing: HashSet<PathBuf>,
     survey: Option<oneshot::Receiver<Vec<PathBuf>>>,
+    /// A reflog position was written without fsync since [`Self::take_wrote`].
+    wrote: bool,
 }
 
 impl HookNotes {
@@ -69,6 +71,7 @@ impl HookNotes {
             repos: RepoCache::default(),
             rebasing: HashSet::new(),
             survey: None,
+            wrote: false,
         }
     }
 
@@ -94,6 +97,11 @@ impl HookNotes {
     /// The spool watch failed: read the spool every second from now on.
     pub fn unwatch(&mut self) {
         self.watch = None;
+    }
+
+    /// Whether something was written without fsync since the last call (a reflog position).
+    pub fn take_wrote(&mut self) -> bool {
+        std::mem::take(&mut self.wrote)
     }
 
     /// Repositories waiting for a rebase to end, for `daemon status`.
@@ -196,6 +204,7 @@ impl HookNotes {
             service.branch_moved(&repo.id, head_ref, ctx.head_commit.clone(), now, disk);
         }
         store.set_reflog_pos(&key, new_pos, false)?;
+        self.wrote = true;
         Ok(None)
     }
 
