@@ -173,7 +173,8 @@ fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
     for i in 0..=count {
         let m =
             ChatMessage { thread: None, text: format!("g{i} {}", "x".repeat(400)), name: None, nonce: format!("{i}") };
-        let envelope = Envelope::sign(&authors[i % authors.len()], KIND, &repo_id, i as u64, m.to_body());
+        let ts = git_p2p::clock::unix_now_ms();
+        let envelope = Envelope::sign(&authors[i % authors.len()], KIND, &repo_id, ts, m.to_body());
         let t = Instant::now();
         let _ = sender.chat_send(info.clone(), envelope, None);
         let prefix = format!("g{i} ");
@@ -880,10 +881,12 @@ fn chat_bench(metrics: &mut Vec<Metric>, count: usize) {
     let info = RepoInfo { id: repo_id.clone(), name: "proj".into(), git_dir: None };
     let authors: Vec<libp2p::identity::Keypair> =
         (0..100).map(|_| libp2p::identity::Keypair::generate_ed25519()).collect();
+    let start_ms = git_p2p::clock::unix_now_ms();
     let envelopes: Vec<Envelope> = (0..count)
         .map(|i| {
             let m = ChatMessage { thread: None, text: format!("bench {i}"), name: None, nonce: format!("{i:x}") };
-            Envelope::sign(&authors[i % authors.len()], KIND, &repo_id, i as u64, m.to_body())
+            // Dated now (receivers drop what is dated far off), distinct per message.
+            Envelope::sign(&authors[i % authors.len()], KIND, &repo_id, start_ms + i as u64, m.to_body())
         })
         .collect();
 
@@ -891,7 +894,7 @@ fn chat_bench(metrics: &mut Vec<Metric>, count: usize) {
     // Warm-up: one message end to end, so the room's subscriptions and mesh are in place.
     {
         let m = ChatMessage { thread: None, text: "warm-up".into(), name: None, nonce: "w".into() };
-        let envelope = Envelope::sign(&authors[0], KIND, &repo_id, 0, m.to_body());
+        let envelope = Envelope::sign(&authors[0], KIND, &repo_id, git_p2p::clock::unix_now_ms(), m.to_body());
         let mut client = Client::connect(&paths(&alice)).expect("alice's node");
         let answer = client.chat_send(info.clone(), envelope, None);
         assert!(answer.is_ok(), "{answer:?}");

@@ -34,9 +34,11 @@ pub fn run(ctx: &Ctx, args: &ChatArgs, out: &mut dyn Write) -> anyhow::Result<()
         let sent = ctx.client()?.chat_send(repo_info, envelope, thread)?;
         let (id, peers) = (sent.id, sent.peers);
         if args.json {
-            writeln!(out, "{}", serde_json::json!({ "id": id, "peers": peers }))?;
+            writeln!(out, "{}", serde_json::json!({ "id": id, "peers": peers, "queued": sent.queued }))?;
         } else if peers == 0 {
             writeln!(out, "queued: no peer in the room yet; it goes out when one joins")?;
+        } else if sent.queued {
+            writeln!(out, "queued behind earlier messages: peers take 20 a second from one author")?;
         } else {
             writeln!(out, "sent to {peers} peer{}", if peers == 1 { "" } else { "s" })?;
         }

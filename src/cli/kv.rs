@@ -70,7 +70,7 @@ pub fn run(ctx: &Ctx, command: KvCommand, out: &mut dyn Write) -> anyhow::Result
                         (None, false) => format!("..{short}"),
                     };
                     let shown = match std::str::from_utf8(&value) {
-                        Ok(t) if !t.chars().any(|c| c.is_control() && c != '\n') => t.to_string(),
+                        Ok(t) if !t.chars().any(|c| c.is_control() && c != '\n') => crate::tui::view::inert(t),
                         _ => format!("(binary, {} bytes, hex) {}", value.len(), hex::encode(&value)),
                     };
                     writeln!(out, "{}  {who}  {shown}", super::fmt::utc_time(e.ts / 1000))?;

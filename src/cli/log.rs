@@ -34,14 +34,15 @@ fn print_entry(e: &FeedEntry, json: bool, out: &mut dyn Write) -> anyhow::Result
     }
     let c = &e.commit;
     let branch = c.ref_name.as_deref().map(|r| r.strip_prefix("refs/heads/").unwrap_or(r)).unwrap_or("(detached)");
-    let who = e.name.as_deref().unwrap_or("?");
+    let branch = crate::tui::view::inert(branch);
+    let who = crate::tui::view::inert(e.name.as_deref().unwrap_or("?"));
     let peer_short = &e.peer[e.peer.len().saturating_sub(6)..];
     writeln!(
         out,
         "{}  {who} (..{peer_short})  {branch}  {}  {}",
         super::fmt::utc_time(e.announced_at / 1000),
         &c.id[..c.id.len().min(10)],
-        c.summary
+        crate::tui::view::inert(&c.summary)
     )?;
     Ok(())
 }

@@ -19,7 +19,8 @@ fn print_table(peers: &[PeerInfo], out: &mut dyn Write) -> anyhow::Result<()> {
         writeln!(out, "no peers connected")?;
         return Ok(());
     }
-    let name_width = peers.iter().map(|p| p.name.as_deref().unwrap_or("-").chars().count()).max().unwrap_or(1).max(4);
+    let name = |p: &PeerInfo| crate::tui::view::inert(p.name.as_deref().unwrap_or("-"));
+    let name_width = peers.iter().map(|p| name(p).chars().count()).max().unwrap_or(1).max(4);
     writeln!(out, "{:<52}  {:<name_width$}  {:<5}  {:>9}  {:<5}  ADDRESS", "PEER", "NAME", "VIA", "RTT", "REPOS")?;
     for p in peers {
         let rtt = p.rtt_ms.map(|ms| format!("{ms:.2} ms")).unwrap_or_else(|| "-".into());
@@ -27,7 +28,7 @@ fn print_table(peers: &[PeerInfo], out: &mut dyn Write) -> anyhow::Result<()> {
             out,
             "{:<52}  {:<name_width$}  {:<5}  {:>9}  {:<5}  {}",
             p.peer_id,
-            p.name.as_deref().unwrap_or("-"),
+            name(p),
             p.transport,
             rtt,
             p.repos.len(),

@@ -100,6 +100,10 @@ pub struct ChatSent {
     pub id: String,
     /// Peers in the room right now (0: it waits in the outbox until someone joins).
     pub peers: usize,
+    /// It waits in the outbox: nobody is in the room, or earlier messages go first (peers take
+    /// at most 20 messages a second from one author, and the node sends at that pace).
+    #[serde(default)]
+    pub queued: bool,
 }
 
 /// A DHT entry of ours was stored.

@@ -5,7 +5,7 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{gossipsub, identify, kad, mdns, ping, StreamProtocol};
+use libp2p::{connection_limits, gossipsub, identify, kad, mdns, ping, StreamProtocol};
 
 use crate::config::{DhtMode, NodeConfig};
 
@@ -29,8 +29,29 @@ pub enum BehaviourError {
     Mdns(std::io::Error),
 }
 
+/// Connections a node keeps at most: enough for everyone of a busy repository (we dial up to
+/// 50 peers, and others dial us), few enough that a flood of connections cannot exhaust the
+/// node; per peer a few (TCP and QUIC, both directions), so one peer cannot take them all.
+const MAX_CONNECTIONS: u32 = 256;
+const MAX_INCOMING: u32 = 192;
+const MAX_PENDING: u32 = 64;
+const MAX_PER_PEER: u32 = 4;
+
+fn connection_limits() -> connection_limits::Behaviour {
+    connection_limits::Behaviour::new(
+        connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(MAX_CONNECTIONS))
+            .with_max_established_incoming(Some(MAX_INCOMING))
+            .with_max_pending_incoming(Some(MAX_PENDING))
+            .with_max_pending_outgoing(Some(MAX_PENDING))
+            .with_max_established_per_peer(Some(MAX_PER_PEER)),
+    )
+}
+
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// First: a connection over the limits is denied before any other protocol sees it.
+    pub limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
@@ -148,7 +169,7 @@ impl Behaviour {
             None
         };
 
-        Ok(Self { identify, ping, gossipsub, kad, mdns: Toggle::from(mdns) })
+        Ok(Self { limits: connection_limits(), identify, ping, gossipsub, kad, mdns: Toggle::from(mdns) })
     }
 }
 

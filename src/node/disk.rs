@@ -92,7 +92,9 @@ impl NodeDisk<'_> {
 
 impl Disk for NodeDisk<'_> {
     fn add_repo(&mut self, repo: &RepoInfo) -> Result<(), StoreError> {
-        self.store.add_repo(repo)
+        self.store.add_repo(repo)?;
+        self.records.protect(&repo.id);
+        Ok(())
     }
 
     fn outbox_push(&mut self, entry: &OutboxEntry, durable: bool) -> Result<u64, StoreError> {

@@ -34,6 +34,11 @@ use event_loop::{EventLoop, NodeInfo};
 /// Connections stay open this long without traffic; peers of a collaboration tool are few and
 /// worth keeping, and a closed connection would have to be redialled for the next message.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Streams open at once on one connection (TCP's yamux, QUIC): our protocols use a handful; a
+/// peer opening thousands is refused beyond this, not given memory for each.
+const MAX_STREAMS_PER_CONNECTION: usize = 128;
+/// Inbound streams still negotiating their protocol, per connection.
+const MAX_NEGOTIATING_STREAMS: usize = 32;
 /// How long start-up waits for the listeners to report their addresses.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// New feed entries buffered for slow `log -f` followers; one that falls further behind is told
@@ -185,12 +190,22 @@ fn build_swarm(
 ) -> Result<Swarm<Behaviour>, NodeError> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(identity.libp2p.clone())
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, || {
+            let mut yamux = yamux::Config::default();
+            yamux.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
+            yamux
+        })
         .map_err(|e| NodeError::Swarm(e.into()))?
-        .with_quic()
+        .with_quic_config(|mut quic| {
+            quic.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION as u32;
+            quic
+        })
         .with_behaviour(|key| Behaviour::new(key, config, records).map_err(Into::into))
         .map_err(|e| NodeError::Swarm(e.into()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
+                .with_max_negotiating_inbound_streams(MAX_NEGOTIATING_STREAMS)
+        })
         .build();
     Ok(swarm)
 }

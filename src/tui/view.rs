@@ -16,9 +16,25 @@ const PEERS_WIDTH: u16 = 30;
 /// Author colours: a stable one per PeerId.
 const PALETTE: [Color; 6] = [Color::Cyan, Color::Green, Color::Magenta, Color::Blue, Color::LightRed, Color::LightCyan];
 
-/// Control characters (and whatever else could steer a terminal) become a visible placeholder.
+/// Control characters, and the invisible characters that change how text around them reads
+/// (bidi overrides, embeddings and isolates that reorder it; zero-width spaces and marks that hide
+/// in it; line and paragraph separators), become a visible placeholder: text from peers can then
+/// neither steer a terminal nor pass for something it is not. Joiners (U+200C, U+200D) stay:
+/// scripts and emoji need them.
 pub fn inert(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() && c != '\n' { '\u{fffd}' } else { c }).collect()
+    s.chars().map(|c| if (c.is_control() && c != '\n') || deceptive(c) { '\u{fffd}' } else { c }).collect()
+}
+
+/// Invisible formatting characters that can disguise text.
+fn deceptive(c: char) -> bool {
+    matches!(c,
+        '\u{200B}' | '\u{200E}' | '\u{200F}'      // zero-width space, left-to-right and right-to-left marks
+        | '\u{202A}'..='\u{202E}'                  // bidi embeddings and overrides
+        | '\u{2066}'..='\u{2069}'                  // bidi isolates
+        | '\u{2028}' | '\u{2029}'                  // line and paragraph separators
+        | '\u{2060}' | '\u{FEFF}'                  // word joiner, zero-width no-break space
+        | '\u{061C}'                               // Arabic letter mark
+    )
 }
 
 fn colour(peer: &str) -> Color {
@@ -292,6 +308,17 @@ mod tests {
                 row.trim_end().to_string()
             })
             .collect()
+    }
+
+    #[test]
+    fn text_that_hides_or_reorders_itself_is_shown_as_placeholders() {
+        // "evil\u{202E}txt.exe" reads as "evilexe.txt" on a terminal that honours bidi.
+        assert_eq!(inert("evil\u{202E}txt.exe"), "evil\u{fffd}txt.exe");
+        for c in ['\u{200B}', '\u{200F}', '\u{2066}', '\u{2069}', '\u{2028}', '\u{2029}', '\u{FEFF}', '\u{1b}'] {
+            assert_eq!(inert(&format!("a{c}b")), "a\u{fffd}b", "{:?}", c);
+        }
+        let kept = "family 👨\u{200D}👩 and می\u{200C}خواهم, line\nbreak";
+        assert_eq!(inert(kept), kept, "joiners and newlines are text");
     }
 
     #[test]

@@ -385,7 +385,7 @@ fn wait_for_honest(
     })
 }
 
-/// The node's chat limiter (`node::event_loop`): a full bucket, then this many a second.
+/// The node's chat limiter (`node::service::rooms`): a full bucket, then this many a second.
 const CHAT_BURST: f64 = 100.0;
 const CHAT_RATE: f64 = 20.0;
 /// Messages eve floods bob's chat room with. Bob takes some time to store each accepted one (a
@@ -474,10 +474,13 @@ fn a_flood_of_chat_messages_is_rate_limited() {
     let publishing = flood_start.elapsed();
     assert!(sent as f64 > CHAT_BURST + 50.0, "the flood exceeds the burst: only {sent} sent");
 
-    // Bob's limiter rejects the excess: eve's score at bob turns negative.
-    eventually(Duration::from_secs(60), "bob to penalise eve for the flood", || {
-        (score_at_bob(&eve_peer)? < 0.0).then_some(())
+    // Bob's limiter drops the excess: bob has taken a full bucket, and no more.
+    eventually(Duration::from_secs(60), "bob to take the flood's first burst", || {
+        (flood_numbers(&chat_history(&bob, repo_id.as_str()), &eve_peer).len() as f64 >= CHAT_BURST).then_some(())
     });
+    // Being over the rate is not misconduct (an honest busy author looks the same): it costs
+    // the peer who forwarded it nothing (it is ignored, not rejected).
+    assert!(score_at_bob(&eve_peer).is_some_and(|s| s >= 0.0), "eve not penalised: {:?}", score_at_bob(&eve_peer));
 
     // What bob stored of it is bounded by the bucket (checked over the whole history, and again
     // at the end, when anything still queued at bob has long been processed).

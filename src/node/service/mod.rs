@@ -196,6 +196,8 @@ pub struct Service {
     discovery: discovery::Discovery,
     /// Room messages of ours published at once, until the network answered.
     sending: HashMap<u64, rooms::Sending>,
+    /// What we send, per author and kind, at the pace peers take it.
+    pacer: rooms::RateLimiter,
     next_ticket: u64,
     last_prune: Option<Instant>,
     io: VecDeque<Io>,
@@ -213,6 +215,7 @@ impl Service {
             refs: refs::Refs::default(),
             discovery: discovery::Discovery::new(bootstrap.iter().map(|(p, _)| *p)),
             sending: HashMap::new(),
+            pacer: rooms::RateLimiter::sender(),
             next_ticket: 0,
             last_prune: None,
             io: VecDeque::new(),

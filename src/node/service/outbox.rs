@@ -56,12 +56,17 @@ impl Outbox {
         self.waiting.iter().any(|(_, t, _)| t == topic)
     }
 
-    /// The oldest waiting entry of each topic that has an audience and no publish in flight.
-    pub fn due(&mut self, audience: impl Fn(&TopicHash) -> bool) -> Vec<Publish> {
+    /// The oldest waiting entry of each topic that has an audience, no publish in flight, and
+    /// may go now (`may_send`: its author's pace).
+    pub fn due(
+        &mut self,
+        audience: impl Fn(&TopicHash) -> bool,
+        mut may_send: impl FnMut(&OutboxEntry) -> bool,
+    ) -> Vec<Publish> {
         let mut out = Vec::new();
         let mut looked: HashSet<&TopicHash> = HashSet::new();
         for (seq, topic, entry) in &self.waiting {
-            if !looked.insert(topic) || self.in_flight.contains(topic) || !audience(topic) {
+            if !looked.insert(topic) || self.in_flight.contains(topic) || !audience(topic) || !may_send(entry) {
                 continue;
             }
             out.push(Publish { seq: *seq, topic: topic.clone(), data: entry.envelope.encode() });
@@ -73,8 +78,15 @@ impl Outbox {
     }
 
     /// The network's answer to the publish of `seq`. Taken: it leaves the queue (and the store
-    /// after its grace), and the next entry of its topic is due. Refused: it stays first.
-    pub fn published(&mut self, seq: u64, taken: bool, now: Instant) -> Option<Publish> {
+    /// after its grace), and the next entry of its topic is due if `may_send` lets it go now.
+    /// Refused: it stays first.
+    pub fn published(
+        &mut self,
+        seq: u64,
+        taken: bool,
+        now: Instant,
+        may_send: impl FnOnce(&OutboxEntry) -> bool,
+    ) -> Option<Publish> {
         let i = self.waiting.iter().position(|(s, _, _)| *s == seq)?;
         let topic = self.waiting[i].1.clone();
         self.in_flight.remove(&topic);
@@ -84,6 +96,9 @@ impl Outbox {
         self.waiting.remove(i);
         self.published.push_back((seq, now));
         let (seq, _, next) = self.waiting.iter().find(|(_, t, _)| *t == topic)?;
+        if !may_send(next) {
+            return None;
+        }
         self.in_flight.insert(topic.clone());
         Some(Publish { seq: *seq, topic, data: next.envelope.encode() })
     }
@@ -100,6 +115,11 @@ impl Outbox {
         }
         done
     }
+}
+
+/// Our messages are paced per author and kind (what receivers count separately).
+pub fn pace_key(envelope: &Envelope) -> String {
+    format!("{}/{}", envelope.kind, envelope.author)
 }
 
 impl Service {
@@ -154,8 +174,8 @@ impl Service {
     /// Publishes what waits for an audience that is there now; then the refs in the DHT that
     /// our new announcements move.
     pub fn flush(&mut self, now: Now, disk: &mut dyn Disk) {
-        let peers = &self.discovery.peers;
-        for p in self.outbox.due(|topic| peers.audience(topic) > 0) {
+        let (peers, pacer) = (&self.discovery.peers, &mut self.pacer);
+        for p in self.outbox.due(|topic| peers.audience(topic) > 0, |e| pacer.allow(&pace_key(&e.envelope), now.mono)) {
             self.push(Io::Publish { ticket: Ticket::Outbox(p.seq), topic: p.topic, data: p.data });
         }
         self.publish_refs(now, disk);
@@ -165,7 +185,9 @@ impl Service {
         if let Err(e) = &result {
             tracing::debug!(seq, error = %e, "stays in the outbox");
         }
-        if let Some(next) = self.outbox.published(seq, result.is_ok(), now.mono) {
+        let pacer = &mut self.pacer;
+        let may_send = |e: &OutboxEntry| pacer.allow(&pace_key(&e.envelope), now.mono);
+        if let Some(next) = self.outbox.published(seq, result.is_ok(), now.mono, may_send) {
             self.push(Io::Publish { ticket: Ticket::Outbox(next.seq), topic: next.topic, data: next.data });
         }
     }

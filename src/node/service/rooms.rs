@@ -20,10 +20,20 @@ use crate::proto::envelope::{Envelope, EnvelopeError};
 use crate::proto::outbox::OutboxEntry;
 use crate::proto::repo::{RepoId, RepoInfo};
 
-/// Chat messages one author may have stored per second on average, and in a burst: a flood
-/// from one peer is dropped (and penalised) instead of filling the history.
+/// Messages (of each kind) one author may have taken per second on average, and in a burst:
+/// more is dropped, not stored, shown or forwarded. Being over the rate is not misconduct (a
+/// busy user, a clock burst): it costs the forwarding peer no score. Our own node holds what we
+/// send to the same rate, so that peers take all of it.
 pub const CHAT_RATE: f64 = 20.0;
 pub const CHAT_BURST: f64 = 100.0;
+/// The share of [`CHAT_RATE`] and [`CHAT_BURST`] our node sends at, per author and kind.
+pub const SEND_SHARE: f64 = 0.9;
+/// How far ahead of our clock a message may be dated: further, it is dropped (it would sit at
+/// the top of a feed or room for as long as it claims).
+pub const MAX_AHEAD: Duration = Duration::from_secs(10 * 60);
+/// How old a message may be: older, it is dropped (a replay of something the room has long
+/// forgotten; the window of the stores and of catching up).
+pub const MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Authors tracked by the rate limiter before it starts afresh (bounded memory).
 const CHAT_RATE_AUTHORS: usize = 10_000;
 /// Room message ids remembered in memory to tell new from repeated (about 100 bytes each).
@@ -58,10 +68,36 @@ pub enum Refused {
     Announcement(#[from] AnnounceError),
     #[error(transparent)]
     Chat(#[from] ChatError),
-    #[error("{0} sends room messages faster than {CHAT_RATE}/s")]
+    #[error("{0} sends faster than {CHAT_RATE} messages/s")]
     Flood(String),
     #[error("a Nostr comment over {} characters", crate::proto::chat::MAX_TEXT)]
     TooLong,
+    #[error("dated {0} s ahead of our clock")]
+    Ahead(u64),
+    #[error("dated {0} days ago")]
+    Stale(u64),
+}
+
+impl Refused {
+    /// Whether the message was invalid (malformed, mis-signed, off-topic, out of bounds): only
+    /// that costs the peer who forwarded it. Too fast or out of our time window is dropped
+    /// without blame: an honest peer can forward it (a busy author, a skewed clock).
+    pub fn is_invalid(&self) -> bool {
+        !matches!(self, Refused::Flood(_) | Refused::TooLong | Refused::Ahead(_) | Refused::Stale(_))
+    }
+}
+
+/// Whether a message dated `ts` (Unix ms) may be taken now.
+fn in_window(ts: u64, now: Now) -> Result<(), Refused> {
+    let ahead = ts.saturating_sub(now.unix_ms);
+    if ahead > MAX_AHEAD.as_millis() as u64 {
+        return Err(Refused::Ahead(ahead / 1000));
+    }
+    let age = now.unix_ms.saturating_sub(ts);
+    if age > MAX_AGE.as_millis() as u64 {
+        return Err(Refused::Stale(age / 86_400_000));
+    }
+    Ok(())
 }
 
 /// What a message that arrived turned out to be.
@@ -85,13 +121,20 @@ pub struct Sending {
 
 pub struct Rooms {
     topics: HashMap<TopicHash, Room>,
-    limiter: RateLimiter,
+    /// Per author: room messages, and separately announcements.
+    chat_limiter: RateLimiter,
+    announce_limiter: RateLimiter,
     seen: Recent,
 }
 
 impl Rooms {
     pub fn new(seen: impl IntoIterator<Item = String>) -> Self {
-        Self { topics: HashMap::new(), limiter: RateLimiter::default(), seen: Recent::new(RECENT_CHAT_IDS, seen) }
+        Self {
+            topics: HashMap::new(),
+            chat_limiter: RateLimiter::default(),
+            announce_limiter: RateLimiter::default(),
+            seen: Recent::new(RECENT_CHAT_IDS, seen),
+        }
     }
 
     /// Joins `room`; its topic, to subscribe to, if it is new to us.
@@ -111,7 +154,7 @@ impl Rooms {
             Err(e) => return Arrival::Refused(e.into()),
         };
         match self.topics.get(topic) {
-            Some(Room::Commits { repo }) if *repo == envelope.repo => announcement(envelope, now),
+            Some(Room::Commits { repo }) if *repo == envelope.repo => self.announcement(envelope, now),
             Some(Room::Chat { repo, thread }) if *repo == envelope.repo => {
                 let thread = thread.clone();
                 self.chat(envelope, thread, me, now)
@@ -134,7 +177,10 @@ impl Rooms {
                 if text.chars().count() > crate::proto::chat::MAX_TEXT {
                     return Arrival::Refused(Refused::TooLong);
                 }
-                if !self.limiter.allow(&npub, now.mono) {
+                if let Err(why) = in_window(created_at.saturating_mul(1000), now) {
+                    return Arrival::Refused(why);
+                }
+                if !self.chat_limiter.allow(&npub, now.mono) {
                     return Arrival::Refused(Refused::Flood(npub));
                 }
                 let entry = ChatEntry {
@@ -165,11 +211,41 @@ impl Rooms {
             Ok(_) => return Arrival::Refused(Refused::OffTopic),
             Err(e) => return Arrival::Refused(e.into()),
         };
+        if let Err(why) = in_window(envelope.ts, now) {
+            return Arrival::Refused(why);
+        }
         let author_id = author.to_string();
-        if !self.limiter.allow(&author_id, now.mono) {
+        if !self.chat_limiter.allow(&author_id, now.mono) {
             return Arrival::Refused(Refused::Flood(author_id));
         }
         self.fresh(ChatEntry::new(&envelope, author, message, author == *me, now.unix_ms))
+    }
+
+    /// An announcement, verified, within bounds, time and its author's rate, as the feed keeps it.
+    fn announcement(&mut self, envelope: Envelope, now: Now) -> Arrival {
+        let author = match envelope.verify() {
+            Ok(author) => author,
+            Err(e) => return Arrival::Refused(e.into()),
+        };
+        let a = match Announcement::from_envelope(&envelope) {
+            Ok(a) => a,
+            Err(e) => return Arrival::Refused(e.into()),
+        };
+        if let Err(why) = in_window(envelope.ts, now) {
+            return Arrival::Refused(why);
+        }
+        let peer = author.to_string();
+        if !self.announce_limiter.allow(&peer, now.mono) {
+            return Arrival::Refused(Refused::Flood(peer));
+        }
+        Arrival::Announcement(FeedEntry {
+            repo: envelope.repo,
+            peer,
+            name: a.name,
+            commit: a.commit,
+            announced_at: envelope.ts,
+            received_at: now.unix_ms,
+        })
     }
 
     fn fresh(&mut self, entry: ChatEntry) -> Arrival {
@@ -178,25 +254,6 @@ impl Rooms {
         } else {
             Arrival::Seen
         }
-    }
-}
-
-/// An announcement, verified and within bounds, as the feed keeps it.
-fn announcement(envelope: Envelope, now: Now) -> Arrival {
-    let author = match envelope.verify() {
-        Ok(author) => author,
-        Err(e) => return Arrival::Refused(e.into()),
-    };
-    match Announcement::from_envelope(&envelope) {
-        Ok(a) => Arrival::Announcement(FeedEntry {
-            repo: envelope.repo,
-            peer: author.to_string(),
-            name: a.name,
-            commit: a.commit,
-            announced_at: envelope.ts,
-            received_at: now.unix_ms,
-        }),
-        Err(e) => Arrival::Refused(e.into()),
     }
 }
 
@@ -257,9 +314,13 @@ impl Service {
                 MessageAcceptance::Accept
             }
             Arrival::Seen => MessageAcceptance::Ignore,
-            Arrival::Refused(why) => {
-                tracing::debug!(?source, error = %why, "refused a message");
+            Arrival::Refused(why) if why.is_invalid() => {
+                tracing::debug!(?source, error = %why, "rejected a message");
                 MessageAcceptance::Reject
+            }
+            Arrival::Refused(why) => {
+                tracing::debug!(?source, error = %why, "dropped a message");
+                MessageAcceptance::Ignore
             }
         }
     }
@@ -304,7 +365,10 @@ impl Service {
         let entry = ChatEntry::new(&envelope, author, message, true, now.unix_ms);
         let peers = self.discovery.peers.audience(&topic);
         let outbox = OutboxEntry { repo, envelope, thread };
-        if peers > 0 && !self.outbox.waits_for(&topic) {
+        if peers > 0
+            && !self.outbox.waits_for(&topic)
+            && self.pacer.allow(&super::outbox::pace_key(&outbox.envelope), now.mono)
+        {
             let n = self.ticket();
             let data = outbox.envelope.encode();
             self.sending.insert(n, Sending { entry, outbox, peers, reply });
@@ -327,10 +391,11 @@ impl Service {
             self.push(Io::Emit(NodeEvent::Chat(entry.clone())));
             disk.chat_published(entry);
         }
-        disk.reply_when_durable(Ack::new(reply, ChatSent { id, peers }));
+        disk.reply_when_durable(Ack::new(reply, ChatSent { id, peers, queued: false }));
     }
 
-    /// Our room message into the history and the outbox, until a peer is in the room.
+    /// Our room message into the history and the outbox, until a peer is in the room (or, when
+    /// we send faster than peers take, until it is its turn).
     fn queue_chat(
         &mut self,
         entry: ChatEntry,
@@ -356,29 +421,48 @@ impl Service {
                 return;
             }
         }
-        disk.reply_when_durable(Ack::new(reply, ChatSent { id, peers }));
+        disk.reply_when_durable(Ack::new(reply, ChatSent { id, peers, queued: true }));
     }
 }
 
-/// Token bucket per author: [`CHAT_BURST`] at once, then [`CHAT_RATE`] a second.
-#[derive(Default)]
+/// Token bucket per author: `burst` at once, then `rate` a second.
 pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
     tokens: HashMap<String, (f64, Instant)>,
 }
 
+impl Default for RateLimiter {
+    /// What a receiver takes from an author: [`CHAT_BURST`], then [`CHAT_RATE`] a second.
+    fn default() -> Self {
+        Self::new(CHAT_RATE, CHAT_BURST)
+    }
+}
+
 impl RateLimiter {
-    /// True if `author` may have one more message stored now.
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self { rate, burst, tokens: HashMap::new() }
+    }
+
+    /// What our node sends as one author: [`SEND_SHARE`] of what receivers take, so that a
+    /// message bunched with others on the way still finds a token at every peer.
+    pub fn sender() -> Self {
+        Self::new(CHAT_RATE * SEND_SHARE, CHAT_BURST * SEND_SHARE)
+    }
+
+    /// True if `author` may have one more message taken now.
     pub fn allow(&mut self, author: &str, now: Instant) -> bool {
         if !self.tokens.contains_key(author) && self.tokens.len() >= CHAT_RATE_AUTHORS {
             // Forget authors whose bucket has refilled anyway; active ones keep their state.
-            let full = Duration::from_secs_f64(CHAT_BURST / CHAT_RATE);
+            let full = Duration::from_secs_f64(self.burst / self.rate);
             self.tokens.retain(|_, (_, last)| now.saturating_duration_since(*last) < full);
             if self.tokens.len() >= CHAT_RATE_AUTHORS {
                 return false;
             }
         }
-        let (tokens, last) = self.tokens.entry(author.to_string()).or_insert((CHAT_BURST, now));
-        *tokens = (*tokens + now.saturating_duration_since(*last).as_secs_f64() * CHAT_RATE).min(CHAT_BURST);
+        let (rate, burst) = (self.rate, self.burst);
+        let (tokens, last) = self.tokens.entry(author.to_string()).or_insert((burst, now));
+        *tokens = (*tokens + now.saturating_duration_since(*last).as_secs_f64() * rate).min(burst);
         *last = now;
         if *tokens < 1.0 {
             return false;

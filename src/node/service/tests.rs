@@ -442,7 +442,10 @@ fn a_flooding_author_is_rate_limited_and_an_honest_one_is_not() {
     }
     let accepted = verdicts.iter().filter(|v| **v == MessageAcceptance::Accept).count();
     assert_eq!(accepted, CHAT_BURST as usize, "a burst, then nothing");
-    assert!(verdicts[CHAT_BURST as usize..].iter().all(|v| *v == MessageAcceptance::Reject));
+    assert!(
+        verdicts[CHAT_BURST as usize..].iter().all(|v| *v == MessageAcceptance::Ignore),
+        "dropped without blame: too fast is not invalid"
+    );
     let alice_key = sim.peer("alice").key.clone();
     let bob = sim.peer("bob");
     let honest = bob.service.gossip(&topic, &chat(&alice_key, "hello", 1, now.unix_ms), None, now, &mut bob.disk);
@@ -650,4 +653,42 @@ fn lost_peers_are_redialled_with_backoff_and_connected_ones_are_not() {
         }
     }
     assert_eq!(dialled_at, [4, 12], "4 s after two failures, then 8 s after the third");
+}
+
+#[test]
+fn an_honest_burst_is_paced_so_that_peers_take_all_of_it_and_a_commit_is_not_held_up() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("alice");
+    sim.init("bob");
+    sim.connect("alice", "bob");
+    let mut queued = 0;
+    for i in 0..300 {
+        let now = sim.now;
+        let alice = sim.peer("alice");
+        let envelope = Envelope::decode(&chat(&alice.key, &format!("burst {i}"), i, now.unix_ms)).expect("an envelope");
+        let (reply, answer) = oneshot::channel::<Result<ChatSent, Failure>>();
+        alice.service.chat_send(repo(), envelope, None, reply, now, &mut alice.disk);
+        sim.end_of_batch("alice");
+        queued += usize::from(answer.blocking_recv().expect("an answer").expect("stored").queued);
+        let verdicts = sim.deliver("alice");
+        assert!(verdicts.iter().all(|v| *v == MessageAcceptance::Accept), "bob takes every one it is sent");
+        // A message every 10 ms, as fast as a script sends them one by one.
+        sim.advance(Duration::from_millis(10));
+        if i % 100 == 99 {
+            sim.tick("alice");
+        }
+    }
+    assert!(queued > 0, "a burst beyond what peers take waits in the outbox");
+    sim.announce("alice", "the commit right after").expect("queued");
+    sim.deliver("alice");
+    assert!(sim.peer("bob").announcements() == ["the commit right after"], "not held up behind the chat");
+    for _ in 0..30 {
+        sim.advance(Duration::from_secs(1));
+        sim.tick("alice");
+        let verdicts = sim.deliver("alice");
+        assert!(verdicts.iter().all(|v| *v == MessageAcceptance::Accept), "bob takes every one it is sent");
+    }
+    assert_eq!(sim.peer("alice").service.outbox_len(), 0, "all sent in the end");
+    let burst = sim.peer("bob").disk.chat.iter().filter(|m| m.text.starts_with("burst ")).count();
+    assert_eq!(burst, 300, "bob has the whole burst");
 }
