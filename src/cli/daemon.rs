@@ -115,6 +115,11 @@ fn print_status(s: &NodeStatus, out: &mut dyn Write) -> anyhow::Result<()> {
     for (i, r) in s.repos.iter().enumerate() {
         writeln!(out, "{:<10} {} ({})", if i == 0 { "repos" } else { "" }, r.name, r.id.short())?;
     }
+    writeln!(
+        out,
+        "dht        {} record(s) of ours, {} of our repositories, {} held for others",
+        s.dht.ours, s.dht.registered, s.dht.strangers
+    )?;
     if s.outbox > 0 {
         writeln!(out, "outbox     {} announcement(s) waiting for a peer in their repository", s.outbox)?;
     }

@@ -202,6 +202,20 @@ pub struct NodeStatus {
     /// Repositories (their git dirs) whose new commits wait for a rebase there to end.
     #[serde(default)]
     pub rebasing: Vec<String>,
+    /// The DHT records this node holds.
+    #[serde(default)]
+    pub dht: DhtRecords,
+}
+
+/// The DHT records a node holds, by whose they are.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DhtRecords {
+    /// Published by this node.
+    pub ours: usize,
+    /// Of repositories registered here, published by peers.
+    pub registered: usize,
+    /// Held for others (bounded; the farthest from our key give way first).
+    pub strangers: usize,
 }
 
 /// The settings the node started with (it re-reads git config only on restart).

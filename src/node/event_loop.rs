@@ -448,7 +448,8 @@ impl EventLoop {
         }
     }
 
-    fn status(&self) -> NodeStatus {
+    fn status(&mut self) -> NodeStatus {
+        let dht = self.swarm.behaviour_mut().kad.store_mut().counts();
         let mut listen_addrs: Vec<String> = self.swarm.listeners().map(|a| a.to_string()).collect();
         listen_addrs.sort();
         NodeStatus {
@@ -470,6 +471,7 @@ impl EventLoop {
             nostr: self.nostr_status(),
             outbox: self.service.outbox_len(),
             rebasing: self.hooks.rebasing(),
+            dht,
         }
     }
 

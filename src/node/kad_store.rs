@@ -235,6 +235,16 @@ impl PersistentStore {
         this
     }
 
+    /// How many records are held, by whose they are.
+    pub fn counts(&self) -> crate::control::api::DhtRecords {
+        let strangers = self.quotas.by_distance.len();
+        crate::control::api::DhtRecords {
+            ours: self.quotas.classes.len() - strangers - self.quotas.registered,
+            registered: self.quotas.registered,
+            strangers,
+        }
+    }
+
     /// From now on, records of `repo` are ours to keep (it was registered).
     pub fn protect(&mut self, repo: &RepoId) {
         if !self.registered.insert(repo.clone()) {

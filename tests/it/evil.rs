@@ -189,13 +189,13 @@ impl Eve {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 /// An announcement of a made-up commit: a 40-hex id derived from `summary`, since bob's feed
 /// keeps one entry per (repo, commit, peer).
-fn announcement(summary: &str) -> Announcement {
+pub(crate) fn announcement(summary: &str) -> Announcement {
     use sha2::Digest;
     Announcement {
         commit: git_p2p::proto::announce::Commit {
@@ -211,11 +211,11 @@ fn announcement(summary: &str) -> Announcement {
 }
 
 /// A named bad message.
-type Bad = (&'static str, Vec<u8>);
+pub(crate) type Bad = (&'static str, Vec<u8>);
 
 /// The bad messages, each distinct and each with an `EVIL-` marker where it has a summary; and,
 /// apart, the oversized one (bob's gossipsub drops the stream it came on).
-fn bad_messages(eve: &Keypair, repo_id: &RepoId) -> (Vec<Bad>, Bad) {
+pub(crate) fn bad_messages(eve: &Keypair, repo_id: &RepoId) -> (Vec<Bad>, Bad) {
     let ts = now_ms();
     let signed = |repo: &RepoId, a: &Announcement| Envelope::sign(eve, KIND, repo, ts, a.to_body());
     let mallory = Keypair::generate_ed25519();
@@ -395,14 +395,14 @@ const CHAT_RATE: f64 = 20.0;
 const FLOOD: usize = 1000;
 
 /// A chat message in the repository's room, signed by `key`; `nonce` makes it distinct.
-fn chat_message(key: &Keypair, repo_id: &RepoId, text: &str, nonce: u64) -> Vec<u8> {
+pub(crate) fn chat_message(key: &Keypair, repo_id: &RepoId, text: &str, nonce: u64) -> Vec<u8> {
     let message =
         ChatMessage { thread: None, text: text.into(), name: Some("eve".into()), nonce: format!("{nonce:016x}") };
     Envelope::sign(key, chat::KIND, repo_id, now_ms(), message.to_body()).encode()
 }
 
 /// Bob's whole history of the room (`--tail` shows only the last 50), read over his control socket.
-fn chat_history(bob: &Node, room: &str) -> Vec<ChatEntry> {
+pub(crate) fn chat_history(bob: &Node, room: &str) -> Vec<ChatEntry> {
     let env = bob.env_pairs();
     let paths = Paths::from_vars(|name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.into())).expect("paths");
     let mut client = Client::connect(&paths).expect("bob's node answers");
@@ -433,7 +433,7 @@ fn flood_numbers(history: &[ChatEntry], eve: &str) -> Vec<usize> {
 }
 
 /// Resident memory of a process, in KiB.
-fn rss_kib(pid: i32) -> u64 {
+pub(crate) fn rss_kib(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
     line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmRSS in kB")

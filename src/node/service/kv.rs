@@ -233,7 +233,9 @@ impl Service {
             None => incoming,
         };
         let mut stored = kad::Record::new(record.key, merged.encode());
-        stored.publisher = record.publisher;
+        // The peer that sent it answers for it (the quotas count per peer): a record's own
+        // publisher field is whatever the sender wrote there.
+        stored.publisher = Some(source);
         stored.expires = record.expires;
         if let Err(e) = disk.put_record(stored) {
             tracing::debug!(%source, error = ?e, "cannot store a DHT record");

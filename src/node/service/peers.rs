@@ -155,7 +155,15 @@ struct RedialState {
 
 impl Redial {
     /// Keeps `addrs` for `peer` (merged with what we had) so we can dial it again when lost.
+    /// At most [`crate::store::MAX_KNOWN_PEERS`] peers are kept: a newcomer beyond that takes
+    /// the place of the peer that failed most (many peer ids cannot grow the list without bound).
     pub fn learn(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>, now: Instant) {
+        if !self.peers.contains_key(&peer) && self.peers.len() >= crate::store::MAX_KNOWN_PEERS {
+            let worst = self.peers.iter().max_by_key(|(_, s)| (s.failures, s.next)).map(|(p, _)| *p);
+            if let Some(worst) = worst {
+                self.peers.remove(&worst);
+            }
+        }
         let state = self.peers.entry(peer).or_insert_with(|| RedialState { addrs: Vec::new(), failures: 0, next: now });
         for a in addrs {
             if !state.addrs.contains(&a) {
@@ -251,5 +259,18 @@ mod tests {
             redial.failed(&bob, t0);
         }
         assert_eq!(redial.due(t0 + REDIAL_MAX, |p| *p != bob).len(), 1, "backoff is capped");
+    }
+
+    #[test]
+    fn the_redial_list_is_bounded_and_the_worst_peer_gives_way() {
+        let (t0, mut redial) = (Instant::now(), Redial::default());
+        let failing = PeerId::random();
+        redial.learn(failing, [addr("/ip4/127.0.0.1/tcp/1")], t0);
+        redial.failed(&failing, t0);
+        for i in 0..crate::store::MAX_KNOWN_PEERS + 100 {
+            redial.learn(PeerId::random(), [addr(&format!("/ip4/127.0.0.1/tcp/{}", i + 2))], t0);
+        }
+        assert_eq!(redial.len(), crate::store::MAX_KNOWN_PEERS);
+        assert!(!redial.peers.contains_key(&failing), "the peer that failed went first");
     }
 }
