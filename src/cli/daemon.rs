@@ -120,6 +120,13 @@ fn print_status(s: &NodeStatus, out: &mut dyn Write) -> anyhow::Result<()> {
         "dht        {} record(s) of ours, {} of our repositories, {} held for others",
         s.dht.ours, s.dht.registered, s.dht.strangers
     )?;
+    for (i, peer) in s.banned.iter().enumerate() {
+        writeln!(
+            out,
+            "{:<10} {peer} (flooded us with connections; refused for 10 minutes)",
+            if i == 0 { "cut off" } else { "" }
+        )?;
+    }
     if s.outbox > 0 {
         writeln!(out, "outbox     {} announcement(s) waiting for a peer in their repository", s.outbox)?;
     }

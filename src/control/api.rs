@@ -205,6 +205,9 @@ pub struct NodeStatus {
     /// The DHT records this node holds.
     #[serde(default)]
     pub dht: DhtRecords,
+    /// Peers cut off for flooding this node with connections (refused for a while).
+    #[serde(default)]
+    pub banned: Vec<String>,
 }
 
 /// The DHT records a node holds, by whose they are.

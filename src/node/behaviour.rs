@@ -5,7 +5,7 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{connection_limits, gossipsub, identify, kad, mdns, ping, StreamProtocol};
+use libp2p::{allow_block_list, connection_limits, gossipsub, identify, kad, mdns, ping, StreamProtocol};
 
 use crate::config::{DhtMode, NodeConfig};
 
@@ -50,8 +50,10 @@ fn connection_limits() -> connection_limits::Behaviour {
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
-    /// First: a connection over the limits is denied before any other protocol sees it.
+    /// First: a connection over the limits, or of a peer cut off for flooding, is denied before
+    /// any other protocol sees it.
     pub limits: connection_limits::Behaviour,
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
@@ -169,7 +171,15 @@ impl Behaviour {
             None
         };
 
-        Ok(Self { limits: connection_limits(), identify, ping, gossipsub, kad, mdns: Toggle::from(mdns) })
+        Ok(Self {
+            limits: connection_limits(),
+            blocked: Default::default(),
+            identify,
+            ping,
+            gossipsub,
+            kad,
+            mdns: Toggle::from(mdns),
+        })
     }
 }
 

@@ -307,6 +307,12 @@ impl EventLoop {
             Io::Emit(event) => {
                 let _ = self.events.send(event);
             }
+            Io::Ban(peer) => {
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+            }
+            Io::Unban(peer) => {
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            }
             Io::WatchReflog(repo) => self.hooks.start_reflog(&repo, &self.store),
             Io::Bridge(op) => {
                 let Some(bridge) = &self.bridge else { return };
@@ -375,6 +381,11 @@ impl EventLoop {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
                 self.service.disconnected(&peer_id, connection_id);
             }
+            SwarmEvent::IncomingConnectionError {
+                peer_id: Some(peer),
+                error: libp2p::swarm::ListenError::Denied { .. },
+                ..
+            } => self.service.connection_denied(peer, now),
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
                 tracing::debug!(%peer, %error, "dial failed");
                 self.service.dial_failed(&peer, now);
@@ -472,6 +483,7 @@ impl EventLoop {
             outbox: self.service.outbox_len(),
             rebasing: self.hooks.rebasing(),
             dht,
+            banned: self.service.banned().iter().map(|p| p.to_string()).collect(),
         }
     }
 

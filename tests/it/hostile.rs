@@ -452,31 +452,46 @@ fn replayed_messages_are_taken_once_even_across_a_restart() {
 fn connection_floods_from_one_and_from_many_peer_ids_are_bounded() {
     let s = scene();
     let addr = s.bob_addr(Over::Tcp);
-    // One peer id, many connections.
+    let dial = |m: &Mallory, n: usize| {
+        let a = addr.clone();
+        m.run(move |sw| {
+            for _ in 0..n {
+                let _ = sw.dial(libp2p::swarm::dial_opts::DialOpts::unknown_peer_id().address(a.clone()).build());
+            }
+        });
+    };
+    let connections_of = |m: &Mallory| {
+        let id = m.peer_id().to_string();
+        let peers = s.pair.bob.peers();
+        peers.iter().find(|p| p["peer_id"] == id.as_str()).map(|p| p["addresses"].as_array().map_or(0, Vec::len))
+    };
+    // One peer id, a few connections too many: bob keeps 4 of them.
     let m = s.mallory(Over::Tcp, vec![]);
-    let a = addr.clone();
-    m.run(move |sw| {
-        for _ in 0..30 {
-            let _ = sw.dial(libp2p::swarm::dial_opts::DialOpts::unknown_peer_id().address(a.clone()).build());
-        }
+    dial(&m, 8);
+    eventually(Duration::from_secs(20), "mallory's extra connections to be settled", || {
+        (connections_of(&m)? >= 4).then_some(())
     });
-    // Many peer ids, one connection each.
+    assert!(connections_of(&m).is_some_and(|n| n <= 4), "one peer holds at most 4: {:?}", connections_of(&m));
+    // One peer id that keeps trying: cut off and refused for a while.
+    let flooder = s.mallory(Over::Tcp, vec![]);
+    dial(&flooder, 40);
+    let flooder_id = flooder.peer_id().to_string();
+    eventually(Duration::from_secs(20), "bob to cut the flooder off", || {
+        let banned = s.pair.bob.status()["banned"].as_array()?.iter().any(|p| p == flooder_id.as_str());
+        (banned && connections_of(&flooder).is_none()).then_some(())
+    });
+    let status = s.pair.bob.ok(&["daemon", "status"]);
+    assert!(status.contains(&flooder_id) && status.contains("cut off"), "{status}");
+    // Many peer ids, one connection each: bob holds what its limits allow, and no more.
     let many: Vec<Mallory> = (0..250).map(|_| Mallory::spawn(s.bob_id, addr.clone(), Over::Tcp, vec![])).collect();
     eventually(Duration::from_secs(60), "the flood to settle at bob", || {
         let n = s.pair.bob.status()["connected_peers"].as_u64()?;
         (n >= 150).then_some(())
     });
-    let mallory = m.peer_id().to_string();
-    let conns = s
-        .pair
-        .bob
-        .peers()
-        .iter()
-        .find(|p| p["peer_id"] == mallory.as_str())
-        .map(|p| p["addresses"].as_array().map_or(0, Vec::len));
-    assert!(conns.is_some_and(|n| n <= 4), "one peer holds at most 4 connections: {conns:?}");
     let connected = s.pair.bob.status()["connected_peers"].as_u64().unwrap_or(0);
     assert!(connected <= 256, "bob keeps at most 256 connections: {connected}");
+    dial(&flooder, 1);
+    assert!(connections_of(&flooder).is_none(), "the flooder is still refused");
     s.still_fine("a connection flood");
     drop(many);
 }

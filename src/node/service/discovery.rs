@@ -108,6 +108,9 @@ impl Service {
     /// What a peer said about itself. A git-p2p node's listen addresses go to Kademlia (if it
     /// speaks ours), the redial list and the address book.
     pub fn identified(&mut self, peer: PeerId, info: identify::Info, now: Now, disk: &mut dyn Disk) {
+        if self.conduct.is_banned(&peer) {
+            return;
+        }
         let name = crate::node::behaviour::name_from_agent(&info.agent_version);
         self.discovery.peers.identified(&peer, info.agent_version, name.clone());
         if info.protocol_version != crate::node::behaviour::IDENTIFY_PROTOCOL {
@@ -138,7 +141,7 @@ impl Service {
 
     /// Kademlia found a peer (typically through a bootstrap lookup): connect.
     pub fn routing_updated(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, now: Now) {
-        if !self.discovery.wants(&peer) {
+        if !self.discovery.wants(&peer) || self.conduct.is_banned(&peer) {
             return;
         }
         self.discovery.redial.learn(peer, addrs.clone(), now.mono);
@@ -151,6 +154,7 @@ impl Service {
         for (peer, addr) in found {
             by_peer.entry(peer).or_default().push(addr);
         }
+        by_peer.retain(|p, _| !self.conduct.is_banned(p));
         for (peer, addrs) in by_peer {
             tracing::debug!(%peer, ?addrs, "discovered on the LAN");
             for addr in &addrs {

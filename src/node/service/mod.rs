@@ -10,6 +10,7 @@
 //! the queries waiting for the network), `refs` (our refs in the DHT), `discovery` (peers, who to
 //! dial), `peers` (the peer table and redial backoff).
 
+mod conduct;
 mod discovery;
 mod kv;
 mod outbox;
@@ -159,6 +160,9 @@ pub enum Io {
     FinishQuery(QueryRef),
     /// Hand a new feed entry or room message to followers.
     Emit(NodeEvent),
+    /// Close every connection to this peer and refuse new ones (until [`Io::Unban`]).
+    Ban(PeerId),
+    Unban(PeerId),
     /// Read this repository's HEAD reflog from its end on (it was just registered).
     WatchReflog(RepoInfo),
     /// Tell the Nostr bridge.
@@ -198,6 +202,8 @@ pub struct Service {
     sending: HashMap<u64, rooms::Sending>,
     /// What we send, per author and kind, at the pace peers take it.
     pacer: rooms::RateLimiter,
+    /// Peers cut off for flooding us.
+    conduct: conduct::Conduct,
     next_ticket: u64,
     last_prune: Option<Instant>,
     io: VecDeque<Io>,
@@ -216,6 +222,7 @@ impl Service {
             discovery: discovery::Discovery::new(bootstrap.iter().map(|(p, _)| *p)),
             sending: HashMap::new(),
             pacer: rooms::RateLimiter::sender(),
+            conduct: conduct::Conduct::default(),
             next_ticket: 0,
             last_prune: None,
             io: VecDeque::new(),
@@ -259,6 +266,11 @@ impl Service {
         self.discovery.peers.len()
     }
 
+    /// Peers cut off for flooding us.
+    pub fn banned(&self) -> Vec<PeerId> {
+        self.conduct.banned()
+    }
+
     pub fn known_peers(&self) -> usize {
         self.discovery.redial.len()
     }
@@ -299,6 +311,7 @@ impl Service {
             }
         }
         self.expire_queries(now);
+        self.lift_bans(now);
         self.redial(now);
     }
 

@@ -173,6 +173,11 @@ impl Redial {
         state.addrs.truncate(crate::store::MAX_ADDRS_PER_PEER);
     }
 
+    /// Forgets `peer` (it is not to be dialled).
+    pub fn forget(&mut self, peer: &PeerId) {
+        self.peers.remove(peer);
+    }
+
     pub fn succeeded(&mut self, peer: &PeerId) {
         if let Some(s) = self.peers.get_mut(peer) {
             s.failures = 0;

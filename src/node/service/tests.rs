@@ -234,7 +234,12 @@ impl Sim {
                 io @ (Io::PutRecord { .. } | Io::GetRecord { .. } | Io::FinishQuery(_)) => {
                     self.peer(name).queries.push(io)
                 }
-                Io::KadAddress { .. } | Io::KadBootstrap | Io::WatchReflog(_) | Io::Bridge(_) => {}
+                Io::KadAddress { .. }
+                | Io::KadBootstrap
+                | Io::WatchReflog(_)
+                | Io::Bridge(_)
+                | Io::Ban(_)
+                | Io::Unban(_) => {}
             }
         }
     }
