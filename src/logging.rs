@@ -22,17 +22,18 @@ fn filter(verbosity: u8) -> EnvFilter {
     })
 }
 
-/// Logs to `path` (appending) for the rest of the process.
-pub fn init_file(path: &Path, verbosity: u8) -> io::Result<()> {
+/// Logs to `path` (appending) for the rest of the process, and to stderr too with `terminal`
+/// (a node run in the foreground: `git p2p daemon run`).
+pub fn init_file(path: &Path, verbosity: u8, terminal: bool) -> io::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     if fs::metadata(path).map(|m| m.len() > MAX_LOG_BYTES).unwrap_or(false) {
         let _ = fs::rename(path, path.with_extension("log.old"));
     }
     let file = fs::OpenOptions::new().create(true).append(true).open(path)?;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter(verbosity))
-        .with_ansi(false)
-        .with_writer(Arc::new(file))
-        .try_init();
+    let to_file = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(Arc::new(file));
+    let to_terminal = terminal.then(|| tracing_subscriber::fmt::layer().with_writer(io::stderr));
+    let _ = tracing_subscriber::registry().with(filter(verbosity)).with(to_file).with(to_terminal).try_init();
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 
 mod announce;
 mod chat;
+mod completions;
 mod daemon;
 pub(crate) mod fmt;
 mod hooks;
@@ -81,11 +82,17 @@ pub enum Command {
     /// Nostr bridge status: relays, connection state, pending events
     #[command(subcommand)]
     Nostr(NostrCommand),
+    /// Print a shell completion script (bash completes `git p2p <TAB>` through git's own completion)
+    Completions {
+        /// The shell: bash, zsh or fish
+        #[arg(value_name = "SHELL")]
+        shell: completions::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
 pub struct JsonArgs {
-    /// Print JSON instead of a table
+    /// Print JSON instead of text (JSON Lines: one object per line, one per item of a list)
     #[arg(long)]
     pub json: bool,
 }
@@ -151,7 +158,11 @@ pub struct LogArgs {
 pub enum KvCommand {
     /// Set KEY to VALUE (or to the contents of --file, or of standard input with -)
     Set {
+        /// The key (at most 256 bytes, no control characters)
+        #[arg(value_name = "KEY")]
         key: String,
+        /// The value (at most 8 KiB); - reads it from standard input
+        #[arg(value_name = "VALUE", required_unless_present = "file")]
         value: Option<String>,
         /// Read the value from a file
         #[arg(long, value_name = "FILE", conflicts_with = "value")]
@@ -159,20 +170,28 @@ pub enum KvCommand {
     },
     /// Get each author's value of KEY, newest first
     Get {
+        /// The key to look up in this repository's DHT namespace
+        #[arg(value_name = "KEY")]
         key: String,
         /// Only this author's value (a PeerId, an npub, or "me")
         #[arg(long, value_name = "PEER|NPUB")]
         author: Option<String>,
+        /// Print JSON, one object per author's value
         #[arg(long)]
         json: bool,
     },
     /// List the keys this node published for this repository
     Ls {
+        /// Print JSON, one object per key
         #[arg(long)]
         json: bool,
     },
     /// Remove KEY (a signed tombstone that wins over your older values)
-    Rm { key: String },
+    Rm {
+        /// The key to remove
+        #[arg(value_name = "KEY")]
+        key: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +201,7 @@ pub struct RefsArgs {
     /// Only this author's refs (a PeerId, or "me")
     #[arg(long, value_name = "PEER")]
     pub author: Option<String>,
+    /// Print JSON, one object per ref
     #[arg(long)]
     pub json: bool,
 }
@@ -196,11 +216,13 @@ pub enum RefsCommand {
 pub enum NotesCommand {
     /// Publish your notes for this repository's commits
     Push {
+        /// The notes ref to publish
         #[arg(long = "ref", value_name = "REF", default_value = "refs/notes/commits")]
         notes_ref: String,
     },
     /// Fetch peers' notes into refs/notes/p2p/<author>
     Pull {
+        /// The notes ref whose peers' notes to fetch
         #[arg(long = "ref", value_name = "REF", default_value = "refs/notes/commits")]
         notes_ref: String,
     },
@@ -302,6 +324,22 @@ pub fn one_line(e: &anyhow::Error) -> String {
     message.replace(['\n', '\r'], " ")
 }
 
+/// clap's usage error on one line, with all it says: the message, the arguments it names, its
+/// suggestions ("a similar subcommand exists: 'peers'") and the usage.
+fn usage_line(rendered: &str) -> String {
+    let parts: Vec<&str> =
+        rendered.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("For more information")).collect();
+    let mut line = String::new();
+    for part in parts {
+        let part = part.strip_prefix("error: ").unwrap_or(part);
+        if !line.is_empty() {
+            line.push_str(if line.ends_with(':') { " " } else { "; " });
+        }
+        line.push_str(part);
+    }
+    line.replace("Usage: git-p2p", "usage: git p2p").replace("Usage: ", "usage: ")
+}
+
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     match e.kind() {
@@ -313,10 +351,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("usage error");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            let _ = writeln!(io::stderr(), "git-p2p: error: {first} (see 'git p2p --help')");
+            let _ = writeln!(io::stderr(), "git-p2p: error: {}", usage_line(&e.render().to_string()));
             ExitCode::from(2)
         }
     }
@@ -336,6 +371,7 @@ fn run(ctx: &Ctx, command: Command, out: &mut dyn Write) -> anyhow::Result<ExitC
         Command::Notes(cmd) => notes::run(ctx, cmd, out)?,
         Command::Hooks(cmd) => hooks::run(ctx, cmd, out)?,
         Command::Nostr(cmd) => nostr::run(ctx, cmd, out)?,
+        Command::Completions { shell } => completions::run(shell, out)?,
     }
     Ok(ExitCode::SUCCESS)
 }

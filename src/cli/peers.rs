@@ -8,7 +8,10 @@ use crate::control::api::PeerInfo;
 pub fn run(ctx: &Ctx, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let peers = ctx.client()?.peers()?;
     if json {
-        writeln!(out, "{}", serde_json::to_string(&peers)?)?;
+        // Like every --json output: JSON Lines, one object per peer.
+        for p in &peers {
+            writeln!(out, "{}", serde_json::to_string(p)?)?;
+        }
         return Ok(());
     }
     print_table(&peers, out)

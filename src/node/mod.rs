@@ -103,7 +103,7 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
     } else {
         None
     };
-    crate::logging::init_file(&paths.log_file(), opts.verbosity)
+    crate::logging::init_file(&paths.log_file(), opts.verbosity, !opts.notify_ready)
         .map_err(io_err(format!("cannot open log file {}", paths.log_file().display())))?;
     // A detached node has no stderr: a panic must reach the log file, or nobody ever learns why
     // the node went away.

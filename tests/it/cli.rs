@@ -10,6 +10,11 @@ fn usage_errors_exit_2_with_one_line() {
     let alice = Node::new("alice");
     assert_one_line_error(&alice.run(&["frobnicate"]), 2, "unrecognized subcommand 'frobnicate'");
     assert_one_line_error(&alice.run(&["peers", "--bogus"]), 2, "unexpected argument '--bogus'");
+    // clap's detail survives on the one line: the missing argument, its suggestions.
+    assert_one_line_error(&alice.run(&["kv", "set"]), 2, "<KEY>");
+    assert_one_line_error(&alice.run(&["kv", "set", "k"]), 2, "<VALUE>");
+    assert_one_line_error(&alice.run(&["chat", "-f"]), 2, "--tail");
+    assert_one_line_error(&alice.run(&["peer"]), 2, "a similar subcommand exists: 'peers'");
     let out = alice.run(&[]);
     assert_eq!(out.status.code(), Some(2), "no command: help and usage exit");
     let out = alice.run(&["--help"]);
@@ -97,4 +102,46 @@ fn id_shows_identity_and_import_nsec_reads_stdin() {
         .unwrap();
     child.stdin.take().unwrap().write_all(b"not a key").unwrap();
     assert_one_line_error(&child.wait_with_output().unwrap(), 1, "not a valid Nostr secret key");
+}
+
+#[test]
+fn completions_complete_git_p2p_through_gits_own_bash_completion() {
+    let alice = Node::new("alice");
+    let script = alice.path("git-p2p.bash");
+    std::fs::write(&script, alice.ok(&["completions", "bash"])).unwrap();
+    let git_completion = "/usr/share/bash-completion/completions/git";
+    assert!(
+        std::path::Path::new(git_completion).exists(),
+        "git's bash completion is missing ({git_completion}): install git's bash completion"
+    );
+    // What bash does on TAB: git's completion finds the `p2p` command and calls _git_p2p.
+    let complete = |line: &str| {
+        let words: Vec<&str> = line.split(' ').collect();
+        let program = format!(
+            "source {git_completion}; source {}; COMP_WORDS=({}); COMP_CWORD={}; COMP_LINE='{line}'; \
+             COMP_POINT=${{#COMP_LINE}}; __git_wrap__git_main; echo \"${{COMPREPLY[*]}}\"",
+            script.display(),
+            words.join(" "),
+            words.len() - 1,
+        );
+        let out = std::process::Command::new("bash").arg("-c").arg(program).output().expect("bash");
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(complete("git p2p k"), "kv");
+    assert_eq!(complete("git p2p kv s"), "set");
+    let mut daemon: Vec<String> = complete("git p2p daemon st").split(' ').map(String::from).collect();
+    daemon.sort();
+    assert_eq!(daemon, ["start", "status", "stop"]);
+    // zsh and fish read theirs without complaint.
+    for (shell, check) in [("zsh", vec!["-n"]), ("fish", vec!["--no-execute"])] {
+        let path = alice.path(&format!("git-p2p.{shell}"));
+        std::fs::write(&path, alice.ok(&["completions", shell])).unwrap();
+        let out = std::process::Command::new(shell)
+            .args(&check)
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| panic!("{shell} is needed for this test (CI installs it): {e}"));
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+    }
 }

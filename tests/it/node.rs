@@ -78,7 +78,13 @@ fn shared_repos_are_shown_per_peer() {
 #[test]
 fn racing_commands_start_exactly_one_node() {
     let alice = Node::new("alice");
-    let children: Vec<_> = (0..6).map(|_| alice.command(&["id", "--json"]).spawn().expect("spawn")).collect();
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            let mut cmd = alice.command(&["id", "--json"]);
+            cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+            cmd.spawn().expect("spawn")
+        })
+        .collect();
     let outputs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().expect("wait")).collect();
     let pids: BTreeSet<u64> = outputs
         .iter()
@@ -89,6 +95,11 @@ fn racing_commands_start_exactly_one_node() {
         })
         .collect();
     assert_eq!(pids.len(), 1, "one node for all: {pids:?}");
+    let ids: BTreeSet<String> = outputs
+        .iter()
+        .map(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("id --json")["peer_id"].to_string())
+        .collect();
+    assert_eq!(ids.len(), 1, "every command met the same node: {ids:?}");
     let running = std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok())
@@ -237,4 +248,37 @@ fn a_client_of_another_protocol_version_gets_one_clear_line() {
     let error = frame["error"].as_str().expect("an error");
     assert!(error.contains("version mismatch") && error.contains("daemon stop"), "{error}");
     assert!(!error.contains('\n'), "one line: {error}");
+}
+
+#[test]
+fn a_foreground_node_logs_to_the_terminal_too() {
+    use std::io::BufRead;
+    let alice = Node::new("alice");
+    let mut child = alice
+        .command(&["-v", "daemon", "run"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the node in the foreground");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(line) if line.contains("ready") => break line,
+            Ok(_) => {}
+            Err(e) => panic!("no \"ready\" line on the terminal: {e}"),
+        }
+    };
+    assert!(ready.contains("INFO"), "a log line: {ready}");
+    alice.ok(&["daemon", "stop"]);
+    assert!(child.wait().expect("the node exits").success());
+    let log = std::fs::read_to_string(alice.data_dir().join("node.log")).expect("the log file");
+    assert!(log.contains("ready"), "the file has it too");
 }

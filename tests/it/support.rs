@@ -214,7 +214,13 @@ impl Node {
     }
 
     pub fn peers(&self) -> Vec<Value> {
-        self.json(&["peers", "--json"]).as_array().cloned().unwrap_or_default()
+        // JSON Lines: one peer per line.
+        let out = self.ok(&["peers", "--json"]);
+        out.lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: bad JSON line from peers: {e}: {l}", self.name))
+            })
+            .collect()
     }
 
     /// The pid in the node's lock file, if a node holds it.
