@@ -68,6 +68,12 @@ pub const DEFAULT_LISTEN: [&str; 4] =
 /// Longest display name we keep; names travel in every identify message.
 pub const MAX_NAME_LEN: usize = 64;
 
+/// Settings of the node, read from the user's global git config only (one node serves every
+/// repository); lowercase, as git compares keys. `p2p.name` and `p2p.description` also work per
+/// repository.
+pub const NODE_WIDE: [&str; 6] =
+    ["p2p.listen", "p2p.bootstrap", "p2p.mdns", "p2p.mdnsinterval", "p2p.dht-mode", "p2p.relay"];
+
 impl NodeConfig {
     pub fn from_source(src: &impl ConfigSource) -> Result<Self, ConfigError> {
         let listen_values = src.get_all("p2p.listen");

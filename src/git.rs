@@ -77,6 +77,26 @@ impl RepoContext {
             .unwrap_or_default()
     }
 
+    /// The node-wide `p2p.*` settings (which the node reads from the user's global config only)
+    /// that this repository's own config sets, and so are not in force.
+    pub fn node_settings_set_here(&self) -> Vec<String> {
+        use gix::config::Source;
+        let snapshot = self.handle.config_snapshot();
+        let local = |m: &gix::config::file::Metadata| matches!(m.source, Source::Local | Source::Worktree);
+        let mut keys: Vec<String> = snapshot
+            .plumbing()
+            .sections_by_name_and_filter("p2p", local)
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s.value_names().collect::<Vec<_>>())
+            .map(|k| format!("p2p.{}", k.to_ascii_lowercase()))
+            .filter(|k| crate::config::NODE_WIDE.contains(&k.as_str()))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
     /// What an announcement says about the commit `rev` names (HEAD, a branch, an id...).
     pub fn commit_info(&self, rev: &str) -> Result<Commit, GitError> {
         let repo = &self.handle;

@@ -15,6 +15,8 @@ use crate::proto::outbox::OutboxEntry;
 
 pub fn run(ctx: &Ctx, args: &AnnounceArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if args.hook {
+        // The hook stays silent on every commit: settings are for commands to warn about.
+        ctx.warned.set(true);
         if let Err(e) = announce(ctx, &args.rev, true, args.note) {
             // At most one line, and the commit still succeeds.
             eprintln!("git-p2p: commit not announced: {}", one_line(&e));

@@ -120,13 +120,12 @@ fn print_message(m: &ChatEntry, json: bool, out: &mut dyn Write) -> anyhow::Resu
         writeln!(out, "{}", serde_json::to_string(m)?)?;
         return Ok(());
     }
-    let who = m.name.as_deref().unwrap_or("?");
-    let short = &m.peer[m.peer.len().saturating_sub(6)..];
-    let mine = if m.own { " (you)" } else { "" };
+    // As the window shows it: "you" for our own, else the name; then the short PeerId.
+    let who = if m.own { "you".to_string() } else { crate::tui::view::inert(m.name.as_deref().unwrap_or("?")) };
+    let short = crate::proto::peer::short(&m.peer);
     // Messages were checked for control characters on arrival (and are again here: a terminal
     // must never receive an escape sequence from a peer); newlines are indented.
     let text = crate::tui::view::inert(&m.text).replace('\n', "\n    ");
-    let who = crate::tui::view::inert(who);
-    writeln!(out, "{}  {who} (..{short}){mine}: {text}", super::fmt::utc_time(m.sent_at / 1000))?;
+    writeln!(out, "{}  {who} (..{short}): {text}", super::fmt::local_time(m.sent_at / 1000))?;
     Ok(())
 }

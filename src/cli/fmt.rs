@@ -1,7 +1,31 @@
-//! Small formatting helpers shared by commands.
+//! Small formatting helpers shared by commands: times as people read them.
+
+/// "YYYY-MM-DD HH:MM:SS +ZZZZ" in the local time zone (as `git log --date=iso` shows times), for
+/// Unix seconds.
+pub fn local_time(secs: u64) -> String {
+    let (local, offset_secs) = to_local(secs);
+    let sign = if offset_secs < 0 { '-' } else { '+' };
+    let off = offset_secs.unsigned_abs() / 60;
+    format!("{} {sign}{:02}{:02}", utc_time(local), off / 60, off % 60)
+}
+
+/// "HH:MM" in the local time zone.
+pub fn local_hhmm(secs: u64) -> String {
+    let t = utc_time(to_local(secs).0);
+    t.get(11..16).unwrap_or("--:--").to_string()
+}
+
+/// The local wall-clock seconds for Unix `secs`, and the zone's offset from UTC.
+fn to_local(secs: u64) -> (u64, i64) {
+    let t = secs as libc::time_t;
+    // SAFETY: localtime_r writes into the tm we own and reads only `t`; both live for the call.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let offset = if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() { 0 } else { tm.tm_gmtoff };
+    (secs.saturating_add_signed(offset), offset)
+}
 
 /// "YYYY-MM-DD HH:MM:SS" (UTC) for Unix seconds, without a date library.
-pub fn utc_time(secs: u64) -> String {
+fn utc_time(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Civil-from-days (Howard Hinnant's algorithm), valid for the proleptic Gregorian calendar.
@@ -29,5 +53,15 @@ mod tests {
         ] {
             assert_eq!(super::utc_time(secs), expected);
         }
+    }
+
+    #[test]
+    fn local_times_say_their_zone() {
+        // The tests run with the machine's zone; the offset is there and consistent.
+        let t = super::local_time(1_700_000_000);
+        let (stamp, zone) = t.rsplit_once(' ').unwrap();
+        assert_eq!(stamp.len(), "2023-11-14 22:13:20".len());
+        assert!(zone.len() == 5 && zone.starts_with(['+', '-']), "{t}");
+        assert_eq!(super::local_hhmm(1_700_000_000), &stamp[11..16]);
     }
 }

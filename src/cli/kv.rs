@@ -41,7 +41,8 @@ pub fn run(ctx: &Ctx, command: KvCommand, out: &mut dyn Write) -> anyhow::Result
                 for e in record.values() {
                     let peer = e.verify(&record.repo, &record.key).map(|p| p.to_string()).unwrap_or_default();
                     let npub = e.who.npub.as_deref().unwrap_or("");
-                    if author.as_deref().is_none_or(|a| a == peer || a == npub || (a == "me" && peer == me)) {
+                    let wanted = author.as_deref().map(crate::proto::peer::Author::parse);
+                    if wanted.is_none_or(|a| a.matches(&peer, Some(npub), &me)) {
                         values.push((peer, e));
                     }
                 }
@@ -63,7 +64,7 @@ pub fn run(ctx: &Ctx, command: KvCommand, out: &mut dyn Write) -> anyhow::Result
                     });
                     writeln!(out, "{line}")?;
                 } else {
-                    let short = &peer[peer.len().saturating_sub(6)..];
+                    let short = crate::proto::peer::short(&peer);
                     let who = match (&e.who.name, peer == me) {
                         (_, true) => "you".to_string(),
                         (Some(name), false) => format!("{} (..{short})", crate::tui::view::inert(name)),
@@ -73,7 +74,7 @@ pub fn run(ctx: &Ctx, command: KvCommand, out: &mut dyn Write) -> anyhow::Result
                         Ok(t) if !t.chars().any(|c| c.is_control() && c != '\n') => crate::tui::view::inert(t),
                         _ => format!("(binary, {} bytes, hex) {}", value.len(), hex::encode(&value)),
                     };
-                    writeln!(out, "{}  {who}  {shown}", super::fmt::utc_time(e.ts / 1000))?;
+                    writeln!(out, "{}  {who}  {shown}", super::fmt::local_time(e.ts / 1000))?;
                 }
             }
         }
@@ -82,7 +83,7 @@ pub fn run(ctx: &Ctx, command: KvCommand, out: &mut dyn Write) -> anyhow::Result
                 if json {
                     writeln!(out, "{}", serde_json::to_string(&k)?)?;
                 } else {
-                    writeln!(out, "{}  {}", super::fmt::utc_time(k.time / 1000), k.key)?;
+                    writeln!(out, "{}  {}", super::fmt::local_time(k.time / 1000), k.key)?;
                 }
             }
         }

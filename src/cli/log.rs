@@ -36,11 +36,11 @@ fn print_entry(e: &FeedEntry, json: bool, out: &mut dyn Write) -> anyhow::Result
     let branch = c.ref_name.as_deref().map(|r| r.strip_prefix("refs/heads/").unwrap_or(r)).unwrap_or("(detached)");
     let branch = crate::tui::view::inert(branch);
     let who = crate::tui::view::inert(e.name.as_deref().unwrap_or("?"));
-    let peer_short = &e.peer[e.peer.len().saturating_sub(6)..];
+    let peer_short = crate::proto::peer::short(&e.peer);
     writeln!(
         out,
         "{}  {who} (..{peer_short})  {branch}  {}  {}",
-        super::fmt::utc_time(e.announced_at / 1000),
+        super::fmt::local_time(e.announced_at / 1000),
         &c.id[..c.id.len().min(10)],
         crate::tui::view::inert(&c.summary)
     )?;

@@ -173,8 +173,8 @@ pub enum KvCommand {
         /// The key to look up in this repository's DHT namespace
         #[arg(value_name = "KEY")]
         key: String,
-        /// Only this author's value (a PeerId, an npub, or "me")
-        #[arg(long, value_name = "PEER|NPUB")]
+        /// Only this author's value: a PeerId, its short form (last 12 characters), an npub, or "me"
+        #[arg(long, value_name = "AUTHOR")]
         author: Option<String>,
         /// Print JSON, one object per author's value
         #[arg(long)]
@@ -198,8 +198,8 @@ pub enum KvCommand {
 pub struct RefsArgs {
     #[command(subcommand)]
     pub command: Option<RefsCommand>,
-    /// Only this author's refs (a PeerId, or "me")
-    #[arg(long, value_name = "PEER")]
+    /// Only this author's refs: a PeerId, its short form (last 12 characters), an npub, or "me"
+    #[arg(long, value_name = "AUTHOR")]
     pub author: Option<String>,
     /// Print JSON, one object per ref
     #[arg(long)]
@@ -263,6 +263,8 @@ pub struct Ctx {
     pub dir: PathBuf,
     pub verbosity: u8,
     paths: Option<Paths>,
+    /// The repository's node-wide settings were warned about already.
+    warned: std::cell::Cell<bool>,
 }
 
 impl Ctx {
@@ -270,9 +272,19 @@ impl Ctx {
         self.paths.as_ref().ok_or_else(|| anyhow::anyhow!("cannot find a home directory: set HOME or XDG_DATA_HOME"))
     }
 
-    /// The repository the command runs in.
+    /// The repository the command runs in. Node-wide settings its own config sets (which the
+    /// node does not read) get a one-line warning each.
     pub fn repo(&self) -> anyhow::Result<crate::git::RepoContext> {
-        Ok(crate::git::open(&self.dir)?)
+        let repo = crate::git::open(&self.dir)?;
+        if !self.warned.replace(true) {
+            for key in repo.node_settings_set_here() {
+                eprintln!(
+                    "git-p2p: warning: {key} is set in this repository's config, which the node does not read \
+                     (one node serves all your repositories): set it with git config --global"
+                );
+            }
+        }
+        Ok(repo)
     }
 
     /// A client of a running node, starting the node first if needed.
@@ -295,7 +307,7 @@ pub fn main() -> ExitCode {
         Some(dir) => dir.clone(),
         None => PathBuf::from("."),
     };
-    let ctx = Ctx { dir, verbosity: cli.verbose, paths: Paths::from_env().ok() };
+    let ctx = Ctx { dir, verbosity: cli.verbose, paths: Paths::from_env().ok(), warned: Default::default() };
     let mut out = io::stdout().lock();
     match run(&ctx, cli.command, &mut out) {
         Ok(code) => code,

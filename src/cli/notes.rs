@@ -18,7 +18,7 @@ fn short_ref(notes_ref: &str) -> &str {
 
 /// The local notes ref for an author's notes: the end of their PeerId, like a short commit id.
 pub fn author_ref(peer: &str) -> String {
-    format!("refs/notes/p2p/{}", &peer[peer.len().saturating_sub(12)..])
+    format!("refs/notes/p2p/{}", crate::proto::peer::short(peer))
 }
 
 fn get(ctx: &Ctx, repo: &RepoId, key: &str) -> anyhow::Result<Option<Record>> {

@@ -32,7 +32,9 @@ pub fn run(ctx: &Ctx, args: RefsArgs, out: &mut dyn Write) -> anyhow::Result<()>
     for entry in record.as_ref().map(|r| r.values()).unwrap_or_default() {
         let Some(record) = &record else { break };
         let Ok(author) = entry.verify(&record.repo, &record.key).map(|p| p.to_string()) else { continue };
-        if args.author.as_deref().is_some_and(|a| a != author && !(a == "me" && author == me)) {
+        let npub = entry.who.npub.as_deref();
+        let wanted = args.author.as_deref().map(crate::proto::peer::Author::parse);
+        if wanted.is_some_and(|a| !a.matches(&author, npub, &me)) {
             continue;
         }
         let refs: BTreeMap<String, String> =

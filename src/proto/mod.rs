@@ -5,5 +5,6 @@ pub mod chat;
 pub mod envelope;
 pub mod kv;
 pub mod outbox;
+pub mod peer;
 pub mod repo;
 pub mod topic;

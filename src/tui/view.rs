@@ -43,12 +43,11 @@ fn colour(peer: &str) -> Color {
 }
 
 fn hhmm(ms: u64) -> String {
-    let t = crate::cli::fmt::utc_time(ms / 1000);
-    t.get(11..16).unwrap_or("--:--").to_string()
+    crate::cli::fmt::local_hhmm(ms / 1000)
 }
 
 fn short(peer: &str) -> &str {
-    &peer[peer.len().saturating_sub(6)..]
+    crate::proto::peer::short(peer)
 }
 
 /// Splits `text` into rows of at most `width` display columns (wide characters count two).
@@ -84,7 +83,7 @@ pub fn item_rows(item: &Item, width: usize) -> Vec<Line<'static>> {
             let who = if m.own { "you".to_string() } else { inert(m.name.as_deref().unwrap_or("?")) };
             // A plain Nostr comment: its author is an npub, not a peer of ours.
             let via = m.via.as_deref().map(|v| format!(" via {}", inert(v))).unwrap_or_default();
-            let prefix = format!("{} {} (..{}{via}) ", hhmm(m.sent_at), who, short(&m.peer));
+            let prefix = format!("{} {} (..{}{via}) ", hhmm(m.sent_at), who, inert(short(&m.peer)));
             let style = if m.own {
                 Style::default().fg(Color::Yellow).add_modifier(Modifier::BOLD)
             } else {
@@ -114,7 +113,7 @@ pub fn item_rows(item: &Item, width: usize) -> Vec<Line<'static>> {
                 &c.id[..c.id.len().min(10)],
                 inert(branch),
                 who,
-                short(&entry.peer)
+                inert(short(&entry.peer))
             );
             let mut rows: Vec<Line<'static>> = wrap(&title, width).into_iter().map(|r| Line::styled(r, card)).collect();
             for part in wrap(&inert(&c.summary), width.saturating_sub(8).max(10)) {
@@ -328,15 +327,17 @@ mod tests {
         app.update(Msg::Commit(commit(T0 + 60_000)));
         app.update(Msg::Chat(chat("2", T0 + 120_000, "carol", "nice fix", true)));
         let s = screen(&app);
+        // Times are local (the machine's zone), short PeerIds their last 12 characters.
+        let at = |ms: u64| hhmm(ms);
         let expected = [
-            "# github.com/acme/proj · repo abcdef012345 · HEAD 0123456789 · 0 peer",
-            "22:13 alice (..cePEER) hi bob, what's new?",
-            "22:14 ┌ commit 0123456789 on main by bob (..obPEER)",
-            "      └ Fix the frobnicator",
-            "22:15 you (..olPEER) nice fix",
+            "# github.com/acme/proj · repo abcdef012345 · HEAD 0123456789 · 0 peer".to_string(),
+            format!("{} alice (..ooWalicePEER) hi bob, what's new?", at(T0)),
+            format!("{} ┌ commit 0123456789 on main by bob (..3KooWbobPEER)", at(T0 + 60_000)),
+            "      └ Fix the frobnicator".to_string(),
+            format!("{} you (..ooWcarolPEER) nice fix", at(T0 + 120_000)),
         ];
         for (row, want) in s.iter().zip(expected) {
-            assert!(row.starts_with(want), "row {row:?} should start with {want:?}\n{s:#?}");
+            assert!(row.starts_with(&want), "row {row:?} should start with {want:?}\n{s:#?}");
         }
         assert!(s[9].starts_with("┌ message (Enter to send)"), "{s:#?}");
         assert!(s[8].starts_with("Enter send"), "help in the status line: {s:#?}");
@@ -370,7 +371,8 @@ mod tests {
         app.update(Msg::Chat(m));
         let s = screen(&app);
         assert!(s[0].contains("nostr: 1/1 relay(s) connected"), "{s:#?}");
-        assert!(s[1].starts_with("22:13 ? (..qqzzzz via nostr) from a Nostr client"), "{s:#?}");
+        let want = format!("{} ? (..qqqqqqqqzzzz via nostr) from a Nostr client", hhmm(T0));
+        assert!(s[1].starts_with(&want), "{s:#?}");
     }
 
     #[test]
@@ -381,7 +383,7 @@ mod tests {
 
     #[test]
     fn escape_sequences_are_inert_and_wide_characters_wrap() {
-        let mut app = app(40, 12);
+        let mut app = app(60, 16);
         app.update(Msg::Chat(chat("1", T0, "eve\u{1b}[31m", "\u{1b}[2Jclear\u{7}", false)));
         app.update(Msg::Chat(chat("2", T0, "bob", &"世界".repeat(20), false)));
         app.show_peers = false;
@@ -392,7 +394,7 @@ mod tests {
         let wide_rows: Vec<&String> = s.iter().filter(|r| r.contains('世')).collect();
         assert!(wide_rows.len() >= 2, "long wide text wraps: {s:#?}");
         for r in wide_rows {
-            assert!(r.chars().map(|c| c.width().unwrap_or(0)).sum::<usize>() <= 40, "{r:?}");
+            assert!(r.chars().map(|c| c.width().unwrap_or(0)).sum::<usize>() <= 60, "{r:?}");
         }
     }
 

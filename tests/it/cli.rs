@@ -145,3 +145,16 @@ fn completions_complete_git_p2p_through_gits_own_bash_completion() {
         assert!(out.status.success(), "{shell}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn node_settings_in_a_repositorys_config_get_a_warning_naming_global() {
+    let alice = Node::new("alice");
+    let repo = alice.repo("proj", 1);
+    alice.git(&repo, &["config", "p2p.listen", "/ip4/127.0.0.1/tcp/4001"]);
+    alice.git(&repo, &["config", "p2p.name", "Alice at work"]);
+    let out = alice.run_in(&repo, &["kv", "ls", "--json"]);
+    let err = stderr(&out);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("git-p2p: warning:")).collect();
+    assert_eq!(warnings.len(), 1, "one line, for p2p.listen only (p2p.name works per repository): {err}");
+    assert!(warnings[0].contains("p2p.listen") && warnings[0].contains("--global"), "{err}");
+}

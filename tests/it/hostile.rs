@@ -209,9 +209,12 @@ impl Scene {
     fn mallory(&self, over: Over, topics: Vec<gossipsub::Sha256Topic>) -> Mallory {
         let m = Mallory::spawn(self.bob_id, self.bob_addr(over), over, topics.clone());
         m.wait("a connection to bob", |s| matches!(s, Seen::Connected(p) if *p == self.bob_id));
-        for t in topics {
-            let hash = t.hash();
-            m.wait("bob in the topic", |s| matches!(s, Seen::Subscribed(p, h) if *p == self.bob_id && *h == hash));
+        let mut waiting: std::collections::HashSet<TopicHash> = topics.iter().map(|t| t.hash()).collect();
+        while !waiting.is_empty() {
+            m.wait("bob in the topics", |s| match s {
+                Seen::Subscribed(p, h) if *p == self.bob_id => waiting.remove(h),
+                _ => false,
+            });
         }
         m
     }
