@@ -11,5 +11,6 @@ mod node;
 mod nostr;
 mod properties;
 mod relay;
+mod restart;
 mod support;
 mod tui;

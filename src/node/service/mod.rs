@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::gossipsub::{PublishError, Sha256Topic, TopicHash};
 use libp2p::identity::Keypair;
+use libp2p::swarm::ConnectionId;
 use libp2p::{kad, Multiaddr, PeerId};
 
 use crate::clock::Now;
@@ -39,6 +40,7 @@ use crate::store::StoreError;
 pub use discovery::TARGET_PEERS;
 pub use kv::QueryRef;
 pub use outbox::PUBLISH_GRACE;
+pub use peers::DialRef;
 pub use rooms::{CHAT_BURST, CHAT_RATE};
 
 /// How often, and for how long, our announced commits are remembered (against announcing one
@@ -128,33 +130,23 @@ pub enum Io {
     /// Subscribe to a topic (with our topic score parameters).
     Subscribe(Sha256Topic),
     /// Publish; the answer goes to [`Service::published`].
-    Publish {
-        ticket: Ticket,
-        topic: TopicHash,
-        data: Vec<u8>,
-    },
-    Dial {
-        peer: PeerId,
-        addrs: Vec<Multiaddr>,
-    },
+    Publish { ticket: Ticket, topic: TopicHash, data: Vec<u8> },
+    /// Dial the peer at these addresses, even while other dials of it are under way (but not
+    /// when connected); how it ends goes to [`Service::dial_ended`].
+    Dial { dial: DialRef, peer: PeerId, addrs: Vec<Multiaddr> },
+    /// Close every connection to the peer.
+    Disconnect(PeerId),
+    /// Close one connection.
+    Close(ConnectionId),
     /// Tell Kademlia where a peer listens.
-    KadAddress {
-        peer: PeerId,
-        addr: Multiaddr,
-    },
+    KadAddress { peer: PeerId, addr: Multiaddr },
     /// A Kademlia self-lookup, to find peers near us.
     KadBootstrap,
     /// Put a record (stored here too) and replicate it; progress goes to [`Service::kv_put_done`]
     /// and [`Service::kv_query_done`], a refusal to [`Service::kv_failed`].
-    PutRecord {
-        query: QueryRef,
-        record: kad::Record,
-    },
+    PutRecord { query: QueryRef, record: kad::Record },
     /// Look a record up; copies go to [`Service::kv_found`].
-    GetRecord {
-        query: QueryRef,
-        key: kad::RecordKey,
-    },
+    GetRecord { query: QueryRef, key: kad::RecordKey },
     /// Stop a query: it has what it needs.
     FinishQuery(QueryRef),
     /// Hand a new feed entry or room message to followers.
@@ -221,9 +213,13 @@ impl Service {
             service.io.push_back(Io::KadAddress { peer: *peer, addr: addr.clone() });
             service.discovery.redial.learn(*peer, [addr.clone()], now.mono);
         }
+        // Learned after the bootstrap addresses, so first: what the peer told us last is fresher
+        // than what the config says.
         for (peer, addrs) in loaded.known_peers.into_iter().take(discovery::ADDRESS_BOOK_DIALS) {
             service.discovery.redial.learn(peer, addrs, now.mono);
         }
+        // At once, not at the first tick.
+        service.redial(now);
         for repo in loaded.repos {
             service.join_repo(repo);
         }
