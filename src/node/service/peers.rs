@@ -18,6 +18,9 @@ use crate::proto::repo::RepoId;
 pub const REDIAL_MIN: Duration = Duration::from_secs(1);
 /// Longest wait between redials of a known peer.
 pub const REDIAL_MAX: Duration = Duration::from_secs(300);
+/// Our dials of one peer under way at once: a dial at its known addresses, and dials at
+/// addresses learned while earlier ones hang (a peer found by mDNS after it moved).
+pub const MAX_DIALS_PER_PEER: usize = 4;
 
 #[derive(Debug)]
 struct Conn {
@@ -246,10 +249,19 @@ impl Redial {
         state.addrs = fresh;
     }
 
-    /// The addresses among `addrs` that none of our dials under way to `peer` is trying.
+    /// The addresses among `addrs` that none of our dials under way to `peer` is trying (none
+    /// while [`MAX_DIALS_PER_PEER`] are under way; the next redial takes them all).
     pub fn untried(&self, peer: &PeerId, addrs: &[Multiaddr]) -> Vec<Multiaddr> {
         let pending = self.peers.get(peer).map(|s| s.pending.as_slice()).unwrap_or_default();
-        addrs.iter().filter(|a| !pending.iter().any(|(_, tried)| tried.contains(a))).cloned().collect()
+        if pending.len() >= MAX_DIALS_PER_PEER {
+            return Vec::new();
+        }
+        addrs
+            .iter()
+            .filter(|a| !pending.iter().any(|(_, tried)| tried.contains(a)))
+            .take(crate::store::MAX_ADDRS_PER_PEER)
+            .cloned()
+            .collect()
     }
 
     /// Our dial `dial` of `peer` at `addrs` is under way.
@@ -412,6 +424,12 @@ mod tests {
         redial.ended(&bob, DialRef(2), false, false, t0);
         let due = redial.due(t0 + REDIAL_MIN * 2, |_| false);
         assert_eq!(due, [(bob, vec![fresh, stale])], "one failure (2 s), freshest address first");
+        for n in 10..10 + MAX_DIALS_PER_PEER as u64 {
+            let addr = addr(&format!("/ip4/10.0.1.{n}/tcp/1"));
+            assert_eq!(redial.untried(&bob, std::slice::from_ref(&addr)).len(), 1);
+            redial.started(bob, DialRef(n), vec![addr], t0);
+        }
+        assert!(redial.untried(&bob, &[addr("/ip4/10.0.2.1/tcp/1")]).is_empty(), "bounded");
     }
 
     #[test]
