@@ -11,11 +11,11 @@
 //!
 //! Restarts: gossipsub introduces itself (sends our topics) only on a peer's *first*
 //! connection, and shares one send queue among all of a peer's connections. A peer killed with
-//! kill -9 leaves us a connection that looks alive (QUIC notices only after its 10 s idle
-//! timeout; TCP after the ping fails, or never if nothing is sent); when the restarted peer
-//! connects again, its new connection is our second: we would never send it our topics (its
-//! announcements would wait forever for a subscriber), and what we send it could go down the
-//! dead one. So when a peer names another session (its identify agent string carries one per
+//! kill -9 leaves us a QUIC connection that looks alive until its 10 s idle timeout (over TCP
+//! the peer's kernel closes it at once, but a machine that vanished is noticed only when a ping
+//! fails); when the restarted peer connects again, its new connection is our second: we would
+//! never send it our topics (its announcements would wait forever for a subscriber), and what
+//! we send it could go down the dead one. So when a peer names another session (its identify agent string carries one per
 //! process), or an older connection to it breaks while a newer one remains, or a connection
 //! stops answering pings, we close every connection to it and dial it again at once: the next
 //! connection is the first on both sides.
