@@ -130,23 +130,38 @@ pub enum Io {
     /// Subscribe to a topic (with our topic score parameters).
     Subscribe(Sha256Topic),
     /// Publish; the answer goes to [`Service::published`].
-    Publish { ticket: Ticket, topic: TopicHash, data: Vec<u8> },
-    /// Dial the peer at these addresses, even while other dials of it are under way (but not
-    /// when connected); how it ends goes to [`Service::dial_ended`].
-    Dial { dial: DialRef, peer: PeerId, addrs: Vec<Multiaddr> },
+    Publish {
+        ticket: Ticket,
+        topic: TopicHash,
+        data: Vec<u8>,
+    },
+    Dial {
+        dial: DialRef,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
     /// Close every connection to the peer.
     Disconnect(PeerId),
     /// Close one connection.
     Close(ConnectionId),
     /// Tell Kademlia where a peer listens.
-    KadAddress { peer: PeerId, addr: Multiaddr },
+    KadAddress {
+        peer: PeerId,
+        addr: Multiaddr,
+    },
     /// A Kademlia self-lookup, to find peers near us.
     KadBootstrap,
     /// Put a record (stored here too) and replicate it; progress goes to [`Service::kv_put_done`]
     /// and [`Service::kv_query_done`], a refusal to [`Service::kv_failed`].
-    PutRecord { query: QueryRef, record: kad::Record },
+    PutRecord {
+        query: QueryRef,
+        record: kad::Record,
+    },
     /// Look a record up; copies go to [`Service::kv_found`].
-    GetRecord { query: QueryRef, key: kad::RecordKey },
+    GetRecord {
+        query: QueryRef,
+        key: kad::RecordKey,
+    },
     /// Stop a query: it has what it needs.
     FinishQuery(QueryRef),
     /// Hand a new feed entry or room message to followers.

@@ -60,7 +60,9 @@ pub struct Lost {
     pub superseded: bool,
 }
 
-/// Our dial of a peer: the event loop reports how it ended.
+/// Our dial of a peer ([`super::Io::Dial`]: at these addresses, even while other dials of it are
+/// under way, but not when connected); the event loop reports how it ended to
+/// [`super::Service::dial_ended`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DialRef(pub u64);
 
