@@ -80,8 +80,12 @@ pub async fn listen(swarm: &mut Swarm<Behaviour>, configured: &[Multiaddr], stor
             .unwrap_or_else(|| ("any address".into(), "no listen address is configured".into()));
         return Err(NodeError::Listen { addr, reason });
     }
-    if let Err(e) = store.set_listen_ports(&ports) {
-        tracing::warn!(error = %e, "cannot keep the listening ports for the next run");
+    // Written (with an fsync) only when they changed: most starts take the kept ports.
+    let changed = ports.len() != kept.len() || ports.iter().any(|(addr, port)| kept.get(addr) != Some(port));
+    if changed {
+        if let Err(e) = store.set_listen_ports(&ports) {
+            tracing::warn!(error = %e, "cannot keep the listening ports for the next run");
+        }
     }
     Ok(())
 }
