@@ -46,11 +46,11 @@ pub async fn listen(swarm: &mut Swarm<Behaviour>, configured: &[Multiaddr], stor
     }
     let mut outcomes = start(swarm, attempts.clone()).await;
     // A kept port that the probe found free but the transport could not take: a new port.
-    let retry: Vec<(Multiaddr, Multiaddr)> = outcomes
+    let failed = |configured: &Multiaddr| outcomes.iter().any(|(addr, result)| addr == configured && result.is_err());
+    let retry: Vec<(Multiaddr, Multiaddr)> = attempts
         .iter()
-        .zip(&attempts)
-        .filter(|((_, result), (configured, tried))| result.is_err() && configured != tried)
-        .map(|(_, (configured, _))| (configured.clone(), configured.clone()))
+        .filter(|(configured, tried)| configured != tried && failed(configured))
+        .map(|(configured, _)| (configured.clone(), configured.clone()))
         .collect();
     if !retry.is_empty() {
         for (addr, _) in &retry {
