@@ -627,6 +627,42 @@ impl Store {
     }
 }
 
+/// A configured listen address with port 0 (`/ip4/0.0.0.0/tcp/0`) -> the port the node took for
+/// it, so that it listens on the same one after a restart and the addresses peers saved of it
+/// stay good. Created on first write, so that older stores open unchanged.
+const LISTEN_PORTS: TableDefinition<&str, u16> = TableDefinition::new("listen_ports");
+
+impl Store {
+    /// The ports the node listened on last time, per configured listen address.
+    pub fn listen_ports(&self) -> Result<Vec<(String, u16)>, StoreError> {
+        let txn = db(self.db.begin_read())?;
+        let table = match txn.open_table(LISTEN_PORTS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::Db(e.into())),
+        };
+        let mut out = Vec::new();
+        for item in db(table.iter())? {
+            let (k, v) = db(item)?;
+            out.push((k.value().to_string(), v.value()));
+        }
+        Ok(out)
+    }
+
+    /// Replaces the stored ports with these: the listen addresses in force now.
+    pub fn set_listen_ports(&self, ports: &[(String, u16)]) -> Result<(), StoreError> {
+        let txn = self.write(true)?;
+        {
+            let mut table = db(txn.open_table(LISTEN_PORTS))?;
+            db(table.retain(|_, _| false))?;
+            for (addr, port) in ports {
+                db(table.insert(addr.as_str(), *port))?;
+            }
+        }
+        db(txn.commit())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -733,5 +769,28 @@ mod tests {
         let _first = Store::open(&path).unwrap();
         let err = Store::open(&path).err().unwrap();
         assert!(matches!(err, StoreError::Busy { .. }), "{err}");
+    }
+
+    #[test]
+    fn listen_ports_are_kept_and_replaced_as_a_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        assert!(Store::open(&path).unwrap().listen_ports().unwrap().is_empty(), "none before the first start");
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .set_listen_ports(&[("/ip4/0.0.0.0/tcp/0".into(), 4001), ("/ip4/0.0.0.0/udp/0/quic-v1".into(), 4002)])
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let mut ports = store.listen_ports().unwrap();
+        ports.sort();
+        assert_eq!(ports, [("/ip4/0.0.0.0/tcp/0".to_string(), 4001), ("/ip4/0.0.0.0/udp/0/quic-v1".to_string(), 4002)]);
+        store.set_listen_ports(&[("/ip6/::/tcp/0".into(), 4003)]).unwrap();
+        assert_eq!(
+            store.listen_ports().unwrap(),
+            [("/ip6/::/tcp/0".to_string(), 4003)],
+            "addresses no longer configured go"
+        );
     }
 }

@@ -61,11 +61,17 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
-/// The identify agent string: carries the display name, so `peers` can show who is who.
-pub fn agent_string(name: Option<&str>) -> String {
+/// Longest session id we take from a peer's agent string.
+const MAX_SESSION_LEN: usize = 32;
+
+/// The identify agent string: carries the node's session (a new one each time the process
+/// starts, so that peers can tell a restart from a second connection, see
+/// `service::discovery`) and the display name, so `peers` can show who is who. The name comes
+/// last: it may contain anything.
+pub fn agent_string(session: &str, name: Option<&str>) -> String {
     match name {
-        Some(name) => format!("git-p2p/{} name={name}", env!("CARGO_PKG_VERSION")),
-        None => format!("git-p2p/{}", env!("CARGO_PKG_VERSION")),
+        Some(name) => format!("git-p2p/{} session={session} name={name}", env!("CARGO_PKG_VERSION")),
+        None => format!("git-p2p/{} session={session}", env!("CARGO_PKG_VERSION")),
     }
 }
 
@@ -74,6 +80,27 @@ pub fn name_from_agent(agent: &str) -> Option<String> {
     let rest = agent.strip_prefix("git-p2p/")?;
     let (_, name) = rest.split_once(" name=")?;
     crate::config::sanitize_name(name)
+}
+
+/// The session in a peer's agent string, if it is a git-p2p agent that carries a well-formed one
+/// (older nodes send none).
+pub fn session_from_agent(agent: &str) -> Option<String> {
+    let rest = agent.strip_prefix("git-p2p/")?;
+    let head = rest.split_once(" name=").map_or(rest, |(head, _)| head);
+    let session = head.split(' ').find_map(|word| word.strip_prefix("session="))?;
+    let valid =
+        !session.is_empty() && session.len() <= MAX_SESSION_LEN && session.bytes().all(|b| b.is_ascii_hexdigit());
+    valid.then(|| session.to_string())
+}
+
+/// A session id for this process: random, so that no two runs of a node share one.
+pub fn new_session() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // std seeds RandomState from the OS's randomness; the pid and the time only add to it.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u64(crate::clock::unix_now_ms());
+    format!("{:016x}", hasher.finish())
 }
 
 /// The gossipsub message id: a hash of the message's bytes (20 bytes of SHA-256). Content ids
@@ -107,16 +134,18 @@ pub fn topic_score_params() -> gossipsub::TopicScoreParams {
 }
 
 impl Behaviour {
+    /// `session`: this process's session id, sent in the identify agent string.
     pub fn new(
         key: &Keypair,
         config: &NodeConfig,
+        session: &str,
         records: super::kad_store::PersistentStore,
     ) -> Result<Self, BehaviourError> {
         let peer_id = key.public().to_peer_id();
 
         let identify = identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
-                .with_agent_version(agent_string(config.name.as_deref()))
+                .with_agent_version(agent_string(session, config.name.as_deref()))
                 .with_push_listen_addr_updates(true),
         );
 
@@ -188,9 +217,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_travel_in_the_agent_string() {
-        assert_eq!(name_from_agent(&agent_string(Some("Alice Liddell"))).as_deref(), Some("Alice Liddell"));
-        assert_eq!(name_from_agent(&agent_string(None)), None);
+    fn names_and_sessions_travel_in_the_agent_string() {
+        let agent = agent_string("00ff", Some("Alice session=1 Liddell"));
+        assert_eq!(name_from_agent(&agent).as_deref(), Some("Alice session=1 Liddell"));
+        assert_eq!(session_from_agent(&agent).as_deref(), Some("00ff"), "a name cannot forge a session");
+        assert_eq!(name_from_agent(&agent_string("00ff", None)), None);
+        assert_eq!(session_from_agent(&agent_string("00ff", None)).as_deref(), Some("00ff"));
+        assert_eq!(session_from_agent("git-p2p/0.1.0 name=Bob"), None, "older nodes send none");
+        assert_eq!(session_from_agent("git-p2p/0.1.0 session=\u{1b}[2J name=Eve"), None, "hex only");
+        assert_eq!(session_from_agent(&format!("git-p2p/9 session={}", "a".repeat(33))), None, "bounded");
+        assert_eq!(session_from_agent("rust-libp2p/0.1 session=00ff"), None, "only our own agents");
+        assert_ne!(new_session(), new_session(), "a session per process start");
         assert_eq!(name_from_agent("rust-libp2p/0.1 name=Mallory"), None, "only our own agents carry names");
         assert_eq!(name_from_agent("git-p2p/9 name=\u{1b}[2J\u{7}Eve").as_deref(), Some("[2JEve"));
     }

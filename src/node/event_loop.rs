@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use libp2p::futures::StreamExt;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{ConnectionError, ConnectionId, SwarmEvent};
 use libp2p::{gossipsub, kad, mdns, ping, Swarm};
 use tokio::sync::{broadcast, mpsc};
 
@@ -20,7 +20,7 @@ use super::behaviour::{Behaviour, BehaviourEvent};
 use super::disk::{load, Durability, NodeDisk};
 use super::history::HistoryWriter;
 use super::hook_notes::{HookNotes, Wake};
-use super::service::{BridgeOp, Io, Me, QueryRef, Service};
+use super::service::{BridgeOp, DialRef, Io, Me, QueryRef, Service};
 use crate::bridge::{Bridge, Inbound};
 use crate::clock::Now;
 use crate::control::api::{Command, ConfigInForce, Failure, KvKey, NodeEvent, NodeStatus, NostrStatus};
@@ -65,6 +65,8 @@ pub struct EventLoop {
     events: broadcast::Sender<NodeEvent>,
     /// Kademlia's ids of the service's queries.
     queries: HashMap<kad::QueryId, QueryRef>,
+    /// The service's dials under way (each ends in an established connection or an error).
+    dials: HashMap<ConnectionId, (libp2p::PeerId, DialRef)>,
     /// The Nostr bridge, when relays are configured.
     bridge: Option<Bridge>,
     /// What the bridge heard from relays. The sender is kept so the channel never closes.
@@ -109,6 +111,7 @@ impl EventLoop {
             info,
             events,
             queries: HashMap::new(),
+            dials: HashMap::new(),
             bridge,
             inbound,
             _inbound_tx: inbound_tx,
@@ -265,17 +268,33 @@ impl EventLoop {
                 let result = self.swarm.behaviour_mut().gossipsub.publish(topic, data).map(|_| ());
                 self.service.published(ticket, result, now, disk!(self));
             }
-            Io::Dial { peer, addrs } => {
+            Io::Dial { dial, peer, addrs } => {
                 // A new port per dial: when two nodes dial each other at once with port reuse,
-                // the two attempts merge and both handshakes fail.
+                // the two attempts merge and both handshakes fail. `Disconnected`, not
+                // `NotDialing`: another dial of the peer (ours at older addresses, Kademlia's)
+                // must not keep us from trying an address just learned.
                 let opts = DialOpts::peer_id(peer)
                     .addresses(addrs)
-                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .condition(PeerCondition::Disconnected)
                     .allocate_new_port()
                     .build();
-                if let Err(e) = self.swarm.dial(opts) {
-                    tracing::debug!(%peer, error = %e, "dial not started");
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.dials.insert(id, (peer, dial));
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "dial not started");
+                        let connected = matches!(e, libp2p::swarm::DialError::DialPeerConditionFalse(_));
+                        self.service.dial_ended(&peer, dial, connected, now);
+                    }
                 }
+            }
+            Io::Disconnect(peer) => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Io::Close(connection) => {
+                self.swarm.close_connection(connection);
             }
             Io::KadAddress { peer, addr } => {
                 self.swarm.behaviour_mut().kad.add_address(&peer, addr);
@@ -376,19 +395,26 @@ impl EventLoop {
                 let addr = endpoint.get_remote_address().clone();
                 tracing::debug!(peer = %peer_id, %addr, "connected");
                 self.service.connected(peer_id, connection_id, addr, now);
+                if let Some((peer, dial)) = self.dials.remove(&connection_id) {
+                    self.service.dial_ended(&peer, dial, true, now);
+                }
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, .. } => {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
-                self.service.disconnected(&peer_id, connection_id);
+                // No cause: we closed it; a keep-alive timeout: our idle timer did.
+                let broke = !matches!(cause, None | Some(ConnectionError::KeepAliveTimeout));
+                self.service.disconnected(&peer_id, connection_id, broke, now);
             }
             SwarmEvent::IncomingConnectionError {
                 peer_id: Some(peer),
                 error: libp2p::swarm::ListenError::Denied { .. },
                 ..
             } => self.service.connection_denied(peer, now),
-            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
-                tracing::debug!(%peer, %error, "dial failed");
-                self.service.dial_failed(&peer, now);
+            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                tracing::debug!(peer = ?peer_id, %error, "dial failed");
+                if let Some((peer, dial)) = self.dials.remove(&connection_id) {
+                    self.service.dial_ended(&peer, dial, false, now);
+                }
             }
             SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
             SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
@@ -404,6 +430,13 @@ impl EventLoop {
                 self.service.identified(peer_id, info, now, disk!(self))
             }
             BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. }) => self.service.rtt(&peer, rtt),
+            // A peer without ping (not one of ours) is not a dead connection.
+            BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(failure) })
+                if !matches!(failure, ping::Failure::Unsupported) =>
+            {
+                tracing::debug!(%peer, %failure, "ping failed");
+                self.service.ping_failed(peer, connection);
+            }
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic }) => {
                 self.service.subscribed(&peer_id, topic, now, disk!(self))
             }

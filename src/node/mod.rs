@@ -8,6 +8,7 @@ mod history;
 mod hook_notes;
 mod hook_wait;
 pub mod kad_store;
+mod listen;
 mod repo_cache;
 pub mod service;
 mod spool_watch;
@@ -18,8 +19,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use libp2p::futures::StreamExt;
-use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Swarm};
 use tokio::sync::mpsc;
 
@@ -39,8 +38,6 @@ const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
 const MAX_STREAMS_PER_CONNECTION: usize = 128;
 /// Inbound streams still negotiating their protocol, per connection.
 const MAX_NEGOTIATING_STREAMS: usize = 32;
-/// How long start-up waits for the listeners to report their addresses.
-const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// New feed entries buffered for slow `log -f` followers; one that falls further behind is told
 /// how many it missed.
 const FEED_BROADCAST: usize = 1024;
@@ -126,8 +123,9 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
         .map_err(io_err("cannot start the async runtime"))?;
     runtime.block_on(async {
         let records = kad_store::PersistentStore::load(identity.peer_id(), store.clone());
-        let mut swarm = build_swarm(&identity, &config, records)?;
-        listen(&mut swarm, &config).await?;
+        let session = behaviour::new_session();
+        let mut swarm = build_swarm(&identity, &config, &session, records)?;
+        listen::listen(&mut swarm, &config.listen, &store).await?;
 
         let socket_path = paths.socket();
         // We hold the locks, so a socket file left here belongs to a dead node.
@@ -186,6 +184,7 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
 fn build_swarm(
     identity: &Identity,
     config: &NodeConfig,
+    session: &str,
     records: kad_store::PersistentStore,
 ) -> Result<Swarm<Behaviour>, NodeError> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(identity.libp2p.clone())
@@ -200,7 +199,7 @@ fn build_swarm(
             quic.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION as u32;
             quic
         })
-        .with_behaviour(|key| Behaviour::new(key, config, records).map_err(Into::into))
+        .with_behaviour(|key| Behaviour::new(key, config, session, records).map_err(Into::into))
         .map_err(|e| NodeError::Swarm(e.into()))?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
@@ -208,55 +207,6 @@ fn build_swarm(
         })
         .build();
     Ok(swarm)
-}
-
-/// Starts every configured listener and waits until each has an address or has failed. Fails
-/// only if none works (IPv6 may be missing on the machine, say).
-async fn listen(swarm: &mut Swarm<Behaviour>, config: &NodeConfig) -> Result<(), NodeError> {
-    let mut pending = std::collections::HashMap::new();
-    let mut errors = Vec::new();
-    for addr in &config.listen {
-        match swarm.listen_on(addr.clone()) {
-            Ok(id) => {
-                pending.insert(id, addr.clone());
-            }
-            Err(e) => errors.push((addr.to_string(), e.to_string())),
-        }
-    }
-    let mut listening = 0;
-    let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
-    while !pending.is_empty() {
-        let event = tokio::select! {
-            event = swarm.select_next_some() => event,
-            _ = tokio::time::sleep_until(deadline) => break,
-        };
-        match event {
-            SwarmEvent::NewListenAddr { listener_id, .. } if pending.remove(&listener_id).is_some() => listening += 1,
-            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
-                if let Some(addr) = pending.remove(&listener_id) {
-                    let reason = reason.err().map(|e| e.to_string()).unwrap_or_else(|| "closed".into());
-                    errors.push((addr.to_string(), reason));
-                }
-            }
-            SwarmEvent::ListenerError { listener_id, error } => {
-                if let Some(addr) = pending.remove(&listener_id) {
-                    errors.push((addr.to_string(), error.to_string()));
-                }
-            }
-            _ => {}
-        }
-    }
-    for (addr, reason) in &errors {
-        tracing::warn!(%addr, %reason, "cannot listen");
-    }
-    if listening == 0 {
-        let (addr, reason) = errors
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| ("any address".into(), "no listener reported an address".into()));
-        return Err(NodeError::Listen { addr, reason });
-    }
-    Ok(())
 }
 
 /// Takes the lock file at `path` for the life of the process, writing our pid into it.

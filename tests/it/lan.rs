@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::support::*;
 
@@ -34,8 +34,10 @@ impl Lab {
         format!("{}sw", self.prefix)
     }
 
-    fn up(nodes: usize, subnet: &str) -> Result<Self, String> {
-        let prefix = format!("gpt{}", std::process::id() % 100_000);
+    /// A lab of `nodes` namespaces on `subnet` (`A.B.C`); `tag` (one letter) keeps the names of
+    /// labs that run at the same time apart.
+    fn up(tag: &str, nodes: usize, subnet: &str) -> Result<Self, String> {
+        let prefix = format!("gp{tag}{}", std::process::id() % 100_000);
         let lab = Self { prefix, nodes };
         let sw = lab.switch();
         ip(&["netns", "add", &sw])?;
@@ -73,6 +75,16 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Node `i` moves from address `old` to `new` (both `A.B.C.D`, in the lab's /24), as after
+    /// a reboot with another DHCP lease.
+    fn readdress(&self, i: usize, old: &str, new: &str) -> Result<(), String> {
+        let ns = self.ns(i);
+        ip(&["-n", &ns, "addr", "del", &format!("{old}/24"), "dev", "eth0"])?;
+        ip(&["-n", &ns, "addr", "add", &format!("{new}/24"), "dev", "eth0"])
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         let mut names: Vec<String> = (0..self.nodes).map(|i| self.ns(i)).collect();
@@ -90,15 +102,17 @@ impl Drop for Lab {
     }
 }
 
+fn needs_root(e: &str) -> ! {
+    panic!(
+        "the LAN tests need network namespaces (run the tests as root, as CI does): {e}\n\
+         They must not be skipped: they are the only ones that run mDNS."
+    )
+}
+
 #[test]
 fn three_nodes_on_a_lan_find_each_other_with_mdns_alone() {
     let subnet = format!("10.213.{}", std::process::id() % 250);
-    let lab = Lab::up(3, &subnet).unwrap_or_else(|e| {
-        panic!(
-            "the LAN test needs network namespaces (run the tests as root, as CI does): {e}\n\
-             This test must not be skipped: it is the only one that runs mDNS."
-        )
-    });
+    let lab = Lab::up("t", 3, &subnet).unwrap_or_else(|e| needs_root(&e));
     let nodes: Vec<Node> = ["alice", "bob", "carol"]
         .iter()
         .enumerate()
@@ -133,6 +147,70 @@ fn three_nodes_on_a_lan_find_each_other_with_mdns_alone() {
         for peer in node.peers() {
             let addr = peer["addresses"][0].as_str().unwrap_or("");
             assert!(addr.contains(&subnet), "{}: connected over the lab LAN: {peer}", node.name);
+        }
+    }
+    drop(nodes);
+    drop(lab);
+}
+
+/// Two LAN nodes (mDNS on, no bootstrap) that met are killed and restarted together after both
+/// got new addresses: the addresses each saved of the other are stale, and dials to them hang
+/// until they time out (nobody answers ARP). The fresh addresses mDNS finds are dialled at once
+/// all the same, and the two meet again within 5 s.
+#[test]
+fn two_lan_nodes_restarted_together_on_new_addresses_meet_again_within_five_seconds() {
+    let subnet = format!("10.214.{}", std::process::id() % 250);
+    let lab = Lab::up("m", 2, &subnet).unwrap_or_else(|e| needs_root(&e));
+    let nodes: Vec<Node> = ["alice", "bob"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut node = Node::bare(name);
+            node.wrapper = vec!["ip".into(), "netns".into(), "exec".into(), lab.ns(i)];
+            node.config(&["p2p.mdns", "true"]);
+            node.config(&["p2p.mdnsInterval", "1"]);
+            // All interfaces: the node keeps its ports whatever its address.
+            node.config(&["--add", "p2p.listen", "/ip4/0.0.0.0/tcp/0"]);
+            node.config(&["--add", "p2p.listen", "/ip4/0.0.0.0/udp/0/quic-v1"]);
+            node
+        })
+        .collect();
+    let ids: Vec<String> = nodes.iter().map(|n| n.start()["peer_id"].as_str().unwrap().to_string()).collect();
+    let meet = |deadline: Instant, what: &str| {
+        for (node, other) in [(&nodes[0], &ids[1]), (&nodes[1], &ids[0])] {
+            let left = deadline.saturating_duration_since(Instant::now());
+            eventually(left, &format!("{}: {what}", node.name), || {
+                let peers = node.peers();
+                let peer = peers.iter().find(|p| p["peer_id"] == other.as_str())?;
+                Some(
+                    peer["addresses"]
+                        .as_array()?
+                        .iter()
+                        .filter_map(|a| a.as_str()?.parse().ok())
+                        .collect::<Vec<String>>(),
+                )
+            });
+        }
+    };
+    meet(Instant::now() + Duration::from_secs(30), "the first meeting");
+    for node in &nodes {
+        node.kill9();
+    }
+    for i in 0..2 {
+        lab.readdress(i, &format!("{subnet}.{}", i + 1), &format!("{subnet}.{}", i + 101))
+            .unwrap_or_else(|e| panic!("cannot move node {i}: {e}"));
+    }
+    let restarted = Instant::now();
+    std::thread::scope(|s| {
+        for node in &nodes {
+            s.spawn(move || node.start());
+        }
+    });
+    meet(restarted + Duration::from_secs(5), "to meet again within 5 s of the restart");
+    for node in &nodes {
+        for peer in node.peers() {
+            let addr = peer["addresses"][0].as_str().unwrap_or("");
+            assert!(addr.contains(&format!("{subnet}.10")), "{}: connected at a new address: {peer}", node.name);
         }
     }
     drop(nodes);

@@ -12,5 +12,6 @@ mod node;
 mod nostr;
 mod properties;
 mod relay;
+mod restart;
 mod support;
 mod tui;

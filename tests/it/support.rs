@@ -49,6 +49,16 @@ impl Node {
         node
     }
 
+    /// A node on loopback (mDNS off) that listens on these addresses only, e.g. QUIC alone.
+    pub fn listening(name: &str, listen: &[&str]) -> Self {
+        let node = Self::bare(name);
+        node.config(&["p2p.mdns", "false"]);
+        for addr in listen {
+            node.config(&["--add", "p2p.listen", addr]);
+        }
+        node
+    }
+
     /// A node with only a name configured; the caller sets the network config.
     pub fn bare(name: &str) -> Self {
         Self::bare_with(name, true)
@@ -196,6 +206,11 @@ impl Node {
 
     /// This node's dialable address (TCP) with /p2p/ id, for others' p2p.bootstrap.
     pub fn tcp_addr(&self) -> String {
+        self.addr_with("/tcp/")
+    }
+
+    /// This node's listen address that contains `part` (`/tcp/`, `/quic-v1`), with /p2p/ id.
+    pub fn addr_with(&self, part: &str) -> String {
         let id = self.json(&["id", "--json"]);
         let peer = id["peer_id"].as_str().expect("peer_id").to_string();
         let addr = id["listen_addrs"]
@@ -203,10 +218,22 @@ impl Node {
             .expect("listen_addrs")
             .iter()
             .filter_map(Value::as_str)
-            .find(|a| a.contains("/tcp/"))
-            .expect("a tcp listen address")
+            .find(|a| a.contains(part))
+            .unwrap_or_else(|| panic!("a listen address with {part}"))
             .to_string();
         format!("{addr}/p2p/{peer}")
+    }
+
+    /// The addresses the node listens on, sorted.
+    pub fn listen_addrs(&self) -> Vec<String> {
+        let mut addrs: Vec<String> = self.json(&["id", "--json"])["listen_addrs"]
+            .as_array()
+            .expect("listen_addrs")
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect();
+        addrs.sort();
+        addrs
     }
 
     pub fn peer_id(&self) -> String {
@@ -319,8 +346,13 @@ pub fn pair_of(alice: Node, relays: &[&str]) -> Pair {
         alice.config(&["--add", "p2p.relay", r]);
         bob.config(&["--add", "p2p.relay", r]);
     }
+    pair_between(alice, bob, "/tcp/")
+}
+
+/// Like [`pair`], with these two nodes; alice bootstraps to bob's address that contains `via`.
+pub fn pair_between(alice: Node, bob: Node, via: &str) -> Pair {
     bob.start();
-    alice.config(&["p2p.bootstrap", &bob.tcp_addr()]);
+    alice.config(&["p2p.bootstrap", &bob.addr_with(via)]);
     let alice_repo = alice.repo("proj", 1);
     bob.git(&bob.path("home"), &["clone", "-q", alice_repo.to_str().expect("utf-8 path"), "proj"]);
     let bob_repo = bob.path("home/proj");

@@ -1,7 +1,24 @@
 //! Peers: who we are connected to and what they told us (identify, ping, subscriptions), and
-//! who to dial: bootstrap peers, the address book, peers that mDNS, identify or Kademlia tell
-//! us about, redialled with backoff when lost. Small networks become fully connected (up to
-//! [`TARGET_PEERS`]), so that `peers` shows everyone and gossip needs no relaying.
+//! who to dial: bootstrap peers and the address book at once at start, peers that mDNS, identify
+//! or Kademlia tell us about, redialled with backoff when lost. Small networks become fully
+//! connected (up to [`TARGET_PEERS`]), so that `peers` shows everyone and gossip needs no
+//! relaying.
+//!
+//! Dials: an address just learned (mDNS, Kademlia) is dialled at once even while a dial of the
+//! same peer at older, perhaps stale, addresses is under way (those can hang for seconds: a QUIC
+//! handshake to a port nobody answers on, a TCP connect to an address nobody has any more).
+//! Only our own dials' failures grow a peer's backoff.
+//!
+//! Restarts: gossipsub introduces itself (sends our topics) only on a peer's *first*
+//! connection, and shares one send queue among all of a peer's connections. A peer killed with
+//! kill -9 leaves us a QUIC connection that looks alive until its 10 s idle timeout (over TCP
+//! the peer's kernel closes it at once, but a machine that vanished is noticed only when a ping
+//! fails); when the restarted peer connects again, its new connection is our second: we would
+//! never send it our topics (its announcements would wait forever for a subscriber), and what
+//! we send it could go down the dead one. So when a peer names another session (its identify agent string carries one per
+//! process), or an older connection to it breaks while a newer one remains, or a connection
+//! stops answering pings, we close every connection to it and dial it again at once: the next
+//! connection is the first on both sides.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -11,7 +28,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::ConnectionId;
 use libp2p::{identify, Multiaddr, PeerId};
 
-use super::peers::{PeerTable, Redial};
+use super::peers::{DialRef, PeerTable, Redial};
 use super::{Disk, Io, Service};
 use crate::clock::Now;
 
@@ -76,22 +93,91 @@ pub fn is_dialable(addr: &Multiaddr) -> bool {
     })
 }
 
+/// A loopback address: it reaches the peer only from its own machine.
+pub fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
 impl Service {
     pub fn connected(&mut self, peer: PeerId, connection: ConnectionId, addr: Multiaddr, now: Now) {
-        self.discovery.peers.connected(peer, connection, strip_p2p(addr), now.mono);
+        let keep = self.discovery.peers.connected(peer, connection, strip_p2p(addr), now.mono);
         self.discovery.redial.succeeded(&peer);
+        if !keep {
+            // We are closing every connection to this peer: this one would be gossipsub's second.
+            self.push(Io::Close(connection));
+        }
     }
 
-    pub fn disconnected(&mut self, peer: &PeerId, connection: ConnectionId) {
-        self.discovery.peers.disconnected(peer, connection);
+    /// A connection closed; `broke`: not by us (an error, a timeout, or the peer closed it).
+    pub fn disconnected(&mut self, peer: &PeerId, connection: ConnectionId, broke: bool, now: Now) {
+        let lost = self.discovery.peers.disconnected(peer, connection);
+        if lost.last {
+            if let Some(addrs) = self.discovery.redial.take_at_once(peer) {
+                self.dial(*peer, addrs, now);
+            }
+        } else if broke && lost.superseded {
+            // The peer opened a newer connection, then this one broke: it had lost this one
+            // already (its side timed out, or it restarted), and the newer one never had our
+            // topics.
+            self.reset(*peer, "an older connection broke");
+        }
     }
 
-    pub fn dial_failed(&mut self, peer: &PeerId, now: Now) {
-        self.discovery.redial.failed(peer, now.mono);
+    /// How our dial `dial` ended: `ok` when it connected (or was not needed: the peer was
+    /// connected already).
+    pub fn dial_ended(&mut self, peer: &PeerId, dial: DialRef, ok: bool, now: Now) {
+        let connected = self.discovery.peers.is_connected(peer);
+        self.discovery.redial.ended(peer, dial, ok, connected, now.mono);
     }
 
     pub fn rtt(&mut self, peer: &PeerId, rtt: Duration) {
         self.discovery.peers.rtt(peer, rtt);
+    }
+
+    /// A connection stopped answering pings (libp2p's ping leaves it open): close it, or, if
+    /// the peer has others, all of them (see the module's header).
+    pub fn ping_failed(&mut self, peer: PeerId, connection: ConnectionId) {
+        if self.discovery.peers.connections(&peer) > 1 {
+            self.reset(peer, "a connection stopped answering pings");
+        } else {
+            tracing::debug!(%peer, "the connection stopped answering pings; closing it");
+            self.push(Io::Close(connection));
+        }
+    }
+
+    /// Closes every connection to `peer` (and any that arrives until they are all closed), then
+    /// dials it again: the next connection is the first on both sides, and gossipsub sends our
+    /// topics on it.
+    fn reset(&mut self, peer: PeerId, why: &str) {
+        if self.discovery.peers.reset(&peer) {
+            tracing::debug!(%peer, why, "closing every connection to the peer to start afresh");
+            self.discovery.redial.reconnect(&peer);
+            self.push(Io::Disconnect(peer));
+        }
+    }
+
+    /// Dials `peer` at `addrs`.
+    fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, now: Now) {
+        let dial = DialRef(self.ticket());
+        tracing::debug!(%peer, ?addrs, "dialling");
+        self.discovery.redial.started(peer, dial, addrs.clone(), now.mono);
+        self.push(Io::Dial { dial, peer, addrs });
+    }
+
+    /// Dials `peer` at those of `addrs` (just learned) that no dial of ours is trying, if we
+    /// want the peer.
+    fn dial_new(&mut self, peer: PeerId, addrs: &[Multiaddr], now: Now) {
+        if !self.discovery.wants(&peer) || self.conduct.is_banned(&peer) {
+            return;
+        }
+        let untried = self.discovery.redial.untried(&peer, addrs);
+        if !untried.is_empty() {
+            self.dial(peer, untried, now);
+        }
     }
 
     /// A peer joined a topic: someone to deliver to, perhaps; waiting messages need not wait a
@@ -111,17 +197,23 @@ impl Service {
         if self.conduct.is_banned(&peer) {
             return;
         }
-        let name = crate::node::behaviour::name_from_agent(&info.agent_version);
-        self.discovery.peers.identified(&peer, info.agent_version, name.clone());
+        use crate::node::behaviour::{name_from_agent, session_from_agent};
+        let (name, session) = (name_from_agent(&info.agent_version), session_from_agent(&info.agent_version));
+        if self.discovery.peers.identified(&peer, info.agent_version, name.clone(), session) {
+            self.reset(peer, "the peer restarted");
+        }
         if info.protocol_version != crate::node::behaviour::IDENTIFY_PROTOCOL {
             tracing::debug!(%peer, protocol = %info.protocol_version, "not a git-p2p node");
             return;
         }
+        // A peer's loopback addresses lead to it only from its own machine; elsewhere they
+        // lead to whatever listens there (ourselves, perhaps).
+        let local = self.discovery.peers.over_loopback(&peer);
         let addrs: Vec<Multiaddr> = info
             .listen_addrs
             .into_iter()
             .map(strip_p2p)
-            .filter(is_dialable)
+            .filter(|a| is_dialable(a) && (local || !is_loopback(a)))
             .take(crate::store::MAX_ADDRS_PER_PEER)
             .collect();
         if info.protocols.contains(&crate::node::behaviour::KAD_PROTOCOL) {
@@ -145,7 +237,7 @@ impl Service {
             return;
         }
         self.discovery.redial.learn(peer, addrs.clone(), now.mono);
-        self.push(Io::Dial { peer, addrs });
+        self.dial_new(peer, &addrs, now);
     }
 
     /// mDNS found peers on the LAN (it never dials by itself).
@@ -161,18 +253,15 @@ impl Service {
                 self.push(Io::KadAddress { peer, addr: addr.clone() });
             }
             self.discovery.redial.learn(peer, addrs.clone(), now.mono);
-            if self.discovery.wants(&peer) {
-                self.push(Io::Dial { peer, addrs });
-            }
+            self.dial_new(peer, &addrs, now);
         }
     }
 
-    /// Peers we lost and whose backoff has passed.
+    /// Peers we know, are not connected to nor dialling, and whose backoff has passed.
     pub(super) fn redial(&mut self, now: Now) {
         let peers = &self.discovery.peers;
         for (peer, addrs) in self.discovery.redial.due(now.mono, |p| peers.is_connected(p)) {
-            tracing::debug!(%peer, ?addrs, "dialling");
-            self.push(Io::Dial { peer, addrs });
+            self.dial(peer, addrs, now);
         }
     }
 }

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::gossipsub::{PublishError, Sha256Topic, TopicHash};
 use libp2p::identity::Keypair;
+use libp2p::swarm::ConnectionId;
 use libp2p::{kad, Multiaddr, PeerId};
 
 use crate::clock::Now;
@@ -40,6 +41,7 @@ use crate::store::StoreError;
 pub use discovery::TARGET_PEERS;
 pub use kv::QueryRef;
 pub use outbox::PUBLISH_GRACE;
+pub use peers::DialRef;
 pub use rooms::{CHAT_BURST, CHAT_RATE};
 
 /// How often, and for how long, our announced commits are remembered (against announcing one
@@ -135,9 +137,14 @@ pub enum Io {
         data: Vec<u8>,
     },
     Dial {
+        dial: DialRef,
         peer: PeerId,
         addrs: Vec<Multiaddr>,
     },
+    /// Close every connection to the peer.
+    Disconnect(PeerId),
+    /// Close one connection.
+    Close(ConnectionId),
     /// Tell Kademlia where a peer listens.
     KadAddress {
         peer: PeerId,
@@ -231,9 +238,13 @@ impl Service {
             service.io.push_back(Io::KadAddress { peer: *peer, addr: addr.clone() });
             service.discovery.redial.learn(*peer, [addr.clone()], now.mono);
         }
+        // Learned after the bootstrap addresses, so first: what the peer told us last is fresher
+        // than what the config says.
         for (peer, addrs) in loaded.known_peers.into_iter().take(discovery::ADDRESS_BOOK_DIALS) {
             service.discovery.redial.learn(peer, addrs, now.mono);
         }
+        // At once, not at the first tick.
+        service.redial(now);
         for repo in loaded.repos {
             service.join_repo(repo);
         }

@@ -1,6 +1,7 @@
-//! What the node knows about its peers, without I/O: open connections, names, RTT, shared
-//! topics, and when to redial a peer we lost. The event loop feeds it swarm events and the
-//! current time; `peers` answers are snapshots of it.
+//! What the node knows about its peers, without I/O: open connections, names, sessions, RTT,
+//! shared topics; and our dials: which are under way, where to dial a peer we lost and when
+//! (backoff). The event loop feeds it swarm events and the current time; `peers` answers are
+//! snapshots of it.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -17,12 +18,17 @@ use crate::proto::repo::RepoId;
 pub const REDIAL_MIN: Duration = Duration::from_secs(1);
 /// Longest wait between redials of a known peer.
 pub const REDIAL_MAX: Duration = Duration::from_secs(300);
+/// Our dials of one peer under way at once: a dial at its known addresses, and dials at
+/// addresses learned while earlier ones hang (a peer found by mDNS after it moved).
+pub const MAX_DIALS_PER_PEER: usize = 4;
 
 #[derive(Debug)]
 struct Conn {
     id: ConnectionId,
     addr: Multiaddr,
     since: Instant,
+    /// Order of establishment among all connections (a later one has a higher number).
+    order: u64,
 }
 
 #[derive(Debug, Default)]
@@ -30,6 +36,10 @@ struct PeerState {
     conns: Vec<Conn>,
     agent: Option<String>,
     name: Option<String>,
+    /// The peer's process, as its identify agent string names it.
+    session: Option<String>,
+    /// We are closing every connection to it (see [`PeerTable::reset`]).
+    resetting: bool,
     rtt: Option<Duration>,
     topics: HashSet<TopicHash>,
 }
@@ -38,7 +48,23 @@ struct PeerState {
 #[derive(Debug, Default)]
 pub struct PeerTable {
     peers: HashMap<PeerId, PeerState>,
+    established: u64,
 }
+
+/// What the loss of one connection means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lost {
+    /// It was the peer's last connection.
+    pub last: bool,
+    /// A connection to the peer established after it remains.
+    pub superseded: bool,
+}
+
+/// Our dial of a peer ([`super::Io::Dial`]: at these addresses, even while other dials of it are
+/// under way, but not when connected); the event loop reports how it ended to
+/// [`super::Service::dial_ended`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DialRef(pub u64);
 
 /// "quic" for QUIC addresses, "tcp" otherwise (the only two transports we run).
 pub fn transport_of(addr: &Multiaddr) -> &'static str {
@@ -50,28 +76,65 @@ pub fn transport_of(addr: &Multiaddr) -> &'static str {
 }
 
 impl PeerTable {
-    pub fn connected(&mut self, peer: PeerId, id: ConnectionId, addr: Multiaddr, now: Instant) {
-        self.peers.entry(peer).or_default().conns.push(Conn { id, addr, since: now });
+    /// Returns false when the peer is being reset: this connection must be closed too.
+    pub fn connected(&mut self, peer: PeerId, id: ConnectionId, addr: Multiaddr, now: Instant) -> bool {
+        self.established += 1;
+        let state = self.peers.entry(peer).or_default();
+        state.conns.push(Conn { id, addr, since: now, order: self.established });
+        !state.resetting
     }
 
-    /// Returns true when this was the peer's last connection.
-    pub fn disconnected(&mut self, peer: &PeerId, id: ConnectionId) -> bool {
+    pub fn disconnected(&mut self, peer: &PeerId, id: ConnectionId) -> Lost {
+        let Some(state) = self.peers.get_mut(peer) else {
+            return Lost { last: false, superseded: false };
+        };
+        let Some(at) = state.conns.iter().position(|c| c.id == id) else {
+            return Lost { last: false, superseded: false };
+        };
+        let gone = state.conns.remove(at);
+        let superseded = state.conns.iter().any(|c| c.order > gone.order);
+        if state.conns.is_empty() {
+            self.peers.remove(peer);
+            return Lost { last: true, superseded };
+        }
+        Lost { last: false, superseded }
+    }
+
+    /// What the peer said about itself. Returns true when it names another session than
+    /// before: the peer's process restarted, and the connections to its previous one are dead.
+    pub fn identified(&mut self, peer: &PeerId, agent: String, name: Option<String>, session: Option<String>) -> bool {
         let Some(state) = self.peers.get_mut(peer) else {
             return false;
         };
-        state.conns.retain(|c| c.id != id);
-        if state.conns.is_empty() {
-            self.peers.remove(peer);
-            return true;
+        state.agent = Some(agent);
+        state.name = name;
+        let restarted = matches!((&state.session, &session), (Some(old), Some(new)) if old != new);
+        if session.is_some() {
+            state.session = session;
         }
-        false
+        restarted
     }
 
-    pub fn identified(&mut self, peer: &PeerId, agent: String, name: Option<String>) {
-        if let Some(state) = self.peers.get_mut(peer) {
-            state.agent = Some(agent);
-            state.name = name;
+    /// Starts closing every connection to `peer`, and those that arrive until they are all
+    /// closed. Returns false if it is not connected (or is being reset already).
+    pub fn reset(&mut self, peer: &PeerId) -> bool {
+        match self.peers.get_mut(peer) {
+            Some(state) if !state.resetting => {
+                state.resetting = true;
+                true
+            }
+            _ => false,
         }
+    }
+
+    /// Whether a connection to the peer runs over loopback (it is on our machine).
+    pub fn over_loopback(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|s| s.conns.iter().any(|c| super::discovery::is_loopback(&c.addr)))
+    }
+
+    /// How many connections the peer has.
+    pub fn connections(&self, peer: &PeerId) -> usize {
+        self.peers.get(peer).map_or(0, |s| s.conns.len())
     }
 
     pub fn name(&self, peer: &PeerId) -> Option<&str> {
@@ -140,7 +203,9 @@ impl PeerTable {
     }
 }
 
-/// When to dial peers we know but are not connected to, with exponential backoff per peer.
+/// Where and when to dial peers we know: their addresses (freshest first), our dials under way,
+/// and exponential backoff per peer after failed dials of ours (failures of dials others make,
+/// Kademlia's say, are not ours to count).
 #[derive(Debug, Default)]
 pub struct Redial {
     peers: HashMap<PeerId, RedialState>,
@@ -148,29 +213,92 @@ pub struct Redial {
 
 #[derive(Debug)]
 struct RedialState {
+    /// Freshest first.
     addrs: Vec<Multiaddr>,
     failures: u32,
     next: Instant,
+    /// Our dials under way, with the addresses each was given.
+    pending: Vec<(DialRef, Vec<Multiaddr>)>,
+    /// Dial as soon as its last connection is closed: we closed them on purpose, and the peer
+    /// was up a moment ago.
+    at_once: bool,
+}
+
+fn backoff(failures: u32) -> Duration {
+    REDIAL_MIN.saturating_mul(1 << failures.min(16)).min(REDIAL_MAX)
 }
 
 impl Redial {
-    /// Keeps `addrs` for `peer` (merged with what we had) so we can dial it again when lost.
-    /// At most [`crate::store::MAX_KNOWN_PEERS`] peers are kept: a newcomer beyond that takes
-    /// the place of the peer that failed most (many peer ids cannot grow the list without bound).
+    /// Keeps `addrs` for `peer` so we can dial it (again): they go first, as the freshest, and
+    /// the oldest beyond [`crate::store::MAX_ADDRS_PER_PEER`] are dropped. At most
+    /// [`crate::store::MAX_KNOWN_PEERS`] peers are kept: a newcomer beyond that takes the place of
+    /// the peer that failed most (many peer ids cannot grow the list without bound).
     pub fn learn(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>, now: Instant) {
         if !self.peers.contains_key(&peer) && self.peers.len() >= crate::store::MAX_KNOWN_PEERS {
-            let worst = self.peers.iter().max_by_key(|(_, s)| (s.failures, s.next)).map(|(p, _)| *p);
+            let worst = self
+                .peers
+                .iter()
+                .filter(|(_, s)| s.pending.is_empty())
+                .max_by_key(|(_, s)| (s.failures, s.next))
+                .map(|(p, _)| *p);
             if let Some(worst) = worst {
                 self.peers.remove(&worst);
             }
         }
-        let state = self.peers.entry(peer).or_insert_with(|| RedialState { addrs: Vec::new(), failures: 0, next: now });
+        let state = self.peers.entry(peer).or_insert_with(|| RedialState {
+            addrs: Vec::new(),
+            failures: 0,
+            next: now,
+            pending: Vec::new(),
+            at_once: false,
+        });
+        let mut fresh: Vec<Multiaddr> = Vec::new();
         for a in addrs {
-            if !state.addrs.contains(&a) {
-                state.addrs.push(a);
+            if !fresh.contains(&a) {
+                fresh.push(a);
             }
         }
-        state.addrs.truncate(crate::store::MAX_ADDRS_PER_PEER);
+        state.addrs.retain(|a| !fresh.contains(a));
+        fresh.append(&mut state.addrs);
+        fresh.truncate(crate::store::MAX_ADDRS_PER_PEER);
+        state.addrs = fresh;
+    }
+
+    /// The addresses among `addrs` that none of our dials under way to `peer` is trying (none
+    /// while [`MAX_DIALS_PER_PEER`] are under way; the next redial takes them all).
+    pub fn untried(&self, peer: &PeerId, addrs: &[Multiaddr]) -> Vec<Multiaddr> {
+        let pending = self.peers.get(peer).map(|s| s.pending.as_slice()).unwrap_or_default();
+        if pending.len() >= MAX_DIALS_PER_PEER {
+            return Vec::new();
+        }
+        addrs
+            .iter()
+            .filter(|a| !pending.iter().any(|(_, tried)| tried.contains(a)))
+            .take(crate::store::MAX_ADDRS_PER_PEER)
+            .cloned()
+            .collect()
+    }
+
+    /// Our dial `dial` of `peer` at `addrs` is under way.
+    pub fn started(&mut self, peer: PeerId, dial: DialRef, addrs: Vec<Multiaddr>, now: Instant) {
+        self.learn(peer, [], now);
+        if let Some(s) = self.peers.get_mut(&peer) {
+            s.pending.push((dial, addrs));
+        }
+    }
+
+    /// Our dial ended; `connected`: whether we are connected to the peer now (by this dial or
+    /// another connection). A failure counts only when nothing else of ours is under way and we
+    /// are not connected.
+    pub fn ended(&mut self, peer: &PeerId, dial: DialRef, ok: bool, connected: bool, now: Instant) {
+        let Some(s) = self.peers.get_mut(peer) else { return };
+        s.pending.retain(|(d, _)| *d != dial);
+        if ok || connected {
+            s.failures = 0;
+        } else if s.pending.is_empty() {
+            s.failures = s.failures.saturating_add(1);
+            s.next = now + backoff(s.failures);
+        }
     }
 
     /// Forgets `peer` (it is not to be dialled).
@@ -184,22 +312,29 @@ impl Redial {
         }
     }
 
-    pub fn failed(&mut self, peer: &PeerId, now: Instant) {
+    /// Dial `peer` as soon as its last connection is closed.
+    pub fn reconnect(&mut self, peer: &PeerId) {
         if let Some(s) = self.peers.get_mut(peer) {
-            s.failures = s.failures.saturating_add(1);
-            let backoff = REDIAL_MIN.saturating_mul(1 << s.failures.min(16)).min(REDIAL_MAX);
-            s.next = now + backoff;
+            s.at_once = true;
         }
     }
 
-    /// Peers to dial now (not connected, backoff elapsed), with their addresses. Marks each as
-    /// attempted, so a dial that never reports back is retried only after the backoff.
+    /// The peer's addresses, if it is to be dialled at once now that its last connection is
+    /// closed.
+    pub fn take_at_once(&mut self, peer: &PeerId) -> Option<Vec<Multiaddr>> {
+        let s = self.peers.get_mut(peer)?;
+        std::mem::take(&mut s.at_once).then(|| s.addrs.clone()).filter(|a| !a.is_empty())
+    }
+
+    /// Peers to dial now (not connected, no dial of ours under way, backoff elapsed), with
+    /// their addresses. Marks each as attempted, so that it is dialled again only after the
+    /// backoff even if the dial never reports back.
     pub fn due(&mut self, now: Instant, connected: impl Fn(&PeerId) -> bool) -> Vec<(PeerId, Vec<Multiaddr>)> {
         let mut out = Vec::new();
         for (peer, s) in self.peers.iter_mut() {
-            if s.next <= now && !connected(peer) && !s.addrs.is_empty() {
+            if s.next <= now && s.pending.is_empty() && !connected(peer) && !s.addrs.is_empty() {
                 out.push((*peer, s.addrs.clone()));
-                s.next = now + REDIAL_MIN.saturating_mul(1 << s.failures.min(16)).min(REDIAL_MAX);
+                s.next = now + backoff(s.failures);
             }
         }
         out
@@ -229,7 +364,7 @@ mod tests {
         let (c1, c2) = (ConnectionId::new_unchecked(1), ConnectionId::new_unchecked(2));
         table.connected(alice, c1, addr("/ip4/127.0.0.1/udp/9/quic-v1"), t0);
         table.connected(alice, c2, addr("/ip4/127.0.0.1/tcp/9"), t0 + Duration::from_secs(1));
-        table.identified(&alice, "git-p2p/0.1.0 name=Alice".into(), Some("Alice".into()));
+        assert!(!table.identified(&alice, "git-p2p/0.1.0 name=Alice".into(), Some("Alice".into()), Some("1".into())));
         table.rtt(&alice, Duration::from_micros(1500));
         let r1 = crate::proto::repo::RepoId::try_from("1".repeat(40)).unwrap();
         let repo_topic = crate::proto::topic::repo_marker(&r1);
@@ -241,13 +376,34 @@ mod tests {
         assert_eq!(snap[0].repos, vec![r1]);
         assert_eq!(snap[0].connected_secs, 5);
         assert_eq!(snap[0].name.as_deref(), Some("Alice"));
-        assert!(!table.disconnected(&alice, c1));
-        assert!(table.disconnected(&alice, c2));
+        assert_eq!(table.disconnected(&alice, c1), Lost { last: false, superseded: true });
+        assert_eq!(table.disconnected(&alice, c2), Lost { last: true, superseded: false });
         assert!(table.is_empty());
     }
 
     #[test]
-    fn redial_backs_off_and_skips_connected_peers() {
+    fn another_session_on_a_new_connection_is_a_restart_and_a_reset_takes_every_connection() {
+        let (alice, t0) = (PeerId::random(), Instant::now());
+        let mut table = PeerTable::default();
+        let (c1, c2, c3) =
+            (ConnectionId::new_unchecked(1), ConnectionId::new_unchecked(2), ConnectionId::new_unchecked(3));
+        assert!(table.connected(alice, c1, addr("/ip4/127.0.0.1/udp/9/quic-v1"), t0));
+        assert!(!table.identified(&alice, "a".into(), None, Some("1".into())), "the first session seen");
+        assert!(table.connected(alice, c2, addr("/ip4/127.0.0.1/udp/9/quic-v1"), t0));
+        assert!(!table.identified(&alice, "a".into(), None, None), "an agent without a session tells nothing");
+        assert!(!table.identified(&alice, "a".into(), None, Some("1".into())), "a second connection of one process");
+        assert!(table.identified(&alice, "a".into(), None, Some("2".into())), "another process");
+        assert!(table.reset(&alice));
+        assert!(!table.reset(&alice), "once");
+        assert!(!table.connected(alice, c3, addr("/ip4/127.0.0.1/tcp/9"), t0), "one that arrives meanwhile goes too");
+        assert!(!table.disconnected(&alice, c1).last);
+        assert!(!table.disconnected(&alice, c3).last);
+        assert!(table.disconnected(&alice, c2).last);
+        assert!(table.connected(alice, c1, addr("/ip4/127.0.0.1/tcp/9"), t0), "a fresh start");
+    }
+
+    #[test]
+    fn redial_backs_off_after_our_failed_dials_and_skips_connected_peers() {
         let (bob, carol, t0) = (PeerId::random(), PeerId::random(), Instant::now());
         let mut redial = Redial::default();
         redial.learn(bob, [addr("/ip4/127.0.0.1/tcp/1")], t0);
@@ -255,13 +411,19 @@ mod tests {
         let due = redial.due(t0, |p| *p == carol);
         assert_eq!(due.iter().map(|d| d.0).collect::<Vec<_>>(), vec![bob]);
         assert!(redial.due(t0, |_| false).iter().all(|d| d.0 != bob), "attempted: not due again at once");
-        redial.failed(&bob, t0);
-        redial.failed(&bob, t0);
+        let mut n = 0;
+        let mut fail = |redial: &mut Redial| {
+            n += 1;
+            redial.started(bob, DialRef(n), vec![addr("/ip4/127.0.0.1/tcp/1")], t0);
+            redial.ended(&bob, DialRef(n), false, false, t0);
+        };
+        fail(&mut redial);
+        fail(&mut redial);
         assert!(redial.due(t0 + Duration::from_secs(3), |_| true).is_empty());
         assert!(redial.due(t0 + Duration::from_secs(3), |p| *p != bob).is_empty(), "4 s backoff after 2 failures");
         assert_eq!(redial.due(t0 + Duration::from_secs(5), |p| *p != bob).len(), 1);
         for _ in 0..40 {
-            redial.failed(&bob, t0);
+            fail(&mut redial);
         }
         assert_eq!(redial.due(t0 + REDIAL_MAX, |p| *p != bob).len(), 1, "backoff is capped");
     }
@@ -271,11 +433,51 @@ mod tests {
         let (t0, mut redial) = (Instant::now(), Redial::default());
         let failing = PeerId::random();
         redial.learn(failing, [addr("/ip4/127.0.0.1/tcp/1")], t0);
-        redial.failed(&failing, t0);
+        redial.started(failing, DialRef(1), vec![addr("/ip4/127.0.0.1/tcp/1")], t0);
+        redial.ended(&failing, DialRef(1), false, false, t0);
         for i in 0..crate::store::MAX_KNOWN_PEERS + 100 {
             redial.learn(PeerId::random(), [addr(&format!("/ip4/127.0.0.1/tcp/{}", i + 2))], t0);
         }
         assert_eq!(redial.len(), crate::store::MAX_KNOWN_PEERS);
         assert!(!redial.peers.contains_key(&failing), "the peer that failed went first");
+    }
+
+    #[test]
+    fn a_dial_under_way_is_not_repeated_and_fails_only_with_the_last_of_ours() {
+        let (bob, t0) = (PeerId::random(), Instant::now());
+        let (stale, fresh) = (addr("/ip4/10.0.0.1/tcp/1"), addr("/ip4/10.0.0.9/tcp/1"));
+        let mut redial = Redial::default();
+        redial.learn(bob, [stale.clone()], t0);
+        redial.started(bob, DialRef(1), vec![stale.clone()], t0);
+        assert!(redial.due(t0 + REDIAL_MAX, |_| false).is_empty(), "under way: not dialled again");
+        redial.learn(bob, [fresh.clone(), stale.clone()], t0);
+        assert_eq!(redial.untried(&bob, &[fresh.clone(), stale.clone()]), std::slice::from_ref(&fresh));
+        redial.started(bob, DialRef(2), vec![fresh.clone()], t0);
+        redial.ended(&bob, DialRef(1), false, false, t0);
+        assert!(redial.due(t0 + REDIAL_MAX, |_| false).is_empty(), "the fresh dial is still under way");
+        redial.ended(&bob, DialRef(2), false, false, t0);
+        let due = redial.due(t0 + REDIAL_MIN * 2, |_| false);
+        assert_eq!(due, [(bob, vec![fresh, stale])], "one failure (2 s), freshest address first");
+        for n in 10..10 + MAX_DIALS_PER_PEER as u64 {
+            let addr = addr(&format!("/ip4/10.0.1.{n}/tcp/1"));
+            assert_eq!(redial.untried(&bob, std::slice::from_ref(&addr)).len(), 1);
+            redial.started(bob, DialRef(n), vec![addr], t0);
+        }
+        assert!(redial.untried(&bob, &[addr("/ip4/10.0.2.1/tcp/1")]).is_empty(), "bounded");
+    }
+
+    #[test]
+    fn fresh_addresses_go_first_and_push_the_oldest_out() {
+        let (bob, t0) = (PeerId::random(), Instant::now());
+        let mut redial = Redial::default();
+        let old: Vec<Multiaddr> =
+            (0..crate::store::MAX_ADDRS_PER_PEER).map(|i| addr(&format!("/ip4/10.0.0.1/tcp/{}", i + 1))).collect();
+        redial.learn(bob, old.clone(), t0);
+        let fresh = addr("/ip4/10.0.0.2/tcp/9");
+        redial.learn(bob, [fresh.clone()], t0);
+        let (_, addrs) = redial.due(t0, |_| false).pop().expect("due");
+        assert_eq!(addrs.len(), crate::store::MAX_ADDRS_PER_PEER);
+        assert_eq!(addrs[0], fresh);
+        assert!(!addrs.contains(old.last().unwrap()), "the oldest went");
     }
 }

@@ -138,7 +138,10 @@ struct Peer {
     /// What it handed to followers.
     events: Vec<NodeEvent>,
     /// Dials it asked for.
-    dials: Vec<PeerId>,
+    dials: Vec<Dialled>,
+    /// Peers it asked to disconnect from, and single connections it asked to close.
+    disconnects: Vec<PeerId>,
+    closes: Vec<ConnectionId>,
     /// DHT queries it started.
     queries: Vec<Io>,
     /// While false, every publish fails (as when all peers graylist it).
@@ -159,14 +162,29 @@ impl Peer {
             in_flight: Vec::new(),
             events: Vec::new(),
             dials: Vec::new(),
+            disconnects: Vec::new(),
+            closes: Vec::new(),
             queries: Vec::new(),
             can_publish: true,
         }
     }
 
+    /// The peers it dialled, in order.
+    fn dialled(&self) -> Vec<PeerId> {
+        self.dials.iter().map(|d| d.peer).collect()
+    }
+
     fn announcements(&self) -> Vec<String> {
         self.disk.feed.iter().map(|e| e.commit.summary.clone()).collect()
     }
+}
+
+/// A dial a service asked for.
+#[derive(Debug, Clone)]
+struct Dialled {
+    dial: DialRef,
+    peer: PeerId,
+    addrs: Vec<Multiaddr>,
 }
 
 fn me(key: &Keypair) -> Me {
@@ -229,7 +247,9 @@ impl Sim {
                     let peer = self.peer(name);
                     peer.service.published(ticket, result, now, &mut peer.disk);
                 }
-                Io::Dial { peer, .. } => self.peer(name).dials.push(peer),
+                Io::Dial { dial, peer, addrs } => self.peer(name).dials.push(Dialled { dial, peer, addrs }),
+                Io::Disconnect(peer) => self.peer(name).disconnects.push(peer),
+                Io::Close(connection) => self.peer(name).closes.push(connection),
                 Io::Emit(event) => self.peer(name).events.push(event),
                 io @ (Io::PutRecord { .. } | Io::GetRecord { .. } | Io::FinishQuery(_)) => {
                     self.peer(name).queries.push(io)
@@ -285,11 +305,11 @@ impl Sim {
 
     /// `name` dies: unsynced writes and undelivered messages are gone, links drop.
     fn crash(&mut self, name: &str) {
-        let id = self.id(name);
+        let (id, now) = (self.id(name), self.now);
         for other in self.linked(name) {
             let peer = self.peer(other);
             peer.links.remove(&id);
-            peer.service.disconnected(&id, ConnectionId::new_unchecked(1));
+            peer.service.disconnected(&id, ConnectionId::new_unchecked(1), true, now);
         }
         let peer = self.peer(name);
         peer.disk.after_crash();
@@ -617,19 +637,24 @@ fn our_refs_follow_our_announcements_and_two_in_one_millisecond_do_not_tie() {
     assert_eq!(refs.get("refs/heads/main"), Some(&last.commit.id), "the index names the newest commit");
 }
 
-#[test]
-fn lost_peers_are_redialled_with_backoff_and_connected_ones_are_not() {
-    let mut sim = Sim::new(&["alice", "bob"]);
-    let (now, bob) = (sim.now, sim.id("bob"));
-    let info = libp2p::identify::Info {
+/// What bob's identify tells alice: his listen address and the session of his process.
+fn bob_info(sim: &mut Sim, session: &str) -> libp2p::identify::Info {
+    libp2p::identify::Info {
         public_key: sim.peer("bob").key.public(),
         protocol_version: crate::node::behaviour::IDENTIFY_PROTOCOL.into(),
-        agent_version: "git-p2p/0.1.0 name=Bob".into(),
+        agent_version: crate::node::behaviour::agent_string(session, Some("Bob")),
         listen_addrs: vec!["/ip4/10.0.0.2/tcp/4001".parse().unwrap()],
         protocols: vec![],
         observed_addr: "/ip4/10.0.0.1/tcp/1".parse().unwrap(),
         signed_peer_record: None,
-    };
+    }
+}
+
+#[test]
+fn lost_peers_are_redialled_with_backoff_and_connected_ones_are_not() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    let (now, bob) = (sim.now, sim.id("bob"));
+    let info = bob_info(&mut sim, "b0b");
     sim.connect("alice", "bob");
     let alice = sim.peer("alice");
     alice.service.identified(bob, info, now, &mut alice.disk);
@@ -639,25 +664,129 @@ fn lost_peers_are_redialled_with_backoff_and_connected_ones_are_not() {
     sim.crash("bob");
     sim.advance(Duration::from_secs(1));
     sim.tick("alice");
-    assert_eq!(sim.peer("alice").dials, [bob], "lost: dialled");
-    let now = sim.now;
-    let alice = sim.peer("alice");
-    alice.service.dial_failed(&bob, now);
-    alice.service.dial_failed(&bob, now);
-    alice.dials.clear();
+    assert_eq!(sim.peer("alice").dialled(), [bob], "lost: dialled");
     let start = sim.now;
+    let first = sim.peer("alice").dials.pop().expect("a dial");
+    sim.peer("alice").service.dial_ended(&bob, first.dial, false, start);
     let mut dialled_at = Vec::new();
     for s in 1..=20 {
         sim.now = start.after(Duration::from_secs(s));
         sim.tick("alice");
-        if !sim.peer("alice").dials.is_empty() {
+        if let Some(d) = sim.peer("alice").dials.pop() {
             dialled_at.push(s);
-            sim.peer("alice").dials.clear();
             let now = sim.now;
-            sim.peer("alice").service.dial_failed(&bob, now);
+            sim.peer("alice").service.dial_ended(&bob, d.dial, false, now);
         }
     }
-    assert_eq!(dialled_at, [4, 12], "4 s after two failures, then 8 s after the third");
+    assert_eq!(dialled_at, [2, 6, 14], "2 s after one failure, 4 s after two, 8 s after three");
+}
+
+#[test]
+fn the_address_book_is_dialled_at_start_without_waiting_for_a_tick() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    let bob = sim.id("bob");
+    sim.peer("alice").disk.peers.insert(bob, vec!["/ip4/10.0.0.2/tcp/4001".parse().unwrap()]);
+    sim.restart("alice");
+    assert_eq!(sim.peer("alice").dialled(), [bob]);
+}
+
+#[test]
+fn an_address_just_learned_is_dialled_while_a_stale_dial_hangs_and_a_late_failure_costs_nothing() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    let bob = sim.id("bob");
+    let (stale, fresh): (Multiaddr, Multiaddr) =
+        ("/ip4/10.0.0.2/udp/4001/quic-v1".parse().unwrap(), "/ip4/10.0.0.102/udp/4001/quic-v1".parse().unwrap());
+    sim.peer("alice").disk.peers.insert(bob, vec![stale.clone()]);
+    sim.restart("alice");
+    let hanging = sim.peer("alice").dials.pop().expect("the address book, dialled at start");
+    assert_eq!(hanging.addrs, std::slice::from_ref(&stale));
+    // mDNS finds bob at his new address while that dial waits for a handshake that never comes.
+    let now = sim.now;
+    sim.peer("alice").service.discovered(vec![(bob, fresh.clone()), (bob, stale.clone())], now);
+    sim.settle("alice");
+    let quick = sim.peer("alice").dials.pop().expect("the fresh address, at once");
+    assert_eq!(quick.addrs, std::slice::from_ref(&fresh), "only what no dial is trying");
+    sim.connect("alice", "bob");
+    let alice = sim.peer("alice");
+    alice.service.dial_ended(&bob, quick.dial, true, now);
+    sim.advance(Duration::from_secs(5));
+    let now = sim.now;
+    sim.peer("alice").service.dial_ended(&bob, hanging.dial, false, now);
+    // Bob goes away: redialled at the next tick, freshest address first, with no backoff.
+    sim.crash("bob");
+    sim.advance(Duration::from_secs(1));
+    sim.tick("alice");
+    let again = sim.peer("alice").dials.pop().expect("redialled");
+    assert_eq!(again.addrs, [fresh, stale]);
+}
+
+#[test]
+fn a_peer_that_restarts_behind_a_dead_connection_gets_every_connection_closed_and_is_dialled_again() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    let (now, bob) = (sim.now, sim.id("bob"));
+    let addr: Multiaddr = "/ip4/10.0.0.2/udp/4001/quic-v1".parse().unwrap();
+    let (dead, fresh, meanwhile) =
+        (ConnectionId::new_unchecked(11), ConnectionId::new_unchecked(12), ConnectionId::new_unchecked(13));
+    let before = bob_info(&mut sim, "1");
+    let same = bob_info(&mut sim, "1");
+    let after = bob_info(&mut sim, "2");
+    let alice = sim.peer("alice");
+    alice.service.connected(bob, dead, addr.clone(), now);
+    alice.service.identified(bob, before, now, &mut alice.disk);
+    // Bob is killed; alice's connection to him looks alive. His new process connects.
+    alice.service.connected(bob, fresh, addr.clone(), now);
+    alice.service.identified(bob, same, now, &mut alice.disk);
+    sim.settle("alice");
+    assert!(sim.peer("alice").disconnects.is_empty(), "the same process twice: two live connections, kept");
+    let alice = sim.peer("alice");
+    alice.service.identified(bob, after, now, &mut alice.disk);
+    sim.settle("alice");
+    assert_eq!(sim.peer("alice").disconnects, [bob], "another process: every connection goes");
+    let alice = sim.peer("alice");
+    alice.service.connected(bob, meanwhile, addr.clone(), now);
+    sim.settle("alice");
+    assert_eq!(sim.peer("alice").closes, [meanwhile], "one that arrives meanwhile would be gossipsub's second");
+    let alice = sim.peer("alice");
+    for c in [dead, fresh] {
+        alice.service.disconnected(&bob, c, false, now);
+    }
+    sim.settle("alice");
+    assert!(sim.peer("alice").dials.is_empty(), "not before the last one is closed");
+    let alice = sim.peer("alice");
+    alice.service.disconnected(&bob, meanwhile, false, now);
+    sim.settle("alice");
+    assert_eq!(sim.peer("alice").dialled(), [bob], "then at once, without waiting for a tick");
+    assert_eq!(sim.peer("alice").disconnects, [bob], "once");
+}
+
+#[test]
+fn a_broken_older_connection_or_a_failed_ping_next_to_another_connection_resets_the_peer() {
+    let mut sim = Sim::new(&["alice", "bob", "carol"]);
+    let (now, bob, carol) = (sim.now, sim.id("bob"), sim.id("carol"));
+    let addr: Multiaddr = "/ip4/10.0.0.2/tcp/4001".parse().unwrap();
+    let c = ConnectionId::new_unchecked;
+    let alice = sim.peer("alice");
+    alice.service.connected(bob, c(1), addr.clone(), now);
+    alice.service.connected(bob, c(2), addr.clone(), now);
+    alice.service.disconnected(&bob, c(2), true, now);
+    sim.settle("alice");
+    assert!(sim.peer("alice").disconnects.is_empty(), "the newer one broke: the older one is the peer's too");
+    let alice = sim.peer("alice");
+    alice.service.connected(bob, c(3), addr.clone(), now);
+    alice.service.disconnected(&bob, c(1), true, now);
+    sim.settle("alice");
+    assert_eq!(sim.peer("alice").disconnects, [bob], "the peer had replaced the one that broke");
+
+    let alice = sim.peer("alice");
+    alice.service.connected(carol, c(4), addr.clone(), now);
+    alice.service.ping_failed(carol, c(4));
+    sim.settle("alice");
+    assert_eq!(sim.peer("alice").closes, [c(4)], "a lone connection that stopped answering is closed");
+    let alice = sim.peer("alice");
+    alice.service.connected(carol, c(5), addr.clone(), now);
+    alice.service.ping_failed(carol, c(5));
+    sim.settle("alice");
+    assert_eq!(sim.peer("alice").disconnects, [bob, carol], "next to another: all of them");
 }
 
 #[test]
