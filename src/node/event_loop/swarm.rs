@@ -1,0 +1,117 @@
+//! The swarm's events, turned into the service's inputs: connections, identify, ping,
+//! gossipsub, Kademlia and mDNS events each become a call of the service (which says what to do
+//! next); the DHT queries the service started are matched to their progress here.
+
+use libp2p::swarm::{ConnectionError, SwarmEvent};
+use libp2p::{gossipsub, kad, mdns, ping};
+
+use super::EventLoop;
+use crate::clock::Now;
+use crate::node::behaviour::BehaviourEvent;
+use crate::node::disk::NodeDisk;
+
+impl EventLoop {
+    pub(super) fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        let now = Now::system();
+        match event {
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                let addr = endpoint.get_remote_address().clone();
+                tracing::debug!(peer = %peer_id, %addr, "connected");
+                self.service.connected(peer_id, connection_id, addr, now);
+                if let Some((peer, dial)) = self.dials.remove(&connection_id) {
+                    self.service.dial_ended(&peer, dial, true, now);
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, .. } => {
+                tracing::debug!(peer = %peer_id, ?cause, "connection closed");
+                // No cause: we closed it; a keep-alive timeout: our idle timer did.
+                let broke = !matches!(cause, None | Some(ConnectionError::KeepAliveTimeout));
+                self.service.disconnected(&peer_id, connection_id, broke, now);
+            }
+            SwarmEvent::IncomingConnectionError {
+                peer_id: Some(peer),
+                error: libp2p::swarm::ListenError::Denied { .. },
+                ..
+            } => self.service.connection_denied(peer, now),
+            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                tracing::debug!(peer = ?peer_id, %error, "dial failed");
+                if let Some((peer, dial)) = self.dials.remove(&connection_id) {
+                    self.service.dial_ended(&peer, dial, false, now);
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
+            SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
+            SwarmEvent::Behaviour(event) => self.handle_behaviour_event(event, now),
+            _ => {}
+        }
+    }
+
+    fn handle_behaviour_event(&mut self, event: BehaviourEvent, now: Now) {
+        use libp2p::identify;
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.service.identified(peer_id, info, now, disk!(self))
+            }
+            BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. }) => self.service.rtt(&peer, rtt),
+            // A peer without ping (not one of ours) is not a dead connection.
+            BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(failure) })
+                if !matches!(failure, ping::Failure::Unsupported) =>
+            {
+                tracing::debug!(%peer, %failure, "ping failed");
+                self.service.ping_failed(peer, connection);
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic }) => {
+                self.service.subscribed(&peer_id, topic, now, disk!(self))
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Unsubscribed { peer_id, topic }) => {
+                self.service.unsubscribed(&peer_id, &topic)
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message_id, message }) => {
+                let acceptance =
+                    self.service.gossip(&message.topic, &message.data, Some(propagation_source), now, disk!(self));
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    acceptance,
+                );
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, is_new_peer: true, addresses, .. }) => {
+                self.service.routing_updated(peer, addresses.into_vec(), now)
+            }
+            BehaviourEvent::Kad(kad::Event::InboundRequest {
+                request: kad::InboundRequest::PutRecord { source, record: Some(record), .. },
+            }) => self.service.kad_inbound(source, record, disk!(self)),
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, stats }) => {
+                self.query_progressed(id, result, step.last, stats.num_requests())
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => self.service.discovered(found, now),
+            _ => {}
+        }
+    }
+
+    /// A DHT query of the service moved on.
+    fn query_progressed(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool, requests: u32) {
+        let Some(&query) = self.queries.get(&id) else { return };
+        match result {
+            kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
+                self.service.kv_found(query, found.peer, &found.record, requests)
+            }
+            kad::QueryResult::PutRecord(result) => {
+                let replicas = match result {
+                    Ok(_) => 1,
+                    Err(kad::PutRecordError::QuorumFailed { success, .. }) => success.len(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "DHT put failed");
+                        0
+                    }
+                };
+                self.service.kv_put_done(query, replicas);
+            }
+            _ => {}
+        }
+        if last {
+            self.queries.remove(&id);
+            self.service.kv_query_done(query, requests);
+        }
+    }
+}
