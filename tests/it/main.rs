@@ -5,6 +5,7 @@ mod announce;
 mod chat;
 mod cli;
 mod evil;
+mod formats;
 mod kv;
 mod lan;
 mod node;
