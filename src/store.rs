@@ -14,7 +14,7 @@ use crate::clock::{unix_now, unix_now_ms};
 use crate::proto::announce::FeedEntry;
 use crate::proto::chat::ChatEntry;
 use crate::proto::outbox::OutboxEntry;
-use crate::proto::repo::{RepoId, RepoInfo};
+use crate::proto::repo::{LocalPath, RepoId, RepoInfo};
 
 /// peer id -> [`KnownPeer`] (JSON)
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
@@ -197,7 +197,7 @@ impl Store {
         let txn = self.write(true)?;
         db(db(txn.open_table(REPOS))?.insert(repo.id.as_str(), repo.name.as_str()))?;
         if let Some(dir) = &repo.git_dir {
-            db(db(txn.open_table(REPO_DIRS))?.insert(repo.id.as_str(), dir.as_str()))?;
+            db(db(txn.open_table(REPO_DIRS))?.insert(repo.id.as_str(), dir.encode().as_str()))?;
         }
         db(txn.commit())
     }
@@ -209,7 +209,7 @@ impl Store {
         let mut out = Vec::new();
         for item in db(table.iter())? {
             let (k, v) = db(item)?;
-            let git_dir = db(dirs.get(k.value()))?.map(|d| d.value().to_string());
+            let git_dir = db(dirs.get(k.value()))?.and_then(|d| LocalPath::decode(d.value()).ok());
             // An id that is not one cannot have been registered by this version: skip it.
             let Ok(id) = RepoId::try_from(k.value()) else { continue };
             out.push(RepoInfo { id, name: v.value().to_string(), git_dir });
