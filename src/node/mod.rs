@@ -36,6 +36,9 @@ use event_loop::{EventLoop, NodeInfo};
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How long start-up waits for the listeners to report their addresses.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long start-up waits for a lock another node holds: a node killed a moment ago releases
+/// it as it finishes dying, after its socket stopped answering.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// New feed entries buffered for slow `log -f` followers; one that falls further behind is told
 /// how many it missed.
 const FEED_BROADCAST: usize = 1024;
@@ -81,9 +84,14 @@ pub struct RunOptions {
 pub fn run(paths: &Paths, opts: RunOptions) -> Result<(), NodeError> {
     let result = start_and_run(paths, &opts);
     if opts.notify_ready {
-        if let Err(e) = &result {
+        match &result {
+            // The starting client waits for that node instead.
+            Err(e @ NodeError::AlreadyRunning { .. }) => {
+                notify(&format!("{}{e}", crate::control::client::RUNNING_PREFIX))
+            }
             // The starting client reads this line and shows it as the error.
-            notify(&format!("error: {e}"));
+            Err(e) => notify(&format!("error: {e}")),
+            Ok(()) => {}
         }
     }
     result
@@ -205,7 +213,7 @@ async fn listen(swarm: &mut Swarm<Behaviour>, config: &NodeConfig) -> Result<(),
             Ok(id) => {
                 pending.insert(id, addr.clone());
             }
-            Err(e) => errors.push((addr.to_string(), e.to_string())),
+            Err(e) => errors.push((addr.to_string(), listen_reason(&e))),
         }
     }
     let mut listening = 0;
@@ -219,13 +227,13 @@ async fn listen(swarm: &mut Swarm<Behaviour>, config: &NodeConfig) -> Result<(),
             SwarmEvent::NewListenAddr { listener_id, .. } if pending.remove(&listener_id).is_some() => listening += 1,
             SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
                 if let Some(addr) = pending.remove(&listener_id) {
-                    let reason = reason.err().map(|e| e.to_string()).unwrap_or_else(|| "closed".into());
+                    let reason = reason.err().map(|e| listen_reason(&e)).unwrap_or_else(|| "closed".into());
                     errors.push((addr.to_string(), reason));
                 }
             }
             SwarmEvent::ListenerError { listener_id, error } => {
                 if let Some(addr) = pending.remove(&listener_id) {
-                    errors.push((addr.to_string(), error.to_string()));
+                    errors.push((addr.to_string(), listen_reason(&error)));
                 }
             }
             _ => {}
@@ -244,6 +252,35 @@ async fn listen(swarm: &mut Swarm<Behaviour>, config: &NodeConfig) -> Result<(),
     Ok(())
 }
 
+/// Why a listener failed, in the user's words. libp2p's transport errors print nothing
+/// themselves (the cause is their source), so the whole chain is read; the system's error is
+/// wrapped in layers that do not give it out as a source, but its text ends "(os error N)".
+fn listen_reason(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        let errno = text.rsplit_once("(os error ").and_then(|(_, n)| n.strip_suffix(')')?.parse().ok());
+        match errno {
+            Some(libc::EADDRNOTAVAIL) => {
+                return "no network interface of this machine has that address (see p2p.listen)".into()
+            }
+            Some(libc::EADDRINUSE) => return "another program listens on that port (see p2p.listen)".into(),
+            Some(libc::EACCES) => return "not allowed to listen on that port (see p2p.listen)".into(),
+            _ => {}
+        }
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    if parts.is_empty() {
+        "the operating system refused it without a reason".into()
+    } else {
+        parts.join(": ")
+    }
+}
+
 /// Takes the lock file at `path` for the life of the process, writing our pid into it.
 fn take_lock(path: &Path, dir: &Path) -> Result<File, NodeError> {
     let mut file = std::fs::OpenOptions::new()
@@ -253,13 +290,19 @@ fn take_lock(path: &Path, dir: &Path) -> Result<File, NodeError> {
         .truncate(false)
         .open(path)
         .map_err(io_err(format!("cannot open lock file {}", path.display())))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let pid = std::fs::read_to_string(path).unwrap_or_default().trim().to_string();
-            return Err(NodeError::AlreadyRunning { dir: dir.to_path_buf(), pid });
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = std::fs::read_to_string(path).unwrap_or_default().trim().to_string();
+                return Err(NodeError::AlreadyRunning { dir: dir.to_path_buf(), pid });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(format!("cannot lock {}", path.display()))(e)),
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(format!("cannot lock {}", path.display()))(e)),
     }
     file.set_len(0).map_err(io_err("cannot write lock file"))?;
     write!(file, "{}", std::process::id()).map_err(io_err("cannot write lock file"))?;

@@ -285,7 +285,8 @@ fn kv_records_round_trip_and_no_mutation_panics_or_verifies_as_another_entry() {
             let ts = rng.next() >> 1;
             let entry = Entry::sign_as(&rng.key(), &repo, &key, value.as_deref(), rng.next() >> 1, ts, who)
                 .expect("a valid key and a small value");
-            assert_eq!(record.merge_entry(entry), Ok(true));
+            // A receiver whose clock is past any time the entries carry.
+            assert_eq!(record.merge_entry(entry, u64::MAX), Ok(true));
         }
         let dht_key = record_key(&repo, &key);
         let encoded = record.encode();
@@ -311,7 +312,7 @@ fn kv_records_round_trip_and_no_mutation_panics_or_verifies_as_another_entry() {
                         assert_eq!(&changed, entry, "a changed entry still verifies");
                     }
                     let mut merged = record.clone();
-                    if merged.merge_entry(changed).is_ok() {
+                    if merged.merge_entry(changed, u64::MAX).is_ok() {
                         assert_eq!(merged.entries.len(), record.entries.len(), "one author, one entry");
                     }
                 });
@@ -330,15 +331,17 @@ fn control_frames_round_trip_and_no_mutation_panics_a_decoder() {
             LocalPath::new(std::ffi::OsString::from_vec(bytes))
         });
         let repo = RepoInfo { id: rng.repo_id(), name: rng.text(20), git_dir };
-        let req = match i % 5 {
+        let req = match i % 7 {
             0 => Request::ChatSend { repo, envelope: random_envelope(&mut rng), thread: None },
             1 => Request::Announce { repo, envelope: random_envelope(&mut rng) },
-            2 => Request::Log { repo: repo.id, limit: rng.below(1 << 20) },
+            2 => Request::Log { repo: repo.id, limit: rng.below(1 << 20), before: rng.chance(2).then(|| rng.next()) },
             3 => {
-                let key = "notes/x".to_string();
-                let entry = Entry::sign(&rng.key(), &repo.id, &key, Some(b"v"), 1, 2).expect("a valid entry");
-                Request::KvPut { repo, key, entry }
+                let n = rng.below(100);
+                let value = rng.chance(4).then(|| hex::encode(rng.bytes(n)));
+                Request::KvPut { repo, key: rng.text(30), value, name: rng.chance(2).then(|| rng.text(20)) }
             }
+            4 => Request::KvList { repo: repo.id, after: rng.chance(2).then(|| rng.text(30)) },
+            5 => Request::ChatHistory { room: rng.text(50), limit: rng.below(1000), before: Some(rng.next()) },
             _ => Request::FollowChat { room: rng.text(50) },
         };
         let frame = RequestFrame { v: PROTOCOL_VERSION, id: rng.next(), req };
