@@ -243,20 +243,15 @@ impl Record {
     /// Equal seqs keep the entry with the greater signature, so every node picks the same one.
     /// An entry dated more than [`MAX_AHEAD_MS`] after `now_ms` (the receiver's clock) is refused.
     pub fn merge_entry(&mut self, entry: Entry, now_ms: u64) -> Result<bool, KvError> {
-        entry.verify(&self.repo, &self.key)?;
+        let peer = entry.verify(&self.repo, &self.key)?.to_string();
+        // Named as `kv get` names authors: by the end of their PeerId.
+        let author = || format!("..{}", &peer[peer.len().saturating_sub(6)..]);
         if entry.ts > now_ms.saturating_add(MAX_AHEAD_MS) {
-            return Err(KvError::Future {
-                author: entry.author.chars().take(16).collect(),
-                ahead_ms: entry.ts - now_ms,
-            });
+            return Err(KvError::Future { author: author(), ahead_ms: entry.ts - now_ms });
         }
         if let Some(have) = self.entries.iter_mut().find(|e| e.author == entry.author) {
             if entry.seq < have.seq {
-                return Err(KvError::Rollback {
-                    author: entry.author.chars().take(16).collect(),
-                    have: have.seq,
-                    got: entry.seq,
-                });
+                return Err(KvError::Rollback { author: author(), have: have.seq, got: entry.seq });
             }
             if entry.seq == have.seq && entry.sig <= have.sig {
                 return Ok(false);

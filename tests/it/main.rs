@@ -12,5 +12,7 @@ mod node;
 mod nostr;
 mod properties;
 mod relay;
+mod skew;
+mod socket;
 mod support;
 mod tui;
