@@ -269,3 +269,22 @@ fn broken_clients_and_bad_settings_are_told_what_is_wrong() {
         "cannot listen on /ip4/192.0.2.1/tcp/0: no network interface of this machine has that address",
     );
 }
+
+#[test]
+fn a_full_dht_store_is_said_in_words() {
+    let alice = Node::new("alice");
+    let repo_dir = alice.repo("proj", 1);
+    alice.ok_in(&repo_dir, &["init"]);
+    alice.ok(&["daemon", "stop"]);
+    // As many records as a node keeps, held for others (stored while the node is stopped).
+    let store = git_p2p::store::Store::open(&alice.data_dir().join("store.redb")).expect("the store");
+    let held = git_p2p::store::DhtRecord { value: b"{}".to_vec(), publisher: None, expires: None };
+    for i in 0..git_p2p::node::kad_store::MAX_RECORDS {
+        store.dht_put(format!("held-{i}").as_bytes(), &held).expect("a record");
+    }
+    store.sync().expect("sync");
+    drop(store);
+    let out = alice.run_in(&repo_dir, &["kv", "set", "k", "v"]);
+    assert_one_line_error(&out, 1, "this node holds as many DHT records as it keeps (10000); not stored");
+    assert!(!stderr(&out).contains("MaxRecords"), "{}", stderr(&out));
+}
