@@ -8,7 +8,7 @@ use gix::ObjectId;
 
 use crate::proto::announce::Commit;
 use crate::proto::repo::RepoId;
-use crate::proto::repo::RepoInfo;
+use crate::proto::repo::{LocalPath, RepoInfo};
 
 /// Failures when inspecting the repository; messages are shown to the user as-is.
 #[derive(Debug, thiserror::Error)]
@@ -62,9 +62,7 @@ impl RepoContext {
             id: self.repo_id.clone(),
             name: self.room_name.clone(),
             // Absolute: the node runs elsewhere (a hook sees GIT_DIR=.git).
-            git_dir: Some(
-                std::path::absolute(&self.git_dir).unwrap_or_else(|_| self.git_dir.clone()).display().to_string(),
-            ),
+            git_dir: Some(LocalPath::new(std::path::absolute(&self.git_dir).unwrap_or_else(|_| self.git_dir.clone()))),
         }
     }
 
@@ -202,7 +200,8 @@ impl RepoContext {
         if self.handle.git_dir() == self.handle.common_dir() {
             self.repo_id.to_string()
         } else {
-            format!("{}:{}", self.repo_id, self.git_dir.display())
+            // The path as the store keeps paths: bytes, even where they are not UTF-8.
+            format!("{}:{}", self.repo_id, LocalPath::new(self.git_dir.clone()).encode())
         }
     }
 

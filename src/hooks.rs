@@ -267,7 +267,7 @@ mod tests {
                 .filter(|p| p.extension().is_some_and(|x| x == "note"))
                 .collect();
             assert_eq!(notes.len(), 1, "case {i}: {notes:?}");
-            let text = fs::read_to_string(&notes[0]).unwrap();
+            let text = fs::read(&notes[0]).unwrap();
             assert_eq!(crate::spool::Note::parse(&text).map(|n| n.cwd), Some(r.to_path_buf()), "case {i}");
             fs::rename(&notes[0], &note).unwrap();
             fs::remove_file(paths.socket()).unwrap();

@@ -8,8 +8,10 @@
 //! only then deletes the files, so an entry is never lost and at worst queued twice, which the
 //! receivers' de-duplication absorbs.
 
+use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use crate::proto::outbox::OutboxEntry;
@@ -59,30 +61,40 @@ impl Note {
     }
 
     /// `git-p2p-note 2`, the directory, `GIT_DIR` (maybe empty), the hook's parent pid, `end`
-    /// (version 1, of earlier hooks, has no pid); None while incomplete.
-    pub fn parse(text: &str) -> Option<Self> {
-        let lines: Vec<&str> = text.split('\n').collect();
+    /// (version 1, of earlier hooks, has no pid; version 3, written by git-p2p itself, has the
+    /// paths in hex); None while incomplete. Paths are bytes, as the hook's shell wrote them (a
+    /// path need not be UTF-8; one with a newline never comes as version 2: the hook takes its
+    /// slow path for it).
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+        let pid = |pid: &[u8]| std::str::from_utf8(pid).ok().and_then(|p| p.parse().ok());
         let (cwd, git_dir, waiter) = match lines.as_slice() {
-            ["git-p2p-note 1", cwd, git_dir, "end", ""] => (cwd, git_dir, None),
-            ["git-p2p-note 2", cwd, git_dir, pid, "end", ""] => (cwd, git_dir, pid.parse().ok()),
+            [b"git-p2p-note 1", cwd, git_dir, b"end", b""] => (cwd.to_vec(), git_dir.to_vec(), None),
+            [b"git-p2p-note 2", cwd, git_dir, p, b"end", b""] => (cwd.to_vec(), git_dir.to_vec(), pid(p)),
+            [b"git-p2p-note 3", cwd, git_dir, p, b"end", b""] => {
+                (hex::decode(cwd).ok()?, hex::decode(git_dir).ok()?, pid(p))
+            }
             _ => return None,
         };
-        cwd.starts_with('/').then(|| Self {
-            cwd: PathBuf::from(cwd),
-            git_dir: (!git_dir.is_empty()).then(|| PathBuf::from(git_dir)),
+        let path = |bytes: Vec<u8>| PathBuf::from(OsString::from_vec(bytes));
+        (cwd.starts_with(b"/") && !cwd.contains(&0) && !git_dir.contains(&0)).then(|| Self {
+            cwd: path(cwd),
+            git_dir: (!git_dir.is_empty()).then(|| path(git_dir)),
             waiter,
         })
     }
 }
 
 /// Leaves a note like the hook's fast path does (`hook-<pid>.note` in `notes_dir`), written in
-/// place: the node reads it once complete.
+/// place: the node reads it once complete. Version 3: the paths in hex, so that any path (a
+/// newline in it included) comes back byte for byte.
 pub fn write_note(notes_dir: &Path, note: &Note) -> io::Result<PathBuf> {
     crate::paths::ensure_private_dir(notes_dir).map_err(io::Error::other)?;
     let path = notes_dir.join(format!("hook-{}.note", std::process::id()));
-    let git_dir = note.git_dir.as_deref().map(|g| g.display().to_string()).unwrap_or_default();
+    let hex = |p: &Path| hex::encode(p.as_os_str().as_bytes());
+    let git_dir = note.git_dir.as_deref().map(hex).unwrap_or_default();
     let waiter = note.waiter.map(|p| p.to_string()).unwrap_or_default();
-    fs::write(&path, format!("git-p2p-note 2\n{}\n{git_dir}\n{waiter}\nend\n", note.cwd.display()))?;
+    fs::write(&path, format!("git-p2p-note 3\n{}\n{git_dir}\n{waiter}\nend\n", hex(&note.cwd)))?;
     Ok(path)
 }
 
@@ -131,7 +143,7 @@ pub fn read(data_dir: &Path, notes_dir: &Path) -> Vec<(PathBuf, Item)> {
             }
         };
         if path.extension().is_some_and(|x| x == NOTE || x == WAITING) {
-            match Note::parse(&String::from_utf8_lossy(&bytes)) {
+            match Note::parse(&bytes) {
                 Some(note) => out.push((path, Item::Note(note))),
                 None => {
                     let age = fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
@@ -183,15 +195,15 @@ mod tests {
 
     #[test]
     fn notes_parse_only_when_complete() {
-        let note = Note::parse("git-p2p-note 1\n/home/a/proj\n.git\nend\n").unwrap();
+        let note = Note::parse(b"git-p2p-note 1\n/home/a/proj\n.git\nend\n").unwrap();
         assert_eq!(note.repo_dir(), PathBuf::from("/home/a/proj/.git"));
-        let bare = Note::parse("git-p2p-note 1\n/srv/proj.git\n\nend\n").unwrap();
+        let bare = Note::parse(b"git-p2p-note 1\n/srv/proj.git\n\nend\n").unwrap();
         assert_eq!(bare.repo_dir(), PathBuf::from("/srv/proj.git"));
-        let abs = Note::parse("git-p2p-note 1\n/w\n/elsewhere/.git\nend\n").unwrap();
+        let abs = Note::parse(b"git-p2p-note 1\n/w\n/elsewhere/.git\nend\n").unwrap();
         assert_eq!(abs.repo_dir(), PathBuf::from("/elsewhere/.git"));
-        let v2 = Note::parse("git-p2p-note 2\n/w\n\n4242\nend\n").unwrap();
+        let v2 = Note::parse(b"git-p2p-note 2\n/w\n\n4242\nend\n").unwrap();
         assert_eq!((v2.repo_dir(), v2.waiter), (PathBuf::from("/w"), Some(4242)));
-        assert_eq!(Note::parse("git-p2p-note 2\n/w\n\n\nend\n").unwrap().waiter, None);
+        assert_eq!(Note::parse(b"git-p2p-note 2\n/w\n\n\nend\n").unwrap().waiter, None);
         for torn in [
             "",
             "git-p2p-note 1\n/w\n",
@@ -200,8 +212,16 @@ mod tests {
             "git-p2p-note 3\n/w\n\n1\nend\n",
             "git-p2p-note 1\nrel\n\nend\n",
         ] {
-            assert_eq!(Note::parse(torn), None, "{torn:?}");
+            assert_eq!(Note::parse(torn.as_bytes()), None, "{torn:?}");
         }
+        // Paths are bytes: not UTF-8 from the hook's shell; anything, a newline too, from ours.
+        let bytes = |b: &[u8]| PathBuf::from(OsString::from_vec(b.to_vec()));
+        let raw = Note::parse(b"git-p2p-note 2\n/w/caf\xe9\n\n7\nend\n").unwrap();
+        assert_eq!(raw.cwd, bytes(b"/w/caf\xe9"));
+        let dir = tempfile::tempdir().unwrap();
+        let odd = Note { cwd: bytes(b"/w/a\nb\xff"), git_dir: Some(bytes(b"../x\ny")), waiter: Some(9) };
+        let written = write_note(dir.path(), &odd).unwrap();
+        assert_eq!(Note::parse(&fs::read(written).unwrap()), Some(odd));
         // A note being written is left in place; one that is complete is read, from the notes
         // dir and from the spool (where hooks of earlier versions leave them).
         let dir = tempfile::tempdir().unwrap();

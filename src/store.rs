@@ -14,7 +14,7 @@ use crate::clock::{unix_now, unix_now_ms};
 use crate::proto::announce::FeedEntry;
 use crate::proto::chat::ChatEntry;
 use crate::proto::outbox::OutboxEntry;
-use crate::proto::repo::{RepoId, RepoInfo};
+use crate::proto::repo::{LocalPath, RepoId, RepoInfo};
 
 /// peer id -> [`KnownPeer`] (JSON)
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
@@ -84,6 +84,9 @@ pub struct KnownPeer {
     /// Unix seconds of the last time we were connected.
     pub last_seen: u64,
 }
+
+/// Keys we wrote, with the time of our last write, and where the next page starts.
+pub type KeysPage = (Vec<(String, u64)>, Option<String>);
 
 /// Cheap to clone: the Kademlia record store holds a handle too.
 #[derive(Clone)]
@@ -197,7 +200,7 @@ impl Store {
         let txn = self.write(true)?;
         db(db(txn.open_table(REPOS))?.insert(repo.id.as_str(), repo.name.as_str()))?;
         if let Some(dir) = &repo.git_dir {
-            db(db(txn.open_table(REPO_DIRS))?.insert(repo.id.as_str(), dir.as_str()))?;
+            db(db(txn.open_table(REPO_DIRS))?.insert(repo.id.as_str(), dir.encode().as_str()))?;
         }
         db(txn.commit())
     }
@@ -209,7 +212,7 @@ impl Store {
         let mut out = Vec::new();
         for item in db(table.iter())? {
             let (k, v) = db(item)?;
-            let git_dir = db(dirs.get(k.value()))?.map(|d| d.value().to_string());
+            let git_dir = db(dirs.get(k.value()))?.and_then(|d| LocalPath::decode(d.value()).ok());
             // An id that is not one cannot have been registered by this version: skip it.
             let Ok(id) = RepoId::try_from(k.value()) else { continue };
             out.push(RepoInfo { id, name: v.value().to_string(), git_dir });
@@ -571,19 +574,34 @@ impl Store {
 
     /// The keys we wrote in `repo`, with the time of our last write.
     pub fn kv_own_keys(&self, repo: &RepoId) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(self.kv_own_page(repo, None, usize::MAX)?.0)
+    }
+
+    /// A page of the keys we wrote in `repo` (with the time of our last write), in order, after
+    /// `after`: at most `limit`; with where the next page starts, if there is more.
+    pub fn kv_own_page(&self, repo: &RepoId, after: Option<&str>, limit: usize) -> Result<KeysPage, StoreError> {
+        use std::ops::Bound;
         let repo = repo.as_str();
         let txn = db(self.db.begin_read())?;
         let table = db(txn.open_table(KV_OWN))?;
-        let mut out = Vec::new();
-        for item in db(table.range((repo, "")..))? {
+        let mut out: Vec<(String, u64)> = Vec::new();
+        let start = match after {
+            Some(key) => Bound::Excluded((repo, key)),
+            None => Bound::Included((repo, "")),
+        };
+        for item in db(table.range::<(&str, &str)>((start, Bound::Unbounded)))? {
             let (k, v) = db(item)?;
             let (r, key) = k.value();
             if r != repo {
                 break;
             }
+            if out.len() >= limit {
+                let next = out.last().map(|(k, _)| k.clone());
+                return Ok((out, next));
+            }
             out.push((key.to_string(), v.value()));
         }
-        Ok(out)
+        Ok((out, None))
     }
 
     /// Makes every earlier non-durable commit durable (one fsync).
@@ -594,36 +612,68 @@ impl Store {
 
     /// The newest `limit` messages of a room, oldest first (the order a chat shows them in).
     pub fn chat_history(&self, room: &str, limit: usize) -> Result<Vec<ChatEntry>, StoreError> {
-        let mut out = self.newest(CHAT, room, limit)?;
+        let mut out = self.newest(CHAT, room, None, limit, usize::MAX)?.0;
         out.reverse();
         Ok(out)
     }
 
     /// The newest `limit` announcements of a repo, newest first.
     pub fn feed(&self, repo: &RepoId, limit: usize) -> Result<Vec<FeedEntry>, StoreError> {
-        self.newest(FEED, repo.as_str(), limit)
+        Ok(self.newest(FEED, repo.as_str(), None, limit, usize::MAX)?.0)
     }
 
-    /// The newest `limit` readable entries under `prefix` of a (prefix, seq) table, newest first.
+    /// A page of a room's messages, newest first, from before `before` on: at most `limit`, and
+    /// only as many as fit in `budget` bytes (one at least); with where the next page starts.
+    pub fn chat_page(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+        budget: usize,
+    ) -> Result<(Vec<ChatEntry>, Option<u64>), StoreError> {
+        self.newest(CHAT, room, before, limit, budget)
+    }
+
+    /// A page of a repo's announcements, newest first (as [`Store::chat_page`]).
+    pub fn feed_page(
+        &self,
+        repo: &RepoId,
+        before: Option<u64>,
+        limit: usize,
+        budget: usize,
+    ) -> Result<(Vec<FeedEntry>, Option<u64>), StoreError> {
+        self.newest(FEED, repo.as_str(), before, limit, budget)
+    }
+
+    /// The readable entries under `prefix` of a (prefix, seq) table, newest first, below
+    /// `before`: at most `limit`, as many as fit in `budget` bytes (one at least). Also returns
+    /// where the next page starts, if there is more.
     fn newest<T: serde::de::DeserializeOwned>(
         &self,
         def: TableDefinition<(&str, u64), &[u8]>,
         prefix: &str,
+        before: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<T>, StoreError> {
+        budget: usize,
+    ) -> Result<(Vec<T>, Option<u64>), StoreError> {
         let txn = db(self.db.begin_read())?;
         let table = db(txn.open_table(def))?;
         let mut out = Vec::new();
-        for item in db(table.range((prefix, 0)..=(prefix, u64::MAX)))?.rev() {
-            if out.len() >= limit {
-                break;
+        let mut bytes = 0;
+        let mut last = None;
+        let end = before.unwrap_or(u64::MAX);
+        for item in db(table.range((prefix, 0)..(prefix, end)))?.rev() {
+            let (k, v) = db(item)?;
+            if out.len() >= limit || (!out.is_empty() && bytes + v.value().len() > budget) {
+                return Ok((out, last));
             }
-            let (_, v) = db(item)?;
+            last = Some(k.value().1);
             if let Ok(entry) = serde_json::from_slice(v.value()) {
+                bytes += v.value().len();
                 out.push(entry);
             }
         }
-        Ok(out)
+        Ok((out, None))
     }
 }
 

@@ -13,7 +13,6 @@ pub mod nip22;
 pub mod nip34;
 mod relay;
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use nostr::{JsonUtil, Keys, RelayUrl, Timestamp};
@@ -197,9 +196,9 @@ async fn refresher(shared: relay::Shared, keys: Keys, relays: Vec<String>, mut r
 /// Queues a new 30617 and 30618 for `repo` where what they would say changed. Returns how many.
 fn queue_repo_events(store: &Store, keys: &Keys, relays: &[String], repo: &RepoInfo) -> Result<usize, BridgeError> {
     let Some(dir) = &repo.git_dir else { return Ok(0) };
-    let ctx = crate::git::open(Path::new(dir))?;
+    let ctx = crate::git::open(dir.as_path())?;
     if ctx.repo_id != repo.id {
-        return Err(BridgeError::Moved { dir: dir.clone() });
+        return Err(BridgeError::Moved { dir: dir.display().to_string() });
     }
     let identifier = nip34::identifier(&repo.name);
     let announcement = nip34::Announcement {

@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use super::{Ctx, KvCommand};
 use crate::identity::Identity;
 use crate::proto::kv::{validate_key, Entry, MAX_VALUE};
+
 use crate::proto::repo::RepoInfo;
 
 pub fn run(ctx: &Ctx, command: KvCommand, out: &mut dyn Write) -> anyhow::Result<std::process::ExitCode> {
@@ -100,16 +101,12 @@ fn read_bounded(reader: impl Read) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Signs an entry (None: a tombstone) and hands it to the node; returns the replica count.
+/// Has the node sign and put `value` (None: a tombstone) for `key`; returns the replica count.
+/// The node signs: it holds our last entry, so the sequence number follows it whatever this
+/// machine's clock says (see `node::service::kv`).
 pub(super) fn put(ctx: &Ctx, repo: &RepoInfo, key: &str, value: Option<&[u8]>) -> anyhow::Result<usize> {
-    let paths = ctx.paths()?;
-    paths.ensure()?;
-    let identity = Identity::load_or_create(&paths.data_dir)?;
-    let who = crate::proto::kv::Who { name: ctx.repo()?.user_name, npub: Some(identity.npub()) };
-    // Time-based sequence numbers grow across restarts without any state to keep.
-    let now = crate::clock::unix_now_ms();
-    let entry = Entry::sign_as(&identity.libp2p, &repo.id, key, value, now, now, who)?;
-    Ok(ctx.client()?.kv_put(repo.clone(), key, entry)?.replicas)
+    let name = ctx.repo()?.user_name;
+    Ok(ctx.client()?.kv_put(repo.clone(), key, value, name)?.replicas)
 }
 
 fn report(out: &mut dyn Write, what: &str, key: &str, replicas: usize) -> anyhow::Result<()> {

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use crate::proto::announce::FeedEntry;
 use crate::proto::chat::ChatEntry;
 use crate::proto::envelope::Envelope;
-use crate::proto::kv::{Entry, Record};
+use crate::proto::kv::Record;
 use crate::proto::repo::{RepoId, RepoInfo};
 
 /// Why the node could not do what it was asked, in one line for the user.
@@ -69,22 +69,31 @@ pub enum Command {
     Announce { repo: RepoInfo, envelope: Envelope, reply: Reply<Queued> },
     /// The hook left something in the spool.
     IngestSpool(Reply<()>),
-    /// The newest `limit` announcements received for a repository, newest first.
-    Log { repo: RepoId, limit: usize, reply: Reply<Vec<FeedEntry>> },
+    /// A page of the announcements received for a repository, newest first, from `before` on.
+    Log { repo: RepoId, limit: usize, before: Option<u64>, reply: Reply<Page<FeedEntry>> },
     /// A signed room message of ours (in a commit's thread with `thread`).
     ChatSend { repo: RepoInfo, envelope: Envelope, thread: Option<String>, reply: Reply<ChatSent> },
-    /// The newest `limit` messages of a room, oldest first.
-    ChatHistory { room: String, limit: usize, reply: Reply<Vec<ChatEntry>> },
+    /// A page of a room's messages, newest first, from `before` on.
+    ChatHistory { room: String, limit: usize, before: Option<u64>, reply: Reply<Page<ChatEntry>> },
     /// Join a room without sending.
     ChatJoin { repo: RepoInfo, thread: Option<String>, reply: Reply<()> },
-    /// Merge a signed entry of ours into the repository's record for `key` and put it in the DHT.
-    KvPut { repo: RepoInfo, key: String, entry: Entry, reply: Reply<KvStored> },
+    /// Sign `value` (None: a tombstone) for `key` as our user, named `name`, merge it into the
+    /// repository's record and put it in the DHT.
+    KvPut { repo: RepoInfo, key: String, value: Option<Vec<u8>>, name: Option<String>, reply: Reply<KvStored> },
     /// Look `key` up in the DHT (every copy found merged with ours).
     KvGet { repo: RepoId, key: String, reply: Reply<KvFound> },
-    /// The keys this node wrote in the repository.
-    KvList { repo: RepoId, reply: Reply<Vec<KvKey>> },
+    /// A page of the keys this node wrote in the repository, in order, from after `after`.
+    KvList { repo: RepoId, after: Option<String>, reply: Reply<Page<KvKey, String>> },
     /// The Nostr bridge: relays, their state, events waiting.
     NostrStatus(Reply<NostrStatus>),
+}
+
+/// One page of an answer that can be long: its items, and where the next page starts (None:
+/// this was the last). See [`super::proto::PAGE_BYTES`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Page<T, C = u64> {
+    pub items: Vec<T>,
+    pub next: Option<C>,
 }
 
 /// An announcement is in the durable outbox.

@@ -4,6 +4,12 @@
 //! Unix socket, no async runtime, so a request costs about a millisecond. Auto-start takes a lock
 //! so that racing clients start exactly one node, and learns about readiness (or the node's start
 //! error) through a pipe on the child's stdout rather than by polling.
+//!
+//! A connection that goes away before a request's answer came (the node was killed and its
+//! socket is not yet gone, or it hung up on a connection left idle) is replaced, starting a node
+//! if the client may, and the request sent again: once a node took it, it answers it. Requests
+//! are safe to repeat (the node de-duplicates messages and announcements, registering and
+//! setting are idempotent). Answers that can be long are read page by page.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -13,17 +19,16 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use super::api::{ChatSent, KvFound, KvKey, KvStored, NodeStatus, NostrStatus, PeerInfo, Queued};
-use super::proto::{self, DecodeError, Request, RequestFrame, MAX_FRAME};
+use super::api::{ChatSent, KvFound, KvKey, KvStored, NodeStatus, NostrStatus, Page, PeerInfo, Queued};
+use super::proto::{self, DecodeError, Request, RequestFrame, MAX_ANSWER};
 use crate::paths::{PathError, Paths};
 use crate::proto::announce::FeedEntry;
 use crate::proto::chat::ChatEntry;
 use crate::proto::envelope::Envelope;
-use crate::proto::kv::Entry;
 use crate::proto::repo::{RepoId, RepoInfo};
 
 /// How long a request may wait for the node's answer before the client gives up.
@@ -32,6 +37,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// After this long without a ready node, tell the user what is taking time.
 const START_PROGRESS_AFTER: Duration = Duration::from_secs(1);
+/// How long a request keeps trying new connections when the one it was sent on went away
+/// before the answer (a node killed a moment ago still accepts connections, then drops them).
+const RECONNECT_WITHIN: Duration = Duration::from_secs(10);
+/// While waiting for a node to start, how often to look whether some node answers already (one
+/// started by someone else, whose lock ours then waits for).
+const START_POLL: Duration = Duration::from_millis(20);
 
 /// Set to 1 to keep commands (and the post-commit hook) from starting the node.
 pub const NO_AUTOSTART_ENV: &str = "GIT_P2P_NO_AUTOSTART";
@@ -42,6 +53,8 @@ pub fn autostart_allowed() -> bool {
 
 /// The first line a node started with `--notify-ready` writes to stdout.
 pub const READY_LINE: &str = "ready";
+/// How that line starts when another node holds the data dir (it is starting, or still dying).
+pub const RUNNING_PREFIX: &str = "running: ";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -53,6 +66,8 @@ pub enum ClientError {
     StartFailed(String),
     #[error("lost connection to the node: {0}")]
     Io(#[from] io::Error),
+    #[error("the node did not answer within {} s (see its log: git p2p daemon status)", REQUEST_TIMEOUT.as_secs())]
+    Timeout,
     #[error(transparent)]
     Protocol(#[from] DecodeError),
     #[error("{0}")]
@@ -61,10 +76,26 @@ pub enum ClientError {
     Paths(#[from] PathError),
 }
 
+impl ClientError {
+    /// The connection went away (rather than the node saying no): the request may go again on
+    /// a new one.
+    fn connection_lost(&self) -> bool {
+        matches!(self, Self::Io(e) if lost(e))
+    }
+}
+
+fn lost(e: &io::Error) -> bool {
+    use io::ErrorKind as K;
+    matches!(e.kind(), K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::NotConnected)
+}
+
 pub struct Client {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
     next_id: u64,
+    paths: Paths,
+    /// Whether a lost connection may be replaced by starting a node.
+    autostart: bool,
 }
 
 impl Client {
@@ -79,16 +110,22 @@ impl Client {
         stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
         stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
         let writer = stream.try_clone()?;
-        Ok(Self { reader: BufReader::new(stream), writer, next_id: 1 })
+        Ok(Self { reader: BufReader::new(stream), writer, next_id: 1, paths: paths.clone(), autostart: false })
     }
 
     /// Connects to the node, starting it (detached) first if it is not running, unless the
-    /// environment says not to ([`NO_AUTOSTART_ENV`]).
+    /// environment says not to ([`NO_AUTOSTART_ENV`]). A node being started by someone else
+    /// (its socket not bound yet) is waited for.
     pub fn connect_or_start(paths: &Paths) -> Result<Self, ClientError> {
-        match Self::connect(paths) {
-            Err(ClientError::NotRunning) if autostart_allowed() => {}
-            other => return other,
-        }
+        let mut client = match Self::connect(paths) {
+            Err(ClientError::NotRunning) if autostart_allowed() => Self::start(paths)?,
+            other => other?,
+        };
+        client.autostart = autostart_allowed();
+        Ok(client)
+    }
+
+    fn start(paths: &Paths) -> Result<Self, ClientError> {
         paths.ensure()?;
         let lock = File::create(paths.start_lock())?;
         lock.lock()?;
@@ -97,9 +134,12 @@ impl Client {
             Err(ClientError::NotRunning) => {}
             other => return other,
         }
-        wait_ready(spawn_node(true)?)?;
+        let found = wait_ready(spawn_node(true)?, || match Self::connect(paths) {
+            Err(ClientError::NotRunning) => None,
+            other => Some(other),
+        })?;
         drop(lock);
-        Self::connect(paths)
+        found.unwrap_or_else(|| Self::connect(paths))
     }
 
     /// Sends a request without waiting for its answer: requests pipeline, and [`Self::answer`]
@@ -115,15 +155,68 @@ impl Client {
     pub fn answer<T: DeserializeOwned>(&mut self, id: u64) -> Result<T, ClientError> {
         let line = self.read_line()?;
         let frame = proto::decode_response(&line)?;
+        if frame.id == 0 {
+            // About the connection: the node refused it, or could not read what we sent.
+            if let Some(error) = frame.error {
+                return Err(ClientError::Node(error));
+            }
+        }
         if frame.id != id {
             return Err(DecodeError::Malformed(format!("answer to request {} while waiting for {id}", frame.id)).into());
         }
         frame.answer()?.map_err(ClientError::Node)
     }
 
+    /// Sends `req` and reads its answer; on a connection that went away first, again on a new
+    /// one (see the module's header).
     fn call<T: DeserializeOwned>(&mut self, req: Request) -> Result<T, ClientError> {
-        let id = self.send(req)?;
-        self.answer(id)
+        let deadline = Instant::now() + RECONNECT_WITHIN;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match self.round_trip(&req) {
+                Err(e) if e.connection_lost() && Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "connection to the node lost; trying a new one");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                    *self =
+                        if self.autostart { Self::connect_or_start(&self.paths)? } else { Self::connect(&self.paths)? };
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn round_trip<T: DeserializeOwned>(&mut self, req: &Request) -> Result<T, ClientError> {
+        match self.send(req.clone()) {
+            Ok(id) => self.answer(id),
+            // The node may have said why before it hung up (it refused the connection).
+            Err(ClientError::Io(e)) if lost(&e) => match self.answer::<()>(0) {
+                Err(refused @ ClientError::Node(_)) => Err(refused),
+                _ => Err(ClientError::Io(e)),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every page of a paged answer, until `limit` items or the last page.
+    fn pages<T: DeserializeOwned, C: DeserializeOwned>(
+        &mut self,
+        limit: usize,
+        mut request: impl FnMut(usize, Option<C>) -> Request,
+    ) -> Result<Vec<T>, ClientError> {
+        let mut items = Vec::new();
+        let mut next = None;
+        while items.len() < limit {
+            let page: Page<T, C> = self.call(request(limit - items.len(), next.take()))?;
+            let empty = page.items.is_empty();
+            items.extend(page.items);
+            next = page.next;
+            if next.is_none() || empty {
+                break;
+            }
+        }
+        items.truncate(limit);
+        Ok(items)
     }
 
     pub fn status(&mut self) -> Result<NodeStatus, ClientError> {
@@ -138,17 +231,22 @@ impl Client {
         self.call(Request::RegisterRepo { repo })
     }
 
-    /// Asks the node to stop; it may close the connection before its answer is out.
+    /// Asks the node to stop; it may close the connection before its answer is out (which
+    /// counts as done: the request is never repeated on another node).
     pub fn shutdown(&mut self) -> Result<(), ClientError> {
-        self.call(Request::Shutdown)
+        match self.round_trip(&Request::Shutdown) {
+            Err(e) if e.connection_lost() => Ok(()),
+            other => other,
+        }
     }
 
     pub fn announce(&mut self, repo: RepoInfo, envelope: Envelope) -> Result<Queued, ClientError> {
         self.call(Request::Announce { repo, envelope })
     }
 
+    /// The newest `limit` announcements received for `repo`, newest first.
     pub fn log(&mut self, repo: RepoId, limit: usize) -> Result<Vec<FeedEntry>, ClientError> {
-        self.call(Request::Log { repo, limit })
+        self.pages(limit, |limit, before| Request::Log { repo: repo.clone(), limit, before })
     }
 
     pub fn chat_send(
@@ -160,24 +258,36 @@ impl Client {
         self.call(Request::ChatSend { repo, envelope, thread })
     }
 
+    /// The newest `limit` messages of a room, oldest first.
     pub fn chat_history(&mut self, room: &str, limit: usize) -> Result<Vec<ChatEntry>, ClientError> {
-        self.call(Request::ChatHistory { room: room.to_string(), limit })
+        let mut history: Vec<ChatEntry> =
+            self.pages(limit, |limit, before| Request::ChatHistory { room: room.to_string(), limit, before })?;
+        history.reverse();
+        Ok(history)
     }
 
     pub fn chat_join(&mut self, repo: RepoInfo, thread: Option<String>) -> Result<(), ClientError> {
         self.call(Request::ChatJoin { repo, thread })
     }
 
-    pub fn kv_put(&mut self, repo: RepoInfo, key: &str, entry: Entry) -> Result<KvStored, ClientError> {
-        self.call(Request::KvPut { repo, key: key.to_string(), entry })
+    /// Sets `key` (None: removes it); the node signs the entry as its user, named `name`.
+    pub fn kv_put(
+        &mut self,
+        repo: RepoInfo,
+        key: &str,
+        value: Option<&[u8]>,
+        name: Option<String>,
+    ) -> Result<KvStored, ClientError> {
+        self.call(Request::KvPut { repo, key: key.to_string(), value: value.map(hex::encode), name })
     }
 
     pub fn kv_get(&mut self, repo: RepoId, key: &str) -> Result<KvFound, ClientError> {
         self.call(Request::KvGet { repo, key: key.to_string() })
     }
 
+    /// Every key this node wrote in `repo`.
     pub fn kv_list(&mut self, repo: RepoId) -> Result<Vec<KvKey>, ClientError> {
-        self.call(Request::KvList { repo })
+        self.pages(usize::MAX, |_, after| Request::KvList { repo: repo.clone(), after })
     }
 
     pub fn nostr_status(&mut self) -> Result<NostrStatus, ClientError> {
@@ -195,9 +305,9 @@ impl Client {
     /// long as it takes.
     pub fn follow<S: Subscription>(paths: &Paths, subscription: &S) -> Result<Follower<S::Item>, ClientError> {
         let mut client = Self::connect(paths)?;
+        client.call::<()>(subscription.follow_request())?;
         client.reader.get_ref().set_read_timeout(None)?;
-        let id = client.send(subscription.follow_request())?;
-        client.answer::<()>(id)?;
+        let id = client.next_id - 1;
         Ok(Follower { client, id, item: PhantomData })
     }
 
@@ -211,19 +321,30 @@ impl Client {
         follow: bool,
     ) -> Result<Tail<S>, ClientError> {
         let follower = if follow { Some(Self::follow(paths, &subscription)?) } else { None };
-        let history: Vec<S::Item> = self.call(subscription.history_request(limit))?;
+        let history = subscription.history(self, limit)?;
         let seen = history.iter().map(S::key).collect();
         Ok(Tail { history, follower, seen })
     }
 
     fn read_line(&mut self) -> Result<Vec<u8>, ClientError> {
         let mut line = Vec::new();
-        let n = (&mut self.reader).take(MAX_FRAME as u64 + 1).read_until(b'\n', &mut line)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the node closed the connection").into());
+        let read = (&mut self.reader).take(MAX_ANSWER as u64 + 1).read_until(b'\n', &mut line);
+        match read {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the node closed the connection").into()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Err(ClientError::Timeout)
+            }
+            Err(e) => return Err(e.into()),
         }
         if line.last() != Some(&b'\n') {
-            return Err(DecodeError::TooLong(line.len()).into());
+            if line.len() > MAX_ANSWER {
+                return Err(DecodeError::TooLong { max: MAX_ANSWER }.into());
+            }
+            // The node went away in the middle of a line: as lost as a connection gets.
+            return Err(
+                io::Error::new(io::ErrorKind::UnexpectedEof, "the node closed the connection mid-answer").into()
+            );
         }
         line.pop();
         Ok(line)
@@ -234,7 +355,8 @@ impl Client {
 pub trait Subscription {
     type Item: DeserializeOwned;
     fn follow_request(&self) -> Request;
-    fn history_request(&self, limit: usize) -> Request;
+    /// The newest `limit` items, in the order they are shown.
+    fn history(&self, client: &mut Client, limit: usize) -> Result<Vec<Self::Item>, ClientError>;
     /// What makes an item the same item when it arrives twice (in the history and the stream).
     fn key(item: &Self::Item) -> String;
 }
@@ -247,8 +369,8 @@ impl Subscription for Feed {
     fn follow_request(&self) -> Request {
         Request::Follow { repo: self.0.clone() }
     }
-    fn history_request(&self, limit: usize) -> Request {
-        Request::Log { repo: self.0.clone(), limit }
+    fn history(&self, client: &mut Client, limit: usize) -> Result<Vec<FeedEntry>, ClientError> {
+        client.log(self.0.clone(), limit)
     }
     fn key(item: &FeedEntry) -> String {
         format!("{}/{}", item.commit.id, item.peer)
@@ -263,8 +385,8 @@ impl Subscription for Room {
     fn follow_request(&self) -> Request {
         Request::FollowChat { room: self.0.clone() }
     }
-    fn history_request(&self, limit: usize) -> Request {
-        Request::ChatHistory { room: self.0.clone(), limit }
+    fn history(&self, client: &mut Client, limit: usize) -> Result<Vec<ChatEntry>, ClientError> {
+        client.chat_history(&self.0, limit)
     }
     fn key(item: &ChatEntry) -> String {
         item.id.clone()
@@ -335,8 +457,11 @@ pub fn spawn_node(notify: bool) -> Result<Child, ClientError> {
     command.spawn().map_err(|e| ClientError::StartFailed(format!("cannot run git-p2p: {e}")))
 }
 
-/// Waits for the first line of a node spawned with `notify`: "ready" or "error: ...".
-fn wait_ready(mut child: Child) -> Result<(), ClientError> {
+/// Waits for the first line of a node spawned with `notify`: "ready" or "error: ...". Meanwhile
+/// `elsewhere` is asked whether some node answers already: one that someone else started (ours
+/// then waits for its lock, and gives up), or one that was dying when we looked and whose lock
+/// ours waits for.
+fn wait_ready<T>(mut child: Child, mut elsewhere: impl FnMut() -> Option<T>) -> Result<Option<T>, ClientError> {
     let stdout = child.stdout.take().ok_or_else(|| ClientError::StartFailed("no pipe to the node".into()))?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -344,29 +469,45 @@ fn wait_ready(mut child: Child) -> Result<(), ClientError> {
         let result = BufReader::new(stdout).take(4096).read_line(&mut line).map(|_| line);
         let _ = tx.send(result);
     });
-    let answer = match rx.recv_timeout(START_PROGRESS_AFTER) {
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            eprintln!("git-p2p: starting the node...");
-            rx.recv_timeout(START_TIMEOUT - START_PROGRESS_AFTER)
+    let started = Instant::now();
+    let mut told = false;
+    let line = loop {
+        match rx.recv_timeout(START_POLL) {
+            Ok(Ok(line)) => break line,
+            Ok(Err(e)) => return Err(ClientError::StartFailed(e.to_string())),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break String::new(),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        other => other,
-    };
-    let line = match answer {
-        Ok(Ok(line)) => line,
-        Ok(Err(e)) => return Err(ClientError::StartFailed(e.to_string())),
-        Err(_) => {
+        if let Some(found) = elsewhere() {
+            return Ok(Some(found));
+        }
+        if !told && started.elapsed() >= START_PROGRESS_AFTER {
+            eprintln!("git-p2p: starting the node...");
+            told = true;
+        }
+        if started.elapsed() >= START_TIMEOUT {
             return Err(ClientError::StartFailed(format!(
                 "no answer within {}s (see the node's log file)",
                 START_TIMEOUT.as_secs()
-            )))
+            )));
         }
     };
     let line = line.trim_end();
     if line == READY_LINE {
-        return Ok(());
+        return Ok(None);
     }
     // The node exits on a start error; reap it so it does not linger as a zombie.
     let _ = child.wait();
+    if let Some(reason) = line.strip_prefix(RUNNING_PREFIX) {
+        // Another node has the data dir: it is starting (and will answer) or was dying.
+        while started.elapsed() < START_TIMEOUT {
+            if let Some(found) = elsewhere() {
+                return Ok(Some(found));
+            }
+            std::thread::sleep(START_POLL);
+        }
+        return Err(ClientError::StartFailed(reason.into()));
+    }
     let reason = line.strip_prefix("error: ").unwrap_or(line);
     Err(ClientError::StartFailed(if reason.is_empty() {
         "the node exited during start-up".into()

@@ -4,8 +4,14 @@
 //! [`ResponseFrame`] carrying the same `id`: `ok` with the request's answer (its type is paired
 //! with the request in [`super::api`]) or `error` with one line for the user. A subscription
 //! (`follow`, `follow_chat`) is answered with `ok: null`, then one frame per item, same `id`,
-//! until the client hangs up. Every frame carries the protocol version `v`: a node and a client
-//! that disagree fail with a clear error instead of misreading each other.
+//! until the client hangs up. An `error` with id 0 is about the connection itself (the node
+//! refused it, or could not read a frame) and is the last frame on it. Every frame carries the
+//! protocol version `v`: a node and a client that disagree fail with a clear error instead of
+//! misreading each other.
+//!
+//! Frames are bounded both ways: a request by [`MAX_REQUEST`], an answer by [`MAX_ANSWER`].
+//! Answers that grow with what the node holds (the feed, a room's history, the keys written)
+//! come in pages: the client asks again from where the last page ended.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -15,9 +21,18 @@ use crate::proto::repo::{RepoId, RepoInfo};
 
 /// Bumped on any incompatible change of the types here or in [`super::api`].
 /// 2: typed answers (`ok` carries the answer itself).
-pub const PROTOCOL_VERSION: u32 = 2;
-/// Longest frame either side accepts; a longer line is a protocol error, not an allocation.
-pub const MAX_FRAME: usize = 1 << 20;
+/// 3: `kv_put` carries the value and the node signs it; `log`, `chat_history` and `kv_list`
+/// answer in pages; frames bounded per direction; id 0 errors.
+pub const PROTOCOL_VERSION: u32 = 3;
+/// Longest request the node reads; a longer line is a protocol error, not an allocation. The
+/// largest real request (a chat message of 4000 characters, or a DHT value of 8 KiB, in JSON)
+/// is a fraction of it, and it bounds what a flood of clients can make the node hold.
+pub const MAX_REQUEST: usize = 128 * 1024;
+/// Longest answer a client reads: the largest is a DHT record (64 authors of 8 KiB, hex, at
+/// most 1 MiB in the node's store) in JSON; pages stay far below ([`PAGE_BYTES`]).
+pub const MAX_ANSWER: usize = 2 << 20;
+/// What one page of a paged answer holds at most (its items' JSON), at least one item.
+pub const PAGE_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RequestFrame {
@@ -41,24 +56,41 @@ pub enum Request {
     Announce { repo: RepoInfo, envelope: Envelope },
     /// New files are in the spool: move them to the outbox now (the hook's fast path).
     IngestSpool,
-    /// The newest `limit` announcements received for a repo, newest first.
-    Log { repo: RepoId, limit: usize },
+    /// The newest announcements received for a repo (those before `before`, a page's `next`),
+    /// newest first: a page of at most `limit`.
+    Log {
+        repo: RepoId,
+        limit: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+    },
     /// Stream announcements for a repo as they arrive.
     Follow { repo: RepoId },
     /// Send a signed chat message to a room (`thread`: a commit's thread, else the repo's room).
     ChatSend { repo: RepoInfo, envelope: Envelope, thread: Option<String> },
-    /// The newest `limit` messages of a room, oldest first.
-    ChatHistory { room: String, limit: usize },
+    /// The newest messages of a room (those before `before`), newest first: a page of at most
+    /// `limit`.
+    ChatHistory {
+        room: String,
+        limit: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+    },
     /// Join a room (subscribe to its topic) without sending: for reading a commit's thread.
     ChatJoin { repo: RepoInfo, thread: Option<String> },
     /// Stream a room's messages as they arrive.
     FollowChat { room: String },
-    /// Merge a signed entry into the repo's record for `key` and put it in the DHT.
-    KvPut { repo: RepoInfo, key: String, entry: crate::proto::kv::Entry },
+    /// Set `key` to `value` (hex; None: remove it) in the repo's DHT namespace: the node signs
+    /// the entry as its user, named `name`, with a sequence number after its last one.
+    KvPut { repo: RepoInfo, key: String, value: Option<String>, name: Option<String> },
     /// Look `key` up in the DHT (merging what every peer answers with our own copy).
     KvGet { repo: RepoId, key: String },
-    /// The keys this node wrote in the repo.
-    KvList { repo: RepoId },
+    /// The keys this node wrote in the repo, in order, from after `after` (a page's `next`).
+    KvList {
+        repo: RepoId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+    },
     /// The Nostr bridge: relays, their state, events waiting.
     NostrStatus,
 }
@@ -109,8 +141,10 @@ impl ResponseFrame {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DecodeError {
-    #[error("control frame too long ({0} bytes, at most {MAX_FRAME})")]
-    TooLong(usize),
+    #[error("control frame too long (more than {max} bytes)")]
+    TooLong { max: usize },
+    #[error("incomplete control frame: the connection ended after {0} bytes, before the end of the line")]
+    Incomplete(usize),
     #[error("control protocol version mismatch: node speaks {node}, client speaks {client} (restart the node: git p2p daemon stop)")]
     Version { node: u32, client: u32 },
     #[error("malformed control frame: {0}")]
@@ -120,8 +154,8 @@ pub enum DecodeError {
 /// Decodes a request; a version mismatch is detected before the body is interpreted, so an old
 /// node can tell a new client what is wrong even if it cannot parse the request.
 pub fn decode_request(line: &[u8]) -> Result<RequestFrame, (u64, DecodeError)> {
-    if line.len() > MAX_FRAME {
-        return Err((0, DecodeError::TooLong(line.len())));
+    if line.len() > MAX_REQUEST {
+        return Err((0, DecodeError::TooLong { max: MAX_REQUEST }));
     }
     #[derive(Deserialize)]
     struct Head {
@@ -138,8 +172,8 @@ pub fn decode_request(line: &[u8]) -> Result<RequestFrame, (u64, DecodeError)> {
 
 /// Decodes a response, checking the node's version first for the same reason.
 pub fn decode_response(line: &[u8]) -> Result<ResponseFrame, DecodeError> {
-    if line.len() > MAX_FRAME {
-        return Err(DecodeError::TooLong(line.len()));
+    if line.len() > MAX_ANSWER {
+        return Err(DecodeError::TooLong { max: MAX_ANSWER });
     }
     #[derive(Deserialize)]
     struct Head {
@@ -216,7 +250,7 @@ mod tests {
             assert!(decode_request(line).is_err(), "{line:?}");
             assert!(decode_response(line).is_err(), "{line:?}");
         }
-        let long = vec![b' '; MAX_FRAME + 1];
-        assert!(matches!(decode_request(&long), Err((_, DecodeError::TooLong(_)))));
+        let long = vec![b' '; MAX_REQUEST + 1];
+        assert!(matches!(decode_request(&long), Err((_, DecodeError::TooLong { .. }))));
     }
 }

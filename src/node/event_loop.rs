@@ -18,20 +18,21 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::behaviour::Behaviour;
 use super::disk::{load, Durability, NodeDisk};
-use super::history::HistoryWriter;
+use super::history::{HistoryWriter, PageRead};
 use super::hook_notes::{HookNotes, Wake};
 use super::service::{BridgeOp, DialRef, Io, Me, QueryRef, Service};
 use crate::bridge::{Bridge, Inbound};
 use crate::clock::Now;
-use crate::control::api::{Command, ConfigInForce, Failure, KvKey, NodeEvent, NodeStatus, NostrStatus};
+use crate::control::api::{Command, ConfigInForce, Failure, KvKey, NodeEvent, NodeStatus, NostrStatus, Page};
+use crate::control::proto::PAGE_BYTES;
 use crate::store::Store;
 
 /// How often the loop looks for peers to redial, published entries past their grace, the spool.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Control requests handled together before one group commit.
 const COMMAND_BATCH: usize = 64;
-/// Most announcements or messages one answer carries.
-const MAX_LOG: usize = 10_000;
+/// Keys one page of `kv ls` carries (a key is at most 256 bytes: far below a page's bytes).
+const KV_LIST_PAGE: usize = 500;
 
 /// What the node says about itself that does not change while it runs.
 pub struct NodeInfo {
@@ -217,26 +218,29 @@ impl EventLoop {
                 self.hooks.ingest(&mut self.service, disk!(self), &self.store);
                 let _ = reply.send(Ok(()));
             }
-            Command::Log { repo, limit, reply } => {
-                let feed = self.store.feed(&repo, limit.min(MAX_LOG));
-                let _ = reply.send(feed.map_err(|e| Failure::new(format!("cannot read the feed: {e}"))));
+            Command::Log { repo, limit, before, reply } => {
+                let page = self.store.feed_page(&repo, before, limit, PAGE_BYTES);
+                let page = page.map(|(items, next)| Page { items, next });
+                let _ = reply.send(page.map_err(|e| Failure::new(format!("cannot read the feed: {e}"))));
             }
             Command::ChatSend { repo, envelope, thread, reply } => {
                 self.service.chat_send(repo, envelope, thread, reply, now, disk!(self))
             }
             // Read by the history thread, after the received messages it still has to write.
-            Command::ChatHistory { room, limit, reply } => self.history.read(room, limit.min(MAX_LOG), reply),
+            Command::ChatHistory { room, limit, before, reply } => {
+                self.history.read(PageRead { room, before, limit, reply })
+            }
             Command::ChatJoin { repo, thread, reply } => self.service.chat_join(repo, thread, reply),
-            Command::KvPut { repo, key, entry, reply } => {
-                self.service.kv_put(repo, key, entry, reply, now, disk!(self))
+            Command::KvPut { repo, key, value, name, reply } => {
+                self.service.kv_put(repo, key, value, name, reply, now, disk!(self))
             }
             Command::KvGet { repo, key, reply } => self.service.kv_get(repo, key, reply, now, disk!(self)),
-            Command::KvList { repo, reply } => {
-                let keys = self
-                    .store
-                    .kv_own_keys(&repo)
-                    .map(|keys| keys.into_iter().map(|(key, time)| KvKey { key, time }).collect());
-                let _ = reply.send(keys.map_err(|e| Failure::new(format!("cannot read: {e}"))));
+            Command::KvList { repo, after, reply } => {
+                let page = self.store.kv_own_page(&repo, after.as_deref(), KV_LIST_PAGE).map(|(keys, next)| Page {
+                    items: keys.into_iter().map(|(key, time)| KvKey { key, time }).collect(),
+                    next,
+                });
+                let _ = reply.send(page.map_err(|e| Failure::new(format!("cannot read the keys you wrote: {e}"))));
             }
             Command::NostrStatus(reply) => {
                 let _ = reply.send(Ok(self.nostr_status()));
@@ -311,7 +315,7 @@ impl EventLoop {
                     Ok(id) => {
                         self.queries.insert(id, query);
                     }
-                    Err(e) => self.service.kv_failed(query, format!("{e:?}")),
+                    Err(e) => self.service.kv_failed(query, e),
                 }
             }
             Io::GetRecord { query, key } => {

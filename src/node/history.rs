@@ -7,7 +7,8 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::control::api::{Failure, Reply};
+use crate::control::api::{Failure, Page, Reply};
+use crate::control::proto::PAGE_BYTES;
 use crate::proto::chat::ChatEntry;
 use crate::store::Store;
 
@@ -18,12 +19,16 @@ const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 enum Job {
     Write(ChatEntry),
-    /// The newest `limit` messages of `room`, once what came before is written.
-    Read {
-        room: String,
-        limit: usize,
-        reply: Reply<Vec<ChatEntry>>,
-    },
+    /// A page of `room`'s history, once what came before is written.
+    Read(PageRead),
+}
+
+/// A page of a room's history, newest first, from before `before` on, at most `limit` long.
+pub struct PageRead {
+    pub room: String,
+    pub before: Option<u64>,
+    pub limit: usize,
+    pub reply: Reply<Page<ChatEntry>>,
 }
 
 /// Hands received messages to the writer thread.
@@ -32,8 +37,12 @@ pub struct HistoryWriter {
     store: Store,
 }
 
-fn read(store: &Store, room: &str, limit: usize) -> Result<Vec<ChatEntry>, Failure> {
-    store.chat_history(room, limit).map_err(|e| Failure::new(format!("cannot read the room's history: {e}")))
+fn read(store: &Store, read: PageRead) {
+    let page = store
+        .chat_page(&read.room, read.before, read.limit, PAGE_BYTES)
+        .map(|(items, next)| Page { items, next })
+        .map_err(|e| Failure::new(format!("cannot read the room's history: {e}")));
+    let _ = read.reply.send(page);
 }
 
 impl HistoryWriter {
@@ -64,18 +73,18 @@ impl HistoryWriter {
         }
     }
 
-    /// Answers `reply` with the newest `limit` messages of `room`, including every message
-    /// handed to [`Self::write`] before.
-    pub fn read(&self, room: String, limit: usize, reply: Reply<Vec<ChatEntry>>) {
-        let (room, limit, reply) = match &self.tx {
-            Some(tx) => match tx.send(Job::Read { room, limit, reply }) {
+    /// Answers a page of a room's history, with every message handed to [`Self::write`]
+    /// before.
+    pub fn read(&self, page: PageRead) {
+        let page = match &self.tx {
+            Some(tx) => match tx.send(Job::Read(page)) {
                 Ok(()) => return,
-                Err(mpsc::SendError(Job::Read { room, limit, reply })) => (room, limit, reply),
+                Err(mpsc::SendError(Job::Read(page))) => page,
                 Err(_) => return,
             },
-            None => (room, limit, reply),
+            None => page,
         };
-        let _ = reply.send(read(&self.store, &room, limit));
+        read(&self.store, page);
     }
 }
 
@@ -94,12 +103,12 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Job>) {
             let mut read_after = None;
             match job {
                 Job::Write(entry) => batch.push(entry),
-                Job::Read { room, limit, reply } => read_after = Some((room, limit, reply)),
+                Job::Read(page) => read_after = Some(page),
             }
             while read_after.is_none() && batch.len() < BATCH {
                 match rx.try_recv() {
                     Ok(Job::Write(entry)) => batch.push(entry),
-                    Ok(Job::Read { room, limit, reply }) => read_after = Some((room, limit, reply)),
+                    Ok(Job::Read(page)) => read_after = Some(page),
                     Err(_) => break,
                 }
             }
@@ -109,8 +118,8 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Job>) {
                     Err(e) => tracing::warn!(error = %e, lost = batch.len(), "cannot store chat messages"),
                 }
             }
-            if let Some((room, limit, reply)) = read_after {
-                let _ = reply.send(read(store, &room, limit));
+            if let Some(page) = read_after {
+                read(store, page);
                 // More may be queued behind the read.
                 next = rx.try_recv().ok();
             }
@@ -156,10 +165,33 @@ mod tests {
                 writer.write(entry(round * 50 + i));
             }
             let (reply, answer) = tokio::sync::oneshot::channel();
-            writer.read("r".into(), 10_000, reply);
-            let Ok(Ok(messages)) = answer.blocking_recv() else { panic!("no history") };
-            assert_eq!(messages.len() as u64, (round + 1) * 50, "round {round}: no read overtakes a write");
+            writer.read(PageRead { room: "r".into(), before: None, limit: 10_000, reply });
+            let Ok(Ok(page)) = answer.blocking_recv() else { panic!("no history") };
+            assert_eq!(page.items.len() as u64, (round + 1) * 50, "round {round}: no read overtakes a write");
         }
+    }
+
+    #[test]
+    fn pages_go_back_from_the_newest_and_stay_within_their_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        store.chat_insert_all(&(0..25).map(entry).collect::<Vec<_>>()).unwrap();
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let (items, next) = store.chat_page("r", before, 10, usize::MAX).unwrap();
+            seen.extend(items.into_iter().map(|m| m.sent_at));
+            match next {
+                Some(n) => before = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, (0..25).rev().collect::<Vec<_>>(), "each once, newest first");
+        let one = serde_json::to_vec(&entry(24)).unwrap().len();
+        let (items, next) = store.chat_page("r", None, 100, 3 * one).unwrap();
+        assert_eq!((items.len(), next.is_some()), (3, true), "as many as fit");
+        let (items, _) = store.chat_page("r", None, 100, 1).unwrap();
+        assert_eq!(items.len(), 1, "one at least");
     }
 
     #[test]

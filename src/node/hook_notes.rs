@@ -78,7 +78,7 @@ impl HookNotes {
     /// Looks (on a thread of its own: it runs git for each) which registered repositories have
     /// our hook, bringing a hook of an earlier version up to date on the way.
     pub fn survey(&mut self, repos: &[RepoInfo]) {
-        let dirs = repos.iter().filter_map(|r| r.git_dir.as_ref().map(PathBuf::from)).collect();
+        let dirs = repos.iter().filter_map(|r| r.git_dir.as_ref().map(|d| d.as_path().to_path_buf())).collect();
         self.survey = Some(survey_hooks(dirs));
     }
 
@@ -114,7 +114,7 @@ impl HookNotes {
     pub fn start_reflog(&mut self, repo: &RepoInfo, store: &Store) {
         let Some(dir) = &repo.git_dir else { return };
         // Through the cache: the hook's notes for this repository will find it open.
-        match self.repos.open(Path::new(dir)) {
+        match self.repos.open(dir.as_path()) {
             Ok(ctx) if ctx.repo_id == repo.id => {
                 let key = ctx.reflog_key();
                 if matches!(store.reflog_pos(&key), Ok(Some(_))) {
@@ -124,8 +124,8 @@ impl HookNotes {
                     tracing::warn!(error = %e, "cannot record the reflog position");
                 }
             }
-            Ok(_) => tracing::warn!(%dir, "the registered git dir holds another repository"),
-            Err(e) => tracing::warn!(%dir, error = %e, "cannot open the registered repository"),
+            Ok(_) => tracing::warn!(dir = %dir.display(), "the registered git dir holds another repository"),
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot open the registered repository"),
         }
     }
 

@@ -103,7 +103,7 @@ async fn start(
             Ok(id) => {
                 pending.insert(id, configured);
             }
-            Err(e) => outcomes.push((configured, Err(e.to_string()))),
+            Err(e) => outcomes.push((configured, Err(listen_reason(&e)))),
         }
     }
     let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
@@ -121,13 +121,13 @@ async fn start(
             }
             SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
                 if let Some(configured) = pending.remove(&listener_id) {
-                    let reason = reason.err().map(|e| e.to_string()).unwrap_or_else(|| "closed".into());
+                    let reason = reason.err().map(|e| listen_reason(&e)).unwrap_or_else(|| "closed".into());
                     outcomes.push((configured, Err(reason)));
                 }
             }
             SwarmEvent::ListenerError { listener_id, error } => {
                 if let Some(configured) = pending.remove(&listener_id) {
-                    outcomes.push((configured, Err(error.to_string())));
+                    outcomes.push((configured, Err(listen_reason(&error))));
                 }
             }
             _ => {}
@@ -179,6 +179,35 @@ fn port_free(addr: &Multiaddr) -> bool {
         std::net::TcpListener::bind(at).is_ok()
     } else {
         std::net::UdpSocket::bind(at).is_ok()
+    }
+}
+
+/// Why a listener failed, in the user's words. libp2p's transport errors print nothing
+/// themselves (the cause is their source), so the whole chain is read; the system's error is
+/// wrapped in layers that do not give it out as a source, but its text ends "(os error N)".
+fn listen_reason(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        let errno = text.rsplit_once("(os error ").and_then(|(_, n)| n.strip_suffix(')')?.parse().ok());
+        match errno {
+            Some(libc::EADDRNOTAVAIL) => {
+                return "no network interface of this machine has that address (see p2p.listen)".into()
+            }
+            Some(libc::EADDRINUSE) => return "another program listens on that port (see p2p.listen)".into(),
+            Some(libc::EACCES) => return "not allowed to listen on that port (see p2p.listen)".into(),
+            _ => {}
+        }
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    if parts.is_empty() {
+        "the operating system refused it without a reason".into()
+    } else {
+        parts.join(": ")
     }
 }
 

@@ -38,6 +38,9 @@ const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
 const MAX_STREAMS_PER_CONNECTION: usize = 128;
 /// Inbound streams still negotiating their protocol, per connection.
 const MAX_NEGOTIATING_STREAMS: usize = 32;
+/// How long start-up waits for a lock another node holds: a node killed a moment ago releases
+/// it as it finishes dying, after its socket stopped answering.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// New feed entries buffered for slow `log -f` followers; one that falls further behind is told
 /// how many it missed.
 const FEED_BROADCAST: usize = 1024;
@@ -83,9 +86,14 @@ pub struct RunOptions {
 pub fn run(paths: &Paths, opts: RunOptions) -> Result<(), NodeError> {
     let result = start_and_run(paths, &opts);
     if opts.notify_ready {
-        if let Err(e) = &result {
+        match &result {
+            // The starting client waits for that node instead.
+            Err(e @ NodeError::AlreadyRunning { .. }) => {
+                notify(&format!("{}{e}", crate::control::client::RUNNING_PREFIX))
+            }
             // The starting client reads this line and shows it as the error.
-            notify(&format!("error: {e}"));
+            Err(e) => notify(&format!("error: {e}")),
+            Ok(()) => {}
         }
     }
     result
@@ -218,13 +226,19 @@ fn take_lock(path: &Path, dir: &Path) -> Result<File, NodeError> {
         .truncate(false)
         .open(path)
         .map_err(io_err(format!("cannot open lock file {}", path.display())))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let pid = std::fs::read_to_string(path).unwrap_or_default().trim().to_string();
-            return Err(NodeError::AlreadyRunning { dir: dir.to_path_buf(), pid });
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = std::fs::read_to_string(path).unwrap_or_default().trim().to_string();
+                return Err(NodeError::AlreadyRunning { dir: dir.to_path_buf(), pid });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(format!("cannot lock {}", path.display()))(e)),
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(format!("cannot lock {}", path.display()))(e)),
     }
     file.set_len(0).map_err(io_err("cannot write lock file"))?;
     write!(file, "{}", std::process::id()).map_err(io_err("cannot write lock file"))?;

@@ -15,6 +15,11 @@ pub const MAX_VALUE: usize = 8 * 1024;
 pub const MAX_KEY: usize = 256;
 /// Entries (authors) per record; beyond it the entry with the oldest time is dropped.
 pub const MAX_ENTRIES: usize = 64;
+/// How far ahead of the receiver's clock an entry's time may be: more is a writer whose clock
+/// is wrong (a day ahead, say), and its entry is refused, so that it neither shows as the
+/// newest value for that long nor outlives the writer's correction. Ten minutes leave room
+/// for clocks that are merely a little off.
+pub const MAX_AHEAD_MS: u64 = 10 * 60 * 1000;
 const SIGNING_CONTEXT: &[u8] = b"git-p2p kv v1\0";
 /// The key whose entries are each author's whole set of refs (JSON: ref name -> object id), so
 /// that `git p2p refs` needs one lookup, not one per ref.
@@ -36,8 +41,10 @@ pub enum KvError {
     WrongKey,
     #[error("entry by {0} has a bad signature")]
     BadSignature(String),
-    #[error("entry by {author} rolls back from seq {have} to {got}")]
+    #[error("entry by {author} is older than the one held (sequence {got}, held {have})")]
     Rollback { author: String, have: u64, got: u64 },
+    #[error("entry by {author} is dated {} min ahead of this machine's clock (its writer's clock is wrong)", ahead_ms / 60_000)]
+    Future { author: String, ahead_ms: u64 },
 }
 
 pub fn validate_key(key: &str) -> Result<(), KvError> {
@@ -234,15 +241,17 @@ impl Record {
 
     /// Merges one entry: the highest seq per author wins; a lower one is a rollback and refused.
     /// Equal seqs keep the entry with the greater signature, so every node picks the same one.
-    pub fn merge_entry(&mut self, entry: Entry) -> Result<bool, KvError> {
-        entry.verify(&self.repo, &self.key)?;
+    /// An entry dated more than [`MAX_AHEAD_MS`] after `now_ms` (the receiver's clock) is refused.
+    pub fn merge_entry(&mut self, entry: Entry, now_ms: u64) -> Result<bool, KvError> {
+        let peer = entry.verify(&self.repo, &self.key)?.to_string();
+        // Named as `kv get` names authors: by the end of their PeerId.
+        let author = || format!("..{}", &peer[peer.len().saturating_sub(6)..]);
+        if entry.ts > now_ms.saturating_add(MAX_AHEAD_MS) {
+            return Err(KvError::Future { author: author(), ahead_ms: entry.ts - now_ms });
+        }
         if let Some(have) = self.entries.iter_mut().find(|e| e.author == entry.author) {
             if entry.seq < have.seq {
-                return Err(KvError::Rollback {
-                    author: entry.author.chars().take(16).collect(),
-                    have: have.seq,
-                    got: entry.seq,
-                });
+                return Err(KvError::Rollback { author: author(), have: have.seq, got: entry.seq });
             }
             if entry.seq == have.seq && entry.sig <= have.sig {
                 return Ok(false);
@@ -262,8 +271,8 @@ impl Record {
 
     /// Merges another copy of the same record (e.g. GET answers from several peers); entries
     /// that fail are skipped. Returns how many changed this record.
-    pub fn merge(&mut self, other: Record) -> usize {
-        other.entries.into_iter().filter_map(|e| self.merge_entry(e).ok()).filter(|changed| *changed).count()
+    pub fn merge(&mut self, other: Record, now_ms: u64) -> usize {
+        other.entries.into_iter().filter_map(|e| self.merge_entry(e, now_ms).ok()).filter(|changed| *changed).count()
     }
 
     /// Live values, newest first (tombstones hide their author's older values).
@@ -277,6 +286,9 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The receiver's clock in these tests (entries are dated 1..200).
+    const NOW: u64 = 1000;
 
     fn repo() -> RepoId {
         RepoId::try_from("a".repeat(40)).unwrap()
@@ -297,8 +309,8 @@ mod tests {
     fn an_old_entry_respelled_is_not_another_author() {
         let mut r = Record::new(&repo(), "refs/heads/main");
         let old = entry(&alice(), Some("a1"), 1, 10);
-        assert!(r.merge_entry(old.clone()).unwrap());
-        assert!(r.merge_entry(entry(&alice(), Some("a2"), 2, 30)).unwrap());
+        assert!(r.merge_entry(old.clone(), NOW).unwrap());
+        assert!(r.merge_entry(entry(&alice(), Some("a2"), 2, 30), NOW).unwrap());
         // The same key or signature in upper-case hex would pass as a new author with the old
         // value, past the rollback check.
         for respell in
@@ -306,7 +318,7 @@ mod tests {
         {
             let mut replay = old.clone();
             respell(&mut replay);
-            assert!(matches!(r.merge_entry(replay), Err(KvError::BadSignature(_))));
+            assert!(matches!(r.merge_entry(replay, NOW), Err(KvError::BadSignature(_))));
         }
         assert_eq!(r.entries.len(), 1);
     }
@@ -314,9 +326,9 @@ mod tests {
     #[test]
     fn two_authors_keep_their_own_newest_value() {
         let mut r = Record::new(&repo(), "refs/heads/main");
-        assert!(r.merge_entry(entry(&alice(), Some("a1"), 1, 10)).unwrap());
-        assert!(r.merge_entry(entry(&bob(), Some("b1"), 1, 20)).unwrap());
-        assert!(r.merge_entry(entry(&alice(), Some("a2"), 2, 30)).unwrap());
+        assert!(r.merge_entry(entry(&alice(), Some("a1"), 1, 10), NOW).unwrap());
+        assert!(r.merge_entry(entry(&bob(), Some("b1"), 1, 20), NOW).unwrap());
+        assert!(r.merge_entry(entry(&alice(), Some("a2"), 2, 30), NOW).unwrap());
         let values: Vec<Vec<u8>> = r.values().iter().filter_map(|e| e.value_bytes()).collect();
         assert_eq!(values, vec![b"a2".to_vec(), b"b1".to_vec()], "newest first, one per author");
     }
@@ -324,28 +336,28 @@ mod tests {
     #[test]
     fn a_tombstone_hides_the_authors_older_value() {
         let mut r = Record::new(&repo(), "refs/heads/main");
-        r.merge_entry(entry(&alice(), Some("a1"), 1, 10)).unwrap();
-        r.merge_entry(entry(&alice(), None, 2, 20)).unwrap();
+        r.merge_entry(entry(&alice(), Some("a1"), 1, 10), NOW).unwrap();
+        r.merge_entry(entry(&alice(), None, 2, 20), NOW).unwrap();
         assert!(r.values().is_empty());
-        assert!(r.merge_entry(entry(&alice(), Some("a1"), 1, 10)).is_err(), "the old value cannot come back");
+        assert!(r.merge_entry(entry(&alice(), Some("a1"), 1, 10), NOW).is_err(), "the old value cannot come back");
     }
 
     #[test]
     fn forgeries_rollbacks_tampering_oversize_and_foreign_keys_are_refused() {
         let mut r = Record::new(&repo(), "refs/heads/main");
-        r.merge_entry(entry(&alice(), Some("a2"), 2, 10)).unwrap();
-        assert!(matches!(r.merge_entry(entry(&alice(), Some("a1"), 1, 5)), Err(KvError::Rollback { .. })));
+        r.merge_entry(entry(&alice(), Some("a2"), 2, 10), NOW).unwrap();
+        assert!(matches!(r.merge_entry(entry(&alice(), Some("a1"), 1, 5), NOW), Err(KvError::Rollback { .. })));
         let mut forged = entry(&bob(), Some("evil"), 9, 10);
         forged.author = entry(&alice(), Some("x"), 1, 1).author;
-        assert!(matches!(r.merge_entry(forged), Err(KvError::BadSignature(_))));
+        assert!(matches!(r.merge_entry(forged, NOW), Err(KvError::BadSignature(_))));
         let mut tampered = entry(&alice(), Some("a3"), 3, 10);
         tampered.value = Some(hex::encode("a4"));
-        assert!(matches!(r.merge_entry(tampered), Err(KvError::BadSignature(_))));
+        assert!(matches!(r.merge_entry(tampered, NOW), Err(KvError::BadSignature(_))));
         let big = vec![b'x'; MAX_VALUE + 1];
         assert_eq!(Entry::sign(&alice(), &repo(), "k", Some(&big), 1, 1), Err(KvError::ValueTooLarge(MAX_VALUE + 1)));
         // Signed for another key: does not verify under this one.
         let other_key = Entry::sign(&alice(), &repo(), "refs/heads/dev", Some(b"v"), 5, 1).unwrap();
-        assert!(r.merge_entry(other_key).is_err());
+        assert!(r.merge_entry(other_key, NOW).is_err());
         // A record stored under a key outside the repo's namespace.
         let bytes = r.encode();
         assert_eq!(
@@ -354,6 +366,22 @@ mod tests {
         );
         assert_eq!(Record::decode(&bytes, &repo(), &record_key(&repo(), "refs/heads/main")).unwrap(), r);
         assert!(matches!(Record::decode(b"{not json", &repo(), b"k"), Err(KvError::Malformed(_))));
+    }
+
+    #[test]
+    fn an_entry_dated_far_ahead_of_the_receivers_clock_is_refused() {
+        let now = 1_700_000_000_000;
+        let mut r = Record::new(&repo(), "refs/heads/main");
+        let day_ahead = entry(&alice(), Some("from the future"), now + 86_400_000, now + 86_400_000);
+        assert!(matches!(r.merge_entry(day_ahead.clone(), now), Err(KvError::Future { .. })));
+        assert!(r.entries.is_empty());
+        let a_little_ahead = entry(&alice(), Some("ok"), now + 60_000, now + 60_000);
+        assert_eq!(r.merge_entry(a_little_ahead, now), Ok(true), "a clock a minute off is fine");
+        let mut copy = Record::new(&repo(), "refs/heads/main");
+        copy.entries.push(entry(&bob(), Some("future"), now + MAX_AHEAD_MS + 1, now + MAX_AHEAD_MS + 1));
+        assert_eq!(r.merge(copy, now), 0, "not from a peer's copy either");
+        // Once the receiver's clock got there, it is an entry like any other.
+        assert_eq!(r.merge_entry(day_ahead, now + 86_400_000), Ok(true));
     }
 
     #[test]
@@ -369,13 +397,13 @@ mod tests {
     fn merging_copies_from_several_peers_converges() {
         let mut one = Record::new(&repo(), "refs/heads/main");
         let mut two = Record::new(&repo(), "refs/heads/main");
-        one.merge_entry(entry(&alice(), Some("a1"), 1, 1)).unwrap();
-        one.merge_entry(entry(&bob(), Some("b2"), 2, 2)).unwrap();
-        two.merge_entry(entry(&alice(), Some("a3"), 3, 3)).unwrap();
-        two.merge_entry(entry(&bob(), Some("b1"), 1, 1)).unwrap();
+        one.merge_entry(entry(&alice(), Some("a1"), 1, 1), NOW).unwrap();
+        one.merge_entry(entry(&bob(), Some("b2"), 2, 2), NOW).unwrap();
+        two.merge_entry(entry(&alice(), Some("a3"), 3, 3), NOW).unwrap();
+        two.merge_entry(entry(&bob(), Some("b1"), 1, 1), NOW).unwrap();
         let (mut x, mut y) = (one.clone(), two.clone());
-        x.merge(two);
-        y.merge(one);
+        x.merge(two, NOW);
+        y.merge(one, NOW);
         let values = |r: &Record| r.values().iter().filter_map(|e| e.value_bytes()).collect::<Vec<_>>();
         assert_eq!(values(&x), values(&y));
         assert_eq!(values(&x), vec![b"a3".to_vec(), b"b2".to_vec()]);
@@ -389,7 +417,7 @@ mod tests {
         let mut r = Record::new(&repo(), "refs/heads/main");
         for i in 0..(MAX_ENTRIES as u64 + 5) {
             let k = Keypair::generate_ed25519();
-            r.merge_entry(entry(&k, Some("v"), 1, 100 + i)).unwrap();
+            r.merge_entry(entry(&k, Some("v"), 1, 100 + i), NOW).unwrap();
         }
         assert_eq!(r.entries.len(), MAX_ENTRIES);
         assert!(r.entries.iter().all(|e| e.ts >= 105), "the oldest were dropped");

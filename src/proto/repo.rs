@@ -1,7 +1,10 @@
 //! A repository as peers name it: its id (the root commit, which every clone and fork shares)
 //! and what a node is told about a repository of its user.
 
+use std::ffi::OsString;
 use std::fmt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +83,85 @@ impl fmt::Display for RepoId {
     }
 }
 
+/// A path on this machine. Unix paths are bytes, not necessarily UTF-8, and are kept as such.
+/// Where a path travels as text (the control socket's JSON, the store) it is the path itself
+/// when it is UTF-8, else a NUL followed by its bytes in hex: no path contains a NUL, so the two
+/// forms cannot be mistaken for each other, and every UTF-8 path reads as it always did.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LocalPath(PathBuf);
+
+/// Marks a path that is not UTF-8 in [`LocalPath::encode`].
+const NOT_UTF8: char = '\0';
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a path: {0:?}")]
+pub struct InvalidPath(pub String);
+
+impl LocalPath {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self(path.into())
+    }
+
+    pub fn as_path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The path as text that [`LocalPath::decode`] reads back byte for byte.
+    pub fn encode(&self) -> String {
+        match self.0.to_str() {
+            Some(text) => text.to_owned(),
+            None => format!("{NOT_UTF8}{}", hex::encode(self.0.as_os_str().as_bytes())),
+        }
+    }
+
+    pub fn decode(text: &str) -> Result<Self, InvalidPath> {
+        let bad = || InvalidPath(text.chars().take(80).collect());
+        match text.strip_prefix(NOT_UTF8) {
+            Some(hex) => {
+                let bytes = hex::decode(hex).map_err(|_| bad())?;
+                if bytes.contains(&0) {
+                    return Err(bad());
+                }
+                Ok(Self(PathBuf::from(OsString::from_vec(bytes))))
+            }
+            None if text.contains(NOT_UTF8) => Err(bad()),
+            None => Ok(Self(PathBuf::from(text))),
+        }
+    }
+
+    /// For people: lossy where the path is not UTF-8.
+    pub fn display(&self) -> std::path::Display<'_> {
+        self.0.display()
+    }
+}
+
+impl From<PathBuf> for LocalPath {
+    fn from(path: PathBuf) -> Self {
+        Self(path)
+    }
+}
+
+impl From<&str> for LocalPath {
+    fn from(path: &str) -> Self {
+        Self(PathBuf::from(path))
+    }
+}
+
+impl TryFrom<String> for LocalPath {
+    type Error = InvalidPath;
+
+    fn try_from(text: String) -> Result<Self, InvalidPath> {
+        Self::decode(&text)
+    }
+}
+
+impl From<LocalPath> for String {
+    fn from(path: LocalPath) -> String {
+        path.encode()
+    }
+}
+
 /// What the node is told about a repository of its user.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RepoInfo {
@@ -89,7 +171,7 @@ pub struct RepoInfo {
     /// The repository's git dir on this machine, for the node's Nostr bridge (which reads its
     /// refs, remotes and description) and its reflog reader. Local only: never sent to peers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub git_dir: Option<String>,
+    pub git_dir: Option<LocalPath>,
 }
 
 impl RepoInfo {
@@ -112,6 +194,19 @@ mod tests {
         for bad in ["", "abc", &sha1.to_uppercase(), &format!("{sha1}0"), &"g".repeat(40)] {
             assert!(RepoId::try_from(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn paths_are_bytes_and_utf8_ones_read_as_before() {
+        let utf8 = LocalPath::from("/home/zoë/proj/.git");
+        assert_eq!(serde_json::to_string(&utf8).unwrap(), "\"/home/zoë/proj/.git\"");
+        let bytes = LocalPath::new(PathBuf::from(OsString::from_vec(b"/tmp/bad\xff\n/.git".to_vec())));
+        let json = serde_json::to_string(&bytes).unwrap();
+        assert_eq!(serde_json::from_str::<LocalPath>(&json).unwrap(), bytes, "{json}");
+        assert_eq!(LocalPath::decode(&bytes.encode()).unwrap(), bytes);
+        assert!(LocalPath::decode("\0zz").is_err());
+        assert!(LocalPath::decode("\u{0}00").is_err(), "a NUL in a path");
+        assert!(LocalPath::decode("/a\0b").is_err());
     }
 
     #[test]

@@ -255,7 +255,9 @@ impl Scene {
 /// A DHT record of `repo` for `key`, with one entry signed by `author`.
 fn entry_record(author: &Keypair, repo: &RepoId, key: &str, value: &[u8], seq: u64) -> Record {
     let mut record = Record::new(repo, key);
-    record.merge_entry(Entry::sign(author, repo, key, Some(value), seq, now_ms()).expect("signs")).expect("merges");
+    record
+        .merge_entry(Entry::sign(author, repo, key, Some(value), seq, now_ms()).expect("signs"), now_ms())
+        .expect("merges");
     record
 }
 

@@ -206,13 +206,14 @@ fn pipelined_requests_are_answered_in_order_and_a_stream_follows_them() {
     let socket = alice.path("run/git-p2p/control.sock");
     let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
     // Five requests in one write, a malformed line among them, then a stream request.
+    let v = git_p2p::control::proto::PROTOCOL_VERSION;
     let mut batch = String::new();
     for (id, op) in [(1, "status"), (2, "peers"), (3, "status")] {
-        batch.push_str(&format!("{{\"v\":2,\"id\":{id},\"req\":{{\"op\":\"{op}\"}}}}\n"));
+        batch.push_str(&format!("{{\"v\":{v},\"id\":{id},\"req\":{{\"op\":\"{op}\"}}}}\n"));
     }
-    batch.push_str("{\"v\":2,\"id\":4,\"req\":{\"op\":\"no_such_op\"}}\n");
-    batch.push_str("{\"v\":2,\"id\":5,\"req\":{\"op\":\"peers\"}}\n");
-    batch.push_str("{\"v\":2,\"id\":6,\"req\":{\"op\":\"follow_chat\",\"room\":\"r\"}}\n");
+    batch.push_str(&format!("{{\"v\":{v},\"id\":4,\"req\":{{\"op\":\"no_such_op\"}}}}\n"));
+    batch.push_str(&format!("{{\"v\":{v},\"id\":5,\"req\":{{\"op\":\"peers\"}}}}\n"));
+    batch.push_str(&format!("{{\"v\":{v},\"id\":6,\"req\":{{\"op\":\"follow_chat\",\"room\":\"r\"}}}}\n"));
     stream.write_all(batch.as_bytes()).expect("write");
     let mut reader = std::io::BufReader::new(stream);
     let mut ids = Vec::new();

@@ -7,6 +7,7 @@
 //! Deterministic: `GIT_P2P_PROP_SEED` picks the seed (printed on failure), `GIT_P2P_PROP_CASES`
 //! the number of values per property.
 
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use git_p2p::control::proto::{self as control, Request, RequestFrame, PROTOCOL_VERSION};
@@ -14,7 +15,7 @@ use git_p2p::proto::announce::{self, Announcement, Commit};
 use git_p2p::proto::chat::{self, ChatMessage};
 use git_p2p::proto::envelope::Envelope;
 use git_p2p::proto::kv::{record_key, Entry, Record, Who};
-use git_p2p::proto::repo::{RepoId, RepoInfo};
+use git_p2p::proto::repo::{LocalPath, RepoId, RepoInfo};
 use git_p2p::spool::Note;
 use libp2p::identity::Keypair;
 use serde_json::Value;
@@ -284,7 +285,8 @@ fn kv_records_round_trip_and_no_mutation_panics_or_verifies_as_another_entry() {
             let ts = rng.next() >> 1;
             let entry = Entry::sign_as(&rng.key(), &repo, &key, value.as_deref(), rng.next() >> 1, ts, who)
                 .expect("a valid key and a small value");
-            assert_eq!(record.merge_entry(entry), Ok(true));
+            // A receiver whose clock is past any time the entries carry.
+            assert_eq!(record.merge_entry(entry, u64::MAX), Ok(true));
         }
         let dht_key = record_key(&repo, &key);
         let encoded = record.encode();
@@ -310,7 +312,7 @@ fn kv_records_round_trip_and_no_mutation_panics_or_verifies_as_another_entry() {
                         assert_eq!(&changed, entry, "a changed entry still verifies");
                     }
                     let mut merged = record.clone();
-                    if merged.merge_entry(changed).is_ok() {
+                    if merged.merge_entry(changed, u64::MAX).is_ok() {
                         assert_eq!(merged.entries.len(), record.entries.len(), "one author, one entry");
                     }
                 });
@@ -323,16 +325,23 @@ fn kv_records_round_trip_and_no_mutation_panics_or_verifies_as_another_entry() {
 fn control_frames_round_trip_and_no_mutation_panics_a_decoder() {
     let mut rng = Rng(seed());
     for i in 0..cases() {
-        let repo = RepoInfo { id: rng.repo_id(), name: rng.text(20), git_dir: rng.chance(2).then(|| rng.text(30)) };
-        let req = match i % 5 {
+        // A path is any bytes but NUL: UTF-8 or not.
+        let git_dir = rng.chance(2).then(|| {
+            let bytes = rng.bytes(30).into_iter().map(|b| b.max(1)).collect();
+            LocalPath::new(std::ffi::OsString::from_vec(bytes))
+        });
+        let repo = RepoInfo { id: rng.repo_id(), name: rng.text(20), git_dir };
+        let req = match i % 7 {
             0 => Request::ChatSend { repo, envelope: random_envelope(&mut rng), thread: None },
             1 => Request::Announce { repo, envelope: random_envelope(&mut rng) },
-            2 => Request::Log { repo: repo.id, limit: rng.below(1 << 20) },
+            2 => Request::Log { repo: repo.id, limit: rng.below(1 << 20), before: rng.chance(2).then(|| rng.next()) },
             3 => {
-                let key = "notes/x".to_string();
-                let entry = Entry::sign(&rng.key(), &repo.id, &key, Some(b"v"), 1, 2).expect("a valid entry");
-                Request::KvPut { repo, key, entry }
+                let n = rng.below(100);
+                let value = rng.chance(4).then(|| hex::encode(rng.bytes(n)));
+                Request::KvPut { repo, key: rng.text(30), value, name: rng.chance(2).then(|| rng.text(20)) }
             }
+            4 => Request::KvList { repo: repo.id, after: rng.chance(2).then(|| rng.text(30)) },
+            5 => Request::ChatHistory { room: rng.text(50), limit: rng.below(1000), before: Some(rng.next()) },
             _ => Request::FollowChat { room: rng.text(50) },
         };
         let frame = RequestFrame { v: PROTOCOL_VERSION, id: rng.next(), req };
@@ -352,15 +361,18 @@ fn control_frames_round_trip_and_no_mutation_panics_a_decoder() {
 fn hook_notes_round_trip_and_any_text_parses_or_is_refused() {
     let mut rng = Rng(seed());
     for _ in 0..cases() * 4 {
-        let cwd = format!("/{}", rng.text(30).replace('\n', ""));
-        let git_dir = if rng.chance(2) { String::new() } else { rng.text(10).replace('\n', "") };
+        // What the hook's shell writes: paths are any bytes but NUL and newline, UTF-8 or not.
+        let mut path = |n| -> Vec<u8> { rng.bytes(n).into_iter().filter(|b| !matches!(b, 0 | b'\n')).collect() };
+        let cwd = [b"/".to_vec(), path(30)].concat();
+        let git_dir = path(10);
         let pid = rng.next() as u32;
-        let text = format!("git-p2p-note 2\n{cwd}\n{git_dir}\n{pid}\nend\n");
+        let text = [b"git-p2p-note 2\n", &cwd[..], b"\n", &git_dir[..], format!("\n{pid}\nend\n").as_bytes()].concat();
         let note = Note::parse(&text).expect("a well-formed note");
-        assert_eq!((note.cwd.to_str(), note.waiter), (Some(cwd.as_str()), Some(pid)));
+        assert_eq!((note.cwd.as_os_str().as_bytes(), note.waiter), (&cwd[..], Some(pid)));
+        let text = String::from_utf8_lossy(&text).into_owned();
         for m in mutations_text(&mut rng, &text, 8) {
             no_panic("hook note", m.as_bytes(), || {
-                let _ = Note::parse(&m).map(|n| n.repo_dir());
+                let _ = Note::parse(m.as_bytes()).map(|n| n.repo_dir());
             });
         }
     }

@@ -80,7 +80,7 @@ impl EventLoop {
             }
             BehaviourEvent::Kad(kad::Event::InboundRequest {
                 request: kad::InboundRequest::PutRecord { source, record: Some(record), .. },
-            }) => self.service.kad_inbound(source, record, disk!(self)),
+            }) => self.service.kad_inbound(source, record, now, disk!(self)),
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, stats }) => {
                 self.query_progressed(id, result, step.last, stats.num_requests())
             }
@@ -94,7 +94,7 @@ impl EventLoop {
         let Some(&query) = self.queries.get(&id) else { return };
         match result {
             kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
-                self.service.kv_found(query, found.peer, &found.record, requests)
+                self.service.kv_found(query, found.peer, &found.record, requests, Now::system())
             }
             kad::QueryResult::PutRecord(result) => {
                 let replicas = match result {

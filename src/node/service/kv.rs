@@ -1,7 +1,12 @@
-//! DHT records: our writes (merged into our copy, then put), lookups (every copy found merged
-//! with ours), the control requests waiting for their queries, and what peers ask us to store
-//! (every entry verified and merged before it is kept). A query is answered when Kademlia says it
-//! is done, when [`GET_COPIES`] peers sent a copy, or at [`QUERY_DEADLINE`], whichever is first.
+//! DHT records: our writes (signed here, merged into our copy, then put), lookups (every copy
+//! found merged with ours), the control requests waiting for their queries, and what peers ask
+//! us to store (every entry verified and merged before it is kept; one dated too far ahead of
+//! our clock is refused). A query is answered when Kademlia says it is done, when
+//! [`GET_COPIES`] peers sent a copy, or at [`QUERY_DEADLINE`], whichever is first.
+//!
+//! Our entries' sequence numbers are max(now, last + 1): the clock when it moves forward, one
+//! more than our last entry when the clock was set back (or had been ahead when we wrote it), so
+//! that a write never becomes a rollback that every node would refuse.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -11,7 +16,7 @@ use libp2p::{kad, PeerId};
 use super::{Disk, Io, Service};
 use crate::clock::Now;
 use crate::control::api::{Failure, KvFound, KvStored, Reply};
-use crate::proto::kv::{record_key, validate_key, Entry, Record};
+use crate::proto::kv::{record_key, validate_key, Entry, Record, Who};
 use crate::proto::repo::{RepoId, RepoInfo};
 
 /// A `kv get` answers once this many peers sent their copy (merged with ours), without waiting
@@ -62,12 +67,13 @@ impl Kv {
     }
 
     /// A copy of the record from `peer` (None: our own). True when the lookup has enough.
-    fn found(&mut self, query: QueryRef, peer: Option<PeerId>, record: &kad::Record) -> bool {
+    fn found(&mut self, query: QueryRef, peer: Option<PeerId>, record: &kad::Record, now: Now) -> bool {
         let Some(Pending::Get { merged, found, copies, .. }) = self.pending.get_mut(&query) else { return false };
         match Record::decode(&record.value, &merged.repo, record.key.as_ref()) {
             Ok(copy) => {
-                merged.merge(copy);
-                *found = true;
+                merged.merge(copy, now.unix_ms);
+                // A copy whose every entry was refused (dated too far ahead) found nothing.
+                *found |= !merged.entries.is_empty();
                 if peer.is_some() {
                     *copies += 1;
                 }
@@ -105,22 +111,65 @@ fn local(disk: &dyn Disk, repo: &RepoId, dht_key: &kad::RecordKey) -> Option<Rec
     Record::decode(&stored.value, repo, dht_key.as_ref()).ok()
 }
 
+/// Why our record store refused a record, in the user's words.
+fn store_refused(error: &kad::store::Error) -> Failure {
+    use crate::node::kad_store::MAX_RECORD_BYTES;
+    Failure::new(match error {
+        kad::store::Error::MaxRecords => "this node's DHT store is full; not stored".to_string(),
+        kad::store::Error::ValueTooLarge => {
+            format!("the record is larger than the DHT takes ({} KiB); not stored", MAX_RECORD_BYTES / 1024)
+        }
+        kad::store::Error::MaxProvidedKeys => "this node provides as many keys as it keeps; not stored".to_string(),
+    })
+}
+
 impl Service {
-    /// A `kv set` (or `rm`): our entry merged into our copy, stored, and put in the DHT; the
-    /// answer waits for the put. `durable`: our write is fsync'd before the put (a user's
-    /// `kv set`); else synced with the next batch (refs derived from an announcement).
+    /// A `kv set` (or `rm`, with no value): our entry, signed here as our user (named `name`),
+    /// merged into our copy, stored durably, and put in the DHT; the answer waits for the put.
+    #[allow(clippy::too_many_arguments)]
     pub fn kv_put(
         &mut self,
         repo: RepoInfo,
         key: String,
-        entry: Entry,
+        value: Option<Vec<u8>>,
+        name: Option<String>,
         reply: Reply<KvStored>,
         now: Now,
         disk: &mut dyn Disk,
     ) {
+        let entry = match self.sign_own(&repo.id, &key, value.as_deref(), name, now, disk) {
+            Ok(entry) => entry,
+            Err(e) => {
+                let _ = reply.send(Err(Failure::of(&e)));
+                return;
+            }
+        };
         if let Err(e) = self.put_entry(&repo.id, &key, entry, Writer::User(reply), now, disk) {
             tracing::debug!(%key, error = %e, "kv put refused");
         }
+    }
+
+    /// An entry of ours for `key` (None: a tombstone), signed with our user's key. Its sequence
+    /// number is the time, or one more than our last entry's if that is later: after a clock
+    /// set back, and for two writes in one millisecond (a tie keeps the entry with the greater
+    /// signature, maybe the older one).
+    pub(super) fn sign_own(
+        &self,
+        repo: &RepoId,
+        key: &str,
+        value: Option<&[u8]>,
+        name: Option<String>,
+        now: Now,
+        disk: &dyn Disk,
+    ) -> Result<Entry, crate::proto::kv::KvError> {
+        validate_key(key)?;
+        let dht_key = kad::RecordKey::new(&record_key(repo, key));
+        let last = local(disk, repo, &dht_key)
+            .and_then(|r| r.entries.into_iter().find(|e| e.author == self.me.author))
+            .map_or(0, |e| e.seq);
+        let seq = now.unix_ms.max(last.saturating_add(1));
+        let who = Who { name, npub: Some(self.me.npub.clone()) };
+        Entry::sign_as(&self.me.key, repo, key, value, seq, now.unix_ms, who)
     }
 
     /// Stores and puts one entry; on failure the user (if one waits) got the reason.
@@ -146,7 +195,7 @@ impl Service {
         let dht_key = kad::RecordKey::new(&record_key(repo, key));
         let mut record = local(disk, repo, &dht_key).unwrap_or_else(|| Record::new(repo, key));
         let ts = entry.ts;
-        if let Err(e) = record.merge_entry(entry) {
+        if let Err(e) = record.merge_entry(entry, now.unix_ms) {
             return fail(reply, Failure::of(&e));
         }
         if let Err(e) = disk.kv_own(repo, key, ts, durable) {
@@ -157,7 +206,7 @@ impl Service {
         let mut stored = kad::Record::new(dht_key, record.encode());
         stored.publisher = Some(self.me.peer);
         if let Err(e) = disk.put_record(stored.clone()) {
-            return fail(reply, Failure::new(format!("cannot store the record: {e:?}")));
+            return fail(reply, store_refused(&e));
         }
         let deadline = now.mono + QUERY_DEADLINE;
         let query = self.kv.start(Pending::Put { reply, replicas: 0, deadline });
@@ -181,15 +230,15 @@ impl Service {
     }
 
     /// Kademlia refused to start a put (our own store refused the record).
-    pub fn kv_failed(&mut self, query: QueryRef, reason: String) {
+    pub fn kv_failed(&mut self, query: QueryRef, error: kad::store::Error) {
         if let Some(Pending::Put { reply: Some(reply), .. }) = self.kv.pending.remove(&query) {
-            let _ = reply.send(Err(Failure::new(format!("cannot store the record: {reason}"))));
+            let _ = reply.send(Err(store_refused(&error)));
         }
     }
 
     /// A lookup found a copy (from `peer`, or ours when None).
-    pub fn kv_found(&mut self, query: QueryRef, peer: Option<PeerId>, record: &kad::Record, requests: u32) {
-        if self.kv.found(query, peer, record) {
+    pub fn kv_found(&mut self, query: QueryRef, peer: Option<PeerId>, record: &kad::Record, requests: u32, now: Now) {
+        if self.kv.found(query, peer, record, now) {
             self.push(Io::FinishQuery(query));
             self.kv.answer(query, requests);
         }
@@ -216,8 +265,9 @@ impl Service {
         }
     }
 
-    /// A peer asks us to store a record: every entry verified, merged with our copy, kept.
-    pub fn kad_inbound(&mut self, source: PeerId, record: kad::Record, disk: &mut dyn Disk) {
+    /// A peer asks us to store a record: every entry verified and merged with our copy (one
+    /// dated too far ahead of our clock is left out), kept.
+    pub fn kad_inbound(&mut self, source: PeerId, record: kad::Record, now: Now, disk: &mut dyn Disk) {
         let incoming = match Record::decode_any(&record.value, record.key.as_ref()) {
             Ok(r) => r,
             Err(e) => {
@@ -225,13 +275,13 @@ impl Service {
                 return;
             }
         };
-        let merged = match local(disk, &incoming.repo, &record.key) {
-            Some(mut ours) => {
-                ours.merge(incoming);
-                ours
-            }
-            None => incoming,
-        };
+        let mut merged =
+            local(disk, &incoming.repo, &record.key).unwrap_or_else(|| Record::new(&incoming.repo, &incoming.key));
+        let offered = incoming.entries.len();
+        if merged.merge(incoming, now.unix_ms) == 0 && offered > 0 && merged.entries.is_empty() {
+            tracing::debug!(%source, "refused a DHT record: no entry we can keep");
+            return;
+        }
         let mut stored = kad::Record::new(record.key, merged.encode());
         // The peer that sent it answers for it (the quotas count per peer): a record's own
         // publisher field is whatever the sender wrote there.

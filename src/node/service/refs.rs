@@ -12,7 +12,7 @@ use super::kv::Writer;
 use super::{Disk, Service};
 use crate::clock::Now;
 use crate::proto::announce::Commit;
-use crate::proto::kv::{record_key, Entry, Record, Who, REFS_KEY};
+use crate::proto::kv::{record_key, Entry, Record, REFS_KEY};
 use crate::proto::repo::RepoId;
 
 #[derive(Default)]
@@ -69,14 +69,9 @@ impl Service {
         record.entries.into_iter().find(|e| e.author == self.me.author)
     }
 
-    /// Signs and puts an entry of ours. Its sequence number is the time, or one more than our
-    /// last entry's if that is later (two puts of one key in the same millisecond must not
-    /// tie: a tie keeps the entry with the greater signature, maybe the older one).
+    /// Signs ([`Service::sign_own`]) and puts an entry of ours.
     fn put_own(&mut self, repo: &RepoId, key: &str, value: &[u8], now: Now, disk: &mut dyn Disk) {
-        let who = Who { name: self.me.name.clone(), npub: Some(self.me.npub.clone()) };
-        let last = self.own_entry(repo, key, disk).map_or(0, |e| e.seq);
-        let seq = now.unix_ms.max(last + 1);
-        let entry = match Entry::sign_as(&self.me.key, repo, key, Some(value), seq, now.unix_ms, who) {
+        let entry = match self.sign_own(repo, key, Some(value), self.me.name.clone(), now, disk) {
             Ok(entry) => entry,
             Err(e) => {
                 tracing::warn!(%key, error = %e, "cannot sign a ref");

@@ -31,6 +31,8 @@ struct MemDisk {
     chat: Vec<ChatEntry>,
     acks: Vec<Ack>,
     records: HashMap<kad::RecordKey, kad::Record>,
+    /// The record store refuses new records (it holds as many as it keeps).
+    records_full: bool,
     peers: HashMap<PeerId, Vec<Multiaddr>>,
 }
 
@@ -114,6 +116,9 @@ impl Disk for MemDisk {
         self.records.get(key).cloned()
     }
     fn put_record(&mut self, record: kad::Record) -> Result<(), kad::store::Error> {
+        if self.records_full && !self.records.contains_key(&record.key) {
+            return Err(kad::store::Error::MaxRecords);
+        }
         self.records.insert(record.key.clone(), record);
         Ok(())
     }
@@ -534,7 +539,7 @@ fn a_message_for_another_repository_or_mis_signed_is_rejected() {
 fn copy(key: &Keypair, k: &str, value: &str, seq: u64) -> kad::Record {
     let entry = Entry::sign(key, &repo().id, k, Some(value.as_bytes()), seq, seq).expect("an entry");
     let mut record = crate::proto::kv::Record::new(&repo().id, k);
-    record.merge_entry(entry).expect("merges");
+    record.merge_entry(entry, u64::MAX).expect("merges");
     kad::Record::new(kad::RecordKey::new(&record_key(&repo().id, k)), record.encode())
 }
 
@@ -561,15 +566,15 @@ fn a_lookup_merges_ours_with_copies_and_answers_after_three_peers() {
     let alice = sim.peer("alice");
     // Kademlia hands our own copy first (no peer), then peers' copies.
     let local = alice.disk.records.values().next().cloned().expect("ours");
-    alice.service.kv_found(query, None, &local, 1);
+    alice.service.kv_found(query, None, &local, 1, now);
     for (i, key) in keys[1..3].iter().enumerate() {
-        alice.service.kv_found(query, Some(PeerId::random()), &copy(key, "k", &format!("copy {i}"), 1), 2);
+        alice.service.kv_found(query, Some(PeerId::random()), &copy(key, "k", &format!("copy {i}"), 1), 2, now);
     }
     assert!(answer.try_recv().is_err(), "two copies are not enough");
     let forged = kad::Record::new(kad::RecordKey::new(&record_key(&repo().id, "k")), b"{\"garbage\":1}".to_vec());
-    alice.service.kv_found(query, Some(PeerId::random()), &forged, 3);
+    alice.service.kv_found(query, Some(PeerId::random()), &forged, 3, now);
     assert!(answer.try_recv().is_err(), "a copy that does not verify does not count");
-    alice.service.kv_found(query, Some(PeerId::random()), &copy(&keys[3], "k", "copy 2", 1), 4);
+    alice.service.kv_found(query, Some(PeerId::random()), &copy(&keys[3], "k", "copy 2", 1), 4, now);
     let found = answer.try_recv().expect("answered").expect("found");
     assert_eq!(values(&found), ["copy 0", "copy 1", "copy 2", "from alice"], "every author's newest value");
     assert_eq!(found.requests, 4);
@@ -577,7 +582,7 @@ fn a_lookup_merges_ours_with_copies_and_answers_after_three_peers() {
     assert!(matches!(sim.peer("alice").queries.last(), Some(Io::FinishQuery(q)) if *q == query), "the lookup stops");
     // Late copies and Kademlia's own end change nothing.
     let alice = sim.peer("alice");
-    alice.service.kv_found(query, Some(PeerId::random()), &copy(&keys[4], "k", "late", 1), 5);
+    alice.service.kv_found(query, Some(PeerId::random()), &copy(&keys[4], "k", "late", 1), 5, now);
     alice.service.kv_query_done(query, 5);
 }
 
@@ -590,8 +595,7 @@ fn a_query_past_its_deadline_is_answered_with_what_it_has() {
     let (get_reply, mut got) = oneshot::channel();
     alice.service.kv_get(repo().id, "k".into(), get_reply, now, &mut alice.disk);
     let (put_reply, mut put) = oneshot::channel();
-    let entry = Entry::sign(&alice.key, &repo().id, "mine", Some(b"v"), 1, 1).expect("an entry");
-    alice.service.kv_put(repo(), "mine".into(), entry, put_reply, now, &mut alice.disk);
+    alice.service.kv_put(repo(), "mine".into(), Some(b"v".to_vec()), None, put_reply, now, &mut alice.disk);
     sim.settle("alice");
     let queries: Vec<QueryRef> = sim
         .peer("alice")
@@ -604,7 +608,7 @@ fn a_query_past_its_deadline_is_answered_with_what_it_has() {
         .collect();
     assert_eq!(queries.len(), 2);
     let alice = sim.peer("alice");
-    alice.service.kv_found(queries[0], Some(PeerId::random()), &copy(&bob_key, "k", "bob's", 1), 1);
+    alice.service.kv_found(queries[0], Some(PeerId::random()), &copy(&bob_key, "k", "bob's", 1), 1, now);
     alice.service.kv_put_done(queries[1], 2);
     sim.advance(kv::QUERY_DEADLINE - Duration::from_millis(1));
     sim.tick("alice");
@@ -825,4 +829,79 @@ fn an_honest_burst_is_paced_so_that_peers_take_all_of_it_and_a_commit_is_not_hel
     assert_eq!(sim.peer("alice").service.outbox_len(), 0, "all sent in the end");
     let burst = sim.peer("bob").disk.chat.iter().filter(|m| m.text.starts_with("burst ")).count();
     assert_eq!(burst, 300, "bob has the whole burst");
+}
+
+/// Our own entry of `key`, as alice's copy of the record has it.
+fn own_entry(peer: &Peer, key: &str) -> Entry {
+    let dht_key = kad::RecordKey::new(&record_key(&repo().id, key));
+    let record = crate::proto::kv::Record::decode(&peer.disk.records[&dht_key].value, &repo().id, dht_key.as_ref())
+        .expect("our copy");
+    let author = hex::encode(peer.key.public().encode_protobuf());
+    record.entries.into_iter().find(|e| e.author == author).expect("our entry")
+}
+
+#[test]
+fn a_write_after_the_clock_was_set_back_follows_the_last_one() {
+    let mut sim = Sim::new(&["alice"]);
+    let now = sim.now;
+    let day = Duration::from_secs(86_400);
+    let alice = sim.peer("alice");
+    // Written while the clock was a day ahead; then the clock is right again.
+    let (reply, mut answer) = oneshot::channel();
+    alice.service.kv_put(repo(), "k".into(), Some(b"ahead".to_vec()), None, reply, now.after(day), &mut alice.disk);
+    sim.settle("alice");
+    assert!(answer.try_recv().is_err(), "waits for the put");
+    let ahead = own_entry(sim.peer("alice"), "k");
+    let alice = sim.peer("alice");
+    let (reply, mut answer) = oneshot::channel();
+    alice.service.kv_put(repo(), "k".into(), Some(b"now".to_vec()), None, reply, now, &mut alice.disk);
+    assert!(!matches!(answer.try_recv(), Ok(Err(_))), "not refused as a rollback");
+    let set = own_entry(sim.peer("alice"), "k");
+    assert_eq!((set.seq, set.ts), (ahead.seq + 1, now.unix_ms), "after the last one; dated by the clock");
+    assert_eq!(set.value_bytes().as_deref(), Some(&b"now"[..]));
+    let alice = sim.peer("alice");
+    let (reply, mut answer) = oneshot::channel();
+    alice.service.kv_put(repo(), "k".into(), None, None, reply, now, &mut alice.disk);
+    assert!(!matches!(answer.try_recv(), Ok(Err(_))), "rm works too");
+    assert_eq!(own_entry(sim.peer("alice"), "k").seq, ahead.seq + 2);
+}
+
+#[test]
+fn a_record_dated_far_ahead_is_not_kept_from_a_peer() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    let now = sim.now;
+    let bob_key = sim.peer("bob").key.clone();
+    let day_ahead = now.unix_ms + 86_400_000;
+    let entry = Entry::sign(&bob_key, &repo().id, "k", Some(b"future"), day_ahead, day_ahead).expect("an entry");
+    let mut record = crate::proto::kv::Record::new(&repo().id, "k");
+    record.entries.push(entry);
+    let put = kad::Record::new(kad::RecordKey::new(&record_key(&repo().id, "k")), record.encode());
+    let alice = sim.peer("alice");
+    alice.service.kad_inbound(sim_peer_id(&bob_key), put.clone(), now, &mut alice.disk);
+    assert!(alice.disk.records.is_empty(), "refused");
+    // A lookup does not take it from a copy either.
+    let (reply, mut answer) = oneshot::channel();
+    alice.service.kv_get(repo().id, "k".into(), reply, now, &mut alice.disk);
+    sim.settle("alice");
+    let Some(Io::GetRecord { query, .. }) = sim.peer("alice").queries.pop() else { panic!("a lookup") };
+    let alice = sim.peer("alice");
+    alice.service.kv_found(query, Some(PeerId::random()), &put, 1, now);
+    alice.service.kv_query_done(query, 1);
+    assert_eq!(answer.try_recv().expect("answered").expect("no failure").record, None, "nothing found");
+}
+
+fn sim_peer_id(key: &Keypair) -> PeerId {
+    key.public().to_peer_id()
+}
+
+#[test]
+fn a_full_record_store_is_said_in_words() {
+    let mut sim = Sim::new(&["alice"]);
+    let now = sim.now;
+    let alice = sim.peer("alice");
+    alice.disk.records_full = true;
+    let (reply, mut answer) = oneshot::channel();
+    alice.service.kv_put(repo(), "k".into(), Some(b"v".to_vec()), None, reply, now, &mut alice.disk);
+    let failure = answer.try_recv().expect("answered at once").expect_err("refused");
+    assert_eq!(failure.message(), "this node's DHT store is full; not stored");
 }
