@@ -999,7 +999,7 @@ fn main() {
     let cold_runs = if smoke { 3 } else { 20 };
     let mut metrics = Vec::new();
     // BENCH_ONLY=chat,kv runs only those parts: basics (peers, cold start, idle RSS), hook,
-    // announce, tui, gossip, many, kv, chat.
+    // announce, tui, gossip, many, kv, chat, start (start-up against the store's size).
     let only: Option<Vec<String>> =
         std::env::var("BENCH_ONLY").ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
     let wants = |part: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == part));
@@ -1031,6 +1031,9 @@ fn main() {
     }
     if wants("chat") {
         chat_bench(&mut metrics, if smoke { 50 } else { 3000 });
+    }
+    if wants("start") {
+        start_bench(&mut metrics, smoke);
     }
     report(&metrics);
 }
@@ -1242,4 +1245,114 @@ fn report(metrics: &[Metric]) {
             })
         );
     }
+}
+
+/// Start-up against the store's size. A node's store is filled (before the node ever ran) as a
+/// busy node's would be: 10 000 received announcements, 10 000 room messages in 10 rooms, and
+/// Kademlia records (at most 10 000, the node's bound) making up the rest of the size. Then
+/// `git p2p daemon start` (spawn until the node says it is ready) is timed: after a clean stop
+/// (the common case), and the first start, when the node does not know the file (it verifies
+/// every page once); the store's size on disk is recorded beside them. `BENCH_STORE_MB` (comma
+/// separated) overrides the sizes.
+fn start_bench(metrics: &mut Vec<Metric>, smoke: bool) {
+    let sizes: Vec<u64> = std::env::var("BENCH_STORE_MB")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| if smoke { vec![0, 2] } else { vec![0, 10, 50, 100] });
+    let runs = if smoke { 3 } else { 20 };
+    for mb in sizes {
+        let node = Node::new(&format!("store{mb}"));
+        let store = node.data_dir().join("store.redb");
+        if mb > 0 {
+            fill_store(&store, mb * 1024 * 1024);
+        }
+        let size = |store: &Path| std::fs::metadata(store).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0);
+        let t = Instant::now();
+        node.ok(&["daemon", "start"]);
+        let first = ms(t.elapsed());
+        node.ok(&["daemon", "stop"]);
+        let mut clean = Vec::new();
+        for _ in 0..runs {
+            let t = Instant::now();
+            node.ok(&["daemon", "start"]);
+            clean.push(ms(t.elapsed()));
+            node.ok(&["daemon", "stop"]);
+        }
+        let label = |what: &str| -> &'static str { format!("start_{what}_{mb}MB").leak() };
+        metrics.push(Metric {
+            name: label("size"),
+            unit: "MiB",
+            samples: vec![size(&store)],
+            nodes: 1,
+            goal: "(store.redb on disk)",
+        });
+        metrics.push(Metric {
+            name: label("first"),
+            unit: "ms",
+            samples: vec![first],
+            nodes: 1,
+            goal: "(unknown file)",
+        });
+        metrics.push(Metric { name: label("clean"), unit: "ms", samples: clean, nodes: 1, goal: "<= 300 ms" });
+    }
+}
+
+/// Fills the store at `path` (no node running) to about `bytes`: 10 000 announcements, 10 000
+/// room messages, then Kademlia records of the size that makes up the rest.
+fn fill_store(path: &Path, bytes: u64) {
+    use git_p2p::proto::announce::{Commit, FeedEntry};
+    use git_p2p::proto::chat::ChatEntry;
+    use git_p2p::proto::repo::RepoId;
+    use git_p2p::store::{DhtRecord, Store};
+
+    std::fs::create_dir_all(path.parent().expect("a data dir")).expect("mkdir");
+    let store = Store::open(path).expect("open the store");
+    let hex = |i: u64, c: char| format!("{i:08x}{}", c.to_string().repeat(32));
+    let repos: Vec<RepoId> = (0..10).map(|r| RepoId::try_from(hex(r, 'a')).expect("an id")).collect();
+    for i in 0..10_000u64 {
+        let repo = repos[(i % 10) as usize].clone();
+        let commit = Commit {
+            ref_name: Some("refs/heads/main".into()),
+            id: hex(i, 'c'),
+            parents: vec![hex(i + 1, 'c')],
+            author: "Some Author".into(),
+            summary: format!("commit number {i}: a summary line of a typical length"),
+            time: 1_700_000_000 + i as i64,
+        };
+        let peer = format!("12D3KooW{}", "p".repeat(44));
+        let entry = FeedEntry { repo, peer, name: Some("bob".into()), commit, announced_at: i, received_at: i };
+        store.feed_insert(&entry).expect("feed");
+    }
+    let chat: Vec<ChatEntry> = (0..10_000u64)
+        .map(|i| ChatEntry {
+            room: format!("room{}", i % 10),
+            id: hex(i, 'm'),
+            peer: format!("12D3KooW{}", "p".repeat(44)),
+            name: Some("carol".into()),
+            text: format!("message {i}: about as long as a line people type in a chat room"),
+            sent_at: i,
+            received_at: i,
+            own: false,
+            via: None,
+        })
+        .collect();
+    for batch in chat.chunks(500) {
+        store.chat_insert_all(batch).expect("chat");
+    }
+    store.sync().expect("sync");
+    // The rest in Kademlia records (values as a full multi-writer record would carry).
+    let used = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let records = 10_000u64;
+    // JSON spends about 3.6 bytes per value byte.
+    let value_len = (bytes.saturating_sub(used) / records / 4).max(64) as usize;
+    let expires = Some(git_p2p::clock::unix_now_ms() + 40 * 3600 * 1000);
+    for i in 0..records {
+        if i % 500 == 0 && std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) >= bytes {
+            break;
+        }
+        let value: Vec<u8> = (0..value_len).map(|k| (k as u64 * 31 + i) as u8).collect();
+        let record = DhtRecord { value, publisher: None, expires };
+        store.dht_put(&i.to_be_bytes(), &record).expect("dht");
+    }
+    store.sync().expect("sync");
 }

@@ -155,6 +155,21 @@ pub fn reflog_commits(text: &str) -> Vec<ReflogCommit> {
     out
 }
 
+/// [`RepoContext::head_reflog_offset_since`] over a reflog's bytes. A line is `<old> <new>
+/// <name> <<email>> <time> <zone>\t<message>`; an unreadable time counts as recent.
+fn reflog_offset_since(bytes: &[u8], since: i64) -> u64 {
+    let mut offset = 0;
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        let head = line.split(|&b| b == b'\t').next().unwrap_or(line);
+        let time = String::from_utf8_lossy(head).split_whitespace().rev().nth(1).and_then(|t| t.parse::<i64>().ok());
+        if time.is_none_or(|t| t >= since) {
+            return offset;
+        }
+        offset += line.len() as u64;
+    }
+    offset
+}
+
 impl RepoContext {
     /// Re-reads HEAD (its commit and branch) through the open handle: what changes from one
     /// commit to the next. The identity, room name, remotes and user stay as read at open.
@@ -173,6 +188,13 @@ impl RepoContext {
     /// How long HEAD's reflog is now (bytes; 0 without one): where to start reading later.
     pub fn head_reflog_len(&self) -> u64 {
         std::fs::metadata(self.git_dir.join("logs").join("HEAD")).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Where HEAD's reflog entries made at or after `since` (Unix seconds) begin (bytes; the
+    /// reflog's length if none were): a repair reads the recent ones again.
+    pub fn head_reflog_offset_since(&self, since: i64) -> u64 {
+        let Ok(bytes) = std::fs::read(self.git_dir.join("logs").join("HEAD")) else { return 0 };
+        reflog_offset_since(&bytes, since)
     }
 
     /// Names this work tree's HEAD reflog (where the node keeps its reading position): the

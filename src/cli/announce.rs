@@ -68,6 +68,9 @@ fn ring_or_start(paths: &crate::paths::Paths) -> anyhow::Result<()> {
         // Not rung: the node also looks at the spool every second.
         Ok(()) | Err(ClientError::Io(_)) => Ok(()),
         Err(ClientError::NotRunning) if client::autostart_allowed() => {
+            if let Some(problem) = crate::store::damage_report(&paths.store()) {
+                return Err(ClientError::StoreDamaged(problem).into());
+            }
             client::spawn_node(false)?;
             Ok(())
         }

@@ -198,6 +198,25 @@ pub struct NodeStatus {
     /// Repositories (their git dirs) whose new commits wait for a rebase there to end.
     #[serde(default)]
     pub rebasing: Vec<String>,
+    /// The store: whether it takes writes (a full disk, a damaged file).
+    #[serde(default)]
+    pub store: StoreStatus,
+}
+
+/// The node's store, as `daemon status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StoreStatus {
+    /// "ok"; "full" (the disk is full: nothing more is stored until there is space, reads go
+    /// on); "failing" (writes fail with another I/O error); "damaged" (the file is: nothing is
+    /// read or written until `git p2p daemon repair`).
+    pub state: String,
+    pub path: String,
+    /// What commands report while the store is not ok, in one line.
+    pub problem: Option<String>,
+    /// Since when it is not ok (Unix ms).
+    pub since: Option<u64>,
+    /// Size of the file in bytes.
+    pub bytes: u64,
 }
 
 /// The settings the node started with (it re-reads git config only on restart).

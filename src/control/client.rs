@@ -59,6 +59,9 @@ pub enum ClientError {
     Node(String),
     #[error(transparent)]
     Paths(#[from] PathError),
+    /// The node's store is damaged: starting a node would only fail the same way.
+    #[error("{0}")]
+    StoreDamaged(String),
 }
 
 pub struct Client {
@@ -96,6 +99,9 @@ impl Client {
         match Self::connect(paths) {
             Err(ClientError::NotRunning) => {}
             other => return other,
+        }
+        if let Some(problem) = crate::store::damage_report(&paths.store()) {
+            return Err(ClientError::StoreDamaged(problem));
         }
         wait_ready(spawn_node(true)?)?;
         drop(lock);

@@ -4,7 +4,9 @@
 //!
 //! States: Running -> (Shutdown command, SIGTERM or SIGINT, data dir deleted) -> Stopping, where
 //! it answers what it was asked last, drops the swarm (closing connections) and returns; the
-//! store is synced on the way out.
+//! store is synced on the way out. While the store takes no writes (a full disk, a damaged
+//! file) the loop runs on; each tick it tries to reopen a store whose disk has space again, and
+//! then reloads what it holds in memory of the store and reads the reflogs (see `store_watch`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,8 +25,8 @@ use super::hook_notes::{HookNotes, Wake};
 use super::service::{BridgeOp, Io, Me, QueryRef, Service};
 use crate::bridge::{Bridge, Inbound};
 use crate::clock::Now;
-use crate::control::api::{Command, ConfigInForce, Failure, KvKey, NodeEvent, NodeStatus, NostrStatus};
-use crate::store::Store;
+use crate::control::api::{Command, ConfigInForce, Failure, KvKey, NodeEvent, NodeStatus, NostrStatus, StoreStatus};
+use crate::store::{Health, Store};
 
 /// How often the loop looks for peers to redial, published entries past their grace, the spool.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -38,6 +40,9 @@ pub struct NodeInfo {
     pub data_dir_path: PathBuf,
     /// Where the hook's fast path leaves notes ([`crate::paths::Paths::notes_dir`]).
     pub notes_dir: PathBuf,
+    /// Where the node tells the hook that its store takes no writes
+    /// ([`crate::paths::Paths::store_problem`]).
+    pub store_problem: PathBuf,
     /// The user's libp2p key: signs the DHT entries the node writes for its own announcements.
     pub key: libp2p::identity::Keypair,
     pub npub: String,
@@ -70,6 +75,8 @@ pub struct EventLoop {
     /// What the bridge heard from relays. The sender is kept so the channel never closes.
     inbound: mpsc::Receiver<Inbound>,
     _inbound_tx: mpsc::Sender<Inbound>,
+    /// The store's health and reopen count as last seen (see [`Self::watch_store`]).
+    store_seen: (Health, u64),
 }
 
 /// The service's view of the store for one call (the fields it borrows are the event loop's).
@@ -112,7 +119,9 @@ impl EventLoop {
             bridge,
             inbound,
             _inbound_tx: inbound_tx,
+            store_seen: (Health::Ok, 0),
         };
+        this.watch_store();
         this.run_io();
         this.hooks.ingest(&mut this.service, disk!(this), &this.store);
         this.run_io();
@@ -152,6 +161,7 @@ impl EventLoop {
                         tracing::warn!("the data dir is gone, stopping");
                         break;
                     }
+                    self.watch_store();
                     self.maintain();
                 }
             }
@@ -427,7 +437,7 @@ impl EventLoop {
         let Some(&query) = self.queries.get(&id) else { return };
         match result {
             kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
-                self.service.kv_found(query, found.peer, &found.record, requests)
+                self.service.kv_found(query, found.peer, &found.record, requests, disk!(self))
             }
             kad::QueryResult::PutRecord(result) => {
                 let replicas = match result {
@@ -444,7 +454,7 @@ impl EventLoop {
         }
         if last {
             self.queries.remove(&id);
-            self.service.kv_query_done(query, requests);
+            self.service.kv_query_done(query, requests, disk!(self));
         }
     }
 
@@ -470,6 +480,84 @@ impl EventLoop {
             nostr: self.nostr_status(),
             outbox: self.service.outbox_len(),
             rebasing: self.hooks.rebasing(),
+            store: self.store_status(),
+        }
+    }
+
+    fn store_status(&self) -> StoreStatus {
+        let health = self.store.health();
+        let (state, since) = match &health {
+            Health::Ok => ("ok", None),
+            Health::Full { since } => ("full", Some(*since)),
+            Health::Failing { since, .. } => ("failing", Some(*since)),
+            Health::Damaged { .. } => ("damaged", None),
+        };
+        StoreStatus {
+            state: state.into(),
+            path: self.store.path().display().to_string(),
+            problem: (health != Health::Ok).then(|| self.store.error_of(&health).to_string()),
+            since,
+            bytes: std::fs::metadata(self.store.path()).map(|m| m.len()).unwrap_or(0),
+        }
+    }
+
+    /// Follows the store's health: reopens it once its disk has space again, then takes back
+    /// what it holds (the outbox, rolled back to its last durable state; DHT records it could
+    /// not take) and reads the reflogs for the commits made meanwhile; tells the hook (and a
+    /// damaged store, the clients that would start a node) in files of their own.
+    fn watch_store(&mut self) {
+        if matches!(self.store.health(), Health::Full { .. } | Health::Failing { .. }) {
+            self.store.reopen();
+        }
+        let (health, generation) = (self.store.health(), self.store.generation());
+        if generation != self.store_seen.1 {
+            self.store_reopened();
+        }
+        if health != self.store_seen.0 {
+            self.store_changed(&health);
+        }
+        self.store_seen = (health, generation);
+    }
+
+    fn store_reopened(&mut self) {
+        match self.store.outbox() {
+            Ok(stored) => self.service.reload_outbox(stored),
+            Err(e) => tracing::warn!(error = %e, "cannot read the outbox back"),
+        }
+        self.swarm.behaviour_mut().kad.store_mut().persist_pending();
+        let repos = self.service.repos().to_vec();
+        self.hooks.after_reopen(&repos, &mut self.service, disk!(self), &self.store);
+        self.service.flush(Now::system(), disk!(self));
+        self.run_io();
+        if self.hooks.take_wrote() {
+            self.durability.wrote();
+        }
+        self.durability.sync_soon(&self.store);
+    }
+
+    fn store_changed(&mut self, health: &Health) {
+        let marker = &self.info.store_problem;
+        let path = self.store.path().display().to_string();
+        let line = match health {
+            Health::Ok => {
+                let _ = std::fs::remove_file(marker);
+                return;
+            }
+            Health::Full { .. } => format!(
+                "the disk holding {} is full: commits are announced once there is space again",
+                self.info.data_dir
+            ),
+            Health::Failing { reason, .. } => {
+                format!("cannot write the store {path} ({reason}): commits are announced once it works again")
+            }
+            Health::Damaged { .. } => {
+                let error = self.store.error_of(health).to_string();
+                crate::store::record_damage(self.store.path(), &error);
+                format!("the store {path} is damaged: commits are announced after: git p2p daemon repair")
+            }
+        };
+        if let Err(e) = crate::store::write_atomically(marker, format!("{line}\n").as_bytes()) {
+            tracing::debug!(error = %e, "cannot tell the hook about the store");
         }
     }
 

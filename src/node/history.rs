@@ -26,10 +26,21 @@ enum Job {
     },
 }
 
-/// Hands received messages to the writer thread.
+/// Hands received messages to the writer thread. Dropped, it waits for the thread to have
+/// written (and synced) what it was handed, so that the store can then be closed.
 pub struct HistoryWriter {
     tx: Option<mpsc::Sender<Job>>,
     store: Store,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for HistoryWriter {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn read(store: &Store, room: &str, limit: usize) -> Result<Vec<ChatEntry>, Failure> {
@@ -42,10 +53,10 @@ impl HistoryWriter {
         let writer_store = store.clone();
         let spawned = std::thread::Builder::new().name("history".into()).spawn(move || write_loop(&writer_store, &rx));
         match spawned {
-            Ok(_) => Self { tx: Some(tx), store },
+            Ok(thread) => Self { tx: Some(tx), store, thread: Some(thread) },
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the history thread; writing inline");
-                Self { tx: None, store }
+                Self { tx: None, store, thread: None }
             }
         }
     }

@@ -275,6 +275,11 @@ impl Service {
         now: Now,
         disk: &mut dyn Disk,
     ) {
+        // Not even published: a message the sender is told failed must not reach the room.
+        if let Err(e) = disk.writable() {
+            let _ = reply.send(Err(Failure::new(format!("cannot store the message: {e}"))));
+            return;
+        }
         let author = match envelope.verify() {
             Ok(author) => author,
             Err(e) => {

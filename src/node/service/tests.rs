@@ -32,6 +32,8 @@ struct MemDisk {
     acks: Vec<Ack>,
     records: HashMap<kad::RecordKey, kad::Record>,
     peers: HashMap<PeerId, Vec<Multiaddr>>,
+    /// No space left: every write fails, as a full disk makes the store's.
+    full: bool,
 }
 
 impl MemDisk {
@@ -55,18 +57,30 @@ impl MemDisk {
             outbox: self.outbox.iter().map(|(seq, (e, _))| (*seq, e.clone())).collect(),
             known_peers: self.peers.iter().map(|(p, a)| (*p, a.clone())).collect(),
             seen_chat: self.chat.iter().map(|m| m.id.clone()).collect(),
+            restore: Vec::new(),
         }
+    }
+}
+
+impl MemDisk {
+    fn room(&self) -> Result<(), StoreError> {
+        if self.full {
+            return Err(StoreError::Full { dir: "/sim".into() });
+        }
+        Ok(())
     }
 }
 
 impl Disk for MemDisk {
     fn add_repo(&mut self, repo: &RepoInfo) -> Result<(), StoreError> {
+        self.room()?;
         if !self.repos.contains(repo) {
             self.repos.push(repo.clone());
         }
         Ok(())
     }
     fn outbox_push(&mut self, entry: &OutboxEntry, durable: bool) -> Result<u64, StoreError> {
+        self.room()?;
         self.next_seq += 1;
         self.outbox.insert(self.next_seq, (entry.clone(), durable));
         Ok(self.next_seq)
@@ -78,6 +92,7 @@ impl Disk for MemDisk {
         Ok(())
     }
     fn mark_announced(&mut self, repo: &RepoId, commit: &str) -> Result<(), StoreError> {
+        self.room()?;
         self.announced.insert((repo.clone(), commit.to_string()));
         Ok(())
     }
@@ -95,6 +110,7 @@ impl Disk for MemDisk {
         self.chat.push(entry);
     }
     fn chat_insert(&mut self, entry: &ChatEntry) -> Result<bool, StoreError> {
+        self.room()?;
         if self.chat.iter().any(|m| m.id == entry.id) {
             return Ok(false);
         }
@@ -113,12 +129,19 @@ impl Disk for MemDisk {
     fn record(&self, key: &kad::RecordKey) -> Option<kad::Record> {
         self.records.get(key).cloned()
     }
-    fn put_record(&mut self, record: kad::Record) -> Result<(), kad::store::Error> {
+    fn put_record(&mut self, record: kad::Record) -> Result<(), RecordError> {
+        self.room()?;
         self.records.insert(record.key.clone(), record);
         Ok(())
     }
     fn remember_peer(&mut self, peer: &PeerId, addrs: &[Multiaddr], _name: Option<&str>) -> Result<(), StoreError> {
         self.peers.insert(*peer, addrs.to_vec());
+        Ok(())
+    }
+    fn writable(&self) -> Result<(), StoreError> {
+        self.room()
+    }
+    fn restore_done(&mut self, _repo: &RepoId, _key: &str) -> Result<(), StoreError> {
         Ok(())
     }
 }
@@ -533,15 +556,21 @@ fn a_lookup_merges_ours_with_copies_and_answers_after_three_peers() {
     let alice = sim.peer("alice");
     // Kademlia hands our own copy first (no peer), then peers' copies.
     let local = alice.disk.records.values().next().cloned().expect("ours");
-    alice.service.kv_found(query, None, &local, 1);
+    alice.service.kv_found(query, None, &local, 1, &mut alice.disk);
     for (i, key) in keys[1..3].iter().enumerate() {
-        alice.service.kv_found(query, Some(PeerId::random()), &copy(key, "k", &format!("copy {i}"), 1), 2);
+        alice.service.kv_found(
+            query,
+            Some(PeerId::random()),
+            &copy(key, "k", &format!("copy {i}"), 1),
+            2,
+            &mut alice.disk,
+        );
     }
     assert!(answer.try_recv().is_err(), "two copies are not enough");
     let forged = kad::Record::new(kad::RecordKey::new(&record_key(&repo().id, "k")), b"{\"garbage\":1}".to_vec());
-    alice.service.kv_found(query, Some(PeerId::random()), &forged, 3);
+    alice.service.kv_found(query, Some(PeerId::random()), &forged, 3, &mut alice.disk);
     assert!(answer.try_recv().is_err(), "a copy that does not verify does not count");
-    alice.service.kv_found(query, Some(PeerId::random()), &copy(&keys[3], "k", "copy 2", 1), 4);
+    alice.service.kv_found(query, Some(PeerId::random()), &copy(&keys[3], "k", "copy 2", 1), 4, &mut alice.disk);
     let found = answer.try_recv().expect("answered").expect("found");
     assert_eq!(values(&found), ["copy 0", "copy 1", "copy 2", "from alice"], "every author's newest value");
     assert_eq!(found.requests, 4);
@@ -549,8 +578,8 @@ fn a_lookup_merges_ours_with_copies_and_answers_after_three_peers() {
     assert!(matches!(sim.peer("alice").queries.last(), Some(Io::FinishQuery(q)) if *q == query), "the lookup stops");
     // Late copies and Kademlia's own end change nothing.
     let alice = sim.peer("alice");
-    alice.service.kv_found(query, Some(PeerId::random()), &copy(&keys[4], "k", "late", 1), 5);
-    alice.service.kv_query_done(query, 5);
+    alice.service.kv_found(query, Some(PeerId::random()), &copy(&keys[4], "k", "late", 1), 5, &mut alice.disk);
+    alice.service.kv_query_done(query, 5, &mut alice.disk);
 }
 
 #[test]
@@ -576,7 +605,7 @@ fn a_query_past_its_deadline_is_answered_with_what_it_has() {
         .collect();
     assert_eq!(queries.len(), 2);
     let alice = sim.peer("alice");
-    alice.service.kv_found(queries[0], Some(PeerId::random()), &copy(&bob_key, "k", "bob's", 1), 1);
+    alice.service.kv_found(queries[0], Some(PeerId::random()), &copy(&bob_key, "k", "bob's", 1), 1, &mut alice.disk);
     alice.service.kv_put_done(queries[1], 2);
     sim.advance(kv::QUERY_DEADLINE - Duration::from_millis(1));
     sim.tick("alice");
