@@ -332,7 +332,22 @@ impl Store {
                 db(db(txn.open_table(REPO_DIRS))?.insert(repo.id.as_str(), dir.as_str()))?;
             }
             Ok(())
-        })
+        })?;
+        // A copy of the registry outside the file: what a repair of a store damaged beyond
+        // reading rebuilds from (a registration is rare; the copy is best effort).
+        let copy = self.repos().map(|all| serde_json::to_vec_pretty(&all).expect("plain structs serialise"));
+        if let Err(e) = copy
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| write_atomically(&self.registry_copy(), &bytes).map_err(|e| e.to_string()))
+        {
+            tracing::warn!(error = %e, "cannot copy the registry of repositories");
+        }
+        Ok(())
+    }
+
+    /// The copy of the registered repositories kept beside the store.
+    fn registry_copy(&self) -> std::path::PathBuf {
+        registry_copy(self.path())
     }
 
     pub fn repos(&self) -> Result<Vec<RepoInfo>, StoreError> {
@@ -501,6 +516,11 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// The copy of the registered repositories kept beside the store at `path`.
+pub fn registry_copy(path: &Path) -> std::path::PathBuf {
+    path.with_file_name("repos.json")
 }
 
 /// The number after the last one of a queue.

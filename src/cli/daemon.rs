@@ -22,6 +22,10 @@ pub fn run(ctx: &Ctx, command: DaemonCommand, out: &mut dyn Write) -> anyhow::Re
             let status = ctx.client()?.status()?;
             let what = if already { "already running" } else { "started" };
             writeln!(out, "node {what} (pid {}, peer id {})", status.pid, status.peer_id)?;
+            if let Some(problem) = status.store.problem {
+                // Running, but not able to do what it is for.
+                anyhow::bail!(problem);
+            }
         }
         DaemonCommand::Stop => match stop(paths)? {
             Some(pid) => writeln!(out, "node stopped (pid {pid})")?,
@@ -193,6 +197,9 @@ fn print_status(s: &NodeStatus, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     if s.outbox > 0 {
         writeln!(out, "outbox     {} announcement(s) waiting for a peer in their repository", s.outbox)?;
+    }
+    if s.restoring > 0 {
+        writeln!(out, "restoring  {} DHT entries of yours from peers' copies (after a repair)", s.restoring)?;
     }
     match &s.store.problem {
         None => writeln!(out, "store      ok, {:.1} MiB", s.store.bytes as f64 / 1_048_576.0)?,

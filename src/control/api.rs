@@ -201,6 +201,9 @@ pub struct NodeStatus {
     /// The store: whether it takes writes (a full disk, a damaged file).
     #[serde(default)]
     pub store: StoreStatus,
+    /// DHT keys of ours still to fetch back from peers' copies (after a repair).
+    #[serde(default)]
+    pub restoring: usize,
 }
 
 /// The node's store, as `daemon status` shows it.

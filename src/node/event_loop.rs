@@ -481,6 +481,7 @@ impl EventLoop {
             outbox: self.service.outbox_len(),
             rebasing: self.hooks.rebasing(),
             store: self.store_status(),
+            restoring: self.service.restoring(),
         }
     }
 

@@ -88,7 +88,7 @@ pub fn repair(paths: &Paths, force: bool) -> Result<Outcome, RepairError> {
     let moved_to = crate::store::beside(&path, &format!("damaged-{}", crate::clock::unix_now()));
     std::fs::rename(&path, &moved_to).map_err(|source| RepairError::Move { path: path.clone(), source })?;
     crate::store::clear_damage(&path);
-    let old = salvage(&moved_to);
+    let old = salvage(&moved_to, &path);
     let identity = Identity::load_or_create(&paths.data_dir)?;
     let store = Store::open(&path)?;
     let mut report = Report { reason, moved_to, ..Report::default() };

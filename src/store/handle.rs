@@ -95,7 +95,13 @@ impl Handle {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         install_quiet_panics();
         let trusted = take_clean_mark(path);
-        let verify = !trusted && std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+        let len = std::fs::metadata(path).map(|m| m.len()).ok();
+        if len == Some(0) {
+            // redb would start a new store in it; but the file redb created was never empty:
+            // this one was emptied (truncated), and what it held must not pass for nothing.
+            return Err(StoreError::Damaged { path: path.display().to_string(), reason: "the file is empty".into() });
+        }
+        let verify = !trusted && len.is_some();
         if verify {
             tracing::info!(store = %path.display(), "verifying the store (not closed cleanly by this node)");
         }
@@ -212,6 +218,7 @@ impl Handle {
 
     /// The file is damaged (for good: until it is repaired, nothing is read from it).
     pub fn set_damaged(&self, reason: String) -> StoreError {
+        let reason = reason.replace(['\n', '\r'], " ");
         let mut current = self.health.lock().unwrap_or_else(|p| p.into_inner());
         if !matches!(*current, Health::Damaged { .. }) {
             tracing::error!(store = %self.path.display(), %reason, "the store is damaged");
@@ -315,7 +322,10 @@ fn open_database(path: &Path, verify: bool) -> Result<Database, StoreError> {
         builder.set_check_integrity_on_open(verify);
         builder.create(path)
     });
-    let damaged = |reason: String| StoreError::Damaged { path: path.display().to_string(), reason };
+    let damaged = |reason: String| StoreError::Damaged {
+        path: path.display().to_string(),
+        reason: reason.replace(['\n', '\r'], " "),
+    };
     match opened {
         Ok(Ok(database)) => Ok(database),
         Ok(Err(DatabaseError::DatabaseAlreadyOpen)) => Err(StoreError::Busy { path: path.display().to_string() }),

@@ -12,6 +12,7 @@ use super::{
     DhtRecord, KnownPeer, NostrPending, DHT, KV_OWN, NOSTR_OUTBOX, OUTBOX, PEERS, REFLOG_POS, REPOS, REPO_DIRS,
 };
 use crate::proto::outbox::OutboxEntry;
+use crate::proto::repo::RepoInfo;
 
 /// What could be read, unchecked.
 #[derive(Debug, Default)]
@@ -33,9 +34,14 @@ pub struct Salvaged {
 }
 
 /// Reads what it can of the store file at `path` (which it does not change when it can help it:
-/// read-only first, and only if that is refused, as redb's writer).
-pub fn salvage(path: &Path) -> Salvaged {
+/// read-only first, and only if that is refused, as redb's writer), and the copy of the registry
+/// kept beside the store at `beside`.
+pub fn salvage(path: &Path, beside: &Path) -> Salvaged {
     let mut out = Salvaged::default();
+    let copy: Vec<RepoInfo> = std::fs::read(super::registry_copy(beside))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
     match quietly(|| ReadOnlyDatabase::open(path)) {
         Ok(Ok(database)) => read_all(&database, &mut out),
         _ => match quietly(|| Database::open(path)) {
@@ -43,6 +49,11 @@ pub fn salvage(path: &Path) -> Salvaged {
             Ok(Err(e)) => out.unopenable = Some(e.to_string()),
             Err(panic) => out.unopenable = Some(format!("redb failed reading it: {panic}")),
         },
+    }
+    for repo in copy {
+        if !out.repos.iter().any(|(id, _, _)| *id == repo.id.as_str()) {
+            out.repos.push((repo.id.to_string(), repo.name, repo.git_dir));
+        }
     }
     out
 }

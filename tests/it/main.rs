@@ -5,6 +5,7 @@ mod announce;
 mod chat;
 mod cli;
 mod evil;
+mod faults;
 mod kv;
 mod lan;
 mod node;

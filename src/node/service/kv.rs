@@ -102,6 +102,12 @@ impl Kv {
         *copies >= GET_COPIES
     }
 
+    /// Keys still to fetch back from peers, looked up now or later.
+    pub fn restoring(&self) -> usize {
+        let looking = self.pending.values().filter(|p| matches!(p, Pending::Get { asker: Asker::Restore(_), .. }));
+        self.restore.len() + looking.count()
+    }
+
     /// Keys to fetch back from peers (a repair's list).
     pub fn restore(&mut self, keys: Vec<(RepoId, String)>) {
         self.restore.extend(keys.into_iter().map(|(repo, key)| Restoring { repo, key, tries: 0 }));

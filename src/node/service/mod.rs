@@ -279,6 +279,11 @@ impl Service {
         self.outbox.len()
     }
 
+    /// DHT keys of ours still to fetch back from peers (after a repair).
+    pub fn restoring(&self) -> usize {
+        self.kv.restoring()
+    }
+
     pub fn connected_peers(&self) -> usize {
         self.discovery.peers.len()
     }
