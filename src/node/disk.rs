@@ -197,7 +197,8 @@ fn run_job(store: &Store, job: SyncJob) {
 }
 
 /// What the service needs to know of the store at start; what cannot be read is logged and
-/// left out (the node still starts).
+/// left out (the node still starts). The ids of the room messages it has are read later
+/// ([`read_seen_chat`]): start-up must not grow with the history.
 pub fn load(store: &Store) -> Loaded {
     fn read<T>(what: &str, result: Result<Vec<T>, crate::store::StoreError>) -> Vec<T> {
         result.unwrap_or_else(|e| {
@@ -216,8 +217,36 @@ pub fn load(store: &Store) -> Loaded {
         repos: read("the registered repositories", store.repos()),
         outbox: read("the outbox", store.outbox()),
         known_peers,
-        seen_chat: read("the seen messages", store.chat_seen_ids()),
+        seen_chat: Vec::new(),
         restore: read("the keys to fetch back", store.restore_pending()),
+    }
+}
+
+/// The ids of the room messages the history has, read on a thread of its own.
+pub fn read_seen_chat(store: Store) -> tokio::sync::oneshot::Receiver<Vec<String>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let read = move || {
+        let ids = store.chat_seen_ids().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the seen messages");
+            Vec::new()
+        });
+        let _ = tx.send(ids);
+    };
+    if let Err(e) = std::thread::Builder::new().name("seen-chat".into()).spawn(read) {
+        tracing::warn!(error = %e, "cannot read the seen messages");
+    }
+    rx
+}
+
+/// The ids [`read_seen_chat`] read, once; never again after.
+pub async fn seen_chat_read(pending: &mut Option<tokio::sync::oneshot::Receiver<Vec<String>>>) -> Vec<String> {
+    match pending {
+        Some(rx) => {
+            let ids = rx.await.unwrap_or_default();
+            *pending = None;
+            ids
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -135,6 +135,8 @@ impl EventLoop {
     /// Runs until a shutdown command or `stop` resolves.
     pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
+        // As many as the rooms' histories hold: read off this thread, after "ready".
+        let mut seen_chat = Some(super::disk::read_seen_chat(self.store.clone()));
         // After "ready", off this thread: it runs git for each repository.
         self.hooks.survey(self.service.repos());
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
@@ -156,6 +158,7 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 Some(message) = self.inbound.recv() => self.service.from_nostr(message, Now::system(), disk!(self)),
                 wake = self.hooks.next() => self.hook_wake(wake),
+                ids = super::disk::seen_chat_read(&mut seen_chat) => self.service.remember_chat(ids),
                 _ = tick.tick() => {
                     if !self.info.data_dir_path.exists() {
                         tracing::warn!("the data dir is gone, stopping");

@@ -279,6 +279,12 @@ impl Service {
         self.outbox.len()
     }
 
+    /// Ids of room messages the history has (a node reads them after it said it is ready: their
+    /// number grows with the rooms; a message arriving in between is only shown twice).
+    pub fn remember_chat(&mut self, ids: Vec<String>) {
+        self.rooms.remember(ids);
+    }
+
     /// DHT keys of ours still to fetch back from peers (after a repair).
     pub fn restoring(&self) -> usize {
         self.kv.restoring()

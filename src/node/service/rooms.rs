@@ -94,6 +94,13 @@ impl Rooms {
         Self { topics: HashMap::new(), limiter: RateLimiter::default(), seen: Recent::new(RECENT_CHAT_IDS, seen) }
     }
 
+    /// Remembers ids of messages the history has.
+    pub fn remember(&mut self, ids: Vec<String>) {
+        for id in ids {
+            self.seen.insert(id);
+        }
+    }
+
     /// Joins `room`; its topic, to subscribe to, if it is new to us.
     pub fn join(&mut self, room: Room) -> Option<Sha256Topic> {
         let topic = room.topic();
