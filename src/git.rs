@@ -600,6 +600,19 @@ mod tests {
     }
 
     #[test]
+    fn the_reflog_offset_since_a_time_is_where_its_entries_begin() {
+        let z = "0".repeat(40);
+        let line = |t: i64| format!("{z} {z} A U Thor <a@example.com> {t} +0100\tcommit: at {t}\n");
+        let log = format!("{}{}{}", line(100), line(200), line(300));
+        let bytes = log.as_bytes();
+        assert_eq!(reflog_offset_since(bytes, 0), 0);
+        assert_eq!(reflog_offset_since(bytes, 150), line(100).len() as u64);
+        assert_eq!(reflog_offset_since(bytes, 300), (line(100).len() + line(200).len()) as u64);
+        assert_eq!(reflog_offset_since(bytes, 301), bytes.len() as u64, "none: the end");
+        assert_eq!(reflog_offset_since(b"garbage without a time\n", 500), 0, "unreadable counts as recent");
+    }
+
+    #[test]
     fn a_rebase_counts_once_as_its_result_on_its_branch() {
         let id = |c: char| c.to_string().repeat(40);
         let line = |old: char, new: char, msg: &str| format!("{} {} A <a@x> 1 +0000\t{msg}\n", id(old), id(new));

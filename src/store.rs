@@ -916,4 +916,133 @@ mod tests {
         let err = Store::open(&path).err().unwrap();
         assert!(matches!(err, StoreError::Busy { .. }), "{err}");
     }
+
+    fn feed_entry(i: u64) -> FeedEntry {
+        FeedEntry {
+            repo: RepoId::try_from("a".repeat(40)).unwrap(),
+            peer: "p".into(),
+            name: None,
+            commit: crate::proto::announce::Commit {
+                ref_name: None,
+                id: format!("{i:040x}"),
+                parents: vec![],
+                author: "a".into(),
+                summary: format!("c{i}"),
+                time: 0,
+            },
+            announced_at: i,
+            received_at: i,
+        }
+    }
+
+    #[test]
+    fn a_disk_full_error_stops_writes_not_reads_until_the_store_is_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        store.feed_insert(&feed_entry(1)).unwrap();
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let err = store.update(false, |_| -> Result<(), StoreError> { Err(StoreError::Db(redb::Error::Io(full))) });
+        let dir_text = dir.path().display().to_string();
+        assert!(matches!(&err, Err(StoreError::Full { dir }) if *dir == dir_text), "{err:?}");
+        assert!(matches!(store.health(), Health::Full { .. }));
+        assert!(matches!(store.writable(), Err(StoreError::Full { .. })));
+        assert!(matches!(store.feed_insert(&feed_entry(2)), Err(StoreError::Full { .. })), "writes fail at once");
+        assert_eq!(store.feed(&feed_entry(1).repo, 10).unwrap().len(), 1, "reads go on");
+        assert!(store.reopen(), "there is space here: reopened");
+        assert_eq!(store.health(), Health::Ok);
+        assert_eq!(store.generation(), 1);
+        assert!(store.feed_insert(&feed_entry(2)).unwrap());
+        assert_eq!(store.feed(&feed_entry(1).repo, 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_panic_or_an_unreadable_record_makes_the_store_damaged_and_nothing_is_read_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = Store::open(&path).unwrap();
+        store.feed_insert(&feed_entry(1)).unwrap();
+        let caught = store.read(|_| -> Result<(), StoreError> { panic!("garbage page") });
+        assert!(
+            matches!(&caught, Err(StoreError::Damaged { reason, .. }) if reason.contains("garbage page")),
+            "{caught:?}"
+        );
+        let err = store.feed(&feed_entry(1).repo, 10).unwrap_err();
+        assert!(err.to_string().contains("git p2p daemon repair"), "{err}");
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+
+        let other = Store::open(&dir.path().join("other.redb")).unwrap();
+        other.feed_insert(&feed_entry(1)).unwrap();
+        other
+            .update(true, |txn| {
+                db(db(txn.open_table(FEED))?.insert((feed_entry(1).repo.as_str(), 2), &b"{not json"[..]))?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(matches!(other.feed(&feed_entry(1).repo, 10), Err(StoreError::Damaged { .. })), "not skipped");
+        assert!(matches!(other.health(), Health::Damaged { .. }));
+    }
+
+    #[test]
+    fn only_a_file_closed_cleanly_is_trusted_without_being_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = Store::open(&path).unwrap();
+        for i in 0..200 {
+            store.feed_insert(&feed_entry(i)).unwrap();
+        }
+        store.close();
+        assert!(beside(&path, handle::CLEAN).exists(), "a clean close is recorded");
+        let pristine = std::fs::read(&path).unwrap();
+        // Trusted: opens, and the mark is used up.
+        Store::open(&path).unwrap().close();
+        // Changed outside the node (a page of the feed overwritten): found at the open.
+        let mut bytes = pristine.clone();
+        let at = 4096 * 2;
+        bytes[at..at + 4096].fill(0xa5);
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(Store::open(&path), Err(StoreError::Damaged { .. })));
+        std::fs::write(&path, &pristine).unwrap();
+        assert!(Store::open(&path).is_ok(), "the same bytes put back verify");
+        std::fs::write(&path, b"").unwrap();
+        assert!(matches!(Store::open(&path), Err(StoreError::Damaged { reason, .. }) if reason.contains("empty")));
+    }
+
+    #[test]
+    fn the_damage_marker_holds_for_the_same_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        std::fs::write(&path, b"damaged bytes").unwrap();
+        record_damage(&path, "the store is damaged:\nrepair it");
+        assert_eq!(damage_report(&path).as_deref(), Some("the store is damaged: repair it"), "one line");
+        std::fs::write(&path, b"another file put in its place").unwrap();
+        assert_eq!(damage_report(&path), None);
+        assert!(!beside(&path, handle::DAMAGED).exists(), "the stale marker is gone");
+    }
+
+    #[test]
+    fn salvage_reads_what_it_can_and_the_registry_copy_survives_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = Store::open(&path).unwrap();
+        let repo =
+            RepoInfo { id: RepoId::try_from("b".repeat(40)).unwrap(), name: "proj".into(), git_dir: Some("/x".into()) };
+        store.add_repo(&repo).unwrap();
+        store.kv_own(&repo.id, "k", 7, true).unwrap();
+        store.dht_put(b"key", &DhtRecord { value: b"v".to_vec(), publisher: None, expires: None }).unwrap();
+        store.close();
+        let whole = salvage::salvage(&path, &path);
+        assert_eq!(whole.unopenable, None);
+        assert!(whole.cut_short.is_empty(), "{:?}", whole.cut_short);
+        assert_eq!(whole.repos, vec![(repo.id.to_string(), "proj".to_string(), Some("/x".to_string()))]);
+        assert_eq!(whole.kv_own, vec![(repo.id.to_string(), "k".to_string(), 7)]);
+        assert_eq!(whole.dht.len(), 1);
+        // The header gone: nothing of the file, the registry from its copy.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[..4096].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let none = salvage::salvage(&path, &path);
+        assert!(none.unopenable.is_some());
+        assert_eq!(none.repos, whole.repos);
+        assert!(none.kv_own.is_empty());
+    }
 }

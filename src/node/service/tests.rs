@@ -680,3 +680,91 @@ fn lost_peers_are_redialled_with_backoff_and_connected_ones_are_not() {
     }
     assert_eq!(dialled_at, [4, 12], "4 s after two failures, then 8 s after the third");
 }
+
+#[test]
+fn on_a_full_disk_nothing_is_sent_that_was_not_stored_and_the_outbox_follows_the_store_back() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("alice");
+    sim.init("bob");
+    sim.connect("alice", "bob");
+    sim.peer("alice").disk.full = true;
+    let refused = sim.announce("alice", "while full").expect_err("refused");
+    assert!(refused.message().contains("cannot store the announcement: the disk holding /sim is full"), "{refused}");
+    let now = sim.now;
+    let alice = sim.peer("alice");
+    let envelope = Envelope::decode(&chat(&alice.key, "hello", 1, now.unix_ms)).expect("an envelope");
+    let (reply, answer) = oneshot::channel::<Result<ChatSent, Failure>>();
+    alice.service.chat_send(repo(), envelope, None, reply, now, &mut alice.disk);
+    let (reply, kv_answer) = oneshot::channel();
+    let entry = Entry::sign(&alice.key, &repo().id, "k", Some(b"v"), 1, 1).expect("an entry");
+    alice.service.kv_put(repo(), "k".into(), entry, reply, now, &mut alice.disk);
+    sim.end_of_batch("alice");
+    let failed = answer.blocking_recv().expect("an answer").expect_err("not sent");
+    assert!(failed.message().contains("is full"), "{failed}");
+    assert!(kv_answer.blocking_recv().expect("an answer").expect_err("not stored").message().contains("is full"));
+    assert!(sim.peer("alice").in_flight.is_empty(), "nothing published");
+    assert!(sim.peer("alice").queries.is_empty(), "nothing put in the DHT");
+    // Space again; the store, reopened, holds what was durable: the outbox follows it.
+    let alice = sim.peer("alice");
+    alice.disk.full = false;
+    let stored: Vec<(u64, OutboxEntry)> = alice.disk.outbox.iter().map(|(s, (e, _))| (*s, e.clone())).collect();
+    alice.service.reload_outbox(stored);
+    assert_eq!(sim.announce("alice", "after").map(|_| ()), Ok(()));
+    sim.deliver("alice");
+    assert_eq!(sim.peer("bob").announcements(), ["after"]);
+}
+
+#[test]
+fn after_a_repair_our_entries_are_fetched_back_from_peers_copies() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    let (now, alice_key) = (sim.now, sim.peer("alice").key.clone());
+    let loaded = Loaded { restore: vec![(repo().id, "k".to_string())], ..Loaded::default() };
+    sim.peer("alice").service = Service::new(me(&alice_key), &[], loaded, now);
+    assert_eq!(sim.peer("alice").service.restoring(), 1);
+    sim.tick("alice");
+    assert!(sim.peer("alice").queries.is_empty(), "no lookup without peers to ask");
+    sim.connect("alice", "bob");
+    sim.tick("alice");
+    let Some(Io::GetRecord { query, .. }) = sim.peer("alice").queries.pop() else { panic!("a lookup") };
+    // Bob's copy holds alice's entry (and his own).
+    let mut record = crate::proto::kv::Record::new(&repo().id, "k");
+    let bob_key = sim.peer("bob").key.clone();
+    for (key, value) in [(&alice_key, "alice's"), (&bob_key, "bob's")] {
+        record
+            .merge_entry(Entry::sign(key, &repo().id, "k", Some(value.as_bytes()), 5, 5).expect("an entry"))
+            .expect("merges");
+    }
+    let copy = kad::Record::new(kad::RecordKey::new(&record_key(&repo().id, "k")), record.encode());
+    let alice = sim.peer("alice");
+    alice.service.kv_found(query, Some(sim_peer_id(&bob_key)), &copy, 1, &mut alice.disk);
+    alice.service.kv_query_done(query, 1, &mut alice.disk);
+    assert_eq!(alice.service.restoring(), 0);
+    let kept = alice.disk.records.get(&copy.key).expect("kept as our copy");
+    let kept = crate::proto::kv::Record::decode(&kept.value, &repo().id, copy.key.as_ref()).expect("a record");
+    assert_eq!(kept.entries.len(), 2, "ours and bob's");
+    assert_eq!(kept.values().len(), 2);
+}
+
+#[test]
+fn a_key_no_peer_has_is_looked_up_three_times_then_given_up() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    let (now, alice_key) = (sim.now, sim.peer("alice").key.clone());
+    let loaded = Loaded { restore: vec![(repo().id, "gone".to_string())], ..Loaded::default() };
+    sim.peer("alice").service = Service::new(me(&alice_key), &[], loaded, now);
+    sim.connect("alice", "bob");
+    for round in 1..=3 {
+        sim.advance(Duration::from_secs(10));
+        sim.tick("alice");
+        let Some(Io::GetRecord { query, .. }) = sim.peer("alice").queries.pop() else { panic!("lookup {round}") };
+        let alice = sim.peer("alice");
+        alice.service.kv_query_done(query, 1, &mut alice.disk);
+    }
+    assert_eq!(sim.peer("alice").service.restoring(), 0, "given up");
+    sim.advance(Duration::from_secs(10));
+    sim.tick("alice");
+    assert!(!sim.peer("alice").queries.iter().any(|q| matches!(q, Io::GetRecord { .. })), "no fourth lookup");
+}
+
+fn sim_peer_id(key: &Keypair) -> PeerId {
+    key.public().to_peer_id()
+}
