@@ -223,6 +223,12 @@ impl EventLoop {
             Command::Announce { repo, envelope, reply } => self.service.announce(repo, envelope, reply, disk!(self)),
             Command::IngestSpool(reply) => {
                 self.hooks.ingest(&mut self.service, disk!(self), &self.store);
+                // The hook's slow path rang: what it could not spool (a full disk) is in a reflog.
+                let repos = self.service.repos().to_vec();
+                self.hooks.read_reflogs(&repos, &mut self.service, disk!(self), &self.store);
+                if self.hooks.take_wrote() {
+                    self.durability.wrote();
+                }
                 let _ = reply.send(Ok(()));
             }
             Command::Log { repo, limit, reply } => {
@@ -530,7 +536,7 @@ impl EventLoop {
         }
         self.swarm.behaviour_mut().kad.store_mut().persist_pending();
         let repos = self.service.repos().to_vec();
-        self.hooks.after_reopen(&repos, &mut self.service, disk!(self), &self.store);
+        self.hooks.read_reflogs(&repos, &mut self.service, disk!(self), &self.store);
         self.service.flush(Now::system(), disk!(self));
         self.run_io();
         if self.hooks.take_wrote() {

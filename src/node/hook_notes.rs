@@ -154,10 +154,11 @@ impl HookNotes {
         }
     }
 
-    /// The store takes writes again after it could not (a full disk): the reflogs of the
-    /// registered repositories (and of those whose notes came meanwhile) are read from where the
-    /// store's durable state says we were, so every commit made meanwhile is announced.
-    pub fn after_reopen(&mut self, repos: &[RepoInfo], service: &mut Service, disk: &mut dyn Disk, store: &Store) {
+    /// Reads the reflogs of the registered repositories (and of those whose notes came while the
+    /// store could not take announcements) from where the store's durable state says we were:
+    /// after the store was reopened (a full disk), and when the hook's slow path rings (its spool
+    /// may have failed for the same reason), so that every commit made meanwhile is announced.
+    pub fn read_reflogs(&mut self, repos: &[RepoInfo], service: &mut Service, disk: &mut dyn Disk, store: &Store) {
         let mut dirs: Vec<PathBuf> = std::mem::take(&mut self.after_reopen).into_iter().collect();
         dirs.extend(repos.iter().filter_map(|r| r.git_dir.as_ref().map(PathBuf::from)));
         dirs.sort();

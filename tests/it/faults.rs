@@ -91,10 +91,32 @@ fn a_full_disk_is_reported_and_the_node_carries_on_once_there_is_space() {
     if rerun_in_mount_namespace("faults::a_full_disk_is_reported_and_the_node_carries_on_once_there_is_space") {
         return;
     }
+    full_disk(false);
+}
+
+#[test]
+fn a_full_disk_that_also_holds_the_runtime_dir_is_reported_by_the_hook_too() {
+    if rerun_in_mount_namespace("faults::a_full_disk_that_also_holds_the_runtime_dir_is_reported_by_the_hook_too") {
+        return;
+    }
+    full_disk(true);
+}
+
+/// Alice's data dir on a 4 MiB tmpfs (and her runtime dir, with `runtime_too`: then the hook's
+/// note cannot be written either and its slow path speaks), bob a peer; the tmpfs fills up.
+fn full_disk(runtime_too: bool) {
     let alice = Node::new("alice");
     let disk = Tmpfs::mount(&alice.data_dir(), "4m");
+    if runtime_too {
+        let run = alice.data_dir().join("run");
+        std::fs::create_dir_all(&run).expect("mkdir");
+        let link = alice.path("run");
+        let _ = std::fs::remove_file(&link).or_else(|_| std::fs::remove_dir_all(&link));
+        std::os::unix::fs::symlink(&run, &link).expect("the runtime dir on the tmpfs");
+    }
     let Pair { alice, bob, alice_repo, bob_repo } = pair_of(alice, &[]);
     let dir = alice.data_dir().display().to_string();
+    let full = format!("the disk holding {dir} is full");
     eventually(Duration::from_secs(20), "alice and bob to connect", || (!alice.peers().is_empty()).then_some(()));
     commit(&alice, &alice_repo, "before the disk filled");
     eventually(Duration::from_secs(20), "bob to see the first commit", || {
@@ -102,22 +124,31 @@ fn a_full_disk_is_reported_and_the_node_carries_on_once_there_is_space() {
     });
 
     let filler = disk.fill();
-    // Nothing told the node yet: the first commit's note is taken, its store fails, and from
-    // then on everyone is told.
-    commit(&alice, &alice_repo, "full 1");
+    let out = commit(&alice, &alice_repo, "full 1");
     let marker = alice.path("run/git-p2p/store-problem");
-    eventually(Duration::from_secs(20), "the node to find its disk full", || marker.exists().then_some(()));
+    if runtime_too {
+        // No note can be written: the hook's slow path finds the disk full itself.
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "one line from the hook: {err:?}");
+        assert!(err.contains(&format!("git-p2p: {full}")), "{err}");
+        eventually(Duration::from_secs(20), "the node to find its disk full", || {
+            (alice.status()["store"]["state"] == "full").then_some(())
+        });
+    } else {
+        // Nothing told the node yet: the first commit's note is taken, its store fails, and from
+        // then on everyone is told.
+        eventually(Duration::from_secs(20), "the node to find its disk full", || marker.exists().then_some(()));
+    }
     let status = alice.status();
     assert_eq!(status["store"]["state"], "full", "{status}");
     let text = alice.ok(&["daemon", "status"]);
-    assert!(text.contains("FULL") && text.contains(&format!("the disk holding {dir} is full")), "{text}");
+    assert!(text.contains("FULL") && text.contains(&full), "{text}");
     for i in 2..=5 {
         let out = commit(&alice, &alice_repo, &format!("full {i}"));
         let err = stderr(&out);
         assert_eq!(err.lines().count(), 1, "one line from the hook: {err:?}");
-        assert!(err.contains(&format!("git-p2p: the disk holding {dir} is full")), "{err}");
+        assert!(err.contains(&format!("git-p2p: {full}")), "{err}");
     }
-    let full = format!("the disk holding {dir} is full");
     assert_one_line_error(&alice.run_in(&alice_repo, &["kv", "set", "k", "v"]), 1, &full);
     assert_one_line_error(&alice.run_in(&alice_repo, &["chat", "--send", "hello"]), 1, &full);
     assert_one_line_error(&alice.run_in(&alice_repo, &["announce"]), 1, &full);
@@ -134,6 +165,14 @@ fn a_full_disk_is_reported_and_the_node_carries_on_once_there_is_space() {
     let status = alice.status();
     assert_eq!(status["store"]["state"], "ok", "{status}");
     assert!(!marker.exists(), "the hook is not told any more");
+    // A note left empty when the disk was full is not read as one: wait until the node has
+    // taken every note, then the hook's fast path is silent again.
+    let notes = alice.path("run/git-p2p/notes");
+    eventually(Duration::from_secs(20), "the node to take the notes", || {
+        let left = std::fs::read_dir(&notes)
+            .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "note")).count());
+        (left.unwrap_or(0) == 0).then_some(())
+    });
     let out = commit(&alice, &alice_repo, "after the space came back");
     assert_eq!(stderr(&out), "", "the hook is silent again");
     alice.ok_in(&alice_repo, &["kv", "set", "k", "v"]);
