@@ -82,7 +82,7 @@ impl Durability {
     pub fn sync_soon(&mut self, store: &Store) {
         if std::mem::take(&mut self.unsynced) && self.send(SyncJob::default()).is_err() {
             if let Err(e) = store.sync() {
-                tracing::warn!(error = %e, "cannot sync the store");
+                log_store_error(&e, "cannot sync the store");
             }
         }
     }
@@ -189,10 +189,20 @@ fn run_job(store: &Store, job: SyncJob) {
     match store.chat_insert_all(&job.history).and_then(|_| store.sync()) {
         Ok(()) => job.acks.into_iter().for_each(|ack| ack.settle(Ok(()))),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot sync the store");
+            log_store_error(&e, "cannot sync the store");
             let failure = Failure::new(format!("cannot store: {e}"));
             job.acks.into_iter().for_each(|ack| ack.settle(Err(failure.clone())));
         }
+    }
+}
+
+/// Logs a failed store operation: quietly when the store as a whole is down (a full disk, a
+/// damaged file: it said so once, loudly, and every operation fails until it is back).
+pub fn log_store_error(e: &StoreError, what: &str) {
+    if e.is_store_down() {
+        tracing::debug!(error = %e, "{what}");
+    } else {
+        tracing::warn!(error = %e, "{what}");
     }
 }
 

@@ -5,8 +5,8 @@
 //! States: Running -> (Shutdown command, SIGTERM or SIGINT, data dir deleted) -> Stopping, where
 //! it answers what it was asked last, drops the swarm (closing connections) and returns; the
 //! store is synced on the way out. While the store takes no writes (a full disk, a damaged
-//! file) the loop runs on; each tick it tries to reopen a store whose disk has space again, and
-//! then reloads what it holds in memory of the store and reads the reflogs (see `store_watch`).
+//! file) the loop runs on; each tick `store_watch` reopens a store whose disk has space again,
+//! and the loop then takes back what it holds of the store and reads the reflogs.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,10 +23,11 @@ use super::disk::{load, Durability, NodeDisk};
 use super::history::HistoryWriter;
 use super::hook_notes::{HookNotes, Wake};
 use super::service::{BridgeOp, Io, Me, QueryRef, Service};
+use super::store_watch::StoreWatch;
 use crate::bridge::{Bridge, Inbound};
 use crate::clock::Now;
-use crate::control::api::{Command, ConfigInForce, Failure, KvKey, NodeEvent, NodeStatus, NostrStatus, StoreStatus};
-use crate::store::{Health, Store};
+use crate::control::api::{Command, ConfigInForce, Failure, KvKey, NodeEvent, NodeStatus, NostrStatus};
+use crate::store::Store;
 
 /// How often the loop looks for peers to redial, published entries past their grace, the spool.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -75,8 +76,8 @@ pub struct EventLoop {
     /// What the bridge heard from relays. The sender is kept so the channel never closes.
     inbound: mpsc::Receiver<Inbound>,
     _inbound_tx: mpsc::Sender<Inbound>,
-    /// The store's health and reopen count as last seen (see [`Self::watch_store`]).
-    store_seen: (Health, u64),
+    /// The store's health as last seen.
+    store_watch: StoreWatch,
 }
 
 /// The service's view of the store for one call (the fields it borrows are the event loop's).
@@ -105,6 +106,7 @@ impl EventLoop {
         let me = Me::new(info.key.clone(), info.name.clone(), info.npub.clone());
         let bootstrap: Vec<_> = bootstrap.iter().map(|b| (b.peer_id, b.addr.clone())).collect();
         let service = Service::new(me, &bootstrap, load(&store), Now::system());
+        let store_watch = StoreWatch::new(info.store_problem.clone(), info.data_dir.clone());
         let mut this = Self {
             swarm,
             commands,
@@ -119,9 +121,8 @@ impl EventLoop {
             bridge,
             inbound,
             _inbound_tx: inbound_tx,
-            store_seen: (Health::Ok, 0),
+            store_watch,
         };
-        this.watch_store();
         this.run_io();
         this.hooks.ingest(&mut this.service, disk!(this), &this.store);
         this.run_io();
@@ -164,7 +165,9 @@ impl EventLoop {
                         tracing::warn!("the data dir is gone, stopping");
                         break;
                     }
-                    self.watch_store();
+                    if self.store_watch.look(&self.store) {
+                        self.store_reopened();
+                    }
                     self.maintain();
                 }
             }
@@ -222,13 +225,8 @@ impl EventLoop {
             }
             Command::Announce { repo, envelope, reply } => self.service.announce(repo, envelope, reply, disk!(self)),
             Command::IngestSpool(reply) => {
-                self.hooks.ingest(&mut self.service, disk!(self), &self.store);
                 // The hook's slow path rang: what it could not spool (a full disk) is in a reflog.
-                let repos = self.service.repos().to_vec();
-                self.hooks.read_reflogs(&repos, &mut self.service, disk!(self), &self.store);
-                if self.hooks.take_wrote() {
-                    self.durability.wrote();
-                }
+                self.spool_changed(true);
                 let _ = reply.send(Ok(()));
             }
             Command::Log { repo, limit, reply } => {
@@ -351,19 +349,24 @@ impl EventLoop {
                     tracing::warn!(error = %e, "spool watch failed; reading the spool every second");
                     self.hooks.unwatch();
                 }
-                self.spool_changed();
+                self.spool_changed(false);
             }
-            Wake::Released => self.spool_changed(),
+            Wake::Released => self.spool_changed(false),
         }
         if self.hooks.take_wrote() {
             self.durability.wrote();
         }
     }
 
-    /// Something arrived in the spool or a held note may go now: publish first, then make it
-    /// durable off this thread.
-    fn spool_changed(&mut self) {
+    /// Something arrived in the spool, a held note may go now, or (`reflogs`) the registered
+    /// repositories' reflogs may have commits no note or spool file tells of: publish first, then
+    /// make it durable off this thread.
+    fn spool_changed(&mut self, reflogs: bool) {
         self.hooks.ingest(&mut self.service, disk!(self), &self.store);
+        if reflogs {
+            let repos = self.service.repos().to_vec();
+            self.hooks.read_reflogs(&repos, &mut self.service, disk!(self), &self.store);
+        }
         self.service.flush(Now::system(), disk!(self));
         self.run_io();
         if self.hooks.take_wrote() {
@@ -489,86 +492,21 @@ impl EventLoop {
             nostr: self.nostr_status(),
             outbox: self.service.outbox_len(),
             rebasing: self.hooks.rebasing(),
-            store: self.store_status(),
+            store: super::store_watch::status(&self.store),
             restoring: self.service.restoring(),
         }
     }
 
-    fn store_status(&self) -> StoreStatus {
-        let health = self.store.health();
-        let (state, since) = match &health {
-            Health::Ok => ("ok", None),
-            Health::Full { since } => ("full", Some(*since)),
-            Health::Failing { since, .. } => ("failing", Some(*since)),
-            Health::Damaged { .. } => ("damaged", None),
-        };
-        StoreStatus {
-            state: state.into(),
-            path: self.store.path().display().to_string(),
-            problem: (health != Health::Ok).then(|| self.store.error_of(&health).to_string()),
-            since,
-            bytes: std::fs::metadata(self.store.path()).map(|m| m.len()).unwrap_or(0),
-        }
-    }
-
-    /// Follows the store's health: reopens it once its disk has space again, then takes back
-    /// what it holds (the outbox, rolled back to its last durable state; DHT records it could
-    /// not take) and reads the reflogs for the commits made meanwhile; tells the hook (and a
-    /// damaged store, the clients that would start a node) in files of their own.
-    fn watch_store(&mut self) {
-        if matches!(self.store.health(), Health::Full { .. } | Health::Failing { .. }) {
-            self.store.reopen();
-        }
-        let (health, generation) = (self.store.health(), self.store.generation());
-        if generation != self.store_seen.1 {
-            self.store_reopened();
-        }
-        if health != self.store_seen.0 {
-            self.store_changed(&health);
-        }
-        self.store_seen = (health, generation);
-    }
-
+    /// The store was reopened (a full disk had space again): it went back to its last durable
+    /// state, so the outbox in memory is read back, the DHT records it could not take are
+    /// stored, and the reflogs are read for the commits made meanwhile.
     fn store_reopened(&mut self) {
         match self.store.outbox() {
             Ok(stored) => self.service.reload_outbox(stored),
             Err(e) => tracing::warn!(error = %e, "cannot read the outbox back"),
         }
         self.swarm.behaviour_mut().kad.store_mut().persist_pending();
-        let repos = self.service.repos().to_vec();
-        self.hooks.read_reflogs(&repos, &mut self.service, disk!(self), &self.store);
-        self.service.flush(Now::system(), disk!(self));
-        self.run_io();
-        if self.hooks.take_wrote() {
-            self.durability.wrote();
-        }
-        self.durability.sync_soon(&self.store);
-    }
-
-    fn store_changed(&mut self, health: &Health) {
-        let marker = &self.info.store_problem;
-        let path = self.store.path().display().to_string();
-        let line = match health {
-            Health::Ok => {
-                let _ = std::fs::remove_file(marker);
-                return;
-            }
-            Health::Full { .. } => format!(
-                "the disk holding {} is full: commits are announced once there is space again",
-                self.info.data_dir
-            ),
-            Health::Failing { reason, .. } => {
-                format!("cannot write the store {path} ({reason}): commits are announced once it works again")
-            }
-            Health::Damaged { .. } => {
-                let error = self.store.error_of(health).to_string();
-                crate::store::record_damage(self.store.path(), &error);
-                format!("the store {path} is damaged: commits are announced after: git p2p daemon repair")
-            }
-        };
-        if let Err(e) = crate::store::write_atomically(marker, format!("{line}\n").as_bytes()) {
-            tracing::debug!(error = %e, "cannot tell the hook about the store");
-        }
+        self.spool_changed(true);
     }
 
     fn nostr_status(&self) -> NostrStatus {

@@ -117,7 +117,7 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Job>) {
             if !batch.is_empty() {
                 match store.chat_insert_all(&batch) {
                     Ok(_) => unsynced = true,
-                    Err(e) => tracing::warn!(error = %e, lost = batch.len(), "cannot store chat messages"),
+                    Err(e) => super::disk::log_store_error(&e, &format!("cannot store {} chat messages", batch.len())),
                 }
             }
             if let Some((room, limit, reply)) = read_after {
@@ -128,7 +128,7 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Job>) {
         }
         if unsynced && last_sync.elapsed() >= SYNC_EVERY {
             if let Err(e) = store.sync() {
-                tracing::warn!(error = %e, "cannot sync the chat history");
+                super::disk::log_store_error(&e, "cannot sync the chat history");
             }
             unsynced = false;
             last_sync = Instant::now();

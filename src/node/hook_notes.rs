@@ -251,7 +251,7 @@ impl HookNotes {
                 Item::Entry(entry) if already_announced(&entry, service, store) => {}
                 Item::Entry(entry) => {
                     if let Err(e) = service.queue_announcement(entry, true, disk) {
-                        tracing::warn!(error = %e, "cannot move a spooled announcement to the outbox");
+                        super::disk::log_store_error(&e, "cannot move a spooled announcement to the outbox");
                         return;
                     }
                 }

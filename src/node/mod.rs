@@ -12,6 +12,7 @@ pub mod repair;
 mod repo_cache;
 pub mod service;
 mod spool_watch;
+mod store_watch;
 
 use std::fs::File;
 use std::io::{self, Write};

@@ -254,7 +254,12 @@ impl Service {
                 }
                 Ok(false) => MessageAcceptance::Ignore,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot store an announcement");
+                    // A store that is down (a full disk) said so once; it is not news per message.
+                    if e.is_store_down() {
+                        tracing::debug!(error = %e, "cannot store an announcement");
+                    } else {
+                        tracing::warn!(error = %e, "cannot store an announcement");
+                    }
                     MessageAcceptance::Ignore
                 }
             },
