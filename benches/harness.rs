@@ -1266,7 +1266,7 @@ fn start_bench(metrics: &mut Vec<Metric>, smoke: bool) {
         .map(|&mb| {
             let node = Node::new(&format!("store{mb}"));
             if mb > 0 {
-                fill_store(&node.data_dir().join("store.redb"), mb * 1024 * 1024);
+                fill_store(&node.data_dir().join("store.redb"), mb * 1024 * 1024, if smoke { 500 } else { 10_000 });
             }
             (mb, node)
         })
@@ -1324,9 +1324,9 @@ fn on_disk(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
 }
 
-/// Fills the store at `path` (no node running) to about `bytes`: 10 000 announcements, 10 000
-/// room messages, then Kademlia records of the size that makes up the rest.
-fn fill_store(path: &Path, bytes: u64) {
+/// Fills the store at `path` (no node running) to about `bytes`: `count` announcements, `count`
+/// room messages, then (at most `count`) Kademlia records of the size that makes up the rest.
+fn fill_store(path: &Path, bytes: u64, count: u64) {
     use git_p2p::proto::announce::{Commit, FeedEntry};
     use git_p2p::proto::chat::ChatEntry;
     use git_p2p::proto::repo::RepoId;
@@ -1336,7 +1336,7 @@ fn fill_store(path: &Path, bytes: u64) {
     let store = Store::open(path).expect("open the store");
     let hex = |i: u64, c: char| format!("{i:08x}{}", c.to_string().repeat(32));
     let repos: Vec<RepoId> = (0..10).map(|r| RepoId::try_from(hex(r, 'a')).expect("an id")).collect();
-    for i in 0..10_000u64 {
+    for i in 0..count {
         let repo = repos[(i % 10) as usize].clone();
         let commit = Commit {
             ref_name: Some("refs/heads/main".into()),
@@ -1350,7 +1350,7 @@ fn fill_store(path: &Path, bytes: u64) {
         let entry = FeedEntry { repo, peer, name: Some("bob".into()), commit, announced_at: i, received_at: i };
         store.feed_insert(&entry).expect("feed");
     }
-    let chat: Vec<ChatEntry> = (0..10_000u64)
+    let chat: Vec<ChatEntry> = (0..count)
         .map(|i| ChatEntry {
             room: format!("room{}", i % 10),
             id: hex(i, 'm'),
@@ -1369,7 +1369,7 @@ fn fill_store(path: &Path, bytes: u64) {
     store.sync().expect("sync");
     // The rest in Kademlia records (values as a full multi-writer record would carry).
     let used = on_disk(path);
-    let records = 10_000u64;
+    let records = count;
     // JSON spends about 3.6 bytes per value byte; the file grows until it has the size.
     let value_len = (bytes.saturating_sub(used) * 10 / records / 36).max(64) as usize;
     let expires = Some(git_p2p::clock::unix_now_ms() + 40 * 3600 * 1000);

@@ -85,16 +85,27 @@ pub fn repair(paths: &Paths, force: bool) -> Result<Outcome, RepairError> {
         Err(StoreError::Damaged { reason, .. }) => reason,
         Err(e) => return Err(e.into()),
     };
-    let moved_to = crate::store::beside(&path, &format!("damaged-{}", crate::clock::unix_now()));
-    std::fs::rename(&path, &moved_to).map_err(|source| RepairError::Move { path: path.clone(), source })?;
-    crate::store::clear_damage(&path);
-    let old = salvage(&moved_to, &path);
+    // The new store is built beside the old one and only then put in its place: a repair that
+    // fails half-way (a full disk) leaves the damaged store where it was, to repair again.
+    let old = salvage(&path, &path);
     let identity = Identity::load_or_create(&paths.data_dir)?;
-    let store = Store::open(&path)?;
-    let mut report = Report { reason, moved_to, ..Report::default() };
-    rebuild(&store, old, &identity, &mut report)?;
-    store.sync()?;
-    store.close();
+    let building = crate::store::beside(&path, "new");
+    let _ = std::fs::remove_file(&building);
+    let moved_to = crate::store::beside(&path, &format!("damaged-{}", crate::clock::unix_now()));
+    let mut report = Report { reason, moved_to: moved_to.clone(), ..Report::default() };
+    let built = Store::open(&building).and_then(|store| {
+        let result = rebuild(&store, old, &identity, &mut report).and_then(|()| store.sync());
+        store.close();
+        result
+    });
+    let _ = std::fs::remove_file(crate::store::beside(&building, "clean"));
+    if let Err(e) = built {
+        let _ = std::fs::remove_file(&building);
+        return Err(e.into());
+    }
+    let moved = std::fs::rename(&path, &moved_to).and_then(|()| std::fs::rename(&building, &path));
+    moved.map_err(|source| RepairError::Move { path: path.clone(), source })?;
+    crate::store::clear_damage(&path);
     Ok(Outcome::Repaired(report))
 }
 
