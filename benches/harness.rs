@@ -1271,25 +1271,30 @@ fn start_bench(metrics: &mut Vec<Metric>, smoke: bool) {
             (mb, node)
         })
         .collect();
+    // The start, and the stop after it (which verifies the file before it marks it clean).
     let time_start = |node: &Node| {
         let t = Instant::now();
         node.ok(&["daemon", "start"]);
-        let took = ms(t.elapsed());
+        let start = ms(t.elapsed());
+        let t = Instant::now();
         node.ok(&["daemon", "stop"]);
-        took
+        (start, ms(t.elapsed()))
     };
     // Sizes take turns, so that each sees the same phases of this shared machine.
-    let (mut clean, mut verified) = (vec![Vec::new(); nodes.len()], vec![Vec::new(); nodes.len()]);
+    let mut clean = vec![Vec::new(); nodes.len()];
+    let (mut verified, mut stops) = (clean.clone(), clean.clone());
     for _ in 0..verified_runs {
         for (i, (_, node)) in nodes.iter().enumerate() {
             // Without the mark of a clean close, the file is read through before it is used.
             let _ = std::fs::remove_file(node.data_dir().join("store.redb.clean"));
-            verified[i].push(time_start(node));
+            verified[i].push(time_start(node).0);
         }
     }
     for _ in 0..runs {
         for (i, (_, node)) in nodes.iter().enumerate() {
-            clean[i].push(time_start(node));
+            let (start, stop) = time_start(node);
+            clean[i].push(start);
+            stops[i].push(stop);
         }
     }
     for (i, (mb, node)) in nodes.iter().enumerate() {
@@ -1314,6 +1319,13 @@ fn start_bench(metrics: &mut Vec<Metric>, smoke: bool) {
             samples: std::mem::take(&mut verified[i]),
             nodes: 1,
             goal: "(after a crash)",
+        });
+        metrics.push(Metric {
+            name: label("stop"),
+            unit: "ms",
+            samples: std::mem::take(&mut stops[i]),
+            nodes: 1,
+            goal: "(daemon stop; verifies)",
         });
     }
 }

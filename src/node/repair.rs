@@ -79,11 +79,20 @@ pub fn repair(paths: &Paths, force: bool) -> Result<Outcome, RepairError> {
     if !path.exists() {
         return Ok(Outcome::NoStore);
     }
-    let reason = match Store::verify(&path) {
-        Ok(()) if !force => return Ok(Outcome::Healthy),
-        Ok(()) => "rebuilt on request (--force)".to_string(),
-        Err(StoreError::Damaged { reason, .. }) => reason,
-        Err(e) => return Err(e.into()),
+    // Found damaged before (and the same file): redb may since have brought it back to an
+    // earlier state that verifies, which is not what the store held.
+    let reason = match crate::store::damage_report(&path) {
+        // "the store P is damaged (REASON): move it aside ...": the reason is what to show.
+        Some(said) => said
+            .split_once(" is damaged (")
+            .and_then(|(_, rest)| rest.rsplit_once("): "))
+            .map_or(said.clone(), |(reason, _)| reason.to_string()),
+        None => match Store::verify(&path) {
+            Ok(()) if !force => return Ok(Outcome::Healthy),
+            Ok(()) => "rebuilt on request (--force)".to_string(),
+            Err(StoreError::Damaged { reason, .. }) => reason,
+            Err(e) => return Err(e.into()),
+        },
     };
     // The new store is built beside the old one and only then put in its place: a repair that
     // fails half-way (a full disk) leaves the damaged store where it was, to repair again.

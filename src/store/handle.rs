@@ -15,10 +15,10 @@
 //! current database from the slot, so a reopen reaches all of them.
 //!
 //! A file is trusted without being read through only if it is the one this code closed cleanly:
-//! the clean close records the file's size, times and inode next to it ([`CLEAN`]); any other
-//! open (after a crash, or when the file was changed outside the node) verifies the checksum of
-//! every page first (redb's integrity check: 1-2 ms per MiB here), so damage is found before
-//! anything is read, not halfway through a listing.
+//! the clean close verifies the file and records its size, times and inode next to it
+//! ([`CLEAN`]); any other open (after a crash, or when the file was changed outside the node)
+//! verifies the checksum of every page first (redb's integrity check: 1-2 ms per MiB here), so
+//! damage is found before anything is read, not halfway through a listing.
 
 use std::cell::{Cell, RefCell};
 use std::os::unix::fs::MetadataExt;
@@ -288,8 +288,10 @@ impl Handle {
         }
     }
 
-    /// Closes the file; if all was well, records it as cleanly closed so that the next open
-    /// trusts it without reading it through. Waits (bounded) for operations under way.
+    /// Closes the file; if all was well, and the file verifies page by page now, records it as
+    /// cleanly closed so that the next open trusts it without reading it through (the cost of
+    /// the check moves from the next start to this stop). Waits (bounded) for operations under
+    /// way.
     pub fn close(&self) {
         let mut slot = self.slot.write().unwrap_or_else(|p| p.into_inner());
         let Some(database) = slot.take() else { return };
@@ -297,13 +299,33 @@ impl Handle {
         while Arc::strong_count(&database) > 1 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        let Ok(database) = Arc::try_unwrap(database) else {
+        let Ok(mut database) = Arc::try_unwrap(database) else {
             tracing::warn!("the store is still in use at shutdown; the next start verifies it");
             return;
         };
+        let mut verified = false;
+        if self.health() == Health::Ok {
+            // Verified now, so that damage written into the file while the node ran is not
+            // trusted at the next start either.
+            match quietly(|| database.check_integrity()) {
+                Ok(Ok(true)) => verified = true,
+                Ok(Ok(false)) => {
+                    self.set_damaged(ROLLED_BACK.into());
+                }
+                Ok(Err(e)) => match redb::Error::from(e) {
+                    redb::Error::Corrupted(reason) => {
+                        self.set_damaged(reason);
+                    }
+                    other => tracing::debug!(error = %other, "the store was not verified; the next start does it"),
+                },
+                Err(panic) => {
+                    self.set_damaged(format!("redb failed reading it: {panic}"));
+                }
+            }
+        }
         let closed = quietly(|| database.close());
         match (closed, self.health()) {
-            (Ok(Ok(())), Health::Ok) => {
+            (Ok(Ok(())), Health::Ok) if verified => {
                 if let Err(e) = write_clean_mark(&self.path) {
                     tracing::debug!(error = %e, "cannot record the clean close; the next start verifies the store");
                 }
@@ -311,16 +333,31 @@ impl Handle {
             (Ok(Err(e)), _) => tracing::warn!(error = %e, "the store did not close cleanly"),
             _ => {}
         }
+        // Found now (redb may have changed the file going back): said at the next start too.
+        if let Health::Damaged { reason } = self.health() {
+            record_damage(&self.path, &self.damaged_error(reason).to_string());
+        }
     }
 }
 
-/// Opens (creating) the database, with redb's check of every page when `verify`; what goes
-/// wrong as a [`StoreError`] (a damaged file, a full disk, another node).
+/// What a verification found wrong, in words for the user.
+const ROLLED_BACK: &str = "some pages did not verify: redb could only recover an earlier state of it";
+
+/// Opens (creating) the database; with `verify`, checks every page's checksum (unless redb's own
+/// recovery just did, after a crash). What goes wrong as a [`StoreError`] (a damaged file, a
+/// full disk, another node). redb's check repairs what it can by going back to an earlier
+/// commit: that is damage too (what was stored since is gone), not a clean file.
 fn open_database(path: &Path, verify: bool) -> Result<Database, StoreError> {
+    let recovered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = recovered.clone();
     let opened = quietly(|| {
         let mut builder = Database::builder();
-        builder.set_check_integrity_on_open(verify);
-        builder.create(path)
+        builder.set_repair_callback(move |_| flag.store(true, Ordering::Relaxed));
+        let mut database = builder.create(path)?;
+        if verify && !recovered.load(Ordering::Relaxed) && !database.check_integrity()? {
+            return Err(DatabaseError::Storage(redb::StorageError::Corrupted(ROLLED_BACK.into())));
+        }
+        Ok(database)
     });
     let damaged = |reason: String| StoreError::Damaged {
         path: path.display().to_string(),
