@@ -115,6 +115,9 @@ fn full_disk(runtime_too: bool) {
         std::os::unix::fs::symlink(&run, &link).expect("the runtime dir on the tmpfs");
     }
     let Pair { alice, bob, alice_repo, bob_repo } = pair_of(alice, &[]);
+    // Bound again after alice: dropped (unmounted) before her temporary dir, which holds the
+    // mount point, is removed, even when the test fails.
+    let disk = disk;
     let dir = alice.data_dir().display().to_string();
     let full = format!("the disk holding {dir} is full");
     eventually(Duration::from_secs(20), "alice and bob to connect", || (!alice.peers().is_empty()).then_some(()));
@@ -184,9 +187,6 @@ fn full_disk(runtime_too: bool) {
     alice.ok(&["daemon", "stop"]);
     let keys = alice.ok_in(&alice_repo, &["kv", "ls"]);
     assert!(keys.lines().any(|l| l.ends_with(" k")), "{keys}");
-    // The mount goes before alice's temporary dir, which holds the mount point.
-    alice.ok(&["daemon", "stop"]);
-    drop(disk);
 }
 
 /// One way to damage the store file.
