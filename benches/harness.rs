@@ -999,7 +999,7 @@ fn main() {
     let cold_runs = if smoke { 3 } else { 20 };
     let mut metrics = Vec::new();
     // BENCH_ONLY=chat,kv runs only those parts: basics (peers, cold start, idle RSS), hook,
-    // announce, tui, gossip, many, kv, chat.
+    // announce, tui, gossip, many, kv, chat, start (start-up against the store's size).
     let only: Option<Vec<String>> =
         std::env::var("BENCH_ONLY").ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
     let wants = |part: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == part));
@@ -1031,6 +1031,9 @@ fn main() {
     }
     if wants("chat") {
         chat_bench(&mut metrics, if smoke { 50 } else { 3000 });
+    }
+    if wants("start") {
+        start_bench(&mut metrics, smoke);
     }
     report(&metrics);
 }
@@ -1242,4 +1245,157 @@ fn report(metrics: &[Metric]) {
             })
         );
     }
+}
+
+/// Start-up against the store's size. A node's store is filled (before the node ever ran) as a
+/// busy node's would be: 10 000 received announcements, 10 000 room messages in 10 rooms, and
+/// Kademlia records (at most 10 000, the node's bound) making up the rest of the size. Then
+/// `git p2p daemon start` (spawn until the node says it is ready) is timed: after a clean stop
+/// (the common case), and when the node does not know the file as the one it closed cleanly
+/// (after a crash, or a change made outside it: the node then verifies every page first). The
+/// store's size on disk is recorded beside them. `BENCH_STORE_MB` (comma separated) overrides
+/// the sizes; 16 MiB is what the announcements and messages alone take.
+fn start_bench(metrics: &mut Vec<Metric>, smoke: bool) {
+    let sizes: Vec<u64> = std::env::var("BENCH_STORE_MB")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| if smoke { vec![0, 2] } else { vec![0, 20, 50, 100] });
+    let (runs, verified_runs) = if smoke { (3, 1) } else { (20, 5) };
+    let nodes: Vec<(u64, Node)> = sizes
+        .iter()
+        .map(|&mb| {
+            let node = Node::new(&format!("store{mb}"));
+            if mb > 0 {
+                fill_store(&node.data_dir().join("store.redb"), mb * 1024 * 1024, if smoke { 500 } else { 10_000 });
+            }
+            (mb, node)
+        })
+        .collect();
+    // The start, and the stop after it (which verifies the file before it marks it clean).
+    let time_start = |node: &Node| {
+        let t = Instant::now();
+        node.ok(&["daemon", "start"]);
+        let start = ms(t.elapsed());
+        let t = Instant::now();
+        node.ok(&["daemon", "stop"]);
+        (start, ms(t.elapsed()))
+    };
+    // Sizes take turns, so that each sees the same phases of this shared machine.
+    let mut clean = vec![Vec::new(); nodes.len()];
+    let (mut verified, mut stops) = (clean.clone(), clean.clone());
+    for _ in 0..verified_runs {
+        for (i, (_, node)) in nodes.iter().enumerate() {
+            // Without the mark of a clean close, the file is read through before it is used.
+            let _ = std::fs::remove_file(node.data_dir().join("store.redb.clean"));
+            verified[i].push(time_start(node).0);
+        }
+    }
+    for _ in 0..runs {
+        for (i, (_, node)) in nodes.iter().enumerate() {
+            let (start, stop) = time_start(node);
+            clean[i].push(start);
+            stops[i].push(stop);
+        }
+    }
+    for (i, (mb, node)) in nodes.iter().enumerate() {
+        let label = |what: &str| -> &'static str { format!("start_{what}_{mb}MB").leak() };
+        metrics.push(Metric {
+            name: label("size"),
+            unit: "MiB",
+            samples: vec![on_disk(&node.data_dir().join("store.redb")) as f64 / 1048576.0],
+            nodes: 1,
+            goal: "(store.redb on disk)",
+        });
+        metrics.push(Metric {
+            name: label("clean"),
+            unit: "ms",
+            samples: std::mem::take(&mut clean[i]),
+            nodes: 1,
+            goal: "<= 300 ms",
+        });
+        metrics.push(Metric {
+            name: label("verify"),
+            unit: "ms",
+            samples: std::mem::take(&mut verified[i]),
+            nodes: 1,
+            goal: "(after a crash)",
+        });
+        metrics.push(Metric {
+            name: label("stop"),
+            unit: "ms",
+            samples: std::mem::take(&mut stops[i]),
+            nodes: 1,
+            goal: "(daemon stop; verifies)",
+        });
+    }
+}
+
+/// The bytes a file takes on the disk (redb's file has holes while it grows).
+fn on_disk(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+}
+
+/// Fills the store at `path` (no node running) to about `bytes`: `count` announcements, `count`
+/// room messages, then (at most `count`) Kademlia records of the size that makes up the rest.
+fn fill_store(path: &Path, bytes: u64, count: u64) {
+    use git_p2p::proto::announce::{Commit, FeedEntry};
+    use git_p2p::proto::chat::ChatEntry;
+    use git_p2p::proto::repo::RepoId;
+    use git_p2p::store::{DhtRecord, Store};
+
+    std::fs::create_dir_all(path.parent().expect("a data dir")).expect("mkdir");
+    let store = Store::open(path).expect("open the store");
+    let hex = |i: u64, c: char| format!("{i:08x}{}", c.to_string().repeat(32));
+    let repos: Vec<RepoId> = (0..10).map(|r| RepoId::try_from(hex(r, 'a')).expect("an id")).collect();
+    for i in 0..count {
+        let repo = repos[(i % 10) as usize].clone();
+        let commit = Commit {
+            ref_name: Some("refs/heads/main".into()),
+            id: hex(i, 'c'),
+            parents: vec![hex(i + 1, 'c')],
+            author: "Some Author".into(),
+            summary: format!("commit number {i}: a summary line of a typical length"),
+            time: 1_700_000_000 + i as i64,
+        };
+        let peer = format!("12D3KooW{}", "p".repeat(44));
+        let entry = FeedEntry { repo, peer, name: Some("bob".into()), commit, announced_at: i, received_at: i };
+        store.feed_insert(&entry).expect("feed");
+    }
+    let chat: Vec<ChatEntry> = (0..count)
+        .map(|i| ChatEntry {
+            room: format!("room{}", i % 10),
+            id: hex(i, 'm'),
+            peer: format!("12D3KooW{}", "p".repeat(44)),
+            name: Some("carol".into()),
+            text: format!("message {i}: about as long as a line people type in a chat room"),
+            sent_at: i,
+            received_at: i,
+            own: false,
+            via: None,
+        })
+        .collect();
+    for batch in chat.chunks(500) {
+        store.chat_insert_all(batch).expect("chat");
+    }
+    store.sync().expect("sync");
+    // The rest in Kademlia records (values as a full multi-writer record would carry).
+    let used = on_disk(path);
+    let records = count;
+    // JSON spends about 3.6 bytes per value byte; the file grows until it has the size.
+    let value_len = (bytes.saturating_sub(used) * 10 / records / 36).max(64) as usize;
+    let expires = Some(git_p2p::clock::unix_now_ms() + 40 * 3600 * 1000);
+    for i in 0..records {
+        let value: Vec<u8> = (0..value_len).map(|k| (k as u64 * 31 + i) as u8).collect();
+        let record = DhtRecord { value, publisher: None, expires };
+        store.dht_put(&i.to_be_bytes(), &record).expect("dht");
+        if i % 200 == 199 {
+            // Pages freed by commits that are not durable are only reused after a durable one.
+            store.sync().expect("sync");
+            if on_disk(path) >= bytes {
+                break;
+            }
+        }
+    }
+    store.sync().expect("sync");
 }

@@ -173,6 +173,21 @@ pub fn reflog_commits(text: &str) -> Vec<ReflogCommit> {
     out
 }
 
+/// [`RepoContext::head_reflog_offset_since`] over a reflog's bytes. A line is `<old> <new>
+/// <name> <<email>> <time> <zone>\t<message>`; an unreadable time counts as recent.
+fn reflog_offset_since(bytes: &[u8], since: i64) -> u64 {
+    let mut offset = 0;
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        let head = line.split(|&b| b == b'\t').next().unwrap_or(line);
+        let time = String::from_utf8_lossy(head).split_whitespace().rev().nth(1).and_then(|t| t.parse::<i64>().ok());
+        if time.is_none_or(|t| t >= since) {
+            return offset;
+        }
+        offset += line.len() as u64;
+    }
+    offset
+}
+
 impl RepoContext {
     /// Re-reads HEAD (its commit and branch) through the open handle: what changes from one
     /// commit to the next. The identity, room name, remotes and user stay as read at open.
@@ -191,6 +206,13 @@ impl RepoContext {
     /// How long HEAD's reflog is now (bytes; 0 without one): where to start reading later.
     pub fn head_reflog_len(&self) -> u64 {
         std::fs::metadata(self.git_dir.join("logs").join("HEAD")).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Where HEAD's reflog entries made at or after `since` (Unix seconds) begin (bytes; the
+    /// reflog's length if none were): a repair reads the recent ones again.
+    pub fn head_reflog_offset_since(&self, since: i64) -> u64 {
+        let Ok(bytes) = std::fs::read(self.git_dir.join("logs").join("HEAD")) else { return 0 };
+        reflog_offset_since(&bytes, since)
     }
 
     /// Names this work tree's HEAD reflog (where the node keeps its reading position): the
@@ -594,6 +616,19 @@ mod tests {
 
     fn cache_of(ctx: &RepoContext) -> PathBuf {
         ctx.git_dir.join("p2p").join(CACHE_FILE)
+    }
+
+    #[test]
+    fn the_reflog_offset_since_a_time_is_where_its_entries_begin() {
+        let z = "0".repeat(40);
+        let line = |t: i64| format!("{z} {z} A U Thor <a@example.com> {t} +0100\tcommit: at {t}\n");
+        let log = format!("{}{}{}", line(100), line(200), line(300));
+        let bytes = log.as_bytes();
+        assert_eq!(reflog_offset_since(bytes, 0), 0);
+        assert_eq!(reflog_offset_since(bytes, 150), line(100).len() as u64);
+        assert_eq!(reflog_offset_since(bytes, 300), (line(100).len() + line(200).len()) as u64);
+        assert_eq!(reflog_offset_since(bytes, 301), bytes.len() as u64, "none: the end");
+        assert_eq!(reflog_offset_since(b"garbage without a time\n", 500), 0, "unreadable counts as recent");
     }
 
     #[test]

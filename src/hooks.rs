@@ -270,6 +270,15 @@ mod tests {
             let text = fs::read(&notes[0]).unwrap();
             assert_eq!(crate::spool::Note::parse(&text).map(|n| n.cwd), Some(r.to_path_buf()), "case {i}");
             fs::rename(&notes[0], &note).unwrap();
+            // The node's store takes nothing now: the fast path still leaves its note, and says so.
+            fs::write(paths.store_problem(), "the disk holding /x is full: commits are announced later\n").unwrap();
+            assert_eq!(run(), "git-p2p: the disk holding /x is full: commits are announced later\n", "case {i}");
+            fs::remove_file(paths.store_problem()).unwrap();
+            for e in fs::read_dir(paths.notes_dir()).unwrap().filter_map(|e| e.ok()) {
+                if e.path().extension().is_some_and(|x| x == "note") {
+                    fs::remove_file(e.path()).unwrap();
+                }
+            }
             fs::remove_file(paths.socket()).unwrap();
             fs::remove_file(paths.data_lock()).unwrap();
         }

@@ -70,6 +70,11 @@ impl Paths {
     pub fn store(&self) -> PathBuf {
         self.data_dir.join("store.redb")
     }
+    /// Written by the node while its store takes no writes (a full disk, a damaged file): the
+    /// one line the hook's fast path prints, since the node reads its note only after git exits.
+    pub fn store_problem(&self) -> PathBuf {
+        self.socket_dir.join("store-problem")
+    }
     pub fn log_file(&self) -> PathBuf {
         self.data_dir.join("node.log")
     }

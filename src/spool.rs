@@ -30,9 +30,15 @@ pub fn write(data_dir: &Path, entry: &OutboxEntry) -> io::Result<PathBuf> {
     let name = format!("{nanos:020}-{}-{n}", std::process::id());
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(format!("{name}.json"));
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(&serde_json::to_vec(entry).expect("outbox entries always serialise"))?;
-    file.sync_all()?;
+    let written = fs::File::create(&tmp).and_then(|mut file| {
+        file.write_all(&serde_json::to_vec(entry).expect("outbox entries always serialise"))?;
+        file.sync_all()
+    });
+    if let Err(e) = written {
+        // A full disk leaves an empty file behind: not for the node to read.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     fs::rename(&tmp, &path)?;
     fs::File::open(&dir)?.sync_all()?;
     Ok(path)
@@ -114,6 +120,9 @@ pub const WAITING: &str = "wait";
 
 /// A note this old that still does not parse was not being written: it is set aside.
 const NOTE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+/// An empty note this old is one the hook could not write (a full disk; the hook then took its
+/// slow path): it is removed, so that later hooks take the fast path again.
+const EMPTY_NOTE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Files of `dir` with one of `extensions`, by name.
 fn files(dir: &Path, extensions: &[&str]) -> Vec<PathBuf> {
@@ -147,7 +156,10 @@ pub fn read(data_dir: &Path, notes_dir: &Path) -> Vec<(PathBuf, Item)> {
                 Some(note) => out.push((path, Item::Note(note))),
                 None => {
                     let age = fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
-                    if age.is_some_and(|a| a > NOTE_GRACE) {
+                    if bytes.is_empty() && age.is_some_and(|a| a > EMPTY_NOTE_GRACE) {
+                        tracing::debug!(path = %path.display(), "empty hook note removed");
+                        let _ = fs::remove_file(&path);
+                    } else if age.is_some_and(|a| a > NOTE_GRACE) {
                         tracing::warn!(path = %path.display(), "unreadable hook note set aside");
                         let _ = fs::rename(&path, path.with_extension("bad"));
                     }

@@ -1,14 +1,28 @@
 //! The node's embedded persistent store (redb): address book, registered repos, the outbox of
 //! announcements not yet delivered, and the feed of announcements received per repo.
 //!
-//! Every write is its own durable transaction (redb fsyncs on commit), so what the store has
-//! acknowledged survives kill -9. Values are JSON so that the format can grow fields without a
-//! migration; readers skip records they cannot parse instead of failing the whole node.
+//! Every write is its own transaction, durable (fsync'd on commit) or made durable by the next
+//! durable one, so what the store has acknowledged survives kill -9. Values are JSON so that the
+//! format can grow fields without a migration. A record that cannot be read is damage, never
+//! skipped: no read passes for complete when it is not. How the file's health (a full disk, a
+//! damaged file) is followed, and how the file is reopened, is `handle`'s; `salvage` reads what
+//! it can out of a damaged file.
+
+mod handle;
+pub mod salvage;
 
 use std::path::Path;
+use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+    WriteTransaction,
+};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+pub use handle::{beside, clear_damage, damage_report, record_damage, write_atomically, Fingerprint, Health};
+use handle::{Access, Handle};
 
 use crate::clock::{unix_now, unix_now_ms};
 use crate::proto::announce::FeedEntry;
@@ -51,6 +65,27 @@ const REFLOG_POS: TableDefinition<&str, u64> = TableDefinition::new("reflog_pos"
 const NOSTR_OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("nostr_outbox");
 /// What we last queued for each replaceable event (`kind:d`): JSON [`NostrLast`].
 const NOSTR_LAST: TableDefinition<&str, &[u8]> = TableDefinition::new("nostr_last");
+/// (repo id, key) -> unix ms: DHT keys whose entries of ours a repair fetches back from peers.
+const RESTORE: TableDefinition<(&str, &str), u64> = TableDefinition::new("restore");
+
+/// Every table, by name: an open creates those missing.
+const TABLES: [&str; 15] = [
+    "peers",
+    "repos",
+    "outbox",
+    "feed",
+    "seen",
+    "chat",
+    "chat_seen",
+    "dht",
+    "kv_own",
+    "repo_dirs",
+    "own_announced",
+    "reflog_pos",
+    "nostr_outbox",
+    "nostr_last",
+    "restore",
+];
 
 /// A Kademlia record as stored: the expiry is wall-clock time, so it survives restarts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -73,8 +108,27 @@ pub const MAX_KNOWN_PEERS: usize = 1000;
 pub enum StoreError {
     #[error("the store {path} is in use by another process (is another node running on this data dir?)")]
     Busy { path: String },
+    #[error("the disk holding {dir} is full: nothing more can be stored until there is space again")]
+    Full { dir: String },
+    #[error("the store {path} is damaged ({reason}): move it aside and rebuild it with: git p2p daemon repair")]
+    Damaged { path: String, reason: String },
+    #[error("cannot write the store {path} ({reason}); the node retries")]
+    Unwritable { path: String, reason: String },
+    #[error("the store {path} is closed")]
+    Closed { path: String },
+    /// A record that does not parse (turned into `Damaged` by the handle).
+    #[error("an unreadable record in the {0} table")]
+    Unreadable(&'static str),
     #[error("store error: {0}")]
     Db(#[from] redb::Error),
+}
+
+impl StoreError {
+    /// Whether the store as a whole cannot do this now (full, damaged, failing), as opposed to
+    /// this one operation failing.
+    pub fn is_store_down(&self) -> bool {
+        matches!(self, Self::Full { .. } | Self::Damaged { .. } | Self::Unwritable { .. } | Self::Closed { .. })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -88,14 +142,20 @@ pub struct KnownPeer {
 /// Keys we wrote, with the time of our last write, and where the next page starts.
 pub type KeysPage = (Vec<(String, u64)>, Option<String>);
 
-/// Cheap to clone: the Kademlia record store holds a handle too.
+/// Cheap to clone: the history and sync threads, Kademlia's record store and the Nostr bridge
+/// hold handles too; all of them reach the same file, reopened or not.
 #[derive(Clone)]
 pub struct Store {
-    db: std::sync::Arc<Database>,
+    handle: Arc<Handle>,
 }
 
 fn db<T, E: Into<redb::Error>>(r: Result<T, E>) -> Result<T, StoreError> {
     r.map_err(|e| StoreError::Db(e.into()))
+}
+
+/// A stored JSON value, or the damage it is.
+fn parse<T: DeserializeOwned>(bytes: &[u8], table: &'static str) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|_| StoreError::Unreadable(table))
 }
 
 /// The highest sequence number under `key` in a `(key, seq)` table (0 when there is none).
@@ -106,50 +166,122 @@ fn last_seq(table: &impl ReadableTable<(&'static str, u64), &'static [u8]>, key:
 }
 
 impl Store {
-    /// A write transaction; without `durable` its commit is not fsync'd and becomes durable with
-    /// the next durable commit (see [`Store::sync`]).
-    fn write(&self, durable: bool) -> Result<redb::WriteTransaction, StoreError> {
-        let mut txn = db(self.db.begin_write())?;
-        if !durable {
-            // Only fails for a transaction that already wrote with another durability; this one is new.
-            let _ = txn.set_durability(redb::Durability::None);
-        }
-        Ok(txn)
+    /// Reads in one transaction.
+    fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.handle.run(Access::Read, |database| f(&db(database.begin_read())?))
     }
 
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let database = match Database::create(path) {
-            Ok(database) => database,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::Busy { path: path.display().to_string() })
+    /// Writes in one transaction, committed when `f` succeeds (dropped, so aborted, when it
+    /// fails). Without `durable` the commit is not fsync'd and becomes durable with the next
+    /// durable commit (see [`Store::sync`]).
+    fn update<T>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.handle.run(Access::Write, |database| {
+            let mut txn = db(database.begin_write())?;
+            if !durable {
+                // Only fails for a transaction that already wrote with another durability; this one is new.
+                let _ = txn.set_durability(redb::Durability::None);
             }
-            Err(e) => return Err(StoreError::Db(e.into())),
-        };
-        let txn = db(database.begin_write())?;
-        db(txn.open_table(PEERS))?;
-        db(txn.open_table(REPOS))?;
-        db(txn.open_table(OUTBOX))?;
-        db(txn.open_table(FEED))?;
-        db(txn.open_table(SEEN))?;
-        db(txn.open_table(CHAT))?;
-        db(txn.open_table(CHAT_SEEN))?;
-        db(txn.open_table(DHT))?;
-        db(txn.open_table(KV_OWN))?;
-        db(txn.open_table(REPO_DIRS))?;
-        db(txn.open_table(OWN_ANNOUNCED))?;
-        db(txn.open_table(REFLOG_POS))?;
-        db(txn.open_table(NOSTR_OUTBOX))?;
-        db(txn.open_table(NOSTR_LAST))?;
-        db(txn.commit())?;
-        Ok(Self { db: std::sync::Arc::new(database) })
+            let value = f(&txn)?;
+            db(txn.commit())?;
+            Ok(value)
+        })
+    }
+
+    /// Opens the store at `path`, creating it if missing. A file this code did not close cleanly
+    /// (a crash, or a change made outside the node) is verified page by page first.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let store = Self { handle: Arc::new(Handle::open(path)?) };
+        let missing = store.read(|txn| {
+            let names: Vec<String> = db(txn.list_tables())?.map(|t| t.name().to_string()).collect();
+            Ok(TABLES.iter().any(|t| !names.iter().any(|n| n == t)))
+        })?;
+        if missing {
+            store.update(true, |txn| {
+                db(txn.open_table(PEERS))?;
+                db(txn.open_table(REPOS))?;
+                db(txn.open_table(OUTBOX))?;
+                db(txn.open_table(FEED))?;
+                db(txn.open_table(SEEN))?;
+                db(txn.open_table(CHAT))?;
+                db(txn.open_table(CHAT_SEEN))?;
+                db(txn.open_table(DHT))?;
+                db(txn.open_table(KV_OWN))?;
+                db(txn.open_table(REPO_DIRS))?;
+                db(txn.open_table(OWN_ANNOUNCED))?;
+                db(txn.open_table(REFLOG_POS))?;
+                db(txn.open_table(NOSTR_OUTBOX))?;
+                db(txn.open_table(NOSTR_LAST))?;
+                db(txn.open_table(RESTORE))?;
+                Ok(())
+            })?;
+        }
+        Ok(store)
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        self.handle.path()
+    }
+
+    /// What the store can do now (a full disk, a damaged file).
+    pub fn health(&self) -> Health {
+        self.handle.health()
+    }
+
+    /// The error operations report in `health`.
+    pub fn error_of(&self, health: &Health) -> StoreError {
+        self.handle.error_of(health)
+    }
+
+    /// Fails (with the reason) when writes cannot succeed now: a command checks before it
+    /// does anything, so that nothing is published that could not be stored.
+    pub fn writable(&self) -> Result<(), StoreError> {
+        match self.health() {
+            Health::Ok => Ok(()),
+            health => Err(self.error_of(&health)),
+        }
+    }
+
+    /// How many times the store was reopened after its writes failed: each reopen rolls back to
+    /// the last durable commit, so copies of what it held must be read again.
+    pub fn generation(&self) -> u64 {
+        self.handle.generation()
+    }
+
+    /// After writes failed: reopens the file if that may work now (space is free again).
+    /// Returns whether the store is writable again.
+    pub fn reopen(&self) -> bool {
+        self.handle.reopen()
+    }
+
+    /// Marks the store damaged (found by a reader above the store).
+    pub fn set_damaged(&self, reason: String) -> StoreError {
+        self.handle.set_damaged(reason)
+    }
+
+    /// Closes the file (every handle's operations fail from now on); a store closed healthy is
+    /// trusted without being verified at the next open.
+    pub fn close(&self) {
+        self.handle.close()
+    }
+
+    /// Verifies the file at `path` page by page (as an open of a file not closed cleanly does),
+    /// then closes it again.
+    pub fn verify(path: &Path) -> Result<(), StoreError> {
+        let _ = std::fs::remove_file(beside(path, handle::CLEAN));
+        Self::open(path)?.close();
+        Ok(())
     }
 
     /// Records that we are connected to `peer` at `addrs` (most useful first).
     pub fn remember_peer(&self, peer: &str, addrs: &[String], name: Option<&str>) -> Result<(), StoreError> {
-        let txn = self.write(true)?;
-        {
+        self.update(true, |txn| {
             let mut table = db(txn.open_table(PEERS))?;
-            let old = db(table.get(peer))?.and_then(|v| serde_json::from_slice::<KnownPeer>(v.value()).ok());
+            let old: Option<KnownPeer> = db(table.get(peer))?.map(|v| parse(v.value(), "peers")).transpose()?;
             let mut merged: Vec<String> = addrs.to_vec();
             for a in old.iter().flat_map(|o| o.addrs.iter()) {
                 if !merged.contains(a) {
@@ -169,7 +301,7 @@ impl Store {
                 let mut all: Vec<(String, u64)> = Vec::with_capacity(len);
                 for item in db(table.iter())? {
                     let (k, v) = db(item)?;
-                    let seen = serde_json::from_slice::<KnownPeer>(v.value()).map(|p| p.last_seen).unwrap_or(0);
+                    let seen = parse::<KnownPeer>(v.value(), "peers")?.last_seen;
                     all.push((k.value().to_string(), seen));
                 }
                 all.sort_by_key(|(_, seen)| *seen);
@@ -177,95 +309,110 @@ impl Store {
                     db(table.remove(k.as_str()))?;
                 }
             }
-        }
-        db(txn.commit())
+            Ok(())
+        })
     }
 
     /// The address book, most recently seen first.
     pub fn known_peers(&self) -> Result<Vec<(String, KnownPeer)>, StoreError> {
-        let txn = db(self.db.begin_read())?;
-        let table = db(txn.open_table(PEERS))?;
-        let mut out = Vec::new();
-        for item in db(table.iter())? {
-            let (k, v) = db(item)?;
-            if let Ok(peer) = serde_json::from_slice::<KnownPeer>(v.value()) {
-                out.push((k.value().to_string(), peer));
+        let mut out = self.read(|txn| {
+            let table = db(txn.open_table(PEERS))?;
+            let mut out = Vec::new();
+            for item in db(table.iter())? {
+                let (k, v) = db(item)?;
+                out.push((k.value().to_string(), parse::<KnownPeer>(v.value(), "peers")?));
             }
-        }
+            Ok(out)
+        })?;
         out.sort_by_key(|(_, p)| std::cmp::Reverse(p.last_seen));
         Ok(out)
     }
 
     pub fn add_repo(&self, repo: &RepoInfo) -> Result<(), StoreError> {
-        let txn = self.write(true)?;
-        db(db(txn.open_table(REPOS))?.insert(repo.id.as_str(), repo.name.as_str()))?;
-        if let Some(dir) = &repo.git_dir {
-            db(db(txn.open_table(REPO_DIRS))?.insert(repo.id.as_str(), dir.encode().as_str()))?;
+        self.update(true, |txn| {
+            db(db(txn.open_table(REPOS))?.insert(repo.id.as_str(), repo.name.as_str()))?;
+            if let Some(dir) = &repo.git_dir {
+                db(db(txn.open_table(REPO_DIRS))?.insert(repo.id.as_str(), dir.encode().as_str()))?;
+            }
+            Ok(())
+        })?;
+        // A copy of the registry outside the file: what a repair of a store damaged beyond
+        // reading rebuilds from (a registration is rare; the copy is best effort).
+        let copy = self.repos().map(|all| serde_json::to_vec_pretty(&all).expect("plain structs serialise"));
+        if let Err(e) = copy
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| write_atomically(&self.registry_copy(), &bytes).map_err(|e| e.to_string()))
+        {
+            tracing::warn!(error = %e, "cannot copy the registry of repositories");
         }
-        db(txn.commit())
+        Ok(())
+    }
+
+    /// The copy of the registered repositories kept beside the store.
+    fn registry_copy(&self) -> std::path::PathBuf {
+        registry_copy(self.path())
     }
 
     pub fn repos(&self) -> Result<Vec<RepoInfo>, StoreError> {
-        let txn = db(self.db.begin_read())?;
-        let table = db(txn.open_table(REPOS))?;
-        let dirs = db(txn.open_table(REPO_DIRS))?;
-        let mut out = Vec::new();
-        for item in db(table.iter())? {
-            let (k, v) = db(item)?;
-            let git_dir = db(dirs.get(k.value()))?.and_then(|d| LocalPath::decode(d.value()).ok());
-            // An id that is not one cannot have been registered by this version: skip it.
-            let Ok(id) = RepoId::try_from(k.value()) else { continue };
-            out.push(RepoInfo { id, name: v.value().to_string(), git_dir });
-        }
-        Ok(out)
+        self.read(|txn| {
+            let table = db(txn.open_table(REPOS))?;
+            let dirs = db(txn.open_table(REPO_DIRS))?;
+            let mut out = Vec::new();
+            for item in db(table.iter())? {
+                let (k, v) = db(item)?;
+                let git_dir = db(dirs.get(k.value()))?.and_then(|d| LocalPath::decode(d.value()).ok());
+                let id = RepoId::try_from(k.value()).map_err(|_| StoreError::Unreadable("repos"))?;
+                out.push(RepoInfo { id, name: v.value().to_string(), git_dir });
+            }
+            Ok(out)
+        })
     }
 }
 
 impl Store {
     pub fn own_announced(&self, repo: &RepoId, commit: &str) -> Result<bool, StoreError> {
-        let txn = db(self.db.begin_read())?;
-        Ok(db(db(txn.open_table(OWN_ANNOUNCED))?.get((repo.as_str(), commit)))?.is_some())
+        self.read(|txn| Ok(db(db(txn.open_table(OWN_ANNOUNCED))?.get((repo.as_str(), commit)))?.is_some()))
     }
 
     /// Records that we announced `commit` (not fsync'd: it is written with the outbox entry's
     /// durable commit, or the next one).
     pub fn mark_announced(&self, repo: &RepoId, commit: &str) -> Result<(), StoreError> {
-        let txn = self.write(false)?;
-        db(db(txn.open_table(OWN_ANNOUNCED))?.insert((repo.as_str(), commit), unix_now_ms()))?;
-        db(txn.commit())
+        self.update(false, |txn| {
+            db(db(txn.open_table(OWN_ANNOUNCED))?.insert((repo.as_str(), commit), unix_now_ms()))?;
+            Ok(())
+        })
     }
 
     /// Forgets announced commits older than `before` (unix ms): the reflog is only read forward
     /// from where the node stopped, so an old commit does not come back. Returns how many went.
     pub fn prune_announced(&self, before: u64) -> Result<usize, StoreError> {
-        let txn = self.write(false)?;
-        let removed = {
+        self.update(false, |txn| {
             let mut table = db(txn.open_table(OWN_ANNOUNCED))?;
-            let old: Vec<(String, String)> = db(table.iter())?
-                .filter_map(|item| item.ok())
-                .filter(|(_, at)| at.value() < before)
-                .map(|(k, _)| (k.value().0.to_string(), k.value().1.to_string()))
-                .collect();
+            let mut old: Vec<(String, String)> = Vec::new();
+            for item in db(table.iter())? {
+                let (k, at) = db(item)?;
+                if at.value() < before {
+                    old.push((k.value().0.to_string(), k.value().1.to_string()));
+                }
+            }
             for (repo, commit) in &old {
                 db(table.remove((repo.as_str(), commit.as_str())))?;
             }
-            old.len()
-        };
-        db(txn.commit())?;
-        Ok(removed)
+            Ok(old.len())
+        })
     }
 
     pub fn reflog_pos(&self, repo: &str) -> Result<Option<u64>, StoreError> {
-        let txn = db(self.db.begin_read())?;
-        Ok(db(db(txn.open_table(REFLOG_POS))?.get(repo))?.map(|v| v.value()))
+        self.read(|txn| Ok(db(db(txn.open_table(REFLOG_POS))?.get(repo))?.map(|v| v.value())))
     }
 
     /// Without `durable` the caller syncs soon: a position lost in a crash only means reading
     /// part of the reflog again, and the announced-commits set (or the receivers) drop repeats.
     pub fn set_reflog_pos(&self, repo: &str, pos: u64, durable: bool) -> Result<(), StoreError> {
-        let txn = self.write(durable)?;
-        db(db(txn.open_table(REFLOG_POS))?.insert(repo, pos))?;
-        db(txn.commit())
+        self.update(durable, |txn| {
+            db(db(txn.open_table(REFLOG_POS))?.insert(repo, pos))?;
+            Ok(())
+        })
     }
 }
 
@@ -299,8 +446,7 @@ impl Store {
         last: Option<&NostrLast>,
         durable: bool,
     ) -> Result<u64, StoreError> {
-        let txn = self.write(durable)?;
-        let seq = {
+        self.update(durable, |txn| {
             let mut table = db(txn.open_table(NOSTR_OUTBOX))?;
             // Taken before dropping replaced entries: a number is never used twice, so a sender
             // still holding a replaced entry cannot mark its successor as accepted.
@@ -309,8 +455,7 @@ impl Store {
                 let mut stale = Vec::new();
                 for item in db(table.iter())? {
                     let (k, v) = db(item)?;
-                    if serde_json::from_slice::<NostrPending>(v.value()).is_ok_and(|p| p.replaces.as_ref() == Some(key))
-                    {
+                    if parse::<NostrPending>(v.value(), "nostr_outbox")?.replaces.as_ref() == Some(key) {
                         stale.push(k.value());
                     }
                 }
@@ -324,60 +469,61 @@ impl Store {
             }
             let bytes = serde_json::to_vec(pending).expect("plain structs serialise");
             db(table.insert(seq, bytes.as_slice()))?;
-            seq
-        };
-        db(txn.commit())?;
-        Ok(seq)
+            Ok(seq)
+        })
     }
 
     pub fn nostr_last(&self, key: &str) -> Result<Option<NostrLast>, StoreError> {
-        let txn = db(self.db.begin_read())?;
-        let table = db(txn.open_table(NOSTR_LAST))?;
-        Ok(db(table.get(key))?.and_then(|v| serde_json::from_slice(v.value()).ok()))
+        self.read(|txn| {
+            let table = db(txn.open_table(NOSTR_LAST))?;
+            db(table.get(key))?.map(|v| parse(v.value(), "nostr_last")).transpose()
+        })
     }
 
     /// Every queued event, oldest first.
     pub fn nostr_pending(&self) -> Result<Vec<(u64, NostrPending)>, StoreError> {
-        self.queue(NOSTR_OUTBOX)
+        self.queue(NOSTR_OUTBOX, "nostr_outbox")
     }
 
     /// `relay` accepted event `id` queued as `seq`; the entry goes once every relay has. Durable.
     pub fn nostr_accepted(&self, seq: u64, id: &str, relay: &str) -> Result<(), StoreError> {
-        let txn = self.write(true)?;
-        {
+        self.update(true, |txn| {
             let mut table = db(txn.open_table(NOSTR_OUTBOX))?;
             let current: Option<NostrPending> =
-                db(table.get(seq))?.and_then(|v| serde_json::from_slice(v.value()).ok());
+                db(table.get(seq))?.map(|v| parse(v.value(), "nostr_outbox")).transpose()?;
             if let Some(mut p) = current.filter(|p| p.id == id) {
                 p.relays.retain(|r| r != relay);
                 put_or_drop(&mut table, seq, &p)?;
             }
-        }
-        db(txn.commit())
+            Ok(())
+        })
     }
 
     /// Forgets relays no longer configured, so their events do not wait forever.
     pub fn nostr_keep_relays(&self, relays: &[String]) -> Result<(), StoreError> {
-        let txn = self.write(true)?;
-        {
+        self.update(true, |txn| {
             let mut table = db(txn.open_table(NOSTR_OUTBOX))?;
             let mut changed = Vec::new();
             for item in db(table.iter())? {
                 let (k, v) = db(item)?;
-                if let Ok(mut p) = serde_json::from_slice::<NostrPending>(v.value()) {
-                    let before = p.relays.len();
-                    p.relays.retain(|r| relays.contains(r));
-                    if p.relays.len() != before {
-                        changed.push((k.value(), p));
-                    }
+                let mut p = parse::<NostrPending>(v.value(), "nostr_outbox")?;
+                let before = p.relays.len();
+                p.relays.retain(|r| relays.contains(r));
+                if p.relays.len() != before {
+                    changed.push((k.value(), p));
                 }
             }
             for (seq, p) in changed {
                 put_or_drop(&mut table, seq, &p)?;
             }
-        }
-        db(txn.commit())
+            Ok(())
+        })
     }
+}
+
+/// The copy of the registered repositories kept beside the store at `path`.
+pub fn registry_copy(path: &Path) -> std::path::PathBuf {
+    path.with_file_name("repos.json")
 }
 
 /// The number after the last one of a queue.
@@ -405,61 +551,54 @@ impl Store {
     /// Like [`Store::outbox_push`]; with `durable` false the caller must [`Store::sync`] before
     /// it acknowledges the entry to anyone (group commit: one fsync for a batch of requests).
     pub fn outbox_push_with(&self, entry: &OutboxEntry, durable: bool) -> Result<u64, StoreError> {
-        let txn = self.write(durable)?;
-        let seq = {
+        self.update(durable, |txn| {
             let mut table = db(txn.open_table(OUTBOX))?;
             let seq = next_seq(&table)?;
             let bytes = serde_json::to_vec(entry).expect("outbox entries always serialise");
             db(table.insert(seq, bytes.as_slice()))?;
-            seq
-        };
-        db(txn.commit())?;
-        Ok(seq)
+            Ok(seq)
+        })
     }
 
     /// Every undelivered entry, oldest first.
     pub fn outbox(&self) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
-        self.queue(OUTBOX)
+        self.queue(OUTBOX, "outbox")
     }
 
-    /// The entries of a numbered queue (JSON values), oldest first; unreadable ones are reported
-    /// and left in place.
-    fn queue<T: serde::de::DeserializeOwned>(
+    /// The entries of a numbered queue (JSON values), oldest first.
+    fn queue<T: DeserializeOwned>(
         &self,
-        table: TableDefinition<u64, &[u8]>,
+        def: TableDefinition<u64, &[u8]>,
+        name: &'static str,
     ) -> Result<Vec<(u64, T)>, StoreError> {
-        let txn = db(self.db.begin_read())?;
-        let table = db(txn.open_table(table))?;
-        let mut out = Vec::new();
-        for item in db(table.iter())? {
-            let (k, v) = db(item)?;
-            match serde_json::from_slice(v.value()) {
-                Ok(entry) => out.push((k.value(), entry)),
-                Err(e) => tracing::warn!(seq = k.value(), error = %e, "unreadable queued entry kept"),
+        self.read(|txn| {
+            let table = db(txn.open_table(def))?;
+            let mut out = Vec::new();
+            for item in db(table.iter())? {
+                let (k, v) = db(item)?;
+                out.push((k.value(), parse(v.value(), name)?));
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Not fsync'd (the caller syncs later): an entry whose removal is lost in a crash is only
     /// sent again, and receivers drop the repeat.
     pub fn outbox_remove(&self, seqs: &[u64]) -> Result<(), StoreError> {
-        let txn = self.write(false)?;
-        {
+        self.update(false, |txn| {
             let mut table = db(txn.open_table(OUTBOX))?;
             for seq in seqs {
                 db(table.remove(seq))?;
             }
-        }
-        db(txn.commit())
+            Ok(())
+        })
     }
 
     /// Adds an announcement to its repo's feed unless the same author announced the same commit
     /// before. Returns false for such a duplicate. Not durable until the next [`Store::sync`].
     pub fn feed_insert(&self, entry: &FeedEntry) -> Result<bool, StoreError> {
         let seen_key = format!("{}/{}/{}", entry.repo, entry.commit.id, entry.peer);
-        let txn = self.write(false)?;
-        {
+        self.update(false, |txn| {
             let mut seen = db(txn.open_table(SEEN))?;
             if db(seen.get(seen_key.as_str()))?.is_some() {
                 return Ok(false);
@@ -471,14 +610,13 @@ impl Store {
             db(seen.insert(seen_key.as_str(), seq))?;
             if seq > MAX_FEED_PER_REPO as u64 {
                 let old = db(feed.remove((entry.repo.as_str(), seq - MAX_FEED_PER_REPO as u64)))?;
-                let old = old.and_then(|v| serde_json::from_slice::<FeedEntry>(v.value()).ok());
+                let old: Option<FeedEntry> = old.map(|v| parse(v.value(), "feed")).transpose()?;
                 if let Some(old) = old {
                     db(seen.remove(format!("{}/{}/{}", old.repo, old.commit.id, old.peer).as_str()))?;
                 }
             }
-        }
-        db(txn.commit())?;
-        Ok(true)
+            Ok(true)
+        })
     }
 
     /// Adds a message to its room's history unless it is there already; false for a duplicate.
@@ -494,9 +632,8 @@ impl Store {
     /// Adds messages to their rooms' histories in one transaction (not fsync'd), skipping ids
     /// seen before. Returns how many were new.
     pub fn chat_insert_all(&self, entries: &[ChatEntry]) -> Result<usize, StoreError> {
-        let txn = self.write(false)?;
-        let mut added = 0;
-        {
+        self.update(false, |txn| {
+            let mut added = 0;
             let mut seen = db(txn.open_table(CHAT_SEEN))?;
             let mut chat = db(txn.open_table(CHAT))?;
             for entry in entries {
@@ -511,65 +648,87 @@ impl Store {
                 if seq > MAX_CHAT_PER_ROOM as u64 {
                     // The oldest message leaves the history, and its id the seen set (bounded too).
                     let old = db(chat.remove((room, seq - MAX_CHAT_PER_ROOM as u64)))?;
-                    let old_id = old.and_then(|v| serde_json::from_slice::<ChatEntry>(v.value()).ok()).map(|e| e.id);
-                    if let Some(old_id) = old_id {
-                        db(seen.remove(old_id.as_str()))?;
+                    let old: Option<ChatEntry> = old.map(|v| parse(v.value(), "chat")).transpose()?;
+                    if let Some(old) = old {
+                        db(seen.remove(old.id.as_str()))?;
                     }
                 }
                 added += 1;
             }
-        }
-        db(txn.commit())?;
-        Ok(added)
+            Ok(added)
+        })
     }
 
     /// The ids of the messages the histories hold (the seen set), newest last per room.
     pub fn chat_seen_ids(&self) -> Result<Vec<String>, StoreError> {
-        let txn = db(self.db.begin_read())?;
-        let table = db(txn.open_table(CHAT_SEEN))?;
-        let mut out = Vec::new();
-        for item in db(table.iter())? {
-            out.push(db(item)?.0.value().to_string());
-        }
-        Ok(out)
+        self.read(|txn| {
+            let table = db(txn.open_table(CHAT_SEEN))?;
+            let mut out = Vec::new();
+            for item in db(table.iter())? {
+                out.push(db(item)?.0.value().to_string());
+            }
+            Ok(out)
+        })
     }
 
     /// Stores (or replaces) a DHT record; durable with the next sync.
     pub fn dht_put(&self, key: &[u8], record: &DhtRecord) -> Result<(), StoreError> {
-        let txn = self.write(false)?;
-        {
+        self.update(false, |txn| {
             let mut table = db(txn.open_table(DHT))?;
             let bytes = serde_json::to_vec(record).expect("DHT records always serialise");
             db(table.insert(key, bytes.as_slice()))?;
-        }
-        db(txn.commit())
+            Ok(())
+        })
     }
 
     pub fn dht_remove(&self, key: &[u8]) -> Result<(), StoreError> {
-        let txn = self.write(false)?;
-        db(db(txn.open_table(DHT))?.remove(key))?;
-        db(txn.commit())
+        self.update(false, |txn| {
+            db(db(txn.open_table(DHT))?.remove(key))?;
+            Ok(())
+        })
+    }
+
+    /// One stored DHT record.
+    pub fn dht_get(&self, key: &[u8]) -> Result<Option<DhtRecord>, StoreError> {
+        self.read(|txn| db(db(txn.open_table(DHT))?.get(key))?.map(|v| parse(v.value(), "dht")).transpose())
+    }
+
+    /// How many DHT records are stored.
+    pub fn dht_len(&self) -> Result<u64, StoreError> {
+        self.read(|txn| db(db(txn.open_table(DHT))?.len()))
     }
 
     /// Every stored DHT record.
     pub fn dht_records(&self) -> Result<Vec<(Vec<u8>, DhtRecord)>, StoreError> {
-        let txn = db(self.db.begin_read())?;
-        let table = db(txn.open_table(DHT))?;
-        let mut out = Vec::new();
-        for item in db(table.iter())? {
-            let (k, v) = db(item)?;
-            if let Ok(r) = serde_json::from_slice(v.value()) {
-                out.push((k.value().to_vec(), r));
+        self.read(|txn| {
+            let table = db(txn.open_table(DHT))?;
+            let mut out = Vec::new();
+            for item in db(table.iter())? {
+                let (k, v) = db(item)?;
+                out.push((k.value().to_vec(), parse(v.value(), "dht")?));
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
+    }
+
+    /// Hands every stored DHT record to `f`, one at a time (a census, without holding them all).
+    pub fn dht_for_each(&self, mut f: impl FnMut(&[u8], DhtRecord)) -> Result<(), StoreError> {
+        self.read(|txn| {
+            let table = db(txn.open_table(DHT))?;
+            for item in db(table.iter())? {
+                let (k, v) = db(item)?;
+                f(k.value(), parse(v.value(), "dht")?);
+            }
+            Ok(())
+        })
     }
 
     /// Remembers that we wrote `key` in `repo` (for `kv ls`).
     pub fn kv_own(&self, repo: &RepoId, key: &str, ts: u64, durable: bool) -> Result<(), StoreError> {
-        let txn = self.write(durable)?;
-        db(db(txn.open_table(KV_OWN))?.insert((repo.as_str(), key), ts))?;
-        db(txn.commit())
+        self.update(durable, |txn| {
+            db(db(txn.open_table(KV_OWN))?.insert((repo.as_str(), key), ts))?;
+            Ok(())
+        })
     }
 
     /// The keys we wrote in `repo`, with the time of our last write.
@@ -582,44 +741,79 @@ impl Store {
     pub fn kv_own_page(&self, repo: &RepoId, after: Option<&str>, limit: usize) -> Result<KeysPage, StoreError> {
         use std::ops::Bound;
         let repo = repo.as_str();
-        let txn = db(self.db.begin_read())?;
-        let table = db(txn.open_table(KV_OWN))?;
-        let mut out: Vec<(String, u64)> = Vec::new();
-        let start = match after {
-            Some(key) => Bound::Excluded((repo, key)),
-            None => Bound::Included((repo, "")),
-        };
-        for item in db(table.range::<(&str, &str)>((start, Bound::Unbounded)))? {
-            let (k, v) = db(item)?;
-            let (r, key) = k.value();
-            if r != repo {
-                break;
+        self.read(|txn| {
+            let table = db(txn.open_table(KV_OWN))?;
+            let mut out: Vec<(String, u64)> = Vec::new();
+            let start = match after {
+                Some(key) => Bound::Excluded((repo, key)),
+                None => Bound::Included((repo, "")),
+            };
+            for item in db(table.range::<(&str, &str)>((start, Bound::Unbounded)))? {
+                let (k, v) = db(item)?;
+                let (r, key) = k.value();
+                if r != repo {
+                    break;
+                }
+                if out.len() >= limit {
+                    let next = out.last().map(|(k, _)| k.clone());
+                    return Ok((out, next));
+                }
+                out.push((key.to_string(), v.value()));
             }
-            if out.len() >= limit {
-                let next = out.last().map(|(k, _)| k.clone());
-                return Ok((out, next));
+            Ok((out, None))
+        })
+    }
+
+    /// Keys (repo, key) whose entries of ours are to be fetched back from peers' copies (after
+    /// a repair: the DHT still has what the damaged store lost).
+    pub fn restore_pending(&self) -> Result<Vec<(RepoId, String)>, StoreError> {
+        self.read(|txn| {
+            let table = db(txn.open_table(RESTORE))?;
+            let mut out = Vec::new();
+            for item in db(table.iter())? {
+                let (k, _) = db(item)?;
+                let (repo, key) = k.value();
+                let repo = RepoId::try_from(repo).map_err(|_| StoreError::Unreadable("restore"))?;
+                out.push((repo, key.to_string()));
             }
-            out.push((key.to_string(), v.value()));
-        }
-        Ok((out, None))
+            Ok(out)
+        })
+    }
+
+    /// Adds keys to fetch back from peers (durable).
+    pub fn restore_add(&self, keys: &[(RepoId, String)]) -> Result<(), StoreError> {
+        self.update(true, |txn| {
+            let mut table = db(txn.open_table(RESTORE))?;
+            for (repo, key) in keys {
+                db(table.insert((repo.as_str(), key.as_str()), unix_now_ms()))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// A key was fetched back (or given up on); synced with the next batch.
+    pub fn restore_done(&self, repo: &RepoId, key: &str) -> Result<(), StoreError> {
+        self.update(false, |txn| {
+            db(db(txn.open_table(RESTORE))?.remove((repo.as_str(), key)))?;
+            Ok(())
+        })
     }
 
     /// Makes every earlier non-durable commit durable (one fsync).
     pub fn sync(&self) -> Result<(), StoreError> {
-        let txn = self.write(true)?;
-        db(txn.commit())
+        self.update(true, |_| Ok(()))
     }
 
     /// The newest `limit` messages of a room, oldest first (the order a chat shows them in).
     pub fn chat_history(&self, room: &str, limit: usize) -> Result<Vec<ChatEntry>, StoreError> {
-        let mut out = self.newest(CHAT, room, None, limit, usize::MAX)?.0;
+        let mut out = self.newest(CHAT, "chat", room, None, limit, usize::MAX)?.0;
         out.reverse();
         Ok(out)
     }
 
     /// The newest `limit` announcements of a repo, newest first.
     pub fn feed(&self, repo: &RepoId, limit: usize) -> Result<Vec<FeedEntry>, StoreError> {
-        Ok(self.newest(FEED, repo.as_str(), None, limit, usize::MAX)?.0)
+        Ok(self.newest(FEED, "feed", repo.as_str(), None, limit, usize::MAX)?.0)
     }
 
     /// A page of a room's messages, newest first, from before `before` on: at most `limit`, and
@@ -631,7 +825,7 @@ impl Store {
         limit: usize,
         budget: usize,
     ) -> Result<(Vec<ChatEntry>, Option<u64>), StoreError> {
-        self.newest(CHAT, room, before, limit, budget)
+        self.newest(CHAT, "chat", room, before, limit, budget)
     }
 
     /// A page of a repo's announcements, newest first (as [`Store::chat_page`]).
@@ -642,38 +836,38 @@ impl Store {
         limit: usize,
         budget: usize,
     ) -> Result<(Vec<FeedEntry>, Option<u64>), StoreError> {
-        self.newest(FEED, repo.as_str(), before, limit, budget)
+        self.newest(FEED, "feed", repo.as_str(), before, limit, budget)
     }
 
     /// The readable entries under `prefix` of a (prefix, seq) table, newest first, below
     /// `before`: at most `limit`, as many as fit in `budget` bytes (one at least). Also returns
     /// where the next page starts, if there is more.
-    fn newest<T: serde::de::DeserializeOwned>(
+    fn newest<T: DeserializeOwned>(
         &self,
         def: TableDefinition<(&str, u64), &[u8]>,
+        name: &'static str,
         prefix: &str,
         before: Option<u64>,
         limit: usize,
         budget: usize,
     ) -> Result<(Vec<T>, Option<u64>), StoreError> {
-        let txn = db(self.db.begin_read())?;
-        let table = db(txn.open_table(def))?;
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        let mut last = None;
-        let end = before.unwrap_or(u64::MAX);
-        for item in db(table.range((prefix, 0)..(prefix, end)))?.rev() {
-            let (k, v) = db(item)?;
-            if out.len() >= limit || (!out.is_empty() && bytes + v.value().len() > budget) {
-                return Ok((out, last));
-            }
-            last = Some(k.value().1);
-            if let Ok(entry) = serde_json::from_slice(v.value()) {
+        self.read(|txn| {
+            let table = db(txn.open_table(def))?;
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            let mut last = None;
+            let end = before.unwrap_or(u64::MAX);
+            for item in db(table.range((prefix, 0)..(prefix, end)))?.rev() {
+                let (k, v) = db(item)?;
+                if out.len() >= limit || (!out.is_empty() && bytes + v.value().len() > budget) {
+                    return Ok((out, last));
+                }
+                last = Some(k.value().1);
                 bytes += v.value().len();
-                out.push(entry);
+                out.push(parse(v.value(), name)?);
             }
-        }
-        Ok((out, None))
+            Ok((out, None))
+        })
     }
 }
 
@@ -685,31 +879,31 @@ const LISTEN_PORTS: TableDefinition<&str, u16> = TableDefinition::new("listen_po
 impl Store {
     /// The ports the node listened on last time, per configured listen address.
     pub fn listen_ports(&self) -> Result<Vec<(String, u16)>, StoreError> {
-        let txn = db(self.db.begin_read())?;
-        let table = match txn.open_table(LISTEN_PORTS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(StoreError::Db(e.into())),
-        };
-        let mut out = Vec::new();
-        for item in db(table.iter())? {
-            let (k, v) = db(item)?;
-            out.push((k.value().to_string(), v.value()));
-        }
-        Ok(out)
+        self.read(|txn| {
+            let table = match txn.open_table(LISTEN_PORTS) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(StoreError::Db(e.into())),
+            };
+            let mut out = Vec::new();
+            for item in db(table.iter())? {
+                let (k, v) = db(item)?;
+                out.push((k.value().to_string(), v.value()));
+            }
+            Ok(out)
+        })
     }
 
     /// Replaces the stored ports with these: the listen addresses in force now.
     pub fn set_listen_ports(&self, ports: &[(String, u16)]) -> Result<(), StoreError> {
-        let txn = self.write(true)?;
-        {
+        self.update(true, |txn| {
             let mut table = db(txn.open_table(LISTEN_PORTS))?;
             db(table.retain(|_, _| false))?;
             for (addr, port) in ports {
                 db(table.insert(addr.as_str(), *port))?;
             }
-        }
-        db(txn.commit())
+            Ok(())
+        })
     }
 }
 
@@ -842,5 +1036,154 @@ mod tests {
             [("/ip6/::/tcp/0".to_string(), 4003)],
             "addresses no longer configured go"
         );
+    }
+
+    fn feed_entry(i: u64) -> FeedEntry {
+        FeedEntry {
+            repo: RepoId::try_from("a".repeat(40)).unwrap(),
+            peer: "p".into(),
+            name: None,
+            commit: crate::proto::announce::Commit {
+                ref_name: None,
+                id: format!("{i:040x}"),
+                parents: vec![],
+                author: "a".into(),
+                summary: format!("c{i}"),
+                time: 0,
+            },
+            announced_at: i,
+            received_at: i,
+        }
+    }
+
+    #[test]
+    fn a_disk_full_error_stops_writes_not_reads_until_the_store_is_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        store.feed_insert(&feed_entry(1)).unwrap();
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let err = store.update(false, |_| -> Result<(), StoreError> { Err(StoreError::Db(redb::Error::Io(full))) });
+        let dir_text = dir.path().display().to_string();
+        assert!(matches!(&err, Err(StoreError::Full { dir }) if *dir == dir_text), "{err:?}");
+        assert!(matches!(store.health(), Health::Full { .. }));
+        assert!(matches!(store.writable(), Err(StoreError::Full { .. })));
+        assert!(matches!(store.feed_insert(&feed_entry(2)), Err(StoreError::Full { .. })), "writes fail at once");
+        assert_eq!(store.feed(&feed_entry(1).repo, 10).unwrap().len(), 1, "reads go on");
+        assert!(store.reopen(), "there is space here: reopened");
+        assert_eq!(store.health(), Health::Ok);
+        assert_eq!(store.generation(), 1);
+        assert!(store.feed_insert(&feed_entry(2)).unwrap());
+        assert_eq!(store.feed(&feed_entry(1).repo, 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_panic_or_an_unreadable_record_makes_the_store_damaged_and_nothing_is_read_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = Store::open(&path).unwrap();
+        store.feed_insert(&feed_entry(1)).unwrap();
+        let caught = store.read(|_| -> Result<(), StoreError> { panic!("garbage page") });
+        assert!(
+            matches!(&caught, Err(StoreError::Damaged { reason, .. }) if reason.contains("garbage page")),
+            "{caught:?}"
+        );
+        let err = store.feed(&feed_entry(1).repo, 10).unwrap_err();
+        assert!(err.to_string().contains("git p2p daemon repair"), "{err}");
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+
+        let other = Store::open(&dir.path().join("other.redb")).unwrap();
+        other.feed_insert(&feed_entry(1)).unwrap();
+        other
+            .update(true, |txn| {
+                db(db(txn.open_table(FEED))?.insert((feed_entry(1).repo.as_str(), 2), &b"{not json"[..]))?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(matches!(other.feed(&feed_entry(1).repo, 10), Err(StoreError::Damaged { .. })), "not skipped");
+        assert!(matches!(other.health(), Health::Damaged { .. }));
+    }
+
+    #[test]
+    fn only_a_file_closed_cleanly_is_trusted_without_being_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = Store::open(&path).unwrap();
+        for i in 0..200 {
+            store.feed_insert(&feed_entry(i)).unwrap();
+        }
+        store.close();
+        assert!(beside(&path, handle::CLEAN).exists(), "a clean close is recorded");
+        let pristine = std::fs::read(&path).unwrap();
+        // Trusted: opens, and the mark is used up.
+        Store::open(&path).unwrap().close();
+        // Changed outside the node (a page of the feed overwritten): found at the open.
+        let mut bytes = pristine.clone();
+        let at = 4096 * 2;
+        bytes[at..at + 4096].fill(0xa5);
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(Store::open(&path), Err(StoreError::Damaged { .. })));
+        std::fs::write(&path, &pristine).unwrap();
+        assert!(Store::open(&path).is_ok(), "the same bytes put back verify");
+        std::fs::write(&path, b"").unwrap();
+        assert!(matches!(Store::open(&path), Err(StoreError::Damaged { reason, .. }) if reason.contains("empty")));
+    }
+
+    #[test]
+    fn damage_written_while_the_store_is_open_is_found_when_it_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = Store::open(&path).unwrap();
+        for i in 0..200 {
+            store.feed_insert(&feed_entry(i)).unwrap();
+        }
+        store.sync().unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[4096 * 2..4096 * 3].fill(0xa5);
+        std::fs::write(&path, &bytes).unwrap();
+        store.close();
+        assert!(matches!(store.health(), Health::Damaged { .. }));
+        assert!(!beside(&path, handle::CLEAN).exists(), "not trusted at the next open");
+        // redb went back to an earlier state to close it: what it says now is not the store.
+        let said = damage_report(&path).expect("recorded for the next start and the repair");
+        assert!(said.contains("git p2p daemon repair"), "{said}");
+    }
+
+    #[test]
+    fn the_damage_marker_holds_for_the_same_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        std::fs::write(&path, b"damaged bytes").unwrap();
+        record_damage(&path, "the store is damaged:\nrepair it");
+        assert_eq!(damage_report(&path).as_deref(), Some("the store is damaged: repair it"), "one line");
+        std::fs::write(&path, b"another file put in its place").unwrap();
+        assert_eq!(damage_report(&path), None);
+        assert!(!beside(&path, handle::DAMAGED).exists(), "the stale marker is gone");
+    }
+
+    #[test]
+    fn salvage_reads_what_it_can_and_the_registry_copy_survives_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = Store::open(&path).unwrap();
+        let repo =
+            RepoInfo { id: RepoId::try_from("b".repeat(40)).unwrap(), name: "proj".into(), git_dir: Some("/x".into()) };
+        store.add_repo(&repo).unwrap();
+        store.kv_own(&repo.id, "k", 7, true).unwrap();
+        store.dht_put(b"key", &DhtRecord { value: b"v".to_vec(), publisher: None, expires: None }).unwrap();
+        store.close();
+        let whole = salvage::salvage(&path, &path);
+        assert_eq!(whole.unopenable, None);
+        assert!(whole.cut_short.is_empty(), "{:?}", whole.cut_short);
+        assert_eq!(whole.repos, vec![(repo.id.to_string(), "proj".to_string(), Some(LocalPath::new("/x")))]);
+        assert_eq!(whole.kv_own, vec![(repo.id.to_string(), "k".to_string(), 7)]);
+        assert_eq!(whole.dht.len(), 1);
+        // The header gone: nothing of the file, the registry from its copy.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[..4096].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let none = salvage::salvage(&path, &path);
+        assert!(none.unopenable.is_some());
+        assert_eq!(none.repos, whole.repos);
+        assert!(none.kv_own.is_empty());
     }
 }

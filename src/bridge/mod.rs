@@ -46,6 +46,13 @@ pub enum BridgeError {
     Moved { dir: String },
 }
 
+/// Whether a queued event read back from a damaged store is intact and ours: it parses, its
+/// id and signature check out, and `keys` signed it.
+pub fn verify_pending(pending: &NostrPending, keys: &Keys) -> bool {
+    nostr::Event::from_json(&pending.event)
+        .is_ok_and(|e| e.verify().is_ok() && e.pubkey == keys.public_key() && e.id.to_hex() == pending.id)
+}
+
 /// Repositories waiting to be re-read (one per announced commit, coalesced per repository).
 const REFRESH_QUEUE: usize = 256;
 /// Messages from relays waiting for the event loop; the relay task waits when it is full.

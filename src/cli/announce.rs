@@ -19,7 +19,13 @@ pub fn run(ctx: &Ctx, args: &AnnounceArgs, out: &mut dyn Write) -> anyhow::Resul
         ctx.warned.set(true);
         if let Err(e) = announce(ctx, &args.rev, true, args.note) {
             // At most one line, and the commit still succeeds.
-            eprintln!("git-p2p: commit not announced: {}", one_line(&e));
+            match full_disk(ctx, &e) {
+                // The reflog has the commit: the node reads it once it can store again.
+                Some(dir) => eprintln!(
+                    "git-p2p: the disk holding {dir} is full: commits are announced once there is space again"
+                ),
+                None => eprintln!("git-p2p: commit not announced: {}", one_line(&e)),
+            }
         }
         return Ok(());
     }
@@ -56,12 +62,25 @@ fn announce(ctx: &Ctx, rev: &str, hook: bool, note: bool) -> anyhow::Result<(Str
         Announcement::new(commit, repo.user_name.as_deref()).sign(&key, &repo.repo_id, crate::clock::unix_now_ms());
     let repo_info = repo.info();
     if hook {
-        crate::spool::write(&paths.data_dir, &OutboxEntry { repo: repo_info, envelope, thread: None })?;
+        if let Err(e) = crate::spool::write(&paths.data_dir, &OutboxEntry { repo: repo_info, envelope, thread: None }) {
+            // The commit is in the reflog: a running node reads it from there when rung.
+            let _ = Client::ring(paths);
+            return Err(e.into());
+        }
         ring_or_start(paths)?;
         return Ok((commit_id, None));
     }
     let queued = ctx.client()?.announce(repo_info, envelope)?;
     Ok((commit_id, Some(queued.pending)))
+}
+
+/// The data dir, when `e` is its disk being full.
+fn full_disk(ctx: &Ctx, e: &anyhow::Error) -> Option<String> {
+    let full = e.chain().filter_map(|c| c.downcast_ref::<std::io::Error>()).any(|io| {
+        matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+            || matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+    });
+    full.then(|| ctx.paths().map(|p| p.data_dir.display().to_string()).unwrap_or_default())
 }
 
 /// Tells the node there is something for it, or starts it (in the background) if none runs.
@@ -70,6 +89,9 @@ fn ring_or_start(paths: &crate::paths::Paths) -> anyhow::Result<()> {
         // Not rung: the node also looks at the spool every second.
         Ok(()) | Err(ClientError::Io(_)) => Ok(()),
         Err(ClientError::NotRunning) if client::autostart_allowed() => {
+            if let Some(problem) = crate::store::damage_report(&paths.store()) {
+                return Err(ClientError::StoreDamaged(problem).into());
+            }
             client::spawn_node(false)?;
             Ok(())
         }

@@ -1,4 +1,4 @@
-//! `git p2p daemon run|start|stop|status`.
+//! `git p2p daemon run|start|stop|status|repair`.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -22,33 +22,34 @@ pub fn run(ctx: &Ctx, command: DaemonCommand, out: &mut dyn Write) -> anyhow::Re
             let status = ctx.client()?.status()?;
             let what = if already { "already running" } else { "started" };
             writeln!(out, "node {what} (pid {}, peer id {})", status.pid, status.peer_id)?;
-        }
-        DaemonCommand::Stop => {
-            let mut client = match Client::connect(paths) {
-                Ok(client) => client,
-                Err(ClientError::NotRunning) => {
-                    writeln!(out, "the node is not running")?;
-                    return Ok(ExitCode::SUCCESS);
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let pid = client.status()?.pid;
-            match client.shutdown() {
-                // The node may close the socket before its answer is out; its exit is what counts.
-                Ok(_) | Err(ClientError::Io(_)) => {}
-                Err(e) => return Err(e.into()),
+            if let Some(problem) = status.store.problem {
+                // Running, but not able to do what it is for.
+                anyhow::bail!(problem);
             }
-            wait_for_exit(paths)?;
-            writeln!(out, "node stopped (pid {pid})")?;
         }
+        DaemonCommand::Stop => match stop(paths)? {
+            Some(pid) => writeln!(out, "node stopped (pid {pid})")?,
+            None => writeln!(out, "the node is not running")?,
+        },
+        DaemonCommand::Repair { force } => repair(paths, force, out)?,
         DaemonCommand::Status(args) => {
             let status = match Client::connect(paths) {
                 Ok(mut client) => client.status()?,
                 Err(ClientError::NotRunning) => {
+                    let damaged = crate::store::damage_report(&paths.store());
                     if args.json {
-                        writeln!(out, "{}", serde_json::json!({ "running": false }))?;
+                        let mut value = serde_json::json!({ "running": false });
+                        if let Some(problem) = &damaged {
+                            value["store"] = serde_json::json!({
+                                "state": "damaged", "path": paths.store().display().to_string(), "problem": problem,
+                            });
+                        }
+                        writeln!(out, "{value}")?;
                     } else {
-                        writeln!(out, "the node is not running")?;
+                        match &damaged {
+                            Some(problem) => writeln!(out, "the node is not running: {problem}")?,
+                            None => writeln!(out, "the node is not running")?,
+                        }
                     }
                     return Ok(ExitCode::FAILURE);
                 }
@@ -64,6 +65,85 @@ pub fn run(ctx: &Ctx, command: DaemonCommand, out: &mut dyn Write) -> anyhow::Re
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Stops the node if it runs; its pid if it did.
+fn stop(paths: &crate::paths::Paths) -> anyhow::Result<Option<u32>> {
+    let mut client = match Client::connect(paths) {
+        Ok(client) => client,
+        Err(ClientError::NotRunning) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let pid = client.status()?.pid;
+    match client.shutdown() {
+        // The node may close the socket before its answer is out; its exit is what counts.
+        Ok(_) | Err(ClientError::Io(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    wait_for_exit(paths)?;
+    Ok(Some(pid))
+}
+
+/// `daemon repair`: stop the node, rebuild a damaged store, start the node again.
+fn repair(paths: &crate::paths::Paths, force: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    use crate::node::repair::Outcome;
+    if let Some(pid) = stop(paths)? {
+        writeln!(out, "stopped the node (pid {pid})")?;
+    }
+    let store = paths.store();
+    match crate::node::repair::repair(paths, force)? {
+        Outcome::NoStore => writeln!(out, "no store in {} yet: nothing to repair", paths.data_dir.display())?,
+        Outcome::Healthy => writeln!(
+            out,
+            "the store {} verified: it is not damaged, nothing to repair (--force rebuilds it anyway)",
+            store.display()
+        )?,
+        Outcome::Repaired(r) => {
+            writeln!(out, "the store {} was not usable: {}", store.display(), r.reason)?;
+            writeln!(out, "moved it to {} (remove it once you no longer need it)", r.moved_to.display())?;
+            let reread = r.repos.iter().filter(|repo| repo.git_dir.is_some()).count();
+            writeln!(
+                out,
+                "new store, same keys: {} registered repositories, {} DHT records, {} keys of yours ({} to fetch \
+                 back from peers), {} announcements and {} Nostr events queued, {} known peers",
+                r.repos.len(),
+                r.dht_records,
+                r.own_keys,
+                r.to_fetch,
+                r.outbox,
+                r.nostr,
+                r.peers
+            )?;
+            writeln!(
+                out,
+                "your announcements of the last {} days are read again from the reflogs of {reread} repositories",
+                crate::node::repair::REREAD.as_secs() / 86_400
+            )?;
+            if let Some(why) = &r.unopenable {
+                writeln!(out, "nothing could be read from the old store ({why}): run git p2p init in each repository you use with git-p2p")?;
+            } else if !r.cut_short.is_empty() {
+                writeln!(out, "parts of the old store could not be read: {}", r.cut_short.join(", "))?;
+            }
+            if r.repos_dropped > 0 {
+                writeln!(
+                    out,
+                    "{} registered repositories were left out (their git dir is gone or holds another repository)",
+                    r.repos_dropped
+                )?;
+            }
+            writeln!(
+                out,
+                "not carried over: peers' announcements and room messages received before (they cannot be checked)"
+            )?;
+        }
+    }
+    if crate::control::client::autostart_allowed() {
+        let status = Client::connect_or_start(paths)?.status()?;
+        writeln!(out, "node started (pid {}, peer id {})", status.pid, status.peer_id)?;
+    } else {
+        writeln!(out, "start the node with: git p2p daemon start")?;
+    }
+    Ok(())
 }
 
 /// The node releases its data-dir lock as it exits; wait for that, so that `stop` returning
@@ -129,6 +209,17 @@ fn print_status(s: &NodeStatus, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     if s.outbox > 0 {
         writeln!(out, "outbox     {} announcement(s) waiting for a peer in their repository", s.outbox)?;
+    }
+    if s.restoring > 0 {
+        writeln!(out, "restoring  {} DHT entries of yours from peers' copies (after a repair)", s.restoring)?;
+    }
+    match &s.store.problem {
+        None => writeln!(out, "store      ok, {:.1} MiB", s.store.bytes as f64 / 1_048_576.0)?,
+        Some(problem) => {
+            let since =
+                s.store.since.map(|ms| format!(" since {}", super::fmt::local_time(ms / 1000))).unwrap_or_default();
+            writeln!(out, "store      {}{since}: {problem}", s.store.state.to_uppercase())?;
+        }
     }
     for dir in &s.rebasing {
         writeln!(out, "waiting    for the rebase in {dir} to end (its result is announced then)")?;

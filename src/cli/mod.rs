@@ -242,6 +242,22 @@ pub enum DaemonCommand {
     Stop,
     /// Show whether the node runs, and the settings and peers it has
     Status(JsonArgs),
+    /// Rebuild a damaged store: move store.redb aside and start a new one with the same keys
+    #[command(long_about = "Rebuild a damaged store. The node is stopped, the store is verified page by page, \
+                  and, if it is damaged, moved aside (store.redb.damaged-<time>, kept for you to remove) and \
+                  replaced by a new store with the same keys (libp2p.key and nostr.key are not touched). The new \
+                  store keeps what can be checked: registered repositories whose git dir still holds them, DHT \
+                  records whose signatures verify, queued announcements and Nostr events that verify, the \
+                  address book. It rebuilds the rest: your announcements of the last 30 days are read again from \
+                  the HEAD reflogs of the registered repositories (peers drop those they have), and your DHT \
+                  entries the old store lost are fetched back from peers' copies once the node has peers. \
+                  Received history (peers' announcements, room messages) cannot be checked and is not carried \
+                  over. The node is started again at the end. A store that verifies is left as it is.")]
+    Repair {
+        /// Rebuild the store even if it verifies
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

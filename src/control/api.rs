@@ -217,6 +217,12 @@ pub struct NodeStatus {
     /// Peers cut off for flooding this node with connections (refused for a while).
     #[serde(default)]
     pub banned: Vec<String>,
+    /// The store: whether it takes writes (a full disk, a damaged file).
+    #[serde(default)]
+    pub store: StoreStatus,
+    /// DHT keys of ours still to fetch back from peers' copies (after a repair).
+    #[serde(default)]
+    pub restoring: usize,
 }
 
 /// The DHT records a node holds, by whose they are.
@@ -228,6 +234,25 @@ pub struct DhtRecords {
     pub registered: usize,
     /// Held for others (bounded; the farthest from our key give way first).
     pub strangers: usize,
+    /// Still being counted after start (the numbers are not in yet).
+    #[serde(default)]
+    pub counting: bool,
+}
+
+/// The node's store, as `daemon status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StoreStatus {
+    /// "ok"; "full" (the disk is full: nothing more is stored until there is space, reads go
+    /// on); "failing" (writes fail with another I/O error); "damaged" (the file is: nothing is
+    /// read or written until `git p2p daemon repair`).
+    pub state: String,
+    pub path: String,
+    /// What commands report while the store is not ok, in one line.
+    pub problem: Option<String>,
+    /// Since when it is not ok (Unix ms).
+    pub since: Option<u64>,
+    /// Size of the file in bytes.
+    pub bytes: u64,
 }
 
 /// The settings the node started with (it re-reads git config only on restart).

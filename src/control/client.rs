@@ -74,6 +74,9 @@ pub enum ClientError {
     Node(String),
     #[error(transparent)]
     Paths(#[from] PathError),
+    /// The node's store is damaged: starting a node would only fail the same way.
+    #[error("{0}")]
+    StoreDamaged(String),
 }
 
 impl ClientError {
@@ -133,6 +136,9 @@ impl Client {
         match Self::connect(paths) {
             Err(ClientError::NotRunning) => {}
             other => return other,
+        }
+        if let Some(problem) = crate::store::damage_report(&paths.store()) {
+            return Err(ClientError::StoreDamaged(problem));
         }
         let found = wait_ready(spawn_node(true)?, || match Self::connect(paths) {
             Err(ClientError::NotRunning) => None,

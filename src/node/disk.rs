@@ -9,7 +9,7 @@ use libp2p::{kad, Multiaddr, PeerId};
 
 use super::history::HistoryWriter;
 use super::kad_store::PersistentStore;
-use super::service::{Ack, Disk, Loaded};
+use super::service::{Ack, Disk, Loaded, RecordError};
 use crate::control::api::Failure;
 use crate::proto::announce::FeedEntry;
 use crate::proto::chat::ChatEntry;
@@ -28,16 +28,35 @@ struct SyncJob {
 /// What the event loop keeps between writes: whether a sync is owed, and the command batch's
 /// answers waiting for durability.
 pub struct Durability {
-    syncer: std::sync::mpsc::Sender<SyncJob>,
+    syncer: Option<std::sync::mpsc::Sender<SyncJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     /// Written without fsync since the last sync.
     unsynced: bool,
     batch: SyncJob,
 }
 
+/// Dropped, it waits for the sync thread to be done (the store is closed after it).
+impl Drop for Durability {
+    fn drop(&mut self) {
+        self.syncer = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl Durability {
     /// Starts the sync thread.
     pub fn spawn(store: Store) -> Self {
-        Self { syncer: spawn_syncer(store), unsynced: false, batch: SyncJob::default() }
+        let (syncer, thread) = spawn_syncer(store);
+        Self { syncer: Some(syncer), thread, unsynced: false, batch: SyncJob::default() }
+    }
+
+    fn send(&self, job: SyncJob) -> Result<(), SyncJob> {
+        match &self.syncer {
+            Some(syncer) => syncer.send(job).map_err(|std::sync::mpsc::SendError(job)| job),
+            None => Err(job),
+        }
     }
 
     /// The end of a command batch: the sync thread writes our published messages, fsyncs and
@@ -51,9 +70,9 @@ impl Durability {
         let job = if inline {
             job
         } else {
-            match self.syncer.send(job) {
+            match self.send(job) {
                 Ok(()) => return,
-                Err(std::sync::mpsc::SendError(job)) => job,
+                Err(job) => job,
             }
         };
         run_job(store, job);
@@ -61,9 +80,9 @@ impl Durability {
 
     /// What was written without fsync since the last sync is made durable (off this thread).
     pub fn sync_soon(&mut self, store: &Store) {
-        if std::mem::take(&mut self.unsynced) && self.syncer.send(SyncJob::default()).is_err() {
+        if std::mem::take(&mut self.unsynced) && self.send(SyncJob::default()).is_err() {
             if let Err(e) = store.sync() {
-                tracing::warn!(error = %e, "cannot sync the store");
+                log_store_error(&e, "cannot sync the store");
             }
         }
     }
@@ -148,14 +167,23 @@ impl Disk for NodeDisk<'_> {
         self.records.get(key).map(|r| r.into_owned())
     }
 
-    fn put_record(&mut self, record: kad::Record) -> Result<(), kad::store::Error> {
+    fn put_record(&mut self, record: kad::Record) -> Result<(), RecordError> {
         self.durability.unsynced = true;
-        self.records.put(record)
+        self.records.put_stored(record)
     }
 
     fn remember_peer(&mut self, peer: &PeerId, addrs: &[Multiaddr], name: Option<&str>) -> Result<(), StoreError> {
         let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
         self.store.remember_peer(&peer.to_string(), &addrs, name)
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        self.store.writable()
+    }
+
+    fn restore_done(&mut self, repo: &RepoId, key: &str) -> Result<(), StoreError> {
+        let result = self.store.restore_done(repo, key);
+        self.wrote(result)
     }
 }
 
@@ -163,15 +191,26 @@ fn run_job(store: &Store, job: SyncJob) {
     match store.chat_insert_all(&job.history).and_then(|_| store.sync()) {
         Ok(()) => job.acks.into_iter().for_each(|ack| ack.settle(Ok(()))),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot sync the store");
+            log_store_error(&e, "cannot sync the store");
             let failure = Failure::new(format!("cannot store: {e}"));
             job.acks.into_iter().for_each(|ack| ack.settle(Err(failure.clone())));
         }
     }
 }
 
+/// Logs a failed store operation: quietly when the store as a whole is down (a full disk, a
+/// damaged file: it said so once, loudly, and every operation fails until it is back).
+pub fn log_store_error(e: &StoreError, what: &str) {
+    if e.is_store_down() {
+        tracing::debug!(error = %e, "{what}");
+    } else {
+        tracing::warn!(error = %e, "{what}");
+    }
+}
+
 /// What the service needs to know of the store at start; what cannot be read is logged and
-/// left out (the node still starts).
+/// left out (the node still starts). The ids of the room messages it has are read later
+/// ([`read_seen_chat`]): start-up must not grow with the history.
 pub fn load(store: &Store) -> Loaded {
     fn read<T>(what: &str, result: Result<Vec<T>, crate::store::StoreError>) -> Vec<T> {
         result.unwrap_or_else(|e| {
@@ -190,13 +229,42 @@ pub fn load(store: &Store) -> Loaded {
         repos: read("the registered repositories", store.repos()),
         outbox: read("the outbox", store.outbox()),
         known_peers,
-        seen_chat: read("the seen messages", store.chat_seen_ids()),
+        seen_chat: Vec::new(),
+        restore: read("the keys to fetch back", store.restore_pending()),
+    }
+}
+
+/// The ids of the room messages the history has, read on a thread of its own.
+pub fn read_seen_chat(store: Store) -> tokio::sync::oneshot::Receiver<Vec<String>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let read = move || {
+        let ids = store.chat_seen_ids().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the seen messages");
+            Vec::new()
+        });
+        let _ = tx.send(ids);
+    };
+    if let Err(e) = std::thread::Builder::new().name("seen-chat".into()).spawn(read) {
+        tracing::warn!(error = %e, "cannot read the seen messages");
+    }
+    rx
+}
+
+/// The ids [`read_seen_chat`] read, once; never again after.
+pub async fn seen_chat_read(pending: &mut Option<tokio::sync::oneshot::Receiver<Vec<String>>>) -> Vec<String> {
+    match pending {
+        Some(rx) => {
+            let ids = rx.await.unwrap_or_default();
+            *pending = None;
+            ids
+        }
+        None => std::future::pending().await,
     }
 }
 
 /// The thread that makes the store durable (one fsync for whatever is queued) and then sends the
 /// answers that waited for it. Exits when the event loop drops its sender.
-fn spawn_syncer(store: Store) -> std::sync::mpsc::Sender<SyncJob> {
+fn spawn_syncer(store: Store) -> (std::sync::mpsc::Sender<SyncJob>, Option<std::thread::JoinHandle<()>>) {
     let (tx, rx) = std::sync::mpsc::channel::<SyncJob>();
     let spawned = std::thread::Builder::new().name("store-sync".into()).spawn(move || {
         while let Ok(mut job) = rx.recv() {
@@ -207,9 +275,12 @@ fn spawn_syncer(store: Store) -> std::sync::mpsc::Sender<SyncJob> {
             run_job(&store, job);
         }
     });
-    if let Err(e) = spawned {
-        // The receiver is gone with the closure: every send fails and the loop syncs itself.
-        tracing::warn!(error = %e, "cannot start the store's sync thread; syncing inline");
+    match spawned {
+        Ok(thread) => (tx, Some(thread)),
+        Err(e) => {
+            // The receiver is gone with the closure: every send fails and the loop syncs itself.
+            tracing::warn!(error = %e, "cannot start the store's sync thread; syncing inline");
+            (tx, None)
+        }
     }
-    tx
 }

@@ -4,7 +4,9 @@
 //!
 //! States: Running -> (Shutdown command, SIGTERM or SIGINT, data dir deleted) -> Stopping, where
 //! it answers what it was asked last, drops the swarm (closing connections) and returns; the
-//! store is synced on the way out.
+//! store is synced on the way out. While the store takes no writes (a full disk, a damaged
+//! file) the loop runs on; each tick `store_watch` reopens a store whose disk has space again,
+//! and the loop then takes back what it holds of the store and reads the reflogs.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,6 +23,7 @@ use super::disk::{load, Durability, NodeDisk};
 use super::history::{HistoryWriter, PageRead};
 use super::hook_notes::{HookNotes, Wake};
 use super::service::{BridgeOp, DialRef, Io, Me, QueryRef, Service};
+use super::store_watch::StoreWatch;
 use crate::bridge::{Bridge, Inbound};
 use crate::clock::Now;
 use crate::control::api::{Command, ConfigInForce, Failure, KvKey, NodeEvent, NodeStatus, NostrStatus, Page};
@@ -39,6 +42,9 @@ pub struct NodeInfo {
     pub data_dir_path: PathBuf,
     /// Where the hook's fast path leaves notes ([`crate::paths::Paths::notes_dir`]).
     pub notes_dir: PathBuf,
+    /// Where the node tells the hook that its store takes no writes
+    /// ([`crate::paths::Paths::store_problem`]).
+    pub store_problem: PathBuf,
     /// The user's libp2p key: signs the DHT entries the node writes for its own announcements.
     pub key: libp2p::identity::Keypair,
     pub npub: String,
@@ -73,6 +79,8 @@ pub struct EventLoop {
     /// What the bridge heard from relays. The sender is kept so the channel never closes.
     inbound: mpsc::Receiver<Inbound>,
     _inbound_tx: mpsc::Sender<Inbound>,
+    /// The store's health as last seen.
+    store_watch: StoreWatch,
 }
 
 /// The service's view of the store for one call (the fields it borrows are the event loop's).
@@ -103,6 +111,7 @@ impl EventLoop {
         let me = Me::new(info.key.clone(), info.name.clone(), info.npub.clone());
         let bootstrap: Vec<_> = bootstrap.iter().map(|b| (b.peer_id, b.addr.clone())).collect();
         let service = Service::new(me, &bootstrap, load(&store), Now::system());
+        let store_watch = StoreWatch::new(info.store_problem.clone(), info.data_dir.clone());
         let mut this = Self {
             swarm,
             commands,
@@ -118,6 +127,7 @@ impl EventLoop {
             bridge,
             inbound,
             _inbound_tx: inbound_tx,
+            store_watch,
         };
         this.run_io();
         this.hooks.ingest(&mut this.service, disk!(this), &this.store);
@@ -132,6 +142,8 @@ impl EventLoop {
     /// Runs until a shutdown command or `stop` resolves.
     pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
+        // As many as the rooms' histories hold: read off this thread, after "ready".
+        let mut seen_chat = Some(super::disk::read_seen_chat(self.store.clone()));
         // After "ready", off this thread: it runs git for each repository.
         self.hooks.survey(self.service.repos());
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
@@ -153,10 +165,14 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 Some(message) = self.inbound.recv() => self.service.from_nostr(message, Now::system(), disk!(self)),
                 wake = self.hooks.next() => self.hook_wake(wake),
+                ids = super::disk::seen_chat_read(&mut seen_chat) => self.service.remember_chat(ids),
                 _ = tick.tick() => {
                     if !self.info.data_dir_path.exists() {
                         tracing::warn!("the data dir is gone, stopping");
                         break;
+                    }
+                    if self.store_watch.look(&self.store) {
+                        self.store_reopened();
                     }
                     self.maintain();
                 }
@@ -215,7 +231,8 @@ impl EventLoop {
             }
             Command::Announce { repo, envelope, reply } => self.service.announce(repo, envelope, reply, disk!(self)),
             Command::IngestSpool(reply) => {
-                self.hooks.ingest(&mut self.service, disk!(self), &self.store);
+                // The hook's slow path rang: what it could not spool (a full disk) is in a reflog.
+                self.spool_changed(true);
                 let _ = reply.send(Ok(()));
             }
             Command::Log { repo, limit, before, reply } => {
@@ -363,19 +380,24 @@ impl EventLoop {
                     tracing::warn!(error = %e, "spool watch failed; reading the spool every second");
                     self.hooks.unwatch();
                 }
-                self.spool_changed();
+                self.spool_changed(false);
             }
-            Wake::Released => self.spool_changed(),
+            Wake::Released => self.spool_changed(false),
         }
         if self.hooks.take_wrote() {
             self.durability.wrote();
         }
     }
 
-    /// Something arrived in the spool or a held note may go now: publish first, then make it
-    /// durable off this thread.
-    fn spool_changed(&mut self) {
+    /// Something arrived in the spool, a held note may go now, or (`reflogs`) the registered
+    /// repositories' reflogs may have commits no note or spool file tells of: publish first, then
+    /// make it durable off this thread.
+    fn spool_changed(&mut self, reflogs: bool) {
         self.hooks.ingest(&mut self.service, disk!(self), &self.store);
+        if reflogs {
+            let repos = self.service.repos().to_vec();
+            self.hooks.read_reflogs(&repos, &mut self.service, disk!(self), &self.store);
+        }
         self.service.flush(Now::system(), disk!(self));
         self.run_io();
         if self.hooks.take_wrote() {
@@ -419,7 +441,21 @@ impl EventLoop {
             rebasing: self.hooks.rebasing(),
             dht,
             banned: self.service.banned().iter().map(|p| p.to_string()).collect(),
+            store: super::store_watch::status(&self.store),
+            restoring: self.service.restoring(),
         }
+    }
+
+    /// The store was reopened (a full disk had space again): it went back to its last durable
+    /// state, so the outbox in memory is read back, the DHT records it could not take are
+    /// stored, and the reflogs are read for the commits made meanwhile.
+    fn store_reopened(&mut self) {
+        match self.store.outbox() {
+            Ok(stored) => self.service.reload_outbox(stored),
+            Err(e) => tracing::warn!(error = %e, "cannot read the outbox back"),
+        }
+        self.swarm.behaviour_mut().kad.store_mut().persist_pending();
+        self.spool_changed(true);
     }
 
     fn nostr_status(&self) -> NostrStatus {

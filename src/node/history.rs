@@ -31,10 +31,21 @@ pub struct PageRead {
     pub reply: Reply<Page<ChatEntry>>,
 }
 
-/// Hands received messages to the writer thread.
+/// Hands received messages to the writer thread. Dropped, it waits for the thread to have
+/// written (and synced) what it was handed, so that the store can then be closed.
 pub struct HistoryWriter {
     tx: Option<mpsc::Sender<Job>>,
     store: Store,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for HistoryWriter {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn read(store: &Store, read: PageRead) {
@@ -51,10 +62,10 @@ impl HistoryWriter {
         let writer_store = store.clone();
         let spawned = std::thread::Builder::new().name("history".into()).spawn(move || write_loop(&writer_store, &rx));
         match spawned {
-            Ok(_) => Self { tx: Some(tx), store },
+            Ok(thread) => Self { tx: Some(tx), store, thread: Some(thread) },
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the history thread; writing inline");
-                Self { tx: None, store }
+                Self { tx: None, store, thread: None }
             }
         }
     }
@@ -115,7 +126,7 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Job>) {
             if !batch.is_empty() {
                 match store.chat_insert_all(&batch) {
                     Ok(_) => unsynced = true,
-                    Err(e) => tracing::warn!(error = %e, lost = batch.len(), "cannot store chat messages"),
+                    Err(e) => super::disk::log_store_error(&e, &format!("cannot store {} chat messages", batch.len())),
                 }
             }
             if let Some(page) = read_after {
@@ -126,7 +137,7 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Job>) {
         }
         if unsynced && last_sync.elapsed() >= SYNC_EVERY {
             if let Err(e) = store.sync() {
-                tracing::warn!(error = %e, "cannot sync the chat history");
+                super::disk::log_store_error(&e, "cannot sync the chat history");
             }
             unsynced = false;
             last_sync = Instant::now();

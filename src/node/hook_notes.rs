@@ -27,6 +27,13 @@ pub enum HookError {
     Store(#[from] StoreError),
 }
 
+impl HookError {
+    /// The store cannot take anything now (a full disk): not this note's fault.
+    fn is_store_down(&self) -> bool {
+        matches!(self, Self::Store(e) if e.is_store_down())
+    }
+}
+
 /// What woke the hook side of the node.
 pub enum Wake {
     /// The start-up survey found these hooked repositories.
@@ -52,6 +59,9 @@ pub struct HookNotes {
     survey: Option<oneshot::Receiver<Vec<PathBuf>>>,
     /// A reflog position was written without fsync since [`Self::take_wrote`].
     wrote: bool,
+    /// Repositories whose notes came while the store could not take announcements: their
+    /// reflogs are read once it can again.
+    after_reopen: HashSet<PathBuf>,
 }
 
 impl HookNotes {
@@ -72,6 +82,7 @@ impl HookNotes {
             rebasing: HashSet::new(),
             survey: None,
             wrote: false,
+            after_reopen: HashSet::new(),
         }
     }
 
@@ -139,6 +150,29 @@ impl HookNotes {
             }
             if let Err(e) = self.announce_or_defer(dir.clone(), service, disk, store) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot read the repository's reflog");
+            }
+        }
+    }
+
+    /// Reads the reflogs of the registered repositories (and of those whose notes came while the
+    /// store could not take announcements) from where the store's durable state says we were:
+    /// after the store was reopened (a full disk), and when the hook's slow path rings (its spool
+    /// may have failed for the same reason), so that every commit made meanwhile is announced.
+    pub fn read_reflogs(&mut self, repos: &[RepoInfo], service: &mut Service, disk: &mut dyn Disk, store: &Store) {
+        let mut dirs: Vec<PathBuf> = std::mem::take(&mut self.after_reopen).into_iter().collect();
+        dirs.extend(repos.iter().filter_map(|r| r.git_dir.as_ref().map(|d| d.as_path().to_path_buf())));
+        dirs.sort();
+        dirs.dedup();
+        for dir in dirs {
+            let key = self.repos.open(&dir).map(|c| c.reflog_key());
+            if !key.is_ok_and(|k| matches!(store.reflog_pos(&k), Ok(Some(_)))) {
+                continue;
+            }
+            if let Err(e) = self.announce_or_defer(dir.clone(), service, disk, store) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot read the repository's reflog");
+                if e.is_store_down() {
+                    self.after_reopen.insert(dir);
+                }
             }
         }
     }
@@ -217,7 +251,7 @@ impl HookNotes {
                 Item::Entry(entry) if already_announced(&entry, service, store) => {}
                 Item::Entry(entry) => {
                     if let Err(e) = service.queue_announcement(entry, true, disk) {
-                        tracing::warn!(error = %e, "cannot move a spooled announcement to the outbox");
+                        super::disk::log_store_error(&e, "cannot move a spooled announcement to the outbox");
                         return;
                     }
                 }
@@ -225,11 +259,19 @@ impl HookNotes {
                     if self.hold(&path, &note) {
                         continue;
                     }
-                    if let Err(e) = self.announce_or_defer(note.repo_dir(), service, disk, store) {
-                        tracing::warn!(path = %path.display(), repo = %note.repo_dir().display(), error = %e,
-                            "cannot announce from a hook note; set aside");
-                        let _ = std::fs::rename(&path, path.with_extension("bad"));
-                        continue;
+                    match self.announce_or_defer(note.repo_dir(), service, disk, store) {
+                        Ok(()) => {}
+                        // The reflog is the record: read once the store takes writes again.
+                        Err(e) if e.is_store_down() => {
+                            tracing::debug!(repo = %note.repo_dir().display(), error = %e, "announced later");
+                            self.after_reopen.insert(note.repo_dir());
+                        }
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), repo = %note.repo_dir().display(), error = %e,
+                                "cannot announce from a hook note; set aside");
+                            let _ = std::fs::rename(&path, path.with_extension("bad"));
+                            continue;
+                        }
                     }
                 }
             }

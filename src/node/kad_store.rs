@@ -1,22 +1,28 @@
 //! Kademlia's record store, persisted in the node's redb store so that DHT records (ours and
-//! the ones we hold for others) survive restarts. Records live in memory too (Kademlia reads
-//! them often); provider records are not used by git-p2p and stay in memory.
+//! the ones we hold for others) survive restarts. Records are read from the store when Kademlia
+//! asks for them, never loaded at start: start-up does not grow with the number of records. A
+//! record that could not be written (a full disk) is kept in memory until the store takes it
+//! again ([`PersistentStore::persist_pending`]). Provider records are not used by git-p2p and
+//! stay in memory.
 //!
 //! What strangers may fill is bounded ([`Quotas`]): our own records (published by this node)
 //! are never refused or pushed out; records of repositories we registered have a budget of their
 //! own that strangers cannot touch; every other record counts against a budget for strangers,
 //! and against a quota per repository and per publishing peer. When the strangers' budget is
 //! full, the record farthest from our key goes first (a DHT node is responsible for the keys
-//! near it), unless the newcomer is farther still.
+//! near it), unless the newcomer is farther still. The books are counted from the store on a
+//! thread after start ([`Census`]); until they are, only our own records are taken.
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use libp2p::kad::store::{Error, MemoryStore, RecordStore, Result};
 use libp2p::kad::{KBucketDistance, KBucketKey, ProviderRecord, Record, RecordKey};
 use libp2p::PeerId;
 
+use super::service::RecordError as PutError;
 use crate::clock::unix_now_ms;
 use crate::proto::repo::RepoId;
 use crate::store::{DhtRecord, Store};
@@ -30,6 +36,8 @@ pub const MAX_PER_PUBLISHER: usize = 1_000;
 pub const MAX_PER_REPO: usize = 2_000;
 /// Largest stored record: a full multi-writer record (64 entries of 8 KiB values, hex).
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
+/// Records kept in memory while the store cannot take them, at most.
+const MAX_UNSTORED: usize = 1000;
 
 /// Whose a record is, for what may push it out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +59,8 @@ pub enum Refusal {
     Repo(RepoId),
     #[error("this node holds as many records for others as it takes, all nearer its key")]
     Full,
+    #[error("this node is still counting the records it holds")]
+    Counting,
 }
 
 /// The bookkeeping of who fills the store; decides what is admitted and what gives way.
@@ -167,20 +177,44 @@ fn count<K: std::hash::Hash + Eq + Clone>(counts: &mut HashMap<K, usize>, key: O
 pub struct PersistentStore {
     store: Store,
     local: KBucketKey<PeerId>,
-    records: HashMap<RecordKey, Record>,
-    quotas: Quotas,
+    /// Records the store could not take (yet), newest version of each.
+    unstored: HashMap<RecordKey, Record>,
+    /// The books; None until the census came back.
+    quotas: Option<Quotas>,
+    census: Option<Census>,
     /// Repositories we registered: their records are not strangers'.
     registered: HashSet<RepoId>,
     providers: MemoryStore,
 }
 
+/// The books being counted from the store on a thread, and what changed meanwhile (applied
+/// again once they are in: adding and removing a key are idempotent).
+struct Census {
+    books: mpsc::Receiver<Quotas>,
+    changes: Vec<(RecordKey, Option<Class>)>,
+}
+
 fn to_instant(unix_ms: u64) -> Instant {
-    let now = unix_now_ms();
-    Instant::now() + Duration::from_millis(unix_ms.saturating_sub(now))
+    let (now, at) = (unix_now_ms(), Instant::now());
+    if unix_ms >= now {
+        at + Duration::from_millis(unix_ms - now)
+    } else {
+        // In the past: Kademlia sees it expired.
+        at.checked_sub(Duration::from_millis(now - unix_ms)).unwrap_or(at)
+    }
 }
 
 fn to_unix_ms(at: Instant) -> u64 {
     unix_now_ms() + at.saturating_duration_since(Instant::now()).as_millis() as u64
+}
+
+fn from_stored(key: &[u8], r: DhtRecord) -> Record {
+    Record {
+        key: RecordKey::new(&key),
+        value: r.value,
+        publisher: r.publisher.and_then(|p| p.parse().ok()),
+        expires: r.expires.map(to_instant),
+    }
 }
 
 /// The repository a record says it belongs to (its JSON's `repo`), without reading the rest.
@@ -192,119 +226,200 @@ fn repo_of(value: &[u8]) -> Option<RepoId> {
     serde_json::from_slice::<Head>(value).ok().map(|h| h.repo)
 }
 
+/// Whose a record is, for the books.
+fn class_of(local: &PeerId, registered: &HashSet<RepoId>, publisher: Option<PeerId>, value: &[u8]) -> Class {
+    if publisher.is_some_and(|p| p == *local) {
+        return Class::Ours;
+    }
+    match repo_of(value) {
+        Some(repo) if registered.contains(&repo) => Class::Registered { publisher },
+        repo => Class::Stranger { repo, publisher },
+    }
+}
+
+fn distance(local: &KBucketKey<PeerId>, key: &RecordKey) -> KBucketDistance {
+    KBucketKey::new(key.clone()).distance(local)
+}
+
+/// Counts the books from every live record in `store`.
+fn count_books(store: &Store, local: &KBucketKey<PeerId>, registered: &HashSet<RepoId>) -> Quotas {
+    let mut quotas = Quotas::default();
+    let now = unix_now_ms();
+    let counted = store.dht_for_each(|key, r| {
+        if r.expires.is_some_and(|e| e <= now) {
+            return;
+        }
+        let publisher = r.publisher.as_deref().and_then(|p| p.parse().ok());
+        let class = class_of(local.preimage(), registered, publisher, &r.value);
+        let key = RecordKey::new(&key);
+        let d = distance(local, &key);
+        quotas.add(key, class, d);
+    });
+    if let Err(e) = counted {
+        tracing::warn!(error = %e, "cannot count the DHT records held; counting from none");
+    }
+    quotas
+}
+
 impl PersistentStore {
-    /// Loads the records kept in `store`, dropping expired ones.
+    /// Kademlia's view of the records kept in `store` (nothing is read now: the books are
+    /// counted on a thread).
     pub fn load(peer: PeerId, store: Store) -> Self {
-        let registered = match store.repos() {
+        let registered: HashSet<RepoId> = match store.repos() {
             Ok(repos) => repos.into_iter().map(|r| r.id).collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the registered repositories");
                 HashSet::new()
             }
         };
-        let mut this = Self {
-            store,
-            local: KBucketKey::from(peer),
-            records: HashMap::new(),
-            quotas: Quotas::default(),
-            registered,
-            providers: MemoryStore::new(peer),
-        };
-        let now = unix_now_ms();
-        match this.store.dht_records() {
-            Ok(all) => {
-                for (key, r) in all {
-                    if r.expires.is_some_and(|e| e <= now) {
-                        let _ = this.store.dht_remove(&key);
-                        continue;
-                    }
-                    let key = RecordKey::new(&key);
-                    let record = Record {
-                        key: key.clone(),
-                        value: r.value,
-                        publisher: r.publisher.and_then(|p| p.parse().ok()),
-                        expires: r.expires.map(to_instant),
-                    };
-                    let class = this.class_of(&record);
-                    this.quotas.add(key.clone(), class, this.distance(&key));
-                    this.records.insert(key, record);
-                }
+        let local = KBucketKey::from(peer);
+        let (tx, rx) = mpsc::channel();
+        let (census_store, census_local, census_registered) = (store.clone(), local, registered.clone());
+        let spawned = std::thread::Builder::new().name("dht-census".into()).spawn(move || {
+            let _ = tx.send(count_books(&census_store, &census_local, &census_registered));
+        });
+        let (quotas, census) = match spawned {
+            Ok(_) => (None, Some(Census { books: rx, changes: Vec::new() })),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the DHT census; counting here");
+                (Some(count_books(&store, &local, &registered)), None)
             }
-            Err(e) => tracing::warn!(error = %e, "cannot load DHT records"),
-        }
-        this
+        };
+        Self { store, local, unstored: HashMap::new(), quotas, census, registered, providers: MemoryStore::new(peer) }
     }
 
-    /// How many records are held, by whose they are.
-    pub fn counts(&self) -> crate::control::api::DhtRecords {
-        let strangers = self.quotas.by_distance.len();
+    /// Takes the books if the census is done; true when they are in.
+    fn books(&mut self) -> bool {
+        if let Some(census) = &mut self.census {
+            match census.books.try_recv() {
+                Ok(mut quotas) => {
+                    for (key, class) in std::mem::take(&mut census.changes) {
+                        let d = distance(&self.local, &key);
+                        match class {
+                            Some(class) => quotas.add(key, class, d),
+                            None => quotas.remove(&key, d),
+                        }
+                    }
+                    self.census = None;
+                    self.quotas = Some(quotas);
+                    let registered: Vec<RepoId> = self.registered.iter().cloned().collect();
+                    for repo in registered {
+                        self.reclassify(&repo);
+                    }
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    tracing::warn!("the DHT census ended without its count; counting from none");
+                    self.census = None;
+                    self.quotas = Some(Quotas::default());
+                }
+            }
+        }
+        self.quotas.is_some()
+    }
+
+    /// Waits for the census (tests, and a node that must know before it goes on).
+    pub fn wait_for_books(&mut self) {
+        if let Some(census) = &mut self.census {
+            if let Ok(quotas) = census.books.recv() {
+                let (tx, rx) = mpsc::channel();
+                let _ = tx.send(quotas);
+                census.books = rx;
+            }
+        }
+        self.books();
+    }
+
+    /// How many records are held, by whose they are (zeros while they are being counted).
+    pub fn counts(&mut self) -> crate::control::api::DhtRecords {
+        if !self.books() {
+            return crate::control::api::DhtRecords { counting: true, ..Default::default() };
+        }
+        let Some(quotas) = &self.quotas else { return Default::default() };
+        let strangers = quotas.by_distance.len();
         crate::control::api::DhtRecords {
-            ours: self.quotas.classes.len() - strangers - self.quotas.registered,
-            registered: self.quotas.registered,
+            ours: quotas.classes.len() - strangers - quotas.registered,
+            registered: quotas.registered,
             strangers,
+            counting: false,
         }
     }
 
     /// From now on, records of `repo` are ours to keep (it was registered).
     pub fn protect(&mut self, repo: &RepoId) {
-        if !self.registered.insert(repo.clone()) {
-            return;
+        if self.registered.insert(repo.clone()) && self.books() {
+            self.reclassify(repo);
         }
-        let keys: Vec<RecordKey> = self.records.keys().cloned().collect();
-        for key in keys {
-            let Some(record) = self.records.get(&key) else { continue };
-            let class = self.class_of(record);
-            if self.quotas.classes.get(&key) != Some(&class) {
-                self.quotas.add(key.clone(), class, self.distance(&key));
-            }
+    }
+
+    /// Strangers' records of `repo` (registered now) move to the registered budget.
+    fn reclassify(&mut self, repo: &RepoId) {
+        let Some(quotas) = &mut self.quotas else { return };
+        let moved: Vec<(RecordKey, Option<PeerId>)> = quotas
+            .classes
+            .iter()
+            .filter_map(|(key, class)| match class {
+                Class::Stranger { repo: Some(r), publisher } if r == repo => Some((key.clone(), *publisher)),
+                _ => None,
+            })
+            .collect();
+        for (key, publisher) in moved {
+            let d = distance(&self.local, &key);
+            quotas.add(key, Class::Registered { publisher }, d);
         }
     }
 
     fn class_of(&self, record: &Record) -> Class {
-        let publisher = record.publisher;
-        if publisher.is_some_and(|p| p == *self.local.preimage()) {
-            return Class::Ours;
-        }
-        match repo_of(&record.value) {
-            Some(repo) if self.registered.contains(&repo) => Class::Registered { publisher },
-            repo => Class::Stranger { repo, publisher },
-        }
+        class_of(self.local.preimage(), &self.registered, record.publisher, &record.value)
     }
 
-    fn distance(&self, key: &RecordKey) -> KBucketDistance {
-        KBucketKey::new(key.clone()).distance(&self.local)
+    /// Notes in the books that `key` now holds a record of `class` (None: nothing).
+    fn book(&mut self, key: &RecordKey, class: Option<Class>) {
+        let d = distance(&self.local, key);
+        match (&mut self.quotas, &mut self.census) {
+            (Some(quotas), _) => match class {
+                Some(class) => quotas.add(key.clone(), class, d),
+                None => quotas.remove(key, d),
+            },
+            (None, Some(census)) => census.changes.push((key.clone(), class)),
+            (None, None) => {}
+        }
     }
 
     fn forget(&mut self, key: &RecordKey) {
-        self.records.remove(key);
-        let distance = self.distance(key);
-        self.quotas.remove(key, distance);
+        self.unstored.remove(key);
+        self.book(key, None);
         if let Err(e) = self.store.dht_remove(key.as_ref()) {
-            tracing::warn!(error = %e, "cannot remove a DHT record");
+            tracing::debug!(error = %e, "cannot remove a DHT record");
         }
     }
-}
 
-impl RecordStore for PersistentStore {
-    type RecordsIter<'a> =
-        std::iter::Map<std::collections::hash_map::Values<'a, RecordKey, Record>, fn(&'a Record) -> Cow<'a, Record>>;
-    type ProvidedIter<'a> = <MemoryStore as RecordStore>::ProvidedIter<'a>;
-
-    fn get(&self, k: &RecordKey) -> Option<Cow<'_, Record>> {
-        self.records.get(k).map(Cow::Borrowed)
-    }
-
-    fn put(&mut self, r: Record) -> Result<()> {
+    /// Stores `r`, telling why not if it cannot be: Kademlia's bounds and our quotas, or the
+    /// store's trouble (the record is then kept in memory and stored once the store takes
+    /// writes again).
+    pub fn put_stored(&mut self, r: Record) -> std::result::Result<(), PutError> {
         if r.value.len() > MAX_RECORD_BYTES {
-            return Err(Error::ValueTooLarge);
+            return Err(PutError::Kad(Error::ValueTooLarge));
         }
-        if self.records.get(&r.key) == Some(&r) {
+        let existing = match self.unstored.get(&r.key) {
+            Some(record) => Some(record.clone()),
+            None => self.store.dht_get(r.key.as_ref())?.map(|stored| from_stored(r.key.as_ref(), stored)),
+        };
+        if existing.as_ref() == Some(&r) {
             // The node stores its own writes before Kademlia's put stores them again.
             return Ok(());
         }
         let class = self.class_of(&r);
-        let distance = self.distance(&r.key);
-        match self.quotas.admit(&r.key, &class, distance) {
+        let d = distance(&self.local, &r.key);
+        let admitted = if class == Class::Ours {
+            // Never refused; while the books are counted, nothing gives way for it.
+            Ok(self.quotas.as_ref().and_then(|q| q.admit(&r.key, &class, d).ok().flatten()))
+        } else if self.books() {
+            self.quotas.as_ref().map_or(Ok(None), |q| q.admit(&r.key, &class, d))
+        } else {
+            Err(Refusal::Counting)
+        };
+        match admitted {
             Ok(Some(evicted)) => {
                 tracing::debug!(key = ?evicted, "DHT store full: the record farthest from us gives way");
                 self.forget(&evicted);
@@ -312,7 +427,7 @@ impl RecordStore for PersistentStore {
             Ok(None) => {}
             Err(why) => {
                 tracing::debug!(key = ?r.key, error = %why, "refused a DHT record");
-                return Err(Error::MaxRecords);
+                return Err(PutError::Kad(Error::MaxRecords));
             }
         }
         let stored = DhtRecord {
@@ -320,23 +435,86 @@ impl RecordStore for PersistentStore {
             publisher: r.publisher.map(|p| p.to_string()),
             expires: r.expires.map(to_unix_ms),
         };
-        if let Err(e) = self.store.dht_put(r.key.as_ref(), &stored) {
-            tracing::warn!(error = %e, "cannot persist a DHT record");
+        self.book(&r.key, Some(class));
+        match self.store.dht_put(r.key.as_ref(), &stored) {
+            Ok(()) => {
+                self.unstored.remove(&r.key);
+                Ok(())
+            }
+            Err(e) => {
+                if self.unstored.len() < MAX_UNSTORED || self.unstored.contains_key(&r.key) {
+                    self.unstored.insert(r.key.clone(), r);
+                }
+                Err(e.into())
+            }
         }
-        self.quotas.add(r.key.clone(), class, distance);
-        self.records.insert(r.key.clone(), r);
-        Ok(())
+    }
+
+    /// Stores what the store could not take before (it takes writes again).
+    pub fn persist_pending(&mut self) {
+        for (_, record) in std::mem::take(&mut self.unstored) {
+            if let Err(e) = self.put_stored(record) {
+                tracing::warn!(error = %e, "cannot store a DHT record");
+            }
+        }
+    }
+}
+
+impl RecordStore for PersistentStore {
+    type RecordsIter<'a> = std::vec::IntoIter<Cow<'a, Record>>;
+    type ProvidedIter<'a> = <MemoryStore as RecordStore>::ProvidedIter<'a>;
+
+    fn get(&self, k: &RecordKey) -> Option<Cow<'_, Record>> {
+        if let Some(record) = self.unstored.get(k) {
+            return Some(Cow::Borrowed(record));
+        }
+        match self.store.dht_get(k.as_ref()) {
+            // An expired record is not served (Kademlia removes it when it next republishes).
+            Ok(found) => found
+                .filter(|stored| stored.expires.is_none_or(|e| e > unix_now_ms()))
+                .map(|stored| Cow::Owned(from_stored(k.as_ref(), stored))),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read a DHT record");
+                None
+            }
+        }
+    }
+
+    fn put(&mut self, r: Record) -> Result<()> {
+        match self.put_stored(r) {
+            Ok(()) => Ok(()),
+            Err(PutError::Kad(e)) => Err(e),
+            // Kept in memory; Kademlia has it for now.
+            Err(PutError::Store(e)) => {
+                tracing::debug!(error = %e, "cannot persist a DHT record");
+                Ok(())
+            }
+        }
     }
 
     fn remove(&mut self, k: &RecordKey) {
-        self.forget(k);
+        self.unstored.remove(k);
+        self.book(k, None);
+        if let Err(e) = self.store.dht_remove(k.as_ref()) {
+            tracing::debug!(error = %e, "cannot remove a DHT record");
+        }
     }
 
+    /// Read from the store each time: Kademlia asks when it republishes (hourly).
     fn records(&self) -> Self::RecordsIter<'_> {
-        fn borrow(r: &Record) -> Cow<'_, Record> {
-            Cow::Borrowed(r)
-        }
-        self.records.values().map(borrow)
+        let mut all: Vec<Cow<'_, Record>> = match self.store.dht_records() {
+            Ok(stored) => stored
+                .into_iter()
+                .filter(|(key, _)| !self.unstored.contains_key(&RecordKey::new(key)))
+                .map(|(key, r)| Cow::Owned(from_stored(&key, r)))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the DHT records to republish");
+                Vec::new()
+            }
+        };
+        all.extend(self.unstored.values().map(Cow::Borrowed));
+        all.into_iter()
     }
 
     fn add_provider(&mut self, record: ProviderRecord) -> Result<()> {
@@ -361,12 +539,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_survive_a_restart_and_expired_ones_do_not() {
+    fn records_survive_a_restart_and_expired_ones_are_not_served() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         let peer = PeerId::random();
         {
             let mut kad = PersistentStore::load(peer, Store::open(&path).unwrap());
+            kad.wait_for_books();
             let mut live = Record::new(RecordKey::new(&b"live"), b"v".to_vec());
             live.expires = Some(Instant::now() + Duration::from_secs(3600));
             kad.put(live).unwrap();
@@ -378,7 +557,9 @@ mod tests {
         let kad = PersistentStore::load(peer, Store::open(&path).unwrap());
         assert_eq!(kad.get(&RecordKey::new(&b"live")).map(|r| r.value.clone()), Some(b"v".to_vec()));
         assert!(kad.get(&RecordKey::new(&b"dead")).is_none());
-        assert_eq!(kad.records().count(), 1);
+        let now = Instant::now();
+        let live: Vec<_> = kad.records().filter(|r| !r.is_expired(now)).collect();
+        assert_eq!(live.len(), 1, "Kademlia drops the expired one when it republishes");
     }
 
     /// The quotas as the store applies them, without the disk: (admitted, evicted) per put.
@@ -445,22 +626,59 @@ mod tests {
         let ours = RepoId::try_from("a".repeat(40)).unwrap();
         let theirs = RepoId::try_from("e".repeat(40)).unwrap();
         let mut kad = PersistentStore::load(me, Store::open(&dir.path().join("s.redb")).unwrap());
-        let record = |key: &str, repo: &RepoId, publisher: PeerId| {
-            let mut r = Record::new(RecordKey::new(&key), format!("{{\"repo\":\"{repo}\"}}").into_bytes());
-            r.publisher = Some(publisher);
-            r
-        };
+        kad.wait_for_books();
         let friend = PeerId::random();
         kad.put(record("mine", &theirs, me)).unwrap();
         kad.put(record("friend's", &ours, friend)).unwrap();
-        assert!(matches!(kad.quotas.classes[&RecordKey::new(&"mine")], Class::Ours));
-        assert!(matches!(kad.quotas.classes[&RecordKey::new(&"friend's")], Class::Stranger { .. }));
+        let class =
+            |kad: &PersistentStore, key: &str| kad.quotas.as_ref().unwrap().classes[&RecordKey::new(&key)].clone();
+        assert!(matches!(class(&kad, "mine"), Class::Ours));
+        assert!(matches!(class(&kad, "friend's"), Class::Stranger { .. }));
         kad.protect(&ours);
         assert!(
-            matches!(kad.quotas.classes[&RecordKey::new(&"friend's")], Class::Registered { .. }),
+            matches!(class(&kad, "friend's"), Class::Registered { .. }),
             "registering a repository protects what we hold of it"
         );
         kad.remove(&RecordKey::new(&"friend's"));
-        assert_eq!(kad.quotas.registered, 0, "the books follow removals");
+        assert_eq!(kad.quotas.as_ref().unwrap().registered, 0, "the books follow removals");
+    }
+
+    fn record(key: &str, repo: &RepoId, publisher: PeerId) -> Record {
+        let mut r = Record::new(RecordKey::new(&key), format!("{{\"repo\":\"{repo}\"}}").into_bytes());
+        r.publisher = Some(publisher);
+        r
+    }
+
+    #[test]
+    fn the_books_are_counted_after_start_and_what_changed_meanwhile_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let me = PeerId::random();
+        let repo = RepoId::try_from("b".repeat(40)).unwrap();
+        let (eve, friend) = (PeerId::random(), PeerId::random());
+        {
+            let mut kad = PersistentStore::load(me, Store::open(&path).unwrap());
+            kad.wait_for_books();
+            kad.put(record("eve-1", &repo, eve)).unwrap();
+            kad.put(record("eve-2", &repo, eve)).unwrap();
+            kad.put(record("mine", &repo, me)).unwrap();
+            kad.store.sync().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let mut kad = PersistentStore::load(me, store.clone());
+        // Hold the census back: the books are not in yet.
+        let (tx, rx) = mpsc::channel();
+        kad.quotas = None;
+        kad.census = Some(Census { books: rx, changes: Vec::new() });
+        assert!(kad.counts().counting);
+        assert!(kad.put(record("friend", &repo, friend)).is_err(), "strangers wait for the books");
+        kad.put(record("mine-2", &repo, me)).expect("ours is never refused");
+        kad.remove(&RecordKey::new(&"eve-1"));
+        // The census saw the store before or after those changes: either way they count once.
+        tx.send(count_books(&store, &kad.local, &kad.registered)).unwrap();
+        let counts = kad.counts();
+        assert!(!counts.counting);
+        assert_eq!((counts.ours, counts.strangers), (2, 1));
+        assert_eq!(kad.quotas.as_ref().unwrap().per_publisher.get(&eve), Some(&1));
     }
 }

@@ -9,9 +9,11 @@ mod hook_notes;
 mod hook_wait;
 pub mod kad_store;
 mod listen;
+pub mod repair;
 mod repo_cache;
 pub mod service;
 mod spool_watch;
+mod store_watch;
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -26,7 +28,7 @@ use crate::config::NodeConfig;
 use crate::control::api::ConfigInForce;
 use crate::identity::Identity;
 use crate::paths::Paths;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use behaviour::Behaviour;
 use event_loop::{EventLoop, NodeInfo};
 
@@ -120,7 +122,18 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
 
     let config = NodeConfig::from_source(&crate::git::GlobalConfig::load()?)?;
     let identity = Identity::load_or_create(&paths.data_dir)?;
-    let store = Store::open(&paths.store())?;
+    let store = match Store::open(&paths.store()) {
+        Ok(store) => store,
+        Err(e @ StoreError::Damaged { .. }) => {
+            // Clients report this instead of starting a node that would fail the same way.
+            crate::store::record_damage(&paths.store(), &e.to_string());
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    crate::store::clear_damage(&paths.store());
+    // A previous node's word to the hook; this node says its own.
+    let _ = std::fs::remove_file(paths.store_problem());
     tracing::info!(peer_id = %identity.peer_id(), data_dir = %paths.data_dir.display(), "starting");
 
     // One thread: the swarm is polled from one task anyway, and a single-threaded runtime halves
@@ -152,6 +165,7 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
         let info = NodeInfo {
             data_dir_path: paths.data_dir.clone(),
             notes_dir: paths.notes_dir(),
+            store_problem: paths.store_problem(),
             key: identity.libp2p.clone(),
             npub: identity.npub(),
             nostr: identity.nostr.clone(),
@@ -171,7 +185,7 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
                 relays: config.relays.clone(),
             },
         };
-        let event_loop = EventLoop::new(swarm, rx, store, info, &config.bootstrap, events.clone());
+        let event_loop = EventLoop::new(swarm, rx, store.clone(), info, &config.bootstrap, events.clone());
         let server = tokio::spawn(crate::control::server::serve(listener, tx, events));
         tracing::info!(peer_id = %event_loop.local_peer_id(), "ready");
         if opts.notify_ready {
@@ -184,6 +198,10 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
         }
         server.abort();
         let _ = std::fs::remove_file(&socket_path);
+        let _ = std::fs::remove_file(paths.store_problem());
+        // Closed cleanly (and healthy), the file is trusted at the next start without being
+        // read through.
+        store.close();
         tracing::info!("stopped");
         Ok(())
     })

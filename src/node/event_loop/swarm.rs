@@ -94,7 +94,7 @@ impl EventLoop {
         let Some(&query) = self.queries.get(&id) else { return };
         match result {
             kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
-                self.service.kv_found(query, found.peer, &found.record, requests, Now::system())
+                self.service.kv_found(query, found.peer, &found.record, requests, Now::system(), disk!(self))
             }
             kad::QueryResult::PutRecord(result) => {
                 let replicas = match result {
@@ -111,7 +111,7 @@ impl EventLoop {
         }
         if last {
             self.queries.remove(&id);
-            self.service.kv_query_done(query, requests);
+            self.service.kv_query_done(query, requests, Now::system(), disk!(self));
         }
     }
 }

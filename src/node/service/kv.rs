@@ -7,13 +7,15 @@
 //! Our entries' sequence numbers are max(now, last + 1): the clock when it moves forward, one
 //! more than our last entry when the clock was set back (or had been ahead when we wrote it), so
 //! that a write never becomes a rollback that every node would refuse.
+//! After a repair, our entries the damaged store lost are fetched back from peers' copies (the
+//! keys the repair could name): looked up once peers are there, kept when found.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use libp2p::{kad, PeerId};
 
-use super::{Disk, Io, Service};
+use super::{Disk, Io, RecordError, Service};
 use crate::clock::Now;
 use crate::control::api::{Failure, KvFound, KvStored, Reply};
 use crate::proto::kv::{record_key, validate_key, Entry, Record, Who};
@@ -24,6 +26,12 @@ use crate::proto::repo::{RepoId, RepoInfo};
 pub const GET_COPIES: usize = 3;
 /// A query not done by then is answered with what it has (Kademlia's own timeout is 10 s).
 pub const QUERY_DEADLINE: Duration = Duration::from_secs(12);
+/// A key to fetch back is looked up this many times (while peers are few, a lookup may miss).
+const RESTORE_TRIES: u8 = 3;
+/// Between rounds of lookups of keys to fetch back.
+const RESTORE_EVERY: Duration = Duration::from_secs(10);
+/// Lookups of keys to fetch back in flight at most.
+const RESTORE_AT_ONCE: usize = 32;
 
 /// Who writes an entry: a user (`kv set`: the write is durable before the put, and the answer
 /// waits for it), or the node itself (our refs: synced with the next batch, nobody waits).
@@ -44,7 +52,7 @@ enum Pending {
         deadline: Instant,
     },
     Get {
-        reply: Reply<KvFound>,
+        asker: Asker,
         merged: Record,
         found: bool,
         copies: usize,
@@ -52,10 +60,27 @@ enum Pending {
     },
 }
 
+/// Who waits for a lookup.
+enum Asker {
+    User(Reply<KvFound>),
+    /// The node fetching back an entry of ours (after a repair).
+    Restore(Restoring),
+}
+
+/// A key whose entry of ours is to be fetched back from peers.
+struct Restoring {
+    repo: RepoId,
+    key: String,
+    tries: u8,
+}
+
 #[derive(Default)]
 pub struct Kv {
     pending: HashMap<QueryRef, Pending>,
     next: u64,
+    /// Keys to fetch back, not being looked up right now.
+    restore: Vec<Restoring>,
+    restore_next: Option<Instant>,
 }
 
 impl Kv {
@@ -83,17 +108,33 @@ impl Kv {
         *copies >= GET_COPIES
     }
 
-    /// Answers the request waiting for `query`, with what it has.
-    fn answer(&mut self, query: QueryRef, requests: u32) {
+    /// Keys still to fetch back from peers, looked up now or later.
+    pub fn restoring(&self) -> usize {
+        let looking = self.pending.values().filter(|p| matches!(p, Pending::Get { asker: Asker::Restore(_), .. }));
+        self.restore.len() + looking.count()
+    }
+
+    /// Keys to fetch back from peers (a repair's list).
+    pub fn restore(&mut self, keys: Vec<(RepoId, String)>) {
+        self.restore.extend(keys.into_iter().map(|(repo, key)| Restoring { repo, key, tries: 0 }));
+    }
+
+    /// Answers the request waiting for `query`, with what it has; a fetch-back's result is
+    /// returned for the service to keep.
+    fn answer(&mut self, query: QueryRef, requests: u32) -> Option<(Restoring, Option<Record>)> {
         match self.pending.remove(&query) {
             Some(Pending::Put { reply: Some(reply), replicas, .. }) => {
                 let _ = reply.send(Ok(KvStored { replicas, requests }));
             }
-            Some(Pending::Get { reply, merged, found, .. }) => {
+            Some(Pending::Get { asker: Asker::User(reply), merged, found, .. }) => {
                 let _ = reply.send(Ok(KvFound { record: found.then_some(merged), requests }));
+            }
+            Some(Pending::Get { asker: Asker::Restore(restoring), merged, found, .. }) => {
+                return Some((restoring, found.then_some(merged)));
             }
             Some(Pending::Put { reply: None, .. }) | None => {}
         }
+        None
     }
 
     /// Queries past their deadline.
@@ -112,14 +153,17 @@ fn local(disk: &dyn Disk, repo: &RepoId, dht_key: &kad::RecordKey) -> Option<Rec
 }
 
 /// Why our record store refused a record, in the user's words.
-fn store_refused(error: &kad::store::Error) -> Failure {
+fn store_refused(error: &RecordError) -> Failure {
     use crate::node::kad_store::MAX_RECORD_BYTES;
     Failure::new(match error {
-        kad::store::Error::MaxRecords => "this node's DHT store is full; not stored".to_string(),
-        kad::store::Error::ValueTooLarge => {
+        RecordError::Kad(kad::store::Error::MaxRecords) => "this node's DHT store is full; not stored".to_string(),
+        RecordError::Kad(kad::store::Error::ValueTooLarge) => {
             format!("the record is larger than the DHT takes ({} KiB); not stored", MAX_RECORD_BYTES / 1024)
         }
-        kad::store::Error::MaxProvidedKeys => "this node provides as many keys as it keeps; not stored".to_string(),
+        RecordError::Kad(kad::store::Error::MaxProvidedKeys) => {
+            "this node provides as many keys as it keeps; not stored".to_string()
+        }
+        RecordError::Store(e) => format!("cannot store the record: {e}"),
     })
 }
 
@@ -137,6 +181,10 @@ impl Service {
         now: Now,
         disk: &mut dyn Disk,
     ) {
+        if let Err(e) = disk.writable() {
+            let _ = reply.send(Err(Failure::new(format!("cannot store: {e}"))));
+            return;
+        }
         let entry = match self.sign_own(&repo.id, &key, value.as_deref(), name, now, disk) {
             Ok(entry) => entry,
             Err(e) => {
@@ -198,15 +246,16 @@ impl Service {
         if let Err(e) = record.merge_entry(entry, now.unix_ms) {
             return fail(reply, Failure::of(&e));
         }
-        if let Err(e) = disk.kv_own(repo, key, ts, durable) {
-            return fail(reply, Failure::new(format!("cannot store: {e}")));
-        }
         // Stored here at once (as Kademlia's put would), so that the next write of this key,
-        // even in the same batch, merges into this one.
+        // even in the same batch, merges into this one; then the key in our list, whose durable
+        // commit (a user's write) makes the record durable too.
         let mut stored = kad::Record::new(dht_key, record.encode());
         stored.publisher = Some(self.me.peer);
         if let Err(e) = disk.put_record(stored.clone()) {
             return fail(reply, store_refused(&e));
+        }
+        if let Err(e) = disk.kv_own(repo, key, ts, durable) {
+            return fail(reply, Failure::new(format!("cannot store: {e}")));
         }
         let deadline = now.mono + QUERY_DEADLINE;
         let query = self.kv.start(Pending::Put { reply, replicas: 0, deadline });
@@ -225,22 +274,96 @@ impl Service {
         let found = ours.is_some();
         let merged = ours.unwrap_or_else(|| Record::new(&repo, &key));
         let deadline = now.mono + QUERY_DEADLINE;
-        let query = self.kv.start(Pending::Get { reply, merged, found, copies: 0, deadline });
+        let query = self.kv.start(Pending::Get { asker: Asker::User(reply), merged, found, copies: 0, deadline });
         self.push(Io::GetRecord { query, key: dht_key });
+    }
+
+    /// Looks up the keys to fetch back, once peers are there to ask (a round every
+    /// [`RESTORE_EVERY`]).
+    pub(super) fn restore_own(&mut self, now: Now) {
+        if self.kv.restore.is_empty()
+            || self.discovery.peers.is_empty()
+            || self.kv.restore_next.is_some_and(|at| now.mono < at)
+        {
+            return;
+        }
+        self.kv.restore_next = Some(now.mono + RESTORE_EVERY);
+        let round = self.kv.restore.len().min(RESTORE_AT_ONCE);
+        for mut restoring in self.kv.restore.drain(..round).collect::<Vec<_>>() {
+            restoring.tries += 1;
+            let dht_key = kad::RecordKey::new(&record_key(&restoring.repo, &restoring.key));
+            let merged = Record::new(&restoring.repo, &restoring.key);
+            let deadline = now.mono + QUERY_DEADLINE;
+            let asker = Asker::Restore(restoring);
+            let query = self.kv.start(Pending::Get { asker, merged, found: false, copies: 0, deadline });
+            self.push(Io::GetRecord { query, key: dht_key });
+        }
+    }
+
+    /// What a fetch-back found: our entry (with everyone else's) is kept as our copy, and the
+    /// key in our list; not found, it is looked up again, [`RESTORE_TRIES`] times at most.
+    fn restored(&mut self, restoring: Restoring, found: Option<Record>, now: Now, disk: &mut dyn Disk) {
+        let ours = found.as_ref().and_then(|r| r.entries.iter().find(|e| e.author == self.me.author)).map(|e| e.ts);
+        if let (Some(record), Some(ts)) = (found.as_ref(), ours) {
+            let dht_key = kad::RecordKey::new(&record_key(&restoring.repo, &restoring.key));
+            let local = local(disk, &restoring.repo, &dht_key);
+            let mut merged = record.clone();
+            if let Some(local) = local {
+                merged.merge(local, now.unix_ms);
+            }
+            let mut stored = kad::Record::new(dht_key, merged.encode());
+            stored.publisher = Some(self.me.peer);
+            let kept = disk
+                .put_record(stored)
+                .map_err(|e| e.to_string())
+                .and_then(|()| disk.kv_own(&restoring.repo, &restoring.key, ts, false).map_err(|e| e.to_string()));
+            match kept {
+                Ok(()) => tracing::info!(key = %restoring.key, "fetched our DHT entry back from peers"),
+                Err(e) => {
+                    // Tried again with the next round (the store may be full for now).
+                    tracing::warn!(key = %restoring.key, error = %e, "cannot keep a DHT entry fetched back");
+                    self.kv.restore.push(restoring);
+                    return;
+                }
+            }
+        } else if restoring.tries < RESTORE_TRIES {
+            self.kv.restore.push(restoring);
+            return;
+        } else {
+            tracing::info!(key = %restoring.key, "no peer has our DHT entry; not fetched back");
+        }
+        if let Err(e) = disk.restore_done(&restoring.repo, &restoring.key) {
+            tracing::debug!(error = %e, "cannot record a fetched-back key");
+        }
     }
 
     /// Kademlia refused to start a put (our own store refused the record).
     pub fn kv_failed(&mut self, query: QueryRef, error: kad::store::Error) {
         if let Some(Pending::Put { reply: Some(reply), .. }) = self.kv.pending.remove(&query) {
-            let _ = reply.send(Err(store_refused(&error)));
+            let _ = reply.send(Err(store_refused(&RecordError::Kad(error))));
         }
     }
 
     /// A lookup found a copy (from `peer`, or ours when None).
-    pub fn kv_found(&mut self, query: QueryRef, peer: Option<PeerId>, record: &kad::Record, requests: u32, now: Now) {
+    pub fn kv_found(
+        &mut self,
+        query: QueryRef,
+        peer: Option<PeerId>,
+        record: &kad::Record,
+        requests: u32,
+        now: Now,
+        disk: &mut dyn Disk,
+    ) {
         if self.kv.found(query, peer, record, now) {
             self.push(Io::FinishQuery(query));
-            self.kv.answer(query, requests);
+            self.answer(query, requests, now, disk);
+        }
+    }
+
+    /// Answers whoever waits for `query`.
+    fn answer(&mut self, query: QueryRef, requests: u32, now: Now, disk: &mut dyn Disk) {
+        if let Some((restoring, found)) = self.kv.answer(query, requests) {
+            self.restored(restoring, found, now, disk);
         }
     }
 
@@ -252,15 +375,15 @@ impl Service {
     }
 
     /// Kademlia is done with a query: the request waiting for it is answered.
-    pub fn kv_query_done(&mut self, query: QueryRef, requests: u32) {
-        self.kv.answer(query, requests);
+    pub fn kv_query_done(&mut self, query: QueryRef, requests: u32, now: Now, disk: &mut dyn Disk) {
+        self.answer(query, requests, now, disk);
     }
 
     /// Queries past their deadline are answered with what they have, and stopped.
-    pub(super) fn expire_queries(&mut self, now: Now) {
+    pub(super) fn expire_queries(&mut self, now: Now, disk: &mut dyn Disk) {
         for query in self.kv.overdue(now.mono) {
             tracing::debug!(?query, "DHT query past its deadline");
-            self.kv.answer(query, 0);
+            self.answer(query, 0, now, disk);
             self.push(Io::FinishQuery(query));
         }
     }

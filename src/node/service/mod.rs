@@ -47,7 +47,7 @@ pub use rooms::{CHAT_BURST, CHAT_RATE};
 /// How often, and for how long, our announced commits are remembered (against announcing one
 /// twice through the hook's two paths and the reflog; those meet within seconds).
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-const ANNOUNCED_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const ANNOUNCED_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Who this node is: it signs the DHT entries it writes for its own announcements.
 pub struct Me {
@@ -90,8 +90,22 @@ pub trait Disk {
     fn kv_own(&mut self, repo: &RepoId, key: &str, ts: u64, durable: bool) -> Result<(), StoreError>;
     /// Our copy of a DHT record.
     fn record(&self, key: &kad::RecordKey) -> Option<kad::Record>;
-    fn put_record(&mut self, record: kad::Record) -> Result<(), kad::store::Error>;
+    fn put_record(&mut self, record: kad::Record) -> Result<(), RecordError>;
     fn remember_peer(&mut self, peer: &PeerId, addrs: &[Multiaddr], name: Option<&str>) -> Result<(), StoreError>;
+    /// Fails (with the reason: a full disk, a damaged store) when writes cannot succeed now. A
+    /// command asks first, so that nothing goes out that could not be stored.
+    fn writable(&self) -> Result<(), StoreError>;
+    /// A key a repair asked to fetch back from peers is done with.
+    fn restore_done(&mut self, repo: &RepoId, key: &str) -> Result<(), StoreError>;
+}
+
+/// Why a DHT record was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("{0:?}")]
+    Kad(kad::store::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// An answer that waits until what its command wrote is durable.
@@ -195,6 +209,8 @@ pub struct Loaded {
     pub known_peers: Vec<(PeerId, Vec<Multiaddr>)>,
     /// Ids of the room messages we have.
     pub seen_chat: Vec<String>,
+    /// DHT keys whose entries of ours a repair asked to fetch back from peers.
+    pub restore: Vec<(RepoId, String)>,
 }
 
 pub struct Service {
@@ -252,7 +268,18 @@ impl Service {
             service.join_repo(entry.repo.clone());
             service.outbox.push(seq, entry);
         }
+        service.kv.restore(loaded.restore);
         service
+    }
+
+    /// The store was reopened after its writes failed (a full disk): it holds what was durable,
+    /// and the outbox in memory becomes what the store has. Entries that were only in memory
+    /// were never acknowledged (their sync failed) or are read again from the reflog.
+    pub fn reload_outbox(&mut self, stored: Vec<(u64, OutboxEntry)>) {
+        for (_, entry) in &stored {
+            self.join_repo(entry.repo.clone());
+        }
+        self.outbox.reload(stored);
     }
 
     /// The next thing to do, if any. Carrying one out may add more.
@@ -271,6 +298,17 @@ impl Service {
     /// Announcements and messages waiting for a peer.
     pub fn outbox_len(&self) -> usize {
         self.outbox.len()
+    }
+
+    /// Ids of room messages the history has (a node reads them after it said it is ready: their
+    /// number grows with the rooms; a message arriving in between is only shown twice).
+    pub fn remember_chat(&mut self, ids: Vec<String>) {
+        self.rooms.remember(ids);
+    }
+
+    /// DHT keys of ours still to fetch back from peers (after a repair).
+    pub fn restoring(&self) -> usize {
+        self.kv.restoring()
     }
 
     pub fn connected_peers(&self) -> usize {
@@ -321,8 +359,9 @@ impl Service {
                 tracing::warn!(error = %e, "cannot prune the announced commits");
             }
         }
-        self.expire_queries(now);
+        self.expire_queries(now, disk);
         self.lift_bans(now);
+        self.restore_own(now);
         self.redial(now);
     }
 

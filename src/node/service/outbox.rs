@@ -51,6 +51,22 @@ impl Outbox {
         self.waiting.len()
     }
 
+    /// Replaces what waits with what the store holds (after the store was reopened). Entries
+    /// still in their grace period stay there (and out of the queue) only if the store still has
+    /// them: a number the store lost may be given to a new entry, which must not go with them.
+    pub fn reload(&mut self, stored: Vec<(u64, OutboxEntry)>) {
+        let kept: HashSet<u64> = stored.iter().map(|(seq, _)| *seq).collect();
+        self.published.retain(|(seq, _)| kept.contains(seq));
+        let graced: HashSet<u64> = self.published.iter().map(|(seq, _)| *seq).collect();
+        self.in_flight.clear();
+        self.waiting.clear();
+        for (seq, entry) in stored {
+            if !graced.contains(&seq) {
+                self.push(seq, entry);
+            }
+        }
+    }
+
     /// Whether something of `topic` waits (a new message of that topic must queue behind it).
     pub fn waits_for(&self, topic: &TopicHash) -> bool {
         self.waiting.iter().any(|(_, t, _)| t == topic)
@@ -125,6 +141,10 @@ pub fn pace_key(envelope: &Envelope) -> String {
 impl Service {
     /// An announcement from a client (`git p2p announce`): queued durably, answered once stored.
     pub fn announce(&mut self, repo: RepoInfo, envelope: Envelope, reply: Reply<Queued>, disk: &mut dyn Disk) {
+        if let Err(e) = disk.writable() {
+            let _ = reply.send(Err(Failure::new(format!("cannot store the announcement: {e}"))));
+            return;
+        }
         if let Err(e) = envelope.verify() {
             let _ = reply.send(Err(Failure::new(format!("refusing to publish an announcement with a {e}"))));
             return;

@@ -137,6 +137,13 @@ impl Rooms {
         }
     }
 
+    /// Remembers ids of messages the history has.
+    pub fn remember(&mut self, ids: Vec<String>) {
+        for id in ids {
+            self.seen.insert(id);
+        }
+    }
+
     /// Joins `room`; its topic, to subscribe to, if it is new to us.
     pub fn join(&mut self, room: Room) -> Option<Sha256Topic> {
         let topic = room.topic();
@@ -304,7 +311,12 @@ impl Service {
                 }
                 Ok(false) => MessageAcceptance::Ignore,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot store an announcement");
+                    // A store that is down (a full disk) said so once; it is not news per message.
+                    if e.is_store_down() {
+                        tracing::debug!(error = %e, "cannot store an announcement");
+                    } else {
+                        tracing::warn!(error = %e, "cannot store an announcement");
+                    }
                     MessageAcceptance::Ignore
                 }
             },
@@ -336,6 +348,11 @@ impl Service {
         now: Now,
         disk: &mut dyn Disk,
     ) {
+        // Not even published: a message the sender is told failed must not reach the room.
+        if let Err(e) = disk.writable() {
+            let _ = reply.send(Err(Failure::new(format!("cannot store the message: {e}"))));
+            return;
+        }
         let author = match envelope.verify() {
             Ok(author) => author,
             Err(e) => {

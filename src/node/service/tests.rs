@@ -34,6 +34,8 @@ struct MemDisk {
     /// The record store refuses new records (it holds as many as it keeps).
     records_full: bool,
     peers: HashMap<PeerId, Vec<Multiaddr>>,
+    /// No space left: every write fails, as a full disk makes the store's.
+    full: bool,
 }
 
 impl MemDisk {
@@ -57,18 +59,30 @@ impl MemDisk {
             outbox: self.outbox.iter().map(|(seq, (e, _))| (*seq, e.clone())).collect(),
             known_peers: self.peers.iter().map(|(p, a)| (*p, a.clone())).collect(),
             seen_chat: self.chat.iter().map(|m| m.id.clone()).collect(),
+            restore: Vec::new(),
         }
+    }
+}
+
+impl MemDisk {
+    fn room(&self) -> Result<(), StoreError> {
+        if self.full {
+            return Err(StoreError::Full { dir: "/sim".into() });
+        }
+        Ok(())
     }
 }
 
 impl Disk for MemDisk {
     fn add_repo(&mut self, repo: &RepoInfo) -> Result<(), StoreError> {
+        self.room()?;
         if !self.repos.contains(repo) {
             self.repos.push(repo.clone());
         }
         Ok(())
     }
     fn outbox_push(&mut self, entry: &OutboxEntry, durable: bool) -> Result<u64, StoreError> {
+        self.room()?;
         self.next_seq += 1;
         self.outbox.insert(self.next_seq, (entry.clone(), durable));
         Ok(self.next_seq)
@@ -80,6 +94,7 @@ impl Disk for MemDisk {
         Ok(())
     }
     fn mark_announced(&mut self, repo: &RepoId, commit: &str) -> Result<(), StoreError> {
+        self.room()?;
         self.announced.insert((repo.clone(), commit.to_string()));
         Ok(())
     }
@@ -97,6 +112,7 @@ impl Disk for MemDisk {
         self.chat.push(entry);
     }
     fn chat_insert(&mut self, entry: &ChatEntry) -> Result<bool, StoreError> {
+        self.room()?;
         if self.chat.iter().any(|m| m.id == entry.id) {
             return Ok(false);
         }
@@ -115,15 +131,22 @@ impl Disk for MemDisk {
     fn record(&self, key: &kad::RecordKey) -> Option<kad::Record> {
         self.records.get(key).cloned()
     }
-    fn put_record(&mut self, record: kad::Record) -> Result<(), kad::store::Error> {
+    fn put_record(&mut self, record: kad::Record) -> Result<(), RecordError> {
+        self.room()?;
         if self.records_full && !self.records.contains_key(&record.key) {
-            return Err(kad::store::Error::MaxRecords);
+            return Err(RecordError::Kad(kad::store::Error::MaxRecords));
         }
         self.records.insert(record.key.clone(), record);
         Ok(())
     }
     fn remember_peer(&mut self, peer: &PeerId, addrs: &[Multiaddr], _name: Option<&str>) -> Result<(), StoreError> {
         self.peers.insert(*peer, addrs.to_vec());
+        Ok(())
+    }
+    fn writable(&self) -> Result<(), StoreError> {
+        self.room()
+    }
+    fn restore_done(&mut self, _repo: &RepoId, _key: &str) -> Result<(), StoreError> {
         Ok(())
     }
 }
@@ -566,15 +589,22 @@ fn a_lookup_merges_ours_with_copies_and_answers_after_three_peers() {
     let alice = sim.peer("alice");
     // Kademlia hands our own copy first (no peer), then peers' copies.
     let local = alice.disk.records.values().next().cloned().expect("ours");
-    alice.service.kv_found(query, None, &local, 1, now);
+    alice.service.kv_found(query, None, &local, 1, now, &mut alice.disk);
     for (i, key) in keys[1..3].iter().enumerate() {
-        alice.service.kv_found(query, Some(PeerId::random()), &copy(key, "k", &format!("copy {i}"), 1), 2, now);
+        alice.service.kv_found(
+            query,
+            Some(PeerId::random()),
+            &copy(key, "k", &format!("copy {i}"), 1),
+            2,
+            now,
+            &mut alice.disk,
+        );
     }
     assert!(answer.try_recv().is_err(), "two copies are not enough");
     let forged = kad::Record::new(kad::RecordKey::new(&record_key(&repo().id, "k")), b"{\"garbage\":1}".to_vec());
-    alice.service.kv_found(query, Some(PeerId::random()), &forged, 3, now);
+    alice.service.kv_found(query, Some(PeerId::random()), &forged, 3, now, &mut alice.disk);
     assert!(answer.try_recv().is_err(), "a copy that does not verify does not count");
-    alice.service.kv_found(query, Some(PeerId::random()), &copy(&keys[3], "k", "copy 2", 1), 4, now);
+    alice.service.kv_found(query, Some(PeerId::random()), &copy(&keys[3], "k", "copy 2", 1), 4, now, &mut alice.disk);
     let found = answer.try_recv().expect("answered").expect("found");
     assert_eq!(values(&found), ["copy 0", "copy 1", "copy 2", "from alice"], "every author's newest value");
     assert_eq!(found.requests, 4);
@@ -582,8 +612,8 @@ fn a_lookup_merges_ours_with_copies_and_answers_after_three_peers() {
     assert!(matches!(sim.peer("alice").queries.last(), Some(Io::FinishQuery(q)) if *q == query), "the lookup stops");
     // Late copies and Kademlia's own end change nothing.
     let alice = sim.peer("alice");
-    alice.service.kv_found(query, Some(PeerId::random()), &copy(&keys[4], "k", "late", 1), 5, now);
-    alice.service.kv_query_done(query, 5);
+    alice.service.kv_found(query, Some(PeerId::random()), &copy(&keys[4], "k", "late", 1), 5, now, &mut alice.disk);
+    alice.service.kv_query_done(query, 5, now, &mut alice.disk);
 }
 
 #[test]
@@ -608,7 +638,14 @@ fn a_query_past_its_deadline_is_answered_with_what_it_has() {
         .collect();
     assert_eq!(queries.len(), 2);
     let alice = sim.peer("alice");
-    alice.service.kv_found(queries[0], Some(PeerId::random()), &copy(&bob_key, "k", "bob's", 1), 1, now);
+    alice.service.kv_found(
+        queries[0],
+        Some(PeerId::random()),
+        &copy(&bob_key, "k", "bob's", 1),
+        1,
+        now,
+        &mut alice.disk,
+    );
     alice.service.kv_put_done(queries[1], 2);
     sim.advance(kv::QUERY_DEADLINE - Duration::from_millis(1));
     sim.tick("alice");
@@ -885,8 +922,8 @@ fn a_record_dated_far_ahead_is_not_kept_from_a_peer() {
     sim.settle("alice");
     let Some(Io::GetRecord { query, .. }) = sim.peer("alice").queries.pop() else { panic!("a lookup") };
     let alice = sim.peer("alice");
-    alice.service.kv_found(query, Some(PeerId::random()), &put, 1, now);
-    alice.service.kv_query_done(query, 1);
+    alice.service.kv_found(query, Some(PeerId::random()), &put, 1, now, &mut alice.disk);
+    alice.service.kv_query_done(query, 1, now, &mut alice.disk);
     assert_eq!(answer.try_recv().expect("answered").expect("no failure").record, None, "nothing found");
 }
 
@@ -904,4 +941,87 @@ fn a_full_record_store_is_said_in_words() {
     alice.service.kv_put(repo(), "k".into(), Some(b"v".to_vec()), None, reply, now, &mut alice.disk);
     let failure = answer.try_recv().expect("answered at once").expect_err("refused");
     assert_eq!(failure.message(), "this node's DHT store is full; not stored");
+}
+
+#[test]
+fn on_a_full_disk_nothing_is_sent_that_was_not_stored_and_the_outbox_follows_the_store_back() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("alice");
+    sim.init("bob");
+    sim.connect("alice", "bob");
+    sim.peer("alice").disk.full = true;
+    let refused = sim.announce("alice", "while full").expect_err("refused");
+    assert!(refused.message().contains("cannot store the announcement: the disk holding /sim is full"), "{refused}");
+    let now = sim.now;
+    let alice = sim.peer("alice");
+    let envelope = Envelope::decode(&chat(&alice.key, "hello", 1, now.unix_ms)).expect("an envelope");
+    let (reply, answer) = oneshot::channel::<Result<ChatSent, Failure>>();
+    alice.service.chat_send(repo(), envelope, None, reply, now, &mut alice.disk);
+    let (reply, kv_answer) = oneshot::channel();
+    alice.service.kv_put(repo(), "k".into(), Some(b"v".to_vec()), None, reply, now, &mut alice.disk);
+    sim.end_of_batch("alice");
+    let failed = answer.blocking_recv().expect("an answer").expect_err("not sent");
+    assert!(failed.message().contains("is full"), "{failed}");
+    assert!(kv_answer.blocking_recv().expect("an answer").expect_err("not stored").message().contains("is full"));
+    assert!(sim.peer("alice").in_flight.is_empty(), "nothing published");
+    assert!(sim.peer("alice").queries.is_empty(), "nothing put in the DHT");
+    // Space again; the store, reopened, holds what was durable: the outbox follows it.
+    let alice = sim.peer("alice");
+    alice.disk.full = false;
+    let stored: Vec<(u64, OutboxEntry)> = alice.disk.outbox.iter().map(|(s, (e, _))| (*s, e.clone())).collect();
+    alice.service.reload_outbox(stored);
+    assert_eq!(sim.announce("alice", "after").map(|_| ()), Ok(()));
+    sim.deliver("alice");
+    assert_eq!(sim.peer("bob").announcements(), ["after"]);
+}
+
+#[test]
+fn after_a_repair_our_entries_are_fetched_back_from_peers_copies() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    let (now, alice_key) = (sim.now, sim.peer("alice").key.clone());
+    let loaded = Loaded { restore: vec![(repo().id, "k".to_string())], ..Loaded::default() };
+    sim.peer("alice").service = Service::new(me(&alice_key), &[], loaded, now);
+    assert_eq!(sim.peer("alice").service.restoring(), 1);
+    sim.tick("alice");
+    assert!(sim.peer("alice").queries.is_empty(), "no lookup without peers to ask");
+    sim.connect("alice", "bob");
+    sim.tick("alice");
+    let Some(Io::GetRecord { query, .. }) = sim.peer("alice").queries.pop() else { panic!("a lookup") };
+    // Bob's copy holds alice's entry (and his own).
+    let mut record = crate::proto::kv::Record::new(&repo().id, "k");
+    let bob_key = sim.peer("bob").key.clone();
+    for (key, value) in [(&alice_key, "alice's"), (&bob_key, "bob's")] {
+        record
+            .merge_entry(Entry::sign(key, &repo().id, "k", Some(value.as_bytes()), 5, 5).expect("an entry"), 5)
+            .expect("merges");
+    }
+    let copy = kad::Record::new(kad::RecordKey::new(&record_key(&repo().id, "k")), record.encode());
+    let alice = sim.peer("alice");
+    alice.service.kv_found(query, Some(sim_peer_id(&bob_key)), &copy, 1, now, &mut alice.disk);
+    alice.service.kv_query_done(query, 1, now, &mut alice.disk);
+    assert_eq!(alice.service.restoring(), 0);
+    let kept = alice.disk.records.get(&copy.key).expect("kept as our copy");
+    let kept = crate::proto::kv::Record::decode(&kept.value, &repo().id, copy.key.as_ref()).expect("a record");
+    assert_eq!(kept.entries.len(), 2, "ours and bob's");
+    assert_eq!(kept.values().len(), 2);
+}
+
+#[test]
+fn a_key_no_peer_has_is_looked_up_three_times_then_given_up() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    let (now, alice_key) = (sim.now, sim.peer("alice").key.clone());
+    let loaded = Loaded { restore: vec![(repo().id, "gone".to_string())], ..Loaded::default() };
+    sim.peer("alice").service = Service::new(me(&alice_key), &[], loaded, now);
+    sim.connect("alice", "bob");
+    for round in 1..=3 {
+        sim.advance(Duration::from_secs(10));
+        sim.tick("alice");
+        let Some(Io::GetRecord { query, .. }) = sim.peer("alice").queries.pop() else { panic!("lookup {round}") };
+        let alice = sim.peer("alice");
+        alice.service.kv_query_done(query, 1, now, &mut alice.disk);
+    }
+    assert_eq!(sim.peer("alice").service.restoring(), 0, "given up");
+    sim.advance(Duration::from_secs(10));
+    sim.tick("alice");
+    assert!(!sim.peer("alice").queries.iter().any(|q| matches!(q, Io::GetRecord { .. })), "no fourth lookup");
 }
