@@ -173,6 +173,13 @@ fn extra_sections(name: &str) -> Vec<(&'static str, String)> {
                 ("A value from a file, or from standard input:", "git p2p kv set config --file ci.json\necho ok | git p2p kv set status -"),
             ])),
         ],
+        "git-p2p-doctor" => vec![(
+            "EXAMPLES",
+            examples(&[
+                ("Why a peer on another network does not connect:", "git p2p doctor"),
+                ("The failed checks only, from a script:", "git p2p doctor --json | jq -c 'select(.verdict == \"fail\")'"),
+            ]),
+        )],
         "git-p2p-log" => vec![("EXAMPLES", examples(&[("What peers announced, then follow:", "git p2p log -n 20\ngit p2p log -f --json")]))],
         "git-p2p-daemon" | "git-p2p-daemon-run" => vec![
             ("FILES", items(FILES)),

@@ -9,7 +9,9 @@ pub fn run(ctx: &Ctx, args: &IdArgs, out: &mut dyn Write) -> anyhow::Result<()> 
     if args.import_nsec {
         return import_nsec(ctx, out);
     }
-    let status = ctx.client()?.status()?;
+    let mut status = ctx.client()?.status()?;
+    // A link-local address is of no use to a peer (dialling it needs our interface's name).
+    status.listen_addrs.retain(|a| super::doctor::shareable(a));
     if args.json {
         let json = serde_json::json!({
             "peer_id": status.peer_id,

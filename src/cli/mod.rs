@@ -6,6 +6,7 @@ mod announce;
 mod chat;
 mod completions;
 mod daemon;
+mod doctor;
 pub(crate) mod fmt;
 mod hooks;
 mod id;
@@ -82,6 +83,9 @@ pub enum Command {
     /// Nostr bridge status: relays, connection state, pending events
     #[command(subcommand)]
     Nostr(NostrCommand),
+    /// Say why peers do not connect: the node, its addresses, mDNS, each bootstrap and known peer
+    /// with the reason its dial failed, peers' clocks, this repository; exit 1 when a check fails
+    Doctor(JsonArgs),
     /// Print a shell completion script (bash completes `git p2p <TAB>` through git's own completion)
     Completions {
         /// The shell: bash, zsh or fish
@@ -400,6 +404,7 @@ fn run(ctx: &Ctx, command: Command, out: &mut dyn Write) -> anyhow::Result<ExitC
         Command::Hooks(cmd) => hooks::run(ctx, cmd, out)?,
         Command::Nostr(cmd) => nostr::run(ctx, cmd, out)?,
         Command::Completions { shell } => completions::run(shell, out)?,
+        Command::Doctor(args) => return doctor::run(ctx, &args, out),
     }
     Ok(ExitCode::SUCCESS)
 }

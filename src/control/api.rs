@@ -223,6 +223,46 @@ pub struct NodeStatus {
     /// DHT keys of ours still to fetch back from peers' copies (after a repair).
     #[serde(default)]
     pub restoring: usize,
+    /// Our latest dial of each peer we dialled lately (bootstrap peers first).
+    #[serde(default)]
+    pub dials: Vec<DialOutcome>,
+    /// How far the clocks of peers we heard from lately are from ours.
+    #[serde(default)]
+    pub clocks: Vec<ClockReading>,
+}
+
+/// What became of our latest dial of a peer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DialOutcome {
+    pub peer: String,
+    /// The addresses dialled.
+    pub addrs: Vec<String>,
+    /// When the dial started, or ended (Unix ms).
+    pub at: u64,
+    /// A configured bootstrap peer.
+    pub bootstrap: bool,
+    pub result: DialResult,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DialResult {
+    UnderWay,
+    Connected,
+    Failed { error: String },
+}
+
+/// A peer's clock against ours, read off the times it signs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClockReading {
+    pub peer: String,
+    /// Their clock minus ours, at most (a message is never early, only late): positive when
+    /// theirs is ahead.
+    pub offset_ms: i64,
+    /// Messages the estimate rests on.
+    pub samples: usize,
+    /// When the latest arrived (Unix ms).
+    pub at: u64,
 }
 
 /// The DHT records a node holds, by whose they are.

@@ -308,8 +308,11 @@ impl EventLoop {
                     }
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "dial not started");
-                        let connected = matches!(e, libp2p::swarm::DialError::DialPeerConditionFalse(_));
-                        self.service.dial_ended(&peer, dial, connected, now);
+                        let error = match e {
+                            libp2p::swarm::DialError::DialPeerConditionFalse(_) => None,
+                            e => Some(swarm::dial_error_words(&e)),
+                        };
+                        self.service.dial_ended(&peer, dial, error, now);
                     }
                 }
             }
@@ -443,6 +446,8 @@ impl EventLoop {
             banned: self.service.banned().iter().map(|p| p.to_string()).collect(),
             store: super::store_watch::status(&self.store),
             restoring: self.service.restoring(),
+            dials: self.service.dials(),
+            clocks: self.service.clocks(),
         }
     }
 

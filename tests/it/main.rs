@@ -4,6 +4,7 @@
 mod announce;
 mod chat;
 mod cli;
+mod doctor;
 mod evil;
 mod faults;
 mod formats;

@@ -19,7 +19,7 @@ impl EventLoop {
                 tracing::debug!(peer = %peer_id, %addr, "connected");
                 self.service.connected(peer_id, connection_id, addr, now);
                 if let Some((peer, dial)) = self.dials.remove(&connection_id) {
-                    self.service.dial_ended(&peer, dial, true, now);
+                    self.service.dial_ended(&peer, dial, None, now);
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, .. } => {
@@ -36,7 +36,7 @@ impl EventLoop {
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 tracing::debug!(peer = ?peer_id, %error, "dial failed");
                 if let Some((peer, dial)) = self.dials.remove(&connection_id) {
-                    self.service.dial_ended(&peer, dial, false, now);
+                    self.service.dial_ended(&peer, dial, Some(dial_error_words(&error)), now);
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
@@ -113,5 +113,50 @@ impl EventLoop {
             self.queries.remove(&id);
             self.service.kv_query_done(query, requests, Now::system(), disk!(self));
         }
+    }
+}
+
+/// Why a dial failed, in one line a user can act on (libp2p's own text nests every address's
+/// error chain).
+pub(super) fn dial_error_words(error: &libp2p::swarm::DialError) -> String {
+    use libp2p::swarm::DialError;
+    match error {
+        DialError::Transport(failures) => {
+            let mut words: Vec<String> = failures
+                .iter()
+                .take(3)
+                .map(|(addr, e)| format!("{}: {}", crate::node::service::strip_p2p(addr.clone()), innermost(e)))
+                .collect();
+            if failures.len() > 3 {
+                words.push(format!("and {} more", failures.len() - 3));
+            }
+            if words.is_empty() {
+                "no address could be dialled".to_string()
+            } else {
+                words.join("; ")
+            }
+        }
+        DialError::WrongPeerId { obtained, address } => {
+            format!("{address} is another peer ({obtained}): the address or the peer id is wrong")
+        }
+        DialError::NoAddresses => "no address known for the peer".to_string(),
+        DialError::LocalPeerId { .. } => "that address is this node itself".to_string(),
+        DialError::Denied { cause } => format!("refused by this node's limits: {}", innermost(cause)),
+        DialError::Aborted => "the dial was aborted".to_string(),
+        DialError::DialPeerConditionFalse(_) => "already connected or being dialled".to_string(),
+    }
+}
+
+/// The last error in a chain of sources: the one that names the cause ("Connection refused").
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = error;
+    while let Some(source) = e.source() {
+        e = source;
+    }
+    let text = e.to_string();
+    // io errors end in "(os error 111)": the words before it are what users know.
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
     }
 }

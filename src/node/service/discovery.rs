@@ -45,6 +45,7 @@ const FEW_PEERS: usize = 8;
 pub struct Discovery {
     pub peers: PeerTable,
     pub redial: Redial,
+    pub dials: super::dial_log::DialLog,
     /// The configured bootstrap peers: meeting one is worth a Kademlia bootstrap.
     bootstrap: HashSet<PeerId>,
     last_kad_bootstrap: Option<Instant>,
@@ -52,10 +53,12 @@ pub struct Discovery {
 
 impl Discovery {
     pub fn new(bootstrap: impl IntoIterator<Item = PeerId>) -> Self {
+        let bootstrap: HashSet<PeerId> = bootstrap.into_iter().collect();
         Self {
             peers: PeerTable::default(),
             redial: Redial::default(),
-            bootstrap: bootstrap.into_iter().collect(),
+            dials: super::dial_log::DialLog::new(bootstrap.iter().copied()),
+            bootstrap,
             last_kad_bootstrap: None,
         }
     }
@@ -127,11 +130,12 @@ impl Service {
         }
     }
 
-    /// How our dial `dial` ended: `ok` when it connected (or was not needed: the peer was
-    /// connected already).
-    pub fn dial_ended(&mut self, peer: &PeerId, dial: DialRef, ok: bool, now: Now) {
+    /// How our dial `dial` ended: connected (or was not needed: the peer was connected already),
+    /// or failed for `error` (in words).
+    pub fn dial_ended(&mut self, peer: &PeerId, dial: DialRef, error: Option<String>, now: Now) {
         let connected = self.discovery.peers.is_connected(peer);
-        self.discovery.redial.ended(peer, dial, ok, connected, now.mono);
+        self.discovery.redial.ended(peer, dial, error.is_none(), connected, now.mono);
+        self.discovery.dials.ended(peer, error.filter(|_| !connected), now);
     }
 
     pub fn rtt(&mut self, peer: &PeerId, rtt: Duration) {
@@ -164,6 +168,7 @@ impl Service {
     fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, now: Now) {
         let dial = DialRef(self.ticket());
         tracing::debug!(%peer, ?addrs, "dialling");
+        self.discovery.dials.started(peer, &addrs, now);
         self.discovery.redial.started(peer, dial, addrs.clone(), now.mono);
         self.push(Io::Dial { dial, peer, addrs });
     }

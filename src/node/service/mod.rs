@@ -8,9 +8,12 @@
 //! One concern per file, each with its constants: `repos` (the registry), `rooms` (topics, what
 //! arrives on them, chat), `outbox` (our messages until a peer took them), `kv` (DHT records and
 //! the queries waiting for the network), `refs` (our refs in the DHT), `discovery` (peers, who to
-//! dial), `peers` (the peer table and redial backoff).
+//! dial), `dial_log` (what became of our dials, in words), `peers` (the peer table and redial
+//! backoff), `conduct` (peers cut off for flooding us), `clocks` (peers' clocks against ours).
 
+mod clocks;
 mod conduct;
+mod dial_log;
 mod discovery;
 mod kv;
 mod outbox;
@@ -38,7 +41,7 @@ use crate::proto::outbox::OutboxEntry;
 use crate::proto::repo::{RepoId, RepoInfo};
 use crate::store::StoreError;
 
-pub use discovery::TARGET_PEERS;
+pub use discovery::{strip_p2p, TARGET_PEERS};
 pub use kv::QueryRef;
 pub use outbox::PUBLISH_GRACE;
 pub use peers::DialRef;
@@ -318,6 +321,16 @@ impl Service {
     /// Peers cut off for flooding us.
     pub fn banned(&self) -> Vec<PeerId> {
         self.conduct.banned()
+    }
+
+    /// Our latest dial of each peer we dialled lately, in words.
+    pub fn dials(&self) -> Vec<crate::control::api::DialOutcome> {
+        self.discovery.dials.outcomes()
+    }
+
+    /// Peers' clocks against ours, read off what they signed.
+    pub fn clocks(&self) -> Vec<crate::control::api::ClockReading> {
+        self.rooms.clocks.readings()
     }
 
     pub fn known_peers(&self) -> usize {

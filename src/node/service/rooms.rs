@@ -125,6 +125,8 @@ pub struct Rooms {
     chat_limiter: RateLimiter,
     announce_limiter: RateLimiter,
     seen: Recent,
+    /// Authors' clocks against ours, read off what they signed.
+    pub clocks: super::clocks::Clocks,
 }
 
 impl Rooms {
@@ -134,6 +136,7 @@ impl Rooms {
             chat_limiter: RateLimiter::default(),
             announce_limiter: RateLimiter::default(),
             seen: Recent::new(RECENT_CHAT_IDS, seen),
+            clocks: super::clocks::Clocks::default(),
         }
     }
 
@@ -218,10 +221,11 @@ impl Rooms {
             Ok(_) => return Arrival::Refused(Refused::OffTopic),
             Err(e) => return Arrival::Refused(e.into()),
         };
+        let author_id = author.to_string();
+        self.clocks.observe(&author_id, envelope.ts, now);
         if let Err(why) = in_window(envelope.ts, now) {
             return Arrival::Refused(why);
         }
-        let author_id = author.to_string();
         if !self.chat_limiter.allow(&author_id, now.mono) {
             return Arrival::Refused(Refused::Flood(author_id));
         }
@@ -238,10 +242,11 @@ impl Rooms {
             Ok(a) => a,
             Err(e) => return Arrival::Refused(e.into()),
         };
+        let peer = author.to_string();
+        self.clocks.observe(&peer, envelope.ts, now);
         if let Err(why) = in_window(envelope.ts, now) {
             return Arrival::Refused(why);
         }
-        let peer = author.to_string();
         if !self.announce_limiter.allow(&peer, now.mono) {
             return Arrival::Refused(Refused::Flood(peer));
         }

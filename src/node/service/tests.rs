@@ -708,7 +708,7 @@ fn lost_peers_are_redialled_with_backoff_and_connected_ones_are_not() {
     assert_eq!(sim.peer("alice").dialled(), [bob], "lost: dialled");
     let start = sim.now;
     let first = sim.peer("alice").dials.pop().expect("a dial");
-    sim.peer("alice").service.dial_ended(&bob, first.dial, false, start);
+    sim.peer("alice").service.dial_ended(&bob, first.dial, Some("refused".into()), start);
     let mut dialled_at = Vec::new();
     for s in 1..=20 {
         sim.now = start.after(Duration::from_secs(s));
@@ -716,7 +716,7 @@ fn lost_peers_are_redialled_with_backoff_and_connected_ones_are_not() {
         if let Some(d) = sim.peer("alice").dials.pop() {
             dialled_at.push(s);
             let now = sim.now;
-            sim.peer("alice").service.dial_ended(&bob, d.dial, false, now);
+            sim.peer("alice").service.dial_ended(&bob, d.dial, Some("refused".into()), now);
         }
     }
     assert_eq!(dialled_at, [2, 6, 14], "2 s after one failure, 4 s after two, 8 s after three");
@@ -749,10 +749,10 @@ fn an_address_just_learned_is_dialled_while_a_stale_dial_hangs_and_a_late_failur
     assert_eq!(quick.addrs, std::slice::from_ref(&fresh), "only what no dial is trying");
     sim.connect("alice", "bob");
     let alice = sim.peer("alice");
-    alice.service.dial_ended(&bob, quick.dial, true, now);
+    alice.service.dial_ended(&bob, quick.dial, None, now);
     sim.advance(Duration::from_secs(5));
     let now = sim.now;
-    sim.peer("alice").service.dial_ended(&bob, hanging.dial, false, now);
+    sim.peer("alice").service.dial_ended(&bob, hanging.dial, Some("timed out".into()), now);
     // Bob goes away: redialled at the next tick, freshest address first, with no backoff.
     sim.crash("bob");
     sim.advance(Duration::from_secs(1));
