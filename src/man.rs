@@ -138,7 +138,8 @@ const CHAT_KEYS: &[(&str, &str)] = &[
 ];
 
 const LIMITS: &str = "A room message has at most 4000 characters; a node keeps the last 1000 messages per room \
-and 10 000 announcements per repository. Peers take at most 20 messages a second from one author (bursts of 100); \
+and 10 000 announcements per repository (1000 per author). A message seen once is known for 30 days \
+(replays are dropped). Peers take at most 20 messages a second from one author (bursts of 100); \
 your node sends at 90 % of that pace, so a burst waits in the outbox. Messages dated more than 10 minutes ahead of \
 a peer's clock or more than 30 days back are dropped. A DHT value has at most 8 KiB, a key 256 bytes, a record 64 \
 authors.";

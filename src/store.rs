@@ -39,13 +39,29 @@ const REPOS: TableDefinition<&str, &str> = TableDefinition::new("repos");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 /// (repo id, seq) -> [`FeedEntry`] (JSON); seq grows with arrival
 const FEED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("feed");
-/// "repo/commit/author" -> feed seq: an announcement is shown once, however often it arrives
+/// "repo/commit/author" -> the time the announcement carries (Unix ms): an announcement is
+/// shown once, however often it arrives, for as long as it could arrive (its time window), even
+/// after the feed dropped it
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
+/// (time, "repo/commit/author") -> (): the feed's seen set in time order, to forget it
+const SEEN_AT: TableDefinition<(u64, &str), ()> = TableDefinition::new("seen_at");
+/// (repo id, author, seq) -> (): each author's announcements in a repo's feed, oldest first
+const FEED_BY_AUTHOR: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("feed_by_author");
 
 /// (room, seq) -> [`ChatEntry`] (JSON)
 const CHAT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("chat");
-/// message id -> seq in its room: a message is kept once, however often it arrives
+/// message id -> the time it carries (Unix ms): a message is kept once, however often it
+/// arrives, for as long as it could arrive, even after its room's history dropped it
 const CHAT_SEEN: TableDefinition<&str, u64> = TableDefinition::new("chat_seen");
+/// (time, message id) -> (): the rooms' seen set in time order, to forget it
+const CHAT_SEEN_AT: TableDefinition<(u64, &str), ()> = TableDefinition::new("chat_seen_at");
+
+/// Ids kept in each seen set at most (the oldest go first); the node's memory of recent room
+/// message ids holds as many.
+pub const MAX_SEEN: usize = 100_000;
+/// One author's share of a repository's feed: beyond it, that author's oldest give way (not
+/// everyone else's).
+pub const MAX_FEED_PER_AUTHOR: usize = 1000;
 
 /// A room keeps this many messages; older ones are dropped first.
 pub const MAX_CHAT_PER_ROOM: usize = 1000;
@@ -69,7 +85,7 @@ const NOSTR_LAST: TableDefinition<&str, &[u8]> = TableDefinition::new("nostr_las
 const RESTORE: TableDefinition<(&str, &str), u64> = TableDefinition::new("restore");
 
 /// Every table, by name: an open creates those missing.
-const TABLES: [&str; 15] = [
+const TABLES: [&str; 18] = [
     "peers",
     "repos",
     "outbox",
@@ -85,6 +101,9 @@ const TABLES: [&str; 15] = [
     "nostr_outbox",
     "nostr_last",
     "restore",
+    "seen_at",
+    "chat_seen_at",
+    "feed_by_author",
 ];
 
 /// A Kademlia record as stored: the expiry is wall-clock time, so it survives restarts.
@@ -216,6 +235,7 @@ impl Store {
                 db(txn.open_table(NOSTR_OUTBOX))?;
                 db(txn.open_table(NOSTR_LAST))?;
                 db(txn.open_table(RESTORE))?;
+                index_seen_and_authors(txn)?;
                 Ok(())
             })?;
         }
@@ -597,22 +617,35 @@ impl Store {
     /// Adds an announcement to its repo's feed unless the same author announced the same commit
     /// before. Returns false for such a duplicate. Not durable until the next [`Store::sync`].
     pub fn feed_insert(&self, entry: &FeedEntry) -> Result<bool, StoreError> {
-        let seen_key = format!("{}/{}/{}", entry.repo, entry.commit.id, entry.peer);
+        let seen_key = feed_seen_key(entry);
+        let (repo, author) = (entry.repo.as_str(), entry.peer.as_str());
         self.update(false, |txn| {
             let mut seen = db(txn.open_table(SEEN))?;
             if db(seen.get(seen_key.as_str()))?.is_some() {
                 return Ok(false);
             }
             let mut feed = db(txn.open_table(FEED))?;
-            let seq = last_seq(&feed, entry.repo.as_str())? + 1;
+            let mut by_author = db(txn.open_table(FEED_BY_AUTHOR))?;
+            let seq = last_seq(&feed, repo)? + 1;
             let bytes = serde_json::to_vec(entry).expect("feed entries always serialise");
-            db(feed.insert((entry.repo.as_str(), seq), bytes.as_slice()))?;
-            db(seen.insert(seen_key.as_str(), seq))?;
-            if seq > MAX_FEED_PER_REPO as u64 {
-                let old = db(feed.remove((entry.repo.as_str(), seq - MAX_FEED_PER_REPO as u64)))?;
+            db(feed.insert((repo, seq), bytes.as_slice()))?;
+            db(by_author.insert((repo, author, seq), ()))?;
+            db(seen.insert(seen_key.as_str(), entry.announced_at))?;
+            db(db(txn.open_table(SEEN_AT))?.insert((entry.announced_at, seen_key.as_str()), ()))?;
+            // The author's oldest gives way when they have more than their share; the feed keeps
+            // the last MAX_FEED_PER_REPO arrivals (fewer where an author's gave way).
+            let mine = db(by_author.range((repo, author, 0)..=(repo, author, u64::MAX)))?;
+            let (count, oldest) = mine.fold((0usize, None), |(n, first), item| {
+                (n + 1, first.or_else(|| item.ok().map(|(k, _)| k.value().2)))
+            });
+            let over_share = oldest.filter(|_| count > MAX_FEED_PER_AUTHOR);
+            let out_of_window = seq.checked_sub(MAX_FEED_PER_REPO as u64).filter(|s| *s > 0);
+            for old_seq in over_share.into_iter().chain(out_of_window) {
+                let old = db(feed.remove((repo, old_seq)))?;
                 let old: Option<FeedEntry> = old.map(|v| parse(v.value(), "feed")).transpose()?;
                 if let Some(old) = old {
-                    db(seen.remove(format!("{}/{}/{}", old.repo, old.commit.id, old.peer).as_str()))?;
+                    // Its id stays seen: a replay of it is no news.
+                    db(by_author.remove((repo, old.peer.as_str(), old_seq)))?;
                 }
             }
             Ok(true)
@@ -635,6 +668,7 @@ impl Store {
         self.update(false, |txn| {
             let mut added = 0;
             let mut seen = db(txn.open_table(CHAT_SEEN))?;
+            let mut seen_at = db(txn.open_table(CHAT_SEEN_AT))?;
             let mut chat = db(txn.open_table(CHAT))?;
             for entry in entries {
                 if db(seen.get(entry.id.as_str()))?.is_some() {
@@ -644,18 +678,50 @@ impl Store {
                 let seq = last_seq(&chat, room)? + 1;
                 let bytes = serde_json::to_vec(entry).expect("chat entries always serialise");
                 db(chat.insert((room, seq), bytes.as_slice()))?;
-                db(seen.insert(entry.id.as_str(), seq))?;
+                db(seen.insert(entry.id.as_str(), entry.sent_at))?;
+                db(seen_at.insert((entry.sent_at, entry.id.as_str()), ()))?;
                 if seq > MAX_CHAT_PER_ROOM as u64 {
-                    // The oldest message leaves the history, and its id the seen set (bounded too).
-                    let old = db(chat.remove((room, seq - MAX_CHAT_PER_ROOM as u64)))?;
-                    let old: Option<ChatEntry> = old.map(|v| parse(v.value(), "chat")).transpose()?;
-                    if let Some(old) = old {
-                        db(seen.remove(old.id.as_str()))?;
-                    }
+                    // The oldest message leaves the history; its id stays seen (see prune_seen).
+                    db(chat.remove((room, seq - MAX_CHAT_PER_ROOM as u64)))?;
                 }
                 added += 1;
             }
             Ok(added)
+        })
+    }
+
+    /// Forgets the seen ids dated before `before_ms` (past the window in which a message is
+    /// taken at all) and, beyond [`MAX_SEEN`], the oldest; returns how many went.
+    pub fn prune_seen(&self, before_ms: u64) -> Result<usize, StoreError> {
+        self.prune_seen_to(before_ms, MAX_SEEN)
+    }
+
+    fn prune_seen_to(&self, before_ms: u64, max: usize) -> Result<usize, StoreError> {
+        self.update(false, |txn| {
+            let mut pruned = 0;
+            for (ids, by_time) in [(SEEN, SEEN_AT), (CHAT_SEEN, CHAT_SEEN_AT)] {
+                let mut ids = db(txn.open_table(ids))?;
+                let mut by_time = db(txn.open_table(by_time))?;
+                let over = (db(by_time.len())? as usize).saturating_sub(max);
+                let mut gone: Vec<(u64, String)> = Vec::new();
+                for (i, item) in db(by_time.iter())?.enumerate() {
+                    let (k, _) = db(item)?;
+                    let (at, id) = k.value();
+                    if at >= before_ms && i >= over {
+                        break;
+                    }
+                    gone.push((at, id.to_string()));
+                }
+                for (at, id) in &gone {
+                    db(by_time.remove((*at, id.as_str())))?;
+                    // A newer arrival of the same id may have moved it; only its own time goes.
+                    if db(ids.get(id.as_str()))?.is_some_and(|v| v.value() == *at) {
+                        db(ids.remove(id.as_str()))?;
+                    }
+                }
+                pruned += gone.len();
+            }
+            Ok(pruned)
         })
     }
 
@@ -907,6 +973,43 @@ impl Store {
     }
 }
 
+/// The key of an announcement in the feed's seen set.
+fn feed_seen_key(entry: &FeedEntry) -> String {
+    format!("{}/{}/{}", entry.repo, entry.commit.id, entry.peer)
+}
+
+/// A store made before the seen sets were kept by time and the feed by author: index what it
+/// has (the seen ids as of now, so they are kept a full window).
+fn index_seen_and_authors(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let now = crate::clock::unix_now_ms();
+    for (ids, by_time) in [(SEEN, SEEN_AT), (CHAT_SEEN, CHAT_SEEN_AT)] {
+        let mut by_time = db(txn.open_table(by_time))?;
+        if db(by_time.len())? > 0 {
+            continue;
+        }
+        let mut ids = db(txn.open_table(ids))?;
+        let all: Vec<String> = db(ids.iter())?
+            .map(|item| item.map(|(k, _)| k.value().to_string()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Db(e.into()))?;
+        for id in &all {
+            db(ids.insert(id.as_str(), now))?;
+            db(by_time.insert((now, id.as_str()), ()))?;
+        }
+    }
+    let mut by_author = db(txn.open_table(FEED_BY_AUTHOR))?;
+    if db(by_author.len())? == 0 {
+        let feed = db(txn.open_table(FEED))?;
+        for item in db(feed.iter())? {
+            let (k, v) = db(item)?;
+            let (repo, seq) = k.value();
+            let entry: FeedEntry = parse(v.value(), "feed")?;
+            db(by_author.insert((repo, entry.peer.as_str(), seq), ()))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1054,6 +1157,89 @@ mod tests {
             announced_at: i,
             received_at: i,
         }
+    }
+
+    fn by(peer: &str, i: u64) -> FeedEntry {
+        FeedEntry { peer: peer.into(), ..feed_entry(i) }
+    }
+
+    fn message(room: &str, i: u64) -> ChatEntry {
+        ChatEntry {
+            room: room.into(),
+            id: format!("m{i}"),
+            peer: "p".into(),
+            name: None,
+            text: format!("message {i}"),
+            sent_at: i,
+            received_at: i,
+            own: false,
+            via: None,
+        }
+    }
+
+    #[test]
+    fn one_author_cannot_push_the_others_out_of_a_feed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        for i in 0..10 {
+            assert!(store.feed_insert(&by("honest", i)).unwrap());
+        }
+        for i in 10..10 + MAX_FEED_PER_AUTHOR as u64 + 500 {
+            assert!(store.feed_insert(&by("flood", i)).unwrap());
+        }
+        let feed = store.feed(&feed_entry(0).repo, usize::MAX).unwrap();
+        assert_eq!(feed.iter().filter(|e| e.peer == "honest").count(), 10, "the honest author's stay");
+        let flood: Vec<u64> = feed.iter().filter(|e| e.peer == "flood").map(|e| e.announced_at).collect();
+        assert_eq!(flood.len(), MAX_FEED_PER_AUTHOR, "the flood keeps its share");
+        assert_eq!(flood.last(), Some(&510), "its newest stay, its oldest went");
+        // What gave way is still known: a replay of it is no news.
+        assert!(!store.feed_insert(&by("flood", 10)).unwrap(), "a replay of a dropped announcement");
+    }
+
+    #[test]
+    fn a_message_dropped_from_the_history_stays_seen_for_its_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let all: Vec<ChatEntry> = (0..MAX_CHAT_PER_ROOM as u64 + 5).map(|i| message("room", i)).collect();
+        assert_eq!(store.chat_insert_all(&all).unwrap(), all.len());
+        assert_eq!(store.chat_history("room", usize::MAX).unwrap().len(), MAX_CHAT_PER_ROOM);
+        assert!(!store.chat_insert(&message("room", 0)).unwrap(), "a replay of a message the history dropped");
+        // Past the window, the ids go (a replay is refused as too old before it gets here).
+        assert_eq!(store.prune_seen(3).unwrap(), 3, "m0, m1 and m2");
+        assert!(store.chat_insert(&message("room", 0)).unwrap());
+        // And beyond the bound, the oldest go first.
+        store.prune_seen_to(0, 10).unwrap();
+        assert_eq!(store.chat_seen_ids().unwrap().len(), 10);
+        assert!(store.chat_seen_ids().unwrap().contains(&format!("m{}", MAX_CHAT_PER_ROOM + 4)));
+    }
+
+    #[test]
+    fn an_older_store_gets_its_seen_ids_and_authors_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store.feed_insert(&by("a", 1)).unwrap();
+            store.chat_insert(&message("room", 1)).unwrap();
+            // As a store made before the indexes: the tables are not there.
+            store
+                .update(true, |txn| {
+                    for name in ["seen_at", "chat_seen_at"] {
+                        db(txn.delete_table(TableDefinition::<(u64, &str), ()>::new(name)))?;
+                    }
+                    db(txn.delete_table(FEED_BY_AUTHOR))?;
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let (seen, authors) = store
+            .read(|txn| Ok((db(db(txn.open_table(SEEN_AT))?.len())?, db(db(txn.open_table(FEED_BY_AUTHOR))?.len())?)))
+            .unwrap();
+        assert_eq!((seen, authors), (1, 1));
+        let chat_seen = store.read(|txn| db(db(txn.open_table(CHAT_SEEN_AT))?.len())).unwrap();
+        assert_eq!(chat_seen, 1);
+        assert!(!store.feed_insert(&by("a", 1)).unwrap());
     }
 
     #[test]

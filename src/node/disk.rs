@@ -136,6 +136,11 @@ impl Disk for NodeDisk<'_> {
         self.wrote(result)
     }
 
+    fn prune_seen(&mut self, before_ms: u64) -> Result<usize, StoreError> {
+        let result = self.store.prune_seen(before_ms);
+        self.wrote(result)
+    }
+
     fn feed_insert(&mut self, entry: &FeedEntry) -> Result<bool, StoreError> {
         let result = self.store.feed_insert(entry);
         self.wrote(result)

@@ -79,6 +79,9 @@ pub trait Disk {
     fn outbox_remove(&mut self, seqs: &[u64]) -> Result<(), StoreError>;
     fn mark_announced(&mut self, repo: &RepoId, commit: &str) -> Result<(), StoreError>;
     fn prune_announced(&mut self, before_ms: u64) -> Result<usize, StoreError>;
+    /// Forgets the ids of announcements and room messages dated before `before_ms` (a replay
+    /// of one is refused as too old anyway).
+    fn prune_seen(&mut self, before_ms: u64) -> Result<usize, StoreError>;
     /// A received announcement; false if the feed has it already.
     fn feed_insert(&mut self, entry: &FeedEntry) -> Result<bool, StoreError>;
     /// A received room message, known to be new: stored off the event loop, in batches.
@@ -370,6 +373,10 @@ impl Service {
             let before = now.unix_ms.saturating_sub(ANNOUNCED_KEPT.as_millis() as u64);
             if let Err(e) = disk.prune_announced(before) {
                 tracing::warn!(error = %e, "cannot prune the announced commits");
+            }
+            let window = now.unix_ms.saturating_sub(rooms::MAX_AGE.as_millis() as u64);
+            if let Err(e) = disk.prune_seen(window) {
+                tracing::warn!(error = %e, "cannot prune the seen ids");
             }
         }
         self.expire_queries(now, disk);

@@ -37,7 +37,7 @@ pub const MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Authors tracked by the rate limiter before it starts afresh (bounded memory).
 const CHAT_RATE_AUTHORS: usize = 10_000;
 /// Room message ids remembered in memory to tell new from repeated (about 100 bytes each).
-const RECENT_CHAT_IDS: usize = 100_000;
+const RECENT_CHAT_IDS: usize = crate::store::MAX_SEEN;
 
 /// What a subscribed topic carries.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -101,6 +101,9 @@ impl Disk for MemDisk {
     fn prune_announced(&mut self, _before_ms: u64) -> Result<usize, StoreError> {
         Ok(0)
     }
+    fn prune_seen(&mut self, _before_ms: u64) -> Result<usize, StoreError> {
+        Ok(0)
+    }
     fn feed_insert(&mut self, entry: &FeedEntry) -> Result<bool, StoreError> {
         if self.feed.iter().any(|e| e.commit.id == entry.commit.id && e.peer == entry.peer) {
             return Ok(false);
