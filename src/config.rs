@@ -59,7 +59,15 @@ pub struct NodeConfig {
     pub relays: Vec<String>,
     pub name: Option<String>,
     pub dht_mode: DhtMode,
+    /// Fetch other authors' announced work into the mirror as it is announced.
+    pub replicate: bool,
+    /// The largest pack one fetch from a peer may bring, in bytes.
+    pub max_fetch_size: u64,
 }
+
+/// `p2p.max-fetch-size` when unset: a large repository's whole history fits, a peer cannot fill
+/// the disk by sending without end.
+pub const DEFAULT_MAX_FETCH_SIZE: u64 = 2 << 30;
 
 /// Default listen addresses: TCP and QUIC, IPv4 and IPv6, all interfaces, ports chosen by the OS.
 pub const DEFAULT_LISTEN: [&str; 4] =
@@ -71,8 +79,16 @@ pub const MAX_NAME_LEN: usize = 64;
 /// Settings of the node, read from the user's global git config only (one node serves every
 /// repository); lowercase, as git compares keys. `p2p.name` and `p2p.description` also work per
 /// repository.
-pub const NODE_WIDE: [&str; 6] =
-    ["p2p.listen", "p2p.bootstrap", "p2p.mdns", "p2p.mdnsinterval", "p2p.dht-mode", "p2p.relay"];
+pub const NODE_WIDE: [&str; 8] = [
+    "p2p.listen",
+    "p2p.bootstrap",
+    "p2p.mdns",
+    "p2p.mdnsinterval",
+    "p2p.dht-mode",
+    "p2p.relay",
+    "p2p.replicate",
+    "p2p.max-fetch-size",
+];
 
 impl NodeConfig {
     pub fn from_source(src: &impl ConfigSource) -> Result<Self, ConfigError> {
@@ -111,7 +127,23 @@ impl NodeConfig {
         let name = src.get("p2p.name").or_else(|| src.get("user.name")).and_then(|n| sanitize_name(&n));
         let relays =
             src.get_all("p2p.relay").into_iter().map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect();
-        Ok(Self { listen, bootstrap, mdns, mdns_interval, relays, name, dht_mode })
+        let replicate = match src.get("p2p.replicate") {
+            None => true,
+            Some(v) => parse_bool(&v).ok_or(ConfigError::BadValue {
+                key: "p2p.replicate",
+                value: v,
+                expected: "true or false",
+            })?,
+        };
+        let max_fetch_size = match src.get("p2p.max-fetch-size") {
+            None => DEFAULT_MAX_FETCH_SIZE,
+            Some(v) => parse_size(&v).ok_or(ConfigError::BadValue {
+                key: "p2p.max-fetch-size",
+                value: v,
+                expected: "a size in bytes, with k, m or g for KiB, MiB, GiB (at least 1k)",
+            })?,
+        };
+        Ok(Self { listen, bootstrap, mdns, mdns_interval, relays, name, dht_mode, replicate, max_fetch_size })
     }
 }
 
@@ -155,6 +187,23 @@ pub fn parse_bool(value: &str) -> Option<bool> {
     }
 }
 
+/// A size as git writes them: a number, with an optional k, m or g (1024-based).
+fn parse_size(value: &str) -> Option<u64> {
+    let v = value.trim().to_ascii_lowercase();
+    let (digits, unit) = match v.strip_suffix(['k', 'm', 'g']) {
+        Some(d) => (d, v.as_bytes()[v.len() - 1]),
+        None => (v.as_str(), b'b'),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let shift = match unit {
+        b'k' => 10,
+        b'm' => 20,
+        b'g' => 30,
+        _ => 0,
+    };
+    n.checked_mul(1 << shift).filter(|size| *size >= 1024)
+}
+
 fn parse_seconds(value: &str) -> Option<Duration> {
     let secs: u64 = value.trim().parse().ok()?;
     (1..=3600).contains(&secs).then(|| Duration::from_secs(secs))
@@ -173,6 +222,22 @@ mod tests {
     }
 
     const ALICE: &str = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+
+    #[test]
+    fn replication_settings() {
+        let c = config(&[]).unwrap();
+        assert!(c.replicate);
+        assert_eq!(c.max_fetch_size, DEFAULT_MAX_FETCH_SIZE);
+        let c = config(&[("p2p.replicate", "false"), ("p2p.max-fetch-size", "64m")]).unwrap();
+        assert!(!c.replicate);
+        assert_eq!(c.max_fetch_size, 64 << 20);
+        assert_eq!(config(&[("p2p.max-fetch-size", "4096")]).unwrap().max_fetch_size, 4096);
+        for bad in ["", "12", "1x", "-1k", "99999999999g"] {
+            let err = config(&[("p2p.max-fetch-size", bad)]).unwrap_err();
+            assert!(err.to_string().contains("p2p.max-fetch-size"), "{bad}: {err}");
+        }
+        assert!(config(&[("p2p.replicate", "maybe")]).is_err());
+    }
 
     #[test]
     fn defaults() {

@@ -13,6 +13,7 @@ pub mod man;
 pub mod node;
 pub mod paths;
 pub mod proto;
+pub mod remote_helper;
 pub mod spool;
 pub mod store;
 pub mod tui;

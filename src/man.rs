@@ -11,7 +11,34 @@ pub fn pages() -> Vec<(String, Vec<u8>)> {
     // The help subcommand is clap's; it has no page of its own (no `git-p2p-help(1)`).
     let root = crate::cli::command().disable_help_subcommand(true);
     render(root, "git-p2p".to_string(), None, &mut out);
+    out.push(("git-remote-p2p.1".to_string(), remote_helper_page()));
     out
+}
+
+/// The remote helper's page: git runs it, so its synopsis is git's call, not a subcommand.
+fn remote_helper_page() -> Vec<u8> {
+    let cmd = crate::remote_helper::command();
+    let man = clap_mangen::Man::new(cmd)
+        .title("GIT-REMOTE-P2P")
+        .section("1")
+        .source(format!("git-p2p {}", env!("CARGO_PKG_VERSION")))
+        .manual("Git Manual");
+    let mut roff = Vec::new();
+    let sections = |roff: &mut Vec<u8>| -> std::io::Result<()> {
+        man.render_title(roff)?;
+        man.render_name_section(roff)?;
+        man.render_synopsis_section(roff)?;
+        man.render_description_section(roff)?;
+        man.render_options_section(roff)?;
+        for (title, body) in extra_sections("git-remote-p2p") {
+            roff.extend_from_slice(format!(".SH \"{title}\"\n{body}").as_bytes());
+        }
+        roff.extend_from_slice(exit_status().as_bytes());
+        roff.extend_from_slice(".SH \"SEE ALSO\"\n\\fBgit\\-p2p\\fR(1), \\fBgit\\fR(1)\n".as_bytes());
+        Ok(())
+    };
+    sections(&mut roff).expect("rendering to a Vec cannot fail");
+    roff
 }
 
 fn render(cmd: clap::Command, name: String, parent: Option<&str>, out: &mut Vec<(String, Vec<u8>)>) {
@@ -108,12 +135,15 @@ const CONFIGURATION: &[(&str, &str)] = &[
     ("p2p.mdnsInterval", "Seconds between mDNS queries (default 5). Read from global config."),
     ("p2p.dht-mode", "server (default: answer DHT queries) or client (only ask). Read from global config."),
     ("p2p.relay (multi)", "Nostr relay URLs (wss://...): the bridge publishes repository announcements, states and room messages there and reads comments. None: the bridge is off. Read from global config."),
+    ("p2p.replicate", "Fetch other authors' announced commits into the node's mirror as they are announced, so that git fetch from p2p:// remotes is usually local: true (default) or false. Read from global config."),
+    ("p2p.max-fetch-size", "The largest pack one fetch from a peer may bring, in bytes (k, m, g suffixes; default 2g); a larger one fails with an error naming this key. Read from global config."),
     ("p2p.name", "Your display name for peers (default: user.name)."),
     ("p2p.description", "The repository's description in its Nostr announcement (per repository)."),
 ];
 
 const FILES: &[(&str, &str)] = &[
     ("$XDG_DATA_HOME/git-p2p/ (~/.local/share/git-p2p/)", "libp2p.key and nostr.key (your keys, 0600, never logged), store.redb (address book, repositories, outbox, feed, chat history, DHT records, Nostr queue), spool/ (announcements made while the node was down), node.log."),
+    ("$XDG_DATA_HOME/git-p2p/mirrors/<repo-id>.git", "The node's mirror of each repository: what its authors published, the only repository peers fetch from (see git-remote-p2p(1))."),
     ("$XDG_RUNTIME_DIR/git-p2p/ (the data dir without XDG_RUNTIME_DIR)", "control.sock (0600; the control socket, JSON lines, versioned), notes/ (the hook's notes)."),
     ("<git dir>/hooks/post-commit, post-merge", "The hooks git p2p init installs (existing hooks are chained, core.hooksPath is respected)."),
 ];
@@ -181,6 +211,18 @@ fn extra_sections(name: &str) -> Vec<(&'static str, String)> {
                 ("The failed checks only, from a script:", "git p2p doctor --json | jq -c 'select(.verdict == \"fail\")'"),
             ]),
         )],
+        "git-remote-p2p" => vec![
+            ("CONFIGURATION", items(&[
+                ("p2p.replicate", "Fetch other authors' announced work into the mirror as it is announced: true (default) or false. Read from global config."),
+                ("p2p.max-fetch-size", "The largest pack one fetch from a peer may bring (default 2g; k, m, g suffixes). Read from global config."),
+            ])),
+            ("FILES", items(&[("$XDG_DATA_HOME/git-p2p/mirrors/<repo-id>.git", "The node's mirror of a repository: each author's published refs in refs/namespaces/<PeerId>/, and all of them in refs/namespaces/_all/ as refs/heads/<author>/<branch>. Peers fetch from it; your working repositories are never served.")])),
+            ("EXAMPLES", examples(&[
+                ("Clone one author's work (the id is the root commit; git p2p init prints it):", "git clone p2p://<repo-id>/<author> proj"),
+                ("Fetch every author's branches, then merge one:", "git remote add peers p2p://<repo-id>\ngit fetch peers\ngit pull peers <author>/main"),
+                ("Publish a branch as yours:", "git push peers topic"),
+            ])),
+        ],
         "git-p2p-log" => vec![("EXAMPLES", examples(&[("What peers announced, then follow:", "git p2p log -n 20\ngit p2p log -f --json")]))],
         "git-p2p-daemon" | "git-p2p-daemon-run" => vec![
             ("FILES", items(FILES)),
@@ -219,6 +261,7 @@ mod tests {
         stale.extend(present.difference(&expected).cloned());
         assert!(stale.is_empty(), "man pages are stale: {stale:?}; run: GIT_P2P_UPDATE_MAN=1 cargo test man_pages");
         assert!(expected.contains("git-p2p.1") && expected.contains("git-p2p-daemon-run.1"));
+        assert!(expected.contains("git-remote-p2p.1"), "the remote helper has its page");
     }
 
     #[test]
@@ -253,6 +296,8 @@ mod tests {
             "p2p.mdnsInterval",
             "p2p.dht-mode",
             "p2p.relay",
+            "p2p.replicate",
+            "p2p.max-fetch-size",
             "p2p.name",
             "p2p.description",
         ] {

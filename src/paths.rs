@@ -75,6 +75,10 @@ impl Paths {
     pub fn store_problem(&self) -> PathBuf {
         self.socket_dir.join("store-problem")
     }
+    /// The node's mirror of a repository: a bare repository of what its authors published.
+    pub fn mirror(&self, repo: &crate::proto::repo::RepoId) -> PathBuf {
+        self.data_dir.join("mirrors").join(format!("{repo}.git"))
+    }
     pub fn log_file(&self) -> PathBuf {
         self.data_dir.join("node.log")
     }

@@ -14,5 +14,6 @@ pub fn run(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<()> {
     ctx.client()?.register_repo(repo.info())?;
     writeln!(out, "{hooks}")?;
     writeln!(out, "registered {} (repo id {}) with the node", repo.room_name, repo.repo_id.short())?;
+    writeln!(out, "fetch your peers' work with: git remote add peers p2p://{}", repo.repo_id)?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 mod announce;
 mod chat;
+mod clone;
 mod completions;
 mod daemon;
 mod doctor;
@@ -58,6 +59,8 @@ pub enum Command {
     Init,
     /// Open the repository's chat room (a terminal UI), or send and read messages from scripts
     Chat(ChatArgs),
+    /// Clone a repository from peers (git clone p2p://<repo-id>/<author>), then set it up as init does
+    Clone(CloneArgs),
     /// Announce a commit to peers (the post-commit hook runs this with --hook)
     Announce(AnnounceArgs),
     /// Show commits that peers announced for this repository, newest first
@@ -128,6 +131,23 @@ pub struct ChatArgs {
     /// Print JSON: with --tail one message per line, with --send the message id and peer count
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    /// The repository: its id (the root commit's hash), or the room name of a repository registered here
+    #[arg(value_name = "REPO")]
+    pub repo: String,
+    /// The directory to clone into (default: the room name's last part, or the id's first 12 characters)
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Whose work to clone: a PeerId, its short form (last 12 characters), an npub, or "me" (default: the
+    /// author with the newest published commit)
+    #[arg(long, value_name = "AUTHOR")]
+    pub author: Option<String>,
+    /// Pass -q to git clone
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -396,6 +416,7 @@ fn run(ctx: &Ctx, command: Command, out: &mut dyn Write) -> anyhow::Result<ExitC
         Command::Id(args) => id::run(ctx, &args, out)?,
         Command::Daemon(cmd) => return daemon::run(ctx, cmd, out),
         Command::Chat(args) => chat::run(ctx, &args, out)?,
+        Command::Clone(args) => clone::run(ctx, &args, out)?,
         Command::Announce(args) => announce::run(ctx, &args, out)?,
         Command::Log(args) => log::run(ctx, &args, out)?,
         Command::Kv(cmd) => return kv::run(ctx, cmd, out),

@@ -22,6 +22,9 @@ pub fn run(ctx: &Ctx, args: RefsArgs, out: &mut dyn Write) -> anyhow::Result<()>
             super::kv::put(ctx, &info, name, Some(oid.as_bytes()))?;
         }
         let replicas = super::kv::put(ctx, &info, REFS_KEY, Some(&index))?;
+        // Peers fetch the objects from the node's mirror (never from this repository).
+        let head = repo.branch.as_ref().map(|b| format!("refs/heads/{b}"));
+        ctx.client()?.mirror_publish(info.clone(), refs.clone().into_iter().collect(), head)?;
         let where_ = if replicas == 0 { "on this node only (no peer reachable yet)" } else { "to the DHT" };
         writeln!(out, "published {} ref{} {where_}", refs.len(), if refs.len() == 1 { "" } else { "s" })?;
         return Ok(());

@@ -86,6 +86,24 @@ pub enum Command {
     KvList { repo: RepoId, after: Option<String>, reply: Reply<Page<KvKey, String>> },
     /// The Nostr bridge: relays, their state, events waiting.
     NostrStatus(Reply<NostrStatus>),
+    /// Bring the mirror of `repo` up to the tips its authors signed (`author`: one of them,
+    /// else all), fetching from peers what it lacks; answered once it has them.
+    MirrorSync { repo: RepoId, author: Option<String>, reply: Reply<MirrorSynced> },
+    /// Our refs (name, object id) moved in the working repository `repo.git_dir`: copy them into
+    /// the mirror and publish them in the DHT.
+    MirrorPublish { repo: RepoInfo, refs: Vec<(String, String)>, head: Option<String>, reply: Reply<()> },
+}
+
+/// The mirror has every signed tip asked for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MirrorSynced {
+    /// The git namespace of the mirror that serves what was asked for: an author's PeerId, or
+    /// `_all` for every author ([`crate::proto::remote::ALL`]).
+    pub namespace: String,
+    /// Peers (short names) the fetch got objects from.
+    pub fetched_from: Vec<String>,
+    /// Peers dropped for advertising tips their authors never signed.
+    pub dropped: Vec<String>,
 }
 
 /// One page of an answer that can be long: its items, and where the next page starts (None:
@@ -229,6 +247,10 @@ pub struct NodeStatus {
     /// How far the clocks of peers we heard from lately are from ours.
     #[serde(default)]
     pub clocks: Vec<ClockReading>,
+    /// Peers not asked for git objects for a while: they advertised tips their authors never
+    /// signed.
+    #[serde(default)]
+    pub distrusted: Vec<String>,
 }
 
 /// What became of our latest dial of a peer.
@@ -303,6 +325,16 @@ pub struct ConfigInForce {
     pub mdns: bool,
     pub dht_mode: String,
     pub relays: Vec<String>,
+    /// Other authors' announced work is fetched into the mirror as it is announced.
+    #[serde(default = "yes")]
+    pub replicate: bool,
+    /// The largest pack one fetch from a peer may bring, in bytes.
+    #[serde(default)]
+    pub max_fetch_size: u64,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

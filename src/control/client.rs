@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use super::api::{ChatSent, KvFound, KvKey, KvStored, NodeStatus, NostrStatus, Page, PeerInfo, Queued};
+use super::api::{ChatSent, KvFound, KvKey, KvStored, MirrorSynced, NodeStatus, NostrStatus, Page, PeerInfo, Queued};
 use super::proto::{self, DecodeError, Request, RequestFrame, MAX_ANSWER};
 use crate::paths::{PathError, Paths};
 use crate::proto::announce::FeedEntry;
@@ -33,6 +33,9 @@ use crate::proto::repo::{RepoId, RepoInfo};
 
 /// How long a request may wait for the node's answer before the client gives up.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a mirror sync may take: a fetch of a large repository from peers (each provider's
+/// attempt is bounded by the node too).
+const SYNC_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How long auto-start waits for a new node to say it is ready.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// After this long without a ready node, tell the user what is taking time.
@@ -298,6 +301,26 @@ impl Client {
 
     pub fn nostr_status(&mut self) -> Result<NostrStatus, ClientError> {
         self.call(Request::NostrStatus)
+    }
+
+    /// Brings the node's mirror of `repo` up to the tips its authors signed (`author`: one of
+    /// them), fetching from peers; the answer may take as long as the fetch ([`SYNC_TIMEOUT`]).
+    pub fn mirror_sync(&mut self, repo: RepoId, author: Option<String>) -> Result<MirrorSynced, ClientError> {
+        self.reader.get_ref().set_read_timeout(Some(SYNC_TIMEOUT))?;
+        let answer = self.call(Request::MirrorSync { repo, author });
+        self.reader.get_ref().set_read_timeout(Some(REQUEST_TIMEOUT))?;
+        answer
+    }
+
+    /// Our refs moved in `repo`'s working repository: the node copies them into its mirror
+    /// and publishes them in the DHT.
+    pub fn mirror_publish(
+        &mut self,
+        repo: RepoInfo,
+        refs: Vec<(String, String)>,
+        head: Option<String>,
+    ) -> Result<(), ClientError> {
+        self.call(Request::MirrorPublish { repo, refs, head })
     }
 
     /// Rings the node's doorbell: something is in the spool. Nobody waits for the answer (the

@@ -93,6 +93,19 @@ pub enum Request {
     },
     /// The Nostr bridge: relays, their state, events waiting.
     NostrStatus,
+    /// Bring the repository's mirror up to its authors' signed tips (`author`: one of them).
+    MirrorSync {
+        repo: RepoId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        author: Option<String>,
+    },
+    /// Our refs moved: copy them from the working repository into the mirror, publish them.
+    MirrorPublish {
+        repo: RepoInfo,
+        refs: Vec<(String, String)>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        head: Option<String>,
+    },
 }
 
 /// An answer (`ok`, the answer's JSON as it was written) or a failure (`error`).

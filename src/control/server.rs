@@ -188,6 +188,8 @@ fn route(req: Request) -> Routed {
         Request::KvGet { repo, key } => ask(|reply| Command::KvGet { repo, key, reply }),
         Request::KvList { repo, after } => ask(|reply| Command::KvList { repo, after, reply }),
         Request::NostrStatus => ask(Command::NostrStatus),
+        Request::MirrorSync { repo, author } => ask(|reply| Command::MirrorSync { repo, author, reply }),
+        Request::MirrorPublish { repo, refs, head } => ask(|reply| Command::MirrorPublish { repo, refs, head, reply }),
         Request::Follow { repo } => Routed::Subscribe(Subscription::Feed(repo)),
         Request::FollowChat { room } => Routed::Subscribe(Subscription::Room(room)),
     }

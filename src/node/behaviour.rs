@@ -59,6 +59,8 @@ pub struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     pub kad: kad::Behaviour<super::kad_store::PersistentStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Raw streams: `/git-p2p/upload-pack/1` (git objects from and to mirrors, `node::mirror`).
+    pub stream: libp2p_stream::Behaviour,
 }
 
 /// Longest session id we take from a peer's agent string.
@@ -208,6 +210,7 @@ impl Behaviour {
             gossipsub,
             kad,
             mdns: Toggle::from(mdns),
+            stream: libp2p_stream::Behaviour::new(),
         })
     }
 }

@@ -22,6 +22,7 @@ use super::behaviour::Behaviour;
 use super::disk::{load, Durability, NodeDisk};
 use super::history::{HistoryWriter, PageRead};
 use super::hook_notes::{HookNotes, Wake};
+use super::mirror::{MirrorEvent, Mirrors, Worker};
 use super::service::{BridgeOp, DialRef, Io, Me, QueryRef, Service};
 use super::store_watch::StoreWatch;
 use crate::bridge::{Bridge, Inbound};
@@ -81,6 +82,10 @@ pub struct EventLoop {
     _inbound_tx: mpsc::Sender<Inbound>,
     /// The store's health as last seen.
     store_watch: StoreWatch,
+    /// Runs git on the mirrors; its reports come back on `mirror_events`.
+    mirror: Worker,
+    mirror_events: mpsc::Receiver<MirrorEvent>,
+    mirror_tx: mpsc::Sender<MirrorEvent>,
 }
 
 /// The service's view of the store for one call (the fields it borrows are the event loop's).
@@ -112,6 +117,23 @@ impl EventLoop {
         let bootstrap: Vec<_> = bootstrap.iter().map(|b| (b.peer_id, b.addr.clone())).collect();
         let service = Service::new(me, &bootstrap, load(&store), Now::system());
         let store_watch = StoreWatch::new(info.store_problem.clone(), info.data_dir.clone());
+        let mut service = service;
+        service.set_replicate(info.config.replicate);
+        let mirrors = std::sync::Arc::new(Mirrors::new(info.data_dir_path.join("mirrors")));
+        let (mirror_tx, mirror_events) = mpsc::channel(super::mirror::EVENT_QUEUE);
+        let mut control = swarm.behaviour().stream.new_control();
+        match control.accept(super::mirror::UPLOAD_PACK) {
+            Ok(incoming) => {
+                tokio::spawn(super::mirror::serve::run(incoming, mirrors.clone()));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot serve git to peers"),
+        }
+        let max_fetch_size = if info.config.max_fetch_size == 0 {
+            crate::config::DEFAULT_MAX_FETCH_SIZE
+        } else {
+            info.config.max_fetch_size
+        };
+        let mirror = Worker::new(mirrors, control, mirror_tx.clone(), *swarm.local_peer_id(), max_fetch_size);
         let mut this = Self {
             swarm,
             commands,
@@ -128,6 +150,9 @@ impl EventLoop {
             inbound,
             _inbound_tx: inbound_tx,
             store_watch,
+            mirror,
+            mirror_events,
+            mirror_tx,
         };
         this.run_io();
         this.hooks.ingest(&mut this.service, disk!(this), &this.store);
@@ -164,6 +189,7 @@ impl EventLoop {
                 }
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 Some(message) = self.inbound.recv() => self.service.from_nostr(message, Now::system(), disk!(self)),
+                Some(event) = self.mirror_events.recv() => self.mirror_event(event),
                 wake = self.hooks.next() => self.hook_wake(wake),
                 ids = super::disk::seen_chat_read(&mut seen_chat) => self.service.remember_chat(ids),
                 _ = tick.tick() => {
@@ -262,6 +288,12 @@ impl EventLoop {
             Command::NostrStatus(reply) => {
                 let _ = reply.send(Ok(self.nostr_status()));
             }
+            Command::MirrorSync { repo, author, reply } => {
+                self.service.mirror_sync(repo, author, reply, now, disk!(self))
+            }
+            Command::MirrorPublish { repo, refs, head, reply } => {
+                self.service.mirror_publish(repo, refs, head, reply, now, disk!(self))
+            }
         }
         self.run_io();
         false
@@ -359,6 +391,14 @@ impl EventLoop {
                 self.swarm.behaviour_mut().blocked.unblock_peer(peer);
             }
             Io::WatchReflog(repo) => self.hooks.start_reflog(&repo, &self.store),
+            Io::Mirror(op) => self.mirror.carry_out(op),
+            Io::MirrorLookup { job, found } => {
+                let events = self.mirror_tx.clone();
+                tokio::spawn(async move {
+                    let found = found.await.unwrap_or_else(|_| Err(Failure::new("the lookup was dropped")));
+                    let _ = events.send(MirrorEvent::Lookup { job, found }).await;
+                });
+            }
             Io::Bridge(op) => {
                 let Some(bridge) = &self.bridge else { return };
                 match op {
@@ -372,6 +412,18 @@ impl EventLoop {
                     }
                 }
             }
+        }
+    }
+
+    /// A report of the mirror worker, for the service.
+    fn mirror_event(&mut self, event: MirrorEvent) {
+        let now = Now::system();
+        match event {
+            MirrorEvent::Lookup { job, found } => self.service.mirror_lookup_done(job, found, disk!(self)),
+            MirrorEvent::Attempted { job, provider, report } => {
+                self.service.mirror_attempted(job, provider, report, now)
+            }
+            MirrorEvent::Settled { job, result } => self.service.mirror_settled(job, result, now),
         }
     }
 
@@ -448,6 +500,7 @@ impl EventLoop {
             restoring: self.service.restoring(),
             dials: self.service.dials(),
             clocks: self.service.clocks(),
+            distrusted: self.service.distrusted(Now::system()),
         }
     }
 

@@ -9,6 +9,7 @@ mod hook_notes;
 mod hook_wait;
 pub mod kad_store;
 mod listen;
+pub mod mirror;
 pub mod repair;
 mod repo_cache;
 pub mod service;
@@ -183,6 +184,8 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
                     .and_then(|v| v.as_str().map(str::to_string))
                     .unwrap_or_default(),
                 relays: config.relays.clone(),
+                replicate: config.replicate,
+                max_fetch_size: config.max_fetch_size,
             },
         };
         let event_loop = EventLoop::new(swarm, rx, store.clone(), info, &config.bootstrap, events.clone());

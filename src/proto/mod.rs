@@ -6,5 +6,6 @@ pub mod envelope;
 pub mod kv;
 pub mod outbox;
 pub mod peer;
+pub mod remote;
 pub mod repo;
 pub mod topic;

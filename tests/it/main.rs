@@ -7,6 +7,7 @@ mod cli;
 mod doctor;
 mod evil;
 mod faults;
+mod fetch;
 mod formats;
 mod hostile;
 mod kv;

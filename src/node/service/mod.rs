@@ -16,6 +16,7 @@ mod conduct;
 mod dial_log;
 mod discovery;
 mod kv;
+pub mod mirror;
 mod outbox;
 pub mod peers;
 mod refs;
@@ -194,6 +195,15 @@ pub enum Io {
     WatchReflog(RepoInfo),
     /// Tell the Nostr bridge.
     Bridge(BridgeOp),
+    /// Run git on a mirror, or fetch into one ([`mirror::MirrorOp`]); reports come back to
+    /// [`Service::mirror_attempted`] and [`Service::mirror_settled`].
+    Mirror(mirror::MirrorOp),
+    /// Hand the answer of the DHT lookup of a mirror job's `refs` record to
+    /// [`Service::mirror_lookup_done`] when it comes.
+    MirrorLookup {
+        job: u64,
+        found: tokio::sync::oneshot::Receiver<Result<crate::control::api::KvFound, Failure>>,
+    },
 }
 
 #[derive(Debug)]
@@ -233,6 +243,8 @@ pub struct Service {
     pacer: rooms::RateLimiter,
     /// Peers cut off for flooding us.
     conduct: conduct::Conduct,
+    /// Signed tips and the fetches of the mirror.
+    mirror: mirror::MirrorState,
     next_ticket: u64,
     last_prune: Option<Instant>,
     io: VecDeque<Io>,
@@ -252,6 +264,7 @@ impl Service {
             sending: HashMap::new(),
             pacer: rooms::RateLimiter::sender(),
             conduct: conduct::Conduct::default(),
+            mirror: mirror::MirrorState::default(),
             next_ticket: 0,
             last_prune: None,
             io: VecDeque::new(),
@@ -382,6 +395,7 @@ impl Service {
         self.expire_queries(now, disk);
         self.lift_bans(now);
         self.restore_own(now);
+        self.mirror_tick(now);
         self.redial(now);
     }
 

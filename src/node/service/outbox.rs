@@ -183,6 +183,9 @@ impl Service {
         }
         let seq = disk.outbox_push(&entry, durable)?;
         if let (true, Some(a)) = (ours, announcement) {
+            if let Some(name) = a.commit.ref_name.clone() {
+                self.mirror_own(&entry.repo, vec![(name.clone(), a.commit.id.clone())], Some(name));
+            }
             self.refs.after_publish(entry.repo.id.clone(), a.commit);
         }
         self.join_repo(entry.repo.clone());

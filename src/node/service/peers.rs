@@ -164,6 +164,11 @@ impl PeerTable {
         self.peers.values().filter(|s| s.topics.contains(topic)).count()
     }
 
+    /// The connected peers subscribed to `topic`.
+    pub fn subscribers(&self, topic: &TopicHash) -> Vec<PeerId> {
+        self.peers.iter().filter(|(_, s)| s.topics.contains(topic)).map(|(p, _)| *p).collect()
+    }
+
     pub fn is_connected(&self, peer: &PeerId) -> bool {
         self.peers.contains_key(peer)
     }

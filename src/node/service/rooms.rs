@@ -298,19 +298,20 @@ impl Service {
         disk: &mut dyn Disk,
     ) -> MessageAcceptance {
         let arrival = self.rooms.arrival(topic, data, &self.me.peer, now);
-        self.take(arrival, source, disk)
+        self.take(arrival, source, now, disk)
     }
 
     /// A room message or comment from a Nostr relay.
     pub fn from_nostr(&mut self, inbound: Inbound, now: Now, disk: &mut dyn Disk) {
         let arrival = self.rooms.bridged(inbound, &self.me.peer, now);
-        self.take(arrival, None, disk);
+        self.take(arrival, None, now, disk);
     }
 
-    fn take(&mut self, arrival: Arrival, source: Option<PeerId>, disk: &mut dyn Disk) -> MessageAcceptance {
+    fn take(&mut self, arrival: Arrival, source: Option<PeerId>, now: Now, disk: &mut dyn Disk) -> MessageAcceptance {
         match arrival {
             Arrival::Announcement(entry) => match disk.feed_insert(&entry) {
                 Ok(true) => {
+                    self.announced(&entry, now);
                     self.push(Io::Emit(NodeEvent::Announcement(entry)));
                     MessageAcceptance::Accept
                 }

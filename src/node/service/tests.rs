@@ -289,6 +289,8 @@ impl Sim {
                 | Io::KadBootstrap
                 | Io::WatchReflog(_)
                 | Io::Bridge(_)
+                | Io::Mirror(_)
+                | Io::MirrorLookup { .. }
                 | Io::Ban(_)
                 | Io::Unban(_) => {}
             }

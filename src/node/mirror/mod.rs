@@ -1,0 +1,431 @@
+//! The node's mirrors: one bare repository per repository in `<data dir>/mirrors/<repo-id>.git`,
+//! holding only what authors published (each author's refs in a git namespace of their own, and
+//! once more in the all-authors view: [`crate::proto::remote`]). The working repositories are
+//! never served: git's upload-pack hands out any object it has by id, so the one repository
+//! peers may read must hold published objects alone.
+//!
+//! This is the worker the service's [`MirrorOp`]s are carried out by: it runs git (the only place
+//! besides the remote helper that does), serves `/git-p2p/upload-pack/1` streams (`serve`) and
+//! fetches through them into a quarantine (`fetch`). Each op runs in a task of its own; what it
+//! found comes back to the event loop as a [`MirrorEvent`]. Writes to one mirror are serialised
+//! by its lock, which serving waits for briefly, so a peer that heard of a commit of ours is
+//! served the mirror with that commit in it.
+
+pub mod fetch;
+pub mod serve;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use libp2p::{PeerId, StreamProtocol};
+use tokio::sync::mpsc;
+
+use super::service::mirror::{AttemptReport, MirrorOp, Wanted};
+use crate::control::api::{Failure, KvFound};
+use crate::proto::remote::{author_ref, view_ref, ALL};
+use crate::proto::repo::{RepoId, RepoInfo};
+
+/// The stream protocol peers fetch git objects over.
+pub const UPLOAD_PACK: StreamProtocol = StreamProtocol::new("/git-p2p/upload-pack/1");
+/// Where a fetch's objects wait until the service accepted its tips.
+const QUARANTINE: &str = "p2p-quarantine";
+/// Reports the workers' tasks send back; they are few at a time (one per job step).
+pub const EVENT_QUEUE: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error("git {what} failed: {stderr}")]
+    Git { what: String, stderr: String },
+    #[error("cannot run git {what}: {source}")]
+    Spawn { what: String, source: std::io::Error },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MirrorError {
+    let what = what.into();
+    move |source| MirrorError::Io { what, source }
+}
+
+/// What a task of the worker reports to the event loop.
+#[derive(Debug)]
+pub enum MirrorEvent {
+    Lookup { job: u64, found: Result<KvFound, Failure> },
+    Attempted { job: u64, provider: Option<PeerId>, report: AttemptReport },
+    Settled { job: u64, result: Result<Vec<(String, String, String)>, String> },
+}
+
+/// A git command with a cleared environment: nothing of the user's global or system config
+/// (an `insteadOf`, a credential helper, hooks paths) and none of the variables git passes to
+/// hooks reaches it.
+pub fn git() -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("git");
+    c.env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        c.env("PATH", path);
+    }
+    c.env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("LC_ALL", "C")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
+/// Runs `cmd` to its end; its stdout, or its stderr's first lines as the error.
+async fn run(what: &str, cmd: &mut tokio::process::Command) -> Result<String, MirrorError> {
+    let out = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .map_err(|source| MirrorError::Spawn { what: what.to_string(), source })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).take(3).collect();
+        return Err(MirrorError::Git { what: what.to_string(), stderr: stderr.join(" / ") });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The mirrors of one node.
+pub struct Mirrors {
+    root: PathBuf,
+    locks: Mutex<HashMap<RepoId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Mirrors {
+    /// `root`: `<data dir>/mirrors` ([`crate::paths::Paths::mirror`] names the same places).
+    pub fn new(root: PathBuf) -> Self {
+        Self { root, locks: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn path(&self, repo: &RepoId) -> PathBuf {
+        self.root.join(format!("{repo}.git"))
+    }
+
+    fn quarantine(&self, repo: &RepoId, job: u64) -> PathBuf {
+        self.path(repo).join(QUARANTINE).join(job.to_string())
+    }
+
+    /// The lock of one mirror's writes.
+    pub fn lock(&self, repo: &RepoId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(repo.clone()).or_default().clone()
+    }
+
+    /// The mirror of `repo`, made (empty) if there is none yet.
+    pub async fn ensure(&self, repo: &RepoId) -> Result<PathBuf, MirrorError> {
+        let path = self.path(repo);
+        if path.join("HEAD").exists() {
+            return Ok(path);
+        }
+        std::fs::create_dir_all(&self.root).map_err(io_err("cannot make the mirrors directory"))?;
+        let tmp = self.root.join(format!(".{repo}.{}.tmp", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        init_bare(&tmp, repo).await?;
+        run("config", git().arg("--git-dir").arg(&tmp).args(["config", "core.logAllRefUpdates", "false"])).await?;
+        // Made aside and renamed: a mirror is whole or absent.
+        match std::fs::rename(&tmp, &path) {
+            Ok(()) => Ok(path),
+            Err(_) if path.join("HEAD").exists() => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Ok(path)
+            }
+            Err(e) => Err(io_err("cannot move the new mirror in place")(e)),
+        }
+    }
+}
+
+/// `git init --bare` of the object format the repository id says (40 or 64 hex digits).
+async fn init_bare(path: &Path, repo: &RepoId) -> Result<(), MirrorError> {
+    let format = if repo.as_str().len() == 64 { "sha256" } else { "sha1" };
+    run("init", git().args(["init", "--bare", "-q", &format!("--object-format={format}")]).arg(path)).await?;
+    Ok(())
+}
+
+/// Carries out the service's mirror ops.
+pub struct Worker {
+    mirrors: Arc<Mirrors>,
+    control: libp2p_stream::Control,
+    events: mpsc::Sender<MirrorEvent>,
+    /// Our PeerId: our own refs' namespace.
+    me: String,
+    limits: fetch::Limits,
+}
+
+impl Worker {
+    pub fn new(
+        mirrors: Arc<Mirrors>,
+        control: libp2p_stream::Control,
+        events: mpsc::Sender<MirrorEvent>,
+        me: PeerId,
+        max_fetch_size: u64,
+    ) -> Self {
+        let limits = fetch::Limits { max_bytes: max_fetch_size, ..fetch::Limits::default() };
+        Self { mirrors, control, events, me: me.to_string(), limits }
+    }
+
+    pub fn carry_out(&self, op: MirrorOp) {
+        let mirrors = self.mirrors.clone();
+        let events = self.events.clone();
+        match op {
+            MirrorOp::Own { repo, refs, head, reply } => {
+                let me = self.me.clone();
+                tokio::spawn(async move {
+                    let result = own(&mirrors, &repo, &me, &refs, head.as_deref()).await;
+                    if let Err(e) = &result {
+                        tracing::warn!(repo = %repo.id.short(), error = %e, "cannot copy our refs into the mirror");
+                    }
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result.map_err(|e| Failure::of(&e)));
+                    }
+                });
+            }
+            MirrorOp::Attempt { job, repo, provider, want } => {
+                let control = self.control.clone();
+                let limits = self.limits.clone();
+                tokio::spawn(async move {
+                    let report = match provider {
+                        None => fetch::look(&mirrors, &repo, &want).await,
+                        Some(peer) => fetch::attempt(&mirrors, control, peer, &repo, job, &want, &limits).await,
+                    };
+                    let report = report.unwrap_or_else(|e| AttemptReport::Failed(e.to_string()));
+                    let _ = events.send(MirrorEvent::Attempted { job, provider, report }).await;
+                });
+            }
+            MirrorOp::Settle { job, repo, accept } => {
+                tokio::spawn(async move {
+                    let result =
+                        settle(&mirrors, &repo, job, &accept).await.map(|()| accept).map_err(|e| e.to_string());
+                    let _ = events.send(MirrorEvent::Settled { job, result }).await;
+                    // Many small fetches leave many small packs: git repacks when they add up.
+                    if let Ok(path) = mirrors.ensure(&repo).await {
+                        let _ = run("gc", git().arg("--git-dir").arg(path).args(["gc", "--auto", "--quiet"])).await;
+                    }
+                });
+            }
+            MirrorOp::Discard { job, repo } => {
+                let _ = std::fs::remove_dir_all(mirrors.quarantine(&repo, job));
+            }
+        }
+    }
+}
+
+/// Copies our refs (name, object id) from the working repository into the mirror: a push of
+/// exactly those values, which sends the objects they reach and nothing else; `head` (a
+/// branch) becomes our namespace's HEAD.
+pub async fn own(
+    mirrors: &Mirrors,
+    repo: &RepoInfo,
+    me: &str,
+    refs: &[(String, String)],
+    head: Option<&str>,
+) -> Result<(), MirrorError> {
+    let Some(work) = &repo.git_dir else { return Ok(()) };
+    let lock = mirrors.lock(&repo.id);
+    let _held = lock.lock().await;
+    let path = mirrors.ensure(&repo.id).await?;
+    let mut specs = Vec::new();
+    for (name, oid) in refs {
+        if !crate::git::is_ref_name(name) {
+            continue;
+        }
+        let Some(view) = view_ref(me, name) else { continue };
+        specs.push(format!("+{oid}:{}", author_ref(me, name)));
+        specs.push(format!("+{oid}:{view}"));
+    }
+    if specs.is_empty() {
+        return Ok(());
+    }
+    let mut push = git();
+    push.arg("--git-dir")
+        .arg(work.as_path())
+        .args(["-c", "push.gpgSign=false", "-c", "core.hooksPath=/dev/null", "push", "--quiet", "--no-verify"])
+        .arg(&path)
+        .args(&specs);
+    run("push into the mirror", &mut push).await?;
+    if let Some(head) = head.filter(|h| h.starts_with("refs/heads/")) {
+        let target = author_ref(me, head);
+        let mut sym = git();
+        sym.arg("--git-dir").arg(&path).args(["symbolic-ref", &author_ref(me, "HEAD"), &target]);
+        run("symbolic-ref", &mut sym).await?;
+    }
+    tracing::debug!(repo = %repo.id.short(), refs = refs.len(), "our refs are in the mirror");
+    Ok(())
+}
+
+/// Moves the quarantine's objects into the mirror and sets the accepted refs (author, name,
+/// value) in the author's namespace and the all-authors view; an author without a HEAD there
+/// gets one (main, master, or their first branch).
+async fn settle(
+    mirrors: &Mirrors,
+    repo: &RepoId,
+    job: u64,
+    accept: &[(String, String, String)],
+) -> Result<(), MirrorError> {
+    let lock = mirrors.lock(repo);
+    let _held = lock.lock().await;
+    let path = mirrors.ensure(repo).await?;
+    let quarantine = mirrors.quarantine(repo, job);
+    if quarantine.exists() {
+        migrate_objects(&quarantine.join("objects"), &path.join("objects"))?;
+    }
+    let mut updates = String::new();
+    for (author, name, oid) in accept {
+        let Some(view) = view_ref(author, name) else { continue };
+        updates.push_str(&format!("update {} {oid}\nupdate {view} {oid}\n", author_ref(author, name)));
+    }
+    if !updates.is_empty() {
+        let mut cmd = git();
+        cmd.arg("--git-dir").arg(&path).args(["update-ref", "--stdin"]).stdin(Stdio::piped());
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|source| MirrorError::Spawn { what: "update-ref".into(), source })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            stdin.write_all(updates.as_bytes()).await.map_err(io_err("cannot write to git update-ref"))?;
+        }
+        let out = child.wait_with_output().await.map_err(io_err("git update-ref"))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or_default().to_string();
+            return Err(MirrorError::Git { what: "update-ref".into(), stderr });
+        }
+    }
+    let authors: std::collections::BTreeSet<&String> = accept.iter().map(|(a, _, _)| a).collect();
+    for author in authors {
+        if author == ALL {
+            continue;
+        }
+        let head = author_ref(author, "HEAD");
+        let has_head = run("symbolic-ref", git().arg("--git-dir").arg(&path).args(["symbolic-ref", "-q", &head])).await;
+        if has_head.is_ok() {
+            continue;
+        }
+        let listed = run(
+            "for-each-ref",
+            git().arg("--git-dir").arg(&path).args([
+                "for-each-ref",
+                "--format=%(refname)",
+                &author_ref(author, "refs/heads/"),
+            ]),
+        )
+        .await?;
+        let branches: Vec<&str> = listed.lines().collect();
+        let pick = ["main", "master"]
+            .iter()
+            .map(|b| author_ref(author, &format!("refs/heads/{b}")))
+            .find(|b| branches.contains(&b.as_str()))
+            .or_else(|| branches.first().map(|b| b.to_string()));
+        if let Some(target) = pick {
+            run("symbolic-ref", git().arg("--git-dir").arg(&path).args(["symbolic-ref", &head, &target])).await?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&quarantine);
+    Ok(())
+}
+
+/// Moves packs (each index last: git finds a pack by its index) and loose objects from a
+/// quarantine's object directory into the mirror's.
+fn migrate_objects(from: &Path, to: &Path) -> Result<(), MirrorError> {
+    let pack_from = from.join("pack");
+    if let Ok(entries) = std::fs::read_dir(&pack_from) {
+        let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        // .pack, .rev before .idx.
+        files.sort_by_key(|p| p.extension().is_some_and(|e| e == "idx"));
+        std::fs::create_dir_all(to.join("pack")).map_err(io_err("cannot make the mirror's pack dir"))?;
+        for file in files {
+            let Some(name) = file.file_name() else { continue };
+            if file.extension().is_some_and(|e| e == "keep") {
+                continue;
+            }
+            std::fs::rename(&file, to.join("pack").join(name)).map_err(io_err("cannot move a pack into the mirror"))?;
+        }
+    }
+    let entries = std::fs::read_dir(from).map_err(io_err("cannot read the quarantine"))?;
+    for dir in entries.filter_map(|e| e.ok()) {
+        let name = dir.file_name();
+        let fan_out = name.to_str().is_some_and(|n| n.len() == 2 && n.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !fan_out {
+            continue;
+        }
+        let target = to.join(&name);
+        std::fs::create_dir_all(&target).map_err(io_err("cannot make an object dir in the mirror"))?;
+        for object in
+            std::fs::read_dir(dir.path()).map_err(io_err("cannot read the quarantine"))?.filter_map(|e| e.ok())
+        {
+            std::fs::rename(object.path(), target.join(object.file_name()))
+                .map_err(io_err("cannot move an object into the mirror"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every ref value of the mirror under `prefix`: (name, object id).
+pub async fn refs_under(path: &Path, prefix: &str) -> Result<Vec<(String, String)>, MirrorError> {
+    let out = run(
+        "for-each-ref",
+        git().arg("--git-dir").arg(path).args(["for-each-ref", "--format=%(objectname) %(refname)", prefix]),
+    )
+    .await?;
+    Ok(out.lines().filter_map(|l| l.split_once(' ')).map(|(oid, name)| (name.to_string(), oid.to_string())).collect())
+}
+
+/// Which of `oids` the repository at `path` (with its alternates) has.
+pub async fn present(path: &Path, oids: &[&str]) -> Result<std::collections::HashSet<String>, MirrorError> {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = git();
+    cmd.arg("--git-dir").arg(path).args(["cat-file", "--batch-check=%(objectname)"]);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = cmd.spawn().map_err(|source| MirrorError::Spawn { what: "cat-file".into(), source })?;
+    let input: String = oids.iter().map(|o| format!("{o}\n")).collect();
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).await.map_err(io_err("cannot write to git cat-file"))?;
+    }
+    let out = child.wait_with_output().await.map_err(io_err("git cat-file"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.ends_with("missing")).map(str::to_string).collect())
+}
+
+/// Whether `old` is an ancestor of `new` in the repository at `path`.
+pub async fn is_ancestor(path: &Path, old: &str, new: &str) -> bool {
+    let mut cmd = git();
+    cmd.arg("--git-dir").arg(path).args(["merge-base", "--is-ancestor", old, new]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    matches!(cmd.status().await, Ok(s) if s.success())
+}
+
+/// The wanted refs as facts about the repository at `path` (`advertised`: what `refs` holds).
+pub async fn facts(
+    path: &Path,
+    want: &Wanted,
+    advertised: impl Fn(&str, &str) -> Option<String>,
+) -> Result<Vec<super::service::mirror::Fact>, MirrorError> {
+    let oids: Vec<&str> = want.values().flat_map(|refs| refs.values().map(String::as_str)).collect();
+    let have = present(path, &oids).await?;
+    let mut facts = Vec::new();
+    for (author, refs) in want {
+        for (name, signed) in refs {
+            let adv = advertised(author, name);
+            let present = have.contains(signed);
+            let older = match &adv {
+                Some(a) if a != signed && present && have_object(path, a).await => is_ancestor(path, a, signed).await,
+                _ => false,
+            };
+            facts.push(super::service::mirror::Fact {
+                author: author.clone(),
+                name: name.clone(),
+                signed: signed.clone(),
+                advertised: adv,
+                present,
+                older,
+            });
+        }
+    }
+    Ok(facts)
+}
+
+async fn have_object(path: &Path, oid: &str) -> bool {
+    present(path, &[oid]).await.is_ok_and(|h| h.contains(oid))
+}
