@@ -197,14 +197,31 @@ fn relay(fd: i32) -> anyhow::Result<()> {
     };
     let mut writer = socket.try_clone()?;
     let up = std::thread::spawn(move || {
-        let _ = io::copy(&mut stdin, &mut writer);
+        let _ = pump(&mut stdin, &mut writer);
         let _ = writer.shutdown(std::net::Shutdown::Write);
     });
     let mut reader = socket;
-    io::copy(&mut reader, &mut stdout)?;
+    pump(&mut reader, &mut stdout)?;
     drop(stdout);
     let _ = up.join();
     Ok(())
+}
+
+/// Copies until the end, each read passed on at once. (Not `io::copy`: on Linux it splices
+/// between a pipe and a socket, and a splice can wait for more than git has sent, which stalls
+/// a request-response protocol.)
+fn pump(from: &mut impl io::Read, to: &mut impl Write) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        to.flush()?;
+    }
 }
 
 /// Our PeerId.

@@ -100,3 +100,208 @@ fn alices_commit_reaches_bobs_mirror_by_itself_and_pull_fast_forwards() {
     assert_eq!(rev(&p.bob, &dest, &format!("refs/remotes/peers/{short}/main")), new);
     p.bob.git(&dest, &["pull", "-q", "--ff-only", "peers", &format!("{short}/main")]);
 }
+
+/// Three nodes: carol runs first, alice and bob bootstrap to her; each has `proj` (alice's,
+/// one commit) registered. Bob does not replicate unless `bob_replicates`.
+struct Trio {
+    alice: Node,
+    bob: Node,
+    carol: Node,
+    alice_repo: PathBuf,
+    bob_repo: PathBuf,
+    id: String,
+}
+
+fn trio(bob_replicates: bool) -> Trio {
+    let carol = Node::new("carol");
+    carol.start();
+    let alice = Node::new("alice");
+    let bob = Node::new("bob");
+    alice.config(&["p2p.bootstrap", &carol.tcp_addr()]);
+    bob.config(&["p2p.bootstrap", &carol.tcp_addr()]);
+    if !bob_replicates {
+        bob.config(&["p2p.replicate", "false"]);
+    }
+    let alice_repo = alice.repo("proj", 1);
+    let src = alice_repo.to_str().expect("utf-8 path");
+    for node in [&bob, &carol] {
+        node.git(&node.path("home"), &["clone", "-q", src, "proj"]);
+        node.ok_in(&node.path("home/proj"), &["init"]);
+    }
+    alice.ok_in(&alice_repo, &["init"]);
+    alice.ok_in(&alice_repo, &["refs", "publish"]);
+    let id = repo_id(&alice, &alice_repo);
+    let bob_repo = bob.path("home/proj");
+    // Everyone sees everyone in the repository's topic.
+    for node in [&alice, &bob, &carol] {
+        eventually(WAIT, "two peers with the repository", || {
+            (node.peers().iter().filter(|p| p["repos"].as_array().is_some_and(|r| !r.is_empty())).count() >= 2)
+                .then_some(())
+        });
+    }
+    Trio { alice, bob, carol, alice_repo, bob_repo, id }
+}
+
+#[test]
+fn with_alice_stopped_bob_fetches_her_newest_commit_from_carol() {
+    let t = trio(false);
+    let alice = t.alice.peer_id();
+    let new = commit(&t.alice, &t.alice_repo, "n", "newest");
+    eventually(WAIT, "carol replicated alice's commit", || {
+        mirror_has(&t.carol, &t.id, &alice, "refs/heads/main", &new).then_some(())
+    });
+    assert!(!mirror_has(&t.bob, &t.id, &alice, "refs/heads/main", &new), "bob does not replicate");
+    t.alice.ok(&["daemon", "stop"]);
+    t.bob.git(&t.bob_repo, &["fetch", "-q", &format!("p2p://{}/{alice}", t.id), "main:refs/remotes/alice/main"]);
+    assert_eq!(rev(&t.bob, &t.bob_repo, "refs/remotes/alice/main"), new);
+}
+
+#[test]
+fn a_provider_that_forges_alices_tip_is_dropped_and_not_believed() {
+    let t = trio(false);
+    let alice = t.alice.peer_id();
+    let carol = t.carol.peer_id();
+    let tip = commit(&t.alice, &t.alice_repo, "t", "signed tip");
+    eventually(WAIT, "carol replicated alice's tip", || {
+        mirror_has(&t.carol, &t.id, &alice, "refs/heads/main", &tip).then_some(())
+    });
+    // Carol turns evil: her mirror says alice's main is a commit alice never made.
+    let carol_mirror = mirror(&t.carol, &t.id);
+    let m = carol_mirror.to_str().expect("utf-8");
+    let tree = t.carol.git(&t.carol.path("home"), &["--git-dir", m, "rev-parse", &format!("{tip}^{{tree}}")]);
+    let forged = t.carol.git(
+        &t.carol.path("home"),
+        &["--git-dir", m, "commit-tree", tree.trim(), "-p", &tip, "-m", "alice never signed this"],
+    );
+    let forged = forged.trim();
+    t.carol.git(
+        &t.carol.path("home"),
+        &["--git-dir", m, "update-ref", &format!("refs/namespaces/{alice}/refs/heads/main"), forged],
+    );
+    // With alice away, carol is the only provider: bob takes nothing from her.
+    t.alice.ok(&["daemon", "stop"]);
+    let url = format!("p2p://{}/{alice}", t.id);
+    let out = git_out(&t.bob, &t.bob_repo, &["fetch", &url, "main:refs/remotes/alice/main"]);
+    assert!(!out.status.success(), "a forged tip must not be fetched");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("never signed"), "{err}");
+    let status = t.bob.status();
+    let distrusted: Vec<&str> =
+        status["distrusted"].as_array().expect("distrusted").iter().filter_map(|v| v.as_str()).collect();
+    assert_eq!(distrusted, [carol.as_str()], "carol is dropped");
+    assert!(!mirror_has(&t.bob, &t.id, &alice, "refs/heads/main", forged));
+    let bob_mirror = mirror(&t.bob, &t.id);
+    let has_forged = Command::new("git")
+        .arg("--git-dir")
+        .arg(&bob_mirror)
+        .args(["cat-file", "-e", forged])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(!has_forged, "what carol sent was thrown away");
+    // Alice is back: bob gets the signed tip from her, and carol is not asked.
+    t.alice.start();
+    eventually(WAIT, "alice back in the repository's topic", || {
+        t.bob
+            .peers()
+            .iter()
+            .any(|p| p["peer_id"] == alice.as_str() && p["repos"].as_array().is_some_and(|r| !r.is_empty()))
+            .then_some(())
+    });
+    t.bob.git(&t.bob_repo, &["fetch", "-q", &url, "main:refs/remotes/alice/main"]);
+    assert_eq!(rev(&t.bob, &t.bob_repo, "refs/remotes/alice/main"), tip);
+}
+
+#[test]
+fn an_unpublished_branch_cannot_be_fetched_even_by_id() {
+    let (p, id, alice) = published();
+    // A branch made without a commit on HEAD (no hook, no reflog entry): never published.
+    let tree = p.alice.git(&p.alice_repo, &["rev-parse", "HEAD^{tree}"]);
+    let secret = p.alice.git(&p.alice_repo, &["commit-tree", tree.trim(), "-p", "HEAD", "-m", "secret"]);
+    let secret = secret.trim().to_string();
+    p.alice.git(&p.alice_repo, &["update-ref", "refs/heads/secret", &secret]);
+    // Alice publishes main again (a new commit): the secret branch stays hers alone.
+    let main = commit(&p.alice, &p.alice_repo, "c", "public");
+    let alice_mirror = mirror(&p.alice, &id);
+    eventually(WAIT, "alice's new commit in her mirror", || {
+        mirror_has(&p.alice, &id, &alice, "refs/heads/main", &main).then_some(())
+    });
+    let in_mirror = Command::new("git")
+        .arg("--git-dir")
+        .arg(&alice_mirror)
+        .args(["cat-file", "-e", &secret])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(!in_mirror, "the mirror holds published objects only");
+    let url = format!("p2p://{id}/{alice}");
+    let out = git_out(&p.bob, &p.bob_repo, &["fetch", &url, &secret]);
+    assert!(!out.status.success(), "fetched an unpublished commit: {out:?}");
+    let out = git_out(&p.bob, &p.bob_repo, &["fetch", &url, "refs/heads/secret"]);
+    assert!(!out.status.success(), "fetched an unpublished branch: {out:?}");
+    // What was published is there.
+    p.bob.git(&p.bob_repo, &["fetch", "-q", &url, &main]);
+}
+
+#[test]
+fn bob_pushes_his_branch_as_his_own_and_cannot_push_into_alices() {
+    let (p, id, alice) = published();
+    let bob = p.bob.peer_id();
+    let short = |peer: &str| peer[peer.len() - 12..].to_string();
+    p.bob.git(&p.bob_repo, &["remote", "add", "peers", &format!("p2p://{id}")]);
+    p.bob.git(&p.bob_repo, &["fetch", "-q", "peers"]);
+    p.bob.git(&p.bob_repo, &["checkout", "-q", "-b", "topic"]);
+    let topic = commit(&p.bob, &p.bob_repo, "bob", "bob's work");
+    // Into alice's namespace: refused, in one line that says why.
+    let out = git_out(&p.bob, &p.bob_repo, &["push", "peers", &format!("+topic:refs/heads/{}/main", short(&alice))]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another author"), "{err}");
+    let out = git_out(&p.bob, &p.bob_repo, &["push", &format!("p2p://{id}/{alice}"), "+topic:main"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another author"), "{out:?}");
+    assert_eq!(
+        rev(&p.alice, &p.alice_repo, "main"),
+        rev(&p.bob, &p.bob_repo, &format!("peers/{}/main", short(&alice)))
+    );
+    // His own: published, and alice can fetch it.
+    p.bob.git(&p.bob_repo, &["push", "-q", "peers", "topic"]);
+    let out = git_out(&p.alice, &p.alice_repo, &["ls-remote", &format!("p2p://{id}/{bob}")]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains(&format!("{topic}\trefs/heads/topic")), "{out:?}");
+    p.alice.git(&p.alice_repo, &["fetch", "-q", &format!("p2p://{id}/{bob}"), "topic:refs/remotes/bob/topic"]);
+    assert_eq!(rev(&p.alice, &p.alice_repo, "refs/remotes/bob/topic"), topic);
+}
+
+#[test]
+fn bad_urls_unknown_repositories_and_no_provider_fail_in_one_line_soon() {
+    let (p, id, alice) = published();
+    let home = p.bob.path("home");
+    for (url, words) in [
+        ("p2p://zz".to_string(), "bad repository id"),
+        (format!("p2p://{id}/not!an/author"), "p2p://"),
+        (format!("p2p://{}", "0".repeat(40)), "unknown repository"),
+    ] {
+        let started = std::time::Instant::now();
+        let out = git_out(&p.bob, &home, &["clone", &url, "x"]);
+        assert!(!out.status.success(), "{url}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(words), "{url}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{url}: took {:?}", started.elapsed());
+    }
+    // Bob learns of a commit he cannot get from anyone: a clear error, not a hang.
+    p.bob.config(&["p2p.replicate", "false"]);
+    p.bob.ok(&["daemon", "stop"]);
+    p.bob.ok(&["daemon", "start"]);
+    eventually(WAIT, "bob and alice connected again", || (!p.bob.peers().is_empty()).then_some(()));
+    let new = commit(&p.alice, &p.alice_repo, "x", "unreachable");
+    eventually(WAIT, "bob heard of alice's commit", || {
+        p.bob.ok_in(&p.bob_repo, &["log", "--json"]).contains(&new).then_some(())
+    });
+    p.alice.kill9();
+    let started = std::time::Instant::now();
+    let out = git_out(&p.bob, &home, &["clone", &format!("p2p://{id}/{alice}"), "y"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot fetch"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+}

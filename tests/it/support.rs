@@ -129,6 +129,9 @@ impl Node {
             ("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string()),
         ];
         // Debugging a test: RUST_LOG reaches the nodes (their logs are in data/git-p2p/node.log).
+        if let Some(trace) = std::env::var_os("GIT_P2P_DEBUG_TRACE") {
+            pairs.push(("GIT_P2P_DEBUG_TRACE".to_string(), trace.to_string_lossy().into_owned()));
+        }
         if let Some(filter) = std::env::var_os("GIT_P2P_TEST_LOG") {
             pairs.push(("RUST_LOG".to_string(), filter.to_string_lossy().into_owned()));
         }

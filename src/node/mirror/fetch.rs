@@ -140,6 +140,9 @@ async fn fetch_through(
             .map_err(|e| e.to_string())?;
         cmd.env("PATH", joined);
     }
+    if let Some(trace) = std::env::var_os("GIT_P2P_DEBUG_TRACE") {
+        cmd.env("GIT_TRACE", &trace).env("GIT_TRACE_PACKET", &trace);
+    }
     cmd.env(RELAY_FD_ENV, RELAY_FD.to_string())
         .arg("--git-dir")
         .arg(quarantine)
@@ -235,6 +238,7 @@ async fn splice(
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = local_read.read(&mut buf).await.map_err(|_| Splice::Io)?;
+            tracing::trace!(n, "from git fetch");
             if n == 0 {
                 let _ = remote_write.close().await;
                 return Ok::<(), Splice>(());
@@ -250,6 +254,7 @@ async fn splice(
                 Ok(read) => read.map_err(|_| Splice::Io)?,
                 Err(_) => return Err(Splice::Stalled),
             };
+            tracing::trace!(n, "from the provider");
             if n == 0 {
                 let _ = local_write.shutdown().await;
                 return Ok::<(), Splice>(());

@@ -162,6 +162,7 @@ async fn serve(peer: PeerId, mut stream: libp2p::Stream, mirrors: &Mirrors) -> s
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = remote_read.read(&mut buf).await?;
+            tracing::trace!(n, "from the fetching peer");
             if n == 0 {
                 drop(stdin);
                 return Ok::<(), std::io::Error>(());
@@ -173,6 +174,7 @@ async fn serve(peer: PeerId, mut stream: libp2p::Stream, mirrors: &Mirrors) -> s
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = stdout.read(&mut buf).await?;
+            tracing::trace!(n, "from upload-pack");
             if n == 0 {
                 remote_write.close().await?;
                 return Ok::<(), std::io::Error>(());
