@@ -305,3 +305,92 @@ fn bad_urls_unknown_repositories_and_no_provider_fail_in_one_line_soon() {
     assert!(err.contains("cannot fetch"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
 }
+
+/// Pids of `git upload-pack` processes serving a mirror under `node`'s data dir.
+fn serving(node: &Node) -> Vec<i32> {
+    let marker = node.data_dir().join("mirrors").display().to_string();
+    let pids: Vec<i32> = std::fs::read_dir("/proc")
+        .map(|d| d.filter_map(|e| e.ok()).filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    pids.into_iter()
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.contains("upload-pack") && cmdline.contains(&marker)
+        })
+        .collect()
+}
+
+/// Bytes of the packs being received in `node`'s quarantines.
+fn receiving(node: &Node, id: &str) -> u64 {
+    let quarantines = mirror(node, id).join("p2p-quarantine");
+    let mut bytes = 0;
+    for q in std::fs::read_dir(quarantines).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(q.path().join("objects/pack")).into_iter().flatten().flatten() {
+            if f.file_name().to_string_lossy().starts_with("tmp_pack_") {
+                bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+    }
+    bytes
+}
+
+#[test]
+fn a_provider_killed_in_the_middle_of_a_pack_and_the_fetch_completes_from_another() {
+    let t = trio(false);
+    let alice = t.alice.peer_id();
+    // Big and incompressible, so that the pack takes a while to travel.
+    let mut data = vec![0u8; 48 << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(t.alice_repo.join("big.bin"), &data).expect("write");
+    t.alice.git(&t.alice_repo, &["add", "big.bin"]);
+    t.alice.git(&t.alice_repo, &["commit", "-q", "-m", "big"]);
+    let tip = rev(&t.alice, &t.alice_repo, "HEAD");
+    eventually(Duration::from_secs(60), "carol replicated the big commit", || {
+        mirror_has(&t.carol, &t.id, &alice, "refs/heads/main", &tip).then_some(())
+    });
+    let dest = t.bob.path("home/big");
+    let mut clone = Command::new("git");
+    clone.args(["clone", "-q", &format!("p2p://{}/{alice}", t.id), dest.to_str().expect("utf-8")]);
+    clone.current_dir(t.bob.path("home"));
+    t.bob.envs(&mut clone);
+    let clone = clone.spawn().expect("git clone");
+    // Whoever serves first dies once part of the pack has arrived.
+    let (victim, survivor) = eventually(Duration::from_secs(30), "a provider in the middle of the pack", || {
+        if receiving(&t.bob, &t.id) == 0 {
+            return None;
+        }
+        if !serving(&t.alice).is_empty() {
+            Some((&t.alice, &t.carol))
+        } else if !serving(&t.carol).is_empty() {
+            Some((&t.carol, &t.alice))
+        } else {
+            None
+        }
+    });
+    let pids = serving(victim);
+    for &pid in &pids {
+        crate::support::unsafe_kill(pid, 19);
+    }
+    let partial = receiving(&t.bob, &t.id);
+    assert!(partial > 0 && partial < data.len() as u64, "in the middle of the pack: {partial} bytes");
+    victim.kill9();
+    for pid in pids {
+        crate::support::unsafe_kill(pid, 9);
+    }
+    let out = clone.wait_with_output().expect("git clone");
+    assert!(
+        out.status.success(),
+        "the clone must complete from {}: {}",
+        survivor.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(rev(&t.bob, &dest, "HEAD"), tip);
+    assert_eq!(std::fs::read(dest.join("big.bin")).expect("read").len(), data.len());
+}

@@ -8,6 +8,7 @@ mod doctor;
 mod evil;
 mod faults;
 mod fetch;
+mod fetch_evil;
 mod formats;
 mod hostile;
 mod kv;
