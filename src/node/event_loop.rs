@@ -86,6 +86,8 @@ pub struct EventLoop {
     mirror: Worker,
     mirror_events: mpsc::Receiver<MirrorEvent>,
     mirror_tx: mpsc::Sender<MirrorEvent>,
+    /// Kademlia's ids of the mirror jobs' provider lookups.
+    provider_queries: HashMap<kad::QueryId, u64>,
 }
 
 /// The service's view of the store for one call (the fields it borrows are the event loop's).
@@ -133,6 +135,9 @@ impl EventLoop {
         } else {
             info.config.max_fetch_size
         };
+        for repo in mirrors.existing() {
+            service.mirror_holds(repo);
+        }
         let mirror = Worker::new(mirrors, control, mirror_tx.clone(), *swarm.local_peer_id(), max_fetch_size);
         let mut this = Self {
             swarm,
@@ -153,6 +158,7 @@ impl EventLoop {
             mirror,
             mirror_events,
             mirror_tx,
+            provider_queries: HashMap::new(),
         };
         this.run_io();
         this.hooks.ingest(&mut this.service, disk!(this), &this.store);
@@ -392,6 +398,16 @@ impl EventLoop {
             }
             Io::WatchReflog(repo) => self.hooks.start_reflog(&repo, &self.store),
             Io::Mirror(op) => self.mirror.carry_out(op),
+            Io::Provide(key) => {
+                tracing::debug!("providing a mirror in the DHT");
+                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+                    tracing::warn!(error = ?e, "cannot provide a mirror in the DHT");
+                }
+            }
+            Io::FindProviders { job, key } => {
+                let id = self.swarm.behaviour_mut().kad.get_providers(key);
+                self.provider_queries.insert(id, job);
+            }
             Io::MirrorLookup { job, found } => {
                 let events = self.mirror_tx.clone();
                 tokio::spawn(async move {
@@ -424,6 +440,7 @@ impl EventLoop {
                 self.service.mirror_attempted(job, provider, report, now)
             }
             MirrorEvent::Settled { job, result } => self.service.mirror_settled(job, result, now),
+            MirrorEvent::Holds(repo) => self.service.mirror_holds(repo),
         }
     }
 

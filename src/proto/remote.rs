@@ -61,6 +61,12 @@ fn valid_author(a: &str) -> bool {
     (1..=100).contains(&a.len()) && a.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
+/// The Kademlia key under which nodes that hold a mirror of `repo` provide it.
+pub fn provider_key(repo: &RepoId) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(format!("git-p2p/1/{repo}/mirror").as_bytes()).to_vec()
+}
+
 /// The namespace of an author's refs in the mirror (their PeerId).
 pub fn namespace_prefix(namespace: &str) -> String {
     format!("refs/namespaces/{namespace}/")

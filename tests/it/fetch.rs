@@ -394,3 +394,29 @@ fn a_provider_killed_in_the_middle_of_a_pack_and_the_fetch_completes_from_anothe
     assert_eq!(rev(&t.bob, &dest, "HEAD"), tip);
     assert_eq!(std::fs::read(dest.join("big.bin")).expect("read").len(), data.len());
 }
+
+#[test]
+fn a_node_outside_the_topic_that_holds_a_mirror_is_found_through_the_dht() {
+    let alice = Node::new("alice");
+    alice.start();
+    let repo = alice.repo("proj", 2);
+    alice.ok_in(&repo, &["init"]);
+    let id = repo_id(&alice, &repo);
+    let alice_id = alice.peer_id();
+    let dave = Node::new("dave");
+    dave.config(&["p2p.bootstrap", &alice.tcp_addr()]);
+    dave.start();
+    eventually(WAIT, "dave connected to alice", || (!dave.peers().is_empty()).then_some(()));
+    alice.ok_in(&repo, &["refs", "publish"]);
+    // Dave clones without `git p2p init`: he holds a mirror, and is in no topic of it.
+    let url = format!("p2p://{id}/{alice_id}");
+    dave.git(&dave.path("home"), &["clone", "-q", &url, "proj"]);
+    let erin = Node::new("erin");
+    erin.config(&["p2p.bootstrap", &dave.tcp_addr()]);
+    alice.ok(&["daemon", "stop"]);
+    erin.start();
+    eventually(WAIT, "erin connected to dave", || (!erin.peers().is_empty()).then_some(()));
+    assert!(erin.peers().iter().all(|p| p["repos"].as_array().is_none_or(|r| r.is_empty())), "nobody in the topic");
+    erin.git(&erin.path("home"), &["clone", "-q", &url, "proj"]);
+    assert_eq!(rev(&erin, &erin.path("home/proj"), "HEAD"), rev(&alice, &repo, "HEAD"));
+}

@@ -2,6 +2,7 @@
 //! gossipsub, Kademlia and mDNS events each become a call of the service (which says what to do
 //! next); the DHT queries the service started are matched to their progress here.
 
+use libp2p::kad::store::RecordStore;
 use libp2p::swarm::{ConnectionError, SwarmEvent};
 use libp2p::{gossipsub, kad, mdns, ping};
 
@@ -81,6 +82,14 @@ impl EventLoop {
             BehaviourEvent::Kad(kad::Event::InboundRequest {
                 request: kad::InboundRequest::PutRecord { source, record: Some(record), .. },
             }) => self.service.kad_inbound(source, record, now, disk!(self)),
+            // Who holds a mirror of which repository (bounded by the memory store's limits).
+            BehaviourEvent::Kad(kad::Event::InboundRequest {
+                request: kad::InboundRequest::AddProvider { record: Some(record) },
+            }) => {
+                if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().add_provider(record) {
+                    tracing::debug!(error = ?e, "a provider record not kept");
+                }
+            }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, stats }) => {
                 self.query_progressed(id, result, step.last, stats.num_requests())
             }
@@ -91,6 +100,17 @@ impl EventLoop {
 
     /// A DHT query of the service moved on.
     fn query_progressed(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool, requests: u32) {
+        if let Some(&job) = self.provider_queries.get(&id) {
+            let now = Now::system();
+            if let kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) = result {
+                self.service.mirror_providers(job, providers.into_iter().collect(), false, now);
+            }
+            if last {
+                self.provider_queries.remove(&id);
+                self.service.mirror_providers(job, Vec::new(), true, now);
+            }
+            return;
+        }
         let Some(&query) = self.queries.get(&id) else { return };
         match result {
             kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {

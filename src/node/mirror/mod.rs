@@ -52,9 +52,21 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MirrorError
 /// What a task of the worker reports to the event loop.
 #[derive(Debug)]
 pub enum MirrorEvent {
-    Lookup { job: u64, found: Result<KvFound, Failure> },
-    Attempted { job: u64, provider: Option<PeerId>, report: AttemptReport },
-    Settled { job: u64, result: Result<Vec<(String, String, String)>, String> },
+    Lookup {
+        job: u64,
+        found: Result<KvFound, Failure>,
+    },
+    Attempted {
+        job: u64,
+        provider: Option<PeerId>,
+        report: AttemptReport,
+    },
+    Settled {
+        job: u64,
+        result: Result<Vec<(String, String, String)>, String>,
+    },
+    /// The mirror of this repository holds something now (peers may fetch it).
+    Holds(RepoId),
 }
 
 /// A git command with a cleared environment: nothing of the user's global or system config
@@ -105,6 +117,15 @@ impl Mirrors {
 
     pub fn path(&self, repo: &RepoId) -> PathBuf {
         self.root.join(format!("{repo}.git"))
+    }
+
+    /// The repositories a mirror exists for.
+    pub fn existing(&self) -> Vec<RepoId> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else { return Vec::new() };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".git").and_then(|id| RepoId::try_from(id).ok()))
+            .collect()
     }
 
     fn quarantine(&self, repo: &RepoId, job: u64) -> PathBuf {
@@ -177,8 +198,13 @@ impl Worker {
                 let me = self.me.clone();
                 tokio::spawn(async move {
                     let result = own(&mirrors, &repo, &me, &refs, head.as_deref()).await;
-                    if let Err(e) = &result {
-                        tracing::warn!(repo = %repo.id.short(), error = %e, "cannot copy our refs into the mirror");
+                    match &result {
+                        Ok(()) => {
+                            let _ = events.send(MirrorEvent::Holds(repo.id.clone())).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(repo = %repo.id.short(), error = %e, "cannot copy our refs into the mirror")
+                        }
                     }
                     if let Some(reply) = reply {
                         let _ = reply.send(result.map_err(|e| Failure::of(&e)));
@@ -201,6 +227,9 @@ impl Worker {
                 tokio::spawn(async move {
                     let result =
                         settle(&mirrors, &repo, job, &accept).await.map(|()| accept).map_err(|e| e.to_string());
+                    if result.as_ref().is_ok_and(|a| !a.is_empty()) {
+                        let _ = events.send(MirrorEvent::Holds(repo.clone())).await;
+                    }
                     let _ = events.send(MirrorEvent::Settled { job, result }).await;
                     // Many small fetches leave many small packs: git repacks when they add up.
                     if let Ok(path) = mirrors.ensure(&repo).await {

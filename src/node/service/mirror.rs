@@ -57,6 +57,8 @@ enum Phase {
     Attempt,
     /// The worker settling what was accepted.
     Settle,
+    /// Kademlia's provider records of the repository (the topic's peers were all tried).
+    Providers,
     /// Waiting to be tried again (background).
     Idle,
 }
@@ -78,6 +80,8 @@ struct Job {
     namespace: String,
     retries: u32,
     retry_at: Option<Instant>,
+    /// Kademlia was asked for the repository's providers (once per job).
+    asked_dht: bool,
 }
 
 /// A ref of an attempt, as the worker found it.
@@ -150,6 +154,8 @@ pub struct MirrorState {
     distrusted: HashMap<PeerId, Instant>,
     /// Background replication of other authors' announcements (`p2p.replicate`).
     replicate: bool,
+    /// Repositories whose mirror we announced in the DHT as provider.
+    provided: HashSet<RepoId>,
 }
 
 impl MirrorState {
@@ -157,7 +163,8 @@ impl MirrorState {
     fn learn(&mut self, repo: &RepoId, author: &str, name: &str, tip: Tip) -> bool {
         let refs = self.tips.entry(repo.clone()).or_default().entry(author.to_string()).or_default();
         match refs.get(name) {
-            Some(known) if known.ts >= tip.ts => false,
+            // Equal times: the later arrival (two commits in one millisecond arrive in order).
+            Some(known) if known.ts > tip.ts || *known == tip => false,
             _ => {
                 refs.insert(name.to_string(), tip);
                 true
@@ -326,6 +333,7 @@ impl Service {
                 namespace,
                 retries: 0,
                 retry_at: None,
+                asked_dht: false,
             },
         );
         id
@@ -466,7 +474,43 @@ impl Service {
                 j.tried.insert(p);
                 self.attempt(job, Some(p));
             }
+            // The topic's peers are done with: the DHT knows who else holds a mirror.
+            None if !j.asked_dht => {
+                j.asked_dht = true;
+                j.phase = Phase::Providers;
+                let key = kad::RecordKey::new(&crate::proto::remote::provider_key(&j.repo));
+                self.push(Io::FindProviders { job, key });
+            }
             _ => self.give_up(job, now),
+        }
+    }
+
+    /// The mirror of `repo` holds something: the DHT learns that we provide it (once).
+    pub fn mirror_holds(&mut self, repo: RepoId) {
+        if self.mirror.provided.insert(repo.clone()) {
+            let key = kad::RecordKey::new(&crate::proto::remote::provider_key(&repo));
+            self.push(Io::Provide(key));
+        }
+    }
+
+    /// Kademlia found providers of a job's repository (`done`: the lookup ended). They are
+    /// tried after those already queued.
+    pub fn mirror_providers(&mut self, job: u64, found: Vec<PeerId>, done: bool, now: Now) {
+        let me = self.me.peer;
+        tracing::debug!(job, ?found, done, "mirror providers from the DHT");
+        // Connected ones first: a provider that is gone (its record outlives it) costs a dial.
+        let (mut found, unconnected): (Vec<PeerId>, Vec<PeerId>) =
+            found.into_iter().partition(|p| self.discovery.peers.is_connected(p));
+        found.extend(unconnected);
+        let Some(j) = self.mirror.jobs.get_mut(&job) else { return };
+        for p in found {
+            if p != me && !j.tried.contains(&p) && !j.providers.contains(&p) {
+                j.providers.push_back(p);
+            }
+        }
+        if j.phase == Phase::Providers && (done || !j.providers.is_empty()) {
+            j.phase = Phase::Idle;
+            self.next_attempt(job, now);
         }
     }
 
@@ -485,6 +529,7 @@ impl Service {
             j.retries += 1;
             j.phase = Phase::Idle;
             j.tried.clear();
+            j.asked_dht = false;
             j.retry_at = Some(now.mono + RETRY_AFTER * j.retries);
             return;
         }

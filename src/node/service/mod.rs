@@ -204,6 +204,13 @@ pub enum Io {
         job: u64,
         found: tokio::sync::oneshot::Receiver<Result<crate::control::api::KvFound, Failure>>,
     },
+    /// Tell the DHT that we hold a mirror of a repository (a Kademlia provider record).
+    Provide(kad::RecordKey),
+    /// Look for the nodes that provide a mirror; found ones go to [`Service::mirror_providers`].
+    FindProviders {
+        job: u64,
+        key: kad::RecordKey,
+    },
 }
 
 #[derive(Debug)]

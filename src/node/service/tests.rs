@@ -177,6 +177,8 @@ struct Peer {
     queries: Vec<Io>,
     /// While false, every publish fails (as when all peers graylist it).
     can_publish: bool,
+    /// What it asked the mirror worker and the DHT's provider records for.
+    mirror: Vec<Io>,
 }
 
 impl Peer {
@@ -197,6 +199,7 @@ impl Peer {
             closes: Vec::new(),
             queries: Vec::new(),
             can_publish: true,
+            mirror: Vec::new(),
         }
     }
 
@@ -285,11 +288,11 @@ impl Sim {
                 io @ (Io::PutRecord { .. } | Io::GetRecord { .. } | Io::FinishQuery(_)) => {
                     self.peer(name).queries.push(io)
                 }
+                io @ (Io::Mirror(_) | Io::Provide(_) | Io::FindProviders { .. }) => self.peer(name).mirror.push(io),
                 Io::KadAddress { .. }
                 | Io::KadBootstrap
                 | Io::WatchReflog(_)
                 | Io::Bridge(_)
-                | Io::Mirror(_)
                 | Io::MirrorLookup { .. }
                 | Io::Ban(_)
                 | Io::Unban(_) => {}
@@ -1029,4 +1032,121 @@ fn a_key_no_peer_has_is_looked_up_three_times_then_given_up() {
     sim.advance(Duration::from_secs(10));
     sim.tick("alice");
     assert!(!sim.peer("alice").queries.iter().any(|q| matches!(q, Io::GetRecord { .. })), "no fourth lookup");
+}
+
+/// The provider of each fetch attempt `name` asked its mirror worker for, in order (None: the
+/// mirror alone), and forgets them.
+fn attempts(sim: &mut Sim, name: &str) -> Vec<(u64, Option<PeerId>)> {
+    let ops = std::mem::take(&mut sim.peer(name).mirror);
+    ops.into_iter()
+        .filter_map(|io| match io {
+            Io::Mirror(mirror::MirrorOp::Attempt { job, provider, .. }) => Some((job, provider)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn fact(author: PeerId, signed: &str, advertised: &str) -> mirror::Fact {
+    mirror::Fact {
+        author: author.to_string(),
+        name: "refs/heads/main".into(),
+        signed: signed.into(),
+        advertised: Some(advertised.into()),
+        present: true,
+        older: false,
+    }
+}
+
+#[test]
+fn an_announced_commit_is_fetched_from_its_author_first_and_a_liar_is_distrusted() {
+    let mut sim = Sim::new(&["alice", "bob", "carol"]);
+    for name in ["alice", "bob", "carol"] {
+        sim.init(name);
+    }
+    sim.peer("bob").service.set_replicate(true);
+    sim.connect("alice", "bob");
+    sim.connect("carol", "bob");
+    sim.announce("alice", "one").expect("queued");
+    sim.deliver("alice");
+    let alice = sim.id("alice");
+    let carol = sim.id("carol");
+    let tried = attempts(&mut sim, "bob");
+    assert_eq!(tried.iter().map(|(_, p)| *p).collect::<Vec<_>>(), [Some(alice)], "the author first");
+    let job = tried[0].0;
+    let signed = hex::encode(&sha2::Sha256::digest(b"one")[..20]);
+    // Alice says her main is something she never signed: dropped, and carol is asked.
+    let now = sim.now;
+    let report = mirror::AttemptReport::Facts(vec![fact(alice, &signed, "forged")]);
+    sim.peer("bob").service.mirror_attempted(job, Some(alice), report, now);
+    sim.settle("bob");
+    let ops = std::mem::take(&mut sim.peer("bob").mirror);
+    assert!(matches!(ops[0], Io::Mirror(mirror::MirrorOp::Discard { .. })), "what she sent is thrown away");
+    assert!(
+        matches!(ops[1], Io::Mirror(mirror::MirrorOp::Attempt { provider: Some(p), .. }) if p == carol),
+        "then the topic's next peer: {ops:?}"
+    );
+    assert_eq!(sim.peer("bob").service.distrusted(now), [alice.to_string()]);
+    // Carol has it: settled, and the job is over.
+    let report = mirror::AttemptReport::Facts(vec![fact(alice, &signed, &signed)]);
+    sim.peer("bob").service.mirror_attempted(job, Some(carol), report, now);
+    sim.settle("bob");
+    let ops = std::mem::take(&mut sim.peer("bob").mirror);
+    assert!(matches!(&ops[..], [Io::Mirror(mirror::MirrorOp::Settle { accept, .. })] if accept.len() == 1), "{ops:?}");
+    let accepted = vec![(alice.to_string(), "refs/heads/main".to_string(), signed.clone())];
+    sim.peer("bob").service.mirror_settled(job, Ok(accepted), now);
+    sim.settle("bob");
+    assert!(sim.peer("bob").mirror.is_empty(), "nothing more to do");
+    // Alice's next commit is not fetched from her while she is distrusted.
+    sim.announce("alice", "two").expect("queued");
+    sim.deliver("alice");
+    let tried = attempts(&mut sim, "bob");
+    assert_eq!(tried.iter().map(|(_, p)| *p).collect::<Vec<_>>(), [Some(carol)]);
+}
+
+#[test]
+fn without_replication_an_announcement_fetches_nothing() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("alice");
+    sim.init("bob");
+    sim.peer("bob").service.set_replicate(false);
+    sim.connect("alice", "bob");
+    sim.announce("alice", "one").expect("queued");
+    sim.deliver("alice");
+    assert!(attempts(&mut sim, "bob").is_empty());
+}
+
+#[test]
+fn a_sync_tries_the_mirror_then_the_topic_then_the_dht_then_says_what_is_missing() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("alice");
+    sim.init("bob");
+    sim.connect("alice", "bob");
+    let alice = sim.id("alice");
+    let key = sim.peer("alice").key.clone();
+    let signed = "c".repeat(40);
+    let refs = format!("{{\"refs/heads/main\":\"{signed}\"}}");
+    let record = copy(&key, crate::proto::kv::REFS_KEY, &refs, 1);
+    let record = crate::proto::kv::Record::decode(&record.value, &repo().id, record.key.as_ref()).expect("decodes");
+    let now = sim.now;
+    let (reply, mut answer) = oneshot::channel();
+    let bob = sim.peer("bob");
+    bob.service.mirror_sync(repo().id, None, reply, now, &mut bob.disk);
+    let job = 1;
+    bob.service.mirror_lookup_done(job, Ok(KvFound { record: Some(record), requests: 1 }), &mut bob.disk);
+    sim.settle("bob");
+    assert_eq!(attempts(&mut sim, "bob"), [(job, None)], "the mirror alone first");
+    let absent = mirror::Fact { present: false, advertised: None, ..fact(alice, &signed, &signed) };
+    sim.peer("bob").service.mirror_attempted(job, None, mirror::AttemptReport::Facts(vec![absent]), now);
+    sim.settle("bob");
+    assert_eq!(attempts(&mut sim, "bob"), [(job, Some(alice))], "then the topic's peers");
+    let failed = mirror::AttemptReport::Failed("connection reset".into());
+    sim.peer("bob").service.mirror_attempted(job, Some(alice), failed, now);
+    sim.settle("bob");
+    let ops = std::mem::take(&mut sim.peer("bob").mirror);
+    assert!(ops.iter().any(|io| matches!(io, Io::FindProviders { .. })), "then the DHT: {ops:?}");
+    sim.peer("bob").service.mirror_providers(job, vec![], true, now);
+    sim.settle("bob");
+    let failure = answer.try_recv().expect("answered").expect_err("nothing could be had");
+    assert!(failure.message().contains("refs/heads/main"), "{failure}");
+    assert!(failure.message().contains("connection reset"), "{failure}");
 }
