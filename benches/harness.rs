@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use support::Node;
 
+#[path = "harness/fetch.rs"]
+mod fetch;
+
 struct Metric {
     name: &'static str,
     unit: &'static str,
@@ -999,7 +1002,8 @@ fn main() {
     let cold_runs = if smoke { 3 } else { 20 };
     let mut metrics = Vec::new();
     // BENCH_ONLY=chat,kv runs only those parts: basics (peers, cold start, idle RSS), hook,
-    // announce, tui, gossip, many, kv, chat, start (start-up against the store's size).
+    // announce, tui, gossip, many, kv, chat, start (start-up against the store's size), fetch
+    // (clone from peers against a git daemon, replication, fetch with nothing new).
     let only: Option<Vec<String>> =
         std::env::var("BENCH_ONLY").ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
     let wants = |part: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == part));
@@ -1034,6 +1038,9 @@ fn main() {
     }
     if wants("start") {
         start_bench(&mut metrics, smoke);
+    }
+    if wants("fetch") {
+        fetch::fetch_bench(&mut metrics, smoke);
     }
     report(&metrics);
 }
