@@ -154,7 +154,8 @@ fn fill_feed(alice: &Node, repo: &RepoId, n: usize) {
     for i in 0..n {
         let entry = git_p2p::proto::announce::FeedEntry {
             repo: repo.clone(),
-            peer: "12D3KooWPeer".into(),
+            // Twenty authors: one alone keeps at most its share of the feed.
+            peer: format!("12D3KooWPeer{}", i % 20),
             name: Some("peer".into()),
             commit: git_p2p::proto::announce::Commit {
                 id: format!("{i:040x}"),
