@@ -279,6 +279,20 @@ impl Node {
         dir
     }
 
+    /// An empty commit in `repo` (the hook must stay silent); its id.
+    pub fn commit(&self, repo: &Path, message: &str) -> String {
+        let out = self.git(repo, &["commit", "-q", "--allow-empty", "-m", message]);
+        assert!(out.is_empty(), "the hook is silent: {out}");
+        self.git(repo, &["rev-parse", "HEAD"]).trim().to_string()
+    }
+
+    /// The repository's feed as `log --json` gives it (up to 1000), newest first.
+    pub fn feed(&self, repo: &Path) -> Vec<Value> {
+        let out = self.run_in(repo, &["log", "--json", "-n", "1000"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
+    }
+
     pub fn git(&self, dir: &Path, args: &[&str]) -> String {
         let mut cmd = Command::new("git");
         cmd.args(args).current_dir(dir);
