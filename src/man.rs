@@ -121,6 +121,7 @@ const FILES: &[(&str, &str)] = &[
 const ENVIRONMENT: &[(&str, &str)] = &[
     ("XDG_DATA_HOME, XDG_RUNTIME_DIR, HOME", "Where the data dir and the control socket are."),
     ("GIT_P2P_NO_AUTOSTART", "Set to 1: commands and the hooks do not start the node."),
+    ("GIT_P2P_FOLLOW_WAIT", "Seconds log -f and chat --tail -f wait for a node that went away before they give up (default 60; 0: at once)."),
     ("RUST_LOG", "The node's log filter (e.g. git_p2p=debug); -v and -vv raise it too."),
     ("GIT_CONFIG_GLOBAL, GIT_CONFIG_NOSYSTEM", "As for git: which config the node reads its p2p.* settings from."),
 ];
@@ -136,6 +137,13 @@ const CHAT_KEYS: &[(&str, &str)] = &[
     ("/help, /peers, /quit", "Commands typed in the composer."),
     ("Ctrl-C", "Leave (the terminal is restored)."),
 ];
+
+const FOLLOWING: &str = "With -f (and in the chat window) the command outlives a restart of the node (git p2p daemon \
+stop && git p2p daemon start, a crash and a restart): it waits for the node to come back without starting one (a node \
+you stopped stays stopped), then prints what arrived meanwhile and goes on, each item once, in the order the node took \
+them. On stderr: a line when the node has been away for a second (\"lost the node; waiting up to 60 s\"), one when it \
+is back (\"node restarted; resumed\"). A node away longer than GIT_P2P_FOLLOW_WAIT seconds (default 60) ends the \
+command with exit status 1; the chat window waits as long as it is open and says so in its status line.";
 
 const LIMITS: &str = "A room message has at most 4000 characters; a node keeps the last 1000 messages per room \
 and 10 000 announcements per repository. Peers take at most 20 messages a second from one author (bursts of 100); \
@@ -160,6 +168,7 @@ fn extra_sections(name: &str) -> Vec<(&'static str, String)> {
         ],
         "git-p2p-chat" => vec![
             ("KEYS", paragraph("In the chat window:") + &items(CHAT_KEYS)),
+            ("FOLLOWING", paragraph(FOLLOWING)),
             ("LIMITS", paragraph(LIMITS)),
             ("EXAMPLES", examples(&[
                 ("The room, then the thread of the last commit:", "git p2p chat\ngit p2p chat --commit HEAD"),
@@ -173,7 +182,10 @@ fn extra_sections(name: &str) -> Vec<(&'static str, String)> {
                 ("A value from a file, or from standard input:", "git p2p kv set config --file ci.json\necho ok | git p2p kv set status -"),
             ])),
         ],
-        "git-p2p-log" => vec![("EXAMPLES", examples(&[("What peers announced, then follow:", "git p2p log -n 20\ngit p2p log -f --json")]))],
+        "git-p2p-log" => vec![
+            ("FOLLOWING", paragraph(FOLLOWING)),
+            ("EXAMPLES", examples(&[("What peers announced, then follow:", "git p2p log -n 20\ngit p2p log -f --json")])),
+        ],
         "git-p2p-daemon" | "git-p2p-daemon-run" => vec![
             ("FILES", items(FILES)),
             ("EXAMPLES", examples(&[("Run the node under systemd (a user unit's ExecStart):", "git p2p daemon run")])),

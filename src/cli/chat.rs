@@ -7,7 +7,7 @@ use super::{ChatArgs, Ctx};
 use crate::control::{Client, Room};
 use crate::identity::Identity;
 use crate::proto::chat::ChatEntry;
-use crate::proto::chat::{room_id, ChatMessage, KIND};
+use crate::proto::chat::{ChatMessage, KIND};
 use crate::proto::envelope::Envelope;
 use crate::proto::repo::RepoInfo;
 
@@ -21,7 +21,6 @@ pub fn run(ctx: &Ctx, args: &ChatArgs, out: &mut dyn Write) -> anyhow::Result<()
         None => None,
     };
     let repo_info = repo.info();
-    let room = room_id(&repo_info.id, thread.as_deref());
     if let Some(text) = &args.send {
         let message =
             ChatMessage { thread: thread.clone(), text: text.clone(), name: repo.user_name.clone(), nonce: nonce() };
@@ -45,11 +44,9 @@ pub fn run(ctx: &Ctx, args: &ChatArgs, out: &mut dyn Write) -> anyhow::Result<()
         return Ok(());
     }
     if !args.tail {
-        return window(ctx, repo, repo_info, room, thread);
+        return window(ctx, repo, repo_info, thread);
     }
-    let mut client = ctx.client()?;
-    client.chat_join(repo_info, thread)?;
-    let mut tail = client.tail(ctx.paths()?, Room(room), TAIL_COUNT, args.follow)?;
+    let mut tail = ctx.client()?.tail(ctx.paths()?, Room::of(repo_info, thread), TAIL_COUNT, args.follow)?;
     for m in std::mem::take(&mut tail.history) {
         print_message(&m, args.json, out)?;
     }
@@ -70,13 +67,7 @@ fn send(paths: &crate::paths::Paths, repo: &RepoInfo, message: ChatMessage) -> a
 }
 
 /// The interactive window (a terminal is required).
-fn window(
-    ctx: &Ctx,
-    repo: crate::git::RepoContext,
-    repo_info: RepoInfo,
-    room: String,
-    thread: Option<String>,
-) -> anyhow::Result<()> {
+fn window(ctx: &Ctx, repo: crate::git::RepoContext, repo_info: RepoInfo, thread: Option<String>) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         anyhow::bail!("git p2p chat needs a terminal; in scripts use --send TEXT or --tail [-f]");
@@ -92,8 +83,7 @@ fn window(
         nostr: status,
     };
     let name = repo.user_name.clone();
-    let session =
-        crate::tui::Session { paths: paths.clone(), repo: repo_info.clone(), room, thread: thread.clone(), header };
+    let session = crate::tui::Session { paths: paths.clone(), repo: repo_info.clone(), thread: thread.clone(), header };
     crate::tui::run(session, |text| {
         let message =
             ChatMessage { thread: thread.clone(), text: text.to_string(), name: name.clone(), nonce: nonce() };

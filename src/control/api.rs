@@ -51,6 +51,9 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// The answer to a request the node took but will not carry out: it is stopping.
+pub const SHUTTING_DOWN: &str = "the node is shutting down";
+
 /// Where the answer to a command goes.
 pub type Reply<T> = oneshot::Sender<Result<T, Failure>>;
 

@@ -8,6 +8,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use unicode_width::UnicodeWidthChar;
 
 use crate::control::api::PeerInfo;
+use crate::control::Gap;
 use crate::proto::announce::FeedEntry;
 use crate::proto::chat::ChatEntry;
 use crate::proto::chat::MAX_TEXT;
@@ -55,6 +56,8 @@ pub enum Msg {
     Sent(Result<usize, String>),
     /// A background connection to the node failed.
     NodeError(String),
+    /// The node went away, or is back (the followers wait for it).
+    Gap(Gap),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -87,6 +90,10 @@ pub struct App {
     pub show_peers: bool,
     pub peers: Vec<PeerInfo>,
     pub status: String,
+    /// The node is away: the status line says so until it is back.
+    pub node_away: bool,
+    /// The text being sent, put back in the composer if the node refuses it or is away.
+    sending: Option<String>,
     pub width: u16,
     pub height: u16,
 }
@@ -106,6 +113,8 @@ impl App {
             show_peers: false,
             peers: Vec::new(),
             status: HELP.to_string(),
+            node_away: false,
+            sending: None,
             width,
             height,
         }
@@ -139,9 +148,31 @@ impl App {
             Msg::Commit(c) => self.push(Item::Commit(c)),
             Msg::Peers(p) => self.peers = p,
             Msg::Nostr(state) => self.header.nostr = state,
-            Msg::Sent(Ok(0)) => self.status = "queued: no peer in the room yet; it goes out when one joins".into(),
-            Msg::Sent(Ok(n)) => self.status = format!("sent to {n} peer{}", if n == 1 { "" } else { "s" }),
-            Msg::Sent(Err(e)) | Msg::NodeError(e) => self.status = format!("error: {e}"),
+            Msg::Sent(result) => {
+                let text = self.sending.take();
+                self.status = match result {
+                    Ok(0) => "queued: no peer in the room yet; it goes out when one joins".into(),
+                    Ok(n) => format!("sent to {n} peer{}", if n == 1 { "" } else { "s" }),
+                    Err(e) => {
+                        // Not sent: the text goes back to the composer (unless something new
+                        // was typed meanwhile), to be sent again.
+                        if let Some(text) = text.filter(|_| self.input.is_empty()) {
+                            self.cursor = text.chars().count();
+                            self.input = text;
+                        }
+                        format!("error: {e}")
+                    }
+                };
+            }
+            Msg::NodeError(e) => self.status = format!("error: {e}"),
+            Msg::Gap(Gap::Waiting(_)) => {
+                self.node_away = true;
+                self.status = "lost the node: waiting for it to come back (git p2p daemon start) · /quit leaves".into();
+            }
+            Msg::Gap(Gap::Resumed) => {
+                self.node_away = false;
+                self.status = "node restarted; resumed".into();
+            }
         }
         None
     }
@@ -225,6 +256,7 @@ impl App {
                 self.cursor = 0;
                 self.scroll = 0;
                 self.status = "sending...".into();
+                self.sending = Some(text.clone());
                 return Some(Action::Send(text));
             }
         }
@@ -314,6 +346,26 @@ mod tests {
         app.update(key(KeyCode::Tab));
         app.update(key(KeyCode::End));
         assert_eq!(app.scroll, 0);
+    }
+
+    #[test]
+    fn a_node_that_went_away_is_said_and_unsent_text_comes_back() {
+        let mut app = app();
+        for c in "hello".chars() {
+            app.update(key(KeyCode::Char(c)));
+        }
+        assert_eq!(app.update(key(KeyCode::Enter)), Some(Action::Send("hello".into())));
+        app.update(Msg::Sent(Err("the node is not running".into())));
+        assert_eq!((app.input.as_str(), app.cursor), ("hello", 5), "not sent: back in the composer");
+        assert_eq!(app.status, "error: the node is not running");
+        app.update(Msg::Gap(Gap::Waiting(None)));
+        assert!(app.node_away && app.status.starts_with("lost the node: waiting"), "{}", app.status);
+        app.update(Msg::Gap(Gap::Resumed));
+        assert!(!app.node_away);
+        assert_eq!(app.status, "node restarted; resumed");
+        assert_eq!(app.update(key(KeyCode::Enter)), Some(Action::Send("hello".into())));
+        app.update(Msg::Sent(Ok(1)));
+        assert!(app.input.is_empty() && app.status == "sent to 1 peer");
     }
 
     #[test]

@@ -152,7 +152,13 @@ pub fn render(app: &App, frame: &mut Frame) {
     if let Some(p) = peers {
         render_peers(app, frame, p);
     }
-    frame.render_widget(Paragraph::new(Line::styled(inert(&app.status), Style::default().fg(Color::DarkGray))), status);
+    // A node that went away is said in a colour that catches the eye: nothing arrives meanwhile.
+    let status_style = if app.node_away {
+        Style::default().fg(Color::Black).bg(Color::Yellow)
+    } else {
+        Style::default().fg(Color::DarkGray)
+    };
+    frame.render_widget(Paragraph::new(Line::styled(inert(&app.status), status_style)), status);
     render_composer(app, frame, composer);
 }
 

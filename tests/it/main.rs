@@ -5,6 +5,7 @@ mod announce;
 mod chat;
 mod cli;
 mod evil;
+mod follow;
 mod formats;
 mod hostile;
 mod kv;

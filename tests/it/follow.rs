@@ -1,0 +1,197 @@
+//! Followers across restarts of their node: `log -f` and `chat --tail -f` keep printing through
+//! `daemon stop` / `daemon start` and through kill -9 and a restart. What a peer announced or
+//! said while our node was down reaches it afterwards through the peer's outbox, and the
+//! follower prints everything once, in order: before, during the gap, after.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// A `git-p2p` command running in the background, its stdout and stderr read line by line.
+struct Running {
+    child: Child,
+    stdout: Receiver<String>,
+    stderr: Receiver<String>,
+    /// Every stdout line so far.
+    lines: Vec<String>,
+}
+
+impl Running {
+    fn spawn(node: &Node, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = node.command(args);
+        cmd.current_dir(dir).stdout(Stdio::piped()).stderr(Stdio::piped()).envs(env.iter().copied());
+        let mut child = cmd.spawn().expect("spawn git-p2p");
+        let lines = |pipe: Box<dyn std::io::Read + Send>| {
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+            rx
+        };
+        let stdout = lines(Box::new(child.stdout.take().expect("stdout")));
+        let stderr = lines(Box::new(child.stderr.take().expect("stderr")));
+        Self { child, stdout, stderr, lines: Vec::new() }
+    }
+
+    /// Waits until stdout has printed a line containing each of `needles`.
+    fn wait_for(&mut self, needles: &[&str], what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !needles.iter().all(|n| self.lines.iter().any(|l| l.contains(n))) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) => self.lines.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("timed out waiting for {what}; printed so far: {:#?}", self.lines)
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => panic!(
+                    "the command ended ({:?}) before {what}; printed so far: {:#?}; stderr: {:#?}",
+                    self.child.wait(),
+                    self.lines,
+                    self.stderr_lines()
+                ),
+            }
+        }
+    }
+
+    /// Everything on stderr so far.
+    fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.try_iter().collect()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn commit(node: &Node, repo: &Path, message: &str) -> String {
+    node.git(repo, &["commit", "-q", "--allow-empty", "-m", message]);
+    node.git(repo, &["rev-parse", "HEAD"]).trim().to_string()
+}
+
+/// Asserts that `field` of the JSON lines printed, among the `expected` values, lists each of
+/// them exactly once, in this order.
+fn assert_once_in_order(lines: &[String], field: &str, expected: &[String]) {
+    let printed: Vec<String> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("a JSON line: {e}: {l}")))
+        .filter_map(|v| v[field].as_str().map(str::to_string))
+        .filter(|v| expected.contains(v))
+        .collect();
+    assert_eq!(printed, expected, "each printed once, in order; all lines: {lines:#?}");
+}
+
+/// How a node is taken down for a while.
+#[derive(Clone, Copy, Debug)]
+enum Down {
+    Stop,
+    Kill9,
+}
+
+/// Takes bob's node down, waits until alice noticed (so that what she makes meanwhile waits in
+/// her outbox), runs `meanwhile`, and starts bob's node again.
+fn bob_away(pair: &Pair, down: Down, meanwhile: impl FnOnce()) {
+    match down {
+        Down::Stop => {
+            pair.bob.ok(&["daemon", "stop"]);
+        }
+        Down::Kill9 => pair.bob.kill9(),
+    }
+    eventually(Duration::from_secs(20), "alice to notice that bob is gone", || {
+        pair.alice.peers().is_empty().then_some(())
+    });
+    meanwhile();
+    pair.bob.start();
+}
+
+#[test]
+fn log_follow_prints_every_commit_once_across_stop_start_and_kill9() {
+    let pair = pair();
+    let Pair { alice, bob, alice_repo, bob_repo } = &pair;
+    let mut follower = Running::spawn(bob, bob_repo, &["log", "-f", "--json"], &[]);
+    let mut commits = vec![commit(alice, alice_repo, "before the restarts")];
+    follower.wait_for(&[&commits[0]], "the first commit");
+    for down in [Down::Stop, Down::Kill9] {
+        bob_away(&pair, down, || {
+            commits.push(commit(alice, alice_repo, &format!("while bob is down ({down:?}) 1")));
+            commits.push(commit(alice, alice_repo, &format!("while bob is down ({down:?}) 2")));
+        });
+        commits.push(commit(alice, alice_repo, &format!("after the restart ({down:?})")));
+        let all: Vec<&str> = commits.iter().map(String::as_str).collect();
+        follower.wait_for(&all, &format!("every commit after {down:?}"));
+    }
+    assert!(follower.child.try_wait().expect("try_wait").is_none(), "the follower still runs");
+    assert_once_in_order(&follower.lines, "commit", &commits);
+    let said = follower.stderr_lines();
+    let resumed = said.iter().filter(|l| l.as_str() == "git-p2p: node restarted; resumed").count();
+    assert_eq!(resumed, 2, "one line per restart on stderr: {said:#?}");
+}
+
+#[test]
+fn chat_tail_follow_prints_every_message_once_across_stop_start_and_kill9() {
+    let pair = pair();
+    let Pair { alice, bob, alice_repo, bob_repo } = &pair;
+    let mut follower = Running::spawn(bob, bob_repo, &["chat", "--tail", "-f", "--json"], &[]);
+    eventually(Duration::from_secs(20), "bob in alice's room", || {
+        alice.ok_in(alice_repo, &["chat", "--send", "before the restarts"]).starts_with("sent").then_some(())
+    });
+    let mut texts = vec!["before the restarts".to_string()];
+    follower.wait_for(&["before the restarts"], "the first message");
+    let send = |text: &str| {
+        alice.ok_in(alice_repo, &["chat", "--send", text]);
+        text.to_string()
+    };
+    for down in [Down::Stop, Down::Kill9] {
+        bob_away(&pair, down, || {
+            texts.push(send(&format!("while bob is down ({down:?}) 1")));
+            texts.push(send(&format!("while bob is down ({down:?}) 2")));
+        });
+        texts.push(send(&format!("after the restart ({down:?})")));
+        let all: Vec<&str> = texts.iter().map(String::as_str).collect();
+        follower.wait_for(&all, &format!("every message after {down:?}"));
+    }
+    assert!(follower.child.try_wait().expect("try_wait").is_none(), "the follower still runs");
+    assert_once_in_order(&follower.lines, "text", &texts);
+    let said = follower.stderr_lines();
+    assert!(said.iter().any(|l| l == "git-p2p: node restarted; resumed"), "{said:#?}");
+}
+
+#[test]
+fn a_follower_gives_up_on_a_node_stopped_for_good_and_never_starts_one() {
+    let alice = Node::new("alice");
+    let repo = alice.repo("proj", 1);
+    alice.ok_in(&repo, &["init"]);
+    let mut follower = Running::spawn(&alice, &repo, &["log", "-f"], &[("GIT_P2P_FOLLOW_WAIT", "2")]);
+    let started = Instant::now();
+    alice.ok(&["daemon", "stop"]);
+    let status =
+        eventually(Duration::from_secs(20), "the follower to give up", || follower.child.try_wait().expect("try_wait"));
+    assert!(started.elapsed() >= Duration::from_secs(2), "it waited for the node first");
+    assert_eq!(status.code(), Some(1));
+    let said = follower.stderr_lines();
+    assert_eq!(
+        said.last().map(String::as_str),
+        Some(
+            "git-p2p: error: the node went away and did not come back within 2 s (start it with: git p2p daemon start)"
+        ),
+        "{said:#?}"
+    );
+    assert!(!said.iter().any(|l| l.contains("panicked")), "{said:#?}");
+    assert!(alice.pid().is_none_or(|pid| !alive(pid)), "the follower did not start a node");
+
+    let mut cmd = alice.command(&["chat", "--tail", "-f"]);
+    cmd.current_dir(&repo).env("GIT_P2P_FOLLOW_WAIT", "soon");
+    assert_one_line_error(&cmd.output().expect("run"), 1, "GIT_P2P_FOLLOW_WAIT=\"soon\": not a number of seconds");
+}
