@@ -138,6 +138,15 @@ const CHAT_KEYS: &[(&str, &str)] = &[
     ("Ctrl-C", "Leave (the terminal is restored)."),
 ];
 
+const THREADS: &str = "Every commit has a thread: git p2p chat --commit REV opens it. REV is a revision of your \
+repository (HEAD, a branch, an id), or a commit a peer announced that you do not have (git p2p log lists them), by its \
+id or its first hex digits (4 at least). Digits that name several commits, here or announced, are an error that lists \
+them; give more. Every node of a repository hears every thread of it (on the repository's threads topic) and keeps \
+what is said there, so a thread opened later shows it; the room tells of each reply in one line: its author, the \
+commit and its summary, and its first words, for example: bob (..9Rg3sBYbU1Nf) replied in thread on 1a2b3c4 \
+\"Fix the frobnicator\": looks good. In --json such a line is an object with \"thread\" (the commit) and the first \
+words as \"text\".";
+
 const FOLLOWING: &str = "With -f (and in the chat window) the command outlives a restart of the node (git p2p daemon \
 stop && git p2p daemon start, a crash and a restart): it waits for the node to come back without starting one (a node \
 you stopped stays stopped), then prints what arrived meanwhile and goes on, each item once, in the order the node took \
@@ -145,9 +154,10 @@ them. On stderr: a line when the node has been away for a second (\"lost the nod
 is back (\"node restarted; resumed\"). A node away longer than GIT_P2P_FOLLOW_WAIT seconds (default 60) ends the \
 command with exit status 1; the chat window waits as long as it is open and says so in its status line.";
 
-const LIMITS: &str = "A room message has at most 4000 characters; a node keeps the last 1000 messages per room \
-and 10 000 announcements per repository. Peers take at most 20 messages a second from one author (bursts of 100); \
-your node sends at 90 % of that pace, so a burst waits in the outbox. Messages dated more than 10 minutes ahead of \
+const LIMITS: &str = "A room message has at most 4000 characters; a node keeps the last 1000 messages per room, \
+10 000 across the commit threads of a repository, and 10 000 announcements per repository. Peers take at most 20 \
+messages a second from one author (bursts of 100); your node sends at 90 % of that pace, so a burst waits in the \
+outbox. Messages dated more than 10 minutes ahead of \
 a peer's clock or more than 30 days back are dropped. A DHT value has at most 8 KiB, a key 256 bytes, a record 64 \
 authors.";
 
@@ -168,10 +178,12 @@ fn extra_sections(name: &str) -> Vec<(&'static str, String)> {
         ],
         "git-p2p-chat" => vec![
             ("KEYS", paragraph("In the chat window:") + &items(CHAT_KEYS)),
+            ("THREADS", paragraph(THREADS)),
             ("FOLLOWING", paragraph(FOLLOWING)),
             ("LIMITS", paragraph(LIMITS)),
             ("EXAMPLES", examples(&[
                 ("The room, then the thread of the last commit:", "git p2p chat\ngit p2p chat --commit HEAD"),
+                ("The thread of a commit a peer announced, by its first digits:", "git p2p log\ngit p2p chat --commit 1a2b3c4 --send \"looks good\""),
                 ("From scripts:", "git p2p chat --send \"build is green\"\ngit p2p chat --tail -f --json"),
             ])),
         ],

@@ -11,7 +11,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{unix_now, unix_now_ms};
-use crate::proto::announce::FeedEntry;
+use crate::proto::announce::{Commit, FeedEntry};
 use crate::proto::chat::ChatEntry;
 use crate::proto::outbox::OutboxEntry;
 use crate::proto::repo::{LocalPath, RepoId, RepoInfo};
@@ -35,6 +35,12 @@ const CHAT_SEEN: TableDefinition<&str, u64> = TableDefinition::new("chat_seen");
 
 /// A room keeps this many messages; older ones are dropped first.
 pub const MAX_CHAT_PER_ROOM: usize = 1000;
+/// (repo id, seq) -> (thread room, seq in it): the messages kept in a repository's commit
+/// threads, oldest first. Every node keeps every thread of its repositories, and anyone can
+/// start threads, so their number is not bounded: the messages of all of them are, together.
+const THREAD_LOG: TableDefinition<(&str, u64), (&str, u64)> = TableDefinition::new("thread_log");
+/// The commit threads of one repository keep this many messages together; the oldest go first.
+pub const MAX_THREAD_MESSAGES_PER_REPO: usize = 10_000;
 
 /// DHT key -> [`DhtRecord`] (JSON): the Kademlia records this node holds, ours and others'
 const DHT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dht");
@@ -99,7 +105,10 @@ fn db<T, E: Into<redb::Error>>(r: Result<T, E>) -> Result<T, StoreError> {
 }
 
 /// The highest sequence number under `key` in a `(key, seq)` table (0 when there is none).
-fn last_seq(table: &impl ReadableTable<(&'static str, u64), &'static [u8]>, key: &str) -> Result<u64, StoreError> {
+fn last_seq<V: redb::Value + 'static>(
+    table: &impl ReadableTable<(&'static str, u64), V>,
+    key: &str,
+) -> Result<u64, StoreError> {
     let last =
         db(table.range((key, 0)..=(key, u64::MAX)))?.next_back().transpose().map_err(|e| StoreError::Db(e.into()))?;
     Ok(last.map_or(0, |(k, _)| k.value().1))
@@ -133,6 +142,7 @@ impl Store {
         db(txn.open_table(SEEN))?;
         db(txn.open_table(CHAT))?;
         db(txn.open_table(CHAT_SEEN))?;
+        db(txn.open_table(THREAD_LOG))?;
         db(txn.open_table(DHT))?;
         db(txn.open_table(KV_OWN))?;
         db(txn.open_table(REPO_DIRS))?;
@@ -492,13 +502,15 @@ impl Store {
     }
 
     /// Adds messages to their rooms' histories in one transaction (not fsync'd), skipping ids
-    /// seen before. Returns how many were new.
+    /// seen before. Returns how many were new. A room keeps [`MAX_CHAT_PER_ROOM`], and the commit
+    /// threads of a repository [`MAX_THREAD_MESSAGES_PER_REPO`] together.
     pub fn chat_insert_all(&self, entries: &[ChatEntry]) -> Result<usize, StoreError> {
         let txn = self.write(false)?;
         let mut added = 0;
         {
             let mut seen = db(txn.open_table(CHAT_SEEN))?;
             let mut chat = db(txn.open_table(CHAT))?;
+            let mut threads = db(txn.open_table(THREAD_LOG))?;
             for entry in entries {
                 if db(seen.get(entry.id.as_str()))?.is_some() {
                     continue;
@@ -508,9 +520,22 @@ impl Store {
                 let bytes = serde_json::to_vec(entry).expect("chat entries always serialise");
                 db(chat.insert((room, seq), bytes.as_slice()))?;
                 db(seen.insert(entry.id.as_str(), seq))?;
+                let mut oldest = Vec::new();
                 if seq > MAX_CHAT_PER_ROOM as u64 {
-                    // The oldest message leaves the history, and its id the seen set (bounded too).
-                    let old = db(chat.remove((room, seq - MAX_CHAT_PER_ROOM as u64)))?;
+                    oldest.push((room.to_string(), seq - MAX_CHAT_PER_ROOM as u64));
+                }
+                if let Some((repo, _)) = room.split_once('/') {
+                    let n = last_seq(&threads, repo)? + 1;
+                    db(threads.insert((repo, n), (room, seq)))?;
+                    if n > MAX_THREAD_MESSAGES_PER_REPO as u64 {
+                        let old = db(threads.remove((repo, n - MAX_THREAD_MESSAGES_PER_REPO as u64)))?;
+                        oldest.extend(old.map(|v| (v.value().0.to_string(), v.value().1)));
+                    }
+                }
+                for (room, seq) in oldest {
+                    // The oldest message leaves the history (unless it left already), and its id
+                    // the seen set (bounded too).
+                    let old = db(chat.remove((room.as_str(), seq)))?;
                     let old_id = old.and_then(|v| serde_json::from_slice::<ChatEntry>(v.value()).ok()).map(|e| e.id);
                     if let Some(old_id) = old_id {
                         db(seen.remove(old_id.as_str()))?;
@@ -643,6 +668,29 @@ impl Store {
         budget: usize,
     ) -> Result<(Vec<FeedEntry>, Option<u64>), StoreError> {
         self.newest(FEED, repo.as_str(), before, limit, budget)
+    }
+
+    /// The commits announced for `repo` whose id starts with `prefix`, at most `limit`, each
+    /// once (however many peers announced it), in id order. Read through the feed's index of
+    /// (commit, author), not the feed itself: a lookup costs the matches, not the feed's size.
+    pub fn feed_commits(&self, repo: &RepoId, prefix: &str, limit: usize) -> Result<Vec<Commit>, StoreError> {
+        let txn = db(self.db.begin_read())?;
+        let seen = db(txn.open_table(SEEN))?;
+        let feed = db(txn.open_table(FEED))?;
+        let start = format!("{repo}/{prefix}");
+        let mut out: Vec<Commit> = Vec::new();
+        for item in db(seen.range(start.as_str()..))? {
+            let (key, seq) = db(item)?;
+            if !key.value().starts_with(&start) || out.len() >= limit {
+                break;
+            }
+            let Some(bytes) = db(feed.get((repo.as_str(), seq.value())))? else { continue };
+            let Ok(entry) = serde_json::from_slice::<FeedEntry>(bytes.value()) else { continue };
+            if out.last().is_none_or(|last| last.id != entry.commit.id) {
+                out.push(entry.commit);
+            }
+        }
+        Ok(out)
     }
 
     /// The readable entries under `prefix` of a (prefix, seq) table, newest first, below
@@ -801,6 +849,77 @@ mod tests {
                 git_dir: Some("/tmp/proj/.git".into())
             }]
         );
+    }
+
+    #[test]
+    fn announced_commits_are_found_by_the_start_of_their_id_each_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s")).unwrap();
+        let (repo, other) = (RepoId::try_from("a".repeat(40)).unwrap(), RepoId::try_from("b".repeat(40)).unwrap());
+        let entry = |repo: &RepoId, id: &str, peer: &str, summary: &str| FeedEntry {
+            repo: repo.clone(),
+            peer: peer.into(),
+            name: None,
+            commit: Commit {
+                ref_name: None,
+                id: id.into(),
+                parents: vec![],
+                author: "a".into(),
+                summary: summary.into(),
+                time: 0,
+            },
+            announced_at: 1,
+            received_at: 1,
+        };
+        let (c1, c2, c3) = (format!("abcd1{}", "0".repeat(35)), format!("abcd2{}", "0".repeat(35)), "f".repeat(40));
+        for e in [
+            entry(&repo, &c1, "alice", "one"),
+            entry(&repo, &c1, "bob", "one"),
+            entry(&repo, &c2, "alice", "two"),
+            entry(&repo, &c3, "alice", "three"),
+            entry(&other, &format!("abcd3{}", "0".repeat(35)), "alice", "elsewhere"),
+        ] {
+            store.feed_insert(&e).unwrap();
+        }
+        let found = |prefix: &str, limit| -> Vec<String> {
+            store.feed_commits(&repo, prefix, limit).unwrap().into_iter().map(|c| c.summary).collect()
+        };
+        assert_eq!(found("abcd", 10), ["one", "two"], "each commit once, this repository's only");
+        assert_eq!(found("abcd2", 10), ["two"]);
+        assert_eq!(found(&c3, 10), ["three"], "a whole id");
+        assert_eq!(found("abcd", 1), ["one"], "at most the limit");
+        assert!(found("0", 10).is_empty());
+    }
+
+    #[test]
+    fn the_threads_of_a_repository_keep_a_bounded_number_of_messages_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s")).unwrap();
+        let (repo, other) = ("a".repeat(40), "b".repeat(40));
+        let message = |room: String, i: usize| ChatEntry {
+            room,
+            id: format!("m{i}"),
+            peer: "p".into(),
+            name: None,
+            text: "x".into(),
+            sent_at: 1,
+            received_at: 1,
+            own: false,
+            via: None,
+            thread: None,
+        };
+        store.chat_insert(&message(format!("{other}/{}", "c".repeat(40)), 0)).unwrap();
+        let extra = 10;
+        // Many threads (anyone can start one), a few messages each.
+        let all: Vec<ChatEntry> =
+            (1..=MAX_THREAD_MESSAGES_PER_REPO + extra).map(|i| message(format!("{repo}/{:040x}", i / 3), i)).collect();
+        assert_eq!(store.chat_insert_all(&all).unwrap(), all.len());
+        let kept: usize =
+            (0..=all.len() / 3).map(|t| store.chat_history(&format!("{repo}/{t:040x}"), 10).unwrap().len()).sum();
+        assert_eq!(kept, MAX_THREAD_MESSAGES_PER_REPO, "the threads together keep the bound");
+        let ids: std::collections::HashSet<String> = store.chat_seen_ids().unwrap().into_iter().collect();
+        assert!(!ids.contains("m1") && !ids.contains(&format!("m{extra}")), "the oldest went first, with their ids");
+        assert!(ids.contains(&format!("m{}", extra + 1)) && ids.contains("m0"), "another repository's thread stays");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use super::api::{ChatSent, KvFound, KvKey, KvStored, NodeStatus, NostrStatus, Pa
 use super::follow::Subscription;
 use super::proto::{self, DecodeError, Request, RequestFrame, MAX_ANSWER};
 use crate::paths::{PathError, Paths};
-use crate::proto::announce::FeedEntry;
+use crate::proto::announce::{Commit, FeedEntry};
 use crate::proto::chat::ChatEntry;
 use crate::proto::envelope::Envelope;
 use crate::proto::repo::{RepoId, RepoInfo};
@@ -261,6 +261,12 @@ impl Client {
     /// The newest `limit` announcements received for `repo`, newest first.
     pub fn log(&mut self, repo: RepoId, limit: usize) -> Result<Vec<FeedEntry>, ClientError> {
         self.pages(limit, |limit, before| Request::Log { repo: repo.clone(), limit, before })
+    }
+
+    /// The commits peers announced for `repo` whose id starts with `prefix` (lowercase hex), at
+    /// most `limit`.
+    pub fn feed_commits(&mut self, repo: RepoId, prefix: &str, limit: usize) -> Result<Vec<Commit>, ClientError> {
+        self.call(Request::FeedCommits { repo, prefix: prefix.to_string(), limit })
     }
 
     pub fn chat_send(

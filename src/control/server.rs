@@ -174,6 +174,9 @@ fn route(req: Request) -> Routed {
         Request::Announce { repo, envelope } => ask(|reply| Command::Announce { repo, envelope, reply }),
         Request::IngestSpool => ask(Command::IngestSpool),
         Request::Log { repo, limit, before } => ask(|reply| Command::Log { repo, limit, before, reply }),
+        Request::FeedCommits { repo, prefix, limit } => {
+            ask(|reply| Command::FeedCommits { repo, prefix, limit, reply })
+        }
         Request::ChatSend { repo, envelope, thread } => {
             ask(|reply| Command::ChatSend { repo, envelope, thread, reply })
         }

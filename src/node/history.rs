@@ -152,6 +152,7 @@ mod tests {
             received_at: i,
             own: false,
             via: None,
+            thread: None,
         }
     }
 

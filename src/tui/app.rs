@@ -20,18 +20,21 @@ pub const MAX_ITEMS: usize = 2000;
 pub enum Item {
     Chat(ChatEntry),
     Commit(FeedEntry),
+    /// The notice of a reply in a commit's thread (its first words), with the commit's summary
+    /// when it is known.
+    Reply(ChatEntry, Option<String>),
 }
 
 impl Item {
     fn time_ms(&self) -> u64 {
         match self {
-            Item::Chat(m) => m.sent_at,
+            Item::Chat(m) | Item::Reply(m, _) => m.sent_at,
             Item::Commit(c) => c.announced_at,
         }
     }
     fn key(&self) -> String {
         match self {
-            Item::Chat(m) => m.id.clone(),
+            Item::Chat(m) | Item::Reply(m, _) => m.id.clone(),
             Item::Commit(c) => format!("{}/{}", c.commit.id, c.peer),
         }
     }
@@ -48,6 +51,8 @@ pub enum Msg {
     Key(KeyEvent),
     Resize(u16, u16),
     Chat(ChatEntry),
+    /// A thread reply's notice, and the summary of its commit.
+    Reply(ChatEntry, Option<String>),
     Commit(FeedEntry),
     Peers(Vec<PeerInfo>),
     /// The Nostr bridge's state, for the header.
@@ -73,6 +78,8 @@ pub struct Header {
     pub repo_short: String,
     pub head: String,
     pub thread: Option<String>,
+    /// The summary of the thread's commit, when it is known.
+    pub thread_summary: Option<String>,
     pub nostr: String,
 }
 
@@ -145,6 +152,7 @@ impl App {
                 self.height = h;
             }
             Msg::Chat(m) => self.push(Item::Chat(m)),
+            Msg::Reply(m, about) => self.push(Item::Reply(m, about)),
             Msg::Commit(c) => self.push(Item::Commit(c)),
             Msg::Peers(p) => self.peers = p,
             Msg::Nostr(state) => self.header.nostr = state,
@@ -294,6 +302,7 @@ mod tests {
             received_at: at,
             own: false,
             via: None,
+            thread: None,
         }
     }
 

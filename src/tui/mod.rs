@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::control::{Client, ClientError, Feed, Room};
 use crate::paths::Paths;
+use crate::proto::chat::ChatEntry;
 use crate::proto::repo::RepoInfo;
 use app::{Action, App, Header, Item, Msg};
 
@@ -31,8 +32,12 @@ pub struct Session {
 }
 
 /// Runs the window until the user leaves. `send` hands a message to the node and returns how
-/// many peers it went to.
-pub fn run(session: Session, mut send: impl FnMut(&str) -> Result<usize, String>) -> anyhow::Result<()> {
+/// many peers it went to; `summary` says what a commit a thread is about is (None: unknown).
+pub fn run(
+    session: Session,
+    mut send: impl FnMut(&str) -> Result<usize, String>,
+    mut summary: impl FnMut(&str) -> Option<String>,
+) -> anyhow::Result<()> {
     let mut client = Client::connect_or_start(&session.paths)?;
     let (width, height) = crossterm::terminal::size().unwrap_or((80, 24));
     let mut app = App::new(session.header, width, height);
@@ -46,7 +51,9 @@ pub fn run(session: Session, mut send: impl FnMut(&str) -> Result<usize, String>
     };
     let room = Room::of(session.repo.clone(), session.thread.clone());
     let mut room = client.tail(&session.paths, room, HISTORY, true)?.on_gap(None, gaps(&tx));
-    std::mem::take(&mut room.history).into_iter().for_each(|m| app.push(Item::Chat(m)));
+    for m in std::mem::take(&mut room.history) {
+        app.push(item(m, &mut summary));
+    }
     forward(move || room.recv(), Msg::Chat, tx.clone());
     if session.thread.is_none() {
         let feed = Feed(session.repo.id);
@@ -75,6 +82,15 @@ pub fn run(session: Session, mut send: impl FnMut(&str) -> Result<usize, String>
             let Ok(first) = rx.recv() else { return Ok(()) };
             // Apply everything that queued up before drawing again (a burst draws once).
             for msg in std::iter::once(first).chain(rx.try_iter()) {
+                // A thread reply's notice shows the summary of its commit, looked up here (the
+                // model does no I/O).
+                let msg = match msg {
+                    Msg::Chat(m) if m.thread.is_some() => {
+                        let about = m.thread.as_deref().and_then(&mut summary);
+                        Msg::Reply(m, about)
+                    }
+                    other => other,
+                };
                 match app.update(msg) {
                     Some(Action::Quit) => return Ok(()),
                     Some(Action::Send(text)) => {
@@ -88,6 +104,15 @@ pub fn run(session: Session, mut send: impl FnMut(&str) -> Result<usize, String>
     })();
     ratatui::restore();
     result
+}
+
+/// A room's entry as the timeline shows it: a message, or a thread reply's notice with the
+/// summary of its commit.
+fn item(m: ChatEntry, summary: &mut impl FnMut(&str) -> Option<String>) -> Item {
+    match m.thread.as_deref().map(&mut *summary) {
+        Some(about) => Item::Reply(m, about),
+        None => Item::Chat(m),
+    }
 }
 
 /// Feeds what a subscription streams into the window, on a thread of its own.

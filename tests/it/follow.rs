@@ -3,78 +3,12 @@
 //! said while our node was down reaches it afterwards through the peer's outbox, and the
 //! follower prints everything once, in order: before, during the gap, after.
 
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::support::*;
-
-/// A `git-p2p` command running in the background, its stdout and stderr read line by line.
-struct Running {
-    child: Child,
-    stdout: Receiver<String>,
-    stderr: Receiver<String>,
-    /// Every stdout line so far.
-    lines: Vec<String>,
-}
-
-impl Running {
-    fn spawn(node: &Node, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut cmd = node.command(args);
-        cmd.current_dir(dir).stdout(Stdio::piped()).stderr(Stdio::piped()).envs(env.iter().copied());
-        let mut child = cmd.spawn().expect("spawn git-p2p");
-        let lines = |pipe: Box<dyn std::io::Read + Send>| {
-            let (tx, rx) = mpsc::channel();
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        return;
-                    }
-                }
-            });
-            rx
-        };
-        let stdout = lines(Box::new(child.stdout.take().expect("stdout")));
-        let stderr = lines(Box::new(child.stderr.take().expect("stderr")));
-        Self { child, stdout, stderr, lines: Vec::new() }
-    }
-
-    /// Waits until stdout has printed a line containing each of `needles`.
-    fn wait_for(&mut self, needles: &[&str], what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !needles.iter().all(|n| self.lines.iter().any(|l| l.contains(n))) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stdout.recv_timeout(left) {
-                Ok(line) => self.lines.push(line),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    panic!("timed out waiting for {what}; printed so far: {:#?}", self.lines)
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => panic!(
-                    "the command ended ({:?}) before {what}; printed so far: {:#?}; stderr: {:#?}",
-                    self.child.wait(),
-                    self.lines,
-                    self.stderr_lines()
-                ),
-            }
-        }
-    }
-
-    /// Everything on stderr so far.
-    fn stderr_lines(&self) -> Vec<String> {
-        self.stderr.try_iter().collect()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn commit(node: &Node, repo: &Path, message: &str) -> String {
     node.git(repo, &["commit", "-q", "--allow-empty", "-m", message]);
@@ -173,14 +107,18 @@ fn a_follower_gives_up_on_a_node_stopped_for_good_and_never_starts_one() {
     let alice = Node::new("alice");
     let repo = alice.repo("proj", 1);
     alice.ok_in(&repo, &["init"]);
-    let mut follower = Running::spawn(&alice, &repo, &["log", "-f"], &[("GIT_P2P_FOLLOW_WAIT", "2")]);
-    let started = Instant::now();
+    // A message in the room's history: once it is printed, the follower is subscribed.
+    alice.ok_in(&repo, &["chat", "--send", "anyone?"]);
+    let mut follower = Running::spawn(&alice, &repo, &["chat", "--tail", "-f"], &[("GIT_P2P_FOLLOW_WAIT", "2")]);
+    follower.wait_for(&["anyone?"], "the history");
+    let stopped = Instant::now();
     alice.ok(&["daemon", "stop"]);
     let status =
         eventually(Duration::from_secs(20), "the follower to give up", || follower.child.try_wait().expect("try_wait"));
-    assert!(started.elapsed() >= Duration::from_secs(2), "it waited for the node first");
+    assert!(stopped.elapsed() >= Duration::from_secs(2), "it waited for the node first");
     assert_eq!(status.code(), Some(1));
     let said = follower.stderr_lines();
+    assert_eq!(said[0], "git-p2p: lost the node; waiting up to 2 s for it to come back (Ctrl-C to stop)");
     assert_eq!(
         said.last().map(String::as_str),
         Some(

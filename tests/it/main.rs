@@ -18,4 +18,5 @@ mod restart;
 mod skew;
 mod socket;
 mod support;
+mod thread;
 mod tui;

@@ -112,6 +112,11 @@ fn a_line_typed_in_alices_window_appears_on_bobs_screen() {
     let once = |text: &str| screen.matches(text).count() == 1;
     assert!(once("said while your node was down") && once("hello from tmux? 世界"), "each once: {screen}");
 
+    // A reply in a commit's thread is told in the room in one line.
+    let head = alice.git(&alice_repo, &["rev-parse", "HEAD"]).trim().to_string();
+    alice.ok_in(&alice_repo, &["chat", "--commit", &head[..8], "--send", "a reply in the thread"]);
+    tmux.wait_for("bob", &format!("replied in thread on {} \"commit 0\": a reply in the thread", &head[..7]));
+
     tmux.run(&["send-keys", "-t", "alice", "C-c"]);
     let screen = tmux.wait_for("alice", "icanon");
     assert!(screen.contains("EXITED:0"), "{screen}");
