@@ -823,7 +823,7 @@ fn tui_first_frame(metrics: &mut Vec<Metric>, runs: usize) {
 /// `node`'s room `room` as it arrives: (when, text) per message, read on a thread of its own.
 fn follow_chat(node: &Node, room: &str) -> std::sync::mpsc::Receiver<(Instant, String)> {
     use git_p2p::control::{Client, Room};
-    let mut follower = Client::follow(&paths(node), &Room(room.to_string())).expect("follow");
+    let mut follower = Client::follow(&paths(node), &Room::named(room)).expect("follow");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         while let Ok(message) = follower.recv() {
@@ -1373,6 +1373,7 @@ fn fill_store(path: &Path, bytes: u64, count: u64) {
             received_at: i,
             own: false,
             via: None,
+            thread: None,
         })
         .collect();
     for batch in chat.chunks(500) {

@@ -307,6 +307,31 @@ impl RepoContext {
         Ok(notes)
     }
 
+    /// The commits of this repository whose id starts with `prefix` (4 to 64 hex digits), in id
+    /// order; other objects (trees, blobs) with such an id are not commits and are left out.
+    pub fn commits_with_prefix(&self, prefix: &str) -> Result<Vec<Commit>, GitError> {
+        let repo = &self.handle;
+        let not_a_prefix = || GitError::Git(format!("{prefix:?} is not the start of an id (4 hex digits at least)"));
+        let width = repo.object_hash().len_in_hex();
+        if prefix.len() < gix::hash::Prefix::MIN_HEX_LEN || prefix.len() > width {
+            return Err(not_a_prefix());
+        }
+        // Of the repository's own hash (a short prefix alone would be taken for SHA-1).
+        let padded = format!("{prefix:0<width$}");
+        let full = ObjectId::from_hex(padded.as_bytes()).map_err(|_| not_a_prefix())?;
+        let start = gix::hash::Prefix::new(&full, prefix.len()).map_err(|_| not_a_prefix())?;
+        let mut ids = std::collections::HashSet::new();
+        repo.objects.lookup_prefix(start, Some(&mut ids)).map_err(ctx("cannot look up objects"))?;
+        let mut ids: Vec<String> = ids
+            .into_iter()
+            .filter(|id| repo.find_commit(*id).is_ok())
+            .map(|id| id.to_string())
+            .filter(|id| id.starts_with(prefix))
+            .collect();
+        ids.sort();
+        ids.iter().map(|id| self.commit_info(id)).collect()
+    }
+
     /// Whether the repository has this commit.
     pub fn has_commit(&self, id: &str) -> bool {
         ObjectId::from_hex(id.as_bytes()).ok().is_some_and(|oid| self.handle.find_commit(oid).is_ok())
@@ -629,6 +654,27 @@ mod tests {
         assert_eq!(reflog_offset_since(bytes, 300), (line(100).len() + line(200).len()) as u64);
         assert_eq!(reflog_offset_since(bytes, 301), bytes.len() as u64, "none: the end");
         assert_eq!(reflog_offset_since(b"garbage without a time\n", 500), 0, "unreadable counts as recent");
+    }
+
+    #[test]
+    fn commits_are_found_by_the_start_of_their_id_in_sha1_and_sha256_repositories() {
+        let sb = Sandbox::new();
+        for format in ["sha1", "sha256"] {
+            let dir = sb.path(format);
+            std::fs::create_dir_all(&dir).unwrap();
+            sb.git(&dir, &format!("init -q --object-format={format}"));
+            let first = sb.commit(&dir, Some("1700000000 +0000"));
+            let second = sb.commit(&dir, Some("1700000100 +0000"));
+            let tree = sb.git(&dir, "rev-parse HEAD^{tree}");
+            let ctx = open_isolated(&dir).unwrap();
+            let ids = |prefix: &str| -> Vec<String> {
+                ctx.commits_with_prefix(prefix).unwrap().into_iter().map(|c| c.id).collect()
+            };
+            assert_eq!(ids(&first[..7]), vec![first.as_str()], "{format}");
+            assert_eq!(ids(&second), vec![second.as_str()], "{format}: a whole id");
+            assert!(ids(&tree[..12]).is_empty(), "{format}: a tree is not a commit");
+            assert!(ctx.commits_with_prefix("abc").is_err(), "fewer than 4 digits");
+        }
     }
 
     #[test]

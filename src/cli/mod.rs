@@ -17,6 +17,7 @@ mod nostr;
 mod notes;
 mod peers;
 mod refs;
+mod thread;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -113,7 +114,8 @@ pub struct IdArgs {
 
 #[derive(Debug, Args)]
 pub struct ChatArgs {
-    /// Open the thread of one commit instead of the repository's room (default: HEAD)
+    /// Open the thread of one commit instead of the repository's room (default: HEAD): a revision
+    /// of this repository, or a commit a peer announced, by its id or its first hex digits (4 at least)
     #[arg(long, value_name = "REV", num_args = 0..=1, default_missing_value = "HEAD")]
     pub commit: Option<String>,
     /// Send one message and exit once the node accepted it

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::proto::announce::FeedEntry;
+use crate::proto::announce::{Commit, FeedEntry};
 use crate::proto::chat::ChatEntry;
 use crate::proto::envelope::Envelope;
 use crate::proto::kv::Record;
@@ -51,6 +51,9 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// The answer to a request the node took but will not carry out: it is stopping.
+pub const SHUTTING_DOWN: &str = "the node is shutting down";
+
 /// Where the answer to a command goes.
 pub type Reply<T> = oneshot::Sender<Result<T, Failure>>;
 
@@ -71,6 +74,8 @@ pub enum Command {
     IngestSpool(Reply<()>),
     /// A page of the announcements received for a repository, newest first, from `before` on.
     Log { repo: RepoId, limit: usize, before: Option<u64>, reply: Reply<Page<FeedEntry>> },
+    /// The commits announced for a repository whose id starts with `prefix`, at most `limit`.
+    FeedCommits { repo: RepoId, prefix: String, limit: usize, reply: Reply<Vec<Commit>> },
     /// A signed room message of ours (in a commit's thread with `thread`).
     ChatSend { repo: RepoInfo, envelope: Envelope, thread: Option<String>, reply: Reply<ChatSent> },
     /// A page of a room's messages, newest first, from `before` on.

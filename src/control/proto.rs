@@ -66,6 +66,9 @@ pub enum Request {
     },
     /// Stream announcements for a repo as they arrive.
     Follow { repo: RepoId },
+    /// The commits peers announced for a repo whose id starts with `prefix` (lowercase hex), at
+    /// most `limit`, each once, in id order: what `--commit` resolves against.
+    FeedCommits { repo: RepoId, prefix: String, limit: usize },
     /// Send a signed chat message to a room (`thread`: a commit's thread, else the repo's room).
     ChatSend { repo: RepoInfo, envelope: Envelope, thread: Option<String> },
     /// The newest messages of a room (those before `before`), newest first: a page of at most

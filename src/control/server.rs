@@ -174,6 +174,9 @@ fn route(req: Request) -> Routed {
         Request::Announce { repo, envelope } => ask(|reply| Command::Announce { repo, envelope, reply }),
         Request::IngestSpool => ask(Command::IngestSpool),
         Request::Log { repo, limit, before } => ask(|reply| Command::Log { repo, limit, before, reply }),
+        Request::FeedCommits { repo, prefix, limit } => {
+            ask(|reply| Command::FeedCommits { repo, prefix, limit, reply })
+        }
         Request::ChatSend { repo, envelope, thread } => {
             ask(|reply| Command::ChatSend { repo, envelope, thread, reply })
         }
@@ -200,7 +203,7 @@ fn ask<T: Serialize + Send + 'static>(command: impl FnOnce(Reply<T>) -> Command)
         match answer.await {
             Ok(Ok(value)) => Ok(serde_json::value::to_raw_value(&value).expect("answers always serialise")),
             Ok(Err(failure)) => Err(failure),
-            Err(_) => Err(Failure::new("the node is shutting down")),
+            Err(_) => Err(Failure::new(super::api::SHUTTING_DOWN)),
         }
     });
     Routed::Command(Box::new(command(reply)), answer)
@@ -269,7 +272,7 @@ impl Client {
             };
             let queued = match tokio::time::timeout(QUEUE_WAIT, self.commands.send(*command)).await {
                 Ok(Ok(())) => Out::Answer(frame.id, answer),
-                Ok(Err(_)) => Out::Frame(Box::new(ResponseFrame::error(frame.id, "the node is shutting down"))),
+                Ok(Err(_)) => Out::Frame(Box::new(ResponseFrame::error(frame.id, super::api::SHUTTING_DOWN))),
                 Err(_) => Out::Frame(Box::new(ResponseFrame::error(
                     frame.id,
                     format!(

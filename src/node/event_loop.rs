@@ -36,6 +36,9 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 const COMMAND_BATCH: usize = 64;
 /// Keys one page of `kv ls` carries (a key is at most 256 bytes: far below a page's bytes).
 const KV_LIST_PAGE: usize = 500;
+/// Commits one prefix lookup answers at most (enough to list the candidates of an ambiguous
+/// prefix; a prefix of 4 digits matches a few in a feed of 10 000).
+const MAX_FEED_COMMITS: usize = 100;
 
 /// What the node says about itself that does not change while it runs.
 pub struct NodeInfo {
@@ -239,6 +242,15 @@ impl EventLoop {
                 let page = self.store.feed_page(&repo, before, limit, PAGE_BYTES);
                 let page = page.map(|(items, next)| Page { items, next });
                 let _ = reply.send(page.map_err(|e| Failure::new(format!("cannot read the feed: {e}"))));
+            }
+            Command::FeedCommits { repo, prefix, limit, reply } => {
+                let found = if crate::proto::announce::is_id_prefix(&prefix) {
+                    let found = self.store.feed_commits(&repo, &prefix, limit.min(MAX_FEED_COMMITS));
+                    found.map_err(|e| Failure::new(format!("cannot read the feed: {e}")))
+                } else {
+                    Err(Failure::new(format!("{prefix:?} is not the start of a commit id (hex digits)")))
+                };
+                let _ = reply.send(found);
             }
             Command::ChatSend { repo, envelope, thread, reply } => {
                 self.service.chat_send(repo, envelope, thread, reply, now, disk!(self))

@@ -331,7 +331,7 @@ fn control_frames_round_trip_and_no_mutation_panics_a_decoder() {
             LocalPath::new(std::ffi::OsString::from_vec(bytes))
         });
         let repo = RepoInfo { id: rng.repo_id(), name: rng.text(20), git_dir };
-        let req = match i % 7 {
+        let req = match i % 8 {
             0 => Request::ChatSend { repo, envelope: random_envelope(&mut rng), thread: None },
             1 => Request::Announce { repo, envelope: random_envelope(&mut rng) },
             2 => Request::Log { repo: repo.id, limit: rng.below(1 << 20), before: rng.chance(2).then(|| rng.next()) },
@@ -342,6 +342,7 @@ fn control_frames_round_trip_and_no_mutation_panics_a_decoder() {
             }
             4 => Request::KvList { repo: repo.id, after: rng.chance(2).then(|| rng.text(30)) },
             5 => Request::ChatHistory { room: rng.text(50), limit: rng.below(1000), before: Some(rng.next()) },
+            6 => Request::FeedCommits { repo: repo.id, prefix: rng.text(10), limit: rng.below(1000) },
             _ => Request::FollowChat { room: rng.text(50) },
         };
         let frame = RequestFrame { v: PROTOCOL_VERSION, id: rng.next(), req };

@@ -64,13 +64,14 @@ impl Service {
         let _ = reply.send(Ok(()));
     }
 
-    /// Joins a repository's commits topic and room (once).
+    /// Joins a repository's commits topic, room and threads (once).
     pub(super) fn join_repo(&mut self, repo: RepoInfo) {
         if !self.repos.add(repo.clone()) {
             return;
         }
         self.join(Room::Commits { repo: repo.id.clone() });
         self.join(Room::Chat { repo: repo.id.clone(), thread: None });
+        self.join(Room::Threads { repo: repo.id.clone() });
         self.push(Io::Bridge(BridgeOp::Watch(self.repos.all().to_vec())));
         self.push(Io::Bridge(BridgeOp::Refresh(repo)));
     }

@@ -561,6 +561,51 @@ fn a_message_for_another_repository_or_mis_signed_is_rejected() {
     assert!(bob.disk.chat.is_empty() && bob.events.is_empty(), "nothing refused is kept or shown");
 }
 
+#[test]
+fn a_thread_reply_reaches_every_node_of_the_repository_and_leaves_a_notice_in_its_room() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("alice");
+    sim.init("bob");
+    sim.connect("alice", "bob");
+    let (now, commit) = (sim.now, "c".repeat(40));
+    let alice = sim.peer("alice");
+    let m = ChatMessage { thread: Some(commit.clone()), text: "looks good".into(), name: None, nonce: "1".into() };
+    let envelope = Envelope::sign(&alice.key, CHAT, &repo().id, now.unix_ms, m.to_body());
+    let (reply, answer) = oneshot::channel::<Result<ChatSent, Failure>>();
+    alice.service.chat_send(repo(), envelope, Some(commit.clone()), reply, now, &mut alice.disk);
+    sim.end_of_batch("alice");
+    let sent = answer.blocking_recv().expect("an answer").expect("sent");
+    assert_eq!((sent.peers, sent.queued), (1, false), "bob never opened the thread, and is in its audience");
+    assert!(sim.deliver("alice").iter().all(|v| *v == MessageAcceptance::Accept));
+    let (thread_room, room) = (format!("{}/{commit}", repo().id), repo().id.to_string());
+    let kept = |peer: &Peer| -> Vec<(String, Option<String>, String)> {
+        peer.disk.chat.iter().map(|m| (m.room.clone(), m.thread.clone(), m.text.clone())).collect()
+    };
+    let expected = [
+        (thread_room.clone(), None, "looks good".to_string()),
+        (room.clone(), Some(commit.clone()), "looks good".to_string()),
+    ];
+    assert_eq!(kept(sim.peer("bob")), expected, "the reply in its thread, its notice in the room");
+    assert_eq!(kept(sim.peer("alice")), expected, "the sender's node keeps both too");
+    let shown: Vec<String> = sim
+        .peer("bob")
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            NodeEvent::Chat(m) => Some(m.room.clone()),
+            NodeEvent::Announcement(_) => None,
+        })
+        .collect();
+    assert_eq!(shown, [thread_room, room], "followers of the thread and of the room are told");
+    // The threads topic carries thread messages only.
+    let (now, alice_key) = (sim.now, sim.peer("alice").key.clone());
+    let topic = crate::proto::topic::threads(&repo().id).hash();
+    let bob = sim.peer("bob");
+    let verdict =
+        bob.service.gossip(&topic, &chat(&alice_key, "not in a thread", 2, now.unix_ms), None, now, &mut bob.disk);
+    assert_eq!(verdict, MessageAcceptance::Reject);
+}
+
 /// A signed entry of `key` for `k` in the repository, as a DHT copy holding only it.
 fn copy(key: &Keypair, k: &str, value: &str, seq: u64) -> kad::Record {
     let entry = Entry::sign(key, &repo().id, k, Some(value.as_bytes()), seq, seq).expect("an entry");
