@@ -743,7 +743,7 @@ fn kv_bench(metrics: &mut Vec<Metric>, nodes: usize, ops: usize) {
     let mut get_client = Client::connect(&paths(getter)).expect("node");
     let (mut set_ms, mut get_ms, mut set_asked, mut get_asked) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..ops {
-        let key = format!("refs/heads/b{i}");
+        let key = format!("bench/b{i}");
         let value = b"0123456789abcdef0123456789abcdef01234567";
         let t = Instant::now();
         match set_client.kv_put(repo.clone(), &key, Some(value), None) {

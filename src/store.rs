@@ -45,6 +45,9 @@ const REPO_DIRS: TableDefinition<&str, &str> = TableDefinition::new("repo_dirs")
 /// Our own announced commits: (repo id, commit) -> unix ms. The hook's fast and slow paths and
 /// the reflog all lead here, so each commit is announced once.
 const OWN_ANNOUNCED: TableDefinition<(&str, &str), u64> = TableDefinition::new("own_announced");
+/// Our last announcement per repository: repo id -> (commit, unix ms), for `git p2p repos`
+/// (the set above forgets after 30 days).
+const LAST_ANNOUNCED: TableDefinition<&str, (&str, u64)> = TableDefinition::new("last_announced");
 /// Repo id -> how far (bytes) the node has read the repository's HEAD reflog.
 const REFLOG_POS: TableDefinition<&str, u64> = TableDefinition::new("reflog_pos");
 /// Signed Nostr events waiting for relays to accept them: seq -> JSON [`NostrPending`].
@@ -137,6 +140,7 @@ impl Store {
         db(txn.open_table(KV_OWN))?;
         db(txn.open_table(REPO_DIRS))?;
         db(txn.open_table(OWN_ANNOUNCED))?;
+        db(txn.open_table(LAST_ANNOUNCED))?;
         db(txn.open_table(REFLOG_POS))?;
         db(txn.open_table(NOSTR_OUTBOX))?;
         db(txn.open_table(NOSTR_LAST))?;
@@ -205,6 +209,27 @@ impl Store {
         db(txn.commit())
     }
 
+    /// Forgets a registered repository, and where its reflogs were read (a repository
+    /// registered again later is read from its reflog's end then, not from where it was left).
+    pub fn remove_repo(&self, repo: &RepoId) -> Result<(), StoreError> {
+        let txn = self.write(true)?;
+        {
+            db(db(txn.open_table(REPOS))?.remove(repo.as_str()))?;
+            db(db(txn.open_table(REPO_DIRS))?.remove(repo.as_str()))?;
+            let mut positions = db(txn.open_table(REFLOG_POS))?;
+            // The main work tree's key is the id; a linked one's is "<id>:<git dir>".
+            let linked = format!("{repo}:");
+            let keys: Vec<String> = db(positions.range(repo.as_str()..))?
+                .filter_map(|item| item.ok().map(|(k, _)| k.value().to_string()))
+                .take_while(|k| k == repo.as_str() || k.starts_with(&linked))
+                .collect();
+            for key in keys {
+                db(positions.remove(key.as_str()))?;
+            }
+        }
+        db(txn.commit())
+    }
+
     pub fn repos(&self) -> Result<Vec<RepoInfo>, StoreError> {
         let txn = db(self.db.begin_read())?;
         let table = db(txn.open_table(REPOS))?;
@@ -231,8 +256,33 @@ impl Store {
     /// durable commit, or the next one).
     pub fn mark_announced(&self, repo: &RepoId, commit: &str) -> Result<(), StoreError> {
         let txn = self.write(false)?;
-        db(db(txn.open_table(OWN_ANNOUNCED))?.insert((repo.as_str(), commit), unix_now_ms()))?;
+        let now = unix_now_ms();
+        db(db(txn.open_table(OWN_ANNOUNCED))?.insert((repo.as_str(), commit), now))?;
+        db(db(txn.open_table(LAST_ANNOUNCED))?.insert(repo.as_str(), (commit, now)))?;
         db(txn.commit())
+    }
+
+    /// Our last announcement in `repo` (commit, unix ms), if we made one.
+    pub fn last_announced(&self, repo: &RepoId) -> Result<Option<(String, u64)>, StoreError> {
+        let txn = db(self.db.begin_read())?;
+        if let Some(last) = db(db(txn.open_table(LAST_ANNOUNCED))?.get(repo.as_str()))? {
+            let (commit, at) = last.value();
+            return Ok(Some((commit.to_string(), at)));
+        }
+        // Announced by a version that did not keep the last one: the newest of the set.
+        let table = db(txn.open_table(OWN_ANNOUNCED))?;
+        let mut newest: Option<(String, u64)> = None;
+        for item in db(table.range((repo.as_str(), "")..))? {
+            let (k, v) = db(item)?;
+            let (r, commit) = k.value();
+            if r != repo.as_str() {
+                break;
+            }
+            if newest.as_ref().is_none_or(|(_, at)| v.value() > *at) {
+                newest = Some((commit.to_string(), v.value()));
+            }
+        }
+        Ok(newest)
     }
 
     /// Forgets announced commits older than `before` (unix ms): the reflog is only read forward
@@ -634,15 +684,17 @@ impl Store {
         self.newest(CHAT, room, before, limit, budget)
     }
 
-    /// A page of a repo's announcements, newest first (as [`Store::chat_page`]).
+    /// A page of a repo's announcements that `keep` keeps, newest first (as
+    /// [`Store::chat_page`]; the page goes on past those it leaves out).
     pub fn feed_page(
         &self,
         repo: &RepoId,
         before: Option<u64>,
         limit: usize,
         budget: usize,
+        keep: impl Fn(&FeedEntry) -> bool,
     ) -> Result<(Vec<FeedEntry>, Option<u64>), StoreError> {
-        self.newest(FEED, repo.as_str(), before, limit, budget)
+        self.newest_kept(FEED, repo.as_str(), before, limit, budget, keep)
     }
 
     /// The readable entries under `prefix` of a (prefix, seq) table, newest first, below
@@ -655,6 +707,19 @@ impl Store {
         before: Option<u64>,
         limit: usize,
         budget: usize,
+    ) -> Result<(Vec<T>, Option<u64>), StoreError> {
+        self.newest_kept(def, prefix, before, limit, budget, |_| true)
+    }
+
+    /// [`Store::newest`] of the entries `keep` keeps.
+    fn newest_kept<T: serde::de::DeserializeOwned>(
+        &self,
+        def: TableDefinition<(&str, u64), &[u8]>,
+        prefix: &str,
+        before: Option<u64>,
+        limit: usize,
+        budget: usize,
+        keep: impl Fn(&T) -> bool,
     ) -> Result<(Vec<T>, Option<u64>), StoreError> {
         let txn = db(self.db.begin_read())?;
         let table = db(txn.open_table(def))?;
@@ -669,8 +734,10 @@ impl Store {
             }
             last = Some(k.value().1);
             if let Ok(entry) = serde_json::from_slice(v.value()) {
-                bytes += v.value().len();
-                out.push(entry);
+                if keep(&entry) {
+                    bytes += v.value().len();
+                    out.push(entry);
+                }
             }
         }
         Ok((out, None))

@@ -6,6 +6,8 @@
 //! answer as the same type; the wire (JSON lines, [`super::proto`]) carries the answer as it
 //! serialises.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -61,16 +63,23 @@ pub enum Command {
     Status(Reply<NodeStatus>),
     /// Connected peers.
     Peers(Reply<Vec<PeerInfo>>),
-    /// A repository of ours: the node joins its topics and reads its reflog from now on.
-    RegisterRepo { repo: RepoInfo, reply: Reply<()> },
+    /// A repository of ours: the node joins its topics and reads its reflog from now on;
+    /// answered with the registry's entry (the name every command shows).
+    RegisterRepo { repo: RepoInfo, reply: Reply<RepoInfo> },
+    /// The repository leaves the registry: its topics are left, its reflog no longer read.
+    /// Answered with the entry it had.
+    UnregisterRepo { repo: RepoId, reply: Reply<RepoInfo> },
+    /// The registered repositories, with our last announcement in each.
+    Repos(Reply<Vec<RegisteredRepo>>),
     /// Graceful shutdown; answered just before the node stops.
     Shutdown(Reply<()>),
     /// A signed announcement for the durable outbox; answered once it is stored.
     Announce { repo: RepoInfo, envelope: Envelope, reply: Reply<Queued> },
     /// The hook left something in the spool.
     IngestSpool(Reply<()>),
-    /// A page of the announcements received for a repository, newest first, from `before` on.
-    Log { repo: RepoId, limit: usize, before: Option<u64>, reply: Reply<Page<FeedEntry>> },
+    /// A page of the announcements received for a repository that `filter` keeps, newest
+    /// first, from `before` on.
+    Log { repo: RepoId, limit: usize, before: Option<u64>, filter: LogFilter, reply: Reply<Page<FeedEntry>> },
     /// A signed room message of ours (in a commit's thread with `thread`).
     ChatSend { repo: RepoInfo, envelope: Envelope, thread: Option<String>, reply: Reply<ChatSent> },
     /// A page of a room's messages, newest first, from `before` on.
@@ -82,8 +91,31 @@ pub enum Command {
     KvPut { repo: RepoInfo, key: String, value: Option<Vec<u8>>, name: Option<String>, reply: Reply<KvStored> },
     /// Look `key` up in the DHT (every copy found merged with ours).
     KvGet { repo: RepoId, key: String, reply: Reply<KvFound> },
-    /// A page of the keys this node wrote in the repository, in order, from after `after`.
-    KvList { repo: RepoId, after: Option<String>, reply: Reply<Page<KvKey, String>> },
+    /// A page of the keys this node wrote in the repository, in order, from after `after`:
+    /// those that hold a value of ours, or with `all` every one (tombstones and git-p2p's own
+    /// keys marked).
+    KvList { repo: RepoId, after: Option<String>, all: bool, reply: Reply<Page<KvKey, String>> },
+    /// Publish our branches and tags (ref name -> object id): each ref's key, the refs index,
+    /// and a tombstone for each ref published before that is not there any more.
+    RefsPublish { repo: RepoInfo, refs: BTreeMap<String, String>, name: Option<String>, reply: Reply<Published> },
+    /// Publish our note on `commit` in `notes_ref`.
+    NotePut {
+        repo: RepoInfo,
+        notes_ref: String,
+        commit: String,
+        text: Vec<u8>,
+        name: Option<String>,
+        reply: Reply<KvStored>,
+    },
+    /// Publish the list of the commits our notes in `notes_ref` annotate, and a tombstone for
+    /// each note published before whose commit is not in it any more.
+    NotesIndex {
+        repo: RepoInfo,
+        notes_ref: String,
+        commits: BTreeSet<String>,
+        name: Option<String>,
+        reply: Reply<Published>,
+    },
     /// The Nostr bridge: relays, their state, events waiting.
     NostrStatus(Reply<NostrStatus>),
 }
@@ -139,6 +171,69 @@ pub struct KvKey {
     pub key: String,
     /// Unix ms of our last write.
     pub time: u64,
+    /// Our last write was a tombstone (`kv rm`).
+    #[serde(default)]
+    pub removed: bool,
+    /// One of git-p2p's own keys (refs, notes: [`crate::proto::kv::reserved`]).
+    #[serde(default)]
+    pub internal: bool,
+}
+
+/// A set of our records (refs, notes) was published.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Published {
+    /// How many are published now.
+    pub count: usize,
+    /// What was published before and is not any more (each got a tombstone).
+    pub removed: Vec<String>,
+    /// Peers that took the index (0: only here so far; it is republished later).
+    pub replicas: usize,
+}
+
+/// A registered repository, as `git p2p repos` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RegisteredRepo {
+    pub repo: RepoInfo,
+    /// Our last announcement in it.
+    pub last_announced: Option<Announced>,
+}
+
+/// One of our announcements.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Announced {
+    pub commit: String,
+    /// Unix ms.
+    pub at: u64,
+}
+
+/// Which announcements `git p2p log` shows; the node applies it to the feed (so that `-n 20`
+/// finds 20 matching ones however many others came since) and the client to what it follows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogFilter {
+    /// By one of these authors: PeerIds, or their short forms ([`crate::proto::peer::short`]);
+    /// empty: by anyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authors: Vec<String>,
+    /// Made on this branch (a full ref name, `refs/heads/main`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Announced at or after this time (Unix ms, the author's clock: the time `log` shows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+}
+
+impl LogFilter {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    pub fn matches(&self, entry: &FeedEntry) -> bool {
+        use crate::proto::peer::Author;
+        let by = |a: &String| Author::Peer(a.clone()).matches(&entry.peer, None, "");
+        (self.authors.is_empty() || self.authors.iter().any(by))
+            && self.branch.as_ref().is_none_or(|b| entry.commit.ref_name.as_ref() == Some(b))
+            && self.since.is_none_or(|t| entry.announced_at >= t)
+    }
 }
 
 /// What the node streams to followers.

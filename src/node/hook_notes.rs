@@ -2,7 +2,8 @@
 //! (the hook's slow path), notes of the fast path (held until the hook's git has exited, then
 //! read against the repository's HEAD reflog, a rebase as one), and, at start, the reflogs of
 //! the hooked repositories (found by a survey thread that runs git for each). This is I/O (files,
-//! git): what it finds goes to the service as announcements of ours.
+//! git): what it finds goes to the service as announcements of ours, and as refs of ours that
+//! are gone from the repository (to unpublish).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -202,6 +203,12 @@ impl HookNotes {
         }
         if let (true, Some(head_ref)) = (moved_only, head_ref) {
             service.branch_moved(&repo.id, head_ref, ctx.head_commit.clone(), now, disk);
+        }
+        // A branch or tag we published that is gone now (`git branch -D`) is unpublished.
+        let gone: Vec<String> =
+            service.published_refs(&repo.id, disk).into_iter().filter(|r| !ctx.has_ref(r)).collect();
+        if !gone.is_empty() {
+            service.refs_gone(&repo.id, &gone, now, disk);
         }
         store.set_reflog_pos(&key, new_pos, false)?;
         self.wrote = true;

@@ -247,9 +247,20 @@ impl PersistentStore {
 
     /// From now on, records of `repo` are ours to keep (it was registered).
     pub fn protect(&mut self, repo: &RepoId) {
-        if !self.registered.insert(repo.clone()) {
-            return;
+        if self.registered.insert(repo.clone()) {
+            self.reclass();
         }
+    }
+
+    /// Records of `repo` are strangers' again (it was unregistered), as they are at the next
+    /// start; the budget they now count against gives way by distance as new records come.
+    pub fn unprotect(&mut self, repo: &RepoId) {
+        if self.registered.remove(repo) {
+            self.reclass();
+        }
+    }
+
+    fn reclass(&mut self) {
         let keys: Vec<RecordKey> = self.records.keys().cloned().collect();
         for key in keys {
             let Some(record) = self.records.get(&key) else { continue };

@@ -170,7 +170,7 @@ fn fill_feed(alice: &Node, repo: &RepoId, n: usize) {
         assert!(store.feed_insert(&entry).expect("insert"), "new");
     }
     for i in 0..8000 {
-        store.kv_own(repo, &format!("notes/commits/{i:0>250}"), i, false).expect("a key");
+        store.kv_own(repo, &format!("review/{i:0>250}"), i, false).expect("a key");
     }
     store.sync().expect("sync");
 }
