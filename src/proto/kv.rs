@@ -302,6 +302,19 @@ impl Record {
         Self::decode(bytes, &head.repo, dht_key)
     }
 
+    /// The entry of `author` (as entries name authors) in a record this node holds under
+    /// `dht_key`, checked to belong there; only that entry's signature is verified again (every
+    /// entry was verified when the record came in): reading our own entry of a record with many
+    /// authors costs one verification, not one per author.
+    pub fn entry_of(bytes: &[u8], repo: &RepoId, dht_key: &[u8], author: &str) -> Option<Entry> {
+        let record: Self = serde_json::from_slice(bytes).ok()?;
+        if record.repo != *repo || record_key(&record.repo, &record.key) != dht_key {
+            return None;
+        }
+        let entry = record.entries.into_iter().find(|e| e.author == author)?;
+        entry.verify(repo, &record.key).is_ok().then_some(entry)
+    }
+
     /// Merges one entry: the highest seq per author wins; a lower one is a rollback and refused.
     /// Equal seqs keep the entry with the greater signature, so every node picks the same one.
     /// An entry dated more than [`MAX_AHEAD_MS`] after `now_ms` (the receiver's clock) is refused.
@@ -470,6 +483,21 @@ mod tests {
         let values = |r: &Record| r.values().iter().filter_map(|e| e.value_bytes()).collect::<Vec<_>>();
         assert_eq!(values(&x), values(&y));
         assert_eq!(values(&x), vec![b"a3".to_vec(), b"b2".to_vec()]);
+    }
+
+    #[test]
+    fn one_authors_entry_is_read_from_a_stored_record() {
+        let mut r = Record::new(&repo(), "refs/heads/main");
+        r.merge_entry(entry(&alice(), Some("a1"), 1, 10), NOW).unwrap();
+        r.merge_entry(entry(&bob(), Some("b1"), 1, 10), NOW).unwrap();
+        let key = record_key(&repo(), "refs/heads/main");
+        let author = r.entries[0].author.clone();
+        let found = Record::entry_of(&r.encode(), &repo(), &key, &author).expect("alice's entry");
+        assert_eq!(found.value_bytes(), Some(b"a1".to_vec()));
+        assert!(Record::entry_of(&r.encode(), &repo(), &record_key(&repo(), "other"), &author).is_none());
+        let mut tampered = r.clone();
+        tampered.entries[0].value = Some(hex::encode("evil"));
+        assert!(Record::entry_of(&tampered.encode(), &repo(), &key, &author).is_none(), "verified");
     }
 
     #[test]

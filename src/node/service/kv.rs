@@ -233,8 +233,7 @@ impl Service {
     /// Whether our entry for `key` is a tombstone (a key whose record we no longer hold counts
     /// as written: nothing says it was removed).
     fn removed(&self, repo: &RepoId, key: &str, disk: &dyn Disk) -> bool {
-        let record = local(disk, repo, &kad::RecordKey::new(&record_key(repo, key)));
-        record.is_some_and(|r| r.entries.iter().any(|e| e.author == self.me.author && e.value.is_none()))
+        self.own_entry(repo, key, disk).is_some_and(|e| e.value.is_none())
     }
 
     /// An entry of ours for `key` (None: a tombstone), signed with our user's key. Its sequence

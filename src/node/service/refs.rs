@@ -130,8 +130,7 @@ impl Service {
     /// Our entry for `key`, as our copy of the record has it.
     pub(super) fn own_entry(&self, repo: &RepoId, key: &str, disk: &dyn Disk) -> Option<Entry> {
         let dht_key = kad::RecordKey::new(&record_key(repo, key));
-        let record = Record::decode(&disk.record(&dht_key)?.value, repo, dht_key.as_ref()).ok()?;
-        record.entries.into_iter().find(|e| e.author == self.me.author)
+        Record::entry_of(&disk.record(&dht_key)?.value, repo, dht_key.as_ref(), &self.me.author)
     }
 
     /// A tombstone for our value of `key`, if we have one there.
