@@ -684,15 +684,16 @@ impl Store {
         self.newest(CHAT, room, before, limit, budget)
     }
 
-    /// A page of a repo's announcements that `keep` keeps, newest first (as
-    /// [`Store::chat_page`]; the page goes on past those it leaves out).
+    /// A page of a repo's announcements that `keep` keeps (it is handed each one's JSON, so that
+    /// those left out are never decoded whole), newest first (as [`Store::chat_page`]; the page
+    /// goes on past those it leaves out).
     pub fn feed_page(
         &self,
         repo: &RepoId,
         before: Option<u64>,
         limit: usize,
         budget: usize,
-        keep: impl Fn(&FeedEntry) -> bool,
+        keep: impl Fn(&[u8]) -> bool,
     ) -> Result<(Vec<FeedEntry>, Option<u64>), StoreError> {
         self.newest_kept(FEED, repo.as_str(), before, limit, budget, keep)
     }
@@ -711,7 +712,7 @@ impl Store {
         self.newest_kept(def, prefix, before, limit, budget, |_| true)
     }
 
-    /// [`Store::newest`] of the entries `keep` keeps.
+    /// [`Store::newest`] of the entries `keep` keeps (it sees their stored bytes).
     fn newest_kept<T: serde::de::DeserializeOwned>(
         &self,
         def: TableDefinition<(&str, u64), &[u8]>,
@@ -719,7 +720,7 @@ impl Store {
         before: Option<u64>,
         limit: usize,
         budget: usize,
-        keep: impl Fn(&T) -> bool,
+        keep: impl Fn(&[u8]) -> bool,
     ) -> Result<(Vec<T>, Option<u64>), StoreError> {
         let txn = db(self.db.begin_read())?;
         let table = db(txn.open_table(def))?;
@@ -733,11 +734,12 @@ impl Store {
                 return Ok((out, last));
             }
             last = Some(k.value().1);
+            if !keep(v.value()) {
+                continue;
+            }
             if let Ok(entry) = serde_json::from_slice(v.value()) {
-                if keep(&entry) {
-                    bytes += v.value().len();
-                    out.push(entry);
-                }
+                bytes += v.value().len();
+                out.push(entry);
             }
         }
         Ok((out, None))

@@ -228,11 +228,29 @@ impl LogFilter {
     }
 
     pub fn matches(&self, entry: &FeedEntry) -> bool {
+        self.keeps(&entry.peer, entry.commit.ref_name.as_deref(), entry.announced_at)
+    }
+
+    /// [`LogFilter::matches`] of a feed entry as the store keeps it (its JSON), reading only
+    /// the fields it looks at: the node runs through the whole feed for a filter few match.
+    pub fn matches_json(&self, json: &[u8]) -> bool {
+        #[derive(Deserialize)]
+        struct Head<'a> {
+            #[serde(borrow)]
+            peer: std::borrow::Cow<'a, str>,
+            #[serde(borrow, default)]
+            ref_name: Option<std::borrow::Cow<'a, str>>,
+            announced_at: u64,
+        }
+        serde_json::from_slice::<Head>(json).is_ok_and(|h| self.keeps(&h.peer, h.ref_name.as_deref(), h.announced_at))
+    }
+
+    fn keeps(&self, peer: &str, ref_name: Option<&str>, announced_at: u64) -> bool {
         use crate::proto::peer::Author;
-        let by = |a: &String| Author::Peer(a.clone()).matches(&entry.peer, None, "");
+        let by = |a: &String| Author::Peer(a.clone()).matches(peer, None, "");
         (self.authors.is_empty() || self.authors.iter().any(by))
-            && self.branch.as_ref().is_none_or(|b| entry.commit.ref_name.as_ref() == Some(b))
-            && self.since.is_none_or(|t| entry.announced_at >= t)
+            && self.branch.as_ref().is_none_or(|b| ref_name == Some(b.as_str()))
+            && self.since.is_none_or(|t| announced_at >= t)
     }
 }
 
@@ -356,6 +374,34 @@ pub struct PeerInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_filter_reads_an_entry_and_its_json_alike() {
+        let entry: FeedEntry = serde_json::from_value(serde_json::json!({
+            "repo": "a".repeat(40), "peer": "12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X", "name": "bob",
+            "ref_name": "refs/heads/main", "commit": "b".repeat(40), "parents": [], "author": "bob",
+            "summary": "s \"quoted\"", "commit_time": 1, "announced_at": 5000, "received_at": 5001,
+        }))
+        .unwrap();
+        let json = serde_json::to_vec(&entry).unwrap();
+        let short = |p: &str| LogFilter { authors: vec![p.into()], ..LogFilter::default() };
+        let branch = |b: &str| LogFilter { branch: Some(b.into()), ..LogFilter::default() };
+        let since = |t: u64| LogFilter { since: Some(t), ..LogFilter::default() };
+        for (filter, keeps) in [
+            (LogFilter::default(), true),
+            (short("aaaaNft9HyQ6X"), false),
+            (short("YbU1Nft9HyQ6X"), true),
+            (short("bU1Nft9HyQ6X"), true),
+            (short("12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"), false),
+            (branch("refs/heads/main"), true),
+            (branch("refs/heads/mai"), false),
+            (since(5000), true),
+            (since(5001), false),
+        ] {
+            assert_eq!(filter.matches(&entry), keeps, "{filter:?}");
+            assert_eq!(filter.matches_json(&json), keeps, "{filter:?} on JSON");
+        }
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("cannot store: {0}")]

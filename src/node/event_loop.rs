@@ -228,7 +228,7 @@ impl EventLoop {
                 let _ = reply.send(Ok(()));
             }
             Command::Log { repo, limit, before, filter, reply } => {
-                let page = self.store.feed_page(&repo, before, limit, PAGE_BYTES, |e| filter.matches(e));
+                let page = self.store.feed_page(&repo, before, limit, PAGE_BYTES, |e| filter.matches_json(e));
                 let page = page.map(|(items, next)| Page { items, next });
                 let _ = reply.send(page.map_err(|e| Failure::new(format!("cannot read the feed: {e}"))));
             }
