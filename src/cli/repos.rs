@@ -55,8 +55,15 @@ fn gone_work_tree(git_dir: &Path) -> PathBuf {
 }
 
 pub fn run(ctx: &Ctx, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let mut repos: Vec<(RegisteredRepo, Place)> =
-        ctx.client()?.repos()?.into_iter().map(|r| (place(&r), r)).map(|(p, r)| (r, p)).collect();
+    let mut repos: Vec<(RegisteredRepo, Place)> = ctx
+        .client()?
+        .repos()?
+        .into_iter()
+        .map(|r| {
+            let at = place(&r);
+            (r, at)
+        })
+        .collect();
     repos.sort_by(|a, b| (&a.1.path, &a.0.repo.id).cmp(&(&b.1.path, &b.0.repo.id)));
     if json {
         for (r, p) in &repos {
@@ -82,8 +89,12 @@ pub fn run(ctx: &Ctx, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let rows: Vec<[String; 5]> = repos
         .iter()
         .map(|(r, p)| {
-            let path = p.path.as_ref().map_or("(unknown)".to_string(), |p| inert(&p.to_string_lossy()));
-            let path = if p.exists() { path } else { format!("{path} (gone)") };
+            let path = match &p.path {
+                // Registered by a version that did not say where.
+                None => "(not known)".to_string(),
+                Some(path) if p.exists() => inert(&path.to_string_lossy()),
+                Some(path) => format!("{} (gone)", inert(&path.to_string_lossy())),
+            };
             let hooks = p.hooks.map_or("-", State::label).to_string();
             let last = r.last_announced.as_ref().map_or("never".to_string(), |a| {
                 format!("{} {}", super::fmt::local_time(a.at / 1000), &a.commit[..a.commit.len().min(10)])

@@ -403,6 +403,7 @@ impl EventLoop {
         self.durability.sync_soon(&self.store);
         self.hooks.ingest(&mut self.service, disk!(self), &self.store);
         self.hooks.retry_rebasing(&mut self.service, disk!(self), &self.store);
+        self.hooks.unpublish_gone_refs(&mut self.service, disk!(self));
         self.service.tick(Now::system(), disk!(self));
         if self.hooks.take_wrote() {
             self.durability.wrote();

@@ -53,6 +53,9 @@ pub struct HookNotes {
     survey: Option<oneshot::Receiver<Vec<PathBuf>>>,
     /// A reflog position was written without fsync since [`Self::take_wrote`].
     wrote: bool,
+    /// Repositories read since the last tick, whose refs we published may be gone
+    /// ([`Self::unpublish_gone_refs`]).
+    refs_to_check: HashSet<PathBuf>,
 }
 
 impl HookNotes {
@@ -73,6 +76,7 @@ impl HookNotes {
             rebasing: HashSet::new(),
             survey: None,
             wrote: false,
+            refs_to_check: HashSet::new(),
         }
     }
 
@@ -204,15 +208,26 @@ impl HookNotes {
         if let (true, Some(head_ref)) = (moved_only, head_ref) {
             service.branch_moved(&repo.id, head_ref, ctx.head_commit.clone(), now, disk);
         }
-        // A branch or tag we published that is gone now (`git branch -D`) is unpublished.
-        let gone: Vec<String> =
-            service.published_refs(&repo.id, disk).into_iter().filter(|r| !ctx.has_ref(r)).collect();
-        if !gone.is_empty() {
-            service.refs_gone(&repo.id, &gone, now, disk);
-        }
+        // Whether a branch or tag we published is gone now (`git branch -D`) is looked at later,
+        // off the announcement's path.
+        self.refs_to_check.insert(dir.to_path_buf());
         store.set_reflog_pos(&key, new_pos, false)?;
         self.wrote = true;
         Ok(None)
+    }
+
+    /// The refs we published in the repositories read since the last call that are gone from
+    /// them now (a branch deleted, a tag removed) are unpublished. Called on the tick, so that
+    /// the reads never delay an announcement (a record's JSON holds up to 64 authors' entries).
+    pub fn unpublish_gone_refs(&mut self, service: &mut Service, disk: &mut dyn Disk) {
+        for dir in std::mem::take(&mut self.refs_to_check) {
+            let Ok(ctx) = self.repos.open(&dir) else { continue };
+            let gone: Vec<String> =
+                service.published_refs(&ctx.repo_id, disk).into_iter().filter(|r| !ctx.has_ref(r)).collect();
+            if !gone.is_empty() {
+                service.refs_gone(&ctx.repo_id, &gone, Now::system(), disk);
+            }
+        }
     }
 
     /// Moves what the hook spooled into the outbox: whole announcements (made while the node was
