@@ -161,6 +161,10 @@ outbox. Messages dated more than 10 minutes ahead of \
 a peer's clock or more than 30 days back are dropped. A DHT value has at most 8 KiB, a key 256 bytes, a record 64 \
 authors.";
 
+const RESERVED_KEYS: &str = "refs, refs/... and notes/... are git-p2p's own keys: your published refs (written by \
+git p2p refs publish and by the node after each commit) and notes (git p2p notes push). kv set and kv rm refuse them; \
+kv get reads them; kv ls lists them only with --all.";
+
 /// The sections of a page beyond options and subcommands.
 fn extra_sections(name: &str) -> Vec<(&'static str, String)> {
     match name {
@@ -187,8 +191,9 @@ fn extra_sections(name: &str) -> Vec<(&'static str, String)> {
                 ("From scripts:", "git p2p chat --send \"build is green\"\ngit p2p chat --tail -f --json"),
             ])),
         ],
-        "git-p2p-kv" | "git-p2p-kv-set" | "git-p2p-kv-get" => vec![
+        "git-p2p-kv" | "git-p2p-kv-set" | "git-p2p-kv-get" | "git-p2p-kv-rm" | "git-p2p-kv-ls" => vec![
             ("LIMITS", paragraph(LIMITS)),
+            ("RESERVED KEYS", paragraph(RESERVED_KEYS)),
             ("EXAMPLES", examples(&[
                 ("Set, read and remove a value:", "git p2p kv set review-status ready\ngit p2p kv get review-status --json\ngit p2p kv rm review-status"),
                 ("A value from a file, or from standard input:", "git p2p kv set config --file ci.json\necho ok | git p2p kv set status -"),
@@ -203,8 +208,15 @@ fn extra_sections(name: &str) -> Vec<(&'static str, String)> {
         )],
         "git-p2p-log" => vec![
             ("FOLLOWING", paragraph(FOLLOWING)),
-            ("EXAMPLES", examples(&[("What peers announced, then follow:", "git p2p log -n 20\ngit p2p log -f --json")])),
+            ("EXAMPLES", examples(&[
+                ("What peers announced, then follow:", "git p2p log -n 20\ngit p2p log -f --json"),
+                ("One peer's commits on main this week, then theirs as they come:", "git p2p log --author 9Rg3sBYbU1Nf --branch main --since 1.week\ngit p2p log -f --author 9Rg3sBYbU1Nf"),
+            ])),
         ],
+        "git-p2p-repos" | "git-p2p-deinit" => vec![("EXAMPLES", examples(&[
+            ("The repositories the node serves, then forget one whose directory is gone:", "git p2p repos\ngit p2p deinit ~/src/old-clone"),
+            ("Undo git p2p init here (your own hooks come back):", "git p2p deinit"),
+        ]))],
         "git-p2p-daemon" | "git-p2p-daemon-run" => vec![
             ("FILES", items(FILES)),
             ("EXAMPLES", examples(&[("Run the node under systemd (a user unit's ExecStart):", "git p2p daemon run")])),

@@ -84,6 +84,9 @@ const REPO_DIRS: TableDefinition<&str, &str> = TableDefinition::new("repo_dirs")
 /// Our own announced commits: (repo id, commit) -> unix ms. The hook's fast and slow paths and
 /// the reflog all lead here, so each commit is announced once.
 const OWN_ANNOUNCED: TableDefinition<(&str, &str), u64> = TableDefinition::new("own_announced");
+/// Our last announcement per repository: repo id -> (commit, unix ms), for `git p2p repos`
+/// (the set above forgets after 30 days).
+const LAST_ANNOUNCED: TableDefinition<&str, (&str, u64)> = TableDefinition::new("last_announced");
 /// Repo id -> how far (bytes) the node has read the repository's HEAD reflog.
 const REFLOG_POS: TableDefinition<&str, u64> = TableDefinition::new("reflog_pos");
 /// Signed Nostr events waiting for relays to accept them: seq -> JSON [`NostrPending`].
@@ -94,7 +97,7 @@ const NOSTR_LAST: TableDefinition<&str, &[u8]> = TableDefinition::new("nostr_las
 const RESTORE: TableDefinition<(&str, &str), u64> = TableDefinition::new("restore");
 
 /// Every table, by name: an open creates those missing.
-const TABLES: [&str; 20] = [
+const TABLES: [&str; 21] = [
     "peers",
     "repos",
     "outbox",
@@ -110,6 +113,7 @@ const TABLES: [&str; 20] = [
     "nostr_outbox",
     "nostr_last",
     "restore",
+    "last_announced",
     "thread_log",
     "seen_at",
     "chat_seen_at",
@@ -247,6 +251,7 @@ impl Store {
                 db(txn.open_table(KV_OWN))?;
                 db(txn.open_table(REPO_DIRS))?;
                 db(txn.open_table(OWN_ANNOUNCED))?;
+                db(txn.open_table(LAST_ANNOUNCED))?;
                 db(txn.open_table(REFLOG_POS))?;
                 db(txn.open_table(NOSTR_OUTBOX))?;
                 db(txn.open_table(NOSTR_LAST))?;
@@ -372,8 +377,13 @@ impl Store {
             }
             Ok(())
         })?;
-        // A copy of the registry outside the file: what a repair of a store damaged beyond
-        // reading rebuilds from (a registration is rare; the copy is best effort).
+        self.copy_registry();
+        Ok(())
+    }
+
+    /// A copy of the registry outside the file: what a repair of a store damaged beyond reading
+    /// rebuilds from (a registration is rare; the copy is best effort).
+    fn copy_registry(&self) {
         let copy = self.repos().map(|all| serde_json::to_vec_pretty(&all).expect("plain structs serialise"));
         if let Err(e) = copy
             .map_err(|e| e.to_string())
@@ -381,12 +391,33 @@ impl Store {
         {
             tracing::warn!(error = %e, "cannot copy the registry of repositories");
         }
-        Ok(())
     }
 
     /// The copy of the registered repositories kept beside the store.
     fn registry_copy(&self) -> std::path::PathBuf {
         registry_copy(self.path())
+    }
+
+    /// Forgets a registered repository, and where its reflogs were read (a repository
+    /// registered again later is read from its reflog's end then, not from where it was left).
+    pub fn remove_repo(&self, repo: &RepoId) -> Result<(), StoreError> {
+        self.update(true, |txn| {
+            db(db(txn.open_table(REPOS))?.remove(repo.as_str()))?;
+            db(db(txn.open_table(REPO_DIRS))?.remove(repo.as_str()))?;
+            let mut positions = db(txn.open_table(REFLOG_POS))?;
+            // The main work tree's key is the id; a linked one's is "<id>:<git dir>".
+            let linked = format!("{repo}:");
+            let keys: Vec<String> = db(positions.range(repo.as_str()..))?
+                .filter_map(|item| item.ok().map(|(k, _)| k.value().to_string()))
+                .take_while(|k| k == repo.as_str() || k.starts_with(&linked))
+                .collect();
+            for key in keys {
+                db(positions.remove(key.as_str()))?;
+            }
+            Ok(())
+        })?;
+        self.copy_registry();
+        Ok(())
     }
 
     pub fn repos(&self) -> Result<Vec<RepoInfo>, StoreError> {
@@ -414,8 +445,34 @@ impl Store {
     /// durable commit, or the next one).
     pub fn mark_announced(&self, repo: &RepoId, commit: &str) -> Result<(), StoreError> {
         self.update(false, |txn| {
-            db(db(txn.open_table(OWN_ANNOUNCED))?.insert((repo.as_str(), commit), unix_now_ms()))?;
+            let now = unix_now_ms();
+            db(db(txn.open_table(OWN_ANNOUNCED))?.insert((repo.as_str(), commit), now))?;
+            db(db(txn.open_table(LAST_ANNOUNCED))?.insert(repo.as_str(), (commit, now)))?;
             Ok(())
+        })
+    }
+
+    /// Our last announcement in `repo` (commit, unix ms), if we made one.
+    pub fn last_announced(&self, repo: &RepoId) -> Result<Option<(String, u64)>, StoreError> {
+        self.read(|txn| {
+            if let Some(last) = db(db(txn.open_table(LAST_ANNOUNCED))?.get(repo.as_str()))? {
+                let (commit, at) = last.value();
+                return Ok(Some((commit.to_string(), at)));
+            }
+            // Announced by a version that did not keep the last one: the newest of the set.
+            let table = db(txn.open_table(OWN_ANNOUNCED))?;
+            let mut newest: Option<(String, u64)> = None;
+            for item in db(table.range((repo.as_str(), "")..))? {
+                let (k, v) = db(item)?;
+                let (r, commit) = k.value();
+                if r != repo.as_str() {
+                    break;
+                }
+                if newest.as_ref().is_none_or(|(_, at)| v.value() > *at) {
+                    newest = Some((commit.to_string(), v.value()));
+                }
+            }
+            Ok(newest)
         })
     }
 
@@ -928,15 +985,18 @@ impl Store {
         self.newest(CHAT, "chat", room, before, limit, budget)
     }
 
-    /// A page of a repo's announcements, newest first (as [`Store::chat_page`]).
+    /// A page of a repo's announcements that `keep` keeps (it is handed each one's JSON, so that
+    /// those left out are never decoded whole), newest first (as [`Store::chat_page`]; the page
+    /// goes on past those it leaves out).
     pub fn feed_page(
         &self,
         repo: &RepoId,
         before: Option<u64>,
         limit: usize,
         budget: usize,
+        keep: impl Fn(&[u8]) -> bool,
     ) -> Result<(Vec<FeedEntry>, Option<u64>), StoreError> {
-        self.newest(FEED, "feed", repo.as_str(), before, limit, budget)
+        self.newest_kept(FEED, "feed", repo.as_str(), before, limit, budget, keep)
     }
 
     /// The commits announced for `repo` whose id starts with `prefix`, at most `limit`, each
@@ -975,6 +1035,21 @@ impl Store {
         limit: usize,
         budget: usize,
     ) -> Result<(Vec<T>, Option<u64>), StoreError> {
+        self.newest_kept(def, name, prefix, before, limit, budget, |_| true)
+    }
+
+    /// [`Store::newest`] of the entries `keep` keeps (it sees their stored bytes).
+    #[allow(clippy::too_many_arguments)]
+    fn newest_kept<T: DeserializeOwned>(
+        &self,
+        def: TableDefinition<(&str, u64), &[u8]>,
+        name: &'static str,
+        prefix: &str,
+        before: Option<u64>,
+        limit: usize,
+        budget: usize,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<(Vec<T>, Option<u64>), StoreError> {
         self.read(|txn| {
             let table = db(txn.open_table(def))?;
             let mut out = Vec::new();
@@ -987,6 +1062,9 @@ impl Store {
                     return Ok((out, last));
                 }
                 last = Some(k.value().1);
+                if !keep(v.value()) {
+                    continue;
+                }
                 bytes += v.value().len();
                 out.push(parse(v.value(), name)?);
             }

@@ -22,7 +22,10 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use super::api::{ChatSent, KvFound, KvKey, KvStored, NodeStatus, NostrStatus, Page, PeerInfo, Queued};
+use super::api::{
+    ChatSent, KvFound, KvKey, KvStored, LogFilter, NodeStatus, NostrStatus, Page, PeerInfo, Published, Queued,
+    RegisteredRepo,
+};
 use super::follow::Subscription;
 use super::proto::{self, DecodeError, Request, RequestFrame, MAX_ANSWER};
 use crate::paths::{PathError, Paths};
@@ -247,8 +250,18 @@ impl Client {
         self.call(Request::Peers)
     }
 
-    pub fn register_repo(&mut self, repo: RepoInfo) -> Result<(), ClientError> {
+    /// Registers `repo`; the answer is the registry's entry (its name is the one commands show).
+    pub fn register_repo(&mut self, repo: RepoInfo) -> Result<RepoInfo, ClientError> {
         self.call(Request::RegisterRepo { repo })
+    }
+
+    /// Forgets `repo`; the answer is the entry it had.
+    pub fn unregister_repo(&mut self, repo: RepoId) -> Result<RepoInfo, ClientError> {
+        self.call(Request::UnregisterRepo { repo })
+    }
+
+    pub fn repos(&mut self) -> Result<Vec<RegisteredRepo>, ClientError> {
+        self.call(Request::Repos)
     }
 
     /// Asks the node to stop; it may close the connection before its answer is out (which
@@ -266,7 +279,17 @@ impl Client {
 
     /// The newest `limit` announcements received for `repo`, newest first.
     pub fn log(&mut self, repo: RepoId, limit: usize) -> Result<Vec<FeedEntry>, ClientError> {
-        self.pages(limit, |limit, before| Request::Log { repo: repo.clone(), limit, before })
+        self.log_filtered(repo, limit, &LogFilter::default())
+    }
+
+    /// The newest `limit` announcements received for `repo` that `filter` keeps, newest first.
+    pub fn log_filtered(
+        &mut self,
+        repo: RepoId,
+        limit: usize,
+        filter: &LogFilter,
+    ) -> Result<Vec<FeedEntry>, ClientError> {
+        self.pages(limit, |limit, before| Request::Log { repo: repo.clone(), limit, before, filter: filter.clone() })
     }
 
     /// The commits peers announced for `repo` whose id starts with `prefix` (lowercase hex), at
@@ -311,9 +334,43 @@ impl Client {
         self.call(Request::KvGet { repo, key: key.to_string() })
     }
 
-    /// Every key this node wrote in `repo`.
-    pub fn kv_list(&mut self, repo: RepoId) -> Result<Vec<KvKey>, ClientError> {
-        self.pages(usize::MAX, |_, after| Request::KvList { repo: repo.clone(), after })
+    /// The keys this node wrote in `repo` that hold a value of ours; with `all`, every one.
+    pub fn kv_list(&mut self, repo: RepoId, all: bool) -> Result<Vec<KvKey>, ClientError> {
+        self.pages(usize::MAX, |_, after| Request::KvList { repo: repo.clone(), after, all })
+    }
+
+    /// Publishes our branches and tags (ref name -> object id), unpublishing those gone since.
+    pub fn refs_publish(
+        &mut self,
+        repo: RepoInfo,
+        refs: std::collections::BTreeMap<String, String>,
+        name: Option<String>,
+    ) -> Result<Published, ClientError> {
+        self.call(Request::RefsPublish { repo, refs, name })
+    }
+
+    /// Publishes our note on `commit` in `notes_ref`.
+    pub fn note_put(
+        &mut self,
+        repo: RepoInfo,
+        notes_ref: &str,
+        commit: &str,
+        text: &[u8],
+        name: Option<String>,
+    ) -> Result<KvStored, ClientError> {
+        let (notes_ref, commit, text) = (notes_ref.to_string(), commit.to_string(), hex::encode(text));
+        self.call(Request::NotePut { repo, notes_ref, commit, text, name })
+    }
+
+    /// Publishes which commits our notes in `notes_ref` annotate, unpublishing notes gone since.
+    pub fn notes_index(
+        &mut self,
+        repo: RepoInfo,
+        notes_ref: &str,
+        commits: std::collections::BTreeSet<String>,
+        name: Option<String>,
+    ) -> Result<Published, ClientError> {
+        self.call(Request::NotesIndex { repo, notes_ref: notes_ref.to_string(), commits, name })
     }
 
     pub fn nostr_status(&mut self) -> Result<NostrStatus, ClientError> {
@@ -343,8 +400,9 @@ impl Client {
         repo: RepoId,
         limit: usize,
         before: Option<u64>,
+        filter: &LogFilter,
     ) -> Result<Page<FeedEntry>, ClientError> {
-        self.call(Request::Log { repo, limit, before })
+        self.call(Request::Log { repo, limit, before, filter: filter.clone() })
     }
 
     /// A page of a room's messages, newest first, before `before`.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use super::api::Page;
+use super::api::{LogFilter, Page};
 use super::client::{Client, ClientError, Follower};
 use super::proto::Request;
 use crate::paths::Paths;
@@ -59,17 +59,28 @@ pub trait Subscription {
     fn key(item: &Self::Item) -> String;
 }
 
-/// The announcements peers make in a repository.
-pub struct Feed(pub RepoId);
+/// The announcements peers make in a repository (those `filter` keeps, in the history: the
+/// node filters it; what streams in is the follower's to filter).
+pub struct Feed {
+    pub repo: RepoId,
+    pub filter: LogFilter,
+}
+
+impl Feed {
+    /// Every announcement of `repo`.
+    pub fn all(repo: RepoId) -> Self {
+        Self { repo, filter: LogFilter::default() }
+    }
+}
 
 impl Subscription for Feed {
     type Item = FeedEntry;
     const NEWEST_FIRST: bool = true;
     fn follow_request(&self) -> Request {
-        Request::Follow { repo: self.0.clone() }
+        Request::Follow { repo: self.repo.clone() }
     }
     fn page(&self, client: &mut Client, limit: usize, before: Option<u64>) -> Result<Page<FeedEntry>, ClientError> {
-        client.log_page(self.0.clone(), limit, before)
+        client.log_page(self.repo.clone(), limit, before, &self.filter)
     }
     fn key(item: &FeedEntry) -> String {
         format!("{}/{}", item.commit.id, item.peer)

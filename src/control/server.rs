@@ -170,10 +170,14 @@ fn route(req: Request) -> Routed {
         Request::Status => ask(Command::Status),
         Request::Peers => ask(Command::Peers),
         Request::RegisterRepo { repo } => ask(|reply| Command::RegisterRepo { repo, reply }),
+        Request::UnregisterRepo { repo } => ask(|reply| Command::UnregisterRepo { repo, reply }),
+        Request::Repos => ask(Command::Repos),
         Request::Shutdown => ask(Command::Shutdown),
         Request::Announce { repo, envelope } => ask(|reply| Command::Announce { repo, envelope, reply }),
         Request::IngestSpool => ask(Command::IngestSpool),
-        Request::Log { repo, limit, before } => ask(|reply| Command::Log { repo, limit, before, reply }),
+        Request::Log { repo, limit, before, filter } => {
+            ask(|reply| Command::Log { repo, limit, before, filter, reply })
+        }
         Request::FeedCommits { repo, prefix, limit } => {
             ask(|reply| Command::FeedCommits { repo, prefix, limit, reply })
         }
@@ -189,7 +193,15 @@ fn route(req: Request) -> Routed {
             Err(_) => Routed::Refused(Failure::new("malformed control frame: the value is not hex")),
         },
         Request::KvGet { repo, key } => ask(|reply| Command::KvGet { repo, key, reply }),
-        Request::KvList { repo, after } => ask(|reply| Command::KvList { repo, after, reply }),
+        Request::KvList { repo, after, all } => ask(|reply| Command::KvList { repo, after, all, reply }),
+        Request::RefsPublish { repo, refs, name } => ask(|reply| Command::RefsPublish { repo, refs, name, reply }),
+        Request::NotePut { repo, notes_ref, commit, text, name } => match hex::decode(text) {
+            Ok(text) => ask(|reply| Command::NotePut { repo, notes_ref, commit, text, name, reply }),
+            Err(_) => Routed::Refused(Failure::new("malformed control frame: the note is not hex")),
+        },
+        Request::NotesIndex { repo, notes_ref, commits, name } => {
+            ask(|reply| Command::NotesIndex { repo, notes_ref, commits, name, reply })
+        }
         Request::NostrStatus => ask(Command::NostrStatus),
         Request::Follow { repo } => Routed::Subscribe(Subscription::Feed(repo)),
         Request::FollowChat { room } => Routed::Subscribe(Subscription::Room(room)),

@@ -56,7 +56,7 @@ pub fn run(
     }
     forward(move || room.recv(), Msg::Chat, tx.clone());
     if session.thread.is_none() {
-        let feed = Feed(session.repo.id);
+        let feed = Feed::all(session.repo.id);
         let mut feed = client.tail(&session.paths, feed, HISTORY, true)?.on_gap(None, gaps(&tx));
         std::mem::take(&mut feed.history).into_iter().for_each(|e| app.push(Item::Commit(e)));
         forward(move || feed.recv(), Msg::Commit, tx.clone());

@@ -307,6 +307,20 @@ fn dht_forgeries_rollbacks_over_wide_and_oversized_records_are_refused() {
     assert!(!out.status.success(), "a record with too many authors is not taken");
     let out = s.pair.bob.run_in(&s.pair.bob_repo, &["kv", "get", "big"]);
     assert!(!out.status.success(), "an oversized record is not taken");
+    // A refs entry with names git would refuse and a value that is not an object id: bob's
+    // `refs` shows the one valid ref only (no escape sequence reaches his terminal).
+    let head = s.pair.bob.git(&s.pair.bob_repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let forged = serde_json::json!({
+        "refs/heads/ok": head,
+        "refs/heads/evil\u{1b}]0;pwned\u{7}": head,
+        "refs/heads/a..b": head,
+        "refs/heads/not-an-id": "HEAD~1",
+    });
+    let refs = entry_record(&m.key, &s.repo_id, "refs", forged.to_string().as_bytes(), 1);
+    m.put_all(s.bob_id, vec![kad_record(&refs)]);
+    let mallory = m.peer_id().to_string();
+    let table = s.pair.bob.ok_in(&s.pair.bob_repo, &["refs", "--author", &mallory]);
+    assert_eq!(table, format!("{head}\trefs/heads/ok\t{mallory}\n"));
     s.still_fine("DHT forgeries");
 }
 

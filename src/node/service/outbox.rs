@@ -172,7 +172,7 @@ impl Service {
         disk: &mut dyn Disk,
     ) -> Result<(), StoreError> {
         if !self.repos.knows_at(&entry.repo) {
-            disk.add_repo(&entry.repo)?;
+            disk.add_repo(&self.repos.as_known(&entry.repo))?;
             self.push(Io::WatchReflog(entry.repo.clone()));
         }
         let ours = entry.envelope.author == self.me.author;

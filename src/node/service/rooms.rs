@@ -52,6 +52,12 @@ pub enum Room {
 }
 
 impl Room {
+    fn repo(&self) -> &RepoId {
+        match self {
+            Room::Commits { repo } | Room::Chat { repo, .. } | Room::Threads { repo } => repo,
+        }
+    }
+
     pub fn topic(&self) -> Sha256Topic {
         use crate::proto::topic;
         match self {
@@ -171,6 +177,20 @@ impl Rooms {
         }
         self.topics.insert(topic.hash(), room);
         Some(topic)
+    }
+
+    /// Leaves every room of `repo` (its commits, its room, its commits' threads); their topics,
+    /// to unsubscribe from.
+    pub fn leave_repo(&mut self, repo: &RepoId) -> Vec<Sha256Topic> {
+        let mut left = Vec::new();
+        self.topics.retain(|_, room| {
+            let leave = room.repo() == repo;
+            if leave {
+                left.push(room.topic());
+            }
+            !leave
+        });
+        left
     }
 
     /// A gossip message on `topic`, checked.
