@@ -156,7 +156,8 @@ command with exit status 1; the chat window waits as long as it is open and says
 
 const LIMITS: &str = "A room message has at most 4000 characters; a node keeps the last 1000 messages per room, \
 10 000 across the commit threads of a repository, and 10 000 announcements per repository (1000 per author); a message seen once is known for 30 days \
-(replays are dropped). Peers take at most 20 messages a second from one author (bursts of 100); your node sends at 90 % of that pace, so a burst waits in the \
+(replays are dropped). Peers take at most 20 messages a second from one author (bursts of 100) and 50 announcements (bursts of \
+500); your node sends at 90 % of that pace, so a burst waits in the \
 outbox. Messages dated more than 10 minutes ahead of \
 a peer's clock or more than 30 days back are dropped. A DHT value has at most 8 KiB, a key 256 bytes, a record 64 \
 authors.";

@@ -47,7 +47,7 @@ pub use discovery::{strip_p2p, TARGET_PEERS};
 pub use kv::QueryRef;
 pub use outbox::PUBLISH_GRACE;
 pub use peers::DialRef;
-pub use rooms::{CHAT_BURST, CHAT_RATE};
+pub use rooms::{ANNOUNCE_BURST, ANNOUNCE_RATE, CHAT_BURST, CHAT_RATE};
 
 /// How often, and for how long, our announced commits are remembered (against announcing one
 /// twice through the hook's two paths and the reflog; those meet within seconds).
@@ -238,7 +238,7 @@ pub struct Service {
     /// Room messages of ours published at once, until the network answered.
     sending: HashMap<u64, rooms::Sending>,
     /// What we send, per author and kind, at the pace peers take it.
-    pacer: rooms::RateLimiter,
+    pacer: rooms::Pacer,
     /// Peers cut off for flooding us.
     conduct: conduct::Conduct,
     next_ticket: u64,
@@ -258,7 +258,7 @@ impl Service {
             refs: refs::Refs::default(),
             discovery: discovery::Discovery::new(bootstrap.iter().map(|(p, _)| *p)),
             sending: HashMap::new(),
-            pacer: rooms::RateLimiter::sender(),
+            pacer: rooms::Pacer::default(),
             conduct: conduct::Conduct::default(),
             next_ticket: 0,
             last_prune: None,

@@ -29,7 +29,11 @@ use crate::proto::repo::{RepoId, RepoInfo};
 /// send to the same rate, so that peers take all of it.
 pub const CHAT_RATE: f64 = 20.0;
 pub const CHAT_BURST: f64 = 100.0;
-/// The share of [`CHAT_RATE`] and [`CHAT_BURST`] our node sends at, per author and kind.
+/// The same for announcements: a commit is rarer than a line of chat, but a patch series applied
+/// with `git am` or a script makes hundreds at once, and each is small.
+pub const ANNOUNCE_RATE: f64 = 50.0;
+pub const ANNOUNCE_BURST: f64 = 500.0;
+/// The share of what receivers take that our node sends at, per author and kind.
 pub const SEND_SHARE: f64 = 0.9;
 /// How far ahead of our clock a message may be dated: further, it is dropped (it would sit at
 /// the top of a feed or room for as long as it claims).
@@ -156,7 +160,7 @@ impl Rooms {
         Self {
             topics: HashMap::new(),
             chat_limiter: RateLimiter::default(),
-            announce_limiter: RateLimiter::default(),
+            announce_limiter: RateLimiter::new(ANNOUNCE_RATE, ANNOUNCE_BURST),
             seen: Recent::new(RECENT_CHAT_IDS, seen),
             clocks: super::clocks::Clocks::default(),
         }
@@ -438,10 +442,7 @@ impl Service {
         let entry = ChatEntry::new(&envelope, author, message, true, now.unix_ms);
         let peers = self.discovery.peers.audience(&topic);
         let outbox = OutboxEntry { repo, envelope, thread };
-        if peers > 0
-            && !self.outbox.waits_for(&topic)
-            && self.pacer.allow(&super::outbox::pace_key(&outbox.envelope), now.mono)
-        {
+        if peers > 0 && !self.outbox.waits_for(&topic) && self.pacer.allow(&outbox.envelope, now.mono) {
             let n = self.ticket();
             let data = outbox.envelope.encode();
             self.sending.insert(n, Sending { entry, outbox, peers, reply });
@@ -510,6 +511,31 @@ impl Service {
     }
 }
 
+/// What our node sends, per author and kind: [`SEND_SHARE`] of what receivers take, so that a
+/// message bunched with others on the way still finds a token at every peer.
+pub struct Pacer {
+    chat: RateLimiter,
+    announcements: RateLimiter,
+}
+
+impl Default for Pacer {
+    fn default() -> Self {
+        Self {
+            chat: RateLimiter::new(CHAT_RATE * SEND_SHARE, CHAT_BURST * SEND_SHARE),
+            announcements: RateLimiter::new(ANNOUNCE_RATE * SEND_SHARE, ANNOUNCE_BURST * SEND_SHARE),
+        }
+    }
+}
+
+impl Pacer {
+    /// True if `envelope` may go now.
+    pub fn allow(&mut self, envelope: &Envelope, now: Instant) -> bool {
+        let limiter =
+            if envelope.kind == crate::proto::announce::KIND { &mut self.announcements } else { &mut self.chat };
+        limiter.allow(&envelope.author, now)
+    }
+}
+
 /// Token bucket per author: `burst` at once, then `rate` a second.
 pub struct RateLimiter {
     rate: f64,
@@ -527,12 +553,6 @@ impl Default for RateLimiter {
 impl RateLimiter {
     pub fn new(rate: f64, burst: f64) -> Self {
         Self { rate, burst, tokens: HashMap::new() }
-    }
-
-    /// What our node sends as one author: [`SEND_SHARE`] of what receivers take, so that a
-    /// message bunched with others on the way still finds a token at every peer.
-    pub fn sender() -> Self {
-        Self::new(CHAT_RATE * SEND_SHARE, CHAT_BURST * SEND_SHARE)
     }
 
     /// True if `author` may have one more message taken now.

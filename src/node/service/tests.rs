@@ -941,6 +941,33 @@ fn an_honest_burst_is_paced_so_that_peers_take_all_of_it_and_a_commit_is_not_hel
     assert_eq!(burst, 300, "bob has the whole burst");
 }
 
+#[test]
+fn a_patch_series_is_announced_at_once_and_peers_take_all_of_it() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("alice");
+    sim.init("bob");
+    sim.connect("alice", "bob");
+    // `git am` of 400 patches: a commit every 5 ms, each announced as it is made.
+    let series = 400;
+    for i in 0..series {
+        sim.announce("alice", &format!("patch {i}")).expect("queued");
+        let verdicts = sim.deliver("alice");
+        assert_eq!(verdicts, [MessageAcceptance::Accept], "patch {i} goes out at once and bob takes it");
+        sim.advance(Duration::from_millis(5));
+    }
+    assert_eq!(sim.peer("alice").service.outbox_len(), 0);
+    assert_eq!(sim.peer("bob").announcements().len(), series);
+    // Beyond the burst, the pace: what peers take, never more.
+    let mut held = 0;
+    for i in 0..200 {
+        sim.announce("alice", &format!("more {i}")).expect("queued");
+        let verdicts = sim.deliver("alice");
+        assert!(verdicts.iter().all(|v| *v == MessageAcceptance::Accept), "bob takes every one it is sent");
+        held += usize::from(verdicts.is_empty());
+    }
+    assert!(held > 0, "a series beyond the burst waits for the pace");
+}
+
 /// Our own entry of `key`, as alice's copy of the record has it.
 fn own_entry(peer: &Peer, key: &str) -> Entry {
     let dht_key = kad::RecordKey::new(&record_key(&repo().id, key));
