@@ -77,7 +77,7 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
     let repo_id = repo_id_of(&all[0], &origin);
     let (tx, rx) = std::sync::mpsc::channel::<(usize, String, Instant)>();
     for (i, node) in all.iter().enumerate().skip(1) {
-        let mut follower = Client::follow(&paths(node), &Feed(repo_id.clone())).expect("follow");
+        let mut follower = Client::follow(&paths(node), &Feed::all(repo_id.clone())).expect("follow");
         let tx = tx.clone();
         std::thread::spawn(move || {
             while let Ok(entry) = follower.recv() {
@@ -746,7 +746,7 @@ fn kv_bench(metrics: &mut Vec<Metric>, nodes: usize, ops: usize) {
     let mut get_client = Client::connect(&paths(getter)).expect("node");
     let (mut set_ms, mut get_ms, mut set_asked, mut get_asked) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..ops {
-        let key = format!("refs/heads/b{i}");
+        let key = format!("bench/b{i}");
         let value = b"0123456789abcdef0123456789abcdef01234567";
         let t = Instant::now();
         match set_client.kv_put(repo.clone(), &key, Some(value), None) {
@@ -826,7 +826,7 @@ fn tui_first_frame(metrics: &mut Vec<Metric>, runs: usize) {
 /// `node`'s room `room` as it arrives: (when, text) per message, read on a thread of its own.
 fn follow_chat(node: &Node, room: &str) -> std::sync::mpsc::Receiver<(Instant, String)> {
     use git_p2p::control::{Client, Room};
-    let mut follower = Client::follow(&paths(node), &Room(room.to_string())).expect("follow");
+    let mut follower = Client::follow(&paths(node), &Room::named(room)).expect("follow");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         while let Ok(message) = follower.recv() {
@@ -1002,8 +1002,8 @@ fn main() {
     let cold_runs = if smoke { 3 } else { 20 };
     let mut metrics = Vec::new();
     // BENCH_ONLY=chat,kv runs only those parts: basics (peers, cold start, idle RSS), hook,
-    // announce, tui, gossip, many, kv, chat, start (start-up against the store's size), fetch
-    // (clone from peers against a git daemon, replication, fetch with nothing new).
+    // announce, tui, gossip, many, kv, chat, start (start-up against the store's size), log,
+    // fetch (clone from peers against a git daemon, replication, fetch with nothing new).
     let only: Option<Vec<String>> =
         std::env::var("BENCH_ONLY").ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
     let wants = |part: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == part));
@@ -1039,10 +1039,65 @@ fn main() {
     if wants("start") {
         start_bench(&mut metrics, smoke);
     }
+    if wants("log") {
+        log_filters(&mut metrics, if smoke { 5 } else { 50 });
+    }
     if wants("fetch") {
         fetch::fetch_bench(&mut metrics, smoke);
     }
     report(&metrics);
+}
+
+/// `git p2p log -n 20` over a full feed (10 000 announcements), unfiltered and with a filter
+/// that only the 20 oldest match: the node reads the whole feed for that page (wall time of the
+/// command, which the node's event loop spends on the read).
+fn log_filters(metrics: &mut Vec<Metric>, runs: usize) {
+    use git_p2p::proto::announce::{Commit, FeedEntry};
+    const OLD: &str = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+    const NEW: &str = "12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X";
+    let gina = Node::new("gina");
+    let repo = gina.repo("proj", 1);
+    gina.ok_in(&repo, &["init"]);
+    let repo_id = repo_id_of(&gina, &repo);
+    gina.ok(&["daemon", "stop"]);
+    let store = support::eventually(Duration::from_secs(10), "the stopped node's store", || {
+        git_p2p::store::Store::open(&gina.data_dir().join("store.redb")).ok()
+    });
+    for i in 0..10_000u64 {
+        let peer = if i < 20 { OLD } else { NEW };
+        let entry = FeedEntry {
+            repo: repo_id.clone(),
+            peer: peer.into(),
+            name: Some("peer".into()),
+            commit: Commit {
+                id: format!("{i:040x}"),
+                parents: vec![format!("{:040x}", i + 1)],
+                author: "peer".into(),
+                summary: format!("commit {i} {}", "x".repeat(60)),
+                time: 1_700_000_000 + i as i64,
+                ref_name: Some("refs/heads/main".into()),
+            },
+            announced_at: 1_700_000_000_000 + i,
+            received_at: 1_700_000_000_000 + i,
+        };
+        store.feed_insert(&entry).expect("insert");
+    }
+    store.sync().expect("sync");
+    drop(store);
+    gina.start();
+    for (name, args) in [
+        ("log_20_unfiltered", &["log", "--json", "-n", "20"][..]),
+        ("log_20_author_scans_10000", &["log", "--json", "-n", "20", "--author", OLD]),
+    ] {
+        let mut samples = Vec::new();
+        for _ in 0..runs {
+            let t = Instant::now();
+            let out = gina.run_in(&repo, args);
+            samples.push(ms(t.elapsed()));
+            assert!(out.status.success() && out.stdout.iter().filter(|b| **b == b'\n').count() == 20);
+        }
+        metrics.push(Metric { name, unit: "ms", samples, nodes: 1, goal: "(wall time of the command)" });
+    }
 }
 
 fn basics(metrics: &mut Vec<Metric>, runs: usize, cold_runs: usize, smoke: bool) {
@@ -1380,6 +1435,7 @@ fn fill_store(path: &Path, bytes: u64, count: u64) {
             received_at: i,
             own: false,
             via: None,
+            thread: None,
         })
         .collect();
     for batch in chat.chunks(500) {

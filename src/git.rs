@@ -32,6 +32,9 @@ pub struct RepoContext {
     /// The open repository, kept so later questions (commit_info) need not open it again.
     handle: gix::Repository,
     pub git_dir: PathBuf,
+    /// The git dir the work trees share (the main one's; `git_dir` itself but in a linked
+    /// work tree, `git worktree add`).
+    pub common_dir: PathBuf,
     pub workdir: Option<PathBuf>,
     pub repo_id: RepoId,
     pub room_name: String,
@@ -265,6 +268,12 @@ impl RepoContext {
 }
 
 impl RepoContext {
+    /// Whether the ref `name` (full, `refs/heads/main`) exists. A ref that cannot be read counts
+    /// as there: only one known to be gone is unpublished.
+    pub fn has_ref(&self, name: &str) -> bool {
+        !matches!(self.handle.try_find_reference(name), Ok(None))
+    }
+
     /// Branches and tags (`refs/heads/*`, `refs/tags/*`) with the object each points to.
     pub fn branches_and_tags(&self) -> Result<Vec<(String, String)>, GitError> {
         let platform = self.handle.references().map_err(ctx("cannot list refs"))?;
@@ -305,6 +314,31 @@ impl RepoContext {
             notes.push((commit.to_string(), object.data.clone()));
         }
         Ok(notes)
+    }
+
+    /// The commits of this repository whose id starts with `prefix` (4 to 64 hex digits), in id
+    /// order; other objects (trees, blobs) with such an id are not commits and are left out.
+    pub fn commits_with_prefix(&self, prefix: &str) -> Result<Vec<Commit>, GitError> {
+        let repo = &self.handle;
+        let not_a_prefix = || GitError::Git(format!("{prefix:?} is not the start of an id (4 hex digits at least)"));
+        let width = repo.object_hash().len_in_hex();
+        if prefix.len() < gix::hash::Prefix::MIN_HEX_LEN || prefix.len() > width {
+            return Err(not_a_prefix());
+        }
+        // Of the repository's own hash (a short prefix alone would be taken for SHA-1).
+        let padded = format!("{prefix:0<width$}");
+        let full = ObjectId::from_hex(padded.as_bytes()).map_err(|_| not_a_prefix())?;
+        let start = gix::hash::Prefix::new(&full, prefix.len()).map_err(|_| not_a_prefix())?;
+        let mut ids = std::collections::HashSet::new();
+        repo.objects.lookup_prefix(start, Some(&mut ids)).map_err(ctx("cannot look up objects"))?;
+        let mut ids: Vec<String> = ids
+            .into_iter()
+            .filter(|id| repo.find_commit(*id).is_ok())
+            .map(|id| id.to_string())
+            .filter(|id| id.starts_with(prefix))
+            .collect();
+        ids.sort();
+        ids.iter().map(|id| self.commit_info(id)).collect()
     }
 
     /// Whether the repository has this commit.
@@ -374,6 +408,8 @@ fn open_with(dir: &Path, options: Option<gix::open::Options>) -> Result<RepoCont
     let repo_id = root_commit(&repo, head_commit.id, &head_parents)?;
 
     let git_dir = repo.git_dir().to_path_buf();
+    // gix names a linked work tree's common dir through its own (`.git/worktrees/wt/../..`).
+    let common_dir = repo.common_dir().canonicalize().unwrap_or_else(|_| repo.common_dir().to_path_buf());
     let workdir = repo.workdir().map(Path::to_path_buf);
     let config = repo.config_snapshot();
     let user_name = ["p2p.name", "user.name"]
@@ -394,6 +430,11 @@ fn open_with(dir: &Path, options: Option<gix::open::Options>) -> Result<RepoCont
     let urls: Vec<(bool, String)> = urls.collect();
     let room_name = match urls.first() {
         Some((true, origin)) => normalize_remote_url(origin),
+        // Named by the main work tree's directory, from any of its work trees: one repository,
+        // one name (a linked work tree's own directory names a checkout, not the repository).
+        _ if repo.git_dir() != repo.common_dir() => {
+            dir_room_name(&main_work_tree(&repo).unwrap_or_else(|| common_dir.clone()))
+        }
         _ => dir_room_name(workdir.as_deref().unwrap_or(&git_dir)),
     };
     let remote_urls = urls.into_iter().map(|(_, url)| url).collect();
@@ -403,6 +444,7 @@ fn open_with(dir: &Path, options: Option<gix::open::Options>) -> Result<RepoCont
     Ok(RepoContext {
         handle: repo,
         git_dir,
+        common_dir,
         workdir,
         repo_id,
         room_name,
@@ -411,6 +453,21 @@ fn open_with(dir: &Path, options: Option<gix::open::Options>) -> Result<RepoCont
         user_name,
         remote_urls,
     })
+}
+
+/// The main work tree of a repository opened from a linked one (None for a bare main
+/// repository, or one that cannot be opened).
+fn main_work_tree(repo: &gix::Repository) -> Option<PathBuf> {
+    repo.main_repo().ok()?.workdir().map(Path::to_path_buf)
+}
+
+/// Where a git dir's work tree is, and the git dir its work trees share (None: it cannot be
+/// opened as a repository, it is gone, say). For `git p2p repos` and `deinit`, which look at
+/// the git dirs the node has registered.
+pub fn locate(git_dir: &Path) -> Option<(Option<PathBuf>, PathBuf)> {
+    let repo = gix::open(git_dir).ok()?;
+    let common_dir = repo.common_dir().canonicalize().unwrap_or_else(|_| repo.common_dir().to_path_buf());
+    Some((repo.workdir().map(Path::to_path_buf), common_dir))
 }
 
 fn dir_room_name(dir: &Path) -> String {
@@ -632,6 +689,27 @@ mod tests {
     }
 
     #[test]
+    fn commits_are_found_by_the_start_of_their_id_in_sha1_and_sha256_repositories() {
+        let sb = Sandbox::new();
+        for format in ["sha1", "sha256"] {
+            let dir = sb.path(format);
+            std::fs::create_dir_all(&dir).unwrap();
+            sb.git(&dir, &format!("init -q --object-format={format}"));
+            let first = sb.commit(&dir, Some("1700000000 +0000"));
+            let second = sb.commit(&dir, Some("1700000100 +0000"));
+            let tree = sb.git(&dir, "rev-parse HEAD^{tree}");
+            let ctx = open_isolated(&dir).unwrap();
+            let ids = |prefix: &str| -> Vec<String> {
+                ctx.commits_with_prefix(prefix).unwrap().into_iter().map(|c| c.id).collect()
+            };
+            assert_eq!(ids(&first[..7]), vec![first.as_str()], "{format}");
+            assert_eq!(ids(&second), vec![second.as_str()], "{format}: a whole id");
+            assert!(ids(&tree[..12]).is_empty(), "{format}: a tree is not a commit");
+            assert!(ctx.commits_with_prefix("abc").is_err(), "fewer than 4 digits");
+        }
+    }
+
+    #[test]
     fn a_rebase_counts_once_as_its_result_on_its_branch() {
         let id = |c: char| c.to_string().repeat(40);
         let line = |old: char, new: char, msg: &str| format!("{} {} A <a@x> 1 +0000\t{msg}\n", id(old), id(new));
@@ -701,6 +779,9 @@ mod tests {
         assert_ne!(linked.reflog_key(), main.reflog_key());
         assert_eq!(open_isolated(&linked.git_dir).unwrap().reflog_key(), linked.reflog_key(), "from its git dir too");
         assert!(linked.git_dir.join("logs/HEAD").exists() && main.git_dir.join("logs/HEAD").exists());
+        assert_eq!((main.room_name.as_str(), linked.room_name.as_str()), ("proj", "proj"), "one repository, one name");
+        assert_eq!(linked.common_dir, main.git_dir.canonicalize().unwrap());
+        assert!(linked.has_ref("refs/heads/feature") && !linked.has_ref("refs/heads/gone"));
     }
 
     #[test]

@@ -177,6 +177,52 @@ pub fn is_installed(hooks_dir: &Path) -> bool {
     is_ours(&hooks_dir.join(HOOK_NAMES[0])).unwrap_or(false)
 }
 
+/// How the hooks of a repository stand, for `git p2p repos`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Ours, as this version writes them.
+    Installed,
+    /// Ours, running the hook that was there before first.
+    Chained,
+    /// Ours from another version (the node brings them up to date when it starts).
+    Outdated,
+    /// Not ours, but it runs git-p2p (a hook manager's script, say).
+    CalledByYours,
+    /// No hook runs git-p2p.
+    Missing,
+}
+
+impl State {
+    /// One word (two for the odd case), for the table and JSON.
+    pub fn label(self) -> &'static str {
+        match self {
+            State::Installed => "installed",
+            State::Chained => "chained",
+            State::Outdated => "outdated",
+            State::CalledByYours => "via-your-hook",
+            State::Missing => "missing",
+        }
+    }
+}
+
+/// How our hooks stand in `hooks_dir` (the post-commit hook decides; unreadable: missing).
+pub fn state(hooks_dir: &Path) -> State {
+    let hook = hooks_dir.join(HOOK_NAMES[0]);
+    if !is_installed(hooks_dir) {
+        let calls_us = fs::read(&hook).is_ok_and(|b| {
+            [&b"git-p2p"[..], b"git p2p"].iter().any(|needle| b.windows(needle.len()).any(|w| w == *needle))
+        });
+        return if calls_us { State::CalledByYours } else { State::Missing };
+    }
+    if is_outdated(hooks_dir) {
+        State::Outdated
+    } else if HOOK_NAMES.iter().any(|name| occupied(&orig_path(hooks_dir, name)).unwrap_or(false)) {
+        State::Chained
+    } else {
+        State::Installed
+    }
+}
+
 /// Whether we are installed but not as this version would be: a hook of ours with another script, or one of
 /// ours missing (an earlier version installed only `post-commit`).
 pub fn is_outdated(hooks_dir: &Path) -> bool {
@@ -428,6 +474,25 @@ mod tests {
         assert!(is_outdated(dir), "post-merge is missing");
         assert_eq!(install(dir).unwrap(), Installed::Fresh);
         assert!(!is_outdated(dir));
+    }
+
+    #[test]
+    fn the_state_of_the_hooks_reads_the_files() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        assert_eq!(state(dir), State::Missing, "nothing there");
+        write_mode(&dir.join("post-commit"), FOREIGN, 0o755);
+        assert_eq!(state(dir), State::Missing, "a hook of yours that does not run git-p2p");
+        install(dir).unwrap();
+        assert_eq!(state(dir), State::Chained);
+        uninstall(dir).unwrap();
+        fs::remove_file(dir.join("post-commit")).unwrap();
+        install(dir).unwrap();
+        assert_eq!(state(dir), State::Installed);
+        write_mode(&dir.join("post-commit"), format!("{HOOK_SCRIPT}# older\n").as_bytes(), 0o755);
+        assert_eq!(state(dir), State::Outdated);
+        write_mode(&dir.join("post-commit"), b"#!/bin/sh\nexec git-p2p announce --hook\n", 0o755);
+        assert_eq!(state(dir), State::CalledByYours);
     }
 
     #[test]

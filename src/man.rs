@@ -151,6 +151,7 @@ const FILES: &[(&str, &str)] = &[
 const ENVIRONMENT: &[(&str, &str)] = &[
     ("XDG_DATA_HOME, XDG_RUNTIME_DIR, HOME", "Where the data dir and the control socket are."),
     ("GIT_P2P_NO_AUTOSTART", "Set to 1: commands and the hooks do not start the node."),
+    ("GIT_P2P_FOLLOW_WAIT", "Seconds log -f and chat --tail -f wait for a node that went away before they give up (default 60; 0: at once)."),
     ("RUST_LOG", "The node's log filter (e.g. git_p2p=debug); -v and -vv raise it too."),
     ("GIT_CONFIG_GLOBAL, GIT_CONFIG_NOSYSTEM", "As for git: which config the node reads its p2p.* settings from."),
 ];
@@ -167,12 +168,33 @@ const CHAT_KEYS: &[(&str, &str)] = &[
     ("Ctrl-C", "Leave (the terminal is restored)."),
 ];
 
-const LIMITS: &str = "A room message has at most 4000 characters; a node keeps the last 1000 messages per room \
-and 10 000 announcements per repository (1000 per author). A message seen once is known for 30 days \
-(replays are dropped). Peers take at most 20 messages a second from one author (bursts of 100); \
-your node sends at 90 % of that pace, so a burst waits in the outbox. Messages dated more than 10 minutes ahead of \
+const THREADS: &str = "Every commit has a thread: git p2p chat --commit REV opens it. REV is a revision of your \
+repository (HEAD, a branch, an id), or a commit a peer announced that you do not have (git p2p log lists them), by its \
+id or its first hex digits (4 at least). Digits that name several commits, here or announced, are an error that lists \
+them; give more. Every node of a repository hears every thread of it (on the repository's threads topic) and keeps \
+what is said there, so a thread opened later shows it; the room tells of each reply in one line: its author, the \
+commit and its summary, and its first words, for example: bob (..9Rg3sBYbU1Nf) replied in thread on 1a2b3c4 \
+\"Fix the frobnicator\": looks good. In --json such a line is an object with \"thread\" (the commit) and the first \
+words as \"text\".";
+
+const FOLLOWING: &str = "With -f (and in the chat window) the command outlives a restart of the node (git p2p daemon \
+stop && git p2p daemon start, a crash and a restart): it waits for the node to come back without starting one (a node \
+you stopped stays stopped), then prints what arrived meanwhile and goes on, each item once, in the order the node took \
+them. On stderr: a line when the node has been away for a second (\"lost the node; waiting up to 60 s\"), one when it \
+is back (\"node restarted; resumed\"). A node away longer than GIT_P2P_FOLLOW_WAIT seconds (default 60) ends the \
+command with exit status 1; the chat window waits as long as it is open and says so in its status line.";
+
+const LIMITS: &str = "A room message has at most 4000 characters; a node keeps the last 1000 messages per room, \
+10 000 across the commit threads of a repository, and 10 000 announcements per repository (1000 per author); a message seen once is known for 30 days \
+(replays are dropped). Peers take at most 20 messages a second from one author (bursts of 100) and 50 announcements (bursts of \
+500); your node sends at 90 % of that pace, so a burst waits in the \
+outbox. Messages dated more than 10 minutes ahead of \
 a peer's clock or more than 30 days back are dropped. A DHT value has at most 8 KiB, a key 256 bytes, a record 64 \
 authors.";
+
+const RESERVED_KEYS: &str = "refs, refs/... and notes/... are git-p2p's own keys: your published refs (written by \
+git p2p refs publish and by the node after each commit) and notes (git p2p notes push). kv set and kv rm refuse them; \
+kv get reads them; kv ls lists them only with --all.";
 
 /// The sections of a page beyond options and subcommands.
 fn extra_sections(name: &str) -> Vec<(&'static str, String)> {
@@ -191,14 +213,18 @@ fn extra_sections(name: &str) -> Vec<(&'static str, String)> {
         ],
         "git-p2p-chat" => vec![
             ("KEYS", paragraph("In the chat window:") + &items(CHAT_KEYS)),
+            ("THREADS", paragraph(THREADS)),
+            ("FOLLOWING", paragraph(FOLLOWING)),
             ("LIMITS", paragraph(LIMITS)),
             ("EXAMPLES", examples(&[
                 ("The room, then the thread of the last commit:", "git p2p chat\ngit p2p chat --commit HEAD"),
+                ("The thread of a commit a peer announced, by its first digits:", "git p2p log\ngit p2p chat --commit 1a2b3c4 --send \"looks good\""),
                 ("From scripts:", "git p2p chat --send \"build is green\"\ngit p2p chat --tail -f --json"),
             ])),
         ],
-        "git-p2p-kv" | "git-p2p-kv-set" | "git-p2p-kv-get" => vec![
+        "git-p2p-kv" | "git-p2p-kv-set" | "git-p2p-kv-get" | "git-p2p-kv-rm" | "git-p2p-kv-ls" => vec![
             ("LIMITS", paragraph(LIMITS)),
+            ("RESERVED KEYS", paragraph(RESERVED_KEYS)),
             ("EXAMPLES", examples(&[
                 ("Set, read and remove a value:", "git p2p kv set review-status ready\ngit p2p kv get review-status --json\ngit p2p kv rm review-status"),
                 ("A value from a file, or from standard input:", "git p2p kv set config --file ci.json\necho ok | git p2p kv set status -"),
@@ -223,7 +249,17 @@ fn extra_sections(name: &str) -> Vec<(&'static str, String)> {
                 ("Publish a branch as yours:", "git push peers topic"),
             ])),
         ],
-        "git-p2p-log" => vec![("EXAMPLES", examples(&[("What peers announced, then follow:", "git p2p log -n 20\ngit p2p log -f --json")]))],
+        "git-p2p-log" => vec![
+            ("FOLLOWING", paragraph(FOLLOWING)),
+            ("EXAMPLES", examples(&[
+                ("What peers announced, then follow:", "git p2p log -n 20\ngit p2p log -f --json"),
+                ("One peer's commits on main this week, then theirs as they come:", "git p2p log --author 9Rg3sBYbU1Nf --branch main --since 1.week\ngit p2p log -f --author 9Rg3sBYbU1Nf"),
+            ])),
+        ],
+        "git-p2p-repos" | "git-p2p-deinit" => vec![("EXAMPLES", examples(&[
+            ("The repositories the node serves, then forget one whose directory is gone:", "git p2p repos\ngit p2p deinit ~/src/old-clone"),
+            ("Undo git p2p init here (your own hooks come back):", "git p2p deinit"),
+        ]))],
         "git-p2p-daemon" | "git-p2p-daemon-run" => vec![
             ("FILES", items(FILES)),
             ("EXAMPLES", examples(&[("Run the node under systemd (a user unit's ExecStart):", "git p2p daemon run")])),

@@ -25,7 +25,7 @@ pub use handle::{beside, clear_damage, damage_report, record_damage, write_atomi
 use handle::{Access, Handle};
 
 use crate::clock::{unix_now, unix_now_ms};
-use crate::proto::announce::FeedEntry;
+use crate::proto::announce::{Commit, FeedEntry};
 use crate::proto::chat::ChatEntry;
 use crate::proto::outbox::OutboxEntry;
 use crate::proto::repo::{LocalPath, RepoId, RepoInfo};
@@ -47,6 +47,9 @@ const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
 const SEEN_AT: TableDefinition<(u64, &str), ()> = TableDefinition::new("seen_at");
 /// (repo id, author, seq) -> (): each author's announcements in a repo's feed, oldest first
 const FEED_BY_AUTHOR: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("feed_by_author");
+/// "repo/commit/author" -> feed seq: the feed's announcements by commit id (what the feed holds
+/// now; the seen set also knows what it dropped)
+const FEED_BY_COMMIT: TableDefinition<&str, u64> = TableDefinition::new("feed_by_commit");
 
 /// (room, seq) -> [`ChatEntry`] (JSON)
 const CHAT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("chat");
@@ -65,6 +68,12 @@ pub const MAX_FEED_PER_AUTHOR: usize = 1000;
 
 /// A room keeps this many messages; older ones are dropped first.
 pub const MAX_CHAT_PER_ROOM: usize = 1000;
+/// (repo id, seq) -> (thread room, seq in it): the messages kept in a repository's commit
+/// threads, oldest first. Every node keeps every thread of its repositories, and anyone can
+/// start threads, so their number is not bounded: the messages of all of them are, together.
+const THREAD_LOG: TableDefinition<(&str, u64), (&str, u64)> = TableDefinition::new("thread_log");
+/// The commit threads of one repository keep this many messages together; the oldest go first.
+pub const MAX_THREAD_MESSAGES_PER_REPO: usize = 10_000;
 
 /// DHT key -> [`DhtRecord`] (JSON): the Kademlia records this node holds, ours and others'
 const DHT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dht");
@@ -75,6 +84,9 @@ const REPO_DIRS: TableDefinition<&str, &str> = TableDefinition::new("repo_dirs")
 /// Our own announced commits: (repo id, commit) -> unix ms. The hook's fast and slow paths and
 /// the reflog all lead here, so each commit is announced once.
 const OWN_ANNOUNCED: TableDefinition<(&str, &str), u64> = TableDefinition::new("own_announced");
+/// Our last announcement per repository: repo id -> (commit, unix ms), for `git p2p repos`
+/// (the set above forgets after 30 days).
+const LAST_ANNOUNCED: TableDefinition<&str, (&str, u64)> = TableDefinition::new("last_announced");
 /// Repo id -> how far (bytes) the node has read the repository's HEAD reflog.
 const REFLOG_POS: TableDefinition<&str, u64> = TableDefinition::new("reflog_pos");
 /// Signed Nostr events waiting for relays to accept them: seq -> JSON [`NostrPending`].
@@ -85,7 +97,7 @@ const NOSTR_LAST: TableDefinition<&str, &[u8]> = TableDefinition::new("nostr_las
 const RESTORE: TableDefinition<(&str, &str), u64> = TableDefinition::new("restore");
 
 /// Every table, by name: an open creates those missing.
-const TABLES: [&str; 18] = [
+const TABLES: [&str; 21] = [
     "peers",
     "repos",
     "outbox",
@@ -101,9 +113,12 @@ const TABLES: [&str; 18] = [
     "nostr_outbox",
     "nostr_last",
     "restore",
+    "last_announced",
+    "thread_log",
     "seen_at",
     "chat_seen_at",
     "feed_by_author",
+    "feed_by_commit",
 ];
 
 /// A Kademlia record as stored: the expiry is wall-clock time, so it survives restarts.
@@ -178,7 +193,10 @@ fn parse<T: DeserializeOwned>(bytes: &[u8], table: &'static str) -> Result<T, St
 }
 
 /// The highest sequence number under `key` in a `(key, seq)` table (0 when there is none).
-fn last_seq(table: &impl ReadableTable<(&'static str, u64), &'static [u8]>, key: &str) -> Result<u64, StoreError> {
+fn last_seq<V: redb::Value + 'static>(
+    table: &impl ReadableTable<(&'static str, u64), V>,
+    key: &str,
+) -> Result<u64, StoreError> {
     let last =
         db(table.range((key, 0)..=(key, u64::MAX)))?.next_back().transpose().map_err(|e| StoreError::Db(e.into()))?;
     Ok(last.map_or(0, |(k, _)| k.value().1))
@@ -227,10 +245,13 @@ impl Store {
                 db(txn.open_table(SEEN))?;
                 db(txn.open_table(CHAT))?;
                 db(txn.open_table(CHAT_SEEN))?;
+                db(txn.open_table(THREAD_LOG))?;
+                db(txn.open_table(FEED_BY_COMMIT))?;
                 db(txn.open_table(DHT))?;
                 db(txn.open_table(KV_OWN))?;
                 db(txn.open_table(REPO_DIRS))?;
                 db(txn.open_table(OWN_ANNOUNCED))?;
+                db(txn.open_table(LAST_ANNOUNCED))?;
                 db(txn.open_table(REFLOG_POS))?;
                 db(txn.open_table(NOSTR_OUTBOX))?;
                 db(txn.open_table(NOSTR_LAST))?;
@@ -356,8 +377,13 @@ impl Store {
             }
             Ok(())
         })?;
-        // A copy of the registry outside the file: what a repair of a store damaged beyond
-        // reading rebuilds from (a registration is rare; the copy is best effort).
+        self.copy_registry();
+        Ok(())
+    }
+
+    /// A copy of the registry outside the file: what a repair of a store damaged beyond reading
+    /// rebuilds from (a registration is rare; the copy is best effort).
+    fn copy_registry(&self) {
         let copy = self.repos().map(|all| serde_json::to_vec_pretty(&all).expect("plain structs serialise"));
         if let Err(e) = copy
             .map_err(|e| e.to_string())
@@ -365,12 +391,33 @@ impl Store {
         {
             tracing::warn!(error = %e, "cannot copy the registry of repositories");
         }
-        Ok(())
     }
 
     /// The copy of the registered repositories kept beside the store.
     fn registry_copy(&self) -> std::path::PathBuf {
         registry_copy(self.path())
+    }
+
+    /// Forgets a registered repository, and where its reflogs were read (a repository
+    /// registered again later is read from its reflog's end then, not from where it was left).
+    pub fn remove_repo(&self, repo: &RepoId) -> Result<(), StoreError> {
+        self.update(true, |txn| {
+            db(db(txn.open_table(REPOS))?.remove(repo.as_str()))?;
+            db(db(txn.open_table(REPO_DIRS))?.remove(repo.as_str()))?;
+            let mut positions = db(txn.open_table(REFLOG_POS))?;
+            // The main work tree's key is the id; a linked one's is "<id>:<git dir>".
+            let linked = format!("{repo}:");
+            let keys: Vec<String> = db(positions.range(repo.as_str()..))?
+                .filter_map(|item| item.ok().map(|(k, _)| k.value().to_string()))
+                .take_while(|k| k == repo.as_str() || k.starts_with(&linked))
+                .collect();
+            for key in keys {
+                db(positions.remove(key.as_str()))?;
+            }
+            Ok(())
+        })?;
+        self.copy_registry();
+        Ok(())
     }
 
     pub fn repos(&self) -> Result<Vec<RepoInfo>, StoreError> {
@@ -398,8 +445,34 @@ impl Store {
     /// durable commit, or the next one).
     pub fn mark_announced(&self, repo: &RepoId, commit: &str) -> Result<(), StoreError> {
         self.update(false, |txn| {
-            db(db(txn.open_table(OWN_ANNOUNCED))?.insert((repo.as_str(), commit), unix_now_ms()))?;
+            let now = unix_now_ms();
+            db(db(txn.open_table(OWN_ANNOUNCED))?.insert((repo.as_str(), commit), now))?;
+            db(db(txn.open_table(LAST_ANNOUNCED))?.insert(repo.as_str(), (commit, now)))?;
             Ok(())
+        })
+    }
+
+    /// Our last announcement in `repo` (commit, unix ms), if we made one.
+    pub fn last_announced(&self, repo: &RepoId) -> Result<Option<(String, u64)>, StoreError> {
+        self.read(|txn| {
+            if let Some(last) = db(db(txn.open_table(LAST_ANNOUNCED))?.get(repo.as_str()))? {
+                let (commit, at) = last.value();
+                return Ok(Some((commit.to_string(), at)));
+            }
+            // Announced by a version that did not keep the last one: the newest of the set.
+            let table = db(txn.open_table(OWN_ANNOUNCED))?;
+            let mut newest: Option<(String, u64)> = None;
+            for item in db(table.range((repo.as_str(), "")..))? {
+                let (k, v) = db(item)?;
+                let (r, commit) = k.value();
+                if r != repo.as_str() {
+                    break;
+                }
+                if newest.as_ref().is_none_or(|(_, at)| v.value() > *at) {
+                    newest = Some((commit.to_string(), v.value()));
+                }
+            }
+            Ok(newest)
         })
     }
 
@@ -630,6 +703,8 @@ impl Store {
             let bytes = serde_json::to_vec(entry).expect("feed entries always serialise");
             db(feed.insert((repo, seq), bytes.as_slice()))?;
             db(by_author.insert((repo, author, seq), ()))?;
+            let mut by_commit = db(txn.open_table(FEED_BY_COMMIT))?;
+            db(by_commit.insert(seen_key.as_str(), seq))?;
             db(seen.insert(seen_key.as_str(), entry.announced_at))?;
             db(db(txn.open_table(SEEN_AT))?.insert((entry.announced_at, seen_key.as_str()), ()))?;
             // The author's oldest gives way when they have more than their share; the feed keeps
@@ -646,6 +721,7 @@ impl Store {
                 if let Some(old) = old {
                     // Its id stays seen: a replay of it is no news.
                     db(by_author.remove((repo, old.peer.as_str(), old_seq)))?;
+                    db(by_commit.remove(feed_seen_key(&old).as_str()))?;
                 }
             }
             Ok(true)
@@ -663,13 +739,15 @@ impl Store {
     }
 
     /// Adds messages to their rooms' histories in one transaction (not fsync'd), skipping ids
-    /// seen before. Returns how many were new.
+    /// seen before. Returns how many were new. A room keeps [`MAX_CHAT_PER_ROOM`], and the commit
+    /// threads of a repository [`MAX_THREAD_MESSAGES_PER_REPO`] together.
     pub fn chat_insert_all(&self, entries: &[ChatEntry]) -> Result<usize, StoreError> {
         self.update(false, |txn| {
             let mut added = 0;
             let mut seen = db(txn.open_table(CHAT_SEEN))?;
             let mut seen_at = db(txn.open_table(CHAT_SEEN_AT))?;
             let mut chat = db(txn.open_table(CHAT))?;
+            let mut threads = db(txn.open_table(THREAD_LOG))?;
             for entry in entries {
                 if db(seen.get(entry.id.as_str()))?.is_some() {
                     continue;
@@ -680,9 +758,22 @@ impl Store {
                 db(chat.insert((room, seq), bytes.as_slice()))?;
                 db(seen.insert(entry.id.as_str(), entry.sent_at))?;
                 db(seen_at.insert((entry.sent_at, entry.id.as_str()), ()))?;
+                let mut oldest = Vec::new();
                 if seq > MAX_CHAT_PER_ROOM as u64 {
-                    // The oldest message leaves the history; its id stays seen (see prune_seen).
-                    db(chat.remove((room, seq - MAX_CHAT_PER_ROOM as u64)))?;
+                    oldest.push((room.to_string(), seq - MAX_CHAT_PER_ROOM as u64));
+                }
+                if let Some((repo, _)) = room.split_once('/') {
+                    let n = last_seq(&threads, repo)? + 1;
+                    db(threads.insert((repo, n), (room, seq)))?;
+                    if n > MAX_THREAD_MESSAGES_PER_REPO as u64 {
+                        let old = db(threads.remove((repo, n - MAX_THREAD_MESSAGES_PER_REPO as u64)))?;
+                        oldest.extend(old.map(|v| (v.value().0.to_string(), v.value().1)));
+                    }
+                }
+                for (room, seq) in oldest {
+                    // The oldest message leaves the history (unless it left already); its id
+                    // stays seen (see prune_seen).
+                    db(chat.remove((room.as_str(), seq)))?;
                 }
                 added += 1;
             }
@@ -894,15 +985,42 @@ impl Store {
         self.newest(CHAT, "chat", room, before, limit, budget)
     }
 
-    /// A page of a repo's announcements, newest first (as [`Store::chat_page`]).
+    /// A page of a repo's announcements that `keep` keeps (it is handed each one's JSON, so that
+    /// those left out are never decoded whole), newest first (as [`Store::chat_page`]; the page
+    /// goes on past those it leaves out).
     pub fn feed_page(
         &self,
         repo: &RepoId,
         before: Option<u64>,
         limit: usize,
         budget: usize,
+        keep: impl Fn(&[u8]) -> bool,
     ) -> Result<(Vec<FeedEntry>, Option<u64>), StoreError> {
-        self.newest(FEED, "feed", repo.as_str(), before, limit, budget)
+        self.newest_kept(FEED, "feed", repo.as_str(), before, limit, budget, keep)
+    }
+
+    /// The commits announced for `repo` whose id starts with `prefix`, at most `limit`, each
+    /// once (however many peers announced it), in id order. Read through the feed's index of
+    /// (commit, author), not the feed itself: a lookup costs the matches, not the feed's size.
+    pub fn feed_commits(&self, repo: &RepoId, prefix: &str, limit: usize) -> Result<Vec<Commit>, StoreError> {
+        self.read(|txn| {
+            let by_commit = db(txn.open_table(FEED_BY_COMMIT))?;
+            let feed = db(txn.open_table(FEED))?;
+            let start = format!("{repo}/{prefix}");
+            let mut out: Vec<Commit> = Vec::new();
+            for item in db(by_commit.range(start.as_str()..))? {
+                let (key, seq) = db(item)?;
+                if !key.value().starts_with(&start) || out.len() >= limit {
+                    break;
+                }
+                let Some(bytes) = db(feed.get((repo.as_str(), seq.value())))? else { continue };
+                let entry: FeedEntry = parse(bytes.value(), "feed")?;
+                if out.last().is_none_or(|last| last.id != entry.commit.id) {
+                    out.push(entry.commit);
+                }
+            }
+            Ok(out)
+        })
     }
 
     /// The readable entries under `prefix` of a (prefix, seq) table, newest first, below
@@ -917,6 +1035,21 @@ impl Store {
         limit: usize,
         budget: usize,
     ) -> Result<(Vec<T>, Option<u64>), StoreError> {
+        self.newest_kept(def, name, prefix, before, limit, budget, |_| true)
+    }
+
+    /// [`Store::newest`] of the entries `keep` keeps (it sees their stored bytes).
+    #[allow(clippy::too_many_arguments)]
+    fn newest_kept<T: DeserializeOwned>(
+        &self,
+        def: TableDefinition<(&str, u64), &[u8]>,
+        name: &'static str,
+        prefix: &str,
+        before: Option<u64>,
+        limit: usize,
+        budget: usize,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<(Vec<T>, Option<u64>), StoreError> {
         self.read(|txn| {
             let table = db(txn.open_table(def))?;
             let mut out = Vec::new();
@@ -929,6 +1062,9 @@ impl Store {
                     return Ok((out, last));
                 }
                 last = Some(k.value().1);
+                if !keep(v.value()) {
+                    continue;
+                }
                 bytes += v.value().len();
                 out.push(parse(v.value(), name)?);
             }
@@ -998,13 +1134,15 @@ fn index_seen_and_authors(txn: &WriteTransaction) -> Result<(), StoreError> {
         }
     }
     let mut by_author = db(txn.open_table(FEED_BY_AUTHOR))?;
-    if db(by_author.len())? == 0 {
+    let mut by_commit = db(txn.open_table(FEED_BY_COMMIT))?;
+    if db(by_author.len())? == 0 || db(by_commit.len())? == 0 {
         let feed = db(txn.open_table(FEED))?;
         for item in db(feed.iter())? {
             let (k, v) = db(item)?;
             let (repo, seq) = k.value();
             let entry: FeedEntry = parse(v.value(), "feed")?;
             db(by_author.insert((repo, entry.peer.as_str(), seq), ()))?;
+            db(by_commit.insert(feed_seen_key(&entry).as_str(), seq))?;
         }
     }
     Ok(())
@@ -1101,6 +1239,85 @@ mod tests {
     }
 
     #[test]
+    fn announced_commits_are_found_by_the_start_of_their_id_each_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s")).unwrap();
+        let (repo, other) = (RepoId::try_from("a".repeat(40)).unwrap(), RepoId::try_from("b".repeat(40)).unwrap());
+        let entry = |repo: &RepoId, id: &str, peer: &str, summary: &str| FeedEntry {
+            repo: repo.clone(),
+            peer: peer.into(),
+            name: None,
+            commit: Commit {
+                ref_name: None,
+                id: id.into(),
+                parents: vec![],
+                author: "a".into(),
+                summary: summary.into(),
+                time: 0,
+            },
+            announced_at: 1,
+            received_at: 1,
+        };
+        let (c1, c2, c3) = (format!("abcd1{}", "0".repeat(35)), format!("abcd2{}", "0".repeat(35)), "f".repeat(40));
+        for e in [
+            entry(&repo, &c1, "alice", "one"),
+            entry(&repo, &c1, "bob", "one"),
+            entry(&repo, &c2, "alice", "two"),
+            entry(&repo, &c3, "alice", "three"),
+            entry(&other, &format!("abcd3{}", "0".repeat(35)), "alice", "elsewhere"),
+        ] {
+            store.feed_insert(&e).unwrap();
+        }
+        let found = |prefix: &str, limit| -> Vec<String> {
+            store.feed_commits(&repo, prefix, limit).unwrap().into_iter().map(|c| c.summary).collect()
+        };
+        assert_eq!(found("abcd", 10), ["one", "two"], "each commit once, this repository's only");
+        assert_eq!(found("abcd2", 10), ["two"]);
+        assert_eq!(found(&c3, 10), ["three"], "a whole id");
+        assert_eq!(found("abcd", 1), ["one"], "at most the limit");
+        assert!(found("0", 10).is_empty());
+    }
+
+    #[test]
+    fn the_threads_of_a_repository_keep_a_bounded_number_of_messages_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s")).unwrap();
+        let (repo, other) = ("a".repeat(40), "b".repeat(40));
+        let message = |room: String, i: usize| ChatEntry {
+            room,
+            id: format!("m{i}"),
+            peer: "p".into(),
+            name: None,
+            text: "x".into(),
+            sent_at: 1,
+            received_at: 1,
+            own: false,
+            via: None,
+            thread: None,
+        };
+        store.chat_insert(&message(format!("{other}/{}", "c".repeat(40)), 0)).unwrap();
+        let extra = 10;
+        // Many threads (anyone can start one), a few messages each.
+        let all: Vec<ChatEntry> =
+            (1..=MAX_THREAD_MESSAGES_PER_REPO + extra).map(|i| message(format!("{repo}/{:040x}", i / 3), i)).collect();
+        assert_eq!(store.chat_insert_all(&all).unwrap(), all.len());
+        let kept: usize =
+            (0..=all.len() / 3).map(|t| store.chat_history(&format!("{repo}/{t:040x}"), 10).unwrap().len()).sum();
+        assert_eq!(kept, MAX_THREAD_MESSAGES_PER_REPO, "the threads together keep the bound");
+        let oldest = store.chat_history(&format!("{repo}/{:040x}", 0), 10).unwrap();
+        assert!(oldest.is_empty(), "the oldest went first");
+        let first_kept = store.chat_history(&format!("{repo}/{:040x}", (extra + 1) / 3), 10).unwrap();
+        assert!(first_kept.iter().all(|m| m.id != "m1"));
+        assert_eq!(
+            store.chat_history(&format!("{other}/{}", "c".repeat(40)), 10).unwrap().len(),
+            1,
+            "another repository's thread stays"
+        );
+        // Their ids stay seen (a replay is no news) for their window.
+        assert!(!store.chat_insert(&message(format!("{repo}/{:040x}", 0), 1)).unwrap());
+    }
+
+    #[test]
     fn address_book_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s")).unwrap();
@@ -1174,6 +1391,7 @@ mod tests {
             received_at: i,
             own: false,
             via: None,
+            thread: None,
         }
     }
 

@@ -43,7 +43,10 @@ pub fn fetch_bench(metrics: &mut Vec<Metric>, smoke: bool) {
     // The git daemon serves a bare copy of the same repository.
     let root = alice.path("daemon");
     std::fs::create_dir_all(&root).expect("mkdir");
-    alice.git(&alice.path("home"), &["clone", "-q", "--bare", repo.to_str().expect("utf-8"), root.join("big.git").to_str().expect("utf-8")]);
+    alice.git(
+        &alice.path("home"),
+        &["clone", "-q", "--bare", repo.to_str().expect("utf-8"), root.join("big.git").to_str().expect("utf-8")],
+    );
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
     let mut daemon = Command::new("git")
         .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1", &format!("--port={port}")])
@@ -62,7 +65,10 @@ pub fn fetch_bench(metrics: &mut Vec<Metric>, smoke: bool) {
     for round in 0..rounds {
         let plain = bob.path(&format!("home/daemon-{round}"));
         let t0 = Instant::now();
-        bob.git(&bob.path("home"), &["clone", "-q", &format!("git://127.0.0.1:{port}/big.git"), plain.to_str().expect("utf-8")]);
+        bob.git(
+            &bob.path("home"),
+            &["clone", "-q", &format!("git://127.0.0.1:{port}/big.git"), plain.to_str().expect("utf-8")],
+        );
         let plain_ms = ms(t0.elapsed());
         let plain_bytes = pack_bytes(&plain.join(".git/objects/pack"));
         // Bob starts from nothing each round: no mirror.
@@ -70,7 +76,10 @@ pub fn fetch_bench(metrics: &mut Vec<Metric>, smoke: bool) {
         let _ = std::fs::remove_dir_all(bob.data_dir().join("mirrors"));
         bob.start();
         support::eventually(Duration::from_secs(20), "bob connected to alice again", || {
-            bob.peers().iter().any(|p| p["repos"].as_array().is_some_and(|r| !r.is_empty()) || !p["peer_id"].is_null()).then_some(())
+            bob.peers()
+                .iter()
+                .any(|p| p["repos"].as_array().is_some_and(|r| !r.is_empty()) || !p["peer_id"].is_null())
+                .then_some(())
         });
         let p2p = bob.path(&format!("home/p2p-{round}"));
         let t0 = Instant::now();
@@ -94,7 +103,13 @@ pub fn fetch_bench(metrics: &mut Vec<Metric>, smoke: bool) {
     metrics.push(Metric { name: "clone_git_daemon", unit: "ms", samples: daemon_ms, nodes: 0, goal: "the floor" });
     metrics.push(Metric { name: "clone_p2p", unit: "ms", samples: p2p_ms, nodes: 2, goal: "<= 1.3x clone_git_daemon" });
     metrics.push(Metric { name: "clone_p2p_vs_daemon", unit: "x", samples: ratio, nodes: 2, goal: "<= 1.3" });
-    metrics.push(Metric { name: "clone_bytes_p2p_vs_daemon", unit: "%", samples: bytes_ratio, nodes: 2, goal: "within 5 %" });
+    metrics.push(Metric {
+        name: "clone_bytes_p2p_vs_daemon",
+        unit: "%",
+        samples: bytes_ratio,
+        nodes: 2,
+        goal: "within 5 %",
+    });
 
     // Commit in alice's repository → the objects in bob's mirror (bob replicates: he registered
     // his clone).
@@ -120,7 +135,13 @@ pub fn fetch_bench(metrics: &mut Vec<Metric>, smoke: bool) {
             replicated.push(ms(committed.elapsed()));
         }
     }
-    metrics.push(Metric { name: "commit_to_peer_mirror", unit: "ms", samples: replicated, nodes: 2, goal: "p50 <= 100, p99 <= 300 ms" });
+    metrics.push(Metric {
+        name: "commit_to_peer_mirror",
+        unit: "ms",
+        samples: replicated,
+        nodes: 2,
+        goal: "p50 <= 100, p99 <= 300 ms",
+    });
 
     // `git fetch peers` with nothing new.
     bob.git(&clone, &["remote", "add", "peers", &format!("p2p://{id}")]);
@@ -151,10 +172,7 @@ fn mirror_ref(mirror: &Path, author: &str) -> String {
         return value.trim().to_string();
     }
     let packed = std::fs::read_to_string(mirror.join("packed-refs")).unwrap_or_default();
-    packed
-        .lines()
-        .find_map(|l| l.strip_suffix(&format!(" {name}")).map(str::to_string))
-        .unwrap_or_default()
+    packed.lines().find_map(|l| l.strip_suffix(&format!(" {name}")).map(str::to_string)).unwrap_or_default()
 }
 
 fn pack_bytes(dir: &Path) -> u64 {
@@ -173,7 +191,10 @@ fn pack_bytes(dir: &Path) -> u64 {
 /// this project's.
 fn text_files(bytes: u64) -> Vec<(String, PathBuf)> {
     let mut roots = Vec::new();
-    if let Some(home) = std::env::var_os("CARGO_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo"))) {
+    if let Some(home) = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+    {
         roots.push(home.join("registry/src"));
     }
     roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src"));
@@ -226,7 +247,7 @@ fn build_repo(node: &Node, repo: &Path, commits: usize, bytes: u64) -> (usize, u
             let Ok(data) = std::fs::read(path) else { continue };
             total += data.len() as u64;
             writeln!(input, "M 644 inline {}", rel.replace(['\n', '"'], "_")).expect("write");
-            write!(input, "data {}\n", data.len()).expect("write");
+            writeln!(input, "data {}", data.len()).expect("write");
             input.write_all(&data).expect("write");
             writeln!(input).expect("write");
         }

@@ -1,5 +1,6 @@
 //! `git p2p init`: set up the current repository: install the post-commit hook and register the
 //! repository with the node (starting it if needed), so it joins the repository's topics.
+//! `init --undo` is `deinit`.
 
 use std::io::Write;
 
@@ -11,9 +12,10 @@ pub fn run(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<()> {
         anyhow::bail!("{} is a bare repository: git p2p init needs a clone with a work tree", repo.git_dir.display());
     }
     let hooks = super::hooks::install(ctx)?;
-    ctx.client()?.register_repo(repo.info())?;
+    // The node's answer is its registry's entry: the name `repos` and `daemon status` show.
+    let entry = ctx.client()?.register_repo(repo.info())?;
     writeln!(out, "{hooks}")?;
-    writeln!(out, "registered {} (repo id {}) with the node", repo.room_name, repo.repo_id.short())?;
-    writeln!(out, "fetch your peers' work with: git remote add peers p2p://{}", repo.repo_id)?;
+    writeln!(out, "registered {} (repo id {}) with the node", entry.name, entry.id.short())?;
+    writeln!(out, "fetch your peers' work with: git remote add peers p2p://{}", entry.id)?;
     Ok(())
 }

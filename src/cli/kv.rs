@@ -1,10 +1,11 @@
-//! `git p2p kv set|get|ls|rm`: signed records in this repository's DHT namespace.
+//! `git p2p kv set|get|ls|rm`: signed records in this repository's DHT namespace. git-p2p's
+//! own keys (refs, notes) are not the user's to set or remove, and `ls` leaves them out.
 
 use std::io::{Read, Write};
 
 use super::{Ctx, KvCommand};
 use crate::identity::Identity;
-use crate::proto::kv::{validate_key, Entry, MAX_VALUE};
+use crate::proto::kv::{reserved, user_key, validate_key, Entry, MAX_VALUE};
 
 use crate::proto::repo::RepoInfo;
 
@@ -13,7 +14,7 @@ pub fn run(ctx: &Ctx, command: KvCommand, out: &mut dyn Write) -> anyhow::Result
     let info = repo.info();
     match command {
         KvCommand::Set { key, value, file } => {
-            validate_key(&key)?;
+            user_key(&key)?;
             let bytes = match (value.as_deref(), file) {
                 (_, Some(path)) => read_bounded(
                     std::fs::File::open(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
@@ -29,7 +30,7 @@ pub fn run(ctx: &Ctx, command: KvCommand, out: &mut dyn Write) -> anyhow::Result
             report(out, "stored", &key, replicas)?;
         }
         KvCommand::Rm { key } => {
-            validate_key(&key)?;
+            user_key(&key)?;
             let replicas = put(ctx, &info, &key, None)?;
             report(out, "removed", &key, replicas)?;
         }
@@ -79,13 +80,18 @@ pub fn run(ctx: &Ctx, command: KvCommand, out: &mut dyn Write) -> anyhow::Result
                 }
             }
         }
-        KvCommand::Ls { json } => {
-            for k in ctx.client()?.kv_list(info.id)? {
+        KvCommand::Ls { json, all } => {
+            for k in ctx.client()?.kv_list(info.id, all)? {
                 if json {
                     writeln!(out, "{}", serde_json::to_string(&k)?)?;
-                } else {
-                    writeln!(out, "{}  {}", super::fmt::local_time(k.time / 1000), k.key)?;
+                    continue;
                 }
+                let what = match (k.removed, reserved(&k.key)) {
+                    (true, _) => "  (removed)".to_string(),
+                    (false, Some(kind)) => format!("  ({})", kind.command()),
+                    (false, None) => String::new(),
+                };
+                writeln!(out, "{}  {}{what}", super::fmt::local_time(k.time / 1000), k.key)?;
             }
         }
     }
@@ -104,7 +110,7 @@ fn read_bounded(reader: impl Read) -> anyhow::Result<Vec<u8>> {
 /// Has the node sign and put `value` (None: a tombstone) for `key`; returns the replica count.
 /// The node signs: it holds our last entry, so the sequence number follows it whatever this
 /// machine's clock says (see `node::service::kv`).
-pub(super) fn put(ctx: &Ctx, repo: &RepoInfo, key: &str, value: Option<&[u8]>) -> anyhow::Result<usize> {
+fn put(ctx: &Ctx, repo: &RepoInfo, key: &str, value: Option<&[u8]>) -> anyhow::Result<usize> {
     let name = ctx.repo()?.user_name;
     Ok(ctx.client()?.kv_put(repo.clone(), key, value, name)?.replicas)
 }

@@ -7,6 +7,7 @@ mod chat;
 mod clone;
 mod completions;
 mod daemon;
+mod deinit;
 mod doctor;
 pub(crate) mod fmt;
 mod hooks;
@@ -18,6 +19,9 @@ mod nostr;
 mod notes;
 mod peers;
 mod refs;
+mod repos;
+mod thread;
+mod when;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -56,7 +60,21 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Set up this repository: install the post-commit and post-merge hooks and register it with the node
-    Init,
+    Init(InitArgs),
+    /// Undo init: remove git-p2p's hooks (restoring hooks they chained) and unregister the repository
+    ///
+    /// Removes git-p2p's post-commit and post-merge hooks (putting back the hooks they ran first; a hook that is
+    /// not git-p2p's is never touched) and unregisters the repository: the node leaves its topics and stops reading
+    /// its reflog. Named by a path or an id, a repository is found from anywhere, also one whose directory is gone.
+    /// The node registers a repository at one place, the clone init ran in last: in another clone, deinit removes
+    /// that clone's hooks and says where the registration is. Exits 1 when there was nothing to undo.
+    Deinit(DeinitArgs),
+    /// List the repositories registered with the node: path, id, name, hooks, last announcement
+    ///
+    /// For each repository the node serves: where it is (marked "(gone)" when its directory no longer exists: git
+    /// p2p deinit PATH forgets it), its id and name, its hooks as the files say (installed, chained, outdated,
+    /// via-your-hook, missing) and your last announcement there (time and commit).
+    Repos(JsonArgs),
     /// Open the repository's chat room (a terminal UI), or send and read messages from scripts
     Chat(ChatArgs),
     /// Clone a repository from peers (git clone p2p://<repo-id>/<author>), then set it up as init does
@@ -105,6 +123,21 @@ pub struct JsonArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Undo it instead, as git p2p deinit does: remove the hooks and unregister the repository
+    #[arg(long)]
+    pub undo: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeinitArgs {
+    /// The repository: a path (its directory may be gone) or a repository id (its first characters suffice);
+    /// default: the current one
+    #[arg(value_name = "PATH|ID")]
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct IdArgs {
     /// Print JSON
     #[arg(long)]
@@ -116,7 +149,8 @@ pub struct IdArgs {
 
 #[derive(Debug, Args)]
 pub struct ChatArgs {
-    /// Open the thread of one commit instead of the repository's room (default: HEAD)
+    /// Open the thread of one commit instead of the repository's room (default: HEAD): a revision
+    /// of this repository, or a commit a peer announced, by its id or its first hex digits (4 at least)
     #[arg(long, value_name = "REV", num_args = 0..=1, default_missing_value = "HEAD")]
     pub commit: Option<String>,
     /// Send one message and exit once the node accepted it
@@ -176,13 +210,23 @@ pub struct LogArgs {
     /// Show at most N announcements (default 50)
     #[arg(short = 'n', long, value_name = "N")]
     pub max_count: Option<usize>,
+    /// Only this author's announcements: a PeerId, its short form (last 12 characters), an npub, or "me"
+    #[arg(long, value_name = "AUTHOR")]
+    pub author: Option<String>,
+    /// Only announcements of commits made on this branch (a name, or a full ref refs/heads/...)
+    #[arg(long, value_name = "BRANCH")]
+    pub branch: Option<String>,
+    /// Only announcements made since then, as git log takes it: 2.weeks, "3 days ago", yesterday, 2026-11-01,
+    /// "2026-11-01 14:00", an RFC 3339 time, @<unix seconds>
+    #[arg(long, value_name = "WHEN", value_parser = when::since_arg)]
+    pub since: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum KvCommand {
     /// Set KEY to VALUE (or to the contents of --file, or of standard input with -)
     Set {
-        /// The key (at most 256 bytes, no control characters)
+        /// The key (at most 256 bytes, no control characters; refs, refs/... and notes/... are git-p2p's own)
         #[arg(value_name = "KEY")]
         key: String,
         /// The value (at most 8 KiB); - reads it from standard input
@@ -204,13 +248,16 @@ pub enum KvCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List the keys this node published for this repository
+    /// List the keys you set in this repository that hold a value of yours
     Ls {
         /// Print JSON, one object per key
         #[arg(long)]
         json: bool,
+        /// Also list the keys you removed and git-p2p's own keys (your published refs and notes), marked
+        #[arg(long)]
+        all: bool,
     },
-    /// Remove KEY (a signed tombstone that wins over your older values)
+    /// Remove your value of KEY (a signed tombstone that wins over your older values; others' values stay)
     Rm {
         /// The key to remove
         #[arg(value_name = "KEY")]
@@ -411,7 +458,10 @@ fn usage_error(e: clap::Error) -> ExitCode {
 
 fn run(ctx: &Ctx, command: Command, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Init => init::run(ctx, out)?,
+        Command::Init(args) if args.undo => deinit::run(ctx, None, out)?,
+        Command::Init(_) => init::run(ctx, out)?,
+        Command::Deinit(args) => deinit::run(ctx, args.target.as_deref(), out)?,
+        Command::Repos(args) => repos::run(ctx, args.json, out)?,
         Command::Peers(args) => peers::run(ctx, args.json, out)?,
         Command::Id(args) => id::run(ctx, &args, out)?,
         Command::Daemon(cmd) => return daemon::run(ctx, cmd, out),

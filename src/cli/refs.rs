@@ -1,5 +1,6 @@
 //! `git p2p refs [--author PEER] [--json]` and `git p2p refs publish`: branches and tags
-//! through the DHT, per author, like `git ls-remote`.
+//! through the DHT, per author, like `git ls-remote`. Publishing hands the node the whole set:
+//! it unpublishes what was published before and is gone now.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,15 +19,17 @@ pub fn run(ctx: &Ctx, args: RefsArgs, out: &mut dyn Write) -> anyhow::Result<()>
         if index.len() > MAX_VALUE {
             anyhow::bail!("too many refs to publish ({} bytes of refs, at most {MAX_VALUE})", index.len());
         }
-        for (name, oid) in &refs {
-            super::kv::put(ctx, &info, name, Some(oid.as_bytes()))?;
-        }
-        let replicas = super::kv::put(ctx, &info, REFS_KEY, Some(&index))?;
+        let published = ctx.client()?.refs_publish(info.clone(), refs.clone(), repo.user_name.clone())?;
         // Peers fetch the objects from the node's mirror (never from this repository).
         let head = repo.branch.as_ref().map(|b| format!("refs/heads/{b}"));
-        ctx.client()?.mirror_publish(info.clone(), refs.clone().into_iter().collect(), head)?;
-        let where_ = if replicas == 0 { "on this node only (no peer reachable yet)" } else { "to the DHT" };
-        writeln!(out, "published {} ref{} {where_}", refs.len(), if refs.len() == 1 { "" } else { "s" })?;
+        ctx.client()?.mirror_publish(info, refs.into_iter().collect(), head)?;
+        let where_ = if published.replicas == 0 { "on this node only (no peer reachable yet)" } else { "to the DHT" };
+        let n = published.count;
+        write!(out, "published {n} ref{} {where_}", if n == 1 { "" } else { "s" })?;
+        match published.removed.as_slice() {
+            [] => writeln!(out)?,
+            gone => writeln!(out, "; unpublished {} gone since: {}", gone.len(), gone.join(", "))?,
+        }
         return Ok(());
     }
     let record = ctx.client()?.kv_get(info.id, REFS_KEY)?.record;

@@ -6,10 +6,12 @@
 //! answer as the same type; the wire (JSON lines, [`super::proto`]) carries the answer as it
 //! serialises.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::proto::announce::FeedEntry;
+use crate::proto::announce::{Commit, FeedEntry};
 use crate::proto::chat::ChatEntry;
 use crate::proto::envelope::Envelope;
 use crate::proto::kv::Record;
@@ -51,6 +53,9 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// The answer to a request the node took but will not carry out: it is stopping.
+pub const SHUTTING_DOWN: &str = "the node is shutting down";
+
 /// Where the answer to a command goes.
 pub type Reply<T> = oneshot::Sender<Result<T, Failure>>;
 
@@ -61,16 +66,25 @@ pub enum Command {
     Status(Reply<NodeStatus>),
     /// Connected peers.
     Peers(Reply<Vec<PeerInfo>>),
-    /// A repository of ours: the node joins its topics and reads its reflog from now on.
-    RegisterRepo { repo: RepoInfo, reply: Reply<()> },
+    /// A repository of ours: the node joins its topics and reads its reflog from now on;
+    /// answered with the registry's entry (the name every command shows).
+    RegisterRepo { repo: RepoInfo, reply: Reply<RepoInfo> },
+    /// The repository leaves the registry: its topics are left, its reflog no longer read.
+    /// Answered with the entry it had.
+    UnregisterRepo { repo: RepoId, reply: Reply<RepoInfo> },
+    /// The registered repositories, with our last announcement in each.
+    Repos(Reply<Vec<RegisteredRepo>>),
     /// Graceful shutdown; answered just before the node stops.
     Shutdown(Reply<()>),
     /// A signed announcement for the durable outbox; answered once it is stored.
     Announce { repo: RepoInfo, envelope: Envelope, reply: Reply<Queued> },
     /// The hook left something in the spool.
     IngestSpool(Reply<()>),
-    /// A page of the announcements received for a repository, newest first, from `before` on.
-    Log { repo: RepoId, limit: usize, before: Option<u64>, reply: Reply<Page<FeedEntry>> },
+    /// A page of the announcements received for a repository that `filter` keeps, newest
+    /// first, from `before` on.
+    Log { repo: RepoId, limit: usize, before: Option<u64>, filter: LogFilter, reply: Reply<Page<FeedEntry>> },
+    /// The commits announced for a repository whose id starts with `prefix`, at most `limit`.
+    FeedCommits { repo: RepoId, prefix: String, limit: usize, reply: Reply<Vec<Commit>> },
     /// A signed room message of ours (in a commit's thread with `thread`).
     ChatSend { repo: RepoInfo, envelope: Envelope, thread: Option<String>, reply: Reply<ChatSent> },
     /// A page of a room's messages, newest first, from `before` on.
@@ -82,8 +96,31 @@ pub enum Command {
     KvPut { repo: RepoInfo, key: String, value: Option<Vec<u8>>, name: Option<String>, reply: Reply<KvStored> },
     /// Look `key` up in the DHT (every copy found merged with ours).
     KvGet { repo: RepoId, key: String, reply: Reply<KvFound> },
-    /// A page of the keys this node wrote in the repository, in order, from after `after`.
-    KvList { repo: RepoId, after: Option<String>, reply: Reply<Page<KvKey, String>> },
+    /// A page of the keys this node wrote in the repository, in order, from after `after`:
+    /// those that hold a value of ours, or with `all` every one (tombstones and git-p2p's own
+    /// keys marked).
+    KvList { repo: RepoId, after: Option<String>, all: bool, reply: Reply<Page<KvKey, String>> },
+    /// Publish our branches and tags (ref name -> object id): each ref's key, the refs index,
+    /// and a tombstone for each ref published before that is not there any more.
+    RefsPublish { repo: RepoInfo, refs: BTreeMap<String, String>, name: Option<String>, reply: Reply<Published> },
+    /// Publish our note on `commit` in `notes_ref`.
+    NotePut {
+        repo: RepoInfo,
+        notes_ref: String,
+        commit: String,
+        text: Vec<u8>,
+        name: Option<String>,
+        reply: Reply<KvStored>,
+    },
+    /// Publish the list of the commits our notes in `notes_ref` annotate, and a tombstone for
+    /// each note published before whose commit is not in it any more.
+    NotesIndex {
+        repo: RepoInfo,
+        notes_ref: String,
+        commits: BTreeSet<String>,
+        name: Option<String>,
+        reply: Reply<Published>,
+    },
     /// The Nostr bridge: relays, their state, events waiting.
     NostrStatus(Reply<NostrStatus>),
     /// Bring the mirror of `repo` up to the tips its authors signed (`author`: one of them,
@@ -157,6 +194,87 @@ pub struct KvKey {
     pub key: String,
     /// Unix ms of our last write.
     pub time: u64,
+    /// Our last write was a tombstone (`kv rm`).
+    #[serde(default)]
+    pub removed: bool,
+    /// One of git-p2p's own keys (refs, notes: [`crate::proto::kv::reserved`]).
+    #[serde(default)]
+    pub internal: bool,
+}
+
+/// A set of our records (refs, notes) was published.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Published {
+    /// How many are published now.
+    pub count: usize,
+    /// What was published before and is not any more (each got a tombstone).
+    pub removed: Vec<String>,
+    /// Peers that took the index (0: only here so far; it is republished later).
+    pub replicas: usize,
+}
+
+/// A registered repository, as `git p2p repos` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RegisteredRepo {
+    pub repo: RepoInfo,
+    /// Our last announcement in it.
+    pub last_announced: Option<Announced>,
+}
+
+/// One of our announcements.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Announced {
+    pub commit: String,
+    /// Unix ms.
+    pub at: u64,
+}
+
+/// Which announcements `git p2p log` shows; the node applies it to the feed (so that `-n 20`
+/// finds 20 matching ones however many others came since) and the client to what it follows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogFilter {
+    /// By one of these authors: PeerIds, or their short forms ([`crate::proto::peer::short`]);
+    /// empty: by anyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authors: Vec<String>,
+    /// Made on this branch (a full ref name, `refs/heads/main`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Announced at or after this time (Unix ms, the author's clock: the time `log` shows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+}
+
+impl LogFilter {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    pub fn matches(&self, entry: &FeedEntry) -> bool {
+        self.keeps(&entry.peer, entry.commit.ref_name.as_deref(), entry.announced_at)
+    }
+
+    /// [`LogFilter::matches`] of a feed entry as the store keeps it (its JSON), reading only
+    /// the fields it looks at: the node runs through the whole feed for a filter few match.
+    pub fn matches_json(&self, json: &[u8]) -> bool {
+        #[derive(Deserialize)]
+        struct Head<'a> {
+            #[serde(borrow)]
+            peer: std::borrow::Cow<'a, str>,
+            #[serde(borrow, default)]
+            ref_name: Option<std::borrow::Cow<'a, str>>,
+            announced_at: u64,
+        }
+        serde_json::from_slice::<Head>(json).is_ok_and(|h| self.keeps(&h.peer, h.ref_name.as_deref(), h.announced_at))
+    }
+
+    fn keeps(&self, peer: &str, ref_name: Option<&str>, announced_at: u64) -> bool {
+        use crate::proto::peer::Author;
+        let by = |a: &String| Author::Peer(a.clone()).matches(peer, None, "");
+        (self.authors.is_empty() || self.authors.iter().any(by))
+            && self.branch.as_ref().is_none_or(|b| ref_name == Some(b.as_str()))
+            && self.since.is_none_or(|t| announced_at >= t)
+    }
 }
 
 /// What the node streams to followers.
@@ -358,6 +476,34 @@ pub struct PeerInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_filter_reads_an_entry_and_its_json_alike() {
+        let entry: FeedEntry = serde_json::from_value(serde_json::json!({
+            "repo": "a".repeat(40), "peer": "12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X", "name": "bob",
+            "ref_name": "refs/heads/main", "commit": "b".repeat(40), "parents": [], "author": "bob",
+            "summary": "s \"quoted\"", "commit_time": 1, "announced_at": 5000, "received_at": 5001,
+        }))
+        .unwrap();
+        let json = serde_json::to_vec(&entry).unwrap();
+        let short = |p: &str| LogFilter { authors: vec![p.into()], ..LogFilter::default() };
+        let branch = |b: &str| LogFilter { branch: Some(b.into()), ..LogFilter::default() };
+        let since = |t: u64| LogFilter { since: Some(t), ..LogFilter::default() };
+        for (filter, keeps) in [
+            (LogFilter::default(), true),
+            (short("aaaaNft9HyQ6X"), false),
+            (short("YbU1Nft9HyQ6X"), true),
+            (short("bU1Nft9HyQ6X"), true),
+            (short("12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"), false),
+            (branch("refs/heads/main"), true),
+            (branch("refs/heads/mai"), false),
+            (since(5000), true),
+            (since(5001), false),
+        ] {
+            assert_eq!(filter.matches(&entry), keeps, "{filter:?}");
+            assert_eq!(filter.matches_json(&json), keeps, "{filter:?} on JSON");
+        }
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("cannot store: {0}")]

@@ -11,7 +11,6 @@
 //! are safe to repeat (the node de-duplicates messages and announcements, registering and
 //! setting are idempotent). Answers that can be long are read page by page.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::marker::PhantomData;
@@ -23,10 +22,14 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use super::api::{ChatSent, KvFound, KvKey, KvStored, MirrorSynced, NodeStatus, NostrStatus, Page, PeerInfo, Queued};
+use super::api::{
+    ChatSent, KvFound, KvKey, KvStored, LogFilter, MirrorSynced, NodeStatus, NostrStatus, Page, PeerInfo, Published,
+    Queued, RegisteredRepo,
+};
+use super::follow::Subscription;
 use super::proto::{self, DecodeError, Request, RequestFrame, MAX_ANSWER};
 use crate::paths::{PathError, Paths};
-use crate::proto::announce::FeedEntry;
+use crate::proto::announce::{Commit, FeedEntry};
 use crate::proto::chat::ChatEntry;
 use crate::proto::envelope::Envelope;
 use crate::proto::repo::{RepoId, RepoInfo};
@@ -80,6 +83,10 @@ pub enum ClientError {
     /// The node's store is damaged: starting a node would only fail the same way.
     #[error("{0}")]
     StoreDamaged(String),
+    #[error("the node went away and did not come back within {} s (start it with: git p2p daemon start)", .0.as_secs())]
+    Gone(Duration),
+    #[error("{name}={value:?}: {why}")]
+    Setting { name: &'static str, value: String, why: &'static str },
 }
 
 impl ClientError {
@@ -87,6 +94,16 @@ impl ClientError {
     /// a new one.
     fn connection_lost(&self) -> bool {
         matches!(self, Self::Io(e) if lost(e))
+    }
+
+    /// The node is not there (stopped, killed, restarting, or on its way out): one may come
+    /// back on the same socket.
+    pub fn node_away(&self) -> bool {
+        match self {
+            Self::NotRunning => true,
+            Self::Node(why) => why == super::api::SHUTTING_DOWN,
+            other => other.connection_lost(),
+        }
     }
 }
 
@@ -236,8 +253,18 @@ impl Client {
         self.call(Request::Peers)
     }
 
-    pub fn register_repo(&mut self, repo: RepoInfo) -> Result<(), ClientError> {
+    /// Registers `repo`; the answer is the registry's entry (its name is the one commands show).
+    pub fn register_repo(&mut self, repo: RepoInfo) -> Result<RepoInfo, ClientError> {
         self.call(Request::RegisterRepo { repo })
+    }
+
+    /// Forgets `repo`; the answer is the entry it had.
+    pub fn unregister_repo(&mut self, repo: RepoId) -> Result<RepoInfo, ClientError> {
+        self.call(Request::UnregisterRepo { repo })
+    }
+
+    pub fn repos(&mut self) -> Result<Vec<RegisteredRepo>, ClientError> {
+        self.call(Request::Repos)
     }
 
     /// Asks the node to stop; it may close the connection before its answer is out (which
@@ -255,7 +282,23 @@ impl Client {
 
     /// The newest `limit` announcements received for `repo`, newest first.
     pub fn log(&mut self, repo: RepoId, limit: usize) -> Result<Vec<FeedEntry>, ClientError> {
-        self.pages(limit, |limit, before| Request::Log { repo: repo.clone(), limit, before })
+        self.log_filtered(repo, limit, &LogFilter::default())
+    }
+
+    /// The newest `limit` announcements received for `repo` that `filter` keeps, newest first.
+    pub fn log_filtered(
+        &mut self,
+        repo: RepoId,
+        limit: usize,
+        filter: &LogFilter,
+    ) -> Result<Vec<FeedEntry>, ClientError> {
+        self.pages(limit, |limit, before| Request::Log { repo: repo.clone(), limit, before, filter: filter.clone() })
+    }
+
+    /// The commits peers announced for `repo` whose id starts with `prefix` (lowercase hex), at
+    /// most `limit`.
+    pub fn feed_commits(&mut self, repo: RepoId, prefix: &str, limit: usize) -> Result<Vec<Commit>, ClientError> {
+        self.call(Request::FeedCommits { repo, prefix: prefix.to_string(), limit })
     }
 
     pub fn chat_send(
@@ -294,9 +337,43 @@ impl Client {
         self.call(Request::KvGet { repo, key: key.to_string() })
     }
 
-    /// Every key this node wrote in `repo`.
-    pub fn kv_list(&mut self, repo: RepoId) -> Result<Vec<KvKey>, ClientError> {
-        self.pages(usize::MAX, |_, after| Request::KvList { repo: repo.clone(), after })
+    /// The keys this node wrote in `repo` that hold a value of ours; with `all`, every one.
+    pub fn kv_list(&mut self, repo: RepoId, all: bool) -> Result<Vec<KvKey>, ClientError> {
+        self.pages(usize::MAX, |_, after| Request::KvList { repo: repo.clone(), after, all })
+    }
+
+    /// Publishes our branches and tags (ref name -> object id), unpublishing those gone since.
+    pub fn refs_publish(
+        &mut self,
+        repo: RepoInfo,
+        refs: std::collections::BTreeMap<String, String>,
+        name: Option<String>,
+    ) -> Result<Published, ClientError> {
+        self.call(Request::RefsPublish { repo, refs, name })
+    }
+
+    /// Publishes our note on `commit` in `notes_ref`.
+    pub fn note_put(
+        &mut self,
+        repo: RepoInfo,
+        notes_ref: &str,
+        commit: &str,
+        text: &[u8],
+        name: Option<String>,
+    ) -> Result<KvStored, ClientError> {
+        let (notes_ref, commit, text) = (notes_ref.to_string(), commit.to_string(), hex::encode(text));
+        self.call(Request::NotePut { repo, notes_ref, commit, text, name })
+    }
+
+    /// Publishes which commits our notes in `notes_ref` annotate, unpublishing notes gone since.
+    pub fn notes_index(
+        &mut self,
+        repo: RepoInfo,
+        notes_ref: &str,
+        commits: std::collections::BTreeSet<String>,
+        name: Option<String>,
+    ) -> Result<Published, ClientError> {
+        self.call(Request::NotesIndex { repo, notes_ref: notes_ref.to_string(), commits, name })
     }
 
     pub fn nostr_status(&mut self) -> Result<NostrStatus, ClientError> {
@@ -340,19 +417,20 @@ impl Client {
         Ok(Follower { client, id, item: PhantomData })
     }
 
-    /// The newest `limit` items of `subscription` and, with `follow`, every later one, each once.
-    /// The subscription is made before the history is read, so that nothing falls between them.
-    pub fn tail<S: Subscription>(
+    /// A page of a repository's announcements, newest first, before `before`.
+    pub fn log_page(
         &mut self,
-        paths: &Paths,
-        subscription: S,
+        repo: RepoId,
         limit: usize,
-        follow: bool,
-    ) -> Result<Tail<S>, ClientError> {
-        let follower = if follow { Some(Self::follow(paths, &subscription)?) } else { None };
-        let history = subscription.history(self, limit)?;
-        let seen = history.iter().map(S::key).collect();
-        Ok(Tail { history, follower, seen })
+        before: Option<u64>,
+        filter: &LogFilter,
+    ) -> Result<Page<FeedEntry>, ClientError> {
+        self.call(Request::Log { repo, limit, before, filter: filter.clone() })
+    }
+
+    /// A page of a room's messages, newest first, before `before`.
+    pub fn chat_page(&mut self, room: &str, limit: usize, before: Option<u64>) -> Result<Page<ChatEntry>, ClientError> {
+        self.call(Request::ChatHistory { room: room.to_string(), limit, before })
     }
 
     fn read_line(&mut self) -> Result<Vec<u8>, ClientError> {
@@ -380,48 +458,6 @@ impl Client {
     }
 }
 
-/// Something the node streams to followers: a repository's feed of announcements, or a room.
-pub trait Subscription {
-    type Item: DeserializeOwned;
-    fn follow_request(&self) -> Request;
-    /// The newest `limit` items, in the order they are shown.
-    fn history(&self, client: &mut Client, limit: usize) -> Result<Vec<Self::Item>, ClientError>;
-    /// What makes an item the same item when it arrives twice (in the history and the stream).
-    fn key(item: &Self::Item) -> String;
-}
-
-/// The announcements peers make in a repository.
-pub struct Feed(pub RepoId);
-
-impl Subscription for Feed {
-    type Item = FeedEntry;
-    fn follow_request(&self) -> Request {
-        Request::Follow { repo: self.0.clone() }
-    }
-    fn history(&self, client: &mut Client, limit: usize) -> Result<Vec<FeedEntry>, ClientError> {
-        client.log(self.0.clone(), limit)
-    }
-    fn key(item: &FeedEntry) -> String {
-        format!("{}/{}", item.commit.id, item.peer)
-    }
-}
-
-/// A chat room (a repository's, or a commit's thread: [`crate::proto::chat::room_id`]).
-pub struct Room(pub String);
-
-impl Subscription for Room {
-    type Item = ChatEntry;
-    fn follow_request(&self) -> Request {
-        Request::FollowChat { room: self.0.clone() }
-    }
-    fn history(&self, client: &mut Client, limit: usize) -> Result<Vec<ChatEntry>, ClientError> {
-        client.chat_history(&self.0, limit)
-    }
-    fn key(item: &ChatEntry) -> String {
-        item.id.clone()
-    }
-}
-
 /// Items of a subscription as they arrive.
 pub struct Follower<T> {
     client: Client,
@@ -433,31 +469,6 @@ impl<T: DeserializeOwned> Follower<T> {
     /// The next item; waits as long as it takes.
     pub fn recv(&mut self) -> Result<T, ClientError> {
         self.client.answer(self.id)
-    }
-}
-
-/// A subscription's recent history, then (when following) what arrives, each item once.
-pub struct Tail<S: Subscription> {
-    pub history: Vec<S::Item>,
-    follower: Option<Follower<S::Item>>,
-    seen: HashSet<String>,
-}
-
-impl<S: Subscription> Tail<S> {
-    /// The next item not seen before; None when not following.
-    pub fn recv(&mut self) -> Result<Option<S::Item>, ClientError> {
-        let Some(follower) = &mut self.follower else { return Ok(None) };
-        loop {
-            let item = follower.recv()?;
-            if self.seen.insert(S::key(&item)) {
-                return Ok(Some(item));
-            }
-        }
-    }
-
-    /// Whether items keep coming after the history.
-    pub fn is_following(&self) -> bool {
-        self.follower.is_some()
     }
 }
 

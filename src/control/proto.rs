@@ -13,9 +13,12 @@
 //! Answers that grow with what the node holds (the feed, a room's history, the keys written)
 //! come in pages: the client asks again from where the last page ended.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::api::LogFilter;
 use crate::proto::envelope::Envelope;
 use crate::proto::repo::{RepoId, RepoInfo};
 
@@ -23,7 +26,10 @@ use crate::proto::repo::{RepoId, RepoInfo};
 /// 2: typed answers (`ok` carries the answer itself).
 /// 3: `kv_put` carries the value and the node signs it; `log`, `chat_history` and `kv_list`
 /// answer in pages; frames bounded per direction; id 0 errors.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: `register_repo` answers with the registry's entry; `unregister_repo`, `repos`,
+/// `refs_publish`, `note_put`, `notes_index`; `log` filters; `kv_list` hides what is not ours
+/// to show unless `all`; `kv_put` refuses git-p2p's own keys.
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Longest request the node reads; a longer line is a protocol error, not an allocation. The
 /// largest real request (a chat message of 4000 characters, or a DHT value of 8 KiB, in JSON)
 /// is a fraction of it, and it bounds what a flood of clients can make the node hold.
@@ -50,22 +56,31 @@ pub enum Request {
     Peers,
     /// Tell the node about a repository of ours: it joins the repo's topics.
     RegisterRepo { repo: RepoInfo },
+    /// The node forgets a repository of ours: it leaves the repo's topics.
+    UnregisterRepo { repo: RepoId },
+    /// The registered repositories.
+    Repos,
     /// Graceful shutdown (flush the store, close connections).
     Shutdown,
     /// Queue a signed announcement in the node's durable outbox; answered once it is stored.
     Announce { repo: RepoInfo, envelope: Envelope },
     /// New files are in the spool: move them to the outbox now (the hook's fast path).
     IngestSpool,
-    /// The newest announcements received for a repo (those before `before`, a page's `next`),
-    /// newest first: a page of at most `limit`.
+    /// The newest announcements received for a repo (those before `before`, a page's `next`)
+    /// that `filter` keeps, newest first: a page of at most `limit`.
     Log {
         repo: RepoId,
         limit: usize,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         before: Option<u64>,
+        #[serde(default, skip_serializing_if = "LogFilter::is_empty")]
+        filter: LogFilter,
     },
     /// Stream announcements for a repo as they arrive.
     Follow { repo: RepoId },
+    /// The commits peers announced for a repo whose id starts with `prefix` (lowercase hex), at
+    /// most `limit`, each once, in id order: what `--commit` resolves against.
+    FeedCommits { repo: RepoId, prefix: String, limit: usize },
     /// Send a signed chat message to a room (`thread`: a commit's thread, else the repo's room).
     ChatSend { repo: RepoInfo, envelope: Envelope, thread: Option<String> },
     /// The newest messages of a room (those before `before`), newest first: a page of at most
@@ -82,14 +97,25 @@ pub enum Request {
     FollowChat { room: String },
     /// Set `key` to `value` (hex; None: remove it) in the repo's DHT namespace: the node signs
     /// the entry as its user, named `name`, with a sequence number after its last one.
+    /// git-p2p's own keys (`refs`, `refs/...`, `notes/...`) are refused: the requests below
+    /// write them.
     KvPut { repo: RepoInfo, key: String, value: Option<String>, name: Option<String> },
+    /// Publish our branches and tags (ref name -> object id), unpublishing those gone since.
+    RefsPublish { repo: RepoInfo, refs: BTreeMap<String, String>, name: Option<String> },
+    /// Publish our note (`text`, hex) on `commit` in `notes_ref`.
+    NotePut { repo: RepoInfo, notes_ref: String, commit: String, text: String, name: Option<String> },
+    /// Publish the commits our notes in `notes_ref` annotate, unpublishing notes gone since.
+    NotesIndex { repo: RepoInfo, notes_ref: String, commits: BTreeSet<String>, name: Option<String> },
     /// Look `key` up in the DHT (merging what every peer answers with our own copy).
     KvGet { repo: RepoId, key: String },
-    /// The keys this node wrote in the repo, in order, from after `after` (a page's `next`).
+    /// The keys this node wrote in the repo, in order, from after `after` (a page's `next`):
+    /// those holding a value of ours, or with `all` every one.
     KvList {
         repo: RepoId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        all: bool,
     },
     /// The Nostr bridge: relays, their state, events waiting.
     NostrStatus,

@@ -170,10 +170,17 @@ fn route(req: Request) -> Routed {
         Request::Status => ask(Command::Status),
         Request::Peers => ask(Command::Peers),
         Request::RegisterRepo { repo } => ask(|reply| Command::RegisterRepo { repo, reply }),
+        Request::UnregisterRepo { repo } => ask(|reply| Command::UnregisterRepo { repo, reply }),
+        Request::Repos => ask(Command::Repos),
         Request::Shutdown => ask(Command::Shutdown),
         Request::Announce { repo, envelope } => ask(|reply| Command::Announce { repo, envelope, reply }),
         Request::IngestSpool => ask(Command::IngestSpool),
-        Request::Log { repo, limit, before } => ask(|reply| Command::Log { repo, limit, before, reply }),
+        Request::Log { repo, limit, before, filter } => {
+            ask(|reply| Command::Log { repo, limit, before, filter, reply })
+        }
+        Request::FeedCommits { repo, prefix, limit } => {
+            ask(|reply| Command::FeedCommits { repo, prefix, limit, reply })
+        }
         Request::ChatSend { repo, envelope, thread } => {
             ask(|reply| Command::ChatSend { repo, envelope, thread, reply })
         }
@@ -186,7 +193,15 @@ fn route(req: Request) -> Routed {
             Err(_) => Routed::Refused(Failure::new("malformed control frame: the value is not hex")),
         },
         Request::KvGet { repo, key } => ask(|reply| Command::KvGet { repo, key, reply }),
-        Request::KvList { repo, after } => ask(|reply| Command::KvList { repo, after, reply }),
+        Request::KvList { repo, after, all } => ask(|reply| Command::KvList { repo, after, all, reply }),
+        Request::RefsPublish { repo, refs, name } => ask(|reply| Command::RefsPublish { repo, refs, name, reply }),
+        Request::NotePut { repo, notes_ref, commit, text, name } => match hex::decode(text) {
+            Ok(text) => ask(|reply| Command::NotePut { repo, notes_ref, commit, text, name, reply }),
+            Err(_) => Routed::Refused(Failure::new("malformed control frame: the note is not hex")),
+        },
+        Request::NotesIndex { repo, notes_ref, commits, name } => {
+            ask(|reply| Command::NotesIndex { repo, notes_ref, commits, name, reply })
+        }
         Request::NostrStatus => ask(Command::NostrStatus),
         Request::MirrorSync { repo, author } => ask(|reply| Command::MirrorSync { repo, author, reply }),
         Request::MirrorPublish { repo, refs, head } => ask(|reply| Command::MirrorPublish { repo, refs, head, reply }),
@@ -202,7 +217,7 @@ fn ask<T: Serialize + Send + 'static>(command: impl FnOnce(Reply<T>) -> Command)
         match answer.await {
             Ok(Ok(value)) => Ok(serde_json::value::to_raw_value(&value).expect("answers always serialise")),
             Ok(Err(failure)) => Err(failure),
-            Err(_) => Err(Failure::new("the node is shutting down")),
+            Err(_) => Err(Failure::new(super::api::SHUTTING_DOWN)),
         }
     });
     Routed::Command(Box::new(command(reply)), answer)
@@ -271,7 +286,7 @@ impl Client {
             };
             let queued = match tokio::time::timeout(QUEUE_WAIT, self.commands.send(*command)).await {
                 Ok(Ok(())) => Out::Answer(frame.id, answer),
-                Ok(Err(_)) => Out::Frame(Box::new(ResponseFrame::error(frame.id, "the node is shutting down"))),
+                Ok(Err(_)) => Out::Frame(Box::new(ResponseFrame::error(frame.id, super::api::SHUTTING_DOWN))),
                 Err(_) => Out::Frame(Box::new(ResponseFrame::error(
                     frame.id,
                     format!(

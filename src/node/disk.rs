@@ -15,7 +15,7 @@ use crate::proto::announce::FeedEntry;
 use crate::proto::chat::ChatEntry;
 use crate::proto::outbox::OutboxEntry;
 use crate::proto::repo::{RepoId, RepoInfo};
-use crate::store::{Store, StoreError};
+use crate::store::{KeysPage, Store, StoreError};
 
 /// What the sync thread does for one command batch: write our published room messages to the
 /// history, fsync, then send the answers that waited for it.
@@ -116,6 +116,12 @@ impl Disk for NodeDisk<'_> {
         Ok(())
     }
 
+    fn remove_repo(&mut self, repo: &RepoId) -> Result<(), StoreError> {
+        self.store.remove_repo(repo)?;
+        self.records.unprotect(repo);
+        Ok(())
+    }
+
     fn outbox_push(&mut self, entry: &OutboxEntry, durable: bool) -> Result<u64, StoreError> {
         let result = self.store.outbox_push_with(entry, durable);
         self.wrote(result)
@@ -166,6 +172,10 @@ impl Disk for NodeDisk<'_> {
     fn kv_own(&mut self, repo: &RepoId, key: &str, ts: u64, durable: bool) -> Result<(), StoreError> {
         let result = self.store.kv_own(repo, key, ts, durable);
         self.wrote(result)
+    }
+
+    fn kv_own_page(&self, repo: &RepoId, after: Option<&str>, limit: usize) -> Result<KeysPage, StoreError> {
+        self.store.kv_own_page(repo, after, limit)
     }
 
     fn record(&self, key: &kad::RecordKey) -> Option<kad::Record> {

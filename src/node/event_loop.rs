@@ -27,7 +27,9 @@ use super::service::{BridgeOp, DialRef, Io, Me, QueryRef, Service};
 use super::store_watch::StoreWatch;
 use crate::bridge::{Bridge, Inbound};
 use crate::clock::Now;
-use crate::control::api::{Command, ConfigInForce, Failure, KvKey, NodeEvent, NodeStatus, NostrStatus, Page};
+use crate::control::api::{
+    Announced, Command, ConfigInForce, Failure, NodeEvent, NodeStatus, NostrStatus, Page, RegisteredRepo,
+};
 use crate::control::proto::PAGE_BYTES;
 use crate::store::Store;
 
@@ -35,8 +37,9 @@ use crate::store::Store;
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Control requests handled together before one group commit.
 const COMMAND_BATCH: usize = 64;
-/// Keys one page of `kv ls` carries (a key is at most 256 bytes: far below a page's bytes).
-const KV_LIST_PAGE: usize = 500;
+/// Commits one prefix lookup answers at most (enough to list the candidates of an ambiguous
+/// prefix; a prefix of 4 digits matches a few in a feed of 10 000).
+const MAX_FEED_COMMITS: usize = 100;
 
 /// What the node says about itself that does not change while it runs.
 pub struct NodeInfo {
@@ -257,6 +260,15 @@ impl EventLoop {
                 let _ = reply.send(Ok(peers));
             }
             Command::RegisterRepo { repo, reply } => self.service.register(repo, reply, disk!(self)),
+            Command::UnregisterRepo { repo, reply } => self.service.unregister(repo, reply, disk!(self)),
+            Command::Repos(reply) => {
+                let last = |r: &crate::proto::repo::RepoInfo| self.store.last_announced(&r.id).ok().flatten();
+                let repos = self.service.repos().iter().map(|r| RegisteredRepo {
+                    repo: r.clone(),
+                    last_announced: last(r).map(|(commit, at)| Announced { commit, at }),
+                });
+                let _ = reply.send(Ok(repos.collect()));
+            }
             Command::Shutdown(reply) => {
                 let _ = reply.send(Ok(()));
                 return true;
@@ -267,10 +279,19 @@ impl EventLoop {
                 self.spool_changed(true);
                 let _ = reply.send(Ok(()));
             }
-            Command::Log { repo, limit, before, reply } => {
-                let page = self.store.feed_page(&repo, before, limit, PAGE_BYTES);
+            Command::Log { repo, limit, before, filter, reply } => {
+                let page = self.store.feed_page(&repo, before, limit, PAGE_BYTES, |e| filter.matches_json(e));
                 let page = page.map(|(items, next)| Page { items, next });
                 let _ = reply.send(page.map_err(|e| Failure::new(format!("cannot read the feed: {e}"))));
+            }
+            Command::FeedCommits { repo, prefix, limit, reply } => {
+                let found = if crate::proto::announce::is_id_prefix(&prefix) {
+                    let found = self.store.feed_commits(&repo, &prefix, limit.min(MAX_FEED_COMMITS));
+                    found.map_err(|e| Failure::new(format!("cannot read the feed: {e}")))
+                } else {
+                    Err(Failure::new(format!("{prefix:?} is not the start of a commit id (hex digits)")))
+                };
+                let _ = reply.send(found);
             }
             Command::ChatSend { repo, envelope, thread, reply } => {
                 self.service.chat_send(repo, envelope, thread, reply, now, disk!(self))
@@ -284,12 +305,15 @@ impl EventLoop {
                 self.service.kv_put(repo, key, value, name, reply, now, disk!(self))
             }
             Command::KvGet { repo, key, reply } => self.service.kv_get(repo, key, reply, now, disk!(self)),
-            Command::KvList { repo, after, reply } => {
-                let page = self.store.kv_own_page(&repo, after.as_deref(), KV_LIST_PAGE).map(|(keys, next)| Page {
-                    items: keys.into_iter().map(|(key, time)| KvKey { key, time }).collect(),
-                    next,
-                });
-                let _ = reply.send(page.map_err(|e| Failure::new(format!("cannot read the keys you wrote: {e}"))));
+            Command::KvList { repo, after, all, reply } => self.service.kv_list(&repo, after, all, reply, disk!(self)),
+            Command::RefsPublish { repo, refs, name, reply } => {
+                self.service.refs_publish(repo, refs, name, reply, now, disk!(self))
+            }
+            Command::NotePut { repo, notes_ref, commit, text, name, reply } => {
+                self.service.note_put(repo, notes_ref, commit, text, name, reply, now, disk!(self))
+            }
+            Command::NotesIndex { repo, notes_ref, commits, name, reply } => {
+                self.service.notes_index(repo, notes_ref, commits, name, reply, now, disk!(self))
             }
             Command::NostrStatus(reply) => {
                 let _ = reply.send(Ok(self.nostr_status()));
@@ -324,6 +348,9 @@ impl EventLoop {
                 if let Err(e) = gossipsub.subscribe(&topic) {
                     tracing::warn!(%topic, error = %e, "cannot subscribe");
                 }
+            }
+            Io::Unsubscribe(topic) => {
+                self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
             }
             Io::Publish { ticket, topic, data } => {
                 let result = self.swarm.behaviour_mut().gossipsub.publish(topic, data).map(|_| ());
@@ -482,6 +509,7 @@ impl EventLoop {
         self.durability.sync_soon(&self.store);
         self.hooks.ingest(&mut self.service, disk!(self), &self.store);
         self.hooks.retry_rebasing(&mut self.service, disk!(self), &self.store);
+        self.hooks.unpublish_gone_refs(&mut self.service, disk!(self));
         self.service.tick(Now::system(), disk!(self));
         if self.hooks.take_wrote() {
             self.durability.wrote();

@@ -163,6 +163,7 @@ mod tests {
             received_at: i,
             own: false,
             via: None,
+            thread: None,
         }
     }
 

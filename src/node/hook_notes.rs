@@ -2,7 +2,8 @@
 //! (the hook's slow path), notes of the fast path (held until the hook's git has exited, then
 //! read against the repository's HEAD reflog, a rebase as one), and, at start, the reflogs of
 //! the hooked repositories (found by a survey thread that runs git for each). This is I/O (files,
-//! git): what it finds goes to the service as announcements of ours.
+//! git): what it finds goes to the service as announcements of ours, and as refs of ours that
+//! are gone from the repository (to unpublish).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -62,6 +63,9 @@ pub struct HookNotes {
     /// Repositories whose notes came while the store could not take announcements: their
     /// reflogs are read once it can again.
     after_reopen: HashSet<PathBuf>,
+    /// Repositories read since the last tick, whose refs we published may be gone
+    /// ([`Self::unpublish_gone_refs`]).
+    refs_to_check: HashSet<PathBuf>,
 }
 
 impl HookNotes {
@@ -83,6 +87,7 @@ impl HookNotes {
             survey: None,
             wrote: false,
             after_reopen: HashSet::new(),
+            refs_to_check: HashSet::new(),
         }
     }
 
@@ -237,9 +242,26 @@ impl HookNotes {
         if let (true, Some(head_ref)) = (moved_only, head_ref) {
             service.branch_moved(&repo.id, head_ref, ctx.head_commit.clone(), now, disk);
         }
+        // Whether a branch or tag we published is gone now (`git branch -D`) is looked at later,
+        // off the announcement's path.
+        self.refs_to_check.insert(dir.to_path_buf());
         store.set_reflog_pos(&key, new_pos, false)?;
         self.wrote = true;
         Ok(None)
+    }
+
+    /// The refs we published in the repositories read since the last call that are gone from
+    /// them now (a branch deleted, a tag removed) are unpublished. Called on the tick, so that
+    /// the reads never delay an announcement (a record's JSON holds up to 64 authors' entries).
+    pub fn unpublish_gone_refs(&mut self, service: &mut Service, disk: &mut dyn Disk) {
+        for dir in std::mem::take(&mut self.refs_to_check) {
+            let Ok(ctx) = self.repos.open(&dir) else { continue };
+            let gone: Vec<String> =
+                service.published_refs(&ctx.repo_id, disk).into_iter().filter(|r| !ctx.has_ref(r)).collect();
+            if !gone.is_empty() {
+                service.refs_gone(&ctx.repo_id, &gone, Now::system(), disk);
+            }
+        }
     }
 
     /// Moves what the hook spooled into the outbox: whole announcements (made while the node was

@@ -45,7 +45,7 @@ enum Class {
     /// Published by this node: never refused, never evicted.
     Ours,
     /// Of a repository we registered, published by a peer.
-    Registered { publisher: Option<PeerId> },
+    Registered { repo: Option<RepoId>, publisher: Option<PeerId> },
     /// Anything else.
     Stranger { repo: Option<RepoId>, publisher: Option<PeerId> },
 }
@@ -86,7 +86,7 @@ impl Quotas {
         let same = |c: &Class| self.classes.get(key) == Some(c);
         match class {
             Class::Ours => Ok(self.farthest_if(|n| n > MAX_STRANGERS + MAX_REGISTERED, key)),
-            Class::Registered { publisher } => {
+            Class::Registered { publisher, .. } => {
                 if same(class) {
                     return Ok(None);
                 }
@@ -136,7 +136,7 @@ impl Quotas {
         self.remove(&key, distance);
         match &class {
             Class::Ours => {}
-            Class::Registered { publisher } => {
+            Class::Registered { publisher, .. } => {
                 self.registered += 1;
                 count(&mut self.per_publisher, publisher.as_ref(), 1);
             }
@@ -151,7 +151,7 @@ impl Quotas {
 
     fn remove(&mut self, key: &RecordKey, distance: KBucketDistance) {
         match self.classes.remove(key) {
-            Some(Class::Registered { publisher }) => {
+            Some(Class::Registered { publisher, .. }) => {
                 self.registered -= 1;
                 count(&mut self.per_publisher, publisher.as_ref(), -1);
             }
@@ -232,7 +232,7 @@ fn class_of(local: &PeerId, registered: &HashSet<RepoId>, publisher: Option<Peer
         return Class::Ours;
     }
     match repo_of(value) {
-        Some(repo) if registered.contains(&repo) => Class::Registered { publisher },
+        Some(repo) if registered.contains(&repo) => Class::Registered { repo: Some(repo), publisher },
         repo => Class::Stranger { repo, publisher },
     }
 }
@@ -304,7 +304,7 @@ impl PersistentStore {
                     self.quotas = Some(quotas);
                     let registered: Vec<RepoId> = self.registered.iter().cloned().collect();
                     for repo in registered {
-                        self.reclassify(&repo);
+                        self.reclassify(&repo, true);
                     }
                 }
                 Err(mpsc::TryRecvError::Empty) => {}
@@ -348,24 +348,38 @@ impl PersistentStore {
     /// From now on, records of `repo` are ours to keep (it was registered).
     pub fn protect(&mut self, repo: &RepoId) {
         if self.registered.insert(repo.clone()) && self.books() {
-            self.reclassify(repo);
+            self.reclassify(repo, true);
         }
     }
 
-    /// Strangers' records of `repo` (registered now) move to the registered budget.
-    fn reclassify(&mut self, repo: &RepoId) {
+    /// Records of `repo` are strangers' again (it was unregistered), as they are at the next
+    /// start; the budget they now count against gives way by distance as new records come.
+    pub fn unprotect(&mut self, repo: &RepoId) {
+        if self.registered.remove(repo) && self.books() {
+            self.reclassify(repo, false);
+        }
+    }
+
+    /// Records of `repo` move to the registered budget (`registered`), or back to the
+    /// strangers'.
+    fn reclassify(&mut self, repo: &RepoId, registered: bool) {
         let Some(quotas) = &mut self.quotas else { return };
-        let moved: Vec<(RecordKey, Option<PeerId>)> = quotas
+        let moved: Vec<(RecordKey, Class)> = quotas
             .classes
             .iter()
             .filter_map(|(key, class)| match class {
-                Class::Stranger { repo: Some(r), publisher } if r == repo => Some((key.clone(), *publisher)),
+                Class::Stranger { repo: Some(r), publisher } if registered && r == repo => {
+                    Some((key.clone(), Class::Registered { repo: Some(r.clone()), publisher: *publisher }))
+                }
+                Class::Registered { publisher, repo: Some(r) } if !registered && r == repo => {
+                    Some((key.clone(), Class::Stranger { repo: Some(r.clone()), publisher: *publisher }))
+                }
                 _ => None,
             })
             .collect();
-        for (key, publisher) in moved {
+        for (key, class) in moved {
             let d = distance(&self.local, &key);
-            quotas.add(key, Class::Registered { publisher }, d);
+            quotas.add(key, class, d);
         }
     }
 
@@ -592,7 +606,7 @@ mod tests {
             publisher: Some(publisher),
         };
         sim.put("mine", Class::Ours).unwrap();
-        sim.put("friend's", Class::Registered { publisher: Some(PeerId::random()) }).unwrap();
+        sim.put("friend's", Class::Registered { repo: None, publisher: Some(PeerId::random()) }).unwrap();
         // One peer: at most its quota.
         let eve = PeerId::random();
         let taken = (0..MAX_PER_PUBLISHER + 10).filter(|i| sim.put(&format!("e{i}"), stranger(1, eve)).is_ok()).count();

@@ -105,12 +105,13 @@ pub fn run(paths: &Paths, opts: RunOptions) -> Result<(), NodeError> {
 fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
     paths.ensure()?;
     crate::paths::ensure_writable(&paths.data_dir)?;
-    let _data_lock = take_lock(&paths.data_lock(), &paths.data_dir)?;
-    let _socket_lock = if paths.socket_lock() != paths.data_lock() {
-        Some(take_lock(&paths.socket_lock(), &paths.socket_dir)?)
-    } else {
-        None
-    };
+    // Held until the process exits, not until this function returns: a thread still finishing
+    // with the store (a census, a history batch) must be gone before another node may open it,
+    // and `daemon stop` returns when the lock is free.
+    std::mem::forget(take_lock(&paths.data_lock(), &paths.data_dir)?);
+    if paths.socket_lock() != paths.data_lock() {
+        std::mem::forget(take_lock(&paths.socket_lock(), &paths.socket_dir)?);
+    }
     crate::logging::init_file(&paths.log_file(), opts.verbosity, !opts.notify_ready)
         .map_err(io_err(format!("cannot open log file {}", paths.log_file().display())))?;
     // A detached node has no stderr: a panic must reach the log file, or nobody ever learns why

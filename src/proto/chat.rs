@@ -43,7 +43,14 @@ pub struct ChatEntry {
     /// (then `peer` is the author's npub).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// Set in a repository's room only: this entry is the notice of a reply in the thread of
+    /// this commit, and its text is the reply's first words ([`ChatEntry::notice`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<String>,
 }
+
+/// Characters of a thread reply its notice in the room keeps: the first words, not the reply.
+pub const NOTICE_EXCERPT: usize = 80;
 
 impl ChatEntry {
     /// The entry for a verified room message signed by `author` (in envelope `env`).
@@ -58,8 +65,38 @@ impl ChatEntry {
             received_at,
             own,
             via: None,
+            thread: None,
         }
     }
+
+    /// For a message in a commit's thread, its notice in the repository's room: same author
+    /// and times, the reply's first words, the commit it is about. None for a room's message.
+    pub fn notice(&self) -> Option<ChatEntry> {
+        let (repo, commit) = self.room.split_once('/')?;
+        Some(ChatEntry {
+            room: repo.to_string(),
+            // Its own id: the message is kept in the thread, the notice in the room.
+            id: format!("{}/notice", self.id),
+            text: excerpt(&self.text, NOTICE_EXCERPT),
+            thread: Some(commit.to_string()),
+            ..self.clone()
+        })
+    }
+}
+
+/// The first words of `text`, on one line: at most `max` characters, cut after a word when
+/// there is one to cut after, and marked "…" when cut.
+pub fn excerpt(text: &str, max: usize) -> String {
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() <= max {
+        return line;
+    }
+    let cut: String = line.chars().take(max).collect();
+    let words = match cut.rfind(' ') {
+        Some(at) if at > 0 => &cut[..at],
+        _ => cut.as_str(),
+    };
+    format!("{words}…")
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -174,6 +211,31 @@ mod tests {
         assert_eq!(ChatMessage::from_envelope(&env).unwrap(), m);
         assert_eq!(room_id(&r, m.thread.as_deref()), format!("{r}/{}", "a".repeat(40)));
         assert_eq!(room_id(&r, None), r.as_str());
+    }
+
+    #[test]
+    fn a_thread_reply_makes_a_notice_for_the_room_with_its_first_words() {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let commit = "a".repeat(40);
+        let long = format!("looks good,\n\tbut {}", "very ".repeat(30));
+        let m = ChatMessage { thread: Some(commit.clone()), ..msg(&long) };
+        let env = Envelope::sign(&key, KIND, &repo(), 7, m.to_body());
+        let reply = ChatEntry::new(&env, key.public().to_peer_id(), m, false, 9);
+        let notice = reply.notice().expect("a reply in a thread has a notice");
+        assert_eq!(notice.room, repo().as_str(), "in the repository's room");
+        assert_eq!(notice.thread.as_deref(), Some(commit.as_str()));
+        assert_eq!(notice.id, format!("{}/notice", reply.id), "an id of its own");
+        assert!(
+            notice.text.starts_with("looks good, but very very") && notice.text.ends_with("very…"),
+            "{}",
+            notice.text
+        );
+        assert!(notice.text.chars().count() <= NOTICE_EXCERPT + 1, "{}", notice.text);
+        assert_eq!((notice.peer, notice.sent_at, notice.received_at), (reply.peer.clone(), 7, 9));
+        let room = ChatEntry { room: repo().to_string(), ..reply };
+        assert!(room.notice().is_none(), "a room's message has none");
+        assert_eq!(excerpt("short\nreply", 80), "short reply");
+        assert_eq!(excerpt(&"x".repeat(100), 10), format!("{}…", "x".repeat(10)), "one long word is cut");
     }
 
     #[test]

@@ -22,8 +22,69 @@ pub const MAX_ENTRIES: usize = 64;
 pub const MAX_AHEAD_MS: u64 = 10 * 60 * 1000;
 const SIGNING_CONTEXT: &[u8] = b"git-p2p kv v1\0";
 /// The key whose entries are each author's whole set of refs (JSON: ref name -> object id), so
-/// that `git p2p refs` needs one lookup, not one per ref.
+/// that `git p2p refs` needs one lookup, not one per ref. Each ref also has a key of its own,
+/// its full name (`refs/heads/main`).
 pub const REFS_KEY: &str = "refs";
+/// Where notes live: `notes/<ref>` holds an author's list of annotated commits, and
+/// `notes/<ref>/<commit>` each note's text ([`notes_key`]).
+const NOTES_PREFIX: &str = "notes/";
+
+/// The key of the notes in `notes_ref` (`refs/notes/commits`: `notes/commits`), or of the note
+/// on `commit` there.
+pub fn notes_key(notes_ref: &str, commit: Option<&str>) -> String {
+    let short = notes_ref.strip_prefix("refs/notes/").unwrap_or(notes_ref);
+    match commit {
+        Some(commit) => format!("{NOTES_PREFIX}{short}/{commit}"),
+        None => format!("{NOTES_PREFIX}{short}"),
+    }
+}
+
+/// Which of git-p2p's own records `key` is, if it is one: the keys the node and `refs publish`
+/// and `notes push` write. Users cannot set or remove them with `kv` (a `kv set refs ...` would
+/// replace the refs peers see), and `kv ls` leaves them out.
+pub fn reserved(key: &str) -> Option<Reserved> {
+    if key == REFS_KEY || key.starts_with("refs/") {
+        Some(Reserved::Refs)
+    } else if key.starts_with(NOTES_PREFIX) {
+        Some(Reserved::Notes)
+    } else {
+        None
+    }
+}
+
+/// The kinds of reserved keys, each with the command that manages it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserved {
+    Refs,
+    Notes,
+}
+
+impl Reserved {
+    /// What the keys hold.
+    pub fn what(self) -> &'static str {
+        match self {
+            Reserved::Refs => "your published refs",
+            Reserved::Notes => "your published notes",
+        }
+    }
+
+    /// The command that writes them.
+    pub fn command(self) -> &'static str {
+        match self {
+            Reserved::Refs => "git p2p refs publish",
+            Reserved::Notes => "git p2p notes push",
+        }
+    }
+}
+
+/// A key a user may set or remove with `kv`: valid, and not one of git-p2p's own.
+pub fn user_key(key: &str) -> Result<(), KvError> {
+    validate_key(key)?;
+    match reserved(key) {
+        Some(kind) => Err(KvError::Reserved { key: key.to_string(), what: kind.what(), command: kind.command() }),
+        None => Ok(()),
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KvError {
@@ -33,6 +94,8 @@ pub enum KvError {
     KeyTooLong(usize),
     #[error("key contains control characters")]
     KeyControl,
+    #[error("{key:?} is a reserved key: it holds {what}, which {command} manages")]
+    Reserved { key: String, what: &'static str, command: &'static str },
     #[error("value too large ({0} bytes, at most {MAX_VALUE})")]
     ValueTooLarge(usize),
     #[error("malformed record: {0}")]
@@ -239,6 +302,19 @@ impl Record {
         Self::decode(bytes, &head.repo, dht_key)
     }
 
+    /// The entry of `author` (as entries name authors) in a record this node holds under
+    /// `dht_key`, checked to belong there; only that entry's signature is verified again (every
+    /// entry was verified when the record came in): reading our own entry of a record with many
+    /// authors costs one verification, not one per author.
+    pub fn entry_of(bytes: &[u8], repo: &RepoId, dht_key: &[u8], author: &str) -> Option<Entry> {
+        let record: Self = serde_json::from_slice(bytes).ok()?;
+        if record.repo != *repo || record_key(&record.repo, &record.key) != dht_key {
+            return None;
+        }
+        let entry = record.entries.into_iter().find(|e| e.author == author)?;
+        entry.verify(repo, &record.key).is_ok().then_some(entry)
+    }
+
     /// Merges one entry: the highest seq per author wins; a lower one is a rollback and refused.
     /// Equal seqs keep the entry with the greater signature, so every node picks the same one.
     /// An entry dated more than [`MAX_AHEAD_MS`] after `now_ms` (the receiver's clock) is refused.
@@ -407,6 +483,36 @@ mod tests {
         let values = |r: &Record| r.values().iter().filter_map(|e| e.value_bytes()).collect::<Vec<_>>();
         assert_eq!(values(&x), values(&y));
         assert_eq!(values(&x), vec![b"a3".to_vec(), b"b2".to_vec()]);
+    }
+
+    #[test]
+    fn one_authors_entry_is_read_from_a_stored_record() {
+        let mut r = Record::new(&repo(), "refs/heads/main");
+        r.merge_entry(entry(&alice(), Some("a1"), 1, 10), NOW).unwrap();
+        r.merge_entry(entry(&bob(), Some("b1"), 1, 10), NOW).unwrap();
+        let key = record_key(&repo(), "refs/heads/main");
+        let author = r.entries[0].author.clone();
+        let found = Record::entry_of(&r.encode(), &repo(), &key, &author).expect("alice's entry");
+        assert_eq!(found.value_bytes(), Some(b"a1".to_vec()));
+        assert!(Record::entry_of(&r.encode(), &repo(), &record_key(&repo(), "other"), &author).is_none());
+        let mut tampered = r.clone();
+        tampered.entries[0].value = Some(hex::encode("evil"));
+        assert!(Record::entry_of(&tampered.encode(), &repo(), &key, &author).is_none(), "verified");
+    }
+
+    #[test]
+    fn git_p2ps_own_keys_are_reserved() {
+        for key in ["refs", "refs/heads/main", "refs/tags/v1", "notes/commits", "notes/commits/abc"] {
+            assert!(matches!(user_key(key), Err(KvError::Reserved { .. })), "{key}");
+        }
+        for key in ["refsx", "ref", "notes", "my/refs", "review-status", "notesy/x"] {
+            assert_eq!(user_key(key), Ok(()), "{key}");
+        }
+        assert_eq!(notes_key("refs/notes/commits", None), "notes/commits");
+        assert_eq!(notes_key("refs/notes/review", Some("ab")), "notes/review/ab");
+        assert_eq!(reserved(&notes_key("anything", Some("c"))), Some(Reserved::Notes));
+        let e = user_key("refs").unwrap_err().to_string();
+        assert!(e.contains("git p2p refs publish") && !e.contains('\n'), "{e}");
     }
 
     #[test]

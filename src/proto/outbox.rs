@@ -21,7 +21,8 @@ impl OutboxEntry {
     pub fn topic(&self) -> libp2p::gossipsub::Sha256Topic {
         use super::topic;
         match (self.envelope.kind.as_str(), &self.thread) {
-            (super::chat::KIND, Some(commit)) => topic::commit_thread(&self.repo.id, commit),
+            // Every thread's messages go where every node of the repository hears them.
+            (super::chat::KIND, Some(_)) => topic::threads(&self.repo.id),
             (super::chat::KIND, None) => topic::chat(&self.repo.id),
             _ => topic::commits(&self.repo.id),
         }

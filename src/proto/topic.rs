@@ -22,7 +22,15 @@ pub fn chat(repo_id: &RepoId) -> Sha256Topic {
     Sha256Topic::new(format!("git-p2p/{TOPIC_VERSION}/{repo_id}/chat"))
 }
 
-/// The chat thread about one commit.
+/// Every commit thread of a repository: each node of the repository is on it, so that it keeps
+/// every thread's messages (a thread opened later has its history) and its room can tell of
+/// replies. Thread messages are published here.
+pub fn threads(repo_id: &RepoId) -> Sha256Topic {
+    Sha256Topic::new(format!("git-p2p/{TOPIC_VERSION}/{repo_id}/threads"))
+}
+
+/// The chat thread about one commit, where nodes before [`threads`] existed publish its
+/// messages (a node on the thread hears them there too).
 pub fn commit_thread(repo_id: &RepoId, commit_id: &str) -> Sha256Topic {
     Sha256Topic::new(format!("git-p2p/{TOPIC_VERSION}/{repo_id}/chat/{commit_id}"))
 }
@@ -44,6 +52,7 @@ mod tests {
             commits(&repo).hash(),
             chat(&repo).hash(),
             commit_thread(&repo, other.as_str()).hash(),
+            threads(&repo).hash(),
             commits(&other).hash(),
         ];
         for (i, a) in hashes.iter().enumerate() {

@@ -8,6 +8,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use unicode_width::UnicodeWidthChar;
 
 use crate::control::api::PeerInfo;
+use crate::control::Gap;
 use crate::proto::announce::FeedEntry;
 use crate::proto::chat::ChatEntry;
 use crate::proto::chat::MAX_TEXT;
@@ -19,18 +20,21 @@ pub const MAX_ITEMS: usize = 2000;
 pub enum Item {
     Chat(ChatEntry),
     Commit(FeedEntry),
+    /// The notice of a reply in a commit's thread (its first words), with the commit's summary
+    /// when it is known.
+    Reply(ChatEntry, Option<String>),
 }
 
 impl Item {
     fn time_ms(&self) -> u64 {
         match self {
-            Item::Chat(m) => m.sent_at,
+            Item::Chat(m) | Item::Reply(m, _) => m.sent_at,
             Item::Commit(c) => c.announced_at,
         }
     }
     fn key(&self) -> String {
         match self {
-            Item::Chat(m) => m.id.clone(),
+            Item::Chat(m) | Item::Reply(m, _) => m.id.clone(),
             Item::Commit(c) => format!("{}/{}", c.commit.id, c.peer),
         }
     }
@@ -47,6 +51,8 @@ pub enum Msg {
     Key(KeyEvent),
     Resize(u16, u16),
     Chat(ChatEntry),
+    /// A thread reply's notice, and the summary of its commit.
+    Reply(ChatEntry, Option<String>),
     Commit(FeedEntry),
     Peers(Vec<PeerInfo>),
     /// The Nostr bridge's state, for the header.
@@ -55,6 +61,8 @@ pub enum Msg {
     Sent(Result<usize, String>),
     /// A background connection to the node failed.
     NodeError(String),
+    /// The node went away, or is back (the followers wait for it).
+    Gap(Gap),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -70,6 +78,8 @@ pub struct Header {
     pub repo_short: String,
     pub head: String,
     pub thread: Option<String>,
+    /// The summary of the thread's commit, when it is known.
+    pub thread_summary: Option<String>,
     pub nostr: String,
 }
 
@@ -87,6 +97,10 @@ pub struct App {
     pub show_peers: bool,
     pub peers: Vec<PeerInfo>,
     pub status: String,
+    /// The node is away: the status line says so until it is back.
+    pub node_away: bool,
+    /// The text being sent, put back in the composer if the node refuses it or is away.
+    sending: Option<String>,
     pub width: u16,
     pub height: u16,
 }
@@ -106,6 +120,8 @@ impl App {
             show_peers: false,
             peers: Vec::new(),
             status: HELP.to_string(),
+            node_away: false,
+            sending: None,
             width,
             height,
         }
@@ -136,12 +152,35 @@ impl App {
                 self.height = h;
             }
             Msg::Chat(m) => self.push(Item::Chat(m)),
+            Msg::Reply(m, about) => self.push(Item::Reply(m, about)),
             Msg::Commit(c) => self.push(Item::Commit(c)),
             Msg::Peers(p) => self.peers = p,
             Msg::Nostr(state) => self.header.nostr = state,
-            Msg::Sent(Ok(0)) => self.status = "queued: no peer in the room yet; it goes out when one joins".into(),
-            Msg::Sent(Ok(n)) => self.status = format!("sent to {n} peer{}", if n == 1 { "" } else { "s" }),
-            Msg::Sent(Err(e)) | Msg::NodeError(e) => self.status = format!("error: {e}"),
+            Msg::Sent(result) => {
+                let text = self.sending.take();
+                self.status = match result {
+                    Ok(0) => "queued: no peer in the room yet; it goes out when one joins".into(),
+                    Ok(n) => format!("sent to {n} peer{}", if n == 1 { "" } else { "s" }),
+                    Err(e) => {
+                        // Not sent: the text goes back to the composer (unless something new
+                        // was typed meanwhile), to be sent again.
+                        if let Some(text) = text.filter(|_| self.input.is_empty()) {
+                            self.cursor = text.chars().count();
+                            self.input = text;
+                        }
+                        format!("error: {e}")
+                    }
+                };
+            }
+            Msg::NodeError(e) => self.status = format!("error: {e}"),
+            Msg::Gap(Gap::Waiting(_)) => {
+                self.node_away = true;
+                self.status = "lost the node: waiting for it to come back (git p2p daemon start) · /quit leaves".into();
+            }
+            Msg::Gap(Gap::Resumed) => {
+                self.node_away = false;
+                self.status = "node restarted; resumed".into();
+            }
         }
         None
     }
@@ -225,6 +264,7 @@ impl App {
                 self.cursor = 0;
                 self.scroll = 0;
                 self.status = "sending...".into();
+                self.sending = Some(text.clone());
                 return Some(Action::Send(text));
             }
         }
@@ -262,6 +302,7 @@ mod tests {
             received_at: at,
             own: false,
             via: None,
+            thread: None,
         }
     }
 
@@ -314,6 +355,26 @@ mod tests {
         app.update(key(KeyCode::Tab));
         app.update(key(KeyCode::End));
         assert_eq!(app.scroll, 0);
+    }
+
+    #[test]
+    fn a_node_that_went_away_is_said_and_unsent_text_comes_back() {
+        let mut app = app();
+        for c in "hello".chars() {
+            app.update(key(KeyCode::Char(c)));
+        }
+        assert_eq!(app.update(key(KeyCode::Enter)), Some(Action::Send("hello".into())));
+        app.update(Msg::Sent(Err("the node is not running".into())));
+        assert_eq!((app.input.as_str(), app.cursor), ("hello", 5), "not sent: back in the composer");
+        assert_eq!(app.status, "error: the node is not running");
+        app.update(Msg::Gap(Gap::Waiting(None)));
+        assert!(app.node_away && app.status.starts_with("lost the node: waiting"), "{}", app.status);
+        app.update(Msg::Gap(Gap::Resumed));
+        assert!(!app.node_away);
+        assert_eq!(app.status, "node restarted; resumed");
+        assert_eq!(app.update(key(KeyCode::Enter)), Some(Action::Send("hello".into())));
+        app.update(Msg::Sent(Ok(1)));
+        assert!(app.input.is_empty() && app.status == "sent to 1 peer");
     }
 
     #[test]

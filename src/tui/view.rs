@@ -9,6 +9,7 @@ use ratatui::Frame;
 use unicode_width::UnicodeWidthChar;
 
 use super::app::{App, Focus, Item};
+use crate::proto::chat::ChatEntry;
 
 pub const MIN_WIDTH: u16 = 40;
 pub const MIN_HEIGHT: u16 = 10;
@@ -76,30 +77,42 @@ pub fn timeline_width(app: &App) -> usize {
     usize::from(app.width.saturating_sub(pane))
 }
 
+/// A message's rows: "12:04 bob (..9Rg3sBYbU1Nf) " in `who`'s style, then `text` in `style`,
+/// wrapped and indented under it.
+fn message_rows(m: &ChatEntry, who_style: Style, text: String, style: Style, width: usize) -> Vec<Line<'static>> {
+    let who = if m.own { "you".to_string() } else { inert(m.name.as_deref().unwrap_or("?")) };
+    // A plain Nostr comment: its author is an npub, not a peer of ours.
+    let via = m.via.as_deref().map(|v| format!(" via {}", inert(v))).unwrap_or_default();
+    let prefix = format!("{} {} (..{}{via}) ", hhmm(m.sent_at), who, inert(short(&m.peer)));
+    let indent = " ".repeat(6);
+    let body = wrap(&text, width.saturating_sub(prefix.chars().count()).max(10));
+    let mut rows = Vec::new();
+    for (i, part) in body.into_iter().enumerate() {
+        let lead = if i == 0 { Span::styled(prefix.clone(), who_style) } else { Span::raw(indent.clone()) };
+        rows.push(Line::from(vec![lead, Span::styled(part, style)]));
+    }
+    rows
+}
+
 /// The rows an item takes in a timeline of `width` columns.
 pub fn item_rows(item: &Item, width: usize) -> Vec<Line<'static>> {
     match item {
         Item::Chat(m) => {
-            let who = if m.own { "you".to_string() } else { inert(m.name.as_deref().unwrap_or("?")) };
-            // A plain Nostr comment: its author is an npub, not a peer of ours.
-            let via = m.via.as_deref().map(|v| format!(" via {}", inert(v))).unwrap_or_default();
-            let prefix = format!("{} {} (..{}{via}) ", hhmm(m.sent_at), who, inert(short(&m.peer)));
             let style = if m.own {
                 Style::default().fg(Color::Yellow).add_modifier(Modifier::BOLD)
             } else {
                 Style::default().fg(colour(&m.peer)).add_modifier(Modifier::BOLD)
             };
-            let indent = " ".repeat(6);
-            let body = wrap(&inert(&m.text), width.saturating_sub(prefix.chars().count()).max(10));
-            let mut rows = Vec::new();
-            for (i, part) in body.into_iter().enumerate() {
-                if i == 0 {
-                    rows.push(Line::from(vec![Span::styled(prefix.clone(), style), Span::raw(part)]));
-                } else {
-                    rows.push(Line::from(vec![Span::raw(indent.clone()), Span::raw(part)]));
-                }
-            }
-            rows
+            message_rows(m, style, inert(&m.text), Style::default(), width)
+        }
+        Item::Reply(m, about) => {
+            // A thread's reply, told in the room: dim and slanted, apart from the room's talk.
+            let colour = if m.own { Color::Yellow } else { colour(&m.peer) };
+            let commit = m.thread.as_deref().unwrap_or_default();
+            let about = about.as_deref().map(|s| format!(" \"{}\"", inert(s))).unwrap_or_default();
+            let text = format!("replied in thread on {}{about}: {}", &commit[..commit.len().min(7)], inert(&m.text));
+            let body = Style::default().fg(Color::Gray).add_modifier(Modifier::ITALIC);
+            message_rows(m, Style::default().fg(colour).add_modifier(Modifier::ITALIC), text, body, width)
         }
         Item::Commit(entry) => {
             let c = &entry.commit;
@@ -152,7 +165,13 @@ pub fn render(app: &App, frame: &mut Frame) {
     if let Some(p) = peers {
         render_peers(app, frame, p);
     }
-    frame.render_widget(Paragraph::new(Line::styled(inert(&app.status), Style::default().fg(Color::DarkGray))), status);
+    // A node that went away is said in a colour that catches the eye: nothing arrives meanwhile.
+    let status_style = if app.node_away {
+        Style::default().fg(Color::Black).bg(Color::Yellow)
+    } else {
+        Style::default().fg(Color::DarkGray)
+    };
+    frame.render_widget(Paragraph::new(Line::styled(inert(&app.status), status_style)), status);
     render_composer(app, frame, composer);
 }
 
@@ -161,6 +180,9 @@ fn render_header(app: &App, frame: &mut Frame, area: Rect) {
     let mut text = format!("# {} · repo {} · HEAD {}", inert(&h.room), h.repo_short, h.head);
     if let Some(t) = &h.thread {
         text.push_str(&format!(" · thread {}", &t[..t.len().min(10)]));
+        if let Some(summary) = &h.thread_summary {
+            text.push_str(&format!(" \"{}\"", inert(summary)));
+        }
     }
     text.push_str(&format!(
         " · {} peer{} · nostr: {}",
@@ -259,6 +281,7 @@ mod tests {
             received_at: at,
             own,
             via: None,
+            thread: None,
         }
     }
 
@@ -286,6 +309,7 @@ mod tests {
             repo_short: "abcdef012345".into(),
             head: "0123456789".into(),
             thread: None,
+            thread_summary: None,
             nostr: "off".into(),
         };
         App::new(header, w, h)
@@ -373,6 +397,37 @@ mod tests {
         assert!(s[0].contains("nostr: 1/1 relay(s) connected"), "{s:#?}");
         let want = format!("{} ? (..qqqqqqqqzzzz via nostr) from a Nostr client", hhmm(T0));
         assert!(s[1].starts_with(&want), "{s:#?}");
+    }
+
+    #[test]
+    fn a_thread_reply_is_one_line_in_the_room_set_apart_and_a_threads_header_names_its_commit() {
+        let mut app = app(110, 10);
+        app.update(Msg::Chat(chat("1", T0, "alice", "in the room", false)));
+        let mut reply = chat("2", T0 + 60_000, "bob", "looks good, but…", false);
+        reply.thread = Some("1a2b3c4d5e".repeat(4));
+        app.update(Msg::Reply(reply.clone(), Some("Fix the frobnicator".into())));
+        reply.id = "3".into();
+        app.update(Msg::Reply(reply, None));
+        let s = screen(&app);
+        let want = format!(
+            "{} bob (..3KooWbobPEER) replied in thread on 1a2b3c4 \"Fix the frobnicator\": looks good, but…",
+            hhmm(T0 + 60_000)
+        );
+        assert_eq!(s[2], want, "{s:#?}");
+        assert!(s[3].ends_with("replied in thread on 1a2b3c4: looks good, but…"), "summary unknown: {s:#?}");
+        let mut terminal = Terminal::new(TestBackend::new(app.width, app.height)).unwrap();
+        terminal.draw(|f| render(&app, f)).unwrap();
+        let buf = terminal.backend().buffer().clone();
+        let at = s[2].find("replied").unwrap() as u16;
+        let (said, replied) = (&buf[(at, 1)], &buf[(at, 2)]);
+        assert!(replied.modifier.contains(Modifier::ITALIC) && replied.fg == Color::Gray, "{replied:?}");
+        assert!(!said.modifier.contains(Modifier::ITALIC), "the room's own talk is upright: {said:?}");
+
+        let mut thread = app.header.clone();
+        thread.thread = Some("1a2b3c4d5e".repeat(4));
+        thread.thread_summary = Some("Fix the frobnicator".into());
+        let s = screen(&App::new(thread, 110, 10));
+        assert!(s[0].contains("· thread 1a2b3c4d5e \"Fix the frobnicator\" ·"), "{s:#?}");
     }
 
     #[test]

@@ -9,22 +9,9 @@ use serde_json::Value;
 
 use crate::support::*;
 
-fn commit(node: &Node, repo: &Path, message: &str) -> String {
-    let out = node.git(repo, &["commit", "-q", "--allow-empty", "-m", message]);
-    assert!(out.is_empty(), "the hook is silent: {out}");
-    node.git(repo, &["rev-parse", "HEAD"]).trim().to_string()
-}
-
-/// Bob's feed for the repo: commit -> how many times it is listed.
-fn feed(node: &Node, repo: &Path) -> Vec<Value> {
-    let out = node.run_in(repo, &["log", "--json", "-n", "1000"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
-}
-
 fn wait_for_commits(node: &Node, repo: &Path, commits: &[String]) -> Vec<Value> {
     eventually(Duration::from_secs(60), &format!("{} commits in {}'s feed", commits.len(), node.name), || {
-        let entries = feed(node, repo);
+        let entries = node.feed(repo);
         commits.iter().all(|c| entries.iter().any(|e| e["commit"] == c.as_str())).then_some(entries)
     })
 }
@@ -42,7 +29,7 @@ fn assert_exactly_once(entries: &[Value], commits: &[String]) {
 #[test]
 fn a_commit_in_alice_appears_in_bobs_log() {
     let Pair { alice, bob, alice_repo, bob_repo } = pair();
-    let id = commit(&alice, &alice_repo, "Fix the frobnicator\n\nDetails.");
+    let id = alice.commit(&alice_repo, "Fix the frobnicator\n\nDetails.");
     let entries = wait_for_commits(&bob, &bob_repo, std::slice::from_ref(&id));
     let e = entries.iter().find(|e| e["commit"] == id.as_str()).unwrap();
     assert_eq!(e["summary"], "Fix the frobnicator");
@@ -55,7 +42,7 @@ fn a_commit_in_alice_appears_in_bobs_log() {
     // Bob's repo does not have the commit: the announcement is the news.
     let human = bob.ok_in(&bob_repo, &["log"]);
     assert!(human.contains("Fix the frobnicator") && human.contains("alice") && human.contains(&id[..10]), "{human}");
-    assert!(feed(&alice, &alice_repo).is_empty(), "alice's feed holds what peers announced, not her own commits");
+    assert!(alice.feed(&alice_repo).is_empty(), "alice's feed holds what peers announced, not her own commits");
     let empty = alice.ok_in(&alice_repo, &["log"]);
     assert!(empty.starts_with("no commits announced by peers yet in proj"), "{empty}");
 }
@@ -82,9 +69,9 @@ fn log_follow_streams_new_announcements() {
     };
     // The first commit may arrive as history or as a stream entry; once it is printed, the
     // follower is subscribed, and the second can only come through the stream.
-    let first = commit(&alice, &alice_repo, "first");
+    let first = alice.commit(&alice_repo, "first");
     next_line_with(&first);
-    let second = commit(&alice, &alice_repo, "streamed");
+    let second = alice.commit(&alice_repo, "streamed");
     let line = next_line_with(&second);
     assert!(line.contains("\"summary\":\"streamed\""), "{line}");
     let _ = child.kill();
@@ -124,7 +111,7 @@ fn kill9_in_a_burst_of_100_commits_loses_nothing_and_duplicates_nothing() {
             // The next commit's hook finds no node, spools, and starts a new one.
             alice.kill9();
         }
-        commits.push(commit(&alice, &alice_repo, &format!("burst {i}")));
+        commits.push(alice.commit(&alice_repo, &format!("burst {i}")));
     }
     let entries = wait_for_commits(&bob, &bob_repo, &commits);
     assert_exactly_once(&entries, &commits);
@@ -176,7 +163,7 @@ fn init_chains_an_existing_hook_and_uninstall_restores_it() {
     std::fs::set_permissions(hooks.join("post-commit"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = alice.ok_in(&repo, &["init"]);
     assert!(out.contains("existing hook still runs"), "{out}");
-    commit(&alice, &repo, "with both hooks");
+    alice.commit(&repo, "with both hooks");
     assert!(repo.join(".git/original-ran").exists(), "the original hook ran");
     alice.ok_in(&repo, &["hooks", "uninstall"]);
     assert_eq!(std::fs::read_to_string(hooks.join("post-commit")).unwrap(), original, "restored byte for byte");
@@ -210,7 +197,7 @@ fn with_the_node_up_the_hook_needs_no_binary_and_the_reflog_catches_hookless_com
         alice.git(&alice_repo, &["-c", "core.hooksPath=/dev/null", "commit", "-q", "--allow-empty", "-m", m]);
         missed.push(alice.git(&alice_repo, &["rev-parse", "HEAD"]).trim().to_string());
     }
-    missed.push(commit(&alice, &alice_repo, "with the hook"));
+    missed.push(alice.commit(&alice_repo, "with the hook"));
     let entries = wait_for_commits(&bob, &bob_repo, &missed);
     missed.push(fast);
     assert_exactly_once(&entries, &missed);
@@ -279,11 +266,11 @@ fn the_node_reads_a_note_once_the_hooks_git_has_exited_and_waits_no_more_than_tw
 #[test]
 fn a_rebase_is_announced_once_as_its_result_whether_the_node_runs_or_not() {
     let Pair { alice, bob, alice_repo, bob_repo } = pair();
-    let base = commit(&alice, &alice_repo, "base");
+    let base = alice.commit(&alice_repo, "base");
     alice.git(&alice_repo, &["checkout", "-q", "-b", "topic"]);
-    let work: Vec<String> = (1..=3).map(|i| commit(&alice, &alice_repo, &format!("topic {i}"))).collect();
+    let work: Vec<String> = (1..=3).map(|i| alice.commit(&alice_repo, &format!("topic {i}"))).collect();
     alice.git(&alice_repo, &["checkout", "-q", "main"]);
-    let main = commit(&alice, &alice_repo, "main moves on");
+    let main = alice.commit(&alice_repo, "main moves on");
     let mut expected = vec![base, main];
     expected.extend(work);
     wait_for_commits(&bob, &bob_repo, &expected);
@@ -299,7 +286,7 @@ fn a_rebase_is_announced_once_as_its_result_whether_the_node_runs_or_not() {
     // An interactive rebase stopped at an `edit`: a commit made meanwhile waits for its end
     // (`daemon status` says so), and only the result is announced.
     alice.git(&alice_repo, &["checkout", "-q", "main"]);
-    let main3 = commit(&alice, &alice_repo, "main moves a third time");
+    let main3 = alice.commit(&alice_repo, "main moves a third time");
     alice.git(&alice_repo, &["-c", "sequence.editor=sed -i 1s/^pick/edit/", "rebase", "-q", "-i", "main", "topic"]);
     alice.git(&alice_repo, &["commit", "-q", "--allow-empty", "--amend", "-m", "topic 1, edited"]);
     let edited = alice.git(&alice_repo, &["rev-parse", "HEAD"]).trim().to_string();
@@ -378,9 +365,9 @@ fn commits_in_a_linked_worktree_are_announced_on_its_branch() {
     let (mut expected, mut in_wt) = (Vec::new(), Vec::new());
     for round in 0..4 {
         for i in 0..=round {
-            in_wt.push(commit(&alice, &wt, &format!("feature {round}.{i}")));
+            in_wt.push(alice.commit(&wt, &format!("feature {round}.{i}")));
         }
-        expected.push(commit(&alice, &alice_repo, &format!("main {round}")));
+        expected.push(alice.commit(&alice_repo, &format!("main {round}")));
     }
     expected.extend(in_wt.iter().cloned());
     let entries = wait_for_commits(&bob, &bob_repo, &expected);
@@ -397,9 +384,9 @@ fn commits_in_a_linked_worktree_are_announced_on_its_branch() {
 fn a_merge_is_announced_at_once_and_a_fast_forward_is_not() {
     let Pair { alice, bob, alice_repo, bob_repo } = pair();
     alice.git(&alice_repo, &["checkout", "-q", "-b", "topic"]);
-    let on_topic = commit(&alice, &alice_repo, "on topic");
+    let on_topic = alice.commit(&alice_repo, "on topic");
     alice.git(&alice_repo, &["checkout", "-q", "main"]);
-    let on_main = commit(&alice, &alice_repo, "on main");
+    let on_main = alice.commit(&alice_repo, "on main");
     // `git merge` runs post-merge, not post-commit: the node reads the merge from the reflog.
     alice.git(&alice_repo, &["merge", "-q", "--no-ff", "-m", "Merge topic", "topic"]);
     let merge = alice.git(&alice_repo, &["rev-parse", "HEAD"]).trim().to_string();
@@ -408,7 +395,7 @@ fn a_merge_is_announced_at_once_and_a_fast_forward_is_not() {
     assert_eq!((e["summary"].as_str(), e["parents"].as_array().map(Vec::len)), (Some("Merge topic"), Some(2)));
     assert_eq!(e["ref_name"], "refs/heads/main");
     alice.git(&alice_repo, &["checkout", "-q", "-b", "ahead"]);
-    let ahead = commit(&alice, &alice_repo, "ahead");
+    let ahead = alice.commit(&alice_repo, "ahead");
     alice.git(&alice_repo, &["checkout", "-q", "main"]);
     // A fast-forward moves main to a commit announced already: nothing new. With the node down
     // the hook's slow path leaves a note for the same reason (HEAD is not a new commit of ours).
@@ -416,7 +403,7 @@ fn a_merge_is_announced_at_once_and_a_fast_forward_is_not() {
     alice.git(&alice_repo, &["merge", "-q", "--ff-only", "ahead"]);
     let spooled = std::fs::read_dir(alice.data_dir().join("spool")).unwrap().count();
     assert_eq!(spooled, 0, "nothing signed for a fast-forward");
-    let after = commit(&alice, &alice_repo, "after");
+    let after = alice.commit(&alice_repo, "after");
     let expected = [on_topic, on_main, merge, ahead, after];
     let entries = wait_for_commits(&bob, &bob_repo, &expected);
     assert_exactly_once(&entries, &expected);

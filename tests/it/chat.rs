@@ -51,7 +51,11 @@ fn a_commits_thread_is_its_own_room() {
             .then_some(())
     });
     wait_for_text(&bob, &bob_repo, &["--commit", "HEAD"], "about this commit");
-    assert!(tail(&bob, &bob_repo, &[]).iter().all(|m| m["text"] != "about this commit"), "not in the main room");
+    let head = bob.git(&bob_repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let room = tail(&bob, &bob_repo, &[]);
+    let told: Vec<&Value> = room.iter().filter(|m| m["text"] == "about this commit").collect();
+    assert_eq!(told.len(), 1, "the main room tells of it once: {room:?}");
+    assert_eq!(told[0]["thread"], head.as_str(), "as the notice of a reply in the thread, not as a message");
 }
 
 #[test]

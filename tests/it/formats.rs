@@ -39,12 +39,6 @@ fn pair_with_repo(alice_dir: &[u8], init_args: &[&str]) -> (Node, Node, PathBuf,
     (alice, bob, alice_dir.to_path_buf(), bob_repo)
 }
 
-fn commit(node: &Node, repo: &Path, message: &str) -> String {
-    let out = node.git(repo, &["commit", "-q", "--allow-empty", "-m", message]);
-    assert!(out.is_empty(), "the hook is silent: {out}");
-    node.git(repo, &["rev-parse", "HEAD"]).trim().to_string()
-}
-
 fn wait_for_commit(node: &Node, repo: &Path, commit: &str) -> Value {
     eventually(Duration::from_secs(60), &format!("{commit} in {}'s feed", node.name), || {
         let out = node.run_in(repo, &["log", "--json"]);
@@ -65,7 +59,7 @@ fn a_sha256_repository_works_end_to_end() {
     let repos = status["repos"].as_array().expect("repos");
     assert!(repos.iter().any(|r| r["id"] == root.as_str()), "the repository is named by its root commit: {repos:?}");
 
-    let id = commit(&alice, &alice_repo, "a sha256 commit");
+    let id = alice.commit(&alice_repo, "a sha256 commit");
     assert_eq!(id.len(), 64);
     let entry = wait_for_commit(&bob, &bob_repo, &id);
     assert_eq!(entry["parents"], serde_json::json!([root]));
@@ -104,7 +98,7 @@ fn repositories_at_paths_that_are_not_utf8_announce_every_commit() {
         latin1.join(".git"),
         "registered byte for byte"
     );
-    let id = commit(&alice, &latin1, "from café");
+    let id = alice.commit(&latin1, "from café");
     wait_for_commit(&bob, &bob_repo, &id);
 
     // Node down, hook skipped: the node reads the reflog of the git dir it has stored when it
@@ -132,6 +126,6 @@ fn repositories_at_paths_that_are_not_utf8_announce_every_commit() {
     assert!(clone.status().expect("git clone").success());
     alice.ok_in(&odd, &["init"]);
     bob.ok_in(&bob.path("home/two"), &["init"]);
-    let id = commit(&alice, &odd, "from a path with a newline");
+    let id = alice.commit(&odd, "from a path with a newline");
     wait_for_commit(&bob, &bob.path("home/two"), &id);
 }

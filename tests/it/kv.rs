@@ -56,33 +56,33 @@ fn set(node: &Node, repo: &std::path::Path, key: &str, value: &str) {
 fn records_travel_merge_and_survive() {
     let (nodes, repos) = network(6);
     let (n1, n6) = (&nodes[0], &nodes[5]);
-    set(n1, &repos[0], "refs/heads/main", "abc123");
-    let values = wait_values(n6, &repos[5], "refs/heads/main", &["abc123"]);
+    set(n1, &repos[0], "review/main", "abc123");
+    let values = wait_values(n6, &repos[5], "review/main", &["abc123"]);
     assert_eq!(values[0]["author"], n1.peer_id().as_str());
     assert_eq!(values[0]["name"], "n1", "the author's name travels, signed, with the entry");
     let npub = n1.json(&["id", "--json"])["npub"].as_str().unwrap().to_string();
     assert_eq!(values[0]["npub"], npub.as_str());
 
     // A second author, same key: both values are kept, one per author.
-    set(&nodes[2], &repos[2], "refs/heads/main", "def456");
-    wait_values(n6, &repos[5], "refs/heads/main", &["abc123", "def456"]);
-    let by_npub = n6.ok_in(&repos[5], &["kv", "get", "refs/heads/main", "--author", &npub]);
+    set(&nodes[2], &repos[2], "review/main", "def456");
+    wait_values(n6, &repos[5], "review/main", &["abc123", "def456"]);
+    let by_npub = n6.ok_in(&repos[5], &["kv", "get", "review/main", "--author", &npub]);
     assert!(by_npub.contains("abc123") && !by_npub.contains("def456") && by_npub.contains("n1 (.."), "{by_npub}");
 
     // rm: n1's tombstone hides n1's value, n3's stays.
-    let out = n1.ok_in(&repos[0], &["kv", "rm", "refs/heads/main"]);
+    let out = n1.ok_in(&repos[0], &["kv", "rm", "review/main"]);
     assert!(out.starts_with("removed"), "{out}");
-    wait_values(n6, &repos[5], "refs/heads/main", &["def456"]);
+    wait_values(n6, &repos[5], "review/main", &["def456"]);
 
-    // kv ls: what n1 wrote.
-    let ls = n1.ok_in(&repos[0], &["kv", "ls", "--json"]);
-    assert!(ls.contains("\"refs/heads/main\""), "{ls}");
+    // kv ls --all: what n1 wrote, the removed key marked.
+    let ls = n1.ok_in(&repos[0], &["kv", "ls", "--json", "--all"]);
+    assert!(ls.contains("\"review/main\""), "{ls}");
 
     // The value survives kill -9 and a restart of the node that published it.
-    set(n1, &repos[0], "notes/abc", "a note");
+    set(n1, &repos[0], "todo/abc", "a note");
     n1.kill9();
     n1.start();
-    wait_values(n1, &repos[0], "notes/abc", &["a note"]);
+    wait_values(n1, &repos[0], "todo/abc", &["a note"]);
 
     // A node that joins later reads what was published before.
     let late = Node::new("n7");
@@ -90,8 +90,8 @@ fn records_travel_merge_and_survive() {
     late.git(&late.path("home"), &["clone", "-q", repos[0].to_str().unwrap(), "proj"]);
     let late_repo = late.path("home/proj");
     late.start();
-    wait_values(&late, &late_repo, "notes/abc", &["a note"]);
-    let human = late.ok_in(&late_repo, &["kv", "get", "notes/abc"]);
+    wait_values(&late, &late_repo, "todo/abc", &["a note"]);
+    let human = late.ok_in(&late_repo, &["kv", "get", "todo/abc"]);
     assert!(human.contains("a note") && human.contains(".."), "{human}");
 }
 
@@ -154,22 +154,6 @@ fn commits_publish_refs_and_refs_publish_adds_tags() {
     eventually(Duration::from_secs(40), "alice's fast-forwarded main in bob's view", || {
         refs(bob, &repos[1]).iter().any(|r| r["ref"] == "refs/heads/main" && r["oid"] == ahead.as_str()).then_some(())
     });
-
-    // Alice's refs entry, written by hand with names git would refuse and a non-id: bob shows
-    // the one valid ref only (no escape sequence reaches his terminal).
-    let forged = serde_json::json!({
-        "refs/heads/ok": head,
-        "refs/heads/evil\u{1b}]0;pwned\u{7}": head,
-        "refs/heads/a..b": head,
-        "refs/heads/not-an-id": "HEAD~1",
-    });
-    set(alice, &repos[0], "refs", &forged.to_string());
-    let table = eventually(Duration::from_secs(40), "the hand-written entry in bob's view", || {
-        let table = bob.ok_in(&repos[1], &["refs", "--author", &alice_id]);
-        table.contains("refs/heads/ok").then_some(table)
-    });
-    assert_eq!(table.lines().count(), 1, "{table:?}");
-    assert!(!table.contains('\u{1b}'));
 }
 
 #[test]
@@ -195,4 +179,121 @@ fn notes_pushed_by_alice_are_pulled_into_bobs_p2p_notes_ref() {
     assert_eq!(own.trim(), "bob's own note", "the user's own notes are never touched");
     let log = bob.git(&repos[1], &["log", "-1", &format!("--notes=p2p/{short}")]);
     assert!(log.contains("reviewed by alice"), "{log}");
+}
+
+/// One request written on the control socket as any client could, and the node's answer.
+fn raw_request(node: &Node, req: git_p2p::control::proto::Request) -> Result<Value, String> {
+    use git_p2p::control::proto::{self, RequestFrame};
+    use std::io::{BufRead, Write};
+    let mut socket =
+        std::os::unix::net::UnixStream::connect(node.path("run/git-p2p/control.sock")).expect("the socket");
+    socket.write_all(&proto::encode(&RequestFrame::new(1, req))).expect("a request");
+    let mut line = String::new();
+    std::io::BufReader::new(socket).read_line(&mut line).expect("an answer");
+    let frame = proto::decode_response(line.trim_end().as_bytes()).expect("a response frame");
+    frame.answer::<Value>().expect("decodes")
+}
+
+#[test]
+fn git_p2ps_own_keys_are_refused_and_kv_shows_and_removes_only_what_is_yours() {
+    let alice = Node::new("alice");
+    let repo = alice.repo("proj", 1);
+    alice.ok_in(&repo, &["init"]);
+    alice.git(&repo, &["commit", "-q", "--allow-empty", "-m", "second"]);
+    let head = alice.git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let published = alice.ok_in(&repo, &["refs", "publish"]);
+    assert!(published.starts_with("published 1 ref"), "{published}");
+
+    // Through the CLI: one line naming the command that manages the key, exit 1.
+    for (args, command) in [
+        (&["kv", "set", "refs", "garbage"][..], "git p2p refs publish"),
+        (&["kv", "set", "refs/heads/main", "0000"], "git p2p refs publish"),
+        (&["kv", "rm", "refs"], "git p2p refs publish"),
+        (&["kv", "rm", "refs/tags/v1"], "git p2p refs publish"),
+        (&["kv", "set", "notes/commits", "[]"], "git p2p notes push"),
+        (&["kv", "rm", &format!("notes/commits/{head}")], "git p2p notes push"),
+    ] {
+        assert_one_line_error(&alice.run_in(&repo, args), 1, command);
+    }
+    // Through the control socket, as any client: the node itself refuses.
+    let root = alice.git(&repo, &["rev-list", "--max-parents=0", "HEAD"]).trim().to_string();
+    let info = git_p2p::proto::repo::RepoInfo {
+        id: git_p2p::proto::repo::RepoId::try_from(root.as_str()).expect("an id"),
+        name: "proj".into(),
+        git_dir: None,
+    };
+    for (key, value) in [("refs", Some(hex::encode("garbage"))), ("refs/heads/main", None)] {
+        let req = git_p2p::control::proto::Request::KvPut { repo: info.clone(), key: key.into(), value, name: None };
+        let refused = raw_request(&alice, req).expect_err("refused by the node");
+        assert!(refused.contains("reserved") && refused.contains("git p2p refs publish"), "{refused}");
+    }
+    // The published refs are intact.
+    let refs = alice.ok_in(&repo, &["refs", "--author", "me"]);
+    assert_eq!(refs.lines().collect::<Vec<_>>(), [format!("{head}\trefs/heads/main\t{}", alice.peer_id())]);
+
+    // rm of a key with no value of yours: exit 1, "no such key".
+    assert_one_line_error(&alice.run_in(&repo, &["kv", "rm", "nosuchkey"]), 1, "no such key");
+    alice.ok_in(&repo, &["kv", "set", "status", "green"]);
+    alice.ok_in(&repo, &["kv", "set", "old", "soon gone"]);
+    let removed = alice.ok_in(&repo, &["kv", "rm", "old"]);
+    assert!(removed.starts_with("removed old"), "{removed}");
+    assert_one_line_error(&alice.run_in(&repo, &["kv", "rm", "old"]), 1, "no such key");
+
+    // ls: only the keys that hold a value of yours; --all marks the rest.
+    let ls = alice.ok_in(&repo, &["kv", "ls"]);
+    let keys: Vec<&str> = ls.lines().filter_map(|l| l.rsplit("  ").next()).collect();
+    assert_eq!(keys, ["status"], "{ls}");
+    let all = alice.ok_in(&repo, &["kv", "ls", "--all", "--json"]);
+    let all: Vec<Value> = all.lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    let marked =
+        |key: &str| all.iter().find(|k| k["key"] == key).map(|k| (k["removed"].clone(), k["internal"].clone()));
+    assert_eq!(marked("old"), Some((true.into(), false.into())));
+    assert_eq!(marked("status"), Some((false.into(), false.into())));
+    assert_eq!(marked("refs"), Some((false.into(), true.into())));
+    assert_eq!(marked("refs/heads/main"), Some((false.into(), true.into())));
+    let human = alice.ok_in(&repo, &["kv", "ls", "--all"]);
+    assert!(human.lines().any(|l| l.ends_with("old  (removed)")), "{human}");
+    assert!(human.lines().any(|l| l.ends_with("refs  (git p2p refs publish)")), "{human}");
+}
+
+#[test]
+fn a_deleted_branch_is_unpublished_by_refs_publish_and_by_the_next_commit() {
+    let alice = Node::new("alice");
+    let repo = alice.repo("proj", 1);
+    alice.ok_in(&repo, &["init"]);
+    let mine = |alice: &Node| -> Vec<String> {
+        let out = alice.run_in(&repo, &["refs", "--author", "me", "--json"]);
+        let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut refs: Vec<String> = lines
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|r| r["ref"].as_str().map(str::to_string))
+            .collect();
+        refs.sort();
+        refs
+    };
+    alice.git(&repo, &["branch", "topic"]);
+    alice.git(&repo, &["tag", "v1"]);
+    alice.ok_in(&repo, &["refs", "publish"]);
+    assert_eq!(mine(&alice), ["refs/heads/main", "refs/heads/topic", "refs/tags/v1"]);
+    alice.git(&repo, &["branch", "-D", "topic"]);
+    alice.git(&repo, &["tag", "-d", "v1"]);
+    let out = alice.ok_in(&repo, &["refs", "publish"]);
+    assert!(out.contains("unpublished 2 gone since: refs/heads/topic, refs/tags/v1"), "{out}");
+    assert_eq!(mine(&alice), ["refs/heads/main"]);
+    assert_one_line_error(&alice.run_in(&repo, &["kv", "get", "refs/heads/topic"]), 1, "no value");
+
+    // The hook publishes a branch a commit is made on; deleted, it goes with the next commit.
+    alice.git(&repo, &["checkout", "-q", "-b", "feature"]);
+    alice.git(&repo, &["commit", "-q", "--allow-empty", "-m", "on feature"]);
+    eventually(Duration::from_secs(20), "feature published by the hook", || {
+        mine(&alice).contains(&"refs/heads/feature".to_string()).then_some(())
+    });
+    alice.git(&repo, &["checkout", "-q", "main"]);
+    alice.git(&repo, &["branch", "-D", "feature"]);
+    alice.git(&repo, &["commit", "-q", "--allow-empty", "-m", "on main"]);
+    eventually(Duration::from_secs(20), "feature unpublished after the next commit", || {
+        (mine(&alice) == ["refs/heads/main"]).then_some(())
+    });
+    assert_one_line_error(&alice.run_in(&repo, &["kv", "get", "refs/heads/feature"]), 1, "no value");
 }

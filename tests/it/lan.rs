@@ -109,6 +109,18 @@ fn needs_root(e: &str) -> ! {
     )
 }
 
+/// A node in the lab's namespace `i`, with mDNS on (every second) and these listen addresses.
+fn lan_node(lab: &Lab, i: usize, name: &str, listen: &[&str]) -> Node {
+    let mut node = Node::bare(name);
+    node.wrapper = vec!["ip".into(), "netns".into(), "exec".into(), lab.ns(i)];
+    node.config(&["p2p.mdns", "true"]);
+    node.config(&["p2p.mdnsInterval", "1"]);
+    for addr in listen {
+        node.config(&["--add", "p2p.listen", addr]);
+    }
+    node
+}
+
 #[test]
 fn three_nodes_on_a_lan_find_each_other_with_mdns_alone() {
     let subnet = format!("10.213.{}", std::process::id() % 250);
@@ -117,13 +129,8 @@ fn three_nodes_on_a_lan_find_each_other_with_mdns_alone() {
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            let mut node = Node::bare(name);
-            node.wrapper = vec!["ip".into(), "netns".into(), "exec".into(), lab.ns(i)];
-            node.config(&["p2p.mdns", "true"]);
-            node.config(&["p2p.mdnsInterval", "1"]);
-            node.config(&["--add", "p2p.listen", &format!("/ip4/{subnet}.{}/tcp/0", i + 1)]);
-            node.config(&["--add", "p2p.listen", &format!("/ip4/{subnet}.{}/udp/0/quic-v1", i + 1)]);
-            node
+            let ip = format!("{subnet}.{}", i + 1);
+            lan_node(&lab, i, name, &[&format!("/ip4/{ip}/tcp/0"), &format!("/ip4/{ip}/udp/0/quic-v1")])
         })
         .collect();
     let ids: Vec<String> = nodes
@@ -164,16 +171,8 @@ fn two_lan_nodes_restarted_together_on_new_addresses_meet_again_within_five_seco
     let nodes: Vec<Node> = ["alice", "bob"]
         .iter()
         .enumerate()
-        .map(|(i, name)| {
-            let mut node = Node::bare(name);
-            node.wrapper = vec!["ip".into(), "netns".into(), "exec".into(), lab.ns(i)];
-            node.config(&["p2p.mdns", "true"]);
-            node.config(&["p2p.mdnsInterval", "1"]);
-            // All interfaces: the node keeps its ports whatever its address.
-            node.config(&["--add", "p2p.listen", "/ip4/0.0.0.0/tcp/0"]);
-            node.config(&["--add", "p2p.listen", "/ip4/0.0.0.0/udp/0/quic-v1"]);
-            node
-        })
+        // All interfaces: the node keeps its ports whatever its address.
+        .map(|(i, name)| lan_node(&lab, i, name, &["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]))
         .collect();
     let ids: Vec<String> = nodes.iter().map(|n| n.start()["peer_id"].as_str().unwrap().to_string()).collect();
     let meet = |deadline: Instant, what: &str| {

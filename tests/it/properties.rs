@@ -331,17 +331,35 @@ fn control_frames_round_trip_and_no_mutation_panics_a_decoder() {
             LocalPath::new(std::ffi::OsString::from_vec(bytes))
         });
         let repo = RepoInfo { id: rng.repo_id(), name: rng.text(20), git_dir };
-        let req = match i % 7 {
+        let req = match i % 11 {
             0 => Request::ChatSend { repo, envelope: random_envelope(&mut rng), thread: None },
             1 => Request::Announce { repo, envelope: random_envelope(&mut rng) },
-            2 => Request::Log { repo: repo.id, limit: rng.below(1 << 20), before: rng.chance(2).then(|| rng.next()) },
+            2 => {
+                let filter = git_p2p::control::api::LogFilter {
+                    authors: (0..rng.below(3)).map(|_| rng.text(52)).collect(),
+                    branch: rng.chance(2).then(|| rng.text(30)),
+                    since: rng.chance(2).then(|| rng.next()),
+                };
+                let (limit, before) = (rng.below(1 << 20), rng.chance(2).then(|| rng.next()));
+                Request::Log { repo: repo.id, limit, before, filter }
+            }
             3 => {
                 let n = rng.below(100);
                 let value = rng.chance(4).then(|| hex::encode(rng.bytes(n)));
                 Request::KvPut { repo, key: rng.text(30), value, name: rng.chance(2).then(|| rng.text(20)) }
             }
-            4 => Request::KvList { repo: repo.id, after: rng.chance(2).then(|| rng.text(30)) },
+            4 => Request::KvList { repo: repo.id, after: rng.chance(2).then(|| rng.text(30)), all: rng.chance(2) },
             5 => Request::ChatHistory { room: rng.text(50), limit: rng.below(1000), before: Some(rng.next()) },
+            6 => {
+                let refs = (0..rng.below(5)).map(|_| (rng.text(30), rng.text(40))).collect();
+                Request::RefsPublish { repo, refs, name: rng.chance(2).then(|| rng.text(20)) }
+            }
+            7 => {
+                let commits = (0..rng.below(5)).map(|_| rng.text(40)).collect();
+                Request::NotesIndex { repo, notes_ref: rng.text(30), commits, name: None }
+            }
+            8 => Request::UnregisterRepo { repo: repo.id },
+            9 => Request::FeedCommits { repo: repo.id, prefix: rng.text(10), limit: rng.below(1000) },
             _ => Request::FollowChat { room: rng.text(50) },
         };
         let frame = RequestFrame { v: PROTOCOL_VERSION, id: rng.next(), req };

@@ -3,27 +3,12 @@
 //! restarted together find each other again on the ports they kept.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-use serde_json::Value;
 
 use crate::support::*;
 
 /// kill -9 restarts in a row in one test.
 const RESTARTS: usize = 20;
-
-fn commit(node: &Node, repo: &Path, message: &str) -> String {
-    let out = node.git(repo, &["commit", "-q", "--allow-empty", "-m", message]);
-    assert!(out.is_empty(), "the hook is silent: {out}");
-    node.git(repo, &["rev-parse", "HEAD"]).trim().to_string()
-}
-
-fn feed(node: &Node, repo: &Path) -> Vec<Value> {
-    let out = node.run_in(repo, &["log", "--json", "-n", "1000"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
-}
 
 /// Whether `node` lists `peer` as connected and sharing the repository `root`.
 fn shares(node: &Node, peer: &str, root: &str) -> bool {
@@ -46,18 +31,18 @@ fn kill9_restarts_lose_nothing(listen: &str, via: &str) {
     });
     let mut commits = Vec::new();
     for round in 0..RESTARTS {
-        commits.push(commit(&alice, &alice_repo, &format!("round {round}, before the kill")));
+        commits.push(alice.commit(&alice_repo, &format!("round {round}, before the kill")));
         alice.kill9();
-        commits.push(commit(&alice, &alice_repo, &format!("round {round}, while down")));
+        commits.push(alice.commit(&alice_repo, &format!("round {round}, while down")));
         eventually(Duration::from_secs(10), &format!("round {round}: every announcement so far at bob"), || {
-            let entries = feed(&bob, &bob_repo);
+            let entries = bob.feed(&bob_repo);
             commits.iter().all(|c| entries.iter().any(|e| e["commit"] == c.as_str())).then_some(())
         });
         eventually(Duration::from_secs(5), &format!("round {round}: alice to see bob's repository again"), || {
             shares(&alice, &bob_id, &root).then_some(())
         });
     }
-    let entries = feed(&bob, &bob_repo);
+    let entries = bob.feed(&bob_repo);
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for e in &entries {
         *counts.entry(e["commit"].as_str().expect("a commit id")).or_default() += 1;

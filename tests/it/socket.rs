@@ -150,11 +150,15 @@ fn beyond_capacity_a_client_is_refused_at_once_and_its_command_never_runs() {
 /// 1.3 KB of JSON each, as in the report), while her node is stopped.
 fn fill_feed(alice: &Node, repo: &RepoId, n: usize) {
     alice.ok(&["daemon", "stop"]);
-    let store = git_p2p::store::Store::open(&alice.data_dir().join("store.redb")).expect("the store");
+    // The node's last threads may hold the store a moment after its lock was released.
+    let store = eventually(Duration::from_secs(10), "the stopped node's store", || {
+        git_p2p::store::Store::open(&alice.data_dir().join("store.redb")).ok()
+    });
     for i in 0..n {
         let entry = git_p2p::proto::announce::FeedEntry {
             repo: repo.clone(),
-            peer: "12D3KooWPeer".into(),
+            // Twenty authors: one alone keeps at most its share of the feed.
+            peer: format!("12D3KooWPeer{}", i % 20),
             name: Some("peer".into()),
             commit: git_p2p::proto::announce::Commit {
                 id: format!("{i:040x}"),
@@ -170,7 +174,7 @@ fn fill_feed(alice: &Node, repo: &RepoId, n: usize) {
         assert!(store.feed_insert(&entry).expect("insert"), "new");
     }
     for i in 0..8000 {
-        store.kv_own(repo, &format!("notes/commits/{i:0>250}"), i, false).expect("a key");
+        store.kv_own(repo, &format!("review/{i:0>250}"), i, false).expect("a key");
     }
     store.sync().expect("sync");
 }

@@ -1,8 +1,10 @@
 //! Test harness: a `Node` is one user's environment (home, data dir, runtime dir, git config)
 //! in a temp dir, driven through the real binary. Nodes stop their daemons when dropped.
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -282,6 +284,20 @@ impl Node {
         dir
     }
 
+    /// An empty commit in `repo` (the hook must stay silent); its id.
+    pub fn commit(&self, repo: &Path, message: &str) -> String {
+        let out = self.git(repo, &["commit", "-q", "--allow-empty", "-m", message]);
+        assert!(out.is_empty(), "the hook is silent: {out}");
+        self.git(repo, &["rev-parse", "HEAD"]).trim().to_string()
+    }
+
+    /// The repository's feed as `log --json` gives it (up to 1000), newest first.
+    pub fn feed(&self, repo: &Path) -> Vec<Value> {
+        let out = self.run_in(repo, &["log", "--json", "-n", "1000"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
+    }
+
     pub fn git(&self, dir: &Path, args: &[&str]) -> String {
         let mut cmd = Command::new("git");
         cmd.args(args).current_dir(dir);
@@ -321,6 +337,69 @@ impl Drop for Node {
                 unsafe_kill(pid, 9);
             }
         }
+    }
+}
+
+/// A `git-p2p` command running in the background, its stdout and stderr read line by line.
+pub struct Running {
+    pub child: Child,
+    stdout: Receiver<String>,
+    stderr: Receiver<String>,
+    /// Every stdout line so far.
+    pub lines: Vec<String>,
+}
+
+impl Running {
+    pub fn spawn(node: &Node, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = node.command(args);
+        cmd.current_dir(dir).stdout(Stdio::piped()).stderr(Stdio::piped()).envs(env.iter().copied());
+        let mut child = cmd.spawn().expect("spawn git-p2p");
+        let lines = |pipe: Box<dyn std::io::Read + Send>| {
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+            rx
+        };
+        let stdout = lines(Box::new(child.stdout.take().expect("stdout")));
+        let stderr = lines(Box::new(child.stderr.take().expect("stderr")));
+        Self { child, stdout, stderr, lines: Vec::new() }
+    }
+
+    /// Waits until stdout has printed a line containing each of `needles`.
+    pub fn wait_for(&mut self, needles: &[&str], what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !needles.iter().all(|n| self.lines.iter().any(|l| l.contains(n))) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) => self.lines.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("timed out waiting for {what}; printed so far: {:#?}", self.lines)
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => panic!(
+                    "the command ended ({:?}) before {what}; printed so far: {:#?}; stderr: {:#?}",
+                    self.child.wait(),
+                    self.lines,
+                    self.stderr_lines()
+                ),
+            }
+        }
+    }
+
+    /// Everything on stderr so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.try_iter().collect()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

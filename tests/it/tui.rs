@@ -1,6 +1,7 @@
 //! The chat window end to end, in real terminals: two nodes on loopback, `git p2p chat` in a
 //! tmux pane for each; a line typed in alice's window appears on bob's screen, `--tail` in a
-//! third process sees it, and Ctrl-C gives the terminal back in the state it was.
+//! third process sees it, the window outlives a restart of its node, and Ctrl-C gives the
+//! terminal back in the state it was.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -95,6 +96,26 @@ fn a_line_typed_in_alices_window_appears_on_bobs_screen() {
     assert!(screen.contains("alice (.."), "author shown: {screen}");
     let tail = bob.ok_in(&bob_repo, &["chat", "--tail"]);
     assert!(tail.contains("hello from tmux? 世界"), "a third process sees it: {tail}");
+
+    // Bob's node goes away under his open window: the window says it waits, then shows what
+    // alice said meanwhile, and what she says after.
+    bob.ok(&["daemon", "stop"]);
+    eventually(Duration::from_secs(20), "alice to notice bob left", || alice.peers().is_empty().then_some(()));
+    alice.ok_in(&alice_repo, &["chat", "--send", "said while your node was down"]);
+    tmux.wait_for("bob", "lost the node: waiting for it to come back");
+    bob.start();
+    tmux.wait_for("bob", "node restarted; resumed");
+    tmux.wait_for("bob", "said while your node was down");
+    tmux.run(&["send-keys", "-t", "alice", "-l", "and after the restart"]);
+    tmux.run(&["send-keys", "-t", "alice", "Enter"]);
+    let screen = tmux.wait_for("bob", "and after the restart");
+    let once = |text: &str| screen.matches(text).count() == 1;
+    assert!(once("said while your node was down") && once("hello from tmux? 世界"), "each once: {screen}");
+
+    // A reply in a commit's thread is told in the room in one line.
+    let head = alice.git(&alice_repo, &["rev-parse", "HEAD"]).trim().to_string();
+    alice.ok_in(&alice_repo, &["chat", "--commit", &head[..8], "--send", "a reply in the thread"]);
+    tmux.wait_for("bob", &format!("replied in thread on {} \"commit 0\": a reply in the thread", &head[..7]));
 
     tmux.run(&["send-keys", "-t", "alice", "C-c"]);
     let screen = tmux.wait_for("alice", "icanon");

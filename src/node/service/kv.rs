@@ -17,8 +17,8 @@ use libp2p::{kad, PeerId};
 
 use super::{Disk, Io, RecordError, Service};
 use crate::clock::Now;
-use crate::control::api::{Failure, KvFound, KvStored, Reply};
-use crate::proto::kv::{record_key, validate_key, Entry, Record, Who};
+use crate::control::api::{Failure, KvFound, KvKey, KvStored, Page, Reply};
+use crate::proto::kv::{record_key, reserved, user_key, validate_key, Entry, Record, Who};
 use crate::proto::repo::{RepoId, RepoInfo};
 
 /// A `kv get` answers once this many peers sent their copy (merged with ours), without waiting
@@ -32,12 +32,32 @@ const RESTORE_TRIES: u8 = 3;
 const RESTORE_EVERY: Duration = Duration::from_secs(10);
 /// Lookups of keys to fetch back in flight at most.
 const RESTORE_AT_ONCE: usize = 32;
+/// Keys read from the store per step of a `kv ls` page (a key is at most 256 bytes: far below
+/// a page's bytes, whatever is kept).
+const KV_LIST_PAGE: usize = 500;
 
 /// Who writes an entry: a user (`kv set`: the write is durable before the put, and the answer
 /// waits for it), or the node itself (our refs: synced with the next batch, nobody waits).
 pub(super) enum Writer {
-    User(Reply<KvStored>),
+    User(PutReply),
     Node,
+}
+
+/// Where the outcome of a user's put goes: a `kv set`'s answer, or the answer of a request that
+/// made several puts (`refs publish`), told by its last.
+pub(super) struct PutReply(Box<dyn FnOnce(Result<KvStored, Failure>) + Send>);
+
+impl PutReply {
+    /// The put's outcome as `reply`'s answer, made by `answer`.
+    pub(super) fn new<T: Send + 'static>(reply: Reply<T>, answer: impl FnOnce(KvStored) -> T + Send + 'static) -> Self {
+        Self(Box::new(move |result| {
+            let _ = reply.send(result.map(answer));
+        }))
+    }
+
+    pub(super) fn send(self, result: Result<KvStored, Failure>) {
+        (self.0)(result)
+    }
 }
 
 /// A query of ours, as the service names it (the event loop maps it to Kademlia's id).
@@ -47,7 +67,7 @@ pub struct QueryRef(u64);
 enum Pending {
     /// `reply`: None for our own refs, which nobody waits for.
     Put {
-        reply: Option<Reply<KvStored>>,
+        reply: Option<PutReply>,
         replicas: usize,
         deadline: Instant,
     },
@@ -123,9 +143,7 @@ impl Kv {
     /// returned for the service to keep.
     fn answer(&mut self, query: QueryRef, requests: u32) -> Option<(Restoring, Option<Record>)> {
         match self.pending.remove(&query) {
-            Some(Pending::Put { reply: Some(reply), replicas, .. }) => {
-                let _ = reply.send(Ok(KvStored { replicas, requests }));
-            }
+            Some(Pending::Put { reply: Some(reply), replicas, .. }) => reply.send(Ok(KvStored { replicas, requests })),
             Some(Pending::Get { asker: Asker::User(reply), merged, found, .. }) => {
                 let _ = reply.send(Ok(KvFound { record: found.then_some(merged), requests }));
             }
@@ -170,6 +188,9 @@ fn store_refused(error: &RecordError) -> Failure {
 impl Service {
     /// A `kv set` (or `rm`, with no value): our entry, signed here as our user (named `name`),
     /// merged into our copy, stored durably, and put in the DHT; the answer waits for the put.
+    /// git-p2p's own keys ([`crate::proto::kv::reserved`]) are refused, whoever asks; so is
+    /// removing a key that holds no value of ours (a tombstone only ever hides its author's
+    /// own value: others' stay, and a second one would hide nothing).
     #[allow(clippy::too_many_arguments)]
     pub fn kv_put(
         &mut self,
@@ -185,6 +206,16 @@ impl Service {
             let _ = reply.send(Err(Failure::new(format!("cannot store: {e}"))));
             return;
         }
+        if let Err(e) = user_key(&key) {
+            let _ = reply.send(Err(Failure::of(&e)));
+            return;
+        }
+        if value.is_none() {
+            if let Err(failure) = self.removable(&repo.id, &key, disk) {
+                let _ = reply.send(Err(failure));
+                return;
+            }
+        }
         let entry = match self.sign_own(&repo.id, &key, value.as_deref(), name, now, disk) {
             Ok(entry) => entry,
             Err(e) => {
@@ -192,9 +223,65 @@ impl Service {
                 return;
             }
         };
-        if let Err(e) = self.put_entry(&repo.id, &key, entry, Writer::User(reply), now, disk) {
+        if let Err(e) = self.put_entry(&repo.id, &key, entry, Writer::User(PutReply::new(reply, |s| s)), now, disk) {
             tracing::debug!(%key, error = %e, "kv put refused");
         }
+    }
+
+    /// Whether `key` holds a value of ours to remove; if not, why not, naming what others hold.
+    fn removable(&self, repo: &RepoId, key: &str, disk: &dyn Disk) -> Result<(), Failure> {
+        let record = local(disk, repo, &kad::RecordKey::new(&record_key(repo, key)));
+        let values = record.as_ref().map(|r| r.values()).unwrap_or_default();
+        if values.iter().any(|e| e.author == self.me.author) {
+            return Ok(());
+        }
+        let others = match values.len() {
+            0 => String::new(),
+            n => format!(" (the values of {n} other author(s) stay: each author removes only their own)"),
+        };
+        Err(Failure::new(format!("no such key: {key:?} holds no value of yours to remove{others}")))
+    }
+
+    /// A page of the keys we wrote in `repo`, after `after`: those that hold a value of ours,
+    /// or with `all` also our tombstones and git-p2p's own keys (marked). A page is empty only
+    /// when it is the last: the store is read on until a key is kept.
+    pub fn kv_list(
+        &self,
+        repo: &RepoId,
+        mut after: Option<String>,
+        all: bool,
+        reply: Reply<Page<KvKey, String>>,
+        disk: &mut dyn Disk,
+    ) {
+        loop {
+            let (keys, next) = match disk.kv_own_page(repo, after.as_deref(), KV_LIST_PAGE) {
+                Ok(page) => page,
+                Err(e) => {
+                    let _ = reply.send(Err(Failure::new(format!("cannot read the keys you wrote: {e}"))));
+                    return;
+                }
+            };
+            let items: Vec<KvKey> = keys
+                .into_iter()
+                .map(|(key, time)| {
+                    let internal = reserved(&key).is_some();
+                    let removed = self.removed(repo, &key, &*disk);
+                    KvKey { key, time, removed, internal }
+                })
+                .filter(|k| all || !(k.removed || k.internal))
+                .collect();
+            if !items.is_empty() || next.is_none() {
+                let _ = reply.send(Ok(Page { items, next }));
+                return;
+            }
+            after = next;
+        }
+    }
+
+    /// Whether our entry for `key` is a tombstone (a key whose record we no longer hold counts
+    /// as written: nothing says it was removed).
+    fn removed(&self, repo: &RepoId, key: &str, disk: &dyn Disk) -> bool {
+        self.own_entry(repo, key, disk).is_some_and(|e| e.value.is_none())
     }
 
     /// An entry of ours for `key` (None: a tombstone), signed with our user's key. Its sequence
@@ -234,9 +321,9 @@ impl Service {
             Writer::User(reply) => (Some(reply), true),
             Writer::Node => (None, false),
         };
-        let fail = |reply: Option<Reply<KvStored>>, failure: Failure| {
+        let fail = |reply: Option<PutReply>, failure: Failure| {
             if let Some(reply) = reply {
-                let _ = reply.send(Err(failure.clone()));
+                reply.send(Err(failure.clone()));
             }
             Err(failure)
         };
@@ -340,7 +427,7 @@ impl Service {
     /// Kademlia refused to start a put (our own store refused the record).
     pub fn kv_failed(&mut self, query: QueryRef, error: kad::store::Error) {
         if let Some(Pending::Put { reply: Some(reply), .. }) = self.kv.pending.remove(&query) {
-            let _ = reply.send(Err(store_refused(&RecordError::Kad(error))));
+            reply.send(Err(store_refused(&RecordError::Kad(error))));
         }
     }
 

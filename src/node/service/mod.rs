@@ -7,9 +7,10 @@
 //!
 //! One concern per file, each with its constants: `repos` (the registry), `rooms` (topics, what
 //! arrives on them, chat), `outbox` (our messages until a peer took them), `kv` (DHT records and
-//! the queries waiting for the network), `refs` (our refs in the DHT), `discovery` (peers, who to
-//! dial), `dial_log` (what became of our dials, in words), `peers` (the peer table and redial
-//! backoff), `conduct` (peers cut off for flooding us), `clocks` (peers' clocks against ours).
+//! the queries waiting for the network), `refs` (our refs in the DHT), `notes` (our git notes
+//! in the DHT), `discovery` (peers, who to dial), `dial_log` (what became of our dials, in
+//! words), `peers` (the peer table and redial backoff), `conduct` (peers cut off for flooding
+//! us), `clocks` (peers' clocks against ours).
 
 mod clocks;
 mod conduct;
@@ -17,6 +18,7 @@ mod dial_log;
 mod discovery;
 mod kv;
 pub mod mirror;
+mod notes;
 mod outbox;
 pub mod peers;
 mod refs;
@@ -40,13 +42,13 @@ use crate::proto::chat::ChatEntry;
 use crate::proto::envelope::Envelope;
 use crate::proto::outbox::OutboxEntry;
 use crate::proto::repo::{RepoId, RepoInfo};
-use crate::store::StoreError;
+use crate::store::{KeysPage, StoreError};
 
 pub use discovery::{strip_p2p, TARGET_PEERS};
 pub use kv::QueryRef;
 pub use outbox::PUBLISH_GRACE;
 pub use peers::DialRef;
-pub use rooms::{CHAT_BURST, CHAT_RATE};
+pub use rooms::{ANNOUNCE_BURST, ANNOUNCE_RATE, CHAT_BURST, CHAT_RATE};
 
 /// How often, and for how long, our announced commits are remembered (against announcing one
 /// twice through the hook's two paths and the reflog; those meet within seconds).
@@ -76,6 +78,8 @@ impl Me {
 /// command wrote goes through [`Disk::reply_when_durable`].
 pub trait Disk {
     fn add_repo(&mut self, repo: &RepoInfo) -> Result<(), StoreError>;
+    /// Forgets a registered repository (and where its reflogs were read).
+    fn remove_repo(&mut self, repo: &RepoId) -> Result<(), StoreError>;
     fn outbox_push(&mut self, entry: &OutboxEntry, durable: bool) -> Result<u64, StoreError>;
     fn outbox_remove(&mut self, seqs: &[u64]) -> Result<(), StoreError>;
     fn mark_announced(&mut self, repo: &RepoId, commit: &str) -> Result<(), StoreError>;
@@ -95,6 +99,9 @@ pub trait Disk {
     fn reply_when_durable(&mut self, ack: Ack);
     /// Remembers that we wrote `key` (for `kv ls`).
     fn kv_own(&mut self, repo: &RepoId, key: &str, ts: u64, durable: bool) -> Result<(), StoreError>;
+    /// A page of the keys we wrote in `repo` (with the time of our last write), in order, after
+    /// `after`: at most `limit`, and where the next page starts.
+    fn kv_own_page(&self, repo: &RepoId, after: Option<&str>, limit: usize) -> Result<KeysPage, StoreError>;
     /// Our copy of a DHT record.
     fn record(&self, key: &kad::RecordKey) -> Option<kad::Record>;
     fn put_record(&mut self, record: kad::Record) -> Result<(), RecordError>;
@@ -151,6 +158,7 @@ pub enum Ticket {
 pub enum Io {
     /// Subscribe to a topic (with our topic score parameters).
     Subscribe(Sha256Topic),
+    Unsubscribe(Sha256Topic),
     /// Publish; the answer goes to [`Service::published`].
     Publish {
         ticket: Ticket,
@@ -247,7 +255,7 @@ pub struct Service {
     /// Room messages of ours published at once, until the network answered.
     sending: HashMap<u64, rooms::Sending>,
     /// What we send, per author and kind, at the pace peers take it.
-    pacer: rooms::RateLimiter,
+    pacer: rooms::Pacer,
     /// Peers cut off for flooding us.
     conduct: conduct::Conduct,
     /// Signed tips and the fetches of the mirror.
@@ -269,7 +277,7 @@ impl Service {
             refs: refs::Refs::default(),
             discovery: discovery::Discovery::new(bootstrap.iter().map(|(p, _)| *p)),
             sending: HashMap::new(),
-            pacer: rooms::RateLimiter::sender(),
+            pacer: rooms::Pacer::default(),
             conduct: conduct::Conduct::default(),
             mirror: mirror::MirrorState::default(),
             next_ticket: 0,

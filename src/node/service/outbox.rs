@@ -133,11 +133,6 @@ impl Outbox {
     }
 }
 
-/// Our messages are paced per author and kind (what receivers count separately).
-pub fn pace_key(envelope: &Envelope) -> String {
-    format!("{}/{}", envelope.kind, envelope.author)
-}
-
 impl Service {
     /// An announcement from a client (`git p2p announce`): queued durably, answered once stored.
     pub fn announce(&mut self, repo: RepoInfo, envelope: Envelope, reply: Reply<Queued>, disk: &mut dyn Disk) {
@@ -172,7 +167,7 @@ impl Service {
         disk: &mut dyn Disk,
     ) -> Result<(), StoreError> {
         if !self.repos.knows_at(&entry.repo) {
-            disk.add_repo(&entry.repo)?;
+            disk.add_repo(&self.repos.as_known(&entry.repo))?;
             self.push(Io::WatchReflog(entry.repo.clone()));
         }
         let ours = entry.envelope.author == self.me.author;
@@ -198,7 +193,7 @@ impl Service {
     /// our new announcements move.
     pub fn flush(&mut self, now: Now, disk: &mut dyn Disk) {
         let (peers, pacer) = (&self.discovery.peers, &mut self.pacer);
-        for p in self.outbox.due(|topic| peers.audience(topic) > 0, |e| pacer.allow(&pace_key(&e.envelope), now.mono)) {
+        for p in self.outbox.due(|topic| peers.audience(topic) > 0, |e| pacer.allow(&e.envelope, now.mono)) {
             self.push(Io::Publish { ticket: Ticket::Outbox(p.seq), topic: p.topic, data: p.data });
         }
         self.publish_refs(now, disk);
@@ -209,7 +204,7 @@ impl Service {
             tracing::debug!(seq, error = %e, "stays in the outbox");
         }
         let pacer = &mut self.pacer;
-        let may_send = |e: &OutboxEntry| pacer.allow(&pace_key(&e.envelope), now.mono);
+        let may_send = |e: &OutboxEntry| pacer.allow(&e.envelope, now.mono);
         if let Some(next) = self.outbox.published(seq, result.is_ok(), now.mono, may_send) {
             self.push(Io::Publish { ticket: Ticket::Outbox(next.seq), topic: next.topic, data: next.data });
         }

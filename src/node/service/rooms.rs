@@ -1,8 +1,11 @@
-//! Topics and what each carries: a repository's commits, its room, a commit's thread. Whatever
-//! arrives (by gossip or through a Nostr relay) is checked here before anything else sees it:
-//! well-formed, validly signed in its one spelling, for the topic's repository and thread,
-//! within bounds, and within its author's rate. New announcements go to the feed, new room
-//! messages to followers and the history. Our own room messages leave from here too.
+//! Topics and what each carries: a repository's commits, its room, its threads (every commit
+//! thread's messages, which every node of the repository hears), one commit's thread (where
+//! nodes before the threads topic publish). Whatever arrives (by gossip or through a Nostr
+//! relay) is checked here before anything else sees it: well-formed, validly signed in its one
+//! spelling, for the topic's repository and thread, within bounds, and within its author's rate.
+//! New announcements go to the feed, new room messages to followers and the history; a thread's
+//! message also leaves a notice (its first words) in the repository's room, so that replies are
+//! seen there without the thread filling the room. Our own room messages leave from here too.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -26,7 +29,11 @@ use crate::proto::repo::{RepoId, RepoInfo};
 /// send to the same rate, so that peers take all of it.
 pub const CHAT_RATE: f64 = 20.0;
 pub const CHAT_BURST: f64 = 100.0;
-/// The share of [`CHAT_RATE`] and [`CHAT_BURST`] our node sends at, per author and kind.
+/// The same for announcements: a commit is rarer than a line of chat, but a patch series applied
+/// with `git am` or a script makes hundreds at once, and each is small.
+pub const ANNOUNCE_RATE: f64 = 50.0;
+pub const ANNOUNCE_BURST: f64 = 500.0;
+/// The share of what receivers take that our node sends at, per author and kind.
 pub const SEND_SHARE: f64 = 0.9;
 /// How far ahead of our clock a message may be dated: further, it is dropped (it would sit at
 /// the top of a feed or room for as long as it claims).
@@ -39,20 +46,29 @@ const CHAT_RATE_AUTHORS: usize = 10_000;
 /// Room message ids remembered in memory to tell new from repeated (about 100 bytes each).
 const RECENT_CHAT_IDS: usize = crate::store::MAX_SEEN;
 
-/// What a subscribed topic carries.
+/// What a subscribed topic carries: a repository's commits, its room or one commit's thread
+/// (`Chat`), or every commit thread of it (`Threads`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Room {
     Commits { repo: RepoId },
     Chat { repo: RepoId, thread: Option<String> },
+    Threads { repo: RepoId },
 }
 
 impl Room {
+    fn repo(&self) -> &RepoId {
+        match self {
+            Room::Commits { repo } | Room::Chat { repo, .. } | Room::Threads { repo } => repo,
+        }
+    }
+
     pub fn topic(&self) -> Sha256Topic {
         use crate::proto::topic;
         match self {
             Room::Commits { repo } => topic::commits(repo),
             Room::Chat { repo, thread: None } => topic::chat(repo),
             Room::Chat { repo, thread: Some(commit) } => topic::commit_thread(repo, commit),
+            Room::Threads { repo } => topic::threads(repo),
         }
     }
 }
@@ -100,6 +116,16 @@ fn in_window(ts: u64, now: Now) -> Result<(), Refused> {
     Ok(())
 }
 
+/// Which room messages a topic (or a relay) carries.
+enum Expect {
+    /// The repository's room, or this commit's thread.
+    Exactly(Option<String>),
+    /// Any commit thread of the repository.
+    AnyThread,
+    /// Whichever room the signed message names (a relay has no topics).
+    Named,
+}
+
 /// What a message that arrived turned out to be.
 #[derive(Debug)]
 pub enum Arrival {
@@ -134,7 +160,7 @@ impl Rooms {
         Self {
             topics: HashMap::new(),
             chat_limiter: RateLimiter::default(),
-            announce_limiter: RateLimiter::default(),
+            announce_limiter: RateLimiter::new(ANNOUNCE_RATE, ANNOUNCE_BURST),
             seen: Recent::new(RECENT_CHAT_IDS, seen),
             clocks: super::clocks::Clocks::default(),
         }
@@ -157,6 +183,20 @@ impl Rooms {
         Some(topic)
     }
 
+    /// Leaves every room of `repo` (its commits, its room, its commits' threads); their topics,
+    /// to unsubscribe from.
+    pub fn leave_repo(&mut self, repo: &RepoId) -> Vec<Sha256Topic> {
+        let mut left = Vec::new();
+        self.topics.retain(|_, room| {
+            let leave = room.repo() == repo;
+            if leave {
+                left.push(room.topic());
+            }
+            !leave
+        });
+        left
+    }
+
     /// A gossip message on `topic`, checked.
     pub fn arrival(&mut self, topic: &TopicHash, data: &[u8], me: &PeerId, now: Now) -> Arrival {
         let envelope = match Envelope::decode(data) {
@@ -167,8 +207,9 @@ impl Rooms {
             Some(Room::Commits { repo }) if *repo == envelope.repo => self.announcement(envelope, now),
             Some(Room::Chat { repo, thread }) if *repo == envelope.repo => {
                 let thread = thread.clone();
-                self.chat(envelope, thread, me, now)
+                self.chat(envelope, Expect::Exactly(thread), me, now)
             }
+            Some(Room::Threads { repo }) if *repo == envelope.repo => self.chat(envelope, Expect::AnyThread, me, now),
             _ => Arrival::Refused(Refused::OffTopic),
         }
     }
@@ -176,11 +217,7 @@ impl Rooms {
     /// A room message or a plain comment that came through a Nostr relay.
     pub fn bridged(&mut self, inbound: Inbound, me: &PeerId, now: Now) -> Arrival {
         match inbound {
-            Inbound::Envelope(envelope) => {
-                // The room is the one the signed message names (a relay has no topics).
-                let thread = ChatMessage::from_envelope(&envelope).ok().and_then(|m| m.thread);
-                self.chat(envelope, thread, me, now)
-            }
+            Inbound::Envelope(envelope) => self.chat(envelope, Expect::Named, me, now),
             Inbound::Comment { repo, id, npub, text, created_at } => {
                 // A plain Nostr client's text: no escape sequence reaches a reader's terminal.
                 let text = crate::proto::chat::tame(&text);
@@ -203,24 +240,32 @@ impl Rooms {
                     received_at: now.unix_ms,
                     own: false,
                     via: Some("nostr".to_string()),
+                    thread: None,
                 };
                 self.fresh(entry)
             }
         }
     }
 
-    /// A room message (for `thread`, or the repository's room): verified, within bounds and
-    /// rate, and new?
-    fn chat(&mut self, envelope: Envelope, thread: Option<String>, me: &PeerId, now: Now) -> Arrival {
+    /// A room message (in the room or thread `expect`ed): verified, within bounds and rate, and
+    /// new?
+    fn chat(&mut self, envelope: Envelope, expect: Expect, me: &PeerId, now: Now) -> Arrival {
         let author = match envelope.verify() {
             Ok(author) => author,
             Err(e) => return Arrival::Refused(e.into()),
         };
         let message = match ChatMessage::from_envelope(&envelope) {
-            Ok(m) if m.thread == thread => m,
-            Ok(_) => return Arrival::Refused(Refused::OffTopic),
+            Ok(m) => m,
             Err(e) => return Arrival::Refused(e.into()),
         };
+        let fits = match &expect {
+            Expect::Exactly(thread) => message.thread == *thread,
+            Expect::AnyThread => message.thread.is_some(),
+            Expect::Named => true,
+        };
+        if !fits {
+            return Arrival::Refused(Refused::OffTopic);
+        }
         let author_id = author.to_string();
         self.clocks.observe(&author_id, envelope.ts, now);
         if let Err(why) = in_window(envelope.ts, now) {
@@ -327,8 +372,13 @@ impl Service {
                 }
             },
             Arrival::Chat(entry) => {
+                let notice = entry.notice();
                 self.push(Io::Emit(NodeEvent::Chat(entry.clone())));
                 disk.chat_received(entry);
+                if let Some(notice) = notice {
+                    self.push(Io::Emit(NodeEvent::Chat(notice.clone())));
+                    disk.chat_received(notice);
+                }
                 MessageAcceptance::Accept
             }
             Arrival::Seen => MessageAcceptance::Ignore,
@@ -378,7 +428,12 @@ impl Service {
             }
         };
         self.join_repo(repo.clone());
-        let topic = self.join(Room::Chat { repo: repo.id.clone(), thread: thread.clone() });
+        // A thread's message goes where every node of the repository hears it.
+        let room = match thread {
+            Some(_) => Room::Threads { repo: repo.id.clone() },
+            None => Room::Chat { repo: repo.id.clone(), thread: None },
+        };
+        let topic = self.join(room);
         self.push(Io::Bridge(BridgeOp::Comment {
             repo: repo.clone(),
             text: message.text.clone(),
@@ -388,10 +443,7 @@ impl Service {
         let entry = ChatEntry::new(&envelope, author, message, true, now.unix_ms);
         let peers = self.discovery.peers.audience(&topic);
         let outbox = OutboxEntry { repo, envelope, thread };
-        if peers > 0
-            && !self.outbox.waits_for(&topic)
-            && self.pacer.allow(&super::outbox::pace_key(&outbox.envelope), now.mono)
-        {
+        if peers > 0 && !self.outbox.waits_for(&topic) && self.pacer.allow(&outbox.envelope, now.mono) {
             let n = self.ticket();
             let data = outbox.envelope.encode();
             self.sending.insert(n, Sending { entry, outbox, peers, reply });
@@ -411,8 +463,13 @@ impl Service {
         }
         let id = entry.id.clone();
         if self.rooms.seen.insert(id.clone()) {
+            let notice = entry.notice();
             self.push(Io::Emit(NodeEvent::Chat(entry.clone())));
             disk.chat_published(entry);
+            if let Some(notice) = notice {
+                self.push(Io::Emit(NodeEvent::Chat(notice.clone())));
+                disk.chat_published(notice);
+            }
         }
         disk.reply_when_durable(Ack::new(reply, ChatSent { id, peers, queued: false }));
     }
@@ -429,6 +486,7 @@ impl Service {
     ) {
         let id = entry.id.clone();
         self.rooms.seen.insert(id.clone());
+        let notice = entry.notice();
         match disk.chat_insert(&entry) {
             Ok(true) => self.push(Io::Emit(NodeEvent::Chat(entry))),
             Ok(false) => {}
@@ -436,6 +494,12 @@ impl Service {
                 let _ = reply.send(Err(Failure::new(format!("cannot store the message: {e}"))));
                 return;
             }
+        }
+        // The room's notice of it; the message itself is what must not be lost.
+        match notice.map(|notice| disk.chat_insert(&notice).map(|new| new.then_some(notice))) {
+            Some(Ok(Some(notice))) => self.push(Io::Emit(NodeEvent::Chat(notice))),
+            Some(Err(e)) => tracing::warn!(error = %e, "cannot store a thread reply's notice in the room"),
+            _ => {}
         }
         match disk.outbox_push(&outbox, false) {
             Ok(seq) => self.outbox.push(seq, outbox),
@@ -445,6 +509,31 @@ impl Service {
             }
         }
         disk.reply_when_durable(Ack::new(reply, ChatSent { id, peers, queued: true }));
+    }
+}
+
+/// What our node sends, per author and kind: [`SEND_SHARE`] of what receivers take, so that a
+/// message bunched with others on the way still finds a token at every peer.
+pub struct Pacer {
+    chat: RateLimiter,
+    announcements: RateLimiter,
+}
+
+impl Default for Pacer {
+    fn default() -> Self {
+        Self {
+            chat: RateLimiter::new(CHAT_RATE * SEND_SHARE, CHAT_BURST * SEND_SHARE),
+            announcements: RateLimiter::new(ANNOUNCE_RATE * SEND_SHARE, ANNOUNCE_BURST * SEND_SHARE),
+        }
+    }
+}
+
+impl Pacer {
+    /// True if `envelope` may go now.
+    pub fn allow(&mut self, envelope: &Envelope, now: Instant) -> bool {
+        let limiter =
+            if envelope.kind == crate::proto::announce::KIND { &mut self.announcements } else { &mut self.chat };
+        limiter.allow(&envelope.author, now)
     }
 }
 
@@ -465,12 +554,6 @@ impl Default for RateLimiter {
 impl RateLimiter {
     pub fn new(rate: f64, burst: f64) -> Self {
         Self { rate, burst, tokens: HashMap::new() }
-    }
-
-    /// What our node sends as one author: [`SEND_SHARE`] of what receivers take, so that a
-    /// message bunched with others on the way still finds a token at every peer.
-    pub fn sender() -> Self {
-        Self::new(CHAT_RATE * SEND_SHARE, CHAT_BURST * SEND_SHARE)
     }
 
     /// True if `author` may have one more message taken now.

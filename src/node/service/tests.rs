@@ -14,7 +14,7 @@ use sha2::Digest;
 use tokio::sync::oneshot;
 
 use super::*;
-use crate::control::api::{ChatSent, KvFound, Queued};
+use crate::control::api::{ChatSent, KvFound, KvStored, Queued};
 use crate::proto::announce::{Announcement, Commit};
 use crate::proto::chat::{ChatMessage, KIND as CHAT};
 use crate::proto::kv::{record_key, Entry};
@@ -36,6 +36,8 @@ struct MemDisk {
     peers: HashMap<PeerId, Vec<Multiaddr>>,
     /// No space left: every write fails, as a full disk makes the store's.
     full: bool,
+    /// The keys we wrote: (repo, key) -> time.
+    own_keys: BTreeMap<(RepoId, String), u64>,
 }
 
 impl MemDisk {
@@ -79,6 +81,10 @@ impl Disk for MemDisk {
         if !self.repos.contains(repo) {
             self.repos.push(repo.clone());
         }
+        Ok(())
+    }
+    fn remove_repo(&mut self, repo: &RepoId) -> Result<(), StoreError> {
+        self.repos.retain(|r| r.id != *repo);
         Ok(())
     }
     fn outbox_push(&mut self, entry: &OutboxEntry, durable: bool) -> Result<u64, StoreError> {
@@ -128,8 +134,20 @@ impl Disk for MemDisk {
     fn reply_when_durable(&mut self, ack: Ack) {
         self.acks.push(ack);
     }
-    fn kv_own(&mut self, _repo: &RepoId, _key: &str, _ts: u64, _durable: bool) -> Result<(), StoreError> {
+    fn kv_own(&mut self, repo: &RepoId, key: &str, ts: u64, _durable: bool) -> Result<(), StoreError> {
+        self.own_keys.insert((repo.clone(), key.to_string()), ts);
         Ok(())
+    }
+    fn kv_own_page(&self, repo: &RepoId, after: Option<&str>, limit: usize) -> Result<KeysPage, StoreError> {
+        let mut keys: Vec<(String, u64)> = self
+            .own_keys
+            .iter()
+            .filter(|((r, k), _)| r == repo && after.is_none_or(|a| k.as_str() > a))
+            .map(|((_, k), t)| (k.clone(), *t))
+            .collect();
+        let next = (keys.len() > limit).then(|| keys[limit - 1].0.clone());
+        keys.truncate(limit);
+        Ok((keys, next))
     }
     fn record(&self, key: &kad::RecordKey) -> Option<kad::Record> {
         self.records.get(key).cloned()
@@ -266,6 +284,13 @@ impl Sim {
                         let peer = self.peer(other);
                         peer.service.subscribed(&me, hash.clone(), now, &mut peer.disk);
                         self.settle(other);
+                    }
+                }
+                Io::Unsubscribe(topic) => {
+                    let (me, hash) = (self.id(name), topic.hash());
+                    self.peer(name).topics.remove(&hash);
+                    for other in self.linked(name) {
+                        self.peer(other).service.unsubscribed(&me, &hash);
                     }
                 }
                 Io::Publish { ticket, topic, data } => {
@@ -564,6 +589,51 @@ fn a_message_for_another_repository_or_mis_signed_is_rejected() {
     sim.settle("bob");
     let bob = sim.peer("bob");
     assert!(bob.disk.chat.is_empty() && bob.events.is_empty(), "nothing refused is kept or shown");
+}
+
+#[test]
+fn a_thread_reply_reaches_every_node_of_the_repository_and_leaves_a_notice_in_its_room() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("alice");
+    sim.init("bob");
+    sim.connect("alice", "bob");
+    let (now, commit) = (sim.now, "c".repeat(40));
+    let alice = sim.peer("alice");
+    let m = ChatMessage { thread: Some(commit.clone()), text: "looks good".into(), name: None, nonce: "1".into() };
+    let envelope = Envelope::sign(&alice.key, CHAT, &repo().id, now.unix_ms, m.to_body());
+    let (reply, answer) = oneshot::channel::<Result<ChatSent, Failure>>();
+    alice.service.chat_send(repo(), envelope, Some(commit.clone()), reply, now, &mut alice.disk);
+    sim.end_of_batch("alice");
+    let sent = answer.blocking_recv().expect("an answer").expect("sent");
+    assert_eq!((sent.peers, sent.queued), (1, false), "bob never opened the thread, and is in its audience");
+    assert!(sim.deliver("alice").iter().all(|v| *v == MessageAcceptance::Accept));
+    let (thread_room, room) = (format!("{}/{commit}", repo().id), repo().id.to_string());
+    let kept = |peer: &Peer| -> Vec<(String, Option<String>, String)> {
+        peer.disk.chat.iter().map(|m| (m.room.clone(), m.thread.clone(), m.text.clone())).collect()
+    };
+    let expected = [
+        (thread_room.clone(), None, "looks good".to_string()),
+        (room.clone(), Some(commit.clone()), "looks good".to_string()),
+    ];
+    assert_eq!(kept(sim.peer("bob")), expected, "the reply in its thread, its notice in the room");
+    assert_eq!(kept(sim.peer("alice")), expected, "the sender's node keeps both too");
+    let shown: Vec<String> = sim
+        .peer("bob")
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            NodeEvent::Chat(m) => Some(m.room.clone()),
+            NodeEvent::Announcement(_) => None,
+        })
+        .collect();
+    assert_eq!(shown, [thread_room, room], "followers of the thread and of the room are told");
+    // The threads topic carries thread messages only.
+    let (now, alice_key) = (sim.now, sim.peer("alice").key.clone());
+    let topic = crate::proto::topic::threads(&repo().id).hash();
+    let bob = sim.peer("bob");
+    let verdict =
+        bob.service.gossip(&topic, &chat(&alice_key, "not in a thread", 2, now.unix_ms), None, now, &mut bob.disk);
+    assert_eq!(verdict, MessageAcceptance::Reject);
 }
 
 /// A signed entry of `key` for `k` in the repository, as a DHT copy holding only it.
@@ -876,6 +946,33 @@ fn an_honest_burst_is_paced_so_that_peers_take_all_of_it_and_a_commit_is_not_hel
     assert_eq!(burst, 300, "bob has the whole burst");
 }
 
+#[test]
+fn a_patch_series_is_announced_at_once_and_peers_take_all_of_it() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("alice");
+    sim.init("bob");
+    sim.connect("alice", "bob");
+    // `git am` of 400 patches: a commit every 5 ms, each announced as it is made.
+    let series = 400;
+    for i in 0..series {
+        sim.announce("alice", &format!("patch {i}")).expect("queued");
+        let verdicts = sim.deliver("alice");
+        assert_eq!(verdicts, [MessageAcceptance::Accept], "patch {i} goes out at once and bob takes it");
+        sim.advance(Duration::from_millis(5));
+    }
+    assert_eq!(sim.peer("alice").service.outbox_len(), 0);
+    assert_eq!(sim.peer("bob").announcements().len(), series);
+    // Beyond the burst, the pace: what peers take, never more.
+    let mut held = 0;
+    for i in 0..200 {
+        sim.announce("alice", &format!("more {i}")).expect("queued");
+        let verdicts = sim.deliver("alice");
+        assert!(verdicts.iter().all(|v| *v == MessageAcceptance::Accept), "bob takes every one it is sent");
+        held += usize::from(verdicts.is_empty());
+    }
+    assert!(held > 0, "a series beyond the burst waits for the pace");
+}
+
 /// Our own entry of `key`, as alice's copy of the record has it.
 fn own_entry(peer: &Peer, key: &str) -> Entry {
     let dht_key = kad::RecordKey::new(&record_key(&repo().id, key));
@@ -1149,4 +1246,136 @@ fn a_sync_tries_the_mirror_then_the_topic_then_the_dht_then_says_what_is_missing
     let failure = answer.try_recv().expect("answered").expect_err("nothing could be had");
     assert!(failure.message().contains("refs/heads/main"), "{failure}");
     assert!(failure.message().contains("connection reset"), "{failure}");
+}
+
+/// The answer to a request that waits for one put: the put is carried out (it reached no peer),
+/// and Kademlia said it is done.
+fn answered<T>(sim: &mut Sim, name: &str, answer: &mut oneshot::Receiver<Result<T, Failure>>) -> Result<T, Failure> {
+    sim.settle(name);
+    let puts: Vec<QueryRef> = sim
+        .peer(name)
+        .queries
+        .iter()
+        .filter_map(|io| match io {
+            Io::PutRecord { query, .. } => Some(*query),
+            _ => None,
+        })
+        .collect();
+    let now = sim.now;
+    let peer = sim.peer(name);
+    for query in puts {
+        peer.service.kv_query_done(query, 0, now, &mut peer.disk);
+    }
+    answer.try_recv().expect("answered")
+}
+
+fn kv_put(sim: &mut Sim, key: &str, value: Option<&str>) -> Result<KvStored, Failure> {
+    let now = sim.now;
+    let alice = sim.peer("alice");
+    let (reply, mut answer) = oneshot::channel();
+    alice.service.kv_put(repo(), key.into(), value.map(|v| v.as_bytes().to_vec()), None, reply, now, &mut alice.disk);
+    answered(sim, "alice", &mut answer)
+}
+
+fn kv_list(sim: &mut Sim, all: bool) -> Vec<(String, bool, bool)> {
+    let alice = sim.peer("alice");
+    let (reply, mut answer) = oneshot::channel();
+    alice.service.kv_list(&repo().id, None, all, reply, &mut alice.disk);
+    let page = answer.try_recv().expect("answered").expect("a page");
+    page.items.into_iter().map(|k| (k.key, k.removed, k.internal)).collect()
+}
+
+#[test]
+fn git_p2ps_own_keys_are_not_the_users_and_ls_shows_only_live_keys_of_ours() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("alice");
+    sim.announce("alice", "one").expect("queued");
+    for key in ["refs", "refs/heads/main", "notes/commits", "notes/commits/abc"] {
+        for value in [Some("garbage"), None] {
+            let refused = kv_put(&mut sim, key, value).expect_err("refused");
+            assert!(refused.message().contains("reserved"), "{key}: {refused}");
+        }
+    }
+    let alice = sim.peer("alice");
+    let refs = own_entry(alice, crate::proto::kv::REFS_KEY).value_bytes().expect("our refs index");
+    assert!(String::from_utf8_lossy(&refs).contains("refs/heads/main"), "the refs are intact");
+
+    // rm: only a key that holds a value of ours.
+    let none = kv_put(&mut sim, "nosuchkey", None).expect_err("nothing to remove");
+    assert!(none.message().starts_with("no such key"), "{none}");
+    kv_put(&mut sim, "status", Some("green")).expect("set");
+    kv_put(&mut sim, "gone", Some("soon")).expect("set");
+    kv_put(&mut sim, "gone", None).expect("removed");
+    let again = kv_put(&mut sim, "gone", None).expect_err("removed already");
+    assert!(again.message().starts_with("no such key"), "{again}");
+    // Bob's value of a key alice never set: hers to keep, not alice's to remove.
+    let now = sim.now;
+    let bob_key = sim.peer("bob").key.clone();
+    let alice = sim.peer("alice");
+    alice.service.kad_inbound(sim_peer_id(&bob_key), copy(&bob_key, "bobs", "his", 1), now, &mut alice.disk);
+    let others = kv_put(&mut sim, "bobs", None).expect_err("not ours");
+    assert!(others.message().contains("1 other author"), "{others}");
+
+    let keys: Vec<String> = kv_list(&mut sim, false).into_iter().map(|(k, _, _)| k).collect();
+    assert_eq!(keys, ["status"], "neither the removed key nor git-p2p's own");
+    let all = kv_list(&mut sim, true);
+    assert!(all.contains(&("gone".into(), true, false)), "{all:?}");
+    assert!(all.contains(&("refs".into(), false, true)) && all.contains(&("refs/heads/main".into(), false, true)));
+}
+
+#[test]
+fn refs_published_again_unpublish_what_is_gone_and_so_does_a_deleted_branch() {
+    let mut sim = Sim::new(&["alice"]);
+    let oid = |c: char| c.to_string().repeat(40);
+    let publish = |sim: &mut Sim, refs: &[(&str, String)]| {
+        let now = sim.now;
+        let refs: BTreeMap<String, String> = refs.iter().map(|(r, o)| (r.to_string(), o.clone())).collect();
+        let alice = sim.peer("alice");
+        let (reply, mut answer) = oneshot::channel();
+        alice.service.refs_publish(repo(), refs, None, reply, now, &mut alice.disk);
+        answered(sim, "alice", &mut answer)
+    };
+    let index = |sim: &mut Sim| -> Vec<String> {
+        let value = own_entry(sim.peer("alice"), crate::proto::kv::REFS_KEY).value_bytes().expect("an index");
+        serde_json::from_slice::<BTreeMap<String, String>>(&value).expect("a map").into_keys().collect()
+    };
+    let all = [("refs/heads/main", oid('a')), ("refs/heads/topic", oid('b')), ("refs/tags/v1", oid('c'))];
+    let published = publish(&mut sim, &all).expect("published");
+    assert_eq!((published.count, published.removed.len()), (3, 0));
+    let published = publish(&mut sim, &all[..1]).expect("published");
+    assert_eq!(published.removed, ["refs/heads/topic", "refs/tags/v1"]);
+    assert_eq!(index(&mut sim), ["refs/heads/main"]);
+    assert_eq!(own_entry(sim.peer("alice"), "refs/heads/topic").value, None, "a tombstone");
+    assert_eq!(own_entry(sim.peer("alice"), "refs/heads/main").value_bytes(), Some(oid('a').into_bytes()));
+    let bad = publish(&mut sim, &[("refs/heads/a..b", oid('a'))]).expect_err("not a ref");
+    assert!(bad.message().contains("not a ref"), "{bad}");
+
+    // The hook's side found a branch we published gone from the repository.
+    publish(&mut sim, &all[..2]).expect("published");
+    let now = sim.now;
+    let alice = sim.peer("alice");
+    assert_eq!(alice.service.published_refs(&repo().id, &alice.disk), ["refs/heads/main", "refs/heads/topic"]);
+    alice.service.refs_gone(&repo().id, &["refs/heads/topic".to_string()], now, &mut alice.disk);
+    assert_eq!(index(&mut sim), ["refs/heads/main"]);
+    assert_eq!(own_entry(sim.peer("alice"), "refs/heads/topic").value, None);
+}
+
+#[test]
+fn an_unregistered_repository_leaves_its_topics_and_the_store() {
+    let mut sim = Sim::new(&["alice"]);
+    sim.init("alice");
+    sim.settle("alice");
+    let alice = sim.peer("alice");
+    assert!(!alice.topics.is_empty());
+    let (reply, mut answer) = oneshot::channel();
+    alice.service.unregister(repo().id, reply, &mut alice.disk);
+    assert_eq!(answer.try_recv().expect("answered").expect("unregistered").name, "proj");
+    sim.settle("alice");
+    let alice = sim.peer("alice");
+    assert!(alice.topics.is_empty(), "every topic of it left");
+    assert!(alice.service.repos().is_empty() && alice.disk.repos.is_empty());
+    let (reply, mut answer) = oneshot::channel();
+    alice.service.unregister(repo().id, reply, &mut alice.disk);
+    let failure = answer.try_recv().expect("answered").expect_err("not registered");
+    assert!(failure.message().contains("not registered"), "{failure}");
 }
