@@ -40,7 +40,8 @@ pub fn command() -> clap::Command {
              A fetch first brings the node's mirror of the repository up to the tips the authors signed (their \
              DHT refs record or signed announcements), fetching what it lacks from peers (the repository's topic \
              peers, a provider that fails or lies is dropped and the next one tried), then git negotiates with \
-             the mirror as with any remote. With nothing new, a fetch is local and works offline. Peers' commits \
+             the mirror as with any remote. The transfer from peers shows git's progress (objects, bytes, rate) unless git is quiet (-q). \
+             With nothing new, a fetch is local and works offline. Peers' commits \
              usually are in the mirror already: the node replicates them as they are announced (p2p.replicate).\n\n\
              git push <remote> <branch> publishes that branch (or tag) as yours: the node copies it into its \
              mirror, from where peers fetch it, and into the DHT, as git p2p refs publish does for all refs. A \
@@ -84,13 +85,15 @@ pub fn main() -> ExitCode {
 struct Session {
     url: P2pUrl,
     verbosity: u32,
+    /// git asks for progress (`option progress true`: its stderr is a terminal, or `--progress`).
+    progress: bool,
     relay: Option<i32>,
 }
 
 fn run(url: &str, input: &mut dyn BufRead, out: &mut dyn Write) -> anyhow::Result<()> {
     let relay = std::env::var(crate::node::mirror::fetch::RELAY_FD_ENV).ok().and_then(|v| v.parse().ok());
     let url = P2pUrl::parse(url)?;
-    let mut session = Session { url, verbosity: 1, relay };
+    let mut session = Session { url, verbosity: 1, progress: false, relay };
     let mut pushes = Vec::new();
     let mut line = String::new();
     loop {
@@ -107,6 +110,10 @@ fn run(url: &str, input: &mut dyn BufRead, out: &mut dyn Write) -> anyhow::Resul
                 let answer = match rest.split_once(' ') {
                     Some(("verbosity", n)) => {
                         session.verbosity = n.parse().unwrap_or(1);
+                        "ok"
+                    }
+                    Some(("progress", on)) => {
+                        session.progress = on == "true";
                         "ok"
                     }
                     _ => "unsupported",
@@ -150,20 +157,84 @@ fn connect(session: &Session, out: &mut dyn Write) -> anyhow::Result<()> {
         Author::Me => "me".to_string(),
         Author::Peer(p) | Author::Npub(p) => p.clone(),
     });
-    let synced = Client::connect_or_start(&paths)?
-        .mirror_sync(session.url.repo.clone(), author)
-        .with_context(|| format!("cannot fetch {}", session.url.repo.short()))?;
+    let mut client = Client::connect_or_start(&paths)?;
+    let mirror = paths.mirror(&session.url.repo);
+    let shown = (session.progress && session.verbosity > 0).then(|| Progress::show(&mirror));
+    let synced = client.mirror_sync(session.url.repo.clone(), author);
+    if let Some(shown) = shown {
+        shown.stop();
+    }
+    let synced = synced.with_context(|| format!("cannot fetch {}", session.url.repo.short()))?;
     if session.verbosity > 1 && !synced.fetched_from.is_empty() {
         eprintln!("git-p2p: fetched from {}", synced.fetched_from.join(", "));
     }
     for dropped in &synced.dropped {
         eprintln!("git-p2p: warning: dropped peer {} (it advertised a tip its author never signed)", short(dropped));
     }
-    let mirror = paths.mirror(&session.url.repo);
     out.write_all(b"\n")?;
     out.flush()?;
     let mut upload = upload_pack(&mirror, &synced.namespace);
     Err(anyhow!(upload.exec()).context("cannot run git upload-pack"))
+}
+
+/// git's progress of the node's fetches from peers into `mirror` (the `git fetch` it runs in
+/// each quarantine writes it to a file there), copied to our stderr while we wait for the sync:
+/// the objects, bytes and rate of the transfer from peers, as git shows them for any remote.
+struct Progress {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Progress {
+    fn show(mirror: &Path) -> Self {
+        let quarantines = mirror.join(crate::node::mirror::QUARANTINE);
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        // A second of slack: file times may be coarser than our clock.
+        let since = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
+        let thread = std::thread::spawn(move || {
+            let mut shown: std::collections::HashMap<PathBuf, u64> = std::collections::HashMap::new();
+            loop {
+                let done = !matches!(
+                    stopped.recv_timeout(std::time::Duration::from_millis(100)),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                );
+                // The progress files of fetches written to since we started waiting.
+                let files = std::fs::read_dir(&quarantines).into_iter().flatten().flatten().filter(|e| {
+                    e.path().extension().is_some_and(|x| x == crate::node::mirror::fetch::PROGRESS)
+                        && e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t >= since)
+                });
+                for file in files.map(|e| e.path()) {
+                    let from = shown.get(&file).copied().unwrap_or(0);
+                    if let Some(more) = read_from(&file, from) {
+                        if shown.is_empty() {
+                            let _ = io::stderr().write_all(b"Fetching from peers into the node's mirror\n");
+                        }
+                        let _ = io::stderr().write_all(&more);
+                        shown.insert(file, from + more.len() as u64);
+                    }
+                }
+                if done {
+                    return;
+                }
+            }
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+/// What `file` holds past `from`, if anything.
+fn read_from(file: &Path, from: u64) -> Option<Vec<u8>> {
+    use std::io::{Read, Seek};
+    let mut f = std::fs::File::open(file).ok()?;
+    f.seek(io::SeekFrom::Start(from)).ok()?;
+    let mut more = Vec::new();
+    f.take(1 << 20).read_to_end(&mut more).ok()?;
+    (!more.is_empty()).then_some(more)
 }
 
 /// `git upload-pack` over the mirror, in `namespace`, with only what it needs of our

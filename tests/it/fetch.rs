@@ -152,8 +152,14 @@ fn with_alice_stopped_bob_fetches_her_newest_commit_from_carol() {
     });
     assert!(!mirror_has(&t.bob, &t.id, &alice, "refs/heads/main", &new), "bob does not replicate");
     t.alice.ok(&["daemon", "stop"]);
-    t.bob.git(&t.bob_repo, &["fetch", "-q", &format!("p2p://{}/{alice}", t.id), "main:refs/remotes/alice/main"]);
+    let url = format!("p2p://{}/{alice}", t.id);
+    let out = git_out(&t.bob, &t.bob_repo, &["fetch", "--progress", &url, "main:refs/remotes/alice/main"]);
+    assert!(out.status.success(), "fetch failed: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(rev(&t.bob, &t.bob_repo, "refs/remotes/alice/main"), new);
+    // The transfer from carol shows as git shows any: objects, and how far it got.
+    let err = String::from_utf8_lossy(&out.stderr);
+    let (_, from_peers) = err.split_once("Fetching from peers").unwrap_or_else(|| panic!("no progress: {err}"));
+    assert!(from_peers.contains("objects: 100% ("), "{err}");
 }
 
 #[test]
@@ -358,7 +364,7 @@ fn a_provider_killed_in_the_middle_of_a_pack_and_the_fetch_completes_from_anothe
     let dest = t.bob.path("home/big");
     let mut clone = Command::new("git");
     clone.args(["clone", "-q", &format!("p2p://{}/{alice}", t.id), dest.to_str().expect("utf-8")]);
-    clone.current_dir(t.bob.path("home"));
+    clone.current_dir(t.bob.path("home")).stderr(std::process::Stdio::piped());
     t.bob.envs(&mut clone);
     let clone = clone.spawn().expect("git clone");
     // Whoever serves first dies once part of the pack has arrived.
@@ -392,6 +398,8 @@ fn a_provider_killed_in_the_middle_of_a_pack_and_the_fetch_completes_from_anothe
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(rev(&t.bob, &dest, "HEAD"), tip);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("Fetching from peers") && !err.contains("objects:"), "-q shows no progress: {err}");
     assert_eq!(std::fs::read(dest.join("big.bin")).expect("read").len(), data.len());
 }
 

@@ -77,6 +77,7 @@ pub async fn attempt(
     let path = mirrors.ensure(repo).await?;
     let quarantine = mirrors.quarantine(repo, job);
     let _ = std::fs::remove_dir_all(&quarantine);
+    forget_old_progress(&quarantine);
     init_bare(&quarantine, repo).await?;
     let alternates = quarantine.join("objects/info/alternates");
     let objects = path.join("objects");
@@ -154,7 +155,7 @@ async fn fetch_through(
             "-c",
             "fetch.unpackLimit=1",
             "fetch",
-            "--quiet",
+            "--progress",
             "--no-tags",
             "--no-write-fetch-head",
             "--no-auto-gc",
@@ -184,7 +185,9 @@ async fn fetch_through(
     let local = tokio::net::UnixStream::from_std(ours).map_err(|e| e.to_string())?;
     let received = Arc::new(AtomicU64::new(0));
     let splice = tokio::spawn(splice(stream, local, received.clone(), max_bytes, limits.idle));
-    let mut stderr = child.stderr.take();
+    // git's progress goes to a file the remote helper of a waiting `git fetch` shows; the
+    // last lines of what git said are kept for an error.
+    let said = child.stderr.take().map(|err| tokio::spawn(progress(err, progress_file(quarantine))));
     let status = child.wait().await.map_err(|e| e.to_string())?;
     // git is done; what the splice still holds is of no use any more.
     let stalled = if splice.is_finished() {
@@ -203,14 +206,86 @@ async fn fetch_through(
         ));
     }
     if !status.success() {
-        let mut text = String::new();
-        if let Some(err) = stderr.as_mut() {
-            let _ = err.read_to_string(&mut text).await;
-        }
+        let text = match said {
+            Some(task) => task.await.unwrap_or_default(),
+            None => String::new(),
+        };
         let text: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).take(2).collect();
         return Err(if text.is_empty() { format!("git fetch failed ({status})") } else { text.join(" / ") });
     }
     Ok(())
+}
+
+/// The extension of the file beside a quarantine that holds its `git fetch`'s progress, as git
+/// prints it (beside it, not in it: it outlives the quarantine, for the remote helper of a
+/// `git fetch` that waited for it to read to the end).
+pub const PROGRESS: &str = "progress";
+/// Progress files older than this are of no fetch anyone still waits for.
+const PROGRESS_KEPT: Duration = Duration::from_secs(10 * 60);
+
+fn progress_file(quarantine: &std::path::Path) -> std::path::PathBuf {
+    quarantine.with_extension(PROGRESS)
+}
+
+/// Removes the progress files of the quarantines beside `quarantine` that are old.
+fn forget_old_progress(quarantine: &std::path::Path) {
+    let Some(dir) = quarantine.parent() else { return };
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let old = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if path.extension().is_some_and(|e| e == PROGRESS) && old.is_some_and(|age| age > PROGRESS_KEPT) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+/// What is kept of git's messages (not progress) for an error.
+const MAX_SAID: usize = 4096;
+
+/// Copies git's stderr into `file` as it comes (progress lines end in `\r`); returns the lines
+/// that are not progress (git's errors), at most [`MAX_SAID`] bytes of them.
+async fn progress(mut stderr: tokio::process::ChildStderr, file: std::path::PathBuf) -> String {
+    // The file is shown to whoever waits; a failure to write it loses only the show. Writes of
+    // a few bytes into the page cache: not worth a blocking thread.
+    // Appended to: a job's next attempt (another provider) adds to what its waiter reads.
+    let mut out = std::fs::OpenOptions::new().create(true).append(true).open(&file).ok();
+    let mut said = String::new();
+    let mut line = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stderr.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        if let Some(f) = out.as_mut() {
+            if std::io::Write::write_all(f, &buf[..n]).is_err() {
+                out = None;
+            }
+        }
+        for &b in &buf[..n] {
+            match b {
+                b'\r' => line.clear(),
+                b'\n' => {
+                    let text = String::from_utf8_lossy(&line);
+                    if !is_progress(&text) && said.len() + text.len() < MAX_SAID {
+                        said.push_str(&text);
+                        said.push('\n');
+                    }
+                    line.clear();
+                }
+                _ if line.len() < MAX_SAID => line.push(b),
+                _ => {}
+            }
+        }
+    }
+    said
+}
+
+/// A line of git's progress ("Receiving objects: 100% (5/5), done.", "remote: Counting ...").
+fn is_progress(line: &str) -> bool {
+    let line = line.strip_prefix("remote: ").unwrap_or(line);
+    line.contains("% (")
+        || line.contains(", done.")
+        || line.starts_with("Enumerating objects")
+        || line.starts_with("Total ")
 }
 
 /// Why a splice ended early.

@@ -30,7 +30,7 @@ use crate::proto::repo::{RepoId, RepoInfo};
 /// The stream protocol peers fetch git objects over.
 pub const UPLOAD_PACK: StreamProtocol = StreamProtocol::new("/git-p2p/upload-pack/1");
 /// Where a fetch's objects wait until the service accepted its tips.
-const QUARANTINE: &str = "p2p-quarantine";
+pub const QUARANTINE: &str = "p2p-quarantine";
 /// Reports the workers' tasks send back; they are few at a time (one per job step).
 pub const EVENT_QUEUE: usize = 256;
 

@@ -35,6 +35,10 @@ const MAX_ATTEMPTS: usize = 8;
 /// mirror may not have had the commit yet), at most [`BACKGROUND_RETRIES`] times.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 const BACKGROUND_RETRIES: u32 = 5;
+/// A fetch that git waits for and that found no peer at all (just after the node started, its
+/// peers may not be connected or in the topic yet) looks again this many times (1 + 2 + 3 s)
+/// before it says so.
+const WAITING_RETRIES: u32 = 3;
 /// Jobs at once (one per repository); further background work waits for the next tick.
 const MAX_JOBS: usize = 16;
 
@@ -521,15 +525,20 @@ impl Service {
         self.push(Io::Mirror(op));
     }
 
-    /// No provider is left: a helper's fetch is answered with what is missing; a background
-    /// job waits and tries again a few times.
+    /// No provider is left: a helper's fetch is answered with what is missing (after looking
+    /// again for the repository's peers a few times if it found none at all); a background job
+    /// waits and tries again a few times.
     fn give_up(&mut self, job: u64, now: Now) {
         let Some(j) = self.mirror.jobs.get_mut(&job) else { return };
-        if j.waiters.is_empty() && j.retries < BACKGROUND_RETRIES {
+        let background = j.waiters.is_empty() && j.retries < BACKGROUND_RETRIES;
+        let nobody = !j.waiters.is_empty() && j.failures.is_empty() && j.tried.is_empty();
+        if background || (nobody && j.retries < WAITING_RETRIES) {
             j.retries += 1;
             j.phase = Phase::Idle;
             j.tried.clear();
-            j.asked_dht = false;
+            // The DHT was asked in this fetch already: a waiting fetch looks only at the
+            // topic's peers again (the DHT's answer takes up to its query timeout).
+            j.asked_dht = !background;
             j.retry_at = Some(now.mono + RETRY_AFTER * j.retries);
             return;
         }

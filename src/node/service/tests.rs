@@ -1248,6 +1248,70 @@ fn a_sync_tries_the_mirror_then_the_topic_then_the_dht_then_says_what_is_missing
     assert!(failure.message().contains("connection reset"), "{failure}");
 }
 
+#[test]
+fn a_sync_that_finds_no_peer_at_all_looks_again_before_it_says_so() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("alice");
+    sim.init("bob");
+    let alice = sim.id("alice");
+    let key = sim.peer("alice").key.clone();
+    let signed = "c".repeat(40);
+    let refs = format!("{{\"refs/heads/main\":\"{signed}\"}}");
+    let record = copy(&key, crate::proto::kv::REFS_KEY, &refs, 1);
+    let record = crate::proto::kv::Record::decode(&record.value, &repo().id, record.key.as_ref()).expect("decodes");
+    let now = sim.now;
+    let (reply, mut answer) = oneshot::channel();
+    let bob = sim.peer("bob");
+    bob.service.mirror_sync(repo().id, None, reply, now, &mut bob.disk);
+    let job = 1;
+    bob.service.mirror_lookup_done(job, Ok(KvFound { record: Some(record), requests: 1 }), &mut bob.disk);
+    sim.settle("bob");
+    assert_eq!(attempts(&mut sim, "bob"), [(job, None)], "the mirror alone first");
+    let absent = mirror::Fact { present: false, advertised: None, ..fact(alice, &signed, &signed) };
+    sim.peer("bob").service.mirror_attempted(job, None, mirror::AttemptReport::Facts(vec![absent.clone()]), now);
+    sim.settle("bob");
+    sim.peer("bob").service.mirror_providers(job, vec![], true, now);
+    sim.settle("bob");
+    assert!(answer.try_recv().is_err(), "not answered while it may still find a peer");
+    // Alice turns up (the node had just started): the next look finds her.
+    sim.connect("alice", "bob");
+    sim.peer("bob").mirror.clear();
+    sim.advance(Duration::from_secs(1));
+    sim.tick("bob");
+    assert_eq!(attempts(&mut sim, "bob"), [(job, Some(alice))], "tried once she is in the topic");
+    let failed = mirror::AttemptReport::Failed("connection reset".into());
+    let now = sim.now;
+    sim.peer("bob").service.mirror_attempted(job, Some(alice), failed, now);
+    sim.settle("bob");
+    assert!(answer.try_recv().expect("answered").is_err(), "a peer failed: no more looks");
+
+    // With nobody at all, it says so after a few looks (1 + 2 + 3 s), the DHT asked once.
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("bob");
+    let (reply, mut answer) = oneshot::channel();
+    let now = sim.now;
+    let bob = sim.peer("bob");
+    bob.service.mirror_sync(repo().id, None, reply, now, &mut bob.disk);
+    let job = 1;
+    let record = copy(&key, crate::proto::kv::REFS_KEY, &refs, 1);
+    let record = crate::proto::kv::Record::decode(&record.value, &repo().id, record.key.as_ref()).expect("decodes");
+    bob.service.mirror_lookup_done(job, Ok(KvFound { record: Some(record), requests: 1 }), &mut bob.disk);
+    sim.settle("bob");
+    sim.peer("bob").service.mirror_attempted(job, None, mirror::AttemptReport::Facts(vec![absent]), now);
+    sim.settle("bob");
+    sim.peer("bob").service.mirror_providers(job, vec![], true, now);
+    sim.settle("bob");
+    let mut waited = 0;
+    while answer.try_recv().is_err() {
+        waited += 1;
+        assert!(waited <= 6, "answered within the looks");
+        sim.advance(Duration::from_secs(1));
+        sim.tick("bob");
+    }
+    let asked = sim.peer("bob").mirror.iter().filter(|io| matches!(io, Io::FindProviders { .. })).count();
+    assert_eq!(asked, 1, "the DHT once");
+}
+
 /// The answer to a request that waits for one put: the put is carried out (it reached no peer),
 /// and Kademlia said it is done.
 fn answered<T>(sim: &mut Sim, name: &str, answer: &mut oneshot::Receiver<Result<T, Failure>>) -> Result<T, Failure> {
