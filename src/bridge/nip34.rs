@@ -154,7 +154,8 @@ mod tests {
         let keys = Keys::generate();
         let a = Announcement {
             identifier: "p".into(),
-            clone_urls: s(&["/srv/git/p.git", "file:///tmp/p"]),
+            // A p2p:// remote (git-p2p's own) helps nobody on Nostr: ngit rejects the scheme.
+            clone_urls: s(&["/srv/git/p.git", "file:///tmp/p", &format!("p2p://{}/12D3KooWabc", "b".repeat(40))]),
             maintainers: s(&["npub1bogus"]),
             euc: "b".repeat(40),
             ..Default::default()

@@ -51,7 +51,7 @@ pub fn run(ctx: &Ctx, args: &CloneArgs, out: &mut dyn Write) -> anyhow::Result<(
             }
         }
     };
-    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(repo.short()));
+    let dir = args.directory.clone().unwrap_or_else(|| PathBuf::from(repo.short()));
     let dir = if dir.is_absolute() { dir } else { ctx.dir.join(dir) };
     let url = format!("{}{repo}/{author}", crate::proto::remote::SCHEME);
     let mut clone = Command::new("git");

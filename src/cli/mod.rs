@@ -173,8 +173,9 @@ pub struct CloneArgs {
     #[arg(value_name = "REPO")]
     pub repo: String,
     /// The directory to clone into (default: the room name's last part, or the id's first 12 characters)
+    // Not `dir`: that is the global -C's id, which a positional of the same id would set.
     #[arg(value_name = "DIR")]
-    pub dir: Option<PathBuf>,
+    pub directory: Option<PathBuf>,
     /// Whose work to clone: a PeerId, its short form (last 12 characters), an npub, or "me" (default: the
     /// author with the newest published commit)
     #[arg(long, value_name = "AUTHOR")]

@@ -428,3 +428,54 @@ fn a_node_outside_the_topic_that_holds_a_mirror_is_found_through_the_dht() {
     erin.git(&erin.path("home"), &["clone", "-q", &url, "proj"]);
     assert_eq!(rev(&erin, &erin.path("home/proj"), "HEAD"), rev(&alice, &repo, "HEAD"));
 }
+
+#[test]
+fn git_p2p_clone_by_id_or_room_name_clones_registers_and_adds_the_peers_remote() {
+    let (p, id, alice) = published();
+    let home = p.bob.path("home");
+    // By the room name of the repository bob registered (his clone of alice's proj).
+    p.bob.ok_in(&home, &["clone", "-q", "proj", "by-name", "--author", &alice[alice.len() - 12..]]);
+    assert_eq!(rev(&p.bob, &home.join("by-name"), "HEAD"), rev(&p.alice, &p.alice_repo, "main"));
+    // By id, the author left out: alice is the only one who published.
+    let out = p.bob.ok_in(&home, &["clone", &id, "by-id"]);
+    assert!(out.contains(&format!("cloned p2p://{id}/{alice}")), "{out}");
+    assert!(out.contains(&format!("git remote add peers p2p://{id}")), "init offers the remote: {out}");
+    let by_id = home.join("by-id");
+    assert_eq!(rev(&p.bob, &by_id, "HEAD"), rev(&p.alice, &p.alice_repo, "main"), "alice's work");
+    assert_eq!(p.bob.git(&by_id, &["remote", "get-url", "peers"]).trim(), format!("p2p://{id}"));
+    assert!(by_id.join(".git/hooks/post-commit").exists(), "git p2p init ran there");
+    assert!(p.bob.ok(&["repos"]).contains(by_id.to_str().expect("utf-8")), "registered");
+    let out = p.bob.run_in(&home, &["clone", "no-such-room"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("neither a repository id") && err.lines().count() == 1, "{err}");
+}
+
+#[test]
+fn a_pack_larger_than_max_fetch_size_is_refused_with_the_setting_named() {
+    let p = pair();
+    p.bob.config(&["p2p.max-fetch-size", "16k"]);
+    p.bob.ok(&["daemon", "stop"]);
+    p.bob.ok(&["daemon", "start"]);
+    // 256 KiB that do not compress.
+    let mut data = vec![0u8; 256 << 10];
+    let mut x: u64 = 0x2545f4914f6cdd1d;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(p.alice_repo.join("big.bin"), &data).expect("write");
+    p.alice.git(&p.alice_repo, &["add", "big.bin"]);
+    p.alice.git(&p.alice_repo, &["commit", "-q", "-m", "big"]);
+    p.alice.ok_in(&p.alice_repo, &["refs", "publish"]);
+    let id = repo_id(&p.alice, &p.alice_repo);
+    let alice = p.alice.peer_id();
+    eventually(WAIT, "bob connected to alice", || (!p.bob.peers().is_empty()).then_some(()));
+    let out = git_out(&p.bob, &p.bob.path("home"), &["clone", &format!("p2p://{id}/{alice}"), "big"]);
+    assert!(!out.status.success(), "a pack over the limit was taken");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("p2p.max-fetch-size"), "{err}");
+    assert!(!mirror_has(&p.bob, &id, &alice, "refs/heads/main", &rev(&p.alice, &p.alice_repo, "main")));
+}
