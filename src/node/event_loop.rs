@@ -22,14 +22,11 @@ use super::behaviour::Behaviour;
 use super::disk::{load, Durability, NodeDisk};
 use super::history::{HistoryWriter, PageRead};
 use super::hook_notes::{HookNotes, Wake};
-use super::mirror::{MirrorEvent, Mirrors, Worker};
 use super::service::{BridgeOp, DialRef, Io, Me, QueryRef, Service};
 use super::store_watch::StoreWatch;
 use crate::bridge::{Bridge, Inbound};
 use crate::clock::Now;
-use crate::control::api::{
-    Announced, Command, ConfigInForce, Failure, NodeEvent, NodeStatus, NostrStatus, Page, RegisteredRepo,
-};
+use crate::control::api::{Announced, Command, ConfigInForce, Failure, NodeEvent, Page, RegisteredRepo};
 use crate::control::proto::PAGE_BYTES;
 use crate::store::Store;
 
@@ -85,12 +82,8 @@ pub struct EventLoop {
     _inbound_tx: mpsc::Sender<Inbound>,
     /// The store's health as last seen.
     store_watch: StoreWatch,
-    /// Runs git on the mirrors; its reports come back on `mirror_events`.
-    mirror: Worker,
-    mirror_events: mpsc::Receiver<MirrorEvent>,
-    mirror_tx: mpsc::Sender<MirrorEvent>,
-    /// Kademlia's ids of the mirror jobs' provider lookups.
-    provider_queries: HashMap<kad::QueryId, u64>,
+    /// The mirrors' worker and what is under way for them.
+    mirror: mirror::MirrorLink,
 }
 
 /// The service's view of the store for one call (the fields it borrows are the event loop's).
@@ -105,6 +98,8 @@ macro_rules! disk {
     };
 }
 
+mod mirror;
+mod status;
 mod swarm;
 
 impl EventLoop {
@@ -123,25 +118,7 @@ impl EventLoop {
         let service = Service::new(me, &bootstrap, load(&store), Now::system());
         let store_watch = StoreWatch::new(info.store_problem.clone(), info.data_dir.clone());
         let mut service = service;
-        service.set_replicate(info.config.replicate);
-        let mirrors = std::sync::Arc::new(Mirrors::new(info.data_dir_path.join("mirrors")));
-        let (mirror_tx, mirror_events) = mpsc::channel(super::mirror::EVENT_QUEUE);
-        let mut control = swarm.behaviour().stream.new_control();
-        match control.accept(super::mirror::UPLOAD_PACK) {
-            Ok(incoming) => {
-                tokio::spawn(super::mirror::serve::run(incoming, mirrors.clone()));
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot serve git to peers"),
-        }
-        let max_fetch_size = if info.config.max_fetch_size == 0 {
-            crate::config::DEFAULT_MAX_FETCH_SIZE
-        } else {
-            info.config.max_fetch_size
-        };
-        for repo in mirrors.existing() {
-            service.mirror_holds(repo);
-        }
-        let mirror = Worker::new(mirrors, control, mirror_tx.clone(), *swarm.local_peer_id(), max_fetch_size);
+        let mirror = mirror::MirrorLink::start(&swarm, &info, &mut service);
         let mut this = Self {
             swarm,
             commands,
@@ -159,9 +136,6 @@ impl EventLoop {
             _inbound_tx: inbound_tx,
             store_watch,
             mirror,
-            mirror_events,
-            mirror_tx,
-            provider_queries: HashMap::new(),
         };
         this.run_io();
         this.hooks.ingest(&mut this.service, disk!(this), &this.store);
@@ -198,7 +172,7 @@ impl EventLoop {
                 }
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 Some(message) = self.inbound.recv() => self.service.from_nostr(message, Now::system(), disk!(self)),
-                Some(event) = self.mirror_events.recv() => self.mirror_event(event),
+                Some(event) = self.mirror.events.recv() => self.mirror_event(event),
                 wake = self.hooks.next() => self.hook_wake(wake),
                 ids = super::disk::seen_chat_read(&mut seen_chat) => self.service.remember_chat(ids),
                 _ = tick.tick() => {
@@ -424,23 +398,8 @@ impl EventLoop {
                 self.swarm.behaviour_mut().blocked.unblock_peer(peer);
             }
             Io::WatchReflog(repo) => self.hooks.start_reflog(&repo, &self.store),
-            Io::Mirror(op) => self.mirror.carry_out(op),
-            Io::Provide(key) => {
-                tracing::debug!("providing a mirror in the DHT");
-                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
-                    tracing::warn!(error = ?e, "cannot provide a mirror in the DHT");
-                }
-            }
-            Io::FindProviders { job, key } => {
-                let id = self.swarm.behaviour_mut().kad.get_providers(key);
-                self.provider_queries.insert(id, job);
-            }
-            Io::MirrorLookup { job, found } => {
-                let events = self.mirror_tx.clone();
-                tokio::spawn(async move {
-                    let found = found.await.unwrap_or_else(|_| Err(Failure::new("the lookup was dropped")));
-                    let _ = events.send(MirrorEvent::Lookup { job, found }).await;
-                });
+            io @ (Io::Mirror(_) | Io::Provide(_) | Io::FindProviders { .. } | Io::MirrorLookup { .. }) => {
+                self.mirror_io(io)
             }
             Io::Bridge(op) => {
                 let Some(bridge) = &self.bridge else { return };
@@ -455,19 +414,6 @@ impl EventLoop {
                     }
                 }
             }
-        }
-    }
-
-    /// A report of the mirror worker, for the service.
-    fn mirror_event(&mut self, event: MirrorEvent) {
-        let now = Now::system();
-        match event {
-            MirrorEvent::Lookup { job, found } => self.service.mirror_lookup_done(job, found, disk!(self)),
-            MirrorEvent::Attempted { job, provider, report } => {
-                self.service.mirror_attempted(job, provider, report, now)
-            }
-            MirrorEvent::Settled { job, result } => self.service.mirror_settled(job, result, now),
-            MirrorEvent::Holds(repo) => self.service.mirror_holds(repo),
         }
     }
 
@@ -516,39 +462,6 @@ impl EventLoop {
         }
     }
 
-    fn status(&mut self) -> NodeStatus {
-        let dht = self.swarm.behaviour_mut().kad.store_mut().counts();
-        let mut listen_addrs: Vec<String> = self.swarm.listeners().map(|a| a.to_string()).collect();
-        listen_addrs.sort();
-        NodeStatus {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            protocol: crate::control::proto::PROTOCOL_VERSION,
-            pid: std::process::id(),
-            peer_id: self.local_peer_id().to_string(),
-            npub: self.info.npub.clone(),
-            name: self.info.name.clone(),
-            data_dir: self.info.data_dir.clone(),
-            socket: self.info.socket.clone(),
-            log_file: self.info.log_file.clone(),
-            listen_addrs,
-            started_at: self.info.started_at,
-            connected_peers: self.service.connected_peers(),
-            known_peers: self.service.known_peers(),
-            repos: self.service.repos().to_vec(),
-            config: self.info.config.clone(),
-            nostr: self.nostr_status(),
-            outbox: self.service.outbox_len(),
-            rebasing: self.hooks.rebasing(),
-            dht,
-            banned: self.service.banned().iter().map(|p| p.to_string()).collect(),
-            store: super::store_watch::status(&self.store),
-            restoring: self.service.restoring(),
-            dials: self.service.dials(),
-            clocks: self.service.clocks(),
-            distrusted: self.service.distrusted(Now::system()),
-        }
-    }
-
     /// The store was reopened (a full disk had space again): it went back to its last durable
     /// state, so the outbox in memory is read back, the DHT records it could not take are
     /// stored, and the reflogs are read for the commits made meanwhile.
@@ -559,12 +472,5 @@ impl EventLoop {
         }
         self.swarm.behaviour_mut().kad.store_mut().persist_pending();
         self.spool_changed(true);
-    }
-
-    fn nostr_status(&self) -> NostrStatus {
-        match &self.bridge {
-            Some(bridge) => bridge.status(),
-            None => NostrStatus { npub: self.info.npub.clone(), ..NostrStatus::default() },
-        }
     }
 }

@@ -100,15 +100,7 @@ impl EventLoop {
 
     /// A DHT query of the service moved on.
     fn query_progressed(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool, requests: u32) {
-        if let Some(&job) = self.provider_queries.get(&id) {
-            let now = Now::system();
-            if let kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) = result {
-                self.service.mirror_providers(job, providers.into_iter().collect(), false, now);
-            }
-            if last {
-                self.provider_queries.remove(&id);
-                self.service.mirror_providers(job, Vec::new(), true, now);
-            }
+        if self.providers_progressed(id, &result, last) {
             return;
         }
         let Some(&query) = self.queries.get(&id) else { return };
