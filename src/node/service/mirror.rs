@@ -35,10 +35,13 @@ const MAX_ATTEMPTS: usize = 8;
 /// mirror may not have had the commit yet), at most [`BACKGROUND_RETRIES`] times.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 const BACKGROUND_RETRIES: u32 = 5;
-/// A fetch that git waits for and that found no peer at all (just after the node started, its
+/// A fetch that git waits for and that reached no peer at all (just after the node started, its
 /// peers may not be connected or in the topic yet) looks again this many times (1 + 2 + 3 s)
 /// before it says so.
 const WAITING_RETRIES: u32 = 3;
+/// ... and only while it is this young: a fetch that spent longer than this finding nobody (the
+/// DHT's lookup ran to its timeout, the author's addresses did not answer) says so at once.
+const WAITING_WINDOW: Duration = Duration::from_secs(5);
 /// Jobs at once (one per repository); further background work waits for the next tick.
 const MAX_JOBS: usize = 16;
 
@@ -86,6 +89,9 @@ struct Job {
     retry_at: Option<Instant>,
     /// Kademlia was asked for the repository's providers (once per job).
     asked_dht: bool,
+    /// A provider we were connected to was tried (else nobody could be asked yet).
+    reached: bool,
+    started: Instant,
 }
 
 /// A ref of an attempt, as the worker found it.
@@ -111,11 +117,16 @@ pub enum Verdict {
     Lie { author: String, name: String, advertised: String },
 }
 
-/// Judges an attempt: a value advertised for a wanted ref that is neither the signed value nor
-/// an ancestor of it is a lie (when the signed value is present to tell); otherwise the signed
-/// values present are accepted.
-pub fn judge(facts: &[Fact]) -> Verdict {
+/// Judges an attempt at `provider`: a value advertised for a wanted ref of another author that
+/// is neither the signed value nor an ancestor of it is a lie (when the signed value is present
+/// to tell); otherwise the signed values present are accepted.
+pub fn judge(facts: &[Fact], provider: &str) -> Verdict {
     for f in facts {
+        // What an author's own node advertises for its refs is what it published: at most
+        // newer than the value we have seen signed (its announcement is on its way).
+        if f.author == provider {
+            continue;
+        }
         if let Some(adv) = &f.advertised {
             if *adv != f.signed && f.present && !f.older {
                 return Verdict::Lie { author: f.author.clone(), name: f.name.clone(), advertised: adv.clone() };
@@ -309,7 +320,7 @@ impl Service {
             tracing::debug!(repo = %repo.short(), "too many mirror fetches under way; this one waits for a later announcement");
             return;
         }
-        let job = self.new_job(repo, None, want, ALL.to_string());
+        let job = self.new_job(repo, None, want, ALL.to_string(), now);
         if let Some(p) = first {
             if let Some(j) = self.mirror.jobs.get_mut(&job) {
                 j.providers.push_back(p);
@@ -318,7 +329,7 @@ impl Service {
         self.next_attempt(job, now);
     }
 
-    fn new_job(&mut self, repo: RepoId, filter: Option<Author>, want: Wanted, namespace: String) -> u64 {
+    fn new_job(&mut self, repo: RepoId, filter: Option<Author>, want: Wanted, namespace: String, now: Now) -> u64 {
         self.mirror.next_job += 1;
         let id = self.mirror.next_job;
         self.mirror.jobs.insert(
@@ -338,6 +349,8 @@ impl Service {
                 retries: 0,
                 retry_at: None,
                 asked_dht: false,
+                reached: false,
+                started: now.mono,
             },
         );
         id
@@ -355,7 +368,7 @@ impl Service {
         disk: &mut dyn Disk,
     ) {
         let filter = author.as_deref().map(Author::parse);
-        let job = self.new_job(repo.clone(), filter, Wanted::new(), ALL.to_string());
+        let job = self.new_job(repo.clone(), filter, Wanted::new(), ALL.to_string(), now);
         if let Some(j) = self.mirror.jobs.get_mut(&job) {
             j.waiters.push(reply);
             j.phase = Phase::Lookup;
@@ -458,7 +471,11 @@ impl Service {
             subscribers.iter().filter(|p| self.mirror.is_distrusted(p, now.mono)).copied().collect();
         let me = self.me.peer;
         let Some(j) = self.mirror.jobs.get_mut(&job) else { return };
-        for p in subscribers {
+        // The topic's peers, then the authors of the wanted refs themselves (each has what it
+        // published, and may be connected before its subscriptions are known, or reachable
+        // while outside the topic).
+        let authors: Vec<PeerId> = j.want.keys().filter_map(|a| a.parse().ok()).collect();
+        for p in subscribers.into_iter().chain(authors) {
             if !j.providers.contains(&p) && !j.tried.contains(&p) {
                 j.providers.push_back(p);
             }
@@ -476,6 +493,7 @@ impl Service {
         match next {
             Some(p) if j.tried.len() < MAX_ATTEMPTS => {
                 j.tried.insert(p);
+                j.reached |= self.discovery.peers.is_connected(&p);
                 self.attempt(job, Some(p));
             }
             // The topic's peers are done with: the DHT knows who else holds a mirror.
@@ -531,8 +549,9 @@ impl Service {
     fn give_up(&mut self, job: u64, now: Now) {
         let Some(j) = self.mirror.jobs.get_mut(&job) else { return };
         let background = j.waiters.is_empty() && j.retries < BACKGROUND_RETRIES;
-        let nobody = !j.waiters.is_empty() && j.failures.is_empty() && j.tried.is_empty();
-        if background || (nobody && j.retries < WAITING_RETRIES) {
+        let nobody = !j.waiters.is_empty() && !j.reached;
+        let young = now.mono.saturating_duration_since(j.started) < WAITING_WINDOW;
+        if background || (nobody && young && j.retries < WAITING_RETRIES) {
             j.retries += 1;
             j.phase = Phase::Idle;
             j.tried.clear();
@@ -593,7 +612,10 @@ impl Service {
             }
             AttemptReport::Facts(facts) => facts,
         };
-        let verdict = if provider.is_none() { Verdict::Accept(Vec::new()) } else { judge(&facts) };
+        let verdict = match provider {
+            None => Verdict::Accept(Vec::new()),
+            Some(p) => judge(&facts, &p.to_string()),
+        };
         match verdict {
             Verdict::Lie { author, name, advertised } => {
                 tracing::warn!(provider = %who, %author, %name, %advertised, "a provider advertised a tip its author never signed; distrusted");
@@ -719,7 +741,7 @@ mod tests {
 
     #[test]
     fn a_signed_tip_is_accepted_and_a_forged_one_is_a_lie() {
-        let accept = |f: Fact| judge(&[f]);
+        let accept = |f: Fact| judge(&[f], "carol");
         assert_eq!(
             accept(fact(Some("s"), true, false)),
             Verdict::Accept(vec![("alice".into(), "refs/heads/main".into(), "s".into())])
@@ -737,6 +759,11 @@ mod tests {
         assert!(
             matches!(accept(fact(Some("forged"), true, false)), Verdict::Lie { .. }),
             "not an ancestor of the signed tip"
+        );
+        assert_eq!(
+            judge(&[fact(Some("newer"), true, false)], "alice"),
+            Verdict::Accept(vec![("alice".into(), "refs/heads/main".into(), "s".into())]),
+            "the author's own node is ahead of what we saw signed: no lie, the signed value taken"
         );
         assert_eq!(
             accept(fact(None, true, false)),
