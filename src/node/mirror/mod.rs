@@ -409,29 +409,51 @@ fn migrate_objects(from: &Path, to: &Path) -> Result<(), MirrorError> {
     Ok(())
 }
 
-/// Every ref value of the mirror under `prefix`: (name, object id).
+/// Every ref value of the mirror under `prefix`: (name, object id; a symbolic ref's target's).
+/// Read with gix, off the runtime's threads: a fetch with nothing new reads the refs once, and
+/// a process for it was a good part of that fetch's time.
 pub async fn refs_under(path: &Path, prefix: &str) -> Result<Vec<(String, String)>, MirrorError> {
-    let out = run(
-        "for-each-ref",
-        git().arg("--git-dir").arg(path).args(["for-each-ref", "--format=%(objectname) %(refname)", prefix]),
-    )
-    .await?;
-    Ok(out.lines().filter_map(|l| l.split_once(' ')).map(|(oid, name)| (name.to_string(), oid.to_string())).collect())
+    let (path, prefix) = (path.to_path_buf(), prefix.to_string());
+    tokio::task::spawn_blocking(move || read_refs(&path, &prefix)).await.map_err(|e| gix_err("read refs", e))?
+}
+
+fn read_refs(path: &Path, prefix: &str) -> Result<Vec<(String, String)>, MirrorError> {
+    let repo = open_repo(path)?;
+    let platform = repo.references().map_err(|e| gix_err("read refs", e))?;
+    let mut refs = Vec::new();
+    for r in platform.prefixed(prefix).map_err(|e| gix_err("read refs", e))? {
+        let mut r = r.map_err(|e| gix_err("read refs", e))?;
+        let name = r.name().as_bstr().to_string();
+        // A dangling symbolic ref has no value: for-each-ref leaves it out too.
+        if let Ok(id) = r.follow_to_object() {
+            refs.push((name, id.to_string()));
+        }
+    }
+    Ok(refs)
 }
 
 /// Which of `oids` the repository at `path` (with its alternates) has.
 pub async fn present(path: &Path, oids: &[&str]) -> Result<std::collections::HashSet<String>, MirrorError> {
-    use tokio::io::AsyncWriteExt;
-    let mut cmd = git();
-    cmd.arg("--git-dir").arg(path).args(["cat-file", "--batch-check=%(objectname)"]);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
-    let mut child = cmd.spawn().map_err(|source| MirrorError::Spawn { what: "cat-file".into(), source })?;
-    let input: String = oids.iter().map(|o| format!("{o}\n")).collect();
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.as_bytes()).await.map_err(io_err("cannot write to git cat-file"))?;
-    }
-    let out = child.wait_with_output().await.map_err(io_err("git cat-file"))?;
-    Ok(String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.ends_with("missing")).map(str::to_string).collect())
+    let path = path.to_path_buf();
+    let oids: Vec<String> = oids.iter().map(|o| o.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let repo = open_repo(&path)?;
+        Ok(oids
+            .into_iter()
+            .filter(|o| gix::ObjectId::from_hex(o.as_bytes()).is_ok_and(|id| repo.has_object(id)))
+            .collect())
+    })
+    .await
+    .map_err(|e| gix_err("look for objects", e))?
+}
+
+/// A mirror or a quarantine, as gix reads it (no config but its own).
+fn open_repo(path: &Path) -> Result<gix::Repository, MirrorError> {
+    gix::open_opts(path, gix::open::Options::isolated()).map_err(|e| gix_err("open the mirror", e))
+}
+
+fn gix_err(what: &str, e: impl std::fmt::Display) -> MirrorError {
+    MirrorError::Git { what: what.to_string(), stderr: e.to_string() }
 }
 
 /// Whether `old` is an ancestor of `new` in the repository at `path`.
