@@ -255,8 +255,8 @@ impl Worker {
     }
 }
 
-/// Copies our refs (name, object id) from the working repository into the mirror: a push of
-/// exactly those values, which sends the objects they reach and nothing else; `head` (a
+/// Copies our refs (name, object id) from the working repository into the mirror: exactly
+/// the objects those values reach (copied, or pushed when many) and nothing else; `head` (a
 /// branch) becomes our namespace's HEAD.
 pub async fn own(
     mirrors: &Mirrors,
@@ -281,26 +281,130 @@ pub async fn own(
     if specs.is_empty() {
         return Ok(());
     }
-    let mut push = git();
-    push.arg("--git-dir")
-        .arg(work.as_path())
-        .args(["-c", "push.gpgSign=false", "-c", "core.hooksPath=/dev/null", "push", "--quiet", "--no-verify"])
-        .arg(&path)
-        .args(&specs);
-    run("push into the mirror", &mut push).await?;
+    // A commit or two: their new objects copied with gix and the refs set by one update-ref
+    // (a push is four processes: push, receive-pack, pack-objects, index-pack). Many objects
+    // (a first publish): a push, which sends them as one pack.
+    let tips: Vec<String> = refs.iter().map(|(_, oid)| oid.clone()).collect();
+    let (from, to) = (work.as_path().to_path_buf(), path.clone());
+    let copied = tokio::task::spawn_blocking(move || copy_new_objects(&from, &to, &tips, MAX_COPIED)).await;
+    if matches!(copied, Ok(Ok(true))) {
+        let updates: String = refs
+            .iter()
+            .filter(|(name, _)| crate::git::is_ref_name(name))
+            .filter_map(|(name, oid)| {
+                let view = view_ref(me, name)?;
+                Some(format!("update {} {oid}\nupdate {view} {oid}\n", author_ref(me, name)))
+            })
+            .collect();
+        update_refs(&path, &updates).await?;
+    } else {
+        if let Ok(Err(e)) = &copied {
+            tracing::debug!(error = %e, "copying objects into the mirror failed; pushing instead");
+        }
+        push_refs(work.as_path(), &path, &specs).await?;
+    }
     if let Some(head) = head.filter(|h| h.starts_with("refs/heads/")) {
         let target = author_ref(me, head);
         // A symbolic ref is a file of its own (never packed): most commits leave it as it is.
         let now = std::fs::read_to_string(path.join(author_ref(me, "HEAD"))).unwrap_or_default();
-        if now.trim_end().strip_prefix("ref: ") == Some(target.as_str()) {
-            tracing::debug!(repo = %repo.id.short(), refs = refs.len(), "our refs are in the mirror");
-            return Ok(());
+        if now.trim_end().strip_prefix("ref: ") != Some(target.as_str()) {
+            let mut sym = git();
+            sym.arg("--git-dir").arg(&path).args(["symbolic-ref", &author_ref(me, "HEAD"), &target]);
+            run("symbolic-ref", &mut sym).await?;
         }
-        let mut sym = git();
-        sym.arg("--git-dir").arg(&path).args(["symbolic-ref", &author_ref(me, "HEAD"), &target]);
-        run("symbolic-ref", &mut sym).await?;
     }
     tracing::debug!(repo = %repo.id.short(), refs = refs.len(), "our refs are in the mirror");
+    Ok(())
+}
+
+/// Objects one publish copies one by one at most; beyond, a push sends them as a pack.
+const MAX_COPIED: usize = 2000;
+
+/// Copies into the mirror at `to` the objects `tips` reach in the repository at `from` that
+/// the mirror lacks, children before parents (an object in the mirror has everything it
+/// reaches there: a walk stops at the first one present). False, with nothing written, when
+/// more than `max` are missing.
+fn copy_new_objects(from: &Path, to: &Path, tips: &[String], max: usize) -> Result<bool, MirrorError> {
+    use gix::objs::Write as _;
+    let src = open_repo(from)?;
+    let dst = open_repo(to)?;
+    let hash = src.object_hash();
+    let mut missing: Vec<(gix::objs::Kind, Vec<u8>)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut stack: Vec<gix::ObjectId> = Vec::new();
+    for tip in tips {
+        stack.push(gix::ObjectId::from_hex(tip.as_bytes()).map_err(|e| gix_err("read a ref value", e))?);
+    }
+    while let Some(id) = stack.pop() {
+        if !seen.insert(id) || dst.has_object(id) {
+            continue;
+        }
+        if missing.len() >= max {
+            return Ok(false);
+        }
+        let object = src.find_object(id).map_err(|e| gix_err("read an object to publish", e))?;
+        let data = object.data.clone();
+        match object.kind {
+            gix::objs::Kind::Commit => {
+                let mut commit = gix::objs::CommitRefIter::from_bytes(&data, hash);
+                stack.push(commit.tree_id().map_err(|e| gix_err("read a commit", e))?);
+                stack.extend(gix::objs::CommitRefIter::from_bytes(&data, hash).parent_ids());
+            }
+            gix::objs::Kind::Tree => {
+                for entry in gix::objs::TreeRefIter::from_bytes(&data, hash) {
+                    let entry = entry.map_err(|e| gix_err("read a tree", e))?;
+                    // A submodule's commit is not in this repository.
+                    if !entry.mode.is_commit() {
+                        stack.push(entry.oid.to_owned());
+                    }
+                }
+            }
+            gix::objs::Kind::Tag => {
+                stack.push(
+                    gix::objs::TagRefIter::from_bytes(&data, hash).target_id().map_err(|e| gix_err("read a tag", e))?,
+                );
+            }
+            gix::objs::Kind::Blob => {}
+        }
+        missing.push((object.kind, data));
+    }
+    // Found parents first: written last, so that what is in the mirror is always whole.
+    for (kind, data) in missing.iter().rev() {
+        dst.objects.write_buf(*kind, data).map_err(|e| gix_err("write an object into the mirror", e))?;
+    }
+    Ok(true)
+}
+
+/// Sets refs in the repository at `path` (`git update-ref --stdin` lines).
+async fn update_refs(path: &Path, updates: &str) -> Result<(), MirrorError> {
+    use tokio::io::AsyncWriteExt;
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let mut cmd = git();
+    cmd.arg("--git-dir").arg(path).args(["update-ref", "--stdin"]).stdin(Stdio::piped());
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|source| MirrorError::Spawn { what: "update-ref".into(), source })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(updates.as_bytes()).await.map_err(io_err("cannot write to git update-ref"))?;
+    }
+    let out = child.wait_with_output().await.map_err(io_err("git update-ref"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or_default().to_string();
+        return Err(MirrorError::Git { what: "update-ref".into(), stderr });
+    }
+    Ok(())
+}
+
+/// A push of exactly `specs` from the working repository into the mirror.
+async fn push_refs(work: &Path, path: &Path, specs: &[String]) -> Result<(), MirrorError> {
+    let mut push = git();
+    push.arg("--git-dir")
+        .arg(work)
+        .args(["-c", "push.gpgSign=false", "-c", "core.hooksPath=/dev/null", "push", "--quiet", "--no-verify"])
+        .arg(path)
+        .args(specs);
+    run("push into the mirror", &mut push).await?;
     Ok(())
 }
 
@@ -496,4 +600,55 @@ pub async fn facts(
 
 async fn have_object(path: &Path, oid: &str) -> bool {
     present(path, &[oid]).await.is_ok_and(|h| h.contains(oid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh_git(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "a")
+            .env("GIT_AUTHOR_EMAIL", "a@example.invalid")
+            .env("GIT_COMMITTER_NAME", "a")
+            .env("GIT_COMMITTER_EMAIL", "a@example.invalid")
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn commit(dir: &Path, file: &str, text: &str) -> String {
+        std::fs::create_dir_all(dir.join("sub")).expect("mkdir");
+        std::fs::write(dir.join("sub").join(file), text).expect("write");
+        sh_git(dir, &["add", "."]);
+        sh_git(dir, &["commit", "-q", "-m", text]);
+        sh_git(dir, &["rev-parse", "HEAD"])
+    }
+
+    #[tokio::test]
+    async fn a_copy_brings_what_the_tips_reach_whole_and_nothing_else() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let work = tmp.path().join("work");
+        std::fs::create_dir_all(&work).expect("mkdir");
+        sh_git(&work, &["init", "-q", "-b", "main"]);
+        let one = commit(&work, "a", "one");
+        let two = commit(&work, "b", "two");
+        let secret = commit(&work, "c", "not published");
+        let mirror = tmp.path().join("mirror.git");
+        init_bare(&mirror, &RepoId::try_from(one.clone()).expect("an id")).await.expect("made");
+        let (git_dir, to) = (work.join(".git"), mirror.clone());
+        assert!(!copy_new_objects(&git_dir, &to, &[two.clone()], 3).expect("walks"), "over the bound");
+        assert!(present(&mirror, &[&one, &two]).await.expect("reads").is_empty(), "nothing written then");
+        assert!(copy_new_objects(&git_dir, &to, &[one.clone()], 100).expect("copies"));
+        assert!(copy_new_objects(&git_dir, &to, &[two.clone()], 100).expect("copies on top"));
+        sh_git(&mirror, &["update-ref", "refs/heads/main", &two]);
+        sh_git(&mirror, &["fsck", "--strict", "--no-dangling"]);
+        let have = present(&mirror, &[&one, &two, &secret]).await.expect("reads");
+        assert!(have.contains(&two) && have.contains(&one) && !have.contains(&secret), "{have:?}");
+    }
 }
