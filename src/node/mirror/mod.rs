@@ -642,10 +642,10 @@ mod tests {
         let mirror = tmp.path().join("mirror.git");
         init_bare(&mirror, &RepoId::try_from(one.clone()).expect("an id")).await.expect("made");
         let (git_dir, to) = (work.join(".git"), mirror.clone());
-        assert!(!copy_new_objects(&git_dir, &to, &[two.clone()], 3).expect("walks"), "over the bound");
+        assert!(!copy_new_objects(&git_dir, &to, std::slice::from_ref(&two), 3).expect("walks"), "over the bound");
         assert!(present(&mirror, &[&one, &two]).await.expect("reads").is_empty(), "nothing written then");
-        assert!(copy_new_objects(&git_dir, &to, &[one.clone()], 100).expect("copies"));
-        assert!(copy_new_objects(&git_dir, &to, &[two.clone()], 100).expect("copies on top"));
+        assert!(copy_new_objects(&git_dir, &to, std::slice::from_ref(&one), 100).expect("copies"));
+        assert!(copy_new_objects(&git_dir, &to, std::slice::from_ref(&two), 100).expect("copies on top"));
         sh_git(&mirror, &["update-ref", "refs/heads/main", &two]);
         sh_git(&mirror, &["fsck", "--strict", "--no-dangling"]);
         let have = present(&mirror, &[&one, &two, &secret]).await.expect("reads");
