@@ -1171,21 +1171,38 @@ fn an_announced_commit_is_fetched_from_its_author_first_and_a_liar_is_distrusted
     assert_eq!(tried.iter().map(|(_, p)| *p).collect::<Vec<_>>(), [Some(alice)], "the author first");
     let job = tried[0].0;
     let signed = hex::encode(&sha2::Sha256::digest(b"one")[..20]);
-    // Alice says her main is something she never signed: dropped, and carol is asked.
+    // Alice's stream breaks: carol, the topic's other peer, is asked.
     let now = sim.now;
+    let broke = mirror::AttemptReport::Failed("connection reset".into());
+    sim.peer("bob").service.mirror_attempted(job, Some(alice), broke, now);
+    sim.settle("bob");
+    assert_eq!(attempts(&mut sim, "bob"), [(job, Some(carol))], "then the topic's next peer");
+    // Carol says alice's main is something alice never signed: dropped, what she sent thrown away.
     let report = mirror::AttemptReport::Facts(vec![fact(alice, &signed, "forged")]);
-    sim.peer("bob").service.mirror_attempted(job, Some(alice), report, now);
+    sim.peer("bob").service.mirror_attempted(job, Some(carol), report, now);
     sim.settle("bob");
     let ops = std::mem::take(&mut sim.peer("bob").mirror);
     assert!(matches!(ops[0], Io::Mirror(mirror::MirrorOp::Discard { .. })), "what she sent is thrown away");
-    assert!(
-        matches!(ops[1], Io::Mirror(mirror::MirrorOp::Attempt { provider: Some(p), .. }) if p == carol),
-        "then the topic's next peer: {ops:?}"
-    );
-    assert_eq!(sim.peer("bob").service.distrusted(now), [alice.to_string()]);
-    // Carol has it: settled, and the job is over.
+    assert_eq!(sim.peer("bob").service.distrusted(now), [carol.to_string()]);
+    // Nobody else (the DHT knows no one): a background job tries again a moment later, and
+    // never carol.
+    let asked: Vec<u64> = ops
+        .iter()
+        .filter_map(|io| match io {
+            Io::FindProviders { job, .. } => Some(*job),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, [job], "then the DHT: {ops:?}");
+    sim.peer("bob").service.mirror_providers(job, vec![carol], true, now);
+    sim.settle("bob");
+    assert!(attempts(&mut sim, "bob").is_empty(), "carol is not asked again");
+    sim.advance(Duration::from_secs(1));
+    sim.tick("bob");
+    assert_eq!(attempts(&mut sim, "bob"), [(job, Some(alice))], "alice again, not carol");
+    let now = sim.now;
     let report = mirror::AttemptReport::Facts(vec![fact(alice, &signed, &signed)]);
-    sim.peer("bob").service.mirror_attempted(job, Some(carol), report, now);
+    sim.peer("bob").service.mirror_attempted(job, Some(alice), report, now);
     sim.settle("bob");
     let ops = std::mem::take(&mut sim.peer("bob").mirror);
     assert!(matches!(&ops[..], [Io::Mirror(mirror::MirrorOp::Settle { accept, .. })] if accept.len() == 1), "{ops:?}");
@@ -1193,11 +1210,23 @@ fn an_announced_commit_is_fetched_from_its_author_first_and_a_liar_is_distrusted
     sim.peer("bob").service.mirror_settled(job, Ok(accepted), now);
     sim.settle("bob");
     assert!(sim.peer("bob").mirror.is_empty(), "nothing more to do");
-    // Alice's next commit is not fetched from her while she is distrusted.
+    // An author's own node is never a liar about its refs: ahead of the signed tip, it is not
+    // blamed, and the signed value is what is taken.
     sim.announce("alice", "two").expect("queued");
     sim.deliver("alice");
     let tried = attempts(&mut sim, "bob");
-    assert_eq!(tried.iter().map(|(_, p)| *p).collect::<Vec<_>>(), [Some(carol)]);
+    assert_eq!(tried.iter().map(|(_, p)| *p).collect::<Vec<_>>(), [Some(alice)]);
+    let signed = hex::encode(&sha2::Sha256::digest(b"two")[..20]);
+    let report = mirror::AttemptReport::Facts(vec![fact(alice, &signed, "three")]);
+    let now = sim.now;
+    sim.peer("bob").service.mirror_attempted(tried[0].0, Some(alice), report, now);
+    sim.settle("bob");
+    let ops = std::mem::take(&mut sim.peer("bob").mirror);
+    assert!(
+        matches!(&ops[..], [Io::Mirror(mirror::MirrorOp::Settle { accept, .. })] if accept[0].2 == signed),
+        "{ops:?}"
+    );
+    assert_eq!(sim.peer("bob").service.distrusted(now), [carol.to_string()], "alice is not distrusted");
 }
 
 #[test]
