@@ -479,3 +479,21 @@ fn a_pack_larger_than_max_fetch_size_is_refused_with_the_setting_named() {
     assert!(err.contains("p2p.max-fetch-size"), "{err}");
     assert!(!mirror_has(&p.bob, &id, &alice, "refs/heads/main", &rev(&p.alice, &p.alice_repo, "main")));
 }
+
+#[test]
+fn a_branch_deleted_and_unpublished_leaves_the_authors_mirror() {
+    let (p, id, alice) = published();
+    let dev = rev(&p.alice, &p.alice_repo, "dev");
+    assert!(mirror_has(&p.alice, &id, &alice, "refs/heads/dev", &dev), "published: in her mirror");
+    p.alice.git(&p.alice_repo, &["branch", "-q", "-D", "dev"]);
+    let out = p.alice.ok_in(&p.alice_repo, &["refs", "publish"]);
+    assert!(out.contains("unpublished 1 gone since: refs/heads/dev"), "{out}");
+    let listed = |node: &Node| {
+        let m = mirror(node, &id);
+        node.git(&node.path("home"), &["--git-dir", m.to_str().expect("utf-8"), "for-each-ref", "--format=%(refname)"])
+    };
+    eventually(WAIT, "dev out of alice's mirror, in her namespace and the all-authors view", || {
+        (!listed(&p.alice).contains("refs/heads/dev") && !listed(&p.alice).contains("/dev\n")).then_some(())
+    });
+    assert!(listed(&p.alice).contains("refs/heads/main"), "main stays");
+}

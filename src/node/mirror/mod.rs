@@ -251,6 +251,14 @@ impl Worker {
             MirrorOp::Discard { job, repo } => {
                 let _ = std::fs::remove_dir_all(mirrors.quarantine(&repo, job));
             }
+            MirrorOp::Forget { repo, refs } => {
+                let me = self.me.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = forget(&mirrors, &repo, &me, &refs).await {
+                        tracing::warn!(repo = %repo.short(), error = %e, "cannot drop unpublished refs from the mirror");
+                    }
+                });
+            }
         }
     }
 }
@@ -314,6 +322,29 @@ pub async fn own(
         }
     }
     tracing::debug!(repo = %repo.id.short(), refs = refs.len(), "our refs are in the mirror");
+    Ok(())
+}
+
+/// Drops refs of ours from the mirror (our namespace and the all-authors view); our HEAD there
+/// goes too if it named one of them.
+async fn forget(mirrors: &Mirrors, repo: &RepoId, me: &str, refs: &[String]) -> Result<(), MirrorError> {
+    let path = mirrors.path(repo);
+    if !path.join("HEAD").exists() {
+        return Ok(());
+    }
+    let lock = mirrors.lock(repo);
+    let _held = lock.lock().await;
+    let updates: String = refs
+        .iter()
+        .filter(|name| crate::git::is_ref_name(name))
+        .filter_map(|name| Some(format!("delete {}\ndelete {}\n", author_ref(me, name), view_ref(me, name)?)))
+        .collect();
+    update_refs(&path, &updates).await?;
+    let head = path.join(author_ref(me, "HEAD"));
+    let target = std::fs::read_to_string(&head).unwrap_or_default();
+    if refs.iter().any(|name| target.trim_end().strip_prefix("ref: ") == Some(author_ref(me, name).as_str())) {
+        let _ = std::fs::remove_file(&head);
+    }
     Ok(())
 }
 

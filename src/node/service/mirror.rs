@@ -156,6 +156,8 @@ pub enum MirrorOp {
     Settle { job: u64, repo: RepoId, accept: Vec<(String, String, String)> },
     /// Throw the quarantine away.
     Discard { job: u64, repo: RepoId },
+    /// Refs of ours we unpublished: out of our namespace (and the all-authors view).
+    Forget { repo: RepoId, refs: Vec<String> },
 }
 
 #[derive(Default)]
@@ -229,6 +231,21 @@ impl Service {
                 .insert(name.clone(), oid.clone());
         }
         self.push(Io::Mirror(MirrorOp::Own { repo: repo.clone(), refs, head, reply: None }));
+    }
+
+    /// Refs of ours were unpublished (deleted and published again): peers fetch them from our
+    /// mirror no more either.
+    pub(super) fn mirror_forget(&mut self, repo: &RepoId, names: &[String]) {
+        if names.is_empty() {
+            return;
+        }
+        let me = self.me.peer.to_string();
+        if let Some(held) = self.mirror.held.get_mut(repo).and_then(|a| a.get_mut(&me)) {
+            for name in names {
+                held.remove(name);
+            }
+        }
+        self.push(Io::Mirror(MirrorOp::Forget { repo: repo.clone(), refs: names.to_vec() }));
     }
 
     /// `git push` through the remote helper, or `git p2p refs publish`: our refs (which must be

@@ -74,6 +74,7 @@ impl Service {
         for name in gone {
             self.unpublish(repo, name, now, disk);
         }
+        self.mirror_forget(repo, gone);
         let index = serde_json::to_vec(&refs).expect("a map of strings serialises");
         self.put_own(repo, REFS_KEY, Some(&index), self.me.name.clone(), Writer::Node, now, disk);
     }
@@ -114,6 +115,7 @@ impl Service {
         for r in &removed {
             self.unpublish(&repo.id, r, now, disk);
         }
+        self.mirror_forget(&repo.id, &removed);
         let count = refs.len();
         let answer = PutReply::new(reply, move |stored| Published { count, removed, replicas: stored.replicas });
         self.put_own(&repo.id, REFS_KEY, Some(&index), name, Writer::User(answer), now, disk);
