@@ -10,6 +10,7 @@
 
 mod handle;
 pub mod salvage;
+pub mod sync_set;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -161,6 +161,15 @@ impl Disk for NodeDisk<'_> {
         self.wrote(result)
     }
 
+    fn sync_keep(&mut self, item: crate::proto::sync::SyncItem) {
+        self.history.keep(item);
+    }
+
+    fn sync_prune(&mut self, before_ms: u64) -> Result<usize, StoreError> {
+        let result = self.store.sync_prune(before_ms);
+        self.wrote(result)
+    }
+
     fn chat_published(&mut self, entry: ChatEntry) {
         self.durability.batch.history.push(entry);
     }

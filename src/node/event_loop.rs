@@ -23,6 +23,7 @@ use super::disk::{load, Durability, NodeDisk};
 use super::history::{HistoryWriter, PageRead};
 use super::hook_notes::{HookNotes, Wake};
 use super::mirror::{MirrorEvent, Mirrors, Worker};
+use super::reconcile::SyncEvent;
 use super::service::{BridgeOp, DialRef, Io, Me, QueryRef, Service};
 use super::store_watch::StoreWatch;
 use crate::bridge::{Bridge, Inbound};
@@ -91,6 +92,10 @@ pub struct EventLoop {
     mirror_tx: mpsc::Sender<MirrorEvent>,
     /// Kademlia's ids of the mirror jobs' provider lookups.
     provider_queries: HashMap<kad::QueryId, u64>,
+    /// Opens our sync streams; the sessions (ours and peers') report on `sync_events`.
+    sync_control: libp2p_stream::Control,
+    sync_events: mpsc::Receiver<SyncEvent>,
+    sync_tx: mpsc::Sender<SyncEvent>,
 }
 
 /// The service's view of the store for one call (the fields it borrows are the event loop's).
@@ -133,6 +138,14 @@ impl EventLoop {
             }
             Err(e) => tracing::warn!(error = %e, "cannot serve git to peers"),
         }
+        let (sync_tx, sync_events) = mpsc::channel(super::reconcile::EVENT_QUEUE);
+        match control.accept(super::reconcile::SYNC) {
+            Ok(incoming) => {
+                tokio::spawn(super::reconcile::serve(incoming, store.clone(), sync_tx.clone()));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot serve syncs to peers"),
+        }
+        let sync_control = control.clone();
         let max_fetch_size = if info.config.max_fetch_size == 0 {
             crate::config::DEFAULT_MAX_FETCH_SIZE
         } else {
@@ -162,6 +175,9 @@ impl EventLoop {
             mirror_events,
             mirror_tx,
             provider_queries: HashMap::new(),
+            sync_control,
+            sync_events,
+            sync_tx,
         };
         this.run_io();
         this.hooks.ingest(&mut this.service, disk!(this), &this.store);
@@ -199,6 +215,7 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 Some(message) = self.inbound.recv() => self.service.from_nostr(message, Now::system(), disk!(self)),
                 Some(event) = self.mirror_events.recv() => self.mirror_event(event),
+                Some(event) = self.sync_events.recv() => self.sync_event(event),
                 wake = self.hooks.next() => self.hook_wake(wake),
                 ids = super::disk::seen_chat_read(&mut seen_chat) => self.service.remember_chat(ids),
                 _ = tick.tick() => {
@@ -280,6 +297,9 @@ impl EventLoop {
                 let _ = reply.send(Ok(()));
             }
             Command::Log { repo, limit, before, filter, reply } => {
+                if before.is_none() {
+                    self.service.sync_if_stale(&repo, now);
+                }
                 let page = self.store.feed_page(&repo, before, limit, PAGE_BYTES, |e| filter.matches_json(e));
                 let page = page.map(|(items, next)| Page { items, next });
                 let _ = reply.send(page.map_err(|e| Failure::new(format!("cannot read the feed: {e}"))));
@@ -300,7 +320,10 @@ impl EventLoop {
             Command::ChatHistory { room, limit, before, reply } => {
                 self.history.read(PageRead { room, before, limit, reply })
             }
-            Command::ChatJoin { repo, thread, reply } => self.service.chat_join(repo, thread, reply),
+            Command::ChatJoin { repo, thread, reply } => {
+                self.service.sync_if_stale(&repo.id, now);
+                self.service.chat_join(repo, thread, reply)
+            }
             Command::KvPut { repo, key, value, name, reply } => {
                 self.service.kv_put(repo, key, value, name, reply, now, disk!(self))
             }
@@ -431,6 +454,10 @@ impl EventLoop {
                     tracing::warn!(error = ?e, "cannot provide a mirror in the DHT");
                 }
             }
+            Io::Sync { session, peer, repos, since } => {
+                let (control, store, events) = (self.sync_control.clone(), self.store.clone(), self.sync_tx.clone());
+                tokio::spawn(super::reconcile::initiate(control, store, events, session, peer, repos, since));
+            }
             Io::FindProviders { job, key } => {
                 let id = self.swarm.behaviour_mut().kad.get_providers(key);
                 self.provider_queries.insert(id, job);
@@ -468,6 +495,19 @@ impl EventLoop {
             }
             MirrorEvent::Settled { job, result } => self.service.mirror_settled(job, result, now),
             MirrorEvent::Holds(repo) => self.service.mirror_holds(repo),
+        }
+    }
+
+    /// A report of a sync session, for the service.
+    fn sync_event(&mut self, event: SyncEvent) {
+        let now = Now::system();
+        match event {
+            SyncEvent::Items { peer, repo, items, verdict } => {
+                let go_on = self.service.sync_received(peer, &repo, items, now, disk!(self));
+                let _ = verdict.send(go_on);
+            }
+            SyncEvent::Done { session, outcome } => self.service.sync_done(session, outcome, now),
+            SyncEvent::Served { peer, outcome } => self.service.sync_served(peer, outcome, now),
         }
     }
 
@@ -546,6 +586,7 @@ impl EventLoop {
             dials: self.service.dials(),
             clocks: self.service.clocks(),
             distrusted: self.service.distrusted(Now::system()),
+            sync: self.service.sync_status(Now::system()),
         }
     }
 
