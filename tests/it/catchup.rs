@@ -140,3 +140,34 @@ fn with_the_author_down_a_node_catches_up_from_a_peer_that_saw_it_all() {
     t.bob.start();
     bob_has_it_all(&t, &commits);
 }
+
+/// Two nodes that have the same items meet again: finding that out costs a few hundred bytes
+/// (counted by the nodes), however many items they hold.
+#[test]
+fn two_nodes_in_sync_spend_under_a_kibibyte_finding_it_out() {
+    let Pair { alice, bob, alice_repo, bob_repo } = pair();
+    eventually(Duration::from_secs(20), "bob in alice's room", || {
+        alice.ok_in(&alice_repo, &["chat", "--send", "warm-up"]).starts_with("sent to").then_some(())
+    });
+    for i in 0..60 {
+        alice.ok_in(&alice_repo, &["chat", "--send", &format!("message {i}")]);
+    }
+    for i in 0..10 {
+        alice.commit(&alice_repo, &format!("commit {i}"));
+    }
+    eventually(Duration::from_secs(30), "bob to have it all by gossip", || {
+        let room = tail(&bob, &bob_repo, &[]);
+        (room.last().is_some_and(|m| m["text"] == "message 59") && bob.feed(&bob_repo).len() == 10).then_some(())
+    });
+    eventually(Duration::from_secs(30), "alice's outbox to empty", || (alice.status()["outbox"] == 0).then_some(()));
+    bob.ok(&["daemon", "stop"]);
+    bob.start();
+    let status = eventually(Duration::from_secs(30), "bob and alice to sync", || {
+        let status = sync_status(&bob);
+        status["repos"][0]["last_sync"].as_u64().map(|_| status)
+    });
+    let bytes = status["bytes_sent"].as_u64().expect("counted") + status["bytes_received"].as_u64().expect("counted");
+    assert!(bytes > 0 && bytes <= 1024, "71 items each, in sync: {bytes} bytes both ways ({status})");
+    assert_eq!(status["items"], 0, "nothing new");
+    eprintln!("two nodes in sync: {bytes} bytes of sync both ways");
+}
