@@ -383,6 +383,9 @@ pub struct SyncStatus {
     pub running: usize,
     /// Our sessions ended since start.
     pub sessions: u64,
+    /// How long the last session that ended took (ms), ours or a peer's.
+    #[serde(default)]
+    pub last_session_ms: Option<u64>,
     /// Bytes of sync sent and received (both ends of every session, ours and peers').
     pub bytes_sent: u64,
     pub bytes_received: u64,

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use libp2p::futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
-use negentropy::{Id, Negentropy, NegentropyStorageBase, NegentropyStorageVector};
+use negentropy::{Id, Negentropy, NegentropyStorageVector};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::service::sync::SyncOutcome;
@@ -143,24 +143,29 @@ impl Set {
         storage.seal().map_err(|e| e.to_string())?;
         Ok(Self { repo, kind, storage, times: items.into_iter().map(|(ts, id)| (id, ts)).collect() })
     }
-
-    fn entry(&self, since: u64) -> Result<Entry, String> {
-        let size = self.storage.size().map_err(|e| e.to_string())?;
-        let fingerprint = self.storage.fingerprint(0, size).map_err(|e| e.to_string())?.to_bytes();
-        Ok(Entry { repo: self.repo.clone(), kind: self.kind, since, count: size as u32, fingerprint })
-    }
 }
 
-/// Reads sets off the async threads.
-async fn read_sets(store: &Store, wanted: Vec<(RepoId, Kind, u64)>) -> Result<Vec<Option<Set>>, Fault> {
+/// A set read off the async threads.
+async fn read_set(store: &Store, repo: RepoId, kind: Kind, since: u64) -> Result<Set, Fault> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || Set::read(&store, repo, kind, since)).await.map_err(ended)?.map_err(ended)
+}
+
+/// How each set looks (`Hello`'s entries), from the totals the store keeps with it: no set is
+/// read whole. None for a repository not registered here.
+async fn summaries(store: &Store, wanted: Vec<(RepoId, Kind, u64)>) -> Result<Vec<Option<Entry>>, Fault> {
     let store = store.clone();
     tokio::task::spawn_blocking(move || {
         let registered: HashSet<RepoId> = store.repos().map_err(ended)?.into_iter().map(|r| r.id).collect();
         wanted
             .into_iter()
-            .map(|(repo, kind, since)| match registered.contains(&repo) {
-                true => Set::read(&store, repo, kind, since).map(Some).map_err(ended),
-                false => Ok(None),
+            .map(|(repo, kind, since)| {
+                if !registered.contains(&repo) {
+                    return Ok(None);
+                }
+                let (count, sum) = store.sync_summary(&repo, kind, since).map_err(ended)?;
+                let fingerprint = crate::proto::sync::fingerprint(count, &sum);
+                Ok(Some(Entry { repo, kind, since, count: count as u32, fingerprint }))
             })
             .collect()
     })
@@ -258,14 +263,15 @@ pub async fn initiate(
     repos: Vec<RepoId>,
     since: u64,
 ) {
-    let mut counts = (0, 0);
+    let (mut counts, started) = ((0, 0), std::time::Instant::now());
     let result = tokio::time::timeout(
         SESSION_TIME,
         run_initiator(&mut control, &store, &events, peer, &repos, since, &mut counts),
     )
     .await
     .unwrap_or_else(|_| Err(ended("the session took too long")));
-    let mut outcome = SyncOutcome { repos, sent: counts.0, received: counts.1, ..SyncOutcome::default() };
+    let millis = started.elapsed().as_millis() as u64;
+    let mut outcome = SyncOutcome { repos, sent: counts.0, received: counts.1, millis, ..SyncOutcome::default() };
     match result {
         Ok(()) => {}
         Err(Fault::Ended(e)) => outcome.error = Some(e),
@@ -284,11 +290,10 @@ async fn run_initiator(
     counts: &mut (u64, u64),
 ) -> Result<(), Fault> {
     let wanted = repos.iter().flat_map(|r| Kind::ALL.map(|k| (r.clone(), k, since))).collect();
-    let sets: Vec<Set> = read_sets(store, wanted).await?.into_iter().flatten().collect();
-    let entries = sets.iter().map(|s| s.entry(since)).collect::<Result<Vec<_>, _>>().map_err(ended)?;
+    let entries: Vec<Entry> = summaries(store, wanted).await?.into_iter().flatten().collect();
     let stream = control.open_stream(peer, SYNC).await.map_err(ended)?;
     let mut conn = Conn { stream, sent: 0, received: 0 };
-    let result = converse(&mut conn, store, events, peer, &sets, entries).await;
+    let result = converse(&mut conn, store, events, peer, entries).await;
     *counts = (conn.sent, conn.received);
     let _ = conn.stream.close().await;
     result
@@ -300,10 +305,9 @@ async fn converse(
     store: &Store,
     events: &mpsc::Sender<SyncEvent>,
     peer: PeerId,
-    sets: &[Set],
     entries: Vec<Entry>,
 ) -> Result<(), Fault> {
-    conn.send(&Frame::Hello(entries)).await?;
+    conn.send(&Frame::Hello(entries.clone())).await?;
     let mut arrived = Arrived::new(events, peer);
     let differ = match conn.recv().await? {
         Frame::Differ(indices) => indices,
@@ -312,10 +316,11 @@ async fn converse(
     };
     let mut done = HashSet::new();
     for index in differ {
-        let set = sets.get(index as usize).ok_or_else(|| misbehaved("a set we did not offer"))?;
+        let entry = entries.get(index as usize).ok_or_else(|| misbehaved("a set we did not offer"))?;
         if !done.insert(index) {
             return Err(misbehaved("a set named twice"));
         }
+        let set = &read_set(store, entry.repo.clone(), entry.kind, entry.since).await?;
         let mut neg = Negentropy::borrowed(&set.storage, NEG_FRAME).map_err(ended)?;
         let mut msg = neg.initiate().map_err(ended)?;
         let (mut have, mut need) = (Vec::new(), Vec::new());
@@ -387,11 +392,14 @@ pub async fn serve(mut incoming: libp2p_stream::IncomingStreams, store: Store, e
         }
         let (store, events, peers) = (store.clone(), events.clone(), peers.clone());
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             let result = tokio::time::timeout(SESSION_TIME, respond(&mut conn, &store, &events, peer))
                 .await
                 .unwrap_or_else(|_| Err(ended("the session took too long")));
             let _ = conn.stream.close().await;
-            let mut outcome = SyncOutcome { sent: conn.sent, received: conn.received, ..SyncOutcome::default() };
+            let millis = started.elapsed().as_millis() as u64;
+            let mut outcome =
+                SyncOutcome { sent: conn.sent, received: conn.received, millis, ..SyncOutcome::default() };
             match result {
                 Ok(repos) => outcome.repos = repos,
                 Err(Fault::Ended(e)) => outcome.error = Some(e),
@@ -417,11 +425,10 @@ async fn respond(
         _ => return Err(misbehaved("no hello")),
     };
     let wanted = entries.iter().map(|e| (e.repo.clone(), e.kind, e.since)).collect();
-    let sets = read_sets(store, wanted).await?;
+    let ours = summaries(store, wanted).await?;
     let mut differ = Vec::new();
-    for (i, (entry, set)) in entries.iter().zip(&sets).enumerate() {
-        let Some(set) = set else { continue };
-        let ours = set.entry(entry.since).map_err(ended)?;
+    for (i, (entry, ours)) in entries.iter().zip(&ours).enumerate() {
+        let Some(ours) = ours else { continue };
         if ours.count != entry.count || ours.fingerprint != entry.fingerprint {
             differ.push(i as u16);
         }
@@ -429,16 +436,26 @@ async fn respond(
     conn.send(&Frame::Differ(differ.clone())).await?;
     let mut rounds: HashMap<u16, usize> = HashMap::new();
     let mut arrived = Arrived::new(events, peer);
-    let differing = |index: u16| -> Result<&Set, Fault> {
-        match differ.contains(&index) {
-            true => sets[index as usize].as_ref().ok_or_else(|| misbehaved("a set we do not have")),
-            false => Err(misbehaved("a set that does not differ")),
-        }
-    };
+    // The sets that differ, read when the initiator first asks about them.
+    let mut sets: HashMap<u16, Set> = HashMap::new();
     while let Some(frame) = conn.recv_or_end().await? {
+        let index = match &frame {
+            Frame::Neg { index, .. } | Frame::Items { index, .. } | Frame::Want { index, .. } => *index,
+            _ => return Err(misbehaved("an unexpected frame")),
+        };
+        if !differ.contains(&index) {
+            return Err(misbehaved("a set that does not differ"));
+        }
+        let set = match sets.entry(index) {
+            std::collections::hash_map::Entry::Occupied(set) => set.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let entry = &entries[index as usize];
+                slot.insert(read_set(store, entry.repo.clone(), entry.kind, entry.since).await?)
+            }
+        };
+        let set = &*set;
         match frame {
             Frame::Neg { index, msg } => {
-                let set = differing(index)?;
                 let n = rounds.entry(index).or_default();
                 *n += 1;
                 if *n > MAX_ROUNDS {
@@ -448,14 +465,12 @@ async fn respond(
                 let answer = neg.reconcile(&msg).map_err(|e| misbehaved(format!("negentropy: {e}")))?;
                 conn.send(&Frame::Neg { index, msg: answer }).await?;
             }
-            Frame::Items { index, envelopes } => {
-                let set = differing(index)?;
+            Frame::Items { envelopes, .. } => {
                 let bytes = envelopes.iter().map(Vec::len).sum();
                 let envelopes = envelopes.iter().map(|b| decode(b)).collect::<Result<Vec<_>, _>>()?;
                 arrived.add(set, envelopes, bytes).await?;
             }
             Frame::Want { index, ids } => {
-                let set = differing(index)?;
                 give(conn, store, index, set, &ids).await?;
                 conn.send(&Frame::End { index }).await?;
             }
@@ -463,7 +478,7 @@ async fn respond(
         }
     }
     arrived.hand_over().await?;
-    let mut repos: Vec<RepoId> = sets.into_iter().flatten().map(|s| s.repo).collect();
+    let mut repos: Vec<RepoId> = ours.into_iter().flatten().map(|e| e.repo).collect();
     repos.dedup();
     Ok(repos)
 }

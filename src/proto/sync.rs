@@ -66,6 +66,35 @@ pub fn item_id(envelope: &Envelope) -> [u8; 32] {
     sha2::Sha256::digest(envelope.sig.as_bytes()).into()
 }
 
+/// The sum (mod 2^256, little-endian, as negentropy's accumulator) of a set's ids: kept with
+/// the set, so that a set's fingerprint costs no read of its items.
+pub fn add_id(sum: &mut [u8; 32], id: &[u8; 32]) {
+    let mut carry = 0u16;
+    for i in 0..32 {
+        let v = sum[i] as u16 + id[i] as u16 + carry;
+        sum[i] = v as u8;
+        carry = v >> 8;
+    }
+}
+
+/// Takes an id back out of a sum.
+pub fn sub_id(sum: &mut [u8; 32], id: &[u8; 32]) {
+    let mut borrow = 0i16;
+    for i in 0..32 {
+        let v = sum[i] as i16 - id[i] as i16 - borrow;
+        sum[i] = v.rem_euclid(256) as u8;
+        borrow = (v < 0) as i16;
+    }
+}
+
+/// A set's fingerprint in `Hello`: its size and the sum of its ids, hashed.
+pub fn fingerprint(count: u64, sum: &[u8; 32]) -> [u8; 16] {
+    let mut h = sha2::Sha256::new();
+    h.update(sum);
+    h.update(count.to_be_bytes());
+    h.finalize()[..16].try_into().expect("16 of 32 bytes")
+}
+
 /// One envelope as a sync set keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncItem {
@@ -290,6 +319,23 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sums_of_ids_carry_and_come_back() {
+        let mut sum = [0u8; 32];
+        let (a, b) = ([0xff; 32], [1; 32]);
+        add_id(&mut sum, &a);
+        add_id(&mut sum, &b);
+        let mut expected = [1u8; 32];
+        expected[0] = 0;
+        // 0xff..ff + 0x01..01 = 0x01..0100 (mod 2^256), little-endian.
+        assert_eq!(sum, expected);
+        sub_id(&mut sum, &a);
+        assert_eq!(sum, b);
+        sub_id(&mut sum, &b);
+        assert_eq!(sum, [0; 32]);
+        assert_ne!(fingerprint(1, &sum), fingerprint(0, &sum));
+    }
 
     #[test]
     fn frames_round_trip_and_garbage_is_refused() {

@@ -9,12 +9,15 @@ use redb::{ReadableTable, TableDefinition};
 
 use super::{db, Store, StoreError};
 use crate::proto::repo::RepoId;
-use crate::proto::sync::{Kind, SyncItem};
+use crate::proto::sync::{add_id, sub_id, Kind, SyncItem};
 
 /// (repo id, kind, signed time, id) -> the envelope as signed (JSON)
 const SYNC_SET: TableDefinition<(&str, u8, u64, &[u8]), &[u8]> = TableDefinition::new("sync_set");
 /// (repo id, kind) -> how many items the set holds
 const SYNC_COUNT: TableDefinition<(&str, u8), u64> = TableDefinition::new("sync_count");
+/// (repo id, kind) -> the sum of the set's ids ([`crate::proto::sync::add_id`]), 32 bytes: a
+/// set's fingerprint without reading it
+const SYNC_SUM: TableDefinition<(&str, u8), &[u8]> = TableDefinition::new("sync_sum");
 
 /// Items of a kind one repository's set keeps: the stores' bounds.
 pub fn cap(kind: Kind) -> usize {
@@ -32,6 +35,13 @@ fn missing(e: &redb::TableError) -> bool {
     matches!(e, redb::TableError::TableDoesNotExist(_))
 }
 
+fn sum_of(
+    table: &impl ReadableTable<(&'static str, u8), &'static [u8]>,
+    key: (&str, u8),
+) -> Result<[u8; 32], StoreError> {
+    Ok(db(table.get(key))?.and_then(|v| <[u8; 32]>::try_from(v.value()).ok()).unwrap_or([0; 32]))
+}
+
 impl Store {
     /// Adds items to their sets (not fsync'd), skipping those held; a set over its kind's
     /// [`cap`] drops its oldest. Returns how many were new.
@@ -42,6 +52,7 @@ impl Store {
         self.update(false, |txn| {
             let mut set = db(txn.open_table(SYNC_SET))?;
             let mut counts = db(txn.open_table(SYNC_COUNT))?;
+            let mut sums = db(txn.open_table(SYNC_SUM))?;
             let mut added = 0;
             for item in items {
                 let (repo, kind) = (item.repo.as_str(), item.kind.byte());
@@ -50,6 +61,8 @@ impl Store {
                     continue;
                 }
                 db(set.insert(key, item.envelope.as_slice()))?;
+                let mut sum = sum_of(&sums, (repo, kind))?;
+                add_id(&mut sum, &item.id);
                 let mut count = db(counts.get((repo, kind)))?.map(|v| v.value()).unwrap_or(0) + 1;
                 while count > cap(item.kind) as u64 {
                     let oldest = db(set.range((repo, kind, 0, &[][..])..=(repo, kind, u64::MAX, ID_MAX)))?
@@ -58,9 +71,13 @@ impl Store {
                     let Some(oldest) = oldest else { break };
                     let (ts, id) = db(oldest)?;
                     db(set.remove((repo, kind, ts, id.as_slice())))?;
+                    if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
+                        sub_id(&mut sum, &id);
+                    }
                     count -= 1;
                 }
                 db(counts.insert((repo, kind), count))?;
+                db(sums.insert((repo, kind), sum.as_slice()))?;
                 added += 1;
             }
             Ok(added)
@@ -85,6 +102,32 @@ impl Store {
                 }
             }
             Ok(out)
+        })
+    }
+
+    /// How many items of a set are dated `since` or later, and the sum of their ids: read
+    /// from the set's totals less the few items before `since` (the window's edge), never the
+    /// whole set.
+    pub fn sync_summary(&self, repo: &RepoId, kind: Kind, since: u64) -> Result<(u64, [u8; 32]), StoreError> {
+        let (repo, kind) = (repo.as_str(), kind.byte());
+        self.read(|txn| {
+            let tables = (txn.open_table(SYNC_SET), txn.open_table(SYNC_COUNT), txn.open_table(SYNC_SUM));
+            let (set, counts, sums) = match tables {
+                (Ok(set), Ok(counts), Ok(sums)) => (set, counts, sums),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                    return if missing(&e) { Ok((0, [0; 32])) } else { Err(StoreError::Db(e.into())) };
+                }
+            };
+            let mut count = db(counts.get((repo, kind)))?.map(|v| v.value()).unwrap_or(0);
+            let mut sum = sum_of(&sums, (repo, kind))?;
+            for item in db(set.range((repo, kind, 0, &[][..])..(repo, kind, since, &[][..])))? {
+                let (k, _) = db(item)?;
+                if let Ok(id) = <[u8; 32]>::try_from(k.value().3) {
+                    sub_id(&mut sum, &id);
+                    count = count.saturating_sub(1);
+                }
+            }
+            Ok((count, sum))
         })
     }
 
@@ -117,6 +160,7 @@ impl Store {
         self.update(false, |txn| {
             let mut set = db(txn.open_table(SYNC_SET))?;
             let mut counts = db(txn.open_table(SYNC_COUNT))?;
+            let mut sums = db(txn.open_table(SYNC_SUM))?;
             let sets: Vec<(String, u8)> = db(counts.iter())?
                 .map(|item| item.map(|(k, _)| (k.value().0.to_string(), k.value().1)))
                 .collect::<Result<_, _>>()
@@ -129,15 +173,21 @@ impl Store {
                         .map(|item| item.map(|(k, _)| (k.value().2, k.value().3.to_vec())))
                         .collect::<Result<_, _>>()
                         .map_err(|e| StoreError::Db(e.into()))?;
+                let mut sum = sum_of(&sums, (repo, kind))?;
                 for (ts, id) in &old {
                     db(set.remove((repo, kind, *ts, id.as_slice())))?;
+                    if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
+                        sub_id(&mut sum, &id);
+                    }
                 }
                 let left =
                     db(counts.get((repo, kind)))?.map(|v| v.value()).unwrap_or(0).saturating_sub(old.len() as u64);
                 if left == 0 {
                     db(counts.remove((repo, kind)))?;
+                    db(sums.remove((repo, kind)))?;
                 } else {
                     db(counts.insert((repo, kind), left))?;
+                    db(sums.insert((repo, kind), sum.as_slice()))?;
                 }
                 pruned += old.len();
             }
@@ -176,5 +226,14 @@ mod tests {
         assert_eq!(store.sync_ids(&r, Kind::Room, 0).unwrap()[0].0, 20);
         store.sync_keep_all(&[item(&r, Kind::Room, 5000, 7)]).unwrap();
         assert_eq!(store.sync_ids(&r, Kind::Room, 0).unwrap().len(), cap(Kind::Room) - 8 + 1, "the count stayed true");
+        // The totals kept with the set are what reading it gives.
+        for since in [0, 500, 5000, 6000] {
+            let ids = store.sync_ids(&r, Kind::Room, since).unwrap();
+            let mut sum = [0u8; 32];
+            ids.iter().for_each(|(_, id)| add_id(&mut sum, id));
+            assert_eq!(store.sync_summary(&r, Kind::Room, since).unwrap(), (ids.len() as u64, sum), "since {since}");
+        }
+        let other = RepoId::try_from("f".repeat(40)).unwrap();
+        assert_eq!(store.sync_summary(&other, Kind::Room, 0).unwrap(), (0, [0; 32]));
     }
 }

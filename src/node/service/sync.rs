@@ -57,6 +57,8 @@ pub struct SyncOutcome {
     pub error: Option<String>,
     /// The peer broke the protocol (a frame over its bound, items it was not asked for).
     pub misbehaved: Option<String>,
+    /// How long it took (ms), from reading our sets to the end.
+    pub millis: u64,
 }
 
 #[derive(Default)]
@@ -79,6 +81,8 @@ pub struct SyncState {
     /// What each peer's syncs may still hand us.
     budget: RateLimiter,
     sessions_done: u64,
+    /// How long the last session that ended took (ms), ours or a peer's.
+    last_millis: Option<u64>,
     sent: u64,
     received: u64,
     items: u64,
@@ -94,6 +98,7 @@ impl Default for SyncState {
             repos: HashMap::new(),
             budget: RateLimiter::new(PEER_RATE, PEER_BURST),
             sessions_done: 0,
+            last_millis: None,
             sent: 0,
             received: 0,
             items: 0,
@@ -248,6 +253,7 @@ impl Service {
     pub fn sync_done(&mut self, session: u64, outcome: SyncOutcome, now: Now) {
         let Some(Session { peer, repos }) = self.sync.sessions.remove(&session) else { return };
         self.sync.sessions_done += 1;
+        self.sync.last_millis = Some(outcome.millis);
         self.sync.sent += outcome.sent;
         self.sync.received += outcome.received;
         match (&outcome.misbehaved, &outcome.error) {
@@ -265,6 +271,7 @@ impl Service {
 
     /// A session a peer started with us ended.
     pub fn sync_served(&mut self, peer: PeerId, outcome: SyncOutcome, now: Now) {
+        self.sync.last_millis = Some(outcome.millis);
         self.sync.sent += outcome.sent;
         self.sync.received += outcome.received;
         match (&outcome.misbehaved, &outcome.error) {
@@ -315,6 +322,7 @@ impl Service {
             repos,
             running: self.sync.sessions.len(),
             sessions: self.sync.sessions_done,
+            last_session_ms: self.sync.last_millis,
             bytes_sent: self.sync.sent,
             bytes_received: self.sync.received,
             items: self.sync.items,
