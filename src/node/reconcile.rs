@@ -23,7 +23,7 @@ use libp2p::{PeerId, StreamProtocol};
 use negentropy::{Id, Negentropy, NegentropyStorageVector};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::service::sync::SyncOutcome;
+use super::service::sync::{SyncOutcome, Synced};
 use crate::proto::envelope::Envelope;
 use crate::proto::repo::RepoId;
 use crate::proto::sync::{item_id, Entry, Frame, Kind, MAX_FRAME, MAX_WANT};
@@ -56,7 +56,7 @@ pub const EVENT_QUEUE: usize = 64;
 pub enum SyncEvent {
     /// Envelopes of a repository's sets (each with its set's kind) that the peer sent us; the
     /// verdict says whether to go on.
-    Items { peer: PeerId, repo: RepoId, items: Vec<(Kind, Envelope)>, verdict: oneshot::Sender<bool> },
+    Items { peer: PeerId, repo: RepoId, items: Vec<Synced>, verdict: oneshot::Sender<bool> },
     /// One of our sessions ended.
     Done { session: u64, outcome: SyncOutcome },
     /// A session a peer started ended.
@@ -238,6 +238,13 @@ impl<'a> Arrived<'a> {
         if items.is_empty() {
             return Ok(());
         }
+        // Signatures are checked here, on a thread of their own, so that the event loop (which
+        // decides on them) is not held up by thousands of them.
+        let items = tokio::task::spawn_blocking(move || {
+            items.into_iter().map(|(kind, envelope)| Synced::new(kind, envelope)).collect::<Vec<_>>()
+        })
+        .await
+        .map_err(ended)?;
         let (verdict, answer) = oneshot::channel();
         let event = SyncEvent::Items { peer: self.peer, repo, items, verdict };
         self.events.send(event).await.map_err(|_| ended("the node is stopping"))?;

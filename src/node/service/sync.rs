@@ -40,6 +40,23 @@ pub const PEER_RATE: f64 = 2_000.0;
 /// side and not yet on the other, and are not worth a round trip.
 pub const WINDOW_MARGIN: Duration = Duration::from_secs(2 * 3600);
 
+/// An envelope a sync brought, with the kind of the set it came in and its signature checked
+/// (by [`Synced::new`], the only way to make one): the session checks signatures on a thread
+/// of its own, off the event loop, and the service decides on the result.
+#[derive(Debug, Clone)]
+pub struct Synced {
+    kind: Kind,
+    envelope: Envelope,
+    author: Result<PeerId, crate::proto::envelope::EnvelopeError>,
+}
+
+impl Synced {
+    pub fn new(kind: Kind, envelope: Envelope) -> Self {
+        let author = envelope.verify();
+        Self { kind, envelope, author }
+    }
+}
+
 /// One of our sessions under way.
 struct Session {
     peer: PeerId,
@@ -187,7 +204,7 @@ impl Service {
         &mut self,
         peer: PeerId,
         repo: &RepoId,
-        items: Vec<(Kind, Envelope)>,
+        items: Vec<Synced>,
         now: Now,
         disk: &mut dyn Disk,
     ) -> bool {
@@ -206,7 +223,7 @@ impl Service {
         // Every item is checked before any is taken: nothing of a batch with a forged or
         // malformed item is kept.
         let mut checked = Vec::with_capacity(items.len());
-        for (kind, envelope) in items {
+        for Synced { kind, envelope, author } in items {
             let fits = envelope.repo == *repo
                 && Kind::of(&envelope) == Some(kind)
                 && (kind != Kind::Announcements || Announcement::from_envelope(&envelope).is_ok());
@@ -214,7 +231,7 @@ impl Service {
                 self.sync_cut_off(peer, "an item of another repository or kind, or out of bounds", now);
                 return false;
             }
-            match envelope.verify() {
+            match author {
                 Ok(author) => checked.push((kind, envelope, author)),
                 Err(e) => {
                     self.sync_cut_off(peer, &format!("a forged item ({e})"), now);

@@ -2,7 +2,7 @@
 //! (each item once, in signed-time order, checked as gossip), and what a peer that cheats gets.
 
 use super::*;
-use crate::node::service::sync::{SyncOutcome, MAX_SYNCS, PEER_BURST, RESYNC_EVERY};
+use crate::node::service::sync::{SyncOutcome, Synced, MAX_SYNCS, PEER_BURST, RESYNC_EVERY};
 use crate::proto::sync::{Kind, SyncItem};
 
 impl Sim {
@@ -33,7 +33,7 @@ impl Sim {
                     let lacking = |a: &BTreeMap<[u8; 32], Vec<u8>>, b: &BTreeMap<[u8; 32], Vec<u8>>| {
                         a.iter()
                             .filter(|(id, _)| !b.contains_key(*id))
-                            .map(|(_, e)| (kind, Envelope::decode(e).expect("an envelope")))
+                            .map(|(_, e)| Synced::new(kind, Envelope::decode(e).expect("an envelope")))
                             .collect::<Vec<_>>()
                     };
                     give.extend(lacking(&mine, &theirs));
@@ -176,7 +176,7 @@ fn a_peer_that_hands_us_forged_items_is_cut_off_and_nothing_of_it_is_kept() {
     assert!(!bob.service.sync_received(
         eve,
         &repo().id,
-        vec![(Kind::Room, forged), (Kind::Room, good.clone())],
+        vec![Synced::new(Kind::Room, forged), Synced::new(Kind::Room, good.clone())],
         now,
         &mut bob.disk
     ));
@@ -185,7 +185,7 @@ fn a_peer_that_hands_us_forged_items_is_cut_off_and_nothing_of_it_is_kept() {
     let bob = sim.peer("bob");
     assert!(bob.disk.chat.is_empty() && bob.events.is_empty() && bob.disk.sync_set.is_empty());
     assert!(
-        !bob.service.sync_received(eve, &repo().id, vec![(Kind::Room, good)], now, &mut bob.disk),
+        !bob.service.sync_received(eve, &repo().id, vec![Synced::new(Kind::Room, good)], now, &mut bob.disk),
         "nothing more is taken"
     );
     assert!(bob.disk.chat.is_empty());
@@ -196,7 +196,13 @@ fn a_peer_that_hands_us_forged_items_is_cut_off_and_nothing_of_it_is_kept() {
     let (now, key, mallory) = (sim.now, sim.peer("mallory").key.clone(), sim.id("mallory"));
     let room_message = Envelope::decode(&chat(&key, "room", 1, now.unix_ms)).unwrap();
     let bob = sim.peer("bob");
-    assert!(!bob.service.sync_received(mallory, &repo().id, vec![(Kind::Threads, room_message)], now, &mut bob.disk));
+    assert!(!bob.service.sync_received(
+        mallory,
+        &repo().id,
+        vec![Synced::new(Kind::Threads, room_message)],
+        now,
+        &mut bob.disk
+    ));
     assert!(sim.banned("bob", "mallory"));
 }
 
@@ -207,7 +213,7 @@ fn a_peer_over_its_budget_is_cut_off() {
     sim.init("bob");
     let (now, eve_key, eve) = (sim.now, sim.peer("eve").key.clone(), sim.id("eve"));
     let one = Envelope::decode(&chat(&eve_key, "x", 1, now.unix_ms)).unwrap();
-    let many = vec![(Kind::Room, one); PEER_BURST as usize + 1];
+    let many = vec![Synced::new(Kind::Room, one); PEER_BURST as usize + 1];
     let bob = sim.peer("bob");
     assert!(!bob.service.sync_received(eve, &repo().id, many, now, &mut bob.disk));
     assert!(sim.banned("bob", "eve"));
