@@ -152,6 +152,11 @@ impl Disk for NodeDisk<'_> {
         self.wrote(result)
     }
 
+    fn feed_insert_all(&mut self, entries: &[FeedEntry]) -> Result<Vec<bool>, StoreError> {
+        let result = self.store.feed_insert_all(entries);
+        self.wrote(result)
+    }
+
     fn chat_received(&mut self, entry: ChatEntry) {
         self.history.write(entry);
     }

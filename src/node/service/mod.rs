@@ -91,6 +91,10 @@ pub trait Disk {
     fn prune_seen(&mut self, before_ms: u64) -> Result<usize, StoreError>;
     /// A received announcement; false if the feed has it already.
     fn feed_insert(&mut self, entry: &FeedEntry) -> Result<bool, StoreError>;
+    /// Received announcements at once (a catch-up's); whether each was new.
+    fn feed_insert_all(&mut self, entries: &[FeedEntry]) -> Result<Vec<bool>, StoreError> {
+        entries.iter().map(|e| self.feed_insert(e)).collect()
+    }
     /// A received room message, known to be new: stored off the event loop, in batches.
     fn chat_received(&mut self, entry: ChatEntry);
     /// One of our room messages going through the outbox; false if the history has it.

@@ -240,6 +240,8 @@ impl Service {
             }
         }
         checked.sort_by_key(|(_, e, _)| e.ts);
+        // Announcements go to the feed together, in one write (a catch-up brings thousands).
+        let mut feed: Vec<(crate::proto::announce::FeedEntry, Box<Envelope>)> = Vec::new();
         for (kind, envelope, author) in checked {
             let item = SyncItem::of(&envelope);
             let arrival = self.rooms.synced(kind, envelope, author, &self.me.peer, now);
@@ -257,11 +259,28 @@ impl Service {
                         disk.sync_keep(item);
                     }
                 }
+                Arrival::Announcement(entry, envelope) => feed.push((entry, envelope)),
                 arrival => {
                     self.sync.items += 1;
                     self.take(arrival, Some(peer), now, disk);
                 }
             }
+        }
+        let entries: Vec<_> = feed.iter().map(|(entry, _)| entry.clone()).collect();
+        match disk.feed_insert_all(&entries) {
+            Ok(new) => {
+                for ((entry, envelope), new) in feed.into_iter().zip(new) {
+                    if let Some(item) = SyncItem::of(&envelope) {
+                        disk.sync_keep(item);
+                    }
+                    if new {
+                        self.sync.items += 1;
+                        self.announced(&entry, now);
+                        self.push(Io::Emit(crate::control::api::NodeEvent::Announcement(entry)));
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot store announcements a sync brought"),
         }
         true
     }
