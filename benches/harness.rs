@@ -15,6 +15,8 @@ use support::Node;
 
 #[path = "harness/fetch.rs"]
 mod fetch;
+#[path = "harness/sync.rs"]
+mod sync;
 
 struct Metric {
     name: &'static str,
@@ -1003,7 +1005,8 @@ fn main() {
     let mut metrics = Vec::new();
     // BENCH_ONLY=chat,kv runs only those parts: basics (peers, cold start, idle RSS), hook,
     // announce, tui, gossip, many, kv, chat, start (start-up against the store's size), log,
-    // fetch (clone from peers against a git daemon, replication, fetch with nothing new).
+    // fetch (clone from peers against a git daemon, replication, fetch with nothing new), sync
+    // (catching up: 10 000 missed items, two nodes in sync, one node of many back).
     let only: Option<Vec<String>> =
         std::env::var("BENCH_ONLY").ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
     let wants = |part: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == part));
@@ -1044,6 +1047,9 @@ fn main() {
     }
     if wants("fetch") {
         fetch::fetch_bench(&mut metrics, smoke);
+    }
+    if wants("sync") {
+        sync::sync_bench(&mut metrics, smoke);
     }
     report(&metrics);
 }

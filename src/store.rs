@@ -10,6 +10,7 @@
 
 mod handle;
 pub mod salvage;
+pub mod sync_set;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -690,41 +691,52 @@ impl Store {
     /// Adds an announcement to its repo's feed unless the same author announced the same commit
     /// before. Returns false for such a duplicate. Not durable until the next [`Store::sync`].
     pub fn feed_insert(&self, entry: &FeedEntry) -> Result<bool, StoreError> {
-        let seen_key = feed_seen_key(entry);
-        let (repo, author) = (entry.repo.as_str(), entry.peer.as_str());
+        Ok(self.feed_insert_all(std::slice::from_ref(entry))?.first().copied().unwrap_or(false))
+    }
+
+    /// [`Store::feed_insert`] of several announcements in one transaction (a catch-up brings
+    /// thousands); whether each was new.
+    pub fn feed_insert_all(&self, entries: &[FeedEntry]) -> Result<Vec<bool>, StoreError> {
         self.update(false, |txn| {
-            let mut seen = db(txn.open_table(SEEN))?;
-            if db(seen.get(seen_key.as_str()))?.is_some() {
-                return Ok(false);
-            }
-            let mut feed = db(txn.open_table(FEED))?;
-            let mut by_author = db(txn.open_table(FEED_BY_AUTHOR))?;
-            let seq = last_seq(&feed, repo)? + 1;
-            let bytes = serde_json::to_vec(entry).expect("feed entries always serialise");
-            db(feed.insert((repo, seq), bytes.as_slice()))?;
-            db(by_author.insert((repo, author, seq), ()))?;
-            let mut by_commit = db(txn.open_table(FEED_BY_COMMIT))?;
-            db(by_commit.insert(seen_key.as_str(), seq))?;
-            db(seen.insert(seen_key.as_str(), entry.announced_at))?;
-            db(db(txn.open_table(SEEN_AT))?.insert((entry.announced_at, seen_key.as_str()), ()))?;
-            // The author's oldest gives way when they have more than their share; the feed keeps
-            // the last MAX_FEED_PER_REPO arrivals (fewer where an author's gave way).
-            let mine = db(by_author.range((repo, author, 0)..=(repo, author, u64::MAX)))?;
-            let (count, oldest) = mine.fold((0usize, None), |(n, first), item| {
-                (n + 1, first.or_else(|| item.ok().map(|(k, _)| k.value().2)))
-            });
-            let over_share = oldest.filter(|_| count > MAX_FEED_PER_AUTHOR);
-            let out_of_window = seq.checked_sub(MAX_FEED_PER_REPO as u64).filter(|s| *s > 0);
-            for old_seq in over_share.into_iter().chain(out_of_window) {
-                let old = db(feed.remove((repo, old_seq)))?;
-                let old: Option<FeedEntry> = old.map(|v| parse(v.value(), "feed")).transpose()?;
-                if let Some(old) = old {
-                    // Its id stays seen: a replay of it is no news.
-                    db(by_author.remove((repo, old.peer.as_str(), old_seq)))?;
-                    db(by_commit.remove(feed_seen_key(&old).as_str()))?;
+            let mut out = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let seen_key = feed_seen_key(entry);
+                let (repo, author) = (entry.repo.as_str(), entry.peer.as_str());
+                let mut seen = db(txn.open_table(SEEN))?;
+                if db(seen.get(seen_key.as_str()))?.is_some() {
+                    out.push(false);
+                    continue;
                 }
+                let mut feed = db(txn.open_table(FEED))?;
+                let mut by_author = db(txn.open_table(FEED_BY_AUTHOR))?;
+                let seq = last_seq(&feed, repo)? + 1;
+                let bytes = serde_json::to_vec(entry).expect("feed entries always serialise");
+                db(feed.insert((repo, seq), bytes.as_slice()))?;
+                db(by_author.insert((repo, author, seq), ()))?;
+                let mut by_commit = db(txn.open_table(FEED_BY_COMMIT))?;
+                db(by_commit.insert(seen_key.as_str(), seq))?;
+                db(seen.insert(seen_key.as_str(), entry.announced_at))?;
+                db(db(txn.open_table(SEEN_AT))?.insert((entry.announced_at, seen_key.as_str()), ()))?;
+                // The author's oldest gives way when they have more than their share; the feed keeps
+                // the last MAX_FEED_PER_REPO arrivals (fewer where an author's gave way).
+                let mine = db(by_author.range((repo, author, 0)..=(repo, author, u64::MAX)))?;
+                let (count, oldest) = mine.fold((0usize, None), |(n, first), item| {
+                    (n + 1, first.or_else(|| item.ok().map(|(k, _)| k.value().2)))
+                });
+                let over_share = oldest.filter(|_| count > MAX_FEED_PER_AUTHOR);
+                let out_of_window = seq.checked_sub(MAX_FEED_PER_REPO as u64).filter(|s| *s > 0);
+                for old_seq in over_share.into_iter().chain(out_of_window) {
+                    let old = db(feed.remove((repo, old_seq)))?;
+                    let old: Option<FeedEntry> = old.map(|v| parse(v.value(), "feed")).transpose()?;
+                    if let Some(old) = old {
+                        // Its id stays seen: a replay of it is no news.
+                        db(by_author.remove((repo, old.peer.as_str(), old_seq)))?;
+                        db(by_commit.remove(feed_seen_key(&old).as_str()))?;
+                    }
+                }
+                out.push(true);
             }
-            Ok(true)
+            Ok(out)
         })
     }
 

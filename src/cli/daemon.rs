@@ -195,6 +195,14 @@ fn print_status(s: &NodeStatus, out: &mut dyn Write) -> anyhow::Result<()> {
     for (i, r) in s.repos.iter().enumerate() {
         writeln!(out, "{:<10} {} ({})", if i == 0 { "repos" } else { "" }, r.name, r.id.short())?;
     }
+    for (i, r) in s.sync.repos.iter().enumerate() {
+        let name = s.repos.iter().find(|x| x.id == r.repo).map_or(r.repo.short(), |x| x.name.as_str());
+        let when = match r.last_sync {
+            Some(ms) => format!("caught up {} with {} peer(s)", super::fmt::local_time(ms / 1000), r.peers),
+            None => "not synced with a peer yet".to_string(),
+        };
+        writeln!(out, "{:<10} {name}: {when}", if i == 0 { "sync" } else { "" })?;
+    }
     writeln!(
         out,
         "dht        {} record(s) of ours, {} of our repositories, {} held for others",

@@ -369,6 +369,37 @@ pub struct NodeStatus {
     /// signed.
     #[serde(default)]
     pub distrusted: Vec<String>,
+    /// Catching up with peers (`/git-p2p/sync/1`).
+    #[serde(default)]
+    pub sync: SyncStatus,
+}
+
+/// Catching up with peers: per repository when it last synced and with how many peers, and
+/// what the node's syncs exchanged since it started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SyncStatus {
+    pub repos: Vec<SyncRepoStatus>,
+    /// Our sessions under way.
+    pub running: usize,
+    /// Our sessions ended since start.
+    pub sessions: u64,
+    /// How long the last session that ended took (ms), ours or a peer's.
+    #[serde(default)]
+    pub last_session_ms: Option<u64>,
+    /// Bytes of sync sent and received (both ends of every session, ours and peers').
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// New items syncs brought.
+    pub items: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SyncRepoStatus {
+    pub repo: RepoId,
+    /// When a sync of it last ended well (Unix ms).
+    pub last_sync: Option<u64>,
+    /// Peers it synced with in the last 20 minutes.
+    pub peers: usize,
 }
 
 /// What became of our latest dial of a peer.

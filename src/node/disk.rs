@@ -152,12 +152,26 @@ impl Disk for NodeDisk<'_> {
         self.wrote(result)
     }
 
+    fn feed_insert_all(&mut self, entries: &[FeedEntry]) -> Result<Vec<bool>, StoreError> {
+        let result = self.store.feed_insert_all(entries);
+        self.wrote(result)
+    }
+
     fn chat_received(&mut self, entry: ChatEntry) {
         self.history.write(entry);
     }
 
     fn chat_insert(&mut self, entry: &ChatEntry) -> Result<bool, StoreError> {
         let result = self.store.chat_insert(entry);
+        self.wrote(result)
+    }
+
+    fn sync_keep(&mut self, item: crate::proto::sync::SyncItem) {
+        self.history.keep(item);
+    }
+
+    fn sync_prune(&mut self, before_ms: u64) -> Result<usize, StoreError> {
+        let result = self.store.sync_prune(before_ms);
         self.wrote(result)
     }
 

@@ -84,6 +84,8 @@ pub struct EventLoop {
     store_watch: StoreWatch,
     /// The mirrors' worker and what is under way for them.
     mirror: mirror::MirrorLink,
+    /// Our sync sessions and the peers' (catching up on feeds and rooms).
+    sync: sync::SyncLink,
 }
 
 /// The service's view of the store for one call (the fields it borrows are the event loop's).
@@ -101,6 +103,7 @@ macro_rules! disk {
 mod mirror;
 mod status;
 mod swarm;
+mod sync;
 
 impl EventLoop {
     pub fn new(
@@ -119,6 +122,7 @@ impl EventLoop {
         let store_watch = StoreWatch::new(info.store_problem.clone(), info.data_dir.clone());
         let mut service = service;
         let mirror = mirror::MirrorLink::start(&swarm, &info, &mut service);
+        let sync = sync::SyncLink::start(&swarm, &store);
         let mut this = Self {
             swarm,
             commands,
@@ -136,6 +140,7 @@ impl EventLoop {
             _inbound_tx: inbound_tx,
             store_watch,
             mirror,
+            sync,
         };
         this.run_io();
         this.hooks.ingest(&mut this.service, disk!(this), &this.store);
@@ -173,6 +178,7 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 Some(message) = self.inbound.recv() => self.service.from_nostr(message, Now::system(), disk!(self)),
                 Some(event) = self.mirror.events.recv() => self.mirror_event(event),
+                Some(event) = self.sync.events.recv() => self.sync_event(event),
                 wake = self.hooks.next() => self.hook_wake(wake),
                 ids = super::disk::seen_chat_read(&mut seen_chat) => self.service.remember_chat(ids),
                 _ = tick.tick() => {
@@ -254,6 +260,9 @@ impl EventLoop {
                 let _ = reply.send(Ok(()));
             }
             Command::Log { repo, limit, before, filter, reply } => {
+                if before.is_none() {
+                    self.service.sync_if_stale(&repo, now);
+                }
                 let page = self.store.feed_page(&repo, before, limit, PAGE_BYTES, |e| filter.matches_json(e));
                 let page = page.map(|(items, next)| Page { items, next });
                 let _ = reply.send(page.map_err(|e| Failure::new(format!("cannot read the feed: {e}"))));
@@ -274,7 +283,10 @@ impl EventLoop {
             Command::ChatHistory { room, limit, before, reply } => {
                 self.history.read(PageRead { room, before, limit, reply })
             }
-            Command::ChatJoin { repo, thread, reply } => self.service.chat_join(repo, thread, reply),
+            Command::ChatJoin { repo, thread, reply } => {
+                self.service.sync_if_stale(&repo.id, now);
+                self.service.chat_join(repo, thread, reply)
+            }
             Command::KvPut { repo, key, value, name, reply } => {
                 self.service.kv_put(repo, key, value, name, reply, now, disk!(self))
             }
@@ -401,6 +413,7 @@ impl EventLoop {
             io @ (Io::Mirror(_) | Io::Provide(_) | Io::FindProviders { .. } | Io::MirrorLookup { .. }) => {
                 self.mirror_io(io)
             }
+            Io::Sync { session, peer, repos, since } => self.start_sync(session, peer, repos, since),
             Io::Bridge(op) => {
                 let Some(bridge) = &self.bridge else { return };
                 match op {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::control::api::{Failure, Page, Reply};
 use crate::control::proto::PAGE_BYTES;
 use crate::proto::chat::ChatEntry;
+use crate::proto::sync::SyncItem;
 use crate::store::Store;
 
 /// Messages written per transaction at most.
@@ -19,6 +20,8 @@ const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 enum Job {
     Write(ChatEntry),
+    /// An envelope for the sync sets.
+    Keep(SyncItem),
     /// A page of `room`'s history, once what came before is written.
     Read(PageRead),
 }
@@ -84,6 +87,21 @@ impl HistoryWriter {
         }
     }
 
+    /// Adds an envelope to the sync sets (in the writer's next batch).
+    pub fn keep(&self, item: SyncItem) {
+        let item = match &self.tx {
+            Some(tx) => match tx.send(Job::Keep(item)) {
+                Ok(()) => return,
+                Err(mpsc::SendError(Job::Keep(item))) => item,
+                Err(_) => return,
+            },
+            None => item,
+        };
+        if let Err(e) = self.store.sync_keep_all(std::slice::from_ref(&item)) {
+            tracing::warn!(error = %e, "cannot keep an envelope for sync");
+        }
+    }
+
     /// Answers a page of a room's history, with every message handed to [`Self::write`]
     /// before.
     pub fn read(&self, page: PageRead) {
@@ -111,16 +129,27 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Job>) {
         let mut next = first;
         while let Some(job) = next.take() {
             let mut batch = Vec::new();
+            let mut keep = Vec::new();
             let mut read_after = None;
             match job {
                 Job::Write(entry) => batch.push(entry),
+                Job::Keep(item) => keep.push(item),
                 Job::Read(page) => read_after = Some(page),
             }
-            while read_after.is_none() && batch.len() < BATCH {
+            while read_after.is_none() && batch.len() + keep.len() < BATCH {
                 match rx.try_recv() {
                     Ok(Job::Write(entry)) => batch.push(entry),
+                    Ok(Job::Keep(item)) => keep.push(item),
                     Ok(Job::Read(page)) => read_after = Some(page),
                     Err(_) => break,
+                }
+            }
+            if !keep.is_empty() {
+                match store.sync_keep_all(&keep) {
+                    Ok(_) => unsynced = true,
+                    Err(e) => {
+                        super::disk::log_store_error(&e, &format!("cannot keep {} envelopes for sync", keep.len()))
+                    }
                 }
             }
             if !batch.is_empty() {

@@ -60,6 +60,10 @@ pub struct HookNotes {
     survey: Option<oneshot::Receiver<Vec<PathBuf>>>,
     /// A reflog position was written without fsync since [`Self::take_wrote`].
     wrote: bool,
+    /// The time the last announcement read from a reflog was signed at: each one is signed
+    /// later than the one before (several commits read at once would otherwise share a
+    /// millisecond, and peers that catch up order them by that time).
+    last_signed: u64,
     /// Repositories whose notes came while the store could not take announcements: their
     /// reflogs are read once it can again.
     after_reopen: HashSet<PathBuf>,
@@ -86,6 +90,7 @@ impl HookNotes {
             rebasing: HashSet::new(),
             survey: None,
             wrote: false,
+            last_signed: 0,
             after_reopen: HashSet::new(),
             refs_to_check: HashSet::new(),
         }
@@ -235,8 +240,9 @@ impl HookNotes {
             }
             let mut info = ctx.commit_info(&commit.id)?;
             info.ref_name = commit.ref_name.or_else(|| head_ref.clone());
+            self.last_signed = now.unix_ms.max(self.last_signed + 1);
             let envelope =
-                Announcement::new(info, ctx.user_name.as_deref()).sign(&service.me().key, &repo.id, now.unix_ms);
+                Announcement::new(info, ctx.user_name.as_deref()).sign(&service.me().key, &repo.id, self.last_signed);
             service.queue_announcement(OutboxEntry { repo: repo.clone(), envelope, thread: None }, false, disk)?;
         }
         if let (true, Some(head_ref)) = (moved_only, head_ref) {

@@ -10,6 +10,7 @@ mod hook_wait;
 pub mod kad_store;
 mod listen;
 pub mod mirror;
+mod reconcile;
 pub mod repair;
 mod repo_cache;
 pub mod service;

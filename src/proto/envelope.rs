@@ -33,7 +33,7 @@ pub struct Envelope {
     pub sig: String,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum EnvelopeError {
     #[error("envelope too large ({0} bytes, at most {MAX_ENVELOPE})")]
     TooLarge(usize),

@@ -8,4 +8,5 @@ pub mod outbox;
 pub mod peer;
 pub mod remote;
 pub mod repo;
+pub mod sync;
 pub mod topic;

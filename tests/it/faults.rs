@@ -292,10 +292,17 @@ fn a_damaged_store_is_one_line_with_the_way_out_and_never_restarted_in_a_loop() 
 
 /// Where in `bytes` a DHT record holding `needle` is: the store keeps a record's value as a
 /// JSON array of byte values.
-fn find_record(bytes: &[u8], needle: &str) -> Option<u64> {
+/// Where a stored record's JSON holds `needle`: every copy (a page freed by a later commit may
+/// hold an older one; only one of them is live).
+fn find_records(bytes: &[u8], needle: &str) -> Vec<u64> {
     let pattern: Vec<String> = needle.bytes().map(|b| b.to_string()).collect();
     let pattern = pattern.join(",").into_bytes();
-    bytes.windows(pattern.len()).position(|w| w == pattern.as_slice()).map(|at| at as u64)
+    bytes
+        .windows(pattern.len())
+        .enumerate()
+        .filter(|(_, w)| *w == pattern.as_slice())
+        .map(|(at, _)| at as u64)
+        .collect()
 }
 
 #[test]
@@ -317,11 +324,14 @@ fn repair_rebuilds_the_store_and_our_announcements_and_entries_come_back() {
     alice
         .git(&alice_repo, &["-c", "core.hooksPath=/nonexistent", "commit", "-q", "-m", "made while the node was down"]);
 
-    // The page that holds alice's record of the key is overwritten.
+    // The pages that hold alice's record of the key are overwritten.
     let store = alice.data_dir().join("store.redb");
-    let bytes = std::fs::read(&store).expect("the store");
-    let at = find_record(&bytes, "\"key\":\"greeting\"").expect("the record in the store file");
-    damage(&store, &bytes, &Damage::Page(at & !4095));
+    let copies = find_records(&std::fs::read(&store).expect("the store"), "\"key\":\"greeting\"");
+    assert!(!copies.is_empty(), "the record in the store file");
+    for at in copies {
+        let bytes = std::fs::read(&store).expect("the store");
+        damage(&store, &bytes, &Damage::Page(at & !4095));
+    }
     assert_one_line_error(&alice.run_in(&alice_repo, &["kv", "ls"]), 1, "git p2p daemon repair");
 
     let out = alice.ok(&["daemon", "repair"]);

@@ -215,3 +215,145 @@ fn two_lan_nodes_restarted_together_on_new_addresses_meet_again_within_five_seco
     drop(nodes);
     drop(lab);
 }
+
+impl Lab {
+    /// Moves the nodes `half` to a bridge of their own: the two halves no longer hear each other
+    /// (packets are dropped, as by a broken link: connections die of silence).
+    fn partition(&self, half: &[usize]) -> Result<(), String> {
+        let sw = self.switch();
+        if ip(&["-n", &sw, "link", "show", "br1"]).is_err() {
+            ip(&["-n", &sw, "link", "add", "br1", "type", "bridge", "stp_state", "0", "forward_delay", "0"])?;
+            ip(&["-n", &sw, "link", "set", "br1", "up"])?;
+        }
+        for i in half {
+            ip(&["-n", &sw, "link", "set", &format!("{}p{i}", self.prefix), "master", "br1"])?;
+        }
+        Ok(())
+    }
+
+    /// Joins every node to the one bridge again.
+    fn heal(&self) -> Result<(), String> {
+        let sw = self.switch();
+        for i in 0..self.nodes {
+            ip(&["-n", &sw, "link", "set", &format!("{}p{i}", self.prefix), "master", "br0"])?;
+        }
+        Ok(())
+    }
+}
+
+/// Four LAN nodes share a repository; the LAN splits in two halves that chat and commit apart
+/// (each half hears only itself: what it says never reaches the other by gossip); once it heals,
+/// every node has the same messages and announcements, caught up by sync.
+#[test]
+fn two_halves_of_a_partitioned_lan_converge_once_it_heals() {
+    let subnet = format!("10.215.{}", std::process::id() % 250);
+    let lab = Lab::up("p", 4, &subnet).unwrap_or_else(|e| needs_root(&e));
+    let names = ["alice", "bob", "carol", "dave"];
+    let nodes: Vec<Node> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let ip = format!("{subnet}.{}", i + 1);
+            lan_node(&lab, i, name, &[&format!("/ip4/{ip}/tcp/0")])
+        })
+        .collect();
+    let origin = nodes[0].repo("proj", 1);
+    let repos: Vec<std::path::PathBuf> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            if i == 0 {
+                return origin.clone();
+            }
+            node.git(&node.path("home"), &["clone", "-q", origin.to_str().expect("utf-8 path"), "proj"]);
+            node.path("home/proj")
+        })
+        .collect();
+    let ids: Vec<String> = nodes.iter().map(|n| n.start()["peer_id"].as_str().unwrap().to_string()).collect();
+    for (node, repo) in nodes.iter().zip(&repos) {
+        node.ok_in(repo, &["init"]);
+    }
+    let sees = |i: usize, others: &[usize]| {
+        let peers = nodes[i].peers();
+        others.iter().all(|j| {
+            peers
+                .iter()
+                .any(|p| p["peer_id"] == ids[*j].as_str() && p["repos"].as_array().is_some_and(|r| !r.is_empty()))
+        })
+    };
+    for (i, name) in names.iter().enumerate() {
+        let others: Vec<usize> = (0..4).filter(|j| *j != i).collect();
+        eventually(Duration::from_secs(60), &format!("{name} to share the repository with all"), || {
+            sees(i, &others).then_some(())
+        });
+    }
+
+    let halves = [[0, 1], [2, 3]];
+    lab.partition(&halves[1]).unwrap_or_else(|e| panic!("cannot partition the LAN: {e}"));
+    // Each half loses the other (pings fail on the silent connections).
+    for (i, node) in nodes.iter().enumerate() {
+        let away: Vec<&String> =
+            ids.iter().enumerate().filter(|(j, _)| (*j < 2) != (i < 2)).map(|(_, id)| id).collect();
+        eventually(Duration::from_secs(90), &format!("{} to lose the other half", names[i]), || {
+            let peers = node.peers();
+            (!peers.iter().any(|p| away.iter().any(|id| p["peer_id"] == id.as_str()))).then_some(())
+        });
+    }
+    let mut said = Vec::new();
+    let mut commits = Vec::new();
+    for half in halves {
+        let (talker, committer) = (half[0], half[1]);
+        for n in 0..5 {
+            let text = format!("{} says {n} while apart", names[talker]);
+            nodes[talker].ok_in(&repos[talker], &["chat", "--send", &text]);
+            said.push(text);
+        }
+        for n in 0..3 {
+            commits.push(
+                nodes[committer].commit(&repos[committer], &format!("{} commit {n} while apart", names[committer])),
+            );
+        }
+    }
+    let texts = |i: usize| -> BTreeSet<String> {
+        nodes[i]
+            .ok_in(&repos[i], &["chat", "--tail", "--json"])
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["text"].as_str().map(str::to_string))
+            .collect()
+    };
+    let announced = |i: usize| -> BTreeSet<String> {
+        nodes[i].feed(&repos[i]).iter().filter_map(|e| e["commit"].as_str().map(str::to_string)).collect()
+    };
+    // Apart: each half has only its own.
+    for i in 0..4 {
+        let own = |s: &String| (s.starts_with(names[0]) || s.starts_with(names[1])) == (i < 2);
+        eventually(Duration::from_secs(30), &format!("{} to have its half's messages", names[i]), || {
+            let t = texts(i);
+            (said.iter().filter(|s| own(s)).all(|s| t.contains(s)) && !said.iter().any(|s| !own(s) && t.contains(s)))
+                .then_some(())
+        });
+    }
+
+    lab.heal().unwrap_or_else(|e| panic!("cannot heal the LAN: {e}"));
+    let all_said: BTreeSet<String> = said.iter().cloned().collect();
+    let all_commits: BTreeSet<String> = commits.iter().cloned().collect();
+    for (i, name) in names.iter().enumerate() {
+        // A node's feed shows what peers announced, not its own commits (bob made the first three,
+        // dave the others).
+        let own: &[String] = match i {
+            1 => &commits[..3],
+            3 => &commits[3..],
+            _ => &[],
+        };
+        let expected: BTreeSet<String> = all_commits.iter().filter(|c| !own.contains(c)).cloned().collect();
+        eventually(Duration::from_secs(150), &format!("{name} to converge after the heal"), || {
+            (all_said.is_subset(&texts(i)) && expected.is_subset(&announced(i))).then_some(())
+        });
+    }
+    for node in &nodes {
+        let sync = node.status()["sync"].clone();
+        assert!(sync["items"].as_u64() > Some(0), "{}: caught up by sync: {sync}", node.name);
+    }
+    drop(nodes);
+    drop(lab);
+}

@@ -2,6 +2,7 @@
 //! One test binary (faster to link); each module is one area.
 
 mod announce;
+mod catchup;
 mod chat;
 mod cli;
 mod doctor;
@@ -24,5 +25,6 @@ mod restart;
 mod skew;
 mod socket;
 mod support;
+mod sync_evil;
 mod thread;
 mod tui;

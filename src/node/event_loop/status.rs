@@ -36,6 +36,7 @@ impl EventLoop {
             dials: self.service.dials(),
             clocks: self.service.clocks(),
             distrusted: self.service.distrusted(Now::system()),
+            sync: self.service.sync_status(Now::system()),
         }
     }
 

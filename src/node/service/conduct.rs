@@ -2,6 +2,8 @@
 //! keeps trying is cut off (its connections closed) and refused for a while, and we do not dial
 //! it meanwhile. Messages are not a reason here: gossipsub's scoring already stops listening to
 //! a peer whose messages are invalid, and what is merely too much is dropped without blame.
+//! A peer that breaks the rules of sync (`sync`: forged items, over its budget) is banned the
+//! same way.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -50,6 +52,12 @@ impl Conduct {
         self.denied.remove(&peer);
         self.banned.insert(peer, now + BAN);
         true
+    }
+
+    /// Bans `peer` now (it broke a protocol's rules); false if it was banned already.
+    pub fn ban(&mut self, peer: PeerId, now: Instant) -> bool {
+        self.denied.remove(&peer);
+        self.banned.insert(peer, now + BAN).is_none()
     }
 
     pub fn is_banned(&self, peer: &PeerId) -> bool {

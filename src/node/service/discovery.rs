@@ -188,8 +188,9 @@ impl Service {
     /// A peer joined a topic: someone to deliver to, perhaps; waiting messages need not wait a
     /// tick.
     pub fn subscribed(&mut self, peer: &PeerId, topic: TopicHash, now: Now, disk: &mut dyn Disk) {
-        self.discovery.peers.subscribed(peer, topic);
+        self.discovery.peers.subscribed(peer, topic.clone());
         self.flush(now, disk);
+        self.sync_subscribed(peer, &topic, now);
     }
 
     pub fn unsubscribed(&mut self, peer: &PeerId, topic: &TopicHash) {

@@ -10,7 +10,8 @@
 //! the queries waiting for the network), `refs` (our refs in the DHT), `notes` (our git notes
 //! in the DHT), `discovery` (peers, who to dial), `dial_log` (what became of our dials, in
 //! words), `peers` (the peer table and redial backoff), `conduct` (peers cut off for flooding
-//! us), `clocks` (peers' clocks against ours).
+//! us), `clocks` (peers' clocks against ours), `sync` (catching up with peers: when, with
+//! whom, what to take).
 
 mod clocks;
 mod conduct;
@@ -24,6 +25,7 @@ pub mod peers;
 mod refs;
 mod repos;
 mod rooms;
+pub mod sync;
 #[cfg(test)]
 mod tests;
 
@@ -89,12 +91,20 @@ pub trait Disk {
     fn prune_seen(&mut self, before_ms: u64) -> Result<usize, StoreError>;
     /// A received announcement; false if the feed has it already.
     fn feed_insert(&mut self, entry: &FeedEntry) -> Result<bool, StoreError>;
+    /// Received announcements at once (a catch-up's); whether each was new.
+    fn feed_insert_all(&mut self, entries: &[FeedEntry]) -> Result<Vec<bool>, StoreError> {
+        entries.iter().map(|e| self.feed_insert(e)).collect()
+    }
     /// A received room message, known to be new: stored off the event loop, in batches.
     fn chat_received(&mut self, entry: ChatEntry);
     /// One of our room messages going through the outbox; false if the history has it.
     fn chat_insert(&mut self, entry: &ChatEntry) -> Result<bool, StoreError>;
     /// One of our room messages published at once: stored before the batch's answers go out.
     fn chat_published(&mut self, entry: ChatEntry);
+    /// An envelope for the sync sets peers reconcile with ours (stored off the event loop).
+    fn sync_keep(&mut self, item: crate::proto::sync::SyncItem);
+    /// Forgets the sync sets' items signed before `before_ms`.
+    fn sync_prune(&mut self, before_ms: u64) -> Result<usize, StoreError>;
     /// Sends `ack` once everything written so far is durable.
     fn reply_when_durable(&mut self, ack: Ack);
     /// Remembers that we wrote `key` (for `kv ls`).
@@ -219,6 +229,14 @@ pub enum Io {
         job: u64,
         key: kad::RecordKey,
     },
+    /// Reconcile these repositories' sync sets with a peer (items signed `since` or later);
+    /// what arrives goes to [`Service::sync_received`], the end to [`Service::sync_done`].
+    Sync {
+        session: u64,
+        peer: PeerId,
+        repos: Vec<RepoId>,
+        since: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -260,6 +278,8 @@ pub struct Service {
     conduct: conduct::Conduct,
     /// Signed tips and the fetches of the mirror.
     mirror: mirror::MirrorState,
+    /// Catching up with peers.
+    sync: sync::SyncState,
     next_ticket: u64,
     last_prune: Option<Instant>,
     io: VecDeque<Io>,
@@ -280,6 +300,7 @@ impl Service {
             pacer: rooms::Pacer::default(),
             conduct: conduct::Conduct::default(),
             mirror: mirror::MirrorState::default(),
+            sync: sync::SyncState::default(),
             next_ticket: 0,
             last_prune: None,
             io: VecDeque::new(),
@@ -406,11 +427,15 @@ impl Service {
             if let Err(e) = disk.prune_seen(window) {
                 tracing::warn!(error = %e, "cannot prune the seen ids");
             }
+            if let Err(e) = disk.sync_prune(window) {
+                tracing::warn!(error = %e, "cannot prune the sync sets");
+            }
         }
         self.expire_queries(now, disk);
         self.lift_bans(now);
         self.restore_own(now);
         self.mirror_tick(now);
+        self.sync_start(now);
         self.redial(now);
     }
 

@@ -177,6 +177,10 @@ impl Service {
             disk.mark_announced(&entry.repo.id, &a.commit.id)?;
         }
         let seq = disk.outbox_push(&entry, durable)?;
+        // Peers that miss its gossip catch up on it from us.
+        if let Some(item) = crate::proto::sync::SyncItem::of(&entry.envelope) {
+            disk.sync_keep(item);
+        }
         if let (true, Some(a)) = (ours, announcement) {
             if let Some(name) = a.commit.ref_name.clone() {
                 self.mirror_own(&entry.repo, vec![(name.clone(), a.commit.id.clone())], Some(name));

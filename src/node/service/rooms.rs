@@ -22,6 +22,7 @@ use crate::proto::chat::{room_id, ChatEntry, ChatError, ChatMessage};
 use crate::proto::envelope::{Envelope, EnvelopeError};
 use crate::proto::outbox::OutboxEntry;
 use crate::proto::repo::{RepoId, RepoInfo};
+use crate::proto::sync::SyncItem;
 
 /// Messages (of each kind) one author may have taken per second on average, and in a burst:
 /// more is dropped, not stored, shown or forwarded. Being over the rate is not misconduct (a
@@ -129,9 +130,10 @@ enum Expect {
 /// What a message that arrived turned out to be.
 #[derive(Debug)]
 pub enum Arrival {
-    Announcement(FeedEntry),
-    /// A room message not seen before.
-    Chat(ChatEntry),
+    /// An announcement, with its envelope (for the sync set).
+    Announcement(FeedEntry, Box<Envelope>),
+    /// A room message not seen before, with its envelope (none for a plain Nostr comment).
+    Chat(ChatEntry, Option<Box<Envelope>>),
     /// A room message we have.
     Seen,
     Refused(Refused),
@@ -204,12 +206,14 @@ impl Rooms {
             Err(e) => return Arrival::Refused(e.into()),
         };
         match self.topics.get(topic) {
-            Some(Room::Commits { repo }) if *repo == envelope.repo => self.announcement(envelope, now),
+            Some(Room::Commits { repo }) if *repo == envelope.repo => self.announcement(envelope, now, None),
             Some(Room::Chat { repo, thread }) if *repo == envelope.repo => {
                 let thread = thread.clone();
-                self.chat(envelope, Expect::Exactly(thread), me, now)
+                self.chat(envelope, Expect::Exactly(thread), me, now, None)
             }
-            Some(Room::Threads { repo }) if *repo == envelope.repo => self.chat(envelope, Expect::AnyThread, me, now),
+            Some(Room::Threads { repo }) if *repo == envelope.repo => {
+                self.chat(envelope, Expect::AnyThread, me, now, None)
+            }
             _ => Arrival::Refused(Refused::OffTopic),
         }
     }
@@ -217,7 +221,7 @@ impl Rooms {
     /// A room message or a plain comment that came through a Nostr relay.
     pub fn bridged(&mut self, inbound: Inbound, me: &PeerId, now: Now) -> Arrival {
         match inbound {
-            Inbound::Envelope(envelope) => self.chat(envelope, Expect::Named, me, now),
+            Inbound::Envelope(envelope) => self.chat(envelope, Expect::Named, me, now, None),
             Inbound::Comment { repo, id, npub, text, created_at } => {
                 // A plain Nostr client's text: no escape sequence reaches a reader's terminal.
                 let text = crate::proto::chat::tame(&text);
@@ -242,15 +246,36 @@ impl Rooms {
                     via: Some("nostr".to_string()),
                     thread: None,
                 };
-                self.fresh(entry)
+                self.fresh(entry, None)
             }
         }
     }
 
+    /// An envelope a peer's sync handed us as one of `kind`, whose signature the caller
+    /// verified (`author`): the same checks as gossip (room, bounds, time window, seen ids), but
+    /// not its author's rate: a catch-up brings in a burst what was said over days, and the
+    /// sending peer's own budget ([`super::sync`]) bounds it instead.
+    pub fn synced(
+        &mut self,
+        kind: crate::proto::sync::Kind,
+        envelope: Envelope,
+        author: PeerId,
+        me: &PeerId,
+        now: Now,
+    ) -> Arrival {
+        use crate::proto::sync::Kind;
+        match kind {
+            Kind::Announcements => self.announcement(envelope, now, Some(author)),
+            Kind::Room => self.chat(envelope, Expect::Exactly(None), me, now, Some(author)),
+            Kind::Threads => self.chat(envelope, Expect::AnyThread, me, now, Some(author)),
+        }
+    }
+
     /// A room message (in the room or thread `expect`ed): verified, within bounds and rate, and
-    /// new?
-    fn chat(&mut self, envelope: Envelope, expect: Expect, me: &PeerId, now: Now) -> Arrival {
-        let author = match envelope.verify() {
+    /// new? `synced`: its author, verified by the caller (a sync's item: no rate limit).
+    fn chat(&mut self, envelope: Envelope, expect: Expect, me: &PeerId, now: Now, synced: Option<PeerId>) -> Arrival {
+        let limit = synced.is_none();
+        let author = match synced.map_or_else(|| envelope.verify(), Ok) {
             Ok(author) => author,
             Err(e) => return Arrival::Refused(e.into()),
         };
@@ -271,15 +296,18 @@ impl Rooms {
         if let Err(why) = in_window(envelope.ts, now) {
             return Arrival::Refused(why);
         }
-        if !self.chat_limiter.allow(&author_id, now.mono) {
+        if limit && !self.chat_limiter.allow(&author_id, now.mono) {
             return Arrival::Refused(Refused::Flood(author_id));
         }
-        self.fresh(ChatEntry::new(&envelope, author, message, author == *me, now.unix_ms))
+        let entry = ChatEntry::new(&envelope, author, message, author == *me, now.unix_ms);
+        self.fresh(entry, Some(Box::new(envelope)))
     }
 
-    /// An announcement, verified, within bounds, time and its author's rate, as the feed keeps it.
-    fn announcement(&mut self, envelope: Envelope, now: Now) -> Arrival {
-        let author = match envelope.verify() {
+    /// An announcement, verified, within bounds, time and its author's rate, as the feed keeps
+    /// it. `synced`: as for [`Rooms::chat`].
+    fn announcement(&mut self, envelope: Envelope, now: Now, synced: Option<PeerId>) -> Arrival {
+        let limit = synced.is_none();
+        let author = match synced.map_or_else(|| envelope.verify(), Ok) {
             Ok(author) => author,
             Err(e) => return Arrival::Refused(e.into()),
         };
@@ -292,22 +320,23 @@ impl Rooms {
         if let Err(why) = in_window(envelope.ts, now) {
             return Arrival::Refused(why);
         }
-        if !self.announce_limiter.allow(&peer, now.mono) {
+        if limit && !self.announce_limiter.allow(&peer, now.mono) {
             return Arrival::Refused(Refused::Flood(peer));
         }
-        Arrival::Announcement(FeedEntry {
-            repo: envelope.repo,
+        let entry = FeedEntry {
+            repo: envelope.repo.clone(),
             peer,
             name: a.name,
             commit: a.commit,
             announced_at: envelope.ts,
             received_at: now.unix_ms,
-        })
+        };
+        Arrival::Announcement(entry, Box::new(envelope))
     }
 
-    fn fresh(&mut self, entry: ChatEntry) -> Arrival {
+    fn fresh(&mut self, entry: ChatEntry, envelope: Option<Box<Envelope>>) -> Arrival {
         if self.seen.insert(entry.id.clone()) {
-            Arrival::Chat(entry)
+            Arrival::Chat(entry, envelope)
         } else {
             Arrival::Seen
         }
@@ -352,15 +381,28 @@ impl Service {
         self.take(arrival, None, now, disk);
     }
 
-    fn take(&mut self, arrival: Arrival, source: Option<PeerId>, now: Now, disk: &mut dyn Disk) -> MessageAcceptance {
+    pub(super) fn take(
+        &mut self,
+        arrival: Arrival,
+        source: Option<PeerId>,
+        now: Now,
+        disk: &mut dyn Disk,
+    ) -> MessageAcceptance {
         match arrival {
-            Arrival::Announcement(entry) => match disk.feed_insert(&entry) {
-                Ok(true) => {
+            Arrival::Announcement(entry, envelope) => match disk.feed_insert(&entry) {
+                Ok(new) => {
+                    // Peers catching up get it from us (even one the feed had under another
+                    // envelope: our set then has what theirs has).
+                    if let Some(item) = SyncItem::of(&envelope) {
+                        disk.sync_keep(item);
+                    }
+                    if !new {
+                        return MessageAcceptance::Ignore;
+                    }
                     self.announced(&entry, now);
                     self.push(Io::Emit(NodeEvent::Announcement(entry)));
                     MessageAcceptance::Accept
                 }
-                Ok(false) => MessageAcceptance::Ignore,
                 Err(e) => {
                     // A store that is down (a full disk) said so once; it is not news per message.
                     if e.is_store_down() {
@@ -371,7 +413,10 @@ impl Service {
                     MessageAcceptance::Ignore
                 }
             },
-            Arrival::Chat(entry) => {
+            Arrival::Chat(entry, envelope) => {
+                if let Some(item) = envelope.and_then(|e| SyncItem::of(&e)) {
+                    disk.sync_keep(item);
+                }
                 let notice = entry.notice();
                 self.push(Io::Emit(NodeEvent::Chat(entry.clone())));
                 disk.chat_received(entry);
@@ -440,6 +485,9 @@ impl Service {
             envelope: Box::new(envelope.clone()),
             thread: thread.clone(),
         }));
+        if let Some(item) = SyncItem::of(&envelope) {
+            disk.sync_keep(item);
+        }
         let entry = ChatEntry::new(&envelope, author, message, true, now.unix_ms);
         let peers = self.discovery.peers.audience(&topic);
         let outbox = OutboxEntry { repo, envelope, thread };

@@ -38,6 +38,8 @@ struct MemDisk {
     full: bool,
     /// The keys we wrote: (repo, key) -> time.
     own_keys: BTreeMap<(RepoId, String), u64>,
+    /// The sync sets: (repo, kind, signed time, id) -> envelope.
+    sync_set: BTreeMap<(RepoId, crate::proto::sync::Kind, u64, [u8; 32]), Vec<u8>>,
 }
 
 impl MemDisk {
@@ -131,6 +133,14 @@ impl Disk for MemDisk {
     fn chat_published(&mut self, entry: ChatEntry) {
         self.chat.push(entry);
     }
+    fn sync_keep(&mut self, item: crate::proto::sync::SyncItem) {
+        self.sync_set.insert((item.repo, item.kind, item.ts, item.id), item.envelope);
+    }
+    fn sync_prune(&mut self, before_ms: u64) -> Result<usize, StoreError> {
+        let before = self.sync_set.len();
+        self.sync_set.retain(|(_, _, ts, _), _| *ts >= before_ms);
+        Ok(before - self.sync_set.len())
+    }
     fn reply_when_durable(&mut self, ack: Ack) {
         self.acks.push(ack);
     }
@@ -197,6 +207,8 @@ struct Peer {
     can_publish: bool,
     /// What it asked the mirror worker and the DHT's provider records for.
     mirror: Vec<Io>,
+    /// Sync sessions it asked for and that the simulation has not run yet.
+    syncs: Vec<Io>,
 }
 
 impl Peer {
@@ -218,6 +230,7 @@ impl Peer {
             queries: Vec::new(),
             can_publish: true,
             mirror: Vec::new(),
+            syncs: Vec::new(),
         }
     }
 
@@ -314,6 +327,7 @@ impl Sim {
                     self.peer(name).queries.push(io)
                 }
                 io @ (Io::Mirror(_) | Io::Provide(_) | Io::FindProviders { .. }) => self.peer(name).mirror.push(io),
+                io @ Io::Sync { .. } => self.peer(name).syncs.push(io),
                 Io::KadAddress { .. }
                 | Io::KadBootstrap
                 | Io::WatchReflog(_)
@@ -1491,3 +1505,5 @@ fn an_unregistered_repository_leaves_its_topics_and_the_store() {
     let failure = answer.try_recv().expect("answered").expect_err("not registered");
     assert!(failure.message().contains("not registered"), "{failure}");
 }
+
+mod sync;

@@ -1,0 +1,251 @@
+//! Catching up in the simulated network: who syncs with whom and when, what a sync brings
+//! (each item once, in signed-time order, checked as gossip), and what a peer that cheats gets.
+
+use super::*;
+use crate::node::service::sync::{SyncOutcome, Synced, MAX_SYNCS, PEER_BURST, RESYNC_EVERY};
+use crate::proto::sync::{Kind, SyncItem};
+
+impl Sim {
+    /// Runs the sync sessions `name` asked for, as the event loop and `node::reconcile` would:
+    /// each side hands the other what its set lacks (set difference standing in for
+    /// negentropy, which `reconcile`'s own tests and the integration tests cover).
+    fn run_syncs(&mut self, name: &str) -> usize {
+        let syncs = std::mem::take(&mut self.peer(name).syncs);
+        let count = syncs.len();
+        for io in syncs {
+            let Io::Sync { session, peer, repos, since } = io else { continue };
+            let other = *self.peers.iter().find(|(_, p)| p.id == peer).map(|(n, _)| n).expect("a peer of the sim");
+            let me = self.id(name);
+            for repo in &repos {
+                // Each side's part of what the other lacks, all kinds together (as a session
+                // hands them over).
+                let (mut give, mut take) = (Vec::new(), Vec::new());
+                for kind in Kind::ALL {
+                    let set = |p: &Peer| -> BTreeMap<[u8; 32], Vec<u8>> {
+                        p.disk
+                            .sync_set
+                            .iter()
+                            .filter(|((r, k, ts, _), _)| r == repo && *k == kind && *ts >= since)
+                            .map(|((_, _, _, id), e)| (*id, e.clone()))
+                            .collect()
+                    };
+                    let (mine, theirs) = (set(&self.peers[name]), set(&self.peers[other]));
+                    let lacking = |a: &BTreeMap<[u8; 32], Vec<u8>>, b: &BTreeMap<[u8; 32], Vec<u8>>| {
+                        a.iter()
+                            .filter(|(id, _)| !b.contains_key(*id))
+                            .map(|(_, e)| Synced::new(kind, Envelope::decode(e).expect("an envelope")))
+                            .collect::<Vec<_>>()
+                    };
+                    give.extend(lacking(&mine, &theirs));
+                    take.extend(lacking(&theirs, &mine));
+                }
+                let now = self.now;
+                if !give.is_empty() {
+                    let p = self.peer(other);
+                    p.service.sync_received(me, repo, give, now, &mut p.disk);
+                    self.settle(other);
+                }
+                if !take.is_empty() {
+                    let p = self.peer(name);
+                    p.service.sync_received(peer, repo, take, now, &mut p.disk);
+                    self.settle(name);
+                }
+            }
+            let (now, outcome) = (self.now, SyncOutcome { repos: repos.clone(), ..SyncOutcome::default() });
+            self.peer(other).service.sync_served(me, outcome.clone(), now);
+            self.peer(name).service.sync_done(session, outcome, now);
+            self.settle(name);
+        }
+        count
+    }
+
+    /// `name` sends a room message (in `thread`, if any) dated now.
+    fn say(&mut self, name: &str, text: &str, thread: Option<&str>) {
+        let now = self.now;
+        let peer = self.peer(name);
+        let m = ChatMessage {
+            thread: thread.map(str::to_string),
+            text: text.into(),
+            name: None,
+            nonce: format!("{text}{}", now.unix_ms),
+        };
+        let envelope = Envelope::sign(&peer.key, CHAT, &repo().id, now.unix_ms, m.to_body());
+        let (reply, _answer) = oneshot::channel::<Result<ChatSent, Failure>>();
+        peer.service.chat_send(repo(), envelope, thread.map(str::to_string), reply, now, &mut peer.disk);
+        self.end_of_batch(name);
+    }
+
+    fn texts(&mut self, name: &str, room: &str) -> Vec<String> {
+        self.peer(name).disk.chat.iter().filter(|m| m.room == room).map(|m| m.text.clone()).collect()
+    }
+
+    fn banned(&mut self, name: &str, who: &str) -> bool {
+        let id = self.id(who);
+        self.peer(name).service.banned().contains(&id)
+    }
+}
+
+/// Alice's items, said while bob was away (gossip lost them all), reach bob by sync alone when
+/// he is back: each once, in signed-time order, shown to his followers, not gossiped again.
+#[test]
+fn a_peer_back_from_away_catches_up_on_the_feed_the_room_and_the_threads() {
+    let mut sim = Sim::new(&["alice", "bob", "carol"]);
+    for name in ["alice", "bob", "carol"] {
+        sim.init(name);
+    }
+    // Carol takes alice's gossip, so alice's outbox empties; bob is away.
+    sim.connect("alice", "carol");
+    assert_eq!(sim.run_syncs("alice") + sim.run_syncs("carol"), 1, "on connect, one for both ways");
+    let commit = "c".repeat(40);
+    for i in 0..5 {
+        sim.advance(Duration::from_millis(10));
+        sim.say("alice", &format!("room {i}"), None);
+        sim.advance(Duration::from_millis(10));
+        sim.say("alice", &format!("thread {i}"), Some(&commit));
+        sim.advance(Duration::from_millis(10));
+        sim.announce("alice", &format!("commit {i}")).expect("queued");
+    }
+    sim.peer("alice").in_flight.clear();
+    sim.advance(PUBLISH_GRACE);
+    sim.tick("alice");
+    assert_eq!(sim.peer("alice").service.outbox_len(), 0, "carol took everything");
+    sim.connect("alice", "bob");
+    assert!(sim.peer("alice").in_flight.is_empty(), "nothing left to gossip to bob");
+    let ran = sim.run_syncs("alice") + sim.run_syncs("bob");
+    assert_eq!(ran, 1, "one session on connect: it goes both ways");
+    let room = repo().id.to_string();
+    let expect: Vec<String> = (0..5).map(|i| format!("room {i}")).collect();
+    let notices: Vec<String> = (0..5).flat_map(|i| [format!("room {i}"), format!("thread {i}")]).collect();
+    assert_eq!(sim.texts("bob", &room), notices, "room messages and thread notices, in time order, once");
+    assert_eq!(
+        sim.texts("bob", &format!("{room}/{commit}")),
+        expect.iter().map(|t| t.replace("room", "thread")).collect::<Vec<_>>()
+    );
+    let commits: Vec<String> = (0..5).map(|i| format!("commit {i}")).collect();
+    assert_eq!(sim.peer("bob").announcements(), commits);
+    let shown = sim.peer("bob").events.len();
+    assert_eq!(shown, 5 + 5 + 5 + 5, "followers saw each item (and each thread notice) as it came");
+    assert!(sim.peer("bob").in_flight.is_empty(), "what came by sync is not gossiped again");
+    // Nothing more to do: a second round brings nothing new.
+    sim.advance(RESYNC_EVERY);
+    sim.tick("alice");
+    sim.tick("bob");
+    let again = sim.run_syncs("alice") + sim.run_syncs("bob") + sim.run_syncs("carol");
+    assert_eq!(again, 2, "connected peers (alice and bob, alice and carol) sync again now and then");
+    assert_eq!(sim.peer("bob").events.len(), shown, "nothing twice");
+    let now = sim.now;
+    let status = sim.peer("bob").service.sync_status(now);
+    assert_eq!(status.repos.len(), 1);
+    assert_eq!(status.repos[0].peers, 1);
+    assert_eq!(status.repos[0].last_sync, Some(sim.now.unix_ms));
+}
+
+/// Carol never met alice, and gets alice's messages from bob, verified by alice's signature.
+#[test]
+fn catching_up_is_transitive_and_each_item_keeps_its_authors_signature() {
+    let mut sim = Sim::new(&["alice", "bob", "carol"]);
+    for name in ["alice", "bob", "carol"] {
+        sim.init(name);
+    }
+    sim.connect("alice", "bob");
+    sim.say("alice", "hello bob", None);
+    sim.deliver("alice");
+    sim.run_syncs("alice");
+    sim.run_syncs("bob");
+    sim.crash("alice");
+    sim.connect("bob", "carol");
+    sim.run_syncs("bob");
+    sim.run_syncs("carol");
+    let room = repo().id.to_string();
+    assert_eq!(sim.texts("carol", &room), ["hello bob"]);
+    let alice = sim.id("alice").to_string();
+    assert!(sim.peer("carol").disk.chat.iter().all(|m| m.peer == alice), "alice's, not bob's");
+}
+
+/// A peer whose sync hands us a forged item (or an item of another repository) is cut off, and
+/// nothing of what it handed us is kept or shown.
+#[test]
+fn a_peer_that_hands_us_forged_items_is_cut_off_and_nothing_of_it_is_kept() {
+    let mut sim = Sim::new(&["bob", "eve"]);
+    sim.init("bob");
+    let (now, eve_key, eve) = (sim.now, sim.peer("eve").key.clone(), sim.id("eve"));
+    let good = Envelope::decode(&chat(&eve_key, "fine", 1, now.unix_ms)).unwrap();
+    let mut forged = Envelope::decode(&chat(&eve_key, "forged", 2, now.unix_ms)).unwrap();
+    forged.body = forged.body.replace("forged", "FORGED");
+    let bob = sim.peer("bob");
+    assert!(!bob.service.sync_received(
+        eve,
+        &repo().id,
+        vec![Synced::new(Kind::Room, forged), Synced::new(Kind::Room, good.clone())],
+        now,
+        &mut bob.disk
+    ));
+    sim.settle("bob");
+    assert!(sim.banned("bob", "eve"), "cut off");
+    let bob = sim.peer("bob");
+    assert!(bob.disk.chat.is_empty() && bob.events.is_empty() && bob.disk.sync_set.is_empty());
+    assert!(
+        !bob.service.sync_received(eve, &repo().id, vec![Synced::new(Kind::Room, good)], now, &mut bob.disk),
+        "nothing more is taken"
+    );
+    assert!(bob.disk.chat.is_empty());
+
+    // An honest envelope handed as another kind than it is: off-topic, cut off too.
+    let mut sim = Sim::new(&["bob", "mallory"]);
+    sim.init("bob");
+    let (now, key, mallory) = (sim.now, sim.peer("mallory").key.clone(), sim.id("mallory"));
+    let room_message = Envelope::decode(&chat(&key, "room", 1, now.unix_ms)).unwrap();
+    let bob = sim.peer("bob");
+    assert!(!bob.service.sync_received(
+        mallory,
+        &repo().id,
+        vec![Synced::new(Kind::Threads, room_message)],
+        now,
+        &mut bob.disk
+    ));
+    assert!(sim.banned("bob", "mallory"));
+}
+
+/// A peer's syncs may hand us a repository's worth of items at once, not more.
+#[test]
+fn a_peer_over_its_budget_is_cut_off() {
+    let mut sim = Sim::new(&["bob", "eve"]);
+    sim.init("bob");
+    let (now, eve_key, eve) = (sim.now, sim.peer("eve").key.clone(), sim.id("eve"));
+    let one = Envelope::decode(&chat(&eve_key, "x", 1, now.unix_ms)).unwrap();
+    let many = vec![Synced::new(Kind::Room, one); PEER_BURST as usize + 1];
+    let bob = sim.peer("bob");
+    assert!(!bob.service.sync_received(eve, &repo().id, many, now, &mut bob.disk));
+    assert!(sim.banned("bob", "eve"));
+}
+
+/// Items in the sync sets are what the stores hold: ours, what gossip brought, what a sync
+/// brought; sessions run [`MAX_SYNCS`] at once, one per peer, and the rest wait their turn.
+#[test]
+fn sessions_are_capped_and_the_rest_start_as_others_end() {
+    let names = ["hub", "p1", "p2", "p3", "p4", "p5", "p6"];
+    let mut sim = Sim::new(&names);
+    for name in names {
+        sim.init(name);
+    }
+    for name in &names[1..] {
+        sim.connect("hub", name);
+    }
+    // A client reads the repository: the hub syncs with every peer of it, whoever's turn.
+    let now = sim.now;
+    sim.peer("hub").service.sync_if_stale(&repo().id, now);
+    sim.settle("hub");
+    let started = sim.peer("hub").syncs.len();
+    assert_eq!(started, MAX_SYNCS, "no more at once");
+    let first = sim.peer("hub").syncs.remove(0);
+    let Io::Sync { session, .. } = first else { unreachable!() };
+    let now = sim.now;
+    sim.peer("hub").service.sync_done(session, SyncOutcome::default(), now);
+    sim.settle("hub");
+    assert_eq!(sim.peer("hub").syncs.len(), MAX_SYNCS, "one ended, the next started");
+    sim.say("hub", "kept", None);
+    let hub = sim.peer("hub");
+    assert_eq!(hub.disk.sync_set.len(), 1, "our own message is in our set");
+    let item = SyncItem::of(&Envelope::decode(hub.disk.sync_set.values().next().unwrap()).unwrap()).unwrap();
+    assert_eq!(item.kind, Kind::Room);
+}
