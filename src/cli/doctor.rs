@@ -515,6 +515,8 @@ mod tests {
             repos: vec![],
             connected_secs: 1,
             score: None,
+            connection: "direct".into(),
+            relay: None,
         };
         let reading = |id: &str, offset_ms: i64| ClockReading { peer: id.into(), offset_ms, samples: 1, at: 0 };
         let peers = [peer("aaaaaaaaaaaaaaaa"), peer("bbbbbbbbbbbbbbbb")];

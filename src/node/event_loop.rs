@@ -60,6 +60,9 @@ pub struct NodeInfo {
     pub log_file: String,
     pub started_at: u64,
     pub config: ConfigInForce,
+    /// `p2p.relay-service` and `p2p.circuit-relay`.
+    pub relay_service: crate::config::RelayService,
+    pub circuit_relays: Vec<crate::config::Bootstrap>,
 }
 
 pub struct EventLoop {
@@ -91,6 +94,8 @@ pub struct EventLoop {
     mirror_tx: mpsc::Sender<MirrorEvent>,
     /// Kademlia's ids of the mirror jobs' provider lookups.
     provider_queries: HashMap<kad::QueryId, u64>,
+    /// Reachability, relays, relayed connections (`node::nat`, carried out by `nat`).
+    nat: super::nat::Nat,
 }
 
 /// The service's view of the store for one call (the fields it borrows are the event loop's).
@@ -105,6 +110,7 @@ macro_rules! disk {
     };
 }
 
+mod nat;
 mod swarm;
 
 impl EventLoop {
@@ -142,6 +148,9 @@ impl EventLoop {
             service.mirror_holds(repo);
         }
         let mirror = Worker::new(mirrors, control, mirror_tx.clone(), *swarm.local_peer_id(), max_fetch_size);
+        // Bootstrap peers (like any peer) become relays of ours when they offer to relay.
+        let relays: Vec<_> = info.circuit_relays.iter().map(|b| (b.peer_id, b.addr.clone())).collect();
+        let nat = super::nat::Nat::new(info.relay_service, &relays);
         let mut this = Self {
             swarm,
             commands,
@@ -162,7 +171,14 @@ impl EventLoop {
             mirror_events,
             mirror_tx,
             provider_queries: HashMap::new(),
+            nat,
         };
+        // The relay service waits for our own word (`node::nat`), never for libp2p's own rule
+        // (which would count a relayed address of ours as reachability).
+        if let Some(relay) = this.swarm.behaviour_mut().relay.as_mut() {
+            relay.set_status(Some(libp2p::relay::Status::Disable));
+        }
+        this.nat_plan();
         this.run_io();
         this.hooks.ingest(&mut this.service, disk!(this), &this.store);
         this.run_io();
@@ -210,6 +226,7 @@ impl EventLoop {
                         self.store_reopened();
                     }
                     self.maintain();
+                    self.nat_plan();
                 }
             }
             self.run_io();
@@ -546,6 +563,7 @@ impl EventLoop {
             dials: self.service.dials(),
             clocks: self.service.clocks(),
             distrusted: self.service.distrusted(Now::system()),
+            nat: self.nat.status(),
         }
     }
 

@@ -86,14 +86,15 @@ pub fn strip_p2p(mut addr: Multiaddr) -> Multiaddr {
     addr
 }
 
-/// Unspecified addresses (0.0.0.0, ::) and relayed ones cannot be dialled directly.
+/// Unspecified addresses (0.0.0.0, ::) cannot be dialled; a relayed one
+/// (`<relay's address>/p2p/<relay>/p2p-circuit`) can when it names its relay.
 pub fn is_dialable(addr: &Multiaddr) -> bool {
-    addr.iter().all(|p| match p {
+    let specified = addr.iter().all(|p| match p {
         Protocol::Ip4(ip) => !ip.is_unspecified(),
         Protocol::Ip6(ip) => !ip.is_unspecified(),
-        Protocol::P2pCircuit => false,
         _ => true,
-    })
+    });
+    specified && (!super::peers::is_relayed(addr) || super::peers::relay_of(addr).is_some())
 }
 
 /// A loopback address: it reaches the peer only from its own machine.
@@ -136,6 +137,16 @@ impl Service {
         let connected = self.discovery.peers.is_connected(peer);
         self.discovery.redial.ended(peer, dial, error.is_none(), connected, now.mono);
         self.discovery.dials.ended(peer, error.filter(|_| !connected), now);
+    }
+
+    /// The remote addresses of our open connections to `peer`.
+    pub fn peer_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.discovery.peers.addrs(peer)
+    }
+
+    /// Hole punching (DCUtR) made `connection` to `peer`: `peers` says so.
+    pub fn hole_punched(&mut self, peer: &PeerId, connection: ConnectionId) {
+        self.discovery.peers.hole_punched(peer, connection);
     }
 
     pub fn rtt(&mut self, peer: &PeerId, rtt: Duration) {

@@ -15,7 +15,7 @@
 mod clocks;
 mod conduct;
 mod dial_log;
-mod discovery;
+pub mod discovery;
 mod kv;
 pub mod mirror;
 mod notes;
