@@ -535,7 +535,9 @@ impl EventLoop {
 
     fn status(&mut self) -> NodeStatus {
         let dht = self.swarm.behaviour_mut().kad.store_mut().counts();
-        let mut listen_addrs: Vec<String> = self.swarm.listeners().map(|a| a.to_string()).collect();
+        // Our addresses through relays are shown with the reservations (`nat`).
+        let mut listen_addrs: Vec<String> =
+            self.swarm.listeners().filter(|a| !super::nat::is_relayed(a)).map(|a| a.to_string()).collect();
         listen_addrs.sort();
         NodeStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -104,6 +104,15 @@ impl Nat {
         nat
     }
 
+    pub fn is_confirmed(&self, addr: &Multiaddr) -> bool {
+        self.confirmed.contains(addr)
+    }
+
+    /// `p2p.relay-service=on`.
+    pub fn forced_on(&self) -> bool {
+        self.mode == RelayService::On
+    }
+
     pub fn is_public(&self) -> bool {
         !self.confirmed.is_empty()
     }

@@ -15,6 +15,8 @@ mod hostile;
 mod kv;
 mod lan;
 mod log;
+mod nat;
+mod natlab;
 mod node;
 mod nostr;
 mod properties;

@@ -19,6 +19,22 @@ fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
     })
 }
 
+/// An address of the internet at large: not loopback, private (RFC 1918, unique local), link
+/// local, shared (CGNAT, 100.64/10) or unspecified.
+fn is_outside(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let shared = v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64;
+            !(v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || shared)
+        }
+        std::net::IpAddr::V6(v6) => {
+            let unique_local = (v6.segments()[0] & 0xfe00) == 0xfc00;
+            let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
+            !(v6.is_loopback() || v6.is_unspecified() || unique_local || link_local)
+        }
+    }
+}
+
 impl EventLoop {
     /// Takes the reservations and switches the relay service as `node::nat` plans.
     pub(super) fn nat_plan(&mut self) {
@@ -44,6 +60,9 @@ impl EventLoop {
                 }
                 NatAction::Serve(on) => {
                     tracing::info!(on, "relay service");
+                    if on {
+                        self.relay_addresses();
+                    }
                     if let Some(relay) = self.swarm.behaviour_mut().relay.as_mut() {
                         let status = if on { relay::Status::Enable } else { relay::Status::Disable };
                         relay.set_status(Some(status));
@@ -57,6 +76,31 @@ impl EventLoop {
         }
     }
 
+    /// With `p2p.relay-service=on` the operator says the node is reachable: its listen addresses
+    /// are its external ones (a relay hands them to the peers that reserve a slot; without any,
+    /// a reservation is useless).
+    pub(super) fn relay_addresses(&mut self) {
+        if !self.nat.forced_on() {
+            return;
+        }
+        let listening: Vec<Multiaddr> = self.swarm.listeners().filter(|a| !is_relayed(a)).cloned().collect();
+        let outside: Vec<&Multiaddr> = listening.iter().filter(|a| !is_loopback(a)).collect();
+        let addrs = if outside.is_empty() { listening.iter().collect() } else { outside };
+        let new: Vec<Multiaddr> = addrs.into_iter().filter(|a| !self.nat.is_confirmed(a)).cloned().collect();
+        for addr in new {
+            self.confirm_external(addr);
+        }
+    }
+
+    /// An address of ours is reachable from outside: the swarm's external addresses (identify
+    /// advertises them, a relay hands them to the peers that reserve a slot) and `nat`'s.
+    fn confirm_external(&mut self, addr: Multiaddr) {
+        tracing::info!(%addr, "reachable from outside");
+        self.swarm.add_external_address(addr.clone());
+        self.nat.confirmed(addr);
+        self.nat_plan();
+    }
+
     /// A connection is up: the address the service keeps for it (a relayed one we accepted
     /// names its relay, which the remote address does not), and relayed ones made redundant
     /// closed.
@@ -68,6 +112,15 @@ impl EventLoop {
         };
         let actions = self.nat.connection_up(peer, id, relayed);
         self.nat_apply(actions);
+        // A peer from outside our networks dialled in: the address it reached is reachable.
+        // (AutoNAT v2 asks only peers we dialled, and a public node that everyone dials would
+        // otherwise never learn that it is public.)
+        if let ConnectedPoint::Listener { local_addr, send_back_addr } = endpoint {
+            let outside = ip_of(send_back_addr).is_some_and(is_outside) && ip_of(local_addr).is_some_and(is_outside);
+            if !relayed && outside && !self.nat.is_confirmed(local_addr) {
+                self.confirm_external(local_addr.clone());
+            }
+        }
         addr
     }
 

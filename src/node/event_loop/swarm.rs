@@ -42,7 +42,10 @@ impl EventLoop {
                     self.service.dial_ended(&peer, dial, Some(dial_error_words(&error)), now);
                 }
             }
-            SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.relay_addresses();
+            }
             SwarmEvent::ExternalAddrConfirmed { address } => self.nat_external(address, true),
             SwarmEvent::ExternalAddrExpired { address } => self.nat_external(address, false),
             SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
