@@ -15,6 +15,11 @@ use support::Node;
 
 #[path = "harness/fetch.rs"]
 mod fetch;
+#[path = "harness/nat.rs"]
+mod nat;
+#[path = "../tests/it/natlab.rs"]
+#[allow(dead_code)]
+mod natlab;
 
 struct Metric {
     name: &'static str,
@@ -1003,7 +1008,8 @@ fn main() {
     let mut metrics = Vec::new();
     // BENCH_ONLY=chat,kv runs only those parts: basics (peers, cold start, idle RSS), hook,
     // announce, tui, gossip, many, kv, chat, start (start-up against the store's size), log,
-    // fetch (clone from peers against a git daemon, replication, fetch with nothing new).
+    // fetch (clone from peers against a git daemon, replication, fetch with nothing new), nat
+    // (the NAT lab, root: hole punching, relayed vs direct announcements; a sparse network).
     let only: Option<Vec<String>> =
         std::env::var("BENCH_ONLY").ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
     let wants = |part: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == part));
@@ -1044,6 +1050,9 @@ fn main() {
     }
     if wants("fetch") {
         fetch::fetch_bench(&mut metrics, smoke);
+    }
+    if wants("nat") {
+        nat::nat_bench(&mut metrics, smoke);
     }
     report(&metrics);
 }

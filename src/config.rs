@@ -78,7 +78,13 @@ pub struct NodeConfig {
     /// `p2p.circuit-relay`: relays to reserve a slot on while we are not reachable (besides the
     /// bootstrap peers and the peers that offer to relay).
     pub circuit_relays: Vec<Bootstrap>,
+    /// `p2p.max-peers`: beyond this many connected peers, no more are dialled (but peers of our
+    /// repositories and bootstrap peers).
+    pub max_peers: usize,
 }
+
+/// `p2p.max-peers` when unset.
+pub const DEFAULT_MAX_PEERS: usize = 50;
 
 /// `p2p.max-fetch-size` when unset: a large repository's whole history fits, a peer cannot fill
 /// the disk by sending without end.
@@ -94,7 +100,7 @@ pub const MAX_NAME_LEN: usize = 64;
 /// Settings of the node, read from the user's global git config only (one node serves every
 /// repository); lowercase, as git compares keys. `p2p.name` and `p2p.description` also work per
 /// repository.
-pub const NODE_WIDE: [&str; 10] = [
+pub const NODE_WIDE: [&str; 11] = [
     "p2p.listen",
     "p2p.bootstrap",
     "p2p.mdns",
@@ -105,6 +111,7 @@ pub const NODE_WIDE: [&str; 10] = [
     "p2p.max-fetch-size",
     "p2p.relay-service",
     "p2p.circuit-relay",
+    "p2p.max-peers",
 ];
 
 impl NodeConfig {
@@ -177,7 +184,16 @@ impl NodeConfig {
             .iter()
             .map(|v| parse_peer_addr("p2p.circuit-relay", v))
             .collect::<Result<_, _>>()?;
+        let max_peers = match src.get("p2p.max-peers") {
+            None => DEFAULT_MAX_PEERS,
+            Some(v) => v.trim().parse().ok().filter(|n| (1..=1000).contains(n)).ok_or(ConfigError::BadValue {
+                key: "p2p.max-peers",
+                value: v,
+                expected: "a number of peers, 1 to 1000",
+            })?,
+        };
         Ok(Self {
+            max_peers,
             listen,
             bootstrap,
             mdns,
@@ -309,6 +325,11 @@ mod tests {
         assert_eq!(c.relay_service, RelayService::On);
         assert_eq!(c.circuit_relays[0].peer_id.to_string(), ALICE);
         assert_eq!(config(&[("p2p.relay-service", "off")]).unwrap().relay_service, RelayService::Off);
+        assert_eq!(config(&[]).unwrap().max_peers, DEFAULT_MAX_PEERS);
+        assert_eq!(config(&[("p2p.max-peers", "6")]).unwrap().max_peers, 6);
+        for bad in ["0", "many", "1001"] {
+            assert!(config(&[("p2p.max-peers", bad)]).unwrap_err().to_string().contains("p2p.max-peers"), "{bad}");
+        }
         let err = config(&[("p2p.relay-service", "sometimes")]).unwrap_err().to_string();
         assert!(err.contains("p2p.relay-service") && err.contains("auto, on or off"), "{err}");
         let err = config(&[("p2p.circuit-relay", "/ip4/1.2.3.4/tcp/1")]).unwrap_err().to_string();

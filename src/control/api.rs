@@ -458,6 +458,9 @@ pub struct ConfigInForce {
     /// `p2p.circuit-relay`.
     #[serde(default)]
     pub circuit_relays: Vec<String>,
+    /// `p2p.max-peers`.
+    #[serde(default)]
+    pub max_peers: usize,
 }
 
 fn yes() -> bool {

@@ -60,8 +60,9 @@ pub struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     pub kad: kad::Behaviour<super::kad_store::PersistentStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
-    /// Raw streams: `/git-p2p/upload-pack/1` (git objects from and to mirrors, `node::mirror`).
-    pub stream: libp2p_stream::Behaviour,
+    /// Raw streams: `/git-p2p/upload-pack/1` (git objects from and to mirrors, `node::mirror`),
+    /// over a direct connection when there is one (`node::direct_streams`).
+    pub stream: super::direct_streams::PreferDirect<libp2p_stream::Behaviour>,
     /// NAT traversal (`node::nat`): reservations on relays and relayed connections through them,
     pub relay_client: relay::client::Behaviour,
     /// relaying for others (off with `p2p.relay-service=off`; `node::nat` switches it),
@@ -241,7 +242,7 @@ impl Behaviour {
             gossipsub,
             kad,
             mdns: Toggle::from(mdns),
-            stream: libp2p_stream::Behaviour::new(),
+            stream: super::direct_streams::PreferDirect::new(libp2p_stream::Behaviour::new()),
             relay_client,
             relay: Toggle::from(
                 (config.relay_service != RelayService::Off).then(|| relay::Behaviour::new(peer_id, relay_config())),

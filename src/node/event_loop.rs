@@ -63,6 +63,8 @@ pub struct NodeInfo {
     /// `p2p.relay-service` and `p2p.circuit-relay`.
     pub relay_service: crate::config::RelayService,
     pub circuit_relays: Vec<crate::config::Bootstrap>,
+    /// `p2p.max-peers`.
+    pub max_peers: usize,
 }
 
 pub struct EventLoop {
@@ -96,6 +98,8 @@ pub struct EventLoop {
     provider_queries: HashMap<kad::QueryId, u64>,
     /// Reachability, relays, relayed connections (`node::nat`, carried out by `nat`).
     nat: super::nat::Nat,
+    /// Kademlia's ids of the lookups of our repositories' peers.
+    repo_queries: HashMap<kad::QueryId, crate::proto::repo::RepoId>,
 }
 
 /// The service's view of the store for one call (the fields it borrows are the event loop's).
@@ -130,6 +134,7 @@ impl EventLoop {
         let store_watch = StoreWatch::new(info.store_problem.clone(), info.data_dir.clone());
         let mut service = service;
         service.set_replicate(info.config.replicate);
+        service.set_max_peers(info.max_peers);
         let mirrors = std::sync::Arc::new(Mirrors::new(info.data_dir_path.join("mirrors")));
         let (mirror_tx, mirror_events) = mpsc::channel(super::mirror::EVENT_QUEUE);
         let mut control = swarm.behaviour().stream.new_control();
@@ -172,12 +177,15 @@ impl EventLoop {
             mirror_tx,
             provider_queries: HashMap::new(),
             nat,
+            repo_queries: HashMap::new(),
         };
         // The relay service waits for our own word (`node::nat`), never for libp2p's own rule
         // (which would count a relayed address of ours as reachability).
         if let Some(relay) = this.swarm.behaviour_mut().relay.as_mut() {
             relay.set_status(Some(libp2p::relay::Status::Disable));
         }
+        let loopback_only = this.swarm.listeners().all(super::service::discovery::is_loopback);
+        this.nat.set_loopback_only(loopback_only);
         this.nat_plan();
         this.run_io();
         this.hooks.ingest(&mut this.service, disk!(this), &this.store);
@@ -378,11 +386,12 @@ impl EventLoop {
                 // the two attempts merge and both handshakes fail. `Disconnected`, not
                 // `NotDialing`: another dial of the peer (ours at older addresses, Kademlia's)
                 // must not keep us from trying an address just learned.
-                let opts = DialOpts::peer_id(peer)
-                    .addresses(addrs)
-                    .condition(PeerCondition::Disconnected)
-                    .allocate_new_port()
-                    .build();
+                // No addresses (a repository's provider): Kademlia's lookup and identify's cache
+                // know where it is.
+                let ask = addrs.is_empty();
+                let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::Disconnected);
+                let opts = if ask { opts.extend_addresses_through_behaviour() } else { opts };
+                let opts = opts.allocate_new_port().build();
                 let id = opts.connection_id();
                 match self.swarm.dial(opts) {
                     Ok(()) => {
@@ -447,6 +456,10 @@ impl EventLoop {
                 if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
                     tracing::warn!(error = ?e, "cannot provide a mirror in the DHT");
                 }
+            }
+            Io::FindRepoPeers { repo, key } => {
+                let id = self.swarm.behaviour_mut().kad.get_providers(key);
+                self.repo_queries.insert(id, repo);
             }
             Io::FindProviders { job, key } => {
                 let id = self.swarm.behaviour_mut().kad.get_providers(key);

@@ -2,6 +2,7 @@
 //! loop that owns the swarm, and graceful shutdown.
 
 pub mod behaviour;
+mod direct_streams;
 mod disk;
 pub mod event_loop;
 mod history;
@@ -193,9 +194,11 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
                     .and_then(|v| v.as_str().map(str::to_string))
                     .unwrap_or_default(),
                 circuit_relays: config.circuit_relays.iter().map(|b| format!("{}/p2p/{}", b.addr, b.peer_id)).collect(),
+                max_peers: config.max_peers,
             },
             relay_service: config.relay_service,
             circuit_relays: config.circuit_relays.clone(),
+            max_peers: config.max_peers,
         };
         let event_loop = EventLoop::new(swarm, rx, store.clone(), info, &config.bootstrap, events.clone());
         let server = tokio::spawn(crate::control::server::serve(listener, tx, events));

@@ -67,6 +67,8 @@ pub struct Nat {
     direct: HashMap<PeerId, BTreeSet<ConnectionId>>,
     /// Relayed connections we closed because a direct one exists (their end is no failure).
     closing: BTreeSet<ConnectionId>,
+    /// We listen on loopback only: whoever can reach us at all reaches us directly.
+    loopback_only: bool,
     pub circuits: usize,
     pub reserved_for_others: usize,
     pub hole_punched: u64,
@@ -90,6 +92,7 @@ impl Nat {
             relayed: HashMap::new(),
             direct: HashMap::new(),
             closing: BTreeSet::new(),
+            loopback_only: false,
             circuits: 0,
             reserved_for_others: 0,
             hole_punched: 0,
@@ -102,6 +105,11 @@ impl Nat {
             );
         }
         nat
+    }
+
+    /// We listen on loopback only (tests, a node for this machine alone): no reservations.
+    pub fn set_loopback_only(&mut self, yes: bool) {
+        self.loopback_only = yes;
     }
 
     pub fn is_confirmed(&self, addr: &Multiaddr) -> bool {
@@ -131,12 +139,20 @@ impl Nat {
             actions.push(NatAction::Serve(serve));
         }
         if self.is_public() {
+            // Only accepted reservations are given up here; one still being asked for is given
+            // up once accepted (libp2p's relay client panics when the answer to a request
+            // arrives after its listener was closed).
             for relay in self.relays.values_mut() {
-                if let Some(id) = relay.listener.take() {
-                    relay.active = false;
-                    actions.push(NatAction::Release(id));
+                if relay.active {
+                    if let Some(id) = relay.listener.take() {
+                        relay.active = false;
+                        actions.push(NatAction::Release(id));
+                    }
                 }
             }
+            return actions;
+        }
+        if self.loopback_only {
             return actions;
         }
         let held = self.relays.values().filter(|r| r.listener.is_some()).count();
@@ -191,11 +207,17 @@ impl Nat {
         }
     }
 
-    pub fn reservation_accepted(&mut self, relay: &PeerId) {
-        if let Some(r) = self.relays.get_mut(relay) {
-            r.active = true;
-            r.retry_at = None;
+    /// The relay accepted our reservation; if we no longer need it, the listener to close.
+    pub fn reservation_accepted(&mut self, relay: &PeerId) -> Option<ListenerId> {
+        let public = self.is_public();
+        let r = self.relays.get_mut(relay)?;
+        r.retry_at = None;
+        if public {
+            r.active = false;
+            return r.listener.take();
         }
+        r.active = true;
+        None
     }
 
     /// A listener closed: if it was a reservation, it ended (the relay went away, refused or
@@ -343,10 +365,13 @@ mod tests {
             "/ip4/198.51.100.10/tcp/4001/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA/p2p-circuit",
         ));
         assert_eq!(nat.status().reachability, "private", "a relayed address is no reachability");
+        nat.reservation_accepted(&reserved[0]);
         nat.confirmed(addr("/ip4/198.51.100.100/tcp/4001"));
         let actions = nat.plan(t0);
         assert!(actions.contains(&NatAction::Serve(true)), "{actions:?}");
-        assert_eq!(actions.iter().filter(|a| matches!(a, NatAction::Release(_))).count(), MAX_RESERVATIONS);
+        let released = actions.iter().filter(|a| matches!(a, NatAction::Release(_))).count();
+        assert_eq!(released, 1, "the accepted reservation goes at once: {actions:?}");
+        assert!(nat.reservation_accepted(&reserved[1]).is_some(), "the one still asked for goes once accepted");
         assert_eq!(nat.status().reachability, "public");
         assert!(nat.status().reservations.is_empty());
     }
@@ -364,6 +389,9 @@ mod tests {
         assert!(matches!(nat.plan(t0 + RETRY)[..], [NatAction::Reserve { .. }]));
         nat.confirmed(addr("/ip4/198.51.100.100/tcp/4001"));
         assert!(!nat.plan(t0).contains(&NatAction::Serve(true)), "off: never relays");
+        let mut lo = Nat::new(RelayService::Auto, &[(relay, addr("/ip4/127.0.0.1/tcp/4001"))]);
+        lo.set_loopback_only(true);
+        assert!(lo.plan(t0).is_empty(), "a node on loopback alone reserves nothing");
         let mut on = Nat::new(RelayService::On, &[]);
         assert_eq!(on.plan(t0), vec![NatAction::Serve(true)], "on: relays even before AutoNAT");
     }

@@ -25,6 +25,7 @@ mod repos;
 mod restart;
 mod skew;
 mod socket;
+mod sparse;
 mod support;
 mod thread;
 mod tui;

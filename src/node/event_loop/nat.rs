@@ -96,6 +96,7 @@ impl EventLoop {
     /// advertises them, a relay hands them to the peers that reserve a slot) and `nat`'s.
     fn confirm_external(&mut self, addr: Multiaddr) {
         tracing::info!(%addr, "reachable from outside");
+        self.service.our_addresses_changed(Now::system());
         self.swarm.add_external_address(addr.clone());
         self.nat.confirmed(addr);
         self.nat_plan();
@@ -155,6 +156,8 @@ impl EventLoop {
 
     pub(super) fn nat_external(&mut self, addr: Multiaddr, confirmed: bool) {
         tracing::info!(%addr, confirmed, "external address");
+        // Provider records carry our external addresses: put them again.
+        self.service.our_addresses_changed(Now::system());
         if confirmed {
             self.nat.confirmed(addr);
         } else {
@@ -170,7 +173,9 @@ impl EventLoop {
     pub(super) fn relay_client_event(&mut self, event: relay::client::Event) {
         tracing::debug!(?event, "relay client");
         if let relay::client::Event::ReservationReqAccepted { relay_peer_id, .. } = event {
-            self.nat.reservation_accepted(&relay_peer_id);
+            if let Some(unneeded) = self.nat.reservation_accepted(&relay_peer_id) {
+                self.swarm.remove_listener(unneeded);
+            }
         }
     }
 

@@ -116,6 +116,19 @@ impl EventLoop {
 
     /// A DHT query of the service moved on.
     fn query_progressed(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool, requests: u32) {
+        if let Some(repo) = self.repo_queries.get(&id).cloned() {
+            let found = match result {
+                kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) => {
+                    providers.into_iter().collect()
+                }
+                _ => Vec::new(),
+            };
+            if last {
+                self.repo_queries.remove(&id);
+            }
+            self.service.repo_providers(&repo, found, last, Now::system());
+            return;
+        }
         if let Some(&job) = self.provider_queries.get(&id) {
             let now = Now::system();
             if let kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) = result {

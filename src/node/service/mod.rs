@@ -22,6 +22,7 @@ mod notes;
 mod outbox;
 pub mod peers;
 mod refs;
+mod repo_peers;
 mod repos;
 mod rooms;
 #[cfg(test)]
@@ -214,6 +215,12 @@ pub enum Io {
     },
     /// Tell the DHT that we hold a mirror of a repository (a Kademlia provider record).
     Provide(kad::RecordKey),
+    /// Look for the peers of a registered repository; found ones go to
+    /// [`Service::repo_providers`].
+    FindRepoPeers {
+        repo: crate::proto::repo::RepoId,
+        key: kad::RecordKey,
+    },
     /// Look for the nodes that provide a mirror; found ones go to [`Service::mirror_providers`].
     FindProviders {
         job: u64,
@@ -411,6 +418,7 @@ impl Service {
         self.lift_bans(now);
         self.restore_own(now);
         self.mirror_tick(now);
+        self.repo_peers_tick(now);
         self.redial(now);
     }
 
