@@ -26,6 +26,8 @@ use crate::control::api::{NatStatus, Reservation};
 pub const MAX_RESERVATIONS: usize = 2;
 /// A relay that refused us or whose reservation ended is asked again this much later.
 const RETRY: Duration = Duration::from_secs(10);
+/// How long a relayed connection stays open once a direct one to the same peer exists.
+pub const RELAYED_GRACE: Duration = Duration::from_secs(3);
 /// Relays we remember as candidates at most (a peer cannot grow the table without bound).
 const MAX_CANDIDATES: usize = 64;
 
@@ -67,6 +69,10 @@ pub struct Nat {
     direct: HashMap<PeerId, BTreeSet<ConnectionId>>,
     /// Relayed connections we closed because a direct one exists (their end is no failure).
     closing: BTreeSet<ConnectionId>,
+    /// Relayed connections to close at these times: a direct one exists. Not at once: gossipsub
+    /// shares one send queue among a peer's connections, and what the relayed one took from it
+    /// just before would be lost with it; meanwhile streams avoid it (`direct_streams`).
+    to_close: BTreeMap<ConnectionId, Instant>,
     /// We listen on loopback only: whoever can reach us at all reaches us directly.
     loopback_only: bool,
     pub circuits: usize,
@@ -92,6 +98,7 @@ impl Nat {
             relayed: HashMap::new(),
             direct: HashMap::new(),
             closing: BTreeSet::new(),
+            to_close: BTreeMap::new(),
             loopback_only: false,
             circuits: 0,
             reserved_for_others: 0,
@@ -128,7 +135,14 @@ impl Nat {
     /// What to do at start and whenever something changed: the relay service on or off, and
     /// reservations taken or given up.
     pub fn plan(&mut self, now: Instant) -> Vec<NatAction> {
+        let due: Vec<ConnectionId> = self.to_close.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect();
         let mut actions = Vec::new();
+        for id in due {
+            self.to_close.remove(&id);
+            if self.closing.insert(id) {
+                actions.push(NatAction::Close(id));
+            }
+        }
         let serve = match self.mode {
             RelayService::On => true,
             RelayService::Off => false,
@@ -251,29 +265,30 @@ impl Nat {
         }
     }
 
-    /// A connection is up; `relayed`: through a relay. Returns the relayed connections to close
-    /// now that a direct one exists (or this one, if it is relayed and a direct one exists).
-    pub fn connection_up(&mut self, peer: PeerId, id: ConnectionId, relayed: bool) -> Vec<NatAction> {
+    /// A connection is up; `relayed`: through a relay. The relayed connections a direct one
+    /// makes redundant (this one, if it is relayed and a direct one exists) are closed
+    /// [`RELAYED_GRACE`] later, by [`Nat::plan`].
+    pub fn connection_up(&mut self, peer: PeerId, id: ConnectionId, relayed: bool, now: Instant) {
+        let at = now + RELAYED_GRACE;
         if relayed {
             self.relayed.insert(id, peer);
             if self.direct.get(&peer).is_some_and(|d| !d.is_empty()) {
-                return self.close(vec![id]);
+                self.to_close.insert(id, at);
             }
-            return Vec::new();
+            return;
         }
         self.direct.entry(peer).or_default().insert(id);
-        let redundant: Vec<ConnectionId> = self.relayed.iter().filter(|(_, p)| **p == peer).map(|(c, _)| *c).collect();
-        self.close(redundant)
-    }
-
-    fn close(&mut self, ids: Vec<ConnectionId>) -> Vec<NatAction> {
-        ids.into_iter().filter(|id| self.closing.insert(*id)).map(NatAction::Close).collect()
+        for (c, p) in &self.relayed {
+            if *p == peer {
+                self.to_close.entry(*c).or_insert(at);
+            }
+        }
     }
 
     /// A connection closed. Returns true when it was a relayed one we closed on purpose (or any
     /// relayed one while a direct one remains): its end is not the peer's failure.
     pub fn connection_down(&mut self, peer: &PeerId, id: ConnectionId) -> bool {
-        let was_closing = self.closing.remove(&id);
+        let was_closing = self.closing.remove(&id) | self.to_close.remove(&id).is_some();
         let was_relayed = self.relayed.remove(&id).is_some();
         if let Some(d) = self.direct.get_mut(peer) {
             d.remove(&id);
@@ -284,8 +299,12 @@ impl Nat {
         was_closing || (was_relayed && self.direct.contains_key(peer))
     }
 
-    pub fn is_relayed_connection(&self, id: &ConnectionId) -> bool {
-        self.relayed.contains_key(id)
+    /// A relayed connection that a direct one replaces (closing, or about to be): its failures
+    /// (a ping that fails as it closes) say nothing about the peer.
+    pub fn is_redundant(&self, id: &ConnectionId) -> bool {
+        self.closing.contains(id)
+            || self.to_close.contains_key(id)
+            || self.relayed.get(id).is_some_and(|p| self.direct.contains_key(p))
     }
 
     pub fn status(&self) -> NatStatus {
@@ -398,16 +417,25 @@ mod tests {
 
     #[test]
     fn a_direct_connection_closes_the_relayed_ones_and_their_end_is_no_failure() {
+        let t0 = Instant::now();
         let mut nat = Nat::new(RelayService::Auto, &[]);
+        nat.set_loopback_only(true);
         let peer = PeerId::random();
         let (relayed, direct) = (ConnectionId::new_unchecked(1), ConnectionId::new_unchecked(2));
-        assert!(nat.connection_up(peer, relayed, true).is_empty(), "a relayed connection alone stays");
-        assert_eq!(nat.connection_up(peer, direct, false), vec![NatAction::Close(relayed)]);
+        nat.connection_up(peer, relayed, true, t0);
+        assert!(nat.plan(t0 + RELAYED_GRACE).is_empty(), "a relayed connection alone stays");
+        assert!(!nat.is_redundant(&relayed));
+        nat.connection_up(peer, direct, false, t0);
+        assert!(nat.is_redundant(&relayed) && !nat.is_redundant(&direct));
+        assert!(nat.plan(t0).is_empty(), "not at once: what it took from gossipsub's queue goes out first");
+        assert_eq!(nat.plan(t0 + RELAYED_GRACE), vec![NatAction::Close(relayed)]);
         assert!(nat.connection_down(&peer, relayed), "closed on purpose");
         let late = ConnectionId::new_unchecked(3);
-        assert_eq!(nat.connection_up(peer, late, true), vec![NatAction::Close(late)], "a direct one exists");
+        nat.connection_up(peer, late, true, t0);
+        assert_eq!(nat.plan(t0 + RELAYED_GRACE), vec![NatAction::Close(late)], "a direct one exists");
         assert!(!nat.connection_down(&peer, direct), "a direct connection's end is news");
         let other = PeerId::random();
-        assert!(nat.connection_up(other, ConnectionId::new_unchecked(4), false).is_empty());
+        nat.connection_up(other, ConnectionId::new_unchecked(4), false, t0);
+        assert!(nat.plan(t0 + RELAYED_GRACE).is_empty());
     }
 }

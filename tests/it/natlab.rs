@@ -57,7 +57,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 /// Fails the test, loudly, when the lab cannot be built.
 pub fn needs_root(e: &str) -> ! {
     panic!(
-        "the NAT lab needs root, network namespaces, nftables (nft), iptables and python3 (run the tests as \
+        "the NAT lab needs root, network namespaces, nftables (nft), iptables, conntrack and python3 (run the tests as \
          root, as CI does, after .ci/run installed them): {e}\nNAT tests must not be skipped."
     )
 }
@@ -90,7 +90,7 @@ impl NatLab {
     /// The lab with both sites behind cone NATs and no WAN delay yet. `tag`: a letter or two,
     /// unique per test.
     pub fn up(tag: &str) -> Result<Self, String> {
-        for tool in ["nft", "iptables", "python3"] {
+        for tool in ["nft", "iptables", "conntrack", "python3"] {
             if Command::new(tool).arg("--version").output().is_err() {
                 return Err(format!("{tool} not found"));
             }
@@ -131,7 +131,17 @@ impl NatLab {
              table ip filter {{\n chain forward_lan {{\n type filter hook forward priority filter; policy drop;\n \
                iifname \"lan0\" accept\n ct state established,related accept\n }}\n}}\n"
         );
-        self.nft(&format!("r{s}"), &rules)
+        self.nft(&format!("r{s}"), &rules)?;
+        // Mappings made under the old type would outlive it (UDP flows for 30 s, TCP for days).
+        let flushed =
+            Command::new("ip").args(["netns", "exec", &self.ns(&format!("r{s}")), "conntrack", "-F"]).output();
+        match flushed {
+            Ok(out) if out.status.success() || String::from_utf8_lossy(&out.stderr).contains("0 flow entries") => {
+                Ok(())
+            }
+            Ok(out) => Err(format!("conntrack -F: {}", String::from_utf8_lossy(&out.stderr).trim())),
+            Err(e) => Err(format!("cannot run conntrack (apt-get install conntrack): {e}")),
+        }
     }
 
     fn nft(&self, name: &str, rules: &str) -> Result<(), String> {

@@ -111,8 +111,7 @@ impl EventLoop {
             ConnectedPoint::Listener { local_addr, .. } if relayed => local_addr.clone(),
             _ => endpoint.get_remote_address().clone(),
         };
-        let actions = self.nat.connection_up(peer, id, relayed);
-        self.nat_apply(actions);
+        self.nat.connection_up(peer, id, relayed, Now::system().mono);
         // A peer from outside our networks dialled in: the address it reached is reachable.
         // (AutoNAT v2 asks only peers we dialled, and a public node that everyone dials would
         // otherwise never learn that it is public.)

@@ -71,8 +71,10 @@ impl EventLoop {
             BehaviourEvent::Autonat(event) => self.autonat_event(event),
             BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. }) => self.service.rtt(&peer, rtt),
             // A peer without ping (not one of ours) is not a dead connection.
+            // Nor is a relayed connection closing for a direct one (resetting the peer would close
+            // the direct one too).
             BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(failure) })
-                if !matches!(failure, ping::Failure::Unsupported) =>
+                if !matches!(failure, ping::Failure::Unsupported) && !self.nat.is_redundant(&connection) =>
             {
                 tracing::debug!(%peer, %failure, "ping failed");
                 self.service.ping_failed(peer, connection);
