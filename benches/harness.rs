@@ -15,6 +15,11 @@ use support::Node;
 
 #[path = "harness/fetch.rs"]
 mod fetch;
+#[path = "harness/nat.rs"]
+mod nat;
+#[path = "../tests/it/natlab.rs"]
+#[allow(dead_code)]
+mod natlab;
 #[path = "harness/sync.rs"]
 mod sync;
 
@@ -1006,7 +1011,8 @@ fn main() {
     // BENCH_ONLY=chat,kv runs only those parts: basics (peers, cold start, idle RSS), hook,
     // announce, tui, gossip, many, kv, chat, start (start-up against the store's size), log,
     // fetch (clone from peers against a git daemon, replication, fetch with nothing new), sync
-    // (catching up: 10 000 missed items, two nodes in sync, one node of many back).
+    // (catching up: 10 000 missed items, two nodes in sync, one node of many back), nat (the NAT
+    // lab, root: hole punching, relayed vs direct announcements; a sparse network).
     let only: Option<Vec<String>> =
         std::env::var("BENCH_ONLY").ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
     let wants = |part: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == part));
@@ -1050,6 +1056,9 @@ fn main() {
     }
     if wants("sync") {
         sync::sync_bench(&mut metrics, smoke);
+    }
+    if wants("nat") {
+        nat::nat_bench(&mut metrics, smoke);
     }
     report(&metrics);
 }

@@ -42,6 +42,16 @@ pub enum DhtMode {
     Client,
 }
 
+/// Whether the node relays connections for peers that cannot be dialled (libp2p circuit relay
+/// v2): `auto` once AutoNAT confirmed that we are reachable from outside, always, or never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayService {
+    Auto,
+    On,
+    Off,
+}
+
 /// A bootstrap peer: where to dial and whom we expect to find there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bootstrap {
@@ -63,7 +73,18 @@ pub struct NodeConfig {
     pub replicate: bool,
     /// The largest pack one fetch from a peer may bring, in bytes.
     pub max_fetch_size: u64,
+    /// `p2p.relay-service`: whether we relay for others.
+    pub relay_service: RelayService,
+    /// `p2p.circuit-relay`: relays to reserve a slot on while we are not reachable (besides the
+    /// bootstrap peers and the peers that offer to relay).
+    pub circuit_relays: Vec<Bootstrap>,
+    /// `p2p.max-peers`: beyond this many connected peers, no more are dialled (but peers of our
+    /// repositories and bootstrap peers).
+    pub max_peers: usize,
 }
+
+/// `p2p.max-peers` when unset.
+pub const DEFAULT_MAX_PEERS: usize = 50;
 
 /// `p2p.max-fetch-size` when unset: a large repository's whole history fits, a peer cannot fill
 /// the disk by sending without end.
@@ -79,7 +100,7 @@ pub const MAX_NAME_LEN: usize = 64;
 /// Settings of the node, read from the user's global git config only (one node serves every
 /// repository); lowercase, as git compares keys. `p2p.name` and `p2p.description` also work per
 /// repository.
-pub const NODE_WIDE: [&str; 8] = [
+pub const NODE_WIDE: [&str; 11] = [
     "p2p.listen",
     "p2p.bootstrap",
     "p2p.mdns",
@@ -88,6 +109,9 @@ pub const NODE_WIDE: [&str; 8] = [
     "p2p.relay",
     "p2p.replicate",
     "p2p.max-fetch-size",
+    "p2p.relay-service",
+    "p2p.circuit-relay",
+    "p2p.max-peers",
 ];
 
 impl NodeConfig {
@@ -143,7 +167,45 @@ impl NodeConfig {
                 expected: "a size in bytes, with k, m or g for KiB, MiB, GiB (at least 1k)",
             })?,
         };
-        Ok(Self { listen, bootstrap, mdns, mdns_interval, relays, name, dht_mode, replicate, max_fetch_size })
+        let relay_service = match src.get("p2p.relay-service").as_deref().map(str::trim) {
+            None | Some("auto") => RelayService::Auto,
+            Some("on") => RelayService::On,
+            Some("off") => RelayService::Off,
+            Some(other) => {
+                return Err(ConfigError::BadValue {
+                    key: "p2p.relay-service",
+                    value: other.to_string(),
+                    expected: "auto, on or off",
+                })
+            }
+        };
+        let circuit_relays = src
+            .get_all("p2p.circuit-relay")
+            .iter()
+            .map(|v| parse_peer_addr("p2p.circuit-relay", v))
+            .collect::<Result<_, _>>()?;
+        let max_peers = match src.get("p2p.max-peers") {
+            None => DEFAULT_MAX_PEERS,
+            Some(v) => v.trim().parse().ok().filter(|n| (1..=1000).contains(n)).ok_or(ConfigError::BadValue {
+                key: "p2p.max-peers",
+                value: v,
+                expected: "a number of peers, 1 to 1000",
+            })?,
+        };
+        Ok(Self {
+            max_peers,
+            listen,
+            bootstrap,
+            mdns,
+            mdns_interval,
+            relays,
+            name,
+            dht_mode,
+            replicate,
+            max_fetch_size,
+            relay_service,
+            circuit_relays,
+        })
     }
 }
 
@@ -170,7 +232,12 @@ fn parse_listen(value: &str) -> Result<Multiaddr, ConfigError> {
 }
 
 fn parse_bootstrap(value: &str) -> Result<Bootstrap, ConfigError> {
-    let bad = |reason: String| ConfigError::BadMultiaddr { key: "p2p.bootstrap", value: value.to_string(), reason };
+    parse_peer_addr("p2p.bootstrap", value)
+}
+
+/// An address that ends with the peer id expected there.
+fn parse_peer_addr(key: &'static str, value: &str) -> Result<Bootstrap, ConfigError> {
+    let bad = |reason: String| ConfigError::BadMultiaddr { key, value: value.to_string(), reason };
     let mut addr: Multiaddr = value.trim().parse().map_err(|e: libp2p::multiaddr::Error| bad(e.to_string()))?;
     match addr.pop() {
         Some(Protocol::P2p(peer_id)) if !addr.is_empty() => Ok(Bootstrap { peer_id, addr }),
@@ -247,6 +314,26 @@ mod tests {
         assert!(c.mdns, "mDNS is on by default for users; tests turn it off");
         assert_eq!(c.dht_mode, DhtMode::Server);
         assert_eq!(c.name, None);
+        assert_eq!(c.relay_service, RelayService::Auto);
+        assert!(c.circuit_relays.is_empty());
+    }
+
+    #[test]
+    fn relay_settings() {
+        let relay = format!("/ip4/198.51.100.10/tcp/4001/p2p/{ALICE}");
+        let c = config(&[("p2p.relay-service", "on"), ("p2p.circuit-relay", &relay)]).unwrap();
+        assert_eq!(c.relay_service, RelayService::On);
+        assert_eq!(c.circuit_relays[0].peer_id.to_string(), ALICE);
+        assert_eq!(config(&[("p2p.relay-service", "off")]).unwrap().relay_service, RelayService::Off);
+        assert_eq!(config(&[]).unwrap().max_peers, DEFAULT_MAX_PEERS);
+        assert_eq!(config(&[("p2p.max-peers", "6")]).unwrap().max_peers, 6);
+        for bad in ["0", "many", "1001"] {
+            assert!(config(&[("p2p.max-peers", bad)]).unwrap_err().to_string().contains("p2p.max-peers"), "{bad}");
+        }
+        let err = config(&[("p2p.relay-service", "sometimes")]).unwrap_err().to_string();
+        assert!(err.contains("p2p.relay-service") && err.contains("auto, on or off"), "{err}");
+        let err = config(&[("p2p.circuit-relay", "/ip4/1.2.3.4/tcp/1")]).unwrap_err().to_string();
+        assert!(err.contains("p2p.circuit-relay") && err.contains("must end with /p2p/"), "{err}");
     }
 
     #[test]

@@ -165,6 +165,30 @@ fn wait_for_exit(paths: &crate::paths::Paths) -> anyhow::Result<()> {
     }
 }
 
+/// Reachability (what AutoNAT found), our relay reservations and the relay service.
+fn print_nat(n: &crate::control::api::NatStatus, out: &mut dyn Write) -> anyhow::Result<()> {
+    let reach = if n.reachability.is_empty() { "unknown" } else { n.reachability.as_str() };
+    match reach {
+        "public" => writeln!(out, "reachable  public (AutoNAT confirmed {})", n.confirmed.join(", "))?,
+        "private" => writeln!(out, "reachable  private: behind a NAT or firewall (peers reach us through relays)")?,
+        _ => writeln!(out, "reachable  unknown (AutoNAT has not tested an address of ours yet)")?,
+    }
+    for (i, r) in n.reservations.iter().enumerate() {
+        let state = if r.active { "reserved" } else { "asking" };
+        writeln!(out, "{:<10} {} {state}", if i == 0 { "via relay" } else { "" }, r.address)?;
+    }
+    let serving = if n.serving {
+        format!("serving ({} circuit(s), {} reservation(s) of others)", n.circuits, n.reserved_for_others)
+    } else {
+        "not serving".to_string()
+    };
+    writeln!(out, "relaying   {serving} (p2p.relay-service={})", n.relay_service)?;
+    if n.hole_punched + n.hole_punch_failed > 0 {
+        writeln!(out, "holepunch  {} made a direct connection, {} failed", n.hole_punched, n.hole_punch_failed)?;
+    }
+    Ok(())
+}
+
 fn print_status(s: &NodeStatus, out: &mut dyn Write) -> anyhow::Result<()> {
     let on_off = |b: bool| if b { "on" } else { "off" };
     writeln!(out, "node       running (pid {}, git-p2p {}, protocol {})", s.pid, s.version, s.protocol)?;
@@ -177,6 +201,7 @@ fn print_status(s: &NodeStatus, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     writeln!(out, "mdns       {}", on_off(s.config.mdns))?;
     writeln!(out, "dht mode   {}", s.config.dht_mode)?;
+    print_nat(&s.nat, out)?;
     if s.config.bootstrap.is_empty() {
         writeln!(out, "bootstrap  (none: set git config p2p.bootstrap)")?;
     }

@@ -163,14 +163,38 @@ fn checks(ctx: &Ctx, status: &NodeStatus, peers: &[PeerInfo]) -> Vec<Finding> {
     findings.extend(connected(status, peers));
     findings.extend(repository(ctx, status, peers));
     findings.extend(clocks(&status.clocks, peers));
-    findings.push(finding(
-        "nat",
-        Verdict::Note,
-        "not probed: this version has no NAT traversal (relays, hole punching); a peer must reach one \
-         of your listening addresses directly (same network, or a port forwarded to you)",
-    ));
+    findings.push(nat(&status.nat));
     findings.extend(nostr(status));
     findings
+}
+
+/// Reachability as AutoNAT (or a peer from outside) found it, and the relays that reach us.
+fn nat(n: &crate::control::api::NatStatus) -> Finding {
+    let active: Vec<&str> = n.reservations.iter().filter(|r| r.active).map(|r| r.relay.as_str()).collect();
+    let serving = if n.serving { "; relaying for others" } else { "" };
+    match (n.reachability.as_str(), active.is_empty()) {
+        ("public", _) => {
+            finding("nat", Verdict::Ok, format!("reachable from outside at {}{serving}", n.confirmed.join(", ")))
+        }
+        (_, false) => finding(
+            "nat",
+            Verdict::Ok,
+            format!(
+                "not directly reachable; reachable through relay {} (hole punching upgrades to direct)",
+                active.join(", ")
+            ),
+        ),
+        ("private", true) => finding(
+            "nat",
+            Verdict::Warn,
+            "behind a NAT or firewall and no relay holds a slot for you: peers outside your network cannot reach you",
+        )
+        .fix(
+            "bootstrap to a public node that relays (p2p.relay-service on it), or name one: git config --global \
+             --add p2p.circuit-relay <multiaddr>/p2p/<PeerId>",
+        ),
+        _ => finding("nat", Verdict::Note, "reachability not known yet (AutoNAT asks peers to dial you back)"),
+    }
 }
 
 /// Where an address can be reached from.
@@ -515,6 +539,8 @@ mod tests {
             repos: vec![],
             connected_secs: 1,
             score: None,
+            connection: "direct".into(),
+            relay: None,
         };
         let reading = |id: &str, offset_ms: i64| ClockReading { peer: id.into(), offset_ms, samples: 1, at: 0 };
         let peers = [peer("aaaaaaaaaaaaaaaa"), peer("bbbbbbbbbbbbbbbb")];

@@ -40,9 +40,10 @@ use crate::paths::Paths;
     long_about = "Peer-to-peer collaboration for git repositories: find the people working on the same \
                   repository, chat with them, see their commits the moment they are made, and share refs and \
                   notes through a distributed key-value store. No server: a per-user node daemon speaks libp2p \
-                  (TCP, QUIC, gossipsub, Kademlia, mDNS) and bridges to Nostr relays.\n\n\
+                  (TCP, QUIC, gossipsub, Kademlia, mDNS; relays and hole punching through NATs) and \
+                  bridges to Nostr relays.\n\n\
                   Settings live in git config (p2p.listen, p2p.bootstrap, p2p.mdns, p2p.relay, p2p.name, \
-                  p2p.dht-mode); keys and data in $XDG_DATA_HOME/git-p2p; the control socket and the hook's notes in \
+                  p2p.dht-mode, p2p.relay-service, p2p.circuit-relay, p2p.max-peers); keys and data in $XDG_DATA_HOME/git-p2p; the control socket and the hook's notes in \
                   $XDG_RUNTIME_DIR/git-p2p (or the data dir).",
     after_help = "Exit status: 0 on success, 1 when the command failed, 2 on a usage error."
 )]
@@ -91,7 +92,8 @@ pub enum Command {
     /// Share git notes through the DHT
     #[command(subcommand)]
     Notes(NotesCommand),
-    /// List connected peers: id, name, addresses, transport, round-trip time, shared repositories
+    /// List connected peers: id, name, addresses, transport, how they are reached (direct,
+    /// hole-punched, relayed via a relay), round-trip time, shared repositories
     Peers(JsonArgs),
     /// Show this node's identity: PeerId, Nostr npub, name, listen addresses, data directory
     Id(IdArgs),
@@ -312,7 +314,8 @@ pub enum DaemonCommand {
     Start,
     /// Stop the node gracefully
     Stop,
-    /// Show whether the node runs, and the settings and peers it has
+    /// Show whether the node runs, and the settings and peers it has, its reachability (public,
+    /// private, unknown), relay reservations and whether it relays for others
     Status(JsonArgs),
     /// Rebuild a damaged store: move store.redb aside and start a new one with the same keys
     #[command(long_about = "Rebuild a damaged store. The node is stopped, the store is verified page by page, \

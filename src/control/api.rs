@@ -369,6 +369,9 @@ pub struct NodeStatus {
     /// signed.
     #[serde(default)]
     pub distrusted: Vec<String>,
+    /// Reachability, relay reservations and the relay service.
+    #[serde(default)]
+    pub nat: NatStatus,
     /// Catching up with peers (`/git-p2p/sync/1`).
     #[serde(default)]
     pub sync: SyncStatus,
@@ -480,6 +483,15 @@ pub struct ConfigInForce {
     /// The largest pack one fetch from a peer may bring, in bytes.
     #[serde(default)]
     pub max_fetch_size: u64,
+    /// `p2p.relay-service` (auto, on, off).
+    #[serde(default)]
+    pub relay_service: String,
+    /// `p2p.circuit-relay`.
+    #[serde(default)]
+    pub circuit_relays: Vec<String>,
+    /// `p2p.max-peers`.
+    #[serde(default)]
+    pub max_peers: usize,
 }
 
 fn yes() -> bool {
@@ -502,6 +514,49 @@ pub struct PeerInfo {
     pub connected_secs: u64,
     /// Our gossipsub score of the peer: negative after it sent messages we rejected.
     pub score: Option<f64>,
+    /// How we reach it: "direct", "relayed" (through `relay`) or "holepunched" (a direct
+    /// connection that hole punching made through NATs).
+    #[serde(default = "direct")]
+    pub connection: String,
+    /// The relay's peer id, for a relayed connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
+}
+
+fn direct() -> String {
+    "direct".into()
+}
+
+/// The node's view of its reachability and of relays (NAT traversal).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NatStatus {
+    /// "public" (AutoNAT confirmed an address), "private" (AutoNAT found none reachable) or
+    /// "unknown" (not tested yet).
+    pub reachability: String,
+    /// Our addresses AutoNAT confirmed reachable from outside.
+    pub confirmed: Vec<String>,
+    /// Our reservations on relays (while we are not reachable).
+    pub reservations: Vec<Reservation>,
+    /// `p2p.relay-service`: auto, on or off.
+    pub relay_service: String,
+    /// Whether we relay for others now.
+    pub serving: bool,
+    /// Circuits we relay now, and reservations we hold for others.
+    pub circuits: usize,
+    pub reserved_for_others: usize,
+    /// Hole punches that made a direct connection, and those that failed, since start.
+    pub hole_punched: u64,
+    pub hole_punch_failed: u64,
+}
+
+/// A slot on a relay.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Reservation {
+    pub relay: String,
+    /// Our address through it (`.../p2p/<relay>/p2p-circuit`).
+    pub address: String,
+    /// The relay accepted it.
+    pub active: bool,
 }
 
 #[cfg(test)]

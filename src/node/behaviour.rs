@@ -5,9 +5,10 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{allow_block_list, connection_limits, gossipsub, identify, kad, mdns, ping, StreamProtocol};
+use libp2p::StreamProtocol;
+use libp2p::{allow_block_list, autonat, connection_limits, dcutr, gossipsub, identify, kad, mdns, ping, relay};
 
-use crate::config::{DhtMode, NodeConfig};
+use crate::config::{DhtMode, NodeConfig, RelayService};
 
 /// Our Kademlia protocol: a private DHT, never mixed with the public IPFS one.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/git-p2p/kad/1.0.0");
@@ -59,9 +60,39 @@ pub struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     pub kad: kad::Behaviour<super::kad_store::PersistentStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
-    /// Raw streams: `/git-p2p/upload-pack/1` (git objects from and to mirrors, `node::mirror`).
-    pub stream: libp2p_stream::Behaviour,
+    /// Raw streams: `/git-p2p/upload-pack/1` (git objects from and to mirrors, `node::mirror`),
+    /// over a direct connection when there is one (`node::direct_streams`).
+    pub stream: super::direct_streams::PreferDirect<libp2p_stream::Behaviour>,
+    /// NAT traversal (`node::nat`): reservations on relays and relayed connections through them,
+    pub relay_client: relay::client::Behaviour,
+    /// relaying for others (off with `p2p.relay-service=off`; `node::nat` switches it),
+    pub relay: Toggle<relay::Behaviour>,
+    /// hole punching that turns a relayed connection into a direct one,
+    pub dcutr: dcutr::Behaviour,
+    /// and AutoNAT v2: peers dial our address candidates back (client), we dial theirs (server).
+    pub autonat: autonat::v2::client::Behaviour,
+    pub autonat_server: autonat::v2::server::Behaviour,
 }
+
+/// Relay limits. libp2p's defaults (2 min and 128 KiB per circuit) fit a hole punch only; here a
+/// relayed connection carries everything when hole punching fails (symmetric NATs): gossip,
+/// DHT traffic, and git fetches. A circuit lasts up to 30 min (a served fetch's own limit) and
+/// carries up to 256 MiB (a sizeable clone; larger fetches fail over a relay and wait for a
+/// direct connection); then the peers make a new circuit. 16 circuits and 128 reservations at
+/// once (the defaults), 4 circuits per peer: a relay's cost stays bounded and one peer cannot
+/// take every circuit.
+pub fn relay_config() -> relay::Config {
+    relay::Config {
+        max_circuit_duration: Duration::from_secs(30 * 60),
+        max_circuit_bytes: 256 << 20,
+        max_circuits_per_peer: 4,
+        ..Default::default()
+    }
+}
+
+/// How often AutoNAT asks a peer to dial an untested address of ours back: soon after start
+/// (libp2p's default waits 5 s), since a relay serves others only once its address is confirmed.
+const AUTONAT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Longest session id we take from a peer's agent string.
 const MAX_SESSION_LEN: usize = 32;
@@ -142,6 +173,7 @@ impl Behaviour {
         config: &NodeConfig,
         session: &str,
         records: super::kad_store::PersistentStore,
+        relay_client: relay::client::Behaviour,
     ) -> Result<Self, BehaviourError> {
         let peer_id = key.public().to_peer_id();
 
@@ -210,7 +242,17 @@ impl Behaviour {
             gossipsub,
             kad,
             mdns: Toggle::from(mdns),
-            stream: libp2p_stream::Behaviour::new(),
+            stream: super::direct_streams::PreferDirect::new(libp2p_stream::Behaviour::new()),
+            relay_client,
+            relay: Toggle::from(
+                (config.relay_service != RelayService::Off).then(|| relay::Behaviour::new(peer_id, relay_config())),
+            ),
+            dcutr: dcutr::Behaviour::new(peer_id),
+            autonat: autonat::v2::client::Behaviour::new(
+                rand::make_rng::<rand::rngs::StdRng>(),
+                autonat::v2::client::Config::default().with_probe_interval(AUTONAT_PROBE_INTERVAL),
+            ),
+            autonat_server: autonat::v2::server::Behaviour::default(),
         })
     }
 }

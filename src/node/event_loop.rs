@@ -57,6 +57,11 @@ pub struct NodeInfo {
     pub log_file: String,
     pub started_at: u64,
     pub config: ConfigInForce,
+    /// `p2p.relay-service` and `p2p.circuit-relay`.
+    pub relay_service: crate::config::RelayService,
+    pub circuit_relays: Vec<crate::config::Bootstrap>,
+    /// `p2p.max-peers`.
+    pub max_peers: usize,
 }
 
 pub struct EventLoop {
@@ -86,6 +91,10 @@ pub struct EventLoop {
     mirror: mirror::MirrorLink,
     /// Our sync sessions and the peers' (catching up on feeds and rooms).
     sync: sync::SyncLink,
+    /// Reachability, relays, relayed connections (`node::nat`, carried out by `nat`).
+    nat: super::nat::Nat,
+    /// Kademlia's ids of the lookups of our repositories' peers.
+    repo_queries: HashMap<kad::QueryId, crate::proto::repo::RepoId>,
 }
 
 /// The service's view of the store for one call (the fields it borrows are the event loop's).
@@ -101,6 +110,7 @@ macro_rules! disk {
 }
 
 mod mirror;
+mod nat;
 mod status;
 mod swarm;
 mod sync;
@@ -121,8 +131,12 @@ impl EventLoop {
         let service = Service::new(me, &bootstrap, load(&store), Now::system());
         let store_watch = StoreWatch::new(info.store_problem.clone(), info.data_dir.clone());
         let mut service = service;
+        service.set_max_peers(info.max_peers);
         let mirror = mirror::MirrorLink::start(&swarm, &info, &mut service);
         let sync = sync::SyncLink::start(&swarm, &store);
+        // Bootstrap peers (like any peer) become relays of ours when they offer to relay.
+        let relays: Vec<_> = info.circuit_relays.iter().map(|b| (b.peer_id, b.addr.clone())).collect();
+        let nat = super::nat::Nat::new(info.relay_service, &relays);
         let mut this = Self {
             swarm,
             commands,
@@ -141,7 +155,17 @@ impl EventLoop {
             store_watch,
             mirror,
             sync,
+            nat,
+            repo_queries: HashMap::new(),
         };
+        // The relay service waits for our own word (`node::nat`), never for libp2p's own rule
+        // (which would count a relayed address of ours as reachability).
+        if let Some(relay) = this.swarm.behaviour_mut().relay.as_mut() {
+            relay.set_status(Some(libp2p::relay::Status::Disable));
+        }
+        let loopback_only = this.swarm.listeners().all(super::service::discovery::is_loopback);
+        this.nat.set_loopback_only(loopback_only);
+        this.nat_plan();
         this.run_io();
         this.hooks.ingest(&mut this.service, disk!(this), &this.store);
         this.run_io();
@@ -190,6 +214,7 @@ impl EventLoop {
                         self.store_reopened();
                     }
                     self.maintain();
+                    self.nat_plan();
                 }
             }
             self.run_io();
@@ -347,11 +372,12 @@ impl EventLoop {
                 // the two attempts merge and both handshakes fail. `Disconnected`, not
                 // `NotDialing`: another dial of the peer (ours at older addresses, Kademlia's)
                 // must not keep us from trying an address just learned.
-                let opts = DialOpts::peer_id(peer)
-                    .addresses(addrs)
-                    .condition(PeerCondition::Disconnected)
-                    .allocate_new_port()
-                    .build();
+                // No addresses (a repository's provider): Kademlia's lookup and identify's cache
+                // know where it is.
+                let ask = addrs.is_empty();
+                let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::Disconnected);
+                let opts = if ask { opts.extend_addresses_through_behaviour() } else { opts };
+                let opts = opts.allocate_new_port().build();
                 let id = opts.connection_id();
                 match self.swarm.dial(opts) {
                     Ok(()) => {
@@ -412,6 +438,10 @@ impl EventLoop {
             Io::WatchReflog(repo) => self.hooks.start_reflog(&repo, &self.store),
             io @ (Io::Mirror(_) | Io::Provide(_) | Io::FindProviders { .. } | Io::MirrorLookup { .. }) => {
                 self.mirror_io(io)
+            }
+            Io::FindRepoPeers { repo, key } => {
+                let id = self.swarm.behaviour_mut().kad.get_providers(key);
+                self.repo_queries.insert(id, repo);
             }
             Io::Sync { session, peer, repos, since } => self.start_sync(session, peer, repos, since),
             Io::Bridge(op) => {

@@ -2,6 +2,7 @@
 //! loop that owns the swarm, and graceful shutdown.
 
 pub mod behaviour;
+mod direct_streams;
 mod disk;
 pub mod event_loop;
 mod history;
@@ -10,6 +11,7 @@ mod hook_wait;
 pub mod kad_store;
 mod listen;
 pub mod mirror;
+pub mod nat;
 mod reconcile;
 pub mod repair;
 mod repo_cache;
@@ -188,7 +190,16 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
                 relays: config.relays.clone(),
                 replicate: config.replicate,
                 max_fetch_size: config.max_fetch_size,
+                relay_service: serde_json::to_value(config.relay_service)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                circuit_relays: config.circuit_relays.iter().map(|b| format!("{}/p2p/{}", b.addr, b.peer_id)).collect(),
+                max_peers: config.max_peers,
             },
+            relay_service: config.relay_service,
+            circuit_relays: config.circuit_relays.clone(),
+            max_peers: config.max_peers,
         };
         let event_loop = EventLoop::new(swarm, rx, store.clone(), info, &config.bootstrap, events.clone());
         let server = tokio::spawn(crate::control::server::serve(listener, tx, events));
@@ -230,7 +241,11 @@ fn build_swarm(
             quic.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION as u32;
             quic
         })
-        .with_behaviour(|key| Behaviour::new(key, config, session, records).map_err(Into::into))
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| NodeError::Swarm(e.into()))?
+        .with_behaviour(|key, relay_client| {
+            Behaviour::new(key, config, session, records, relay_client).map_err(Into::into)
+        })
         .map_err(|e| NodeError::Swarm(e.into()))?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)

@@ -8,7 +8,9 @@ use crate::control::api::{NodeStatus, NostrStatus};
 impl EventLoop {
     pub(super) fn status(&mut self) -> NodeStatus {
         let dht = self.swarm.behaviour_mut().kad.store_mut().counts();
-        let mut listen_addrs: Vec<String> = self.swarm.listeners().map(|a| a.to_string()).collect();
+        // Our addresses through relays are shown with the reservations (`nat`).
+        let mut listen_addrs: Vec<String> =
+            self.swarm.listeners().filter(|a| !crate::node::nat::is_relayed(a)).map(|a| a.to_string()).collect();
         listen_addrs.sort();
         NodeStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -37,6 +39,7 @@ impl EventLoop {
             clocks: self.service.clocks(),
             distrusted: self.service.distrusted(Now::system()),
             sync: self.service.sync_status(Now::system()),
+            nat: self.nat.status(),
         }
     }
 

@@ -16,7 +16,7 @@ impl EventLoop {
         let now = Now::system();
         match event {
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
-                let addr = endpoint.get_remote_address().clone();
+                let addr = self.nat_connected(peer_id, connection_id, &endpoint);
                 tracing::debug!(peer = %peer_id, %addr, "connected");
                 self.service.connected(peer_id, connection_id, addr, now);
                 if let Some((peer, dial)) = self.dials.remove(&connection_id) {
@@ -27,6 +27,8 @@ impl EventLoop {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
                 // No cause: we closed it; a keep-alive timeout: our idle timer did.
                 let broke = !matches!(cause, None | Some(ConnectionError::KeepAliveTimeout));
+                // A relayed connection closed for a direct one is no sign of a dead peer.
+                let broke = broke && !self.nat_disconnected(&peer_id, connection_id);
                 self.service.disconnected(&peer_id, connection_id, broke, now);
             }
             SwarmEvent::IncomingConnectionError {
@@ -40,7 +42,16 @@ impl EventLoop {
                     self.service.dial_ended(&peer, dial, Some(dial_error_words(&error)), now);
                 }
             }
-            SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.relay_addresses();
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => self.nat_external(address, true),
+            SwarmEvent::ExternalAddrExpired { address } => self.nat_external(address, false),
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                tracing::debug!(?listener_id, ?reason, "listener closed");
+                self.nat_listener_closed(listener_id);
+            }
             SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
             SwarmEvent::Behaviour(event) => self.handle_behaviour_event(event, now),
             _ => {}
@@ -51,12 +62,19 @@ impl EventLoop {
         use libp2p::identify;
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.nat_identified(peer_id, &info);
                 self.service.identified(peer_id, info, now, disk!(self))
             }
+            BehaviourEvent::RelayClient(event) => self.relay_client_event(event),
+            BehaviourEvent::Relay(event) => self.relay_event(event),
+            BehaviourEvent::Dcutr(event) => self.dcutr_event(event),
+            BehaviourEvent::Autonat(event) => self.autonat_event(event),
             BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. }) => self.service.rtt(&peer, rtt),
             // A peer without ping (not one of ours) is not a dead connection.
+            // Nor is a relayed connection closing for a direct one (resetting the peer would close
+            // the direct one too).
             BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(failure) })
-                if !matches!(failure, ping::Failure::Unsupported) =>
+                if !matches!(failure, ping::Failure::Unsupported) && !self.nat.is_redundant(&connection) =>
             {
                 tracing::debug!(%peer, %failure, "ping failed");
                 self.service.ping_failed(peer, connection);
@@ -100,6 +118,19 @@ impl EventLoop {
 
     /// A DHT query of the service moved on.
     fn query_progressed(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool, requests: u32) {
+        if let Some(repo) = self.repo_queries.get(&id).cloned() {
+            let found = match result {
+                kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) => {
+                    providers.into_iter().collect()
+                }
+                _ => Vec::new(),
+            };
+            if last {
+                self.repo_queries.remove(&id);
+            }
+            self.service.repo_providers(&repo, found, last, Now::system());
+            return;
+        }
         if self.providers_progressed(id, &result, last) {
             return;
         }

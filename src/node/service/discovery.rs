@@ -43,6 +43,11 @@ const KAD_BOOTSTRAP_MIN_INTERVAL: Duration = Duration::from_secs(5);
 const FEW_PEERS: usize = 8;
 
 pub struct Discovery {
+    /// Connected peers beyond which we dial no more peers that Kademlia or the address book
+    /// name (peers of our repositories and bootstrap peers still; `p2p.max-peers`).
+    pub max_peers: usize,
+    /// Lookups of our repositories' peers (`service::repo_peers`).
+    pub repo_peers: super::repo_peers::RepoPeers,
     pub peers: PeerTable,
     pub redial: Redial,
     pub dials: super::dial_log::DialLog,
@@ -55,6 +60,8 @@ impl Discovery {
     pub fn new(bootstrap: impl IntoIterator<Item = PeerId>) -> Self {
         let bootstrap: HashSet<PeerId> = bootstrap.into_iter().collect();
         Self {
+            max_peers: TARGET_PEERS,
+            repo_peers: Default::default(),
             peers: PeerTable::default(),
             redial: Redial::default(),
             dials: super::dial_log::DialLog::new(bootstrap.iter().copied()),
@@ -74,7 +81,7 @@ impl Discovery {
 
     /// Whether to dial a peer we just heard of.
     fn wants(&self, peer: &PeerId) -> bool {
-        !self.peers.is_connected(peer) && self.peers.len() < TARGET_PEERS
+        !self.peers.is_connected(peer) && self.peers.len() < self.max_peers
     }
 }
 
@@ -86,14 +93,15 @@ pub fn strip_p2p(mut addr: Multiaddr) -> Multiaddr {
     addr
 }
 
-/// Unspecified addresses (0.0.0.0, ::) and relayed ones cannot be dialled directly.
+/// Unspecified addresses (0.0.0.0, ::) cannot be dialled; a relayed one
+/// (`<relay's address>/p2p/<relay>/p2p-circuit`) can when it names its relay.
 pub fn is_dialable(addr: &Multiaddr) -> bool {
-    addr.iter().all(|p| match p {
+    let specified = addr.iter().all(|p| match p {
         Protocol::Ip4(ip) => !ip.is_unspecified(),
         Protocol::Ip6(ip) => !ip.is_unspecified(),
-        Protocol::P2pCircuit => false,
         _ => true,
-    })
+    });
+    specified && (!super::peers::is_relayed(addr) || super::peers::relay_of(addr).is_some())
 }
 
 /// A loopback address: it reaches the peer only from its own machine.
@@ -138,6 +146,16 @@ impl Service {
         self.discovery.dials.ended(peer, error.filter(|_| !connected), now);
     }
 
+    /// The remote addresses of our open connections to `peer`.
+    pub fn peer_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.discovery.peers.addrs(peer)
+    }
+
+    /// Hole punching (DCUtR) made `connection` to `peer`: `peers` says so.
+    pub fn hole_punched(&mut self, peer: &PeerId, connection: ConnectionId) {
+        self.discovery.peers.hole_punched(peer, connection);
+    }
+
     pub fn rtt(&mut self, peer: &PeerId, rtt: Duration) {
         self.discovery.peers.rtt(peer, rtt);
     }
@@ -164,8 +182,8 @@ impl Service {
         }
     }
 
-    /// Dials `peer` at `addrs`.
-    fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, now: Now) {
+    /// Dials `peer` at `addrs` (none: wherever the swarm's behaviours know it to be).
+    pub(super) fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, now: Now) {
         let dial = DialRef(self.ticket());
         tracing::debug!(%peer, ?addrs, "dialling");
         self.discovery.dials.started(peer, &addrs, now);
@@ -231,7 +249,10 @@ impl Service {
         if let Err(e) = disk.remember_peer(&peer, &addrs, name.as_deref()) {
             tracing::warn!(%peer, error = %e, "cannot update the address book");
         }
-        let worth = self.discovery.bootstrap.contains(&peer) || self.discovery.peers.len() <= FEW_PEERS;
+        // (With a small `p2p.max-peers`, "few" is half of it: every bootstrap connects to peers
+        // that would then be over their own limits.)
+        let few = FEW_PEERS.min(self.discovery.max_peers / 2);
+        let worth = self.discovery.bootstrap.contains(&peer) || self.discovery.peers.len() <= few;
         if worth && self.discovery.kad_bootstrap_due(now.mono) {
             self.push(Io::KadBootstrap);
         }
@@ -263,11 +284,20 @@ impl Service {
         }
     }
 
-    /// Peers we know, are not connected to nor dialling, and whose backoff has passed.
+    /// Peers we know, are not connected to nor dialling, and whose backoff has passed (while we
+    /// have fewer than `max_peers`; bootstrap peers always).
     pub(super) fn redial(&mut self, now: Now) {
         let peers = &self.discovery.peers;
-        for (peer, addrs) in self.discovery.redial.due(now.mono, |p| peers.is_connected(p)) {
+        let room = peers.len() < self.discovery.max_peers;
+        let bootstrap = &self.discovery.bootstrap;
+        let due = self.discovery.redial.due(now.mono, |p| peers.is_connected(p) || !(room || bootstrap.contains(p)));
+        for (peer, addrs) in due {
             self.dial(peer, addrs, now);
         }
+    }
+
+    /// `p2p.max-peers`.
+    pub fn set_max_peers(&mut self, max: usize) {
+        self.discovery.max_peers = max.max(1);
     }
 }

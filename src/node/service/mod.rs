@@ -16,13 +16,14 @@
 mod clocks;
 mod conduct;
 mod dial_log;
-mod discovery;
+pub mod discovery;
 mod kv;
 pub mod mirror;
 mod notes;
 mod outbox;
 pub mod peers;
 mod refs;
+mod repo_peers;
 mod repos;
 mod rooms;
 pub mod sync;
@@ -224,6 +225,12 @@ pub enum Io {
     },
     /// Tell the DHT that we hold a mirror of a repository (a Kademlia provider record).
     Provide(kad::RecordKey),
+    /// Look for the peers of a registered repository; found ones go to
+    /// [`Service::repo_providers`].
+    FindRepoPeers {
+        repo: crate::proto::repo::RepoId,
+        key: kad::RecordKey,
+    },
     /// Look for the nodes that provide a mirror; found ones go to [`Service::mirror_providers`].
     FindProviders {
         job: u64,
@@ -436,6 +443,7 @@ impl Service {
         self.restore_own(now);
         self.mirror_tick(now);
         self.sync_start(now);
+        self.repo_peers_tick(now);
         self.redial(now);
     }
 

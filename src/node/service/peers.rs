@@ -29,6 +29,8 @@ struct Conn {
     since: Instant,
     /// Order of establishment among all connections (a later one has a higher number).
     order: u64,
+    /// Made by hole punching (DCUtR) through NATs.
+    holepunched: bool,
 }
 
 #[derive(Debug, Default)]
@@ -75,13 +77,43 @@ pub fn transport_of(addr: &Multiaddr) -> &'static str {
     }
 }
 
+/// Whether an address goes through a relay (`.../p2p/<relay>/p2p-circuit...`).
+pub fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+/// The relay of a relayed address: the peer id just before `p2p-circuit`.
+pub fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+    let mut relay = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(id) => relay = Some(id),
+            Protocol::P2pCircuit => return relay,
+            _ => {}
+        }
+    }
+    None
+}
+
 impl PeerTable {
     /// Returns false when the peer is being reset: this connection must be closed too.
     pub fn connected(&mut self, peer: PeerId, id: ConnectionId, addr: Multiaddr, now: Instant) -> bool {
         self.established += 1;
         let state = self.peers.entry(peer).or_default();
-        state.conns.push(Conn { id, addr, since: now, order: self.established });
+        state.conns.push(Conn { id, addr, since: now, order: self.established, holepunched: false });
         !state.resetting
+    }
+
+    /// The remote addresses of our open connections to `peer`.
+    pub fn addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.peers.get(peer).map(|s| s.conns.iter().map(|c| c.addr.clone()).collect()).unwrap_or_default()
+    }
+
+    /// Hole punching made connection `id` to `peer`.
+    pub fn hole_punched(&mut self, peer: &PeerId, id: ConnectionId) {
+        if let Some(c) = self.peers.get_mut(peer).and_then(|s| s.conns.iter_mut().find(|c| c.id == id)) {
+            c.holepunched = true;
+        }
     }
 
     pub fn disconnected(&mut self, peer: &PeerId, id: ConnectionId) -> Lost {
@@ -190,6 +222,15 @@ impl PeerTable {
                 let first = s.conns.iter().min_by_key(|c| c.since);
                 let mut addresses: Vec<String> = s.conns.iter().map(|c| c.addr.to_string()).collect();
                 addresses.dedup();
+                // The best connection says how the peer is reached: a direct one wins over a
+                // relayed one (which is closed once a direct one exists).
+                let (connection, relay) = if s.conns.iter().any(|c| c.holepunched) {
+                    ("holepunched", None)
+                } else if s.conns.iter().any(|c| !is_relayed(&c.addr)) {
+                    ("direct", None)
+                } else {
+                    ("relayed", s.conns.iter().find_map(|c| relay_of(&c.addr)).map(|r| r.to_string()))
+                };
                 PeerInfo {
                     peer_id: peer.to_string(),
                     name: s.name.clone(),
@@ -200,6 +241,8 @@ impl PeerTable {
                     repos: repos.iter().filter(|(t, _)| s.topics.contains(t)).map(|(_, id)| id.clone()).collect(),
                     connected_secs: first.map(|c| now.saturating_duration_since(c.since).as_secs()).unwrap_or(0),
                     score: None,
+                    connection: connection.to_string(),
+                    relay,
                 }
             })
             .collect();

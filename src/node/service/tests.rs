@@ -326,7 +326,9 @@ impl Sim {
                 io @ (Io::PutRecord { .. } | Io::GetRecord { .. } | Io::FinishQuery(_)) => {
                     self.peer(name).queries.push(io)
                 }
-                io @ (Io::Mirror(_) | Io::Provide(_) | Io::FindProviders { .. }) => self.peer(name).mirror.push(io),
+                io @ (Io::Mirror(_) | Io::Provide(_) | Io::FindProviders { .. } | Io::FindRepoPeers { .. }) => {
+                    self.peer(name).mirror.push(io)
+                }
                 io @ Io::Sync { .. } => self.peer(name).syncs.push(io),
                 Io::KadAddress { .. }
                 | Io::KadBootstrap
@@ -1507,3 +1509,55 @@ fn an_unregistered_repository_leaves_its_topics_and_the_store() {
 }
 
 mod sync;
+/// How many lookups of the repository's peers `name` started since the last call.
+fn repo_lookups(sim: &mut Sim, name: &str) -> usize {
+    let ops = std::mem::take(&mut sim.peer(name).mirror);
+    ops.iter().filter(|io| matches!(io, Io::FindRepoPeers { .. })).count()
+}
+
+#[test]
+fn a_repositorys_providers_are_looked_up_and_dialled_until_a_peer_of_it_is_connected() {
+    let mut sim = Sim::new(&["alice", "bob", "carol"]);
+    sim.init("alice");
+    sim.init("bob");
+    sim.tick("alice");
+    let provided = sim.peer("alice").mirror.iter().any(|io| matches!(io, Io::Provide(_)));
+    assert!(provided, "a registered repository is provided: {:?}", sim.peer("alice").mirror);
+    assert_eq!(repo_lookups(&mut sim, "alice"), 1, "and its peers looked up at once");
+
+    // The DHT names bob, carol and alice herself: the others are dialled (no addresses: the
+    // swarm asks Kademlia and identify where they are).
+    let (now, ids) = (sim.now, [sim.id("alice"), sim.id("bob"), sim.id("carol")]);
+    sim.peer("alice").service.repo_providers(&repo().id, ids.to_vec(), false, now);
+    sim.settle("alice");
+    assert_eq!(sim.peer("alice").dialled(), ids[1..].to_vec());
+    assert!(sim.peer("alice").dials.iter().all(|d| d.addrs.is_empty()));
+    sim.peer("alice").service.repo_providers(&repo().id, vec![], true, now);
+
+    // Nobody connected yet: looked up again, later each time (2 s, then 4 s).
+    sim.advance(Duration::from_secs(1));
+    sim.tick("alice");
+    assert_eq!(repo_lookups(&mut sim, "alice"), 0, "not at every tick");
+    sim.advance(Duration::from_secs(1));
+    sim.tick("alice");
+    assert_eq!(repo_lookups(&mut sim, "alice"), 1, "2 s after the last");
+    let now = sim.now;
+    sim.peer("alice").service.repo_providers(&repo().id, vec![], true, now);
+
+    // Bob, a peer of the repository, connected: no more lookups for 10 minutes.
+    sim.connect("alice", "bob");
+    for _ in 0..60 {
+        sim.advance(Duration::from_secs(5));
+        sim.tick("alice");
+    }
+    assert_eq!(repo_lookups(&mut sim, "alice"), 0, "a peer of the repository is connected");
+    sim.advance(Duration::from_secs(600));
+    sim.tick("alice");
+    assert_eq!(repo_lookups(&mut sim, "alice"), 1, "looked up again after 10 minutes");
+
+    // Our addresses changed (a relay reserved a slot): provided again with them.
+    let now = sim.now;
+    sim.peer("alice").service.our_addresses_changed(now);
+    sim.tick("alice");
+    assert!(sim.peer("alice").mirror.iter().any(|io| matches!(io, Io::Provide(_))), "provided again");
+}
