@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::behaviour::Behaviour;
 use super::disk::{load, Durability, NodeDisk};
 use super::history::{HistoryWriter, PageRead};
-use super::hook_notes::{HookNotes, Wake};
+use super::hook_notes::HookNotes;
 use super::service::{BridgeOp, DialRef, Io, Me, QueryRef, Service};
 use super::store_watch::StoreWatch;
 use crate::bridge::{Bridge, Inbound};
@@ -109,6 +109,7 @@ macro_rules! disk {
     };
 }
 
+mod hooks;
 mod mirror;
 mod nat;
 mod status;
@@ -458,40 +459,6 @@ impl EventLoop {
                 }
             }
         }
-    }
-
-    fn hook_wake(&mut self, wake: Wake) {
-        match wake {
-            Wake::Survey(hooked) => self.hooks.catch_up(hooked, &mut self.service, disk!(self), &self.store),
-            Wake::Spool(changed) => {
-                if let Err(e) = changed {
-                    tracing::warn!(error = %e, "spool watch failed; reading the spool every second");
-                    self.hooks.unwatch();
-                }
-                self.spool_changed(false);
-            }
-            Wake::Released => self.spool_changed(false),
-        }
-        if self.hooks.take_wrote() {
-            self.durability.wrote();
-        }
-    }
-
-    /// Something arrived in the spool, a held note may go now, or (`reflogs`) the registered
-    /// repositories' reflogs may have commits no note or spool file tells of: publish first, then
-    /// make it durable off this thread.
-    fn spool_changed(&mut self, reflogs: bool) {
-        self.hooks.ingest(&mut self.service, disk!(self), &self.store);
-        if reflogs {
-            let repos = self.service.repos().to_vec();
-            self.hooks.read_reflogs(&repos, &mut self.service, disk!(self), &self.store);
-        }
-        self.service.flush(Now::system(), disk!(self));
-        self.run_io();
-        if self.hooks.take_wrote() {
-            self.durability.wrote();
-        }
-        self.durability.sync_soon(&self.store);
     }
 
     fn maintain(&mut self) {
