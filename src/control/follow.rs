@@ -37,6 +37,9 @@ const TELL_AFTER: Duration = Duration::from_secs(1);
 /// Items read back at most after a gap: the longest history the node keeps (a repository's
 /// feed); the items before the last one shown are not read at all.
 const CATCH_UP_MAX: usize = 10_000;
+/// How long before a gap was noticed the node may have taken items it had not written yet
+/// (its history writer flushes about once a second).
+const LOST_SLACK_MS: u64 = 5_000;
 /// Items per page when reading back.
 const CATCH_UP_PAGE: usize = 256;
 /// Keys remembered to show each item once: more than the node's longest history, which is all
@@ -57,6 +60,9 @@ pub trait Subscription {
     const NEWEST_FIRST: bool;
     /// What makes an item the same item when it arrives twice (in the history and the stream).
     fn key(item: &Self::Item) -> String;
+    /// When the node took the item (Unix ms): reading back after a gap goes at least as far
+    /// as the items it took since the gap began.
+    fn received_at(item: &Self::Item) -> u64;
 }
 
 /// The announcements peers make in a repository (those `filter` keeps, in the history: the
@@ -84,6 +90,9 @@ impl Subscription for Feed {
     }
     fn key(item: &FeedEntry) -> String {
         format!("{}/{}", item.commit.id, item.peer)
+    }
+    fn received_at(item: &FeedEntry) -> u64 {
+        item.received_at
     }
 }
 
@@ -125,6 +134,9 @@ impl Subscription for Room {
     }
     fn page(&self, client: &mut Client, limit: usize, before: Option<u64>) -> Result<Page<ChatEntry>, ClientError> {
         client.chat_page(&self.id, limit, before)
+    }
+    fn received_at(item: &ChatEntry) -> u64 {
+        item.received_at
     }
     fn key(item: &ChatEntry) -> String {
         item.id.clone()
@@ -267,9 +279,13 @@ impl<S: Subscription> Tail<S> {
     /// Tries the socket until a node answers (backing off), or gives up after `wait`.
     fn resume(&mut self) -> Result<(), ClientError> {
         let lost = Instant::now();
+        // A node that restarts takes, besides what is new, what its peers catch it up on, and
+        // what it had shown but not yet written when it died: those land in its history after
+        // items shown already. Read back past everything it took since a little before now.
+        let since = crate::clock::unix_now_ms().saturating_sub(LOST_SLACK_MS);
         let (mut told, mut pause) = (false, RETRY_FIRST);
         loop {
-            match self.reconnect() {
+            match self.reconnect(since) {
                 Ok(()) => {
                     (self.tell)(Gap::Resumed);
                     return Ok(());
@@ -293,9 +309,9 @@ impl<S: Subscription> Tail<S> {
         }
     }
 
-    /// Subscribes again, then reads the history back to the newest item seen: what is newer
-    /// arrived while we were away.
-    fn reconnect(&mut self) -> Result<(), ClientError> {
+    /// Subscribes again, then reads the history back to the newest item seen that the node
+    /// took before `since` (Unix ms): what is newer than that arrived while we were away.
+    fn reconnect(&mut self, since: u64) -> Result<(), ClientError> {
         let mut client = Client::connect(&self.paths)?;
         self.subscription.prepare(&mut client)?;
         let follower = Client::follow(&self.paths, &self.subscription)?;
@@ -305,7 +321,10 @@ impl<S: Subscription> Tail<S> {
             let page = self.subscription.page(&mut client, CATCH_UP_PAGE, before)?;
             for item in page.items {
                 if self.seen.contains(&S::key(&item)) {
-                    break 'pages;
+                    if S::received_at(&item) < since {
+                        break 'pages;
+                    }
+                    continue;
                 }
                 missed.push(item);
             }
