@@ -352,7 +352,8 @@ fn push(session: &Session, specs: &[String], out: &mut dyn Write) -> anyhow::Res
     let git_dir = std::env::var_os("GIT_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     let repo = crate::git::open(&git_dir)?;
     let info = repo.info();
-    let others: Vec<String> = known_authors(&paths, &session.url);
+    // The authors the mirror has refs of: pushes into their namespaces are refused.
+    let others: Vec<String> = crate::node::mirror::authors(&paths.mirror(&session.url.repo));
     let foreign = match &session.url.author {
         None | Some(Author::Me) => None,
         Some(a) if a.matches(&me, None, &me) => None,
@@ -409,28 +410,6 @@ fn push(session: &Session, specs: &[String], out: &mut dyn Write) -> anyhow::Res
 
 fn one(text: &str) -> String {
     text.replace(['\n', '\r'], " ")
-}
-
-/// The authors the mirror has refs of (their PeerIds): pushes into their namespaces are refused.
-fn known_authors(paths: &Paths, url: &P2pUrl) -> Vec<String> {
-    let mirror = paths.mirror(&url.repo);
-    let Ok(listed) = Command::new("git")
-        .arg("--git-dir")
-        .arg(&mirror)
-        .args(["for-each-ref", "--format=%(refname)", "refs/namespaces/"])
-        .env_remove("GIT_DIR")
-        .stderr(Stdio::null())
-        .output()
-    else {
-        return Vec::new();
-    };
-    let mut authors: Vec<String> = String::from_utf8_lossy(&listed.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("refs/namespaces/")?.split('/').next().map(str::to_string))
-        .filter(|a| a != ALL)
-        .collect();
-    authors.dedup();
-    authors
 }
 
 fn rev_parse(git_dir: &Path, rev: &str) -> anyhow::Result<String> {

@@ -37,7 +37,7 @@ pub fn run(ctx: &Ctx, args: &CloneArgs, out: &mut dyn Write) -> anyhow::Result<(
             client.mirror_sync(repo.clone(), None).context("cannot fetch the repository's refs")?;
             let me =
                 crate::identity::Identity::load_or_create_libp2p(&paths.data_dir)?.public().to_peer_id().to_string();
-            let authors = mirror_authors(&paths.mirror(&repo));
+            let authors = crate::node::mirror::authors(&paths.mirror(&repo));
             let others: Vec<&String> = authors.iter().filter(|a| **a != me).collect();
             match (others.as_slice(), authors.as_slice()) {
                 ([one], _) => (*one).clone(),
@@ -72,23 +72,4 @@ pub fn run(ctx: &Ctx, args: &CloneArgs, out: &mut dyn Write) -> anyhow::Result<(
     super::init::run(&sub, out)?;
     writeln!(out, "cloned {url} into {}", dir.display())?;
     Ok(())
-}
-
-/// The PeerIds whose namespaces the mirror has.
-fn mirror_authors(mirror: &std::path::Path) -> Vec<String> {
-    let Ok(listed) = Command::new("git")
-        .arg("--git-dir")
-        .arg(mirror)
-        .args(["for-each-ref", "--format=%(refname)", "refs/namespaces/"])
-        .output()
-    else {
-        return Vec::new();
-    };
-    let mut authors: Vec<String> = String::from_utf8_lossy(&listed.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("refs/namespaces/")?.split('/').next().map(str::to_string))
-        .filter(|a| a != crate::proto::remote::ALL)
-        .collect();
-    authors.dedup();
-    authors
 }

@@ -567,6 +567,19 @@ fn read_refs(path: &Path, prefix: &str) -> Result<Vec<(String, String)>, MirrorE
     Ok(refs)
 }
 
+/// The authors (PeerIds) whose namespaces the mirror at `path` holds refs in; none if it cannot
+/// be read (no mirror yet).
+pub fn authors(path: &Path) -> Vec<String> {
+    let mut authors: Vec<String> = read_refs(path, "refs/namespaces/")
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, _)| name.strip_prefix("refs/namespaces/")?.split('/').next().map(str::to_string))
+        .filter(|a| a != ALL)
+        .collect();
+    authors.dedup();
+    authors
+}
+
 /// Which of `oids` the repository at `path` (with its alternates) has.
 pub async fn present(path: &Path, oids: &[&str]) -> Result<std::collections::HashSet<String>, MirrorError> {
     let path = path.to_path_buf();

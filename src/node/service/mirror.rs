@@ -220,17 +220,14 @@ impl Service {
         if repo.git_dir.is_none() || refs.is_empty() {
             return;
         }
-        let me = self.me.peer.to_string();
-        for (name, oid) in &refs {
-            self.mirror
-                .held
-                .entry(repo.id.clone())
-                .or_default()
-                .entry(me.clone())
-                .or_default()
-                .insert(name.clone(), oid.clone());
-        }
+        self.hold_own(&repo.id, &refs);
         self.push(Io::Mirror(MirrorOp::Own { repo: repo.clone(), refs, head, reply: None }));
+    }
+
+    /// The mirror will hold these refs of ours (once the worker copied them in).
+    fn hold_own(&mut self, repo: &RepoId, refs: &[(String, String)]) {
+        let held = self.mirror.held.entry(repo.clone()).or_default().entry(self.me.peer.to_string()).or_default();
+        held.extend(refs.iter().cloned());
     }
 
     /// Refs of ours were unpublished (deleted and published again): peers fetch them from our
@@ -281,16 +278,7 @@ impl Service {
         for (name, oid) in &refs {
             self.branch_moved(&repo.id, name.clone(), oid.clone(), now, disk);
         }
-        let me = self.me.peer.to_string();
-        for (name, oid) in &refs {
-            self.mirror
-                .held
-                .entry(repo.id.clone())
-                .or_default()
-                .entry(me.clone())
-                .or_default()
-                .insert(name.clone(), oid.clone());
-        }
+        self.hold_own(&repo.id, &refs);
         self.push(Io::Mirror(MirrorOp::Own { repo, refs, head, reply: Some(reply) }));
     }
 
