@@ -460,21 +460,7 @@ async fn settle(
         let Some(view) = view_ref(author, name) else { continue };
         updates.push_str(&format!("update {} {oid}\nupdate {view} {oid}\n", author_ref(author, name)));
     }
-    if !updates.is_empty() {
-        let mut cmd = git();
-        cmd.arg("--git-dir").arg(&path).args(["update-ref", "--stdin"]).stdin(Stdio::piped());
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|source| MirrorError::Spawn { what: "update-ref".into(), source })?;
-        if let Some(mut stdin) = child.stdin.take() {
-            use tokio::io::AsyncWriteExt;
-            stdin.write_all(updates.as_bytes()).await.map_err(io_err("cannot write to git update-ref"))?;
-        }
-        let out = child.wait_with_output().await.map_err(io_err("git update-ref"))?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or_default().to_string();
-            return Err(MirrorError::Git { what: "update-ref".into(), stderr });
-        }
-    }
+    update_refs(&path, &updates).await?;
     let authors: std::collections::BTreeSet<&String> = accept.iter().map(|(a, _, _)| a).collect();
     for author in authors {
         if author == ALL {
