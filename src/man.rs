@@ -179,8 +179,8 @@ words as \"text\".";
 
 const FOLLOWING: &str = "With -f (and in the chat window) the command outlives a restart of the node (git p2p daemon \
 stop && git p2p daemon start, a crash and a restart): it waits for the node to come back without starting one (a node \
-you stopped stays stopped), then prints what arrived meanwhile and goes on, each item once, in the order the node took \
-them. On stderr: a line when the node has been away for a second (\"lost the node; waiting up to 60 s\"), one when it \
+you stopped stays stopped), then prints what arrived meanwhile and goes on, each item once, in time order (a history is kept \
+in the order its items were signed: what a peer catches the node up on takes its place in it). On stderr: a line when the node has been away for a second (\"lost the node; waiting up to 60 s\"), one when it \
 is back (\"node restarted; resumed\"). A node away longer than GIT_P2P_FOLLOW_WAIT seconds (default 60) ends the \
 command with exit status 1; the chat window waits as long as it is open and says so in its status line.";
 

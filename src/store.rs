@@ -9,6 +9,7 @@
 //! it can out of a damaged file.
 
 mod handle;
+mod order;
 pub mod salvage;
 pub mod sync_set;
 
@@ -38,7 +39,7 @@ const REPOS: TableDefinition<&str, &str> = TableDefinition::new("repos");
 
 /// seq -> [`OutboxEntry`] (JSON), in the order the announcements were made
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
-/// (repo id, seq) -> [`FeedEntry`] (JSON); seq grows with arrival
+/// (repo id, key) -> [`FeedEntry`] (JSON); keys in time order ([`order`])
 const FEED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("feed");
 /// "repo/commit/author" -> the time the announcement carries (Unix ms): an announcement is
 /// shown once, however often it arrives, for as long as it could arrive (its time window), even
@@ -46,13 +47,13 @@ const FEED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("feed");
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
 /// (time, "repo/commit/author") -> (): the feed's seen set in time order, to forget it
 const SEEN_AT: TableDefinition<(u64, &str), ()> = TableDefinition::new("seen_at");
-/// (repo id, author, seq) -> (): each author's announcements in a repo's feed, oldest first
+/// (repo id, author, key) -> (): each author's announcements in a repo's feed, oldest first
 const FEED_BY_AUTHOR: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("feed_by_author");
-/// "repo/commit/author" -> feed seq: the feed's announcements by commit id (what the feed holds
+/// "repo/commit/author" -> feed key: the feed's announcements by commit id (what the feed holds
 /// now; the seen set also knows what it dropped)
 const FEED_BY_COMMIT: TableDefinition<&str, u64> = TableDefinition::new("feed_by_commit");
 
-/// (room, seq) -> [`ChatEntry`] (JSON)
+/// (room, key) -> [`ChatEntry`] (JSON); keys in time order ([`order`])
 const CHAT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("chat");
 /// message id -> the time it carries (Unix ms): a message is kept once, however often it
 /// arrives, for as long as it could arrive, even after its room's history dropped it
@@ -69,8 +70,8 @@ pub const MAX_FEED_PER_AUTHOR: usize = 1000;
 
 /// A room keeps this many messages; older ones are dropped first.
 pub const MAX_CHAT_PER_ROOM: usize = 1000;
-/// (repo id, seq) -> (thread room, seq in it): the messages kept in a repository's commit
-/// threads, oldest first. Every node keeps every thread of its repositories, and anyone can
+/// (repo id, key) -> (thread room, key in it, the same): the messages kept in a repository's
+/// commit threads, oldest first. Every node keeps every thread of its repositories, and anyone can
 /// start threads, so their number is not bounded: the messages of all of them are, together.
 const THREAD_LOG: TableDefinition<(&str, u64), (&str, u64)> = TableDefinition::new("thread_log");
 /// The commit threads of one repository keep this many messages together; the oldest go first.
@@ -191,16 +192,6 @@ fn db<T, E: Into<redb::Error>>(r: Result<T, E>) -> Result<T, StoreError> {
 /// A stored JSON value, or the damage it is.
 fn parse<T: DeserializeOwned>(bytes: &[u8], table: &'static str) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|_| StoreError::Unreadable(table))
-}
-
-/// The highest sequence number under `key` in a `(key, seq)` table (0 when there is none).
-fn last_seq<V: redb::Value + 'static>(
-    table: &impl ReadableTable<(&'static str, u64), V>,
-    key: &str,
-) -> Result<u64, StoreError> {
-    let last =
-        db(table.range((key, 0)..=(key, u64::MAX)))?.next_back().transpose().map_err(|e| StoreError::Db(e.into()))?;
-    Ok(last.map_or(0, |(k, _)| k.value().1))
 }
 
 impl Store {
@@ -709,29 +700,36 @@ impl Store {
                 }
                 let mut feed = db(txn.open_table(FEED))?;
                 let mut by_author = db(txn.open_table(FEED_BY_AUTHOR))?;
-                let seq = last_seq(&feed, repo)? + 1;
+                let mut by_commit = db(txn.open_table(FEED_BY_COMMIT))?;
+                let mut counts = order::Counts::open(txn)?;
+                let at = order::order_time(entry.announced_at, entry.received_at);
+                let seq = order::free_key(&feed, repo, at)?;
                 let bytes = serde_json::to_vec(entry).expect("feed entries always serialise");
                 db(feed.insert((repo, seq), bytes.as_slice()))?;
                 db(by_author.insert((repo, author, seq), ()))?;
-                let mut by_commit = db(txn.open_table(FEED_BY_COMMIT))?;
                 db(by_commit.insert(seen_key.as_str(), seq))?;
                 db(seen.insert(seen_key.as_str(), entry.announced_at))?;
                 db(db(txn.open_table(SEEN_AT))?.insert((entry.announced_at, seen_key.as_str()), ()))?;
+                let count = counts.grew(order::History::Feed, repo, &feed)?;
                 // The author's oldest gives way when they have more than their share; the feed keeps
-                // the last MAX_FEED_PER_REPO arrivals (fewer where an author's gave way).
+                // the newest MAX_FEED_PER_REPO (fewer where an author's gave way).
                 let mine = db(by_author.range((repo, author, 0)..=(repo, author, u64::MAX)))?;
-                let (count, oldest) = mine.fold((0usize, None), |(n, first), item| {
+                let (mine, oldest_mine) = mine.fold((0usize, None), |(n, first), item| {
                     (n + 1, first.or_else(|| item.ok().map(|(k, _)| k.value().2)))
                 });
-                let over_share = oldest.filter(|_| count > MAX_FEED_PER_AUTHOR);
-                let out_of_window = seq.checked_sub(MAX_FEED_PER_REPO as u64).filter(|s| *s > 0);
-                for old_seq in over_share.into_iter().chain(out_of_window) {
+                let mut gone = Vec::new();
+                gone.extend(oldest_mine.filter(|_| mine > MAX_FEED_PER_AUTHOR));
+                if count > MAX_FEED_PER_REPO as u64 + gone.len() as u64 {
+                    gone.extend(order::oldest(&feed, repo)?.filter(|k| !gone.contains(k)));
+                }
+                for old_seq in gone {
                     let old = db(feed.remove((repo, old_seq)))?;
                     let old: Option<FeedEntry> = old.map(|v| parse(v.value(), "feed")).transpose()?;
                     if let Some(old) = old {
                         // Its id stays seen: a replay of it is no news.
                         db(by_author.remove((repo, old.peer.as_str(), old_seq)))?;
                         db(by_commit.remove(feed_seen_key(&old).as_str()))?;
+                        counts.shrank(order::History::Feed, repo, &feed)?;
                     }
                 }
                 out.push(true);
@@ -760,32 +758,60 @@ impl Store {
             let mut seen_at = db(txn.open_table(CHAT_SEEN_AT))?;
             let mut chat = db(txn.open_table(CHAT))?;
             let mut threads = db(txn.open_table(THREAD_LOG))?;
+            let mut counts = order::Counts::open(txn)?;
             for entry in entries {
                 if db(seen.get(entry.id.as_str()))?.is_some() {
                     continue;
                 }
                 let room = entry.room.as_str();
-                let seq = last_seq(&chat, room)? + 1;
+                let thread_repo = room.split_once('/').map(|(repo, _)| repo);
+                let at = order::order_time(entry.sent_at, entry.received_at);
+                let mut seq = order::free_key(&chat, room, at)?;
+                if let Some(repo) = thread_repo {
+                    // The thread log's key is the message's own: free in both.
+                    seq = seq.max(order::free_key(&threads, repo, at)?);
+                }
                 let bytes = serde_json::to_vec(entry).expect("chat entries always serialise");
                 db(chat.insert((room, seq), bytes.as_slice()))?;
                 db(seen.insert(entry.id.as_str(), entry.sent_at))?;
                 db(seen_at.insert((entry.sent_at, entry.id.as_str()), ()))?;
-                let mut oldest = Vec::new();
-                if seq > MAX_CHAT_PER_ROOM as u64 {
-                    oldest.push((room.to_string(), seq - MAX_CHAT_PER_ROOM as u64));
+                // The oldest messages (by time) leave the history when it is over its bound (unless
+                // they left already); their ids stay seen (see prune_seen).
+                let mut oldest: Vec<(String, u64)> = Vec::new();
+                if counts.grew(order::History::Chat, room, &chat)? > MAX_CHAT_PER_ROOM as u64 {
+                    oldest.extend(order::oldest(&chat, room)?.map(|k| (room.to_string(), k)));
                 }
-                if let Some((repo, _)) = room.split_once('/') {
-                    let n = last_seq(&threads, repo)? + 1;
-                    db(threads.insert((repo, n), (room, seq)))?;
-                    if n > MAX_THREAD_MESSAGES_PER_REPO as u64 {
-                        let old = db(threads.remove((repo, n - MAX_THREAD_MESSAGES_PER_REPO as u64)))?;
-                        oldest.extend(old.map(|v| (v.value().0.to_string(), v.value().1)));
+                if let Some(repo) = thread_repo {
+                    db(threads.insert((repo, seq), (room, seq)))?;
+                    if counts.grew(order::History::Threads, repo, &threads)? > MAX_THREAD_MESSAGES_PER_REPO as u64 {
+                        if let Some(k) = order::oldest(&threads, repo)? {
+                            if let Some(v) = db(threads.get((repo, k)))? {
+                                oldest.push((v.value().0.to_string(), v.value().1));
+                            }
+                        }
                     }
                 }
                 for (room, seq) in oldest {
-                    // The oldest message leaves the history (unless it left already); its id
-                    // stays seen (see prune_seen).
-                    db(chat.remove((room.as_str(), seq)))?;
+                    if db(chat.remove((room.as_str(), seq)))?.is_some() {
+                        counts.shrank(order::History::Chat, &room, &chat)?;
+                    }
+                    let Some((repo, _)) = room.split_once('/') else { continue };
+                    // A thread message leaves the thread log with its room (for keys of the old
+                    // kind, the log's own key differs: found by value).
+                    let key = match db(threads.get((repo, seq)))? {
+                        Some(v) if v.value() == (room.as_str(), seq) => Some(seq),
+                        _ => None,
+                    };
+                    let key = match key {
+                        Some(k) => Some(k),
+                        None => order::oldest(&threads, repo)?.filter(|k| {
+                            threads.get((repo, *k)).ok().flatten().is_some_and(|v| v.value() == (room.as_str(), seq))
+                        }),
+                    };
+                    if let Some(k) = key {
+                        db(threads.remove((repo, k)))?;
+                        counts.shrank(order::History::Threads, repo, &threads)?;
+                    }
                 }
                 added += 1;
             }
@@ -987,14 +1013,20 @@ impl Store {
 
     /// A page of a room's messages, newest first, from before `before` on: at most `limit`, and
     /// only as many as fit in `budget` bytes (one at least); with where the next page starts.
+    /// With `arrived_since`, only the messages this node took at or after it (Unix ms): a
+    /// follower back from a gap reads what it missed, wherever in time it sorts.
     pub fn chat_page(
         &self,
         room: &str,
         before: Option<u64>,
         limit: usize,
         budget: usize,
+        arrived_since: Option<u64>,
     ) -> Result<(Vec<ChatEntry>, Option<u64>), StoreError> {
-        self.newest(CHAT, "chat", room, before, limit, budget)
+        match arrived_since {
+            None => self.newest(CHAT, "chat", room, before, limit, budget),
+            Some(t) => self.newest_kept(CHAT, "chat", room, before, limit, budget, |json| received_at(json) >= t),
+        }
     }
 
     /// A page of a repo's announcements that `keep` keeps (it is handed each one's JSON, so that
@@ -1083,6 +1115,17 @@ impl Store {
             Ok((out, None))
         })
     }
+}
+
+/// When this node took a history's item, read off its stored JSON without decoding the rest (0
+/// when unreadable: such an item is left out of what arrived since).
+pub fn received_at(json: &[u8]) -> u64 {
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(default)]
+        received_at: u64,
+    }
+    serde_json::from_slice::<Head>(json).map_or(0, |h| h.received_at)
 }
 
 /// A configured listen address with port 0 (`/ip4/0.0.0.0/tcp/0`) -> the port the node took for
@@ -1405,6 +1448,96 @@ mod tests {
             via: None,
             thread: None,
         }
+    }
+
+    /// What a peer caught us up on (dated before what we have) arrives last.
+    fn late(mut m: ChatEntry, received_at: u64) -> ChatEntry {
+        m.received_at = received_at;
+        m
+    }
+
+    #[test]
+    fn histories_are_in_time_order_however_late_items_arrive() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        for i in [10, 40] {
+            store.chat_insert(&message("room", i)).unwrap();
+        }
+        // A partition heals: what the other side said meanwhile arrives now, dated then.
+        store.chat_insert_all(&[late(message("room", 20), 50), late(message("room", 30), 50)]).unwrap();
+        // A clock ahead sorts where the message arrived, not in the future.
+        store.chat_insert(&ChatEntry { sent_at: 1000, ..message("room", 45) }).unwrap();
+        store.chat_insert(&message("room", 60)).unwrap();
+        let ids: Vec<String> = store.chat_history("room", 10).unwrap().into_iter().map(|m| m.id).collect();
+        assert_eq!(ids, ["m10", "m20", "m30", "m40", "m45", "m60"]);
+        // Pages read on from where the last ended, in the same order.
+        let (first, next) = store.chat_page("room", None, 4, usize::MAX, None).unwrap();
+        let (rest, end) = store.chat_page("room", next, 4, usize::MAX, None).unwrap();
+        let ids: Vec<&str> = first.iter().chain(&rest).map(|m| m.id.as_str()).collect();
+        assert_eq!((ids, end), (vec!["m60", "m45", "m40", "m30", "m20", "m10"], None));
+        // What arrived since a time, wherever it sorts: what a follower back from a gap reads.
+        let (arrived, _) = store.chat_page("room", None, 10, usize::MAX, Some(50)).unwrap();
+        let ids: Vec<&str> = arrived.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["m60", "m30", "m20"]);
+
+        for (i, received) in [(5, 5), (1, 9), (3, 9), (7, 7)] {
+            store.feed_insert(&FeedEntry { received_at: received, ..feed_entry(i) }).unwrap();
+        }
+        let feed: Vec<u64> = store.feed(&feed_entry(0).repo, 10).unwrap().iter().map(|e| e.announced_at).collect();
+        assert_eq!(feed, [7, 5, 3, 1], "newest first, by time");
+        let (page, _) = store.feed_page(&feed_entry(0).repo, None, 10, usize::MAX, |_| true).unwrap();
+        assert_eq!(page.len(), 4);
+    }
+
+    #[test]
+    fn a_full_history_drops_the_oldest_by_time_not_by_arrival() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let all: Vec<ChatEntry> = (100..100 + MAX_CHAT_PER_ROOM as u64).map(|i| message("room", i)).collect();
+        store.chat_insert_all(&all).unwrap();
+        // Caught up late: one older than all (it is the one that goes), one among them.
+        let among = ChatEntry { id: "late".into(), ..message("room", 150) };
+        assert_eq!(store.chat_insert_all(&[late(message("room", 50), 5000), late(among, 5000)]).unwrap(), 2);
+        let kept = store.chat_history("room", usize::MAX).unwrap();
+        assert_eq!(kept.len(), MAX_CHAT_PER_ROOM);
+        assert!(kept.iter().all(|m| m.id != "m50" && m.id != "m100"), "the two oldest by time went");
+        assert!(kept.windows(2).all(|w| w[0].sent_at <= w[1].sent_at));
+        assert!(kept.iter().any(|m| m.id == "late"));
+
+        let repo = feed_entry(0).repo;
+        let authors = 100;
+        let feed: Vec<FeedEntry> = (0..MAX_FEED_PER_REPO as u64)
+            .map(|i| FeedEntry { received_at: 100_000, ..by(&format!("a{}", i as usize % authors), 1000 + i) })
+            .collect();
+        store.feed_insert_all(&feed).unwrap();
+        store.feed_insert(&FeedEntry { received_at: 200_000, ..by("late", 999) }).unwrap();
+        store.feed_insert(&FeedEntry { received_at: 200_000, ..by("late", 5000) }).unwrap();
+        let kept = store.feed(&repo, usize::MAX).unwrap();
+        assert_eq!(kept.len(), MAX_FEED_PER_REPO);
+        assert!(kept.windows(2).all(|w| w[0].announced_at >= w[1].announced_at));
+        assert!(!kept.iter().any(|e| e.announced_at == 999 || e.announced_at == 1000), "the two oldest by time went");
+        assert!(kept.iter().any(|e| e.peer == "late"));
+    }
+
+    #[test]
+    fn histories_written_before_the_time_order_keep_their_order_and_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        // As an older store wrote them: sequence numbers, no counts.
+        store
+            .update(true, |txn| {
+                let mut chat = db(txn.open_table(CHAT))?;
+                for i in 1..=MAX_CHAT_PER_ROOM as u64 {
+                    let bytes = serde_json::to_vec(&message("room", i)).unwrap();
+                    db(chat.insert(("room", i), bytes.as_slice()))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        store.chat_insert(&message("room", 5000)).unwrap();
+        let kept = store.chat_history("room", usize::MAX).unwrap();
+        assert_eq!(kept.len(), MAX_CHAT_PER_ROOM, "counted once, then bounded");
+        assert_eq!((kept[0].id.as_str(), kept[kept.len() - 1].id.as_str()), ("m2", "m5000"));
     }
 
     #[test]

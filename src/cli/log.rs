@@ -93,7 +93,7 @@ fn filter(
     if let Some(b) = branch.as_deref().filter(|b| !crate::git::is_ref_name(b)) {
         anyhow::bail!("--branch {b:?}: not a branch name git takes");
     }
-    Ok(LogFilter { authors, branch, since: args.since })
+    Ok(LogFilter { authors, branch, since: args.since, arrived_since: None })
 }
 
 fn me(ctx: &Ctx) -> anyhow::Result<String> {

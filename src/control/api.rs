@@ -88,7 +88,13 @@ pub enum Command {
     /// A signed room message of ours (in a commit's thread with `thread`).
     ChatSend { repo: RepoInfo, envelope: Envelope, thread: Option<String>, reply: Reply<ChatSent> },
     /// A page of a room's messages, newest first, from `before` on.
-    ChatHistory { room: String, limit: usize, before: Option<u64>, reply: Reply<Page<ChatEntry>> },
+    ChatHistory {
+        room: String,
+        limit: usize,
+        before: Option<u64>,
+        arrived_since: Option<u64>,
+        reply: Reply<Page<ChatEntry>>,
+    },
     /// Join a room without sending.
     ChatJoin { repo: RepoInfo, thread: Option<String>, reply: Reply<()> },
     /// Sign `value` (None: a tombstone) for `key` as our user, named `name`, merge it into the
@@ -243,6 +249,10 @@ pub struct LogFilter {
     /// Announced at or after this time (Unix ms, the author's clock: the time `log` shows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<u64>,
+    /// Taken by the node at or after this time (Unix ms, the node's clock): what a follower
+    /// back from a gap missed, wherever in time it sorts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrived_since: Option<u64>,
 }
 
 impl LogFilter {
@@ -252,6 +262,7 @@ impl LogFilter {
 
     pub fn matches(&self, entry: &FeedEntry) -> bool {
         self.keeps(&entry.peer, entry.commit.ref_name.as_deref(), entry.announced_at)
+            && self.arrived_since.is_none_or(|t| entry.received_at >= t)
     }
 
     /// [`LogFilter::matches`] of a feed entry as the store keeps it (its JSON), reading only
@@ -264,8 +275,13 @@ impl LogFilter {
             #[serde(borrow, default)]
             ref_name: Option<std::borrow::Cow<'a, str>>,
             announced_at: u64,
+            #[serde(default)]
+            received_at: u64,
         }
-        serde_json::from_slice::<Head>(json).is_ok_and(|h| self.keeps(&h.peer, h.ref_name.as_deref(), h.announced_at))
+        serde_json::from_slice::<Head>(json).is_ok_and(|h| {
+            self.keeps(&h.peer, h.ref_name.as_deref(), h.announced_at)
+                && self.arrived_since.is_none_or(|t| h.received_at >= t)
+        })
     }
 
     fn keeps(&self, peer: &str, ref_name: Option<&str>, announced_at: u64) -> bool {

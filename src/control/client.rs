@@ -312,8 +312,12 @@ impl Client {
 
     /// The newest `limit` messages of a room, oldest first.
     pub fn chat_history(&mut self, room: &str, limit: usize) -> Result<Vec<ChatEntry>, ClientError> {
-        let mut history: Vec<ChatEntry> =
-            self.pages(limit, |limit, before| Request::ChatHistory { room: room.to_string(), limit, before })?;
+        let mut history: Vec<ChatEntry> = self.pages(limit, |limit, before| Request::ChatHistory {
+            room: room.to_string(),
+            limit,
+            before,
+            arrived_since: None,
+        })?;
         history.reverse();
         Ok(history)
     }
@@ -428,9 +432,16 @@ impl Client {
         self.call(Request::Log { repo, limit, before, filter: filter.clone() })
     }
 
-    /// A page of a room's messages, newest first, before `before`.
-    pub fn chat_page(&mut self, room: &str, limit: usize, before: Option<u64>) -> Result<Page<ChatEntry>, ClientError> {
-        self.call(Request::ChatHistory { room: room.to_string(), limit, before })
+    /// A page of a room's messages, newest first, before `before` (those the node took at or
+    /// after `arrived_since`, when given).
+    pub fn chat_page(
+        &mut self,
+        room: &str,
+        limit: usize,
+        before: Option<u64>,
+        arrived_since: Option<u64>,
+    ) -> Result<Page<ChatEntry>, ClientError> {
+        self.call(Request::ChatHistory { room: room.to_string(), limit, before, arrived_since })
     }
 
     fn read_line(&mut self) -> Result<Vec<u8>, ClientError> {

@@ -6,8 +6,9 @@
 //! kill -9 and a restart, an upgrade), the follower does not start one: a node someone stopped
 //! stays stopped. It tries the socket again, backing off up to [`RETRY_MAX`], for as long as it
 //! was told to wait ([`FOLLOW_WAIT_ENV`], default [`FOLLOW_WAIT`]); once a node answers, it
-//! subscribes again and reads the history back to the last item it had, so that what arrived
-//! while it was away comes next, in the order the node took it, before anything newer.
+//! subscribes again and reads back what the node took since a little before it went away (the
+//! history is in time order, and what a peer caught it up on may sort anywhere in it), so that
+//! what arrived while it was away comes next, in time order, before anything newer.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -35,7 +36,7 @@ const RETRY_MAX: Duration = Duration::from_millis(500);
 /// A node away this long is said to be away (a restart within it only reports the resumption).
 const TELL_AFTER: Duration = Duration::from_secs(1);
 /// Items read back at most after a gap: the longest history the node keeps (a repository's
-/// feed); the items before the last one shown are not read at all.
+/// feed); the node hands only those it took since the gap began.
 const CATCH_UP_MAX: usize = 10_000;
 /// How long before a gap was noticed the node may have taken items it had not written yet
 /// (its history writer flushes about once a second).
@@ -54,15 +55,19 @@ pub trait Subscription {
     fn prepare(&self, _client: &mut Client) -> Result<(), ClientError> {
         Ok(())
     }
-    /// A page of the history, newest first, before `before` (a page's `next`).
-    fn page(&self, client: &mut Client, limit: usize, before: Option<u64>) -> Result<Page<Self::Item>, ClientError>;
+    /// A page of the history, newest first, before `before` (a page's `next`); with
+    /// `arrived_since`, only the items the node took at or after it (Unix ms).
+    fn page(
+        &self,
+        client: &mut Client,
+        limit: usize,
+        before: Option<u64>,
+        arrived_since: Option<u64>,
+    ) -> Result<Page<Self::Item>, ClientError>;
     /// Whether the history is shown newest first (`log`), else oldest first (a room).
     const NEWEST_FIRST: bool;
     /// What makes an item the same item when it arrives twice (in the history and the stream).
     fn key(item: &Self::Item) -> String;
-    /// When the node took the item (Unix ms): reading back after a gap goes at least as far
-    /// as the items it took since the gap began.
-    fn received_at(item: &Self::Item) -> u64;
 }
 
 /// The announcements peers make in a repository (those `filter` keeps, in the history: the
@@ -85,14 +90,18 @@ impl Subscription for Feed {
     fn follow_request(&self) -> Request {
         Request::Follow { repo: self.repo.clone() }
     }
-    fn page(&self, client: &mut Client, limit: usize, before: Option<u64>) -> Result<Page<FeedEntry>, ClientError> {
-        client.log_page(self.repo.clone(), limit, before, &self.filter)
+    fn page(
+        &self,
+        client: &mut Client,
+        limit: usize,
+        before: Option<u64>,
+        arrived_since: Option<u64>,
+    ) -> Result<Page<FeedEntry>, ClientError> {
+        let filter = LogFilter { arrived_since, ..self.filter.clone() };
+        client.log_page(self.repo.clone(), limit, before, &filter)
     }
     fn key(item: &FeedEntry) -> String {
         format!("{}/{}", item.commit.id, item.peer)
-    }
-    fn received_at(item: &FeedEntry) -> u64 {
-        item.received_at
     }
 }
 
@@ -132,11 +141,14 @@ impl Subscription for Room {
             None => Ok(()),
         }
     }
-    fn page(&self, client: &mut Client, limit: usize, before: Option<u64>) -> Result<Page<ChatEntry>, ClientError> {
-        client.chat_page(&self.id, limit, before)
-    }
-    fn received_at(item: &ChatEntry) -> u64 {
-        item.received_at
+    fn page(
+        &self,
+        client: &mut Client,
+        limit: usize,
+        before: Option<u64>,
+        arrived_since: Option<u64>,
+    ) -> Result<Page<ChatEntry>, ClientError> {
+        client.chat_page(&self.id, limit, before, arrived_since)
     }
     fn key(item: &ChatEntry) -> String {
         item.id.clone()
@@ -188,12 +200,11 @@ impl Client {
         let wait = if follow { Some(follow_wait()?) } else { None };
         subscription.prepare(self)?;
         let follower = if follow { Some(Client::follow(paths, &subscription)?) } else { None };
-        // One item at least: the newest is where reading back after a gap stops, even when none
-        // is shown.
+        // One item at least: its key is then known, should it stream in too.
         let mut newest_first = Vec::new();
         let mut before = None;
         while newest_first.len() < limit.max(1) {
-            let page = subscription.page(self, limit.max(1) - newest_first.len(), before)?;
+            let page = subscription.page(self, limit.max(1) - newest_first.len(), before, None)?;
             let empty = page.items.is_empty();
             newest_first.extend(page.items);
             before = page.next;
@@ -279,9 +290,9 @@ impl<S: Subscription> Tail<S> {
     /// Tries the socket until a node answers (backing off), or gives up after `wait`.
     fn resume(&mut self) -> Result<(), ClientError> {
         let lost = Instant::now();
-        // A node that restarts takes, besides what is new, what its peers catch it up on, and
-        // what it had shown but not yet written when it died: those land in its history after
-        // items shown already. Read back past everything it took since a little before now.
+        // A node that restarts takes, besides what is new, what its peers catch it up on (dated
+        // anywhere in its history), and what it had shown but not yet written when it died.
+        // Read back everything it took since a little before now.
         let since = crate::clock::unix_now_ms().saturating_sub(LOST_SLACK_MS);
         let (mut told, mut pause) = (false, RETRY_FIRST);
         loop {
@@ -309,24 +320,20 @@ impl<S: Subscription> Tail<S> {
         }
     }
 
-    /// Subscribes again, then reads the history back to the newest item seen that the node
-    /// took before `since` (Unix ms): what is newer than that arrived while we were away.
+    /// Subscribes again, then reads the items the node took at or after `since` (Unix ms):
+    /// those not seen yet arrived while we were away.
     fn reconnect(&mut self, since: u64) -> Result<(), ClientError> {
         let mut client = Client::connect(&self.paths)?;
         self.subscription.prepare(&mut client)?;
         let follower = Client::follow(&self.paths, &self.subscription)?;
         let mut missed = Vec::new();
         let mut before = None;
-        'pages: while missed.len() < CATCH_UP_MAX {
-            let page = self.subscription.page(&mut client, CATCH_UP_PAGE, before)?;
+        while missed.len() < CATCH_UP_MAX {
+            let page = self.subscription.page(&mut client, CATCH_UP_PAGE, before, Some(since))?;
             for item in page.items {
-                if self.seen.contains(&S::key(&item)) {
-                    if S::received_at(&item) < since {
-                        break 'pages;
-                    }
-                    continue;
+                if !self.seen.contains(&S::key(&item)) {
+                    missed.push(item);
                 }
-                missed.push(item);
             }
             match page.next {
                 Some(next) => before = Some(next),

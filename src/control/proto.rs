@@ -83,13 +83,15 @@ pub enum Request {
     FeedCommits { repo: RepoId, prefix: String, limit: usize },
     /// Send a signed chat message to a room (`thread`: a commit's thread, else the repo's room).
     ChatSend { repo: RepoInfo, envelope: Envelope, thread: Option<String> },
-    /// The newest messages of a room (those before `before`), newest first: a page of at most
-    /// `limit`.
+    /// The newest messages of a room (those before `before`; with `arrived_since`, only those
+    /// the node took at or after it, Unix ms), newest first: a page of at most `limit`.
     ChatHistory {
         room: String,
         limit: usize,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         before: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        arrived_since: Option<u64>,
     },
     /// Join a room (subscribe to its topic) without sending: for reading a commit's thread.
     ChatJoin { repo: RepoInfo, thread: Option<String> },

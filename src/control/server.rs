@@ -184,8 +184,8 @@ fn route(req: Request) -> Routed {
         Request::ChatSend { repo, envelope, thread } => {
             ask(|reply| Command::ChatSend { repo, envelope, thread, reply })
         }
-        Request::ChatHistory { room, limit, before } => {
-            ask(|reply| Command::ChatHistory { room, limit, before, reply })
+        Request::ChatHistory { room, limit, before, arrived_since } => {
+            ask(|reply| Command::ChatHistory { room, limit, before, arrived_since, reply })
         }
         Request::ChatJoin { repo, thread } => ask(|reply| Command::ChatJoin { repo, thread, reply }),
         Request::KvPut { repo, key, value, name } => match value.map(hex::decode).transpose() {

@@ -306,8 +306,8 @@ impl EventLoop {
                 self.service.chat_send(repo, envelope, thread, reply, now, disk!(self))
             }
             // Read by the history thread, after the received messages it still has to write.
-            Command::ChatHistory { room, limit, before, reply } => {
-                self.history.read(PageRead { room, before, limit, reply })
+            Command::ChatHistory { room, limit, before, arrived_since, reply } => {
+                self.history.read(PageRead { room, before, limit, arrived_since, reply })
             }
             Command::ChatJoin { repo, thread, reply } => {
                 self.service.sync_if_stale(&repo.id, now);

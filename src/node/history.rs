@@ -31,6 +31,8 @@ pub struct PageRead {
     pub room: String,
     pub before: Option<u64>,
     pub limit: usize,
+    /// Only the messages taken at or after this (Unix ms): a follower back from a gap.
+    pub arrived_since: Option<u64>,
     pub reply: Reply<Page<ChatEntry>>,
 }
 
@@ -53,7 +55,7 @@ impl Drop for HistoryWriter {
 
 fn read(store: &Store, read: PageRead) {
     let page = store
-        .chat_page(&read.room, read.before, read.limit, PAGE_BYTES)
+        .chat_page(&read.room, read.before, read.limit, PAGE_BYTES, read.arrived_since)
         .map(|(items, next)| Page { items, next })
         .map_err(|e| Failure::new(format!("cannot read the room's history: {e}")));
     let _ = read.reply.send(page);
@@ -206,7 +208,7 @@ mod tests {
                 writer.write(entry(round * 50 + i));
             }
             let (reply, answer) = tokio::sync::oneshot::channel();
-            writer.read(PageRead { room: "r".into(), before: None, limit: 10_000, reply });
+            writer.read(PageRead { room: "r".into(), before: None, limit: 10_000, arrived_since: None, reply });
             let Ok(Ok(page)) = answer.blocking_recv() else { panic!("no history") };
             assert_eq!(page.items.len() as u64, (round + 1) * 50, "round {round}: no read overtakes a write");
         }
@@ -220,7 +222,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut before = None;
         loop {
-            let (items, next) = store.chat_page("r", before, 10, usize::MAX).unwrap();
+            let (items, next) = store.chat_page("r", before, 10, usize::MAX, None).unwrap();
             seen.extend(items.into_iter().map(|m| m.sent_at));
             match next {
                 Some(n) => before = Some(n),
@@ -229,9 +231,9 @@ mod tests {
         }
         assert_eq!(seen, (0..25).rev().collect::<Vec<_>>(), "each once, newest first");
         let one = serde_json::to_vec(&entry(24)).unwrap().len();
-        let (items, next) = store.chat_page("r", None, 100, 3 * one).unwrap();
+        let (items, next) = store.chat_page("r", None, 100, 3 * one, None).unwrap();
         assert_eq!((items.len(), next.is_some()), (3, true), "as many as fit");
-        let (items, _) = store.chat_page("r", None, 100, 1).unwrap();
+        let (items, _) = store.chat_page("r", None, 100, 1, None).unwrap();
         assert_eq!(items.len(), 1, "one at least");
     }
 

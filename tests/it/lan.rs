@@ -301,14 +301,18 @@ fn two_halves_of_a_partitioned_lan_converge_once_it_heals() {
     }
     let mut said = Vec::new();
     let mut commits = Vec::new();
-    for half in halves {
-        let (talker, committer) = (half[0], half[1]);
-        for n in 0..5 {
-            let text = format!("{} says {n} while apart", names[talker]);
-            nodes[talker].ok_in(&repos[talker], &["chat", "--send", &text]);
+    // The halves take turns, so that what each side has in time order interleaves with what
+    // the other sends it on the heal.
+    for n in 0..5 {
+        for half in halves {
+            let text = format!("{} says {n} while apart", names[half[0]]);
+            nodes[half[0]].ok_in(&repos[half[0]], &["chat", "--send", &text]);
             said.push(text);
         }
+    }
+    for half in halves {
         for n in 0..3 {
+            let committer = half[1];
             commits.push(
                 nodes[committer].commit(&repos[committer], &format!("{} commit {n} while apart", names[committer])),
             );
@@ -353,6 +357,28 @@ fn two_halves_of_a_partitioned_lan_converge_once_it_heals() {
     for node in &nodes {
         let sync = node.status()["sync"].clone();
         assert!(sync["items"].as_u64() > Some(0), "{}: caught up by sync: {sync}", node.name);
+    }
+    // Every side shows the same room, in the order it was said (not in the order it arrived),
+    // and its feed newest first.
+    let room = |i: usize| -> Vec<(u64, String)> {
+        nodes[i]
+            .ok_in(&repos[i], &["chat", "--tail", "--json"])
+            .lines()
+            .filter_map(|l| {
+                let m: serde_json::Value = serde_json::from_str(l).ok()?;
+                Some((m["sent_at"].as_u64()?, m["text"].as_str()?.to_string()))
+            })
+            .collect()
+    };
+    let shown = room(0);
+    assert_eq!(shown.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>(), said, "in the order it was said");
+    assert!(shown.windows(2).all(|w| w[0].0 <= w[1].0), "in time order: {shown:?}");
+    for (i, name) in names.iter().enumerate().skip(1) {
+        assert_eq!(room(i), shown, "{name} shows the room as alice does");
+    }
+    for i in 0..4 {
+        let times: Vec<u64> = nodes[i].feed(&repos[i]).iter().filter_map(|e| e["announced_at"].as_u64()).collect();
+        assert!(times.windows(2).all(|w| w[0] >= w[1]), "{}: feed newest first: {times:?}", names[i]);
     }
     drop(nodes);
     drop(lab);

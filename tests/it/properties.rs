@@ -339,6 +339,7 @@ fn control_frames_round_trip_and_no_mutation_panics_a_decoder() {
                     authors: (0..rng.below(3)).map(|_| rng.text(52)).collect(),
                     branch: rng.chance(2).then(|| rng.text(30)),
                     since: rng.chance(2).then(|| rng.next()),
+                    arrived_since: rng.chance(2).then(|| rng.next()),
                 };
                 let (limit, before) = (rng.below(1 << 20), rng.chance(2).then(|| rng.next()));
                 Request::Log { repo: repo.id, limit, before, filter }
@@ -349,7 +350,12 @@ fn control_frames_round_trip_and_no_mutation_panics_a_decoder() {
                 Request::KvPut { repo, key: rng.text(30), value, name: rng.chance(2).then(|| rng.text(20)) }
             }
             4 => Request::KvList { repo: repo.id, after: rng.chance(2).then(|| rng.text(30)), all: rng.chance(2) },
-            5 => Request::ChatHistory { room: rng.text(50), limit: rng.below(1000), before: Some(rng.next()) },
+            5 => Request::ChatHistory {
+                room: rng.text(50),
+                limit: rng.below(1000),
+                before: Some(rng.next()),
+                arrived_since: rng.chance(2).then(|| rng.next()),
+            },
             6 => {
                 let refs = (0..rng.below(5)).map(|_| (rng.text(30), rng.text(40))).collect();
                 Request::RefsPublish { repo, refs, name: rng.chance(2).then(|| rng.text(20)) }
