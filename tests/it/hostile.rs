@@ -62,6 +62,9 @@ fn swarm(key: Keypair, over: Over) -> Swarm<MalloryBehaviour> {
             .validation_mode(gossipsub::ValidationMode::Anonymous)
             .message_id_fn(git_p2p::node::behaviour::message_id)
             .max_transmit_size(4 << 20)
+            // A flood is sent whole however slowly bob reads (by default gossipsub abandons what
+            // waited 5 s in its queue: on a loaded machine, part of a flood of 1000).
+            .publish_queue_duration(Duration::from_secs(120))
             .build()
             .expect("gossipsub config");
         let peer = key.public().to_peer_id();
