@@ -47,6 +47,67 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// CPU work of some processes over a stretch of the run, counted by `perf stat` (instructions,
+/// user and kernel, every thread that exists when it starts): with `BENCH_PERF=1` only, as the
+/// machine's noise makes wall-clock comparisons of CPU work misleading. Instruction counts per
+/// message are repeatable within a few per cent.
+struct Perf {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+}
+
+impl Perf {
+    /// Starts counting `pids` (None without `BENCH_PERF=1`, or when perf cannot run).
+    fn start(pids: &[i32], label: &str) -> Option<Perf> {
+        Self::start_as("-p", pids, label)
+    }
+
+    /// The same for threads of this process (`gettid`s).
+    fn start_threads(tids: &[i32], label: &str) -> Option<Perf> {
+        Self::start_as("-t", tids, label)
+    }
+
+    fn start_as(flag: &str, pids: &[i32], label: &str) -> Option<Perf> {
+        if std::env::var_os("BENCH_PERF").is_none() || pids.is_empty() {
+            return None;
+        }
+        let out = std::env::temp_dir().join(format!("harness-perf-{}-{label}", std::process::id()));
+        let list: Vec<String> = pids.iter().map(i32::to_string).collect();
+        let child = Command::new("perf")
+            .args(["stat", "-x", ",", "-e", "instructions,task-clock", "-o"])
+            .arg(&out)
+            .args([flag, &list.join(",")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        // perf attaches to every thread before it counts.
+        std::thread::sleep(Duration::from_millis(300));
+        Some(Perf { child, out })
+    }
+
+    /// Stops counting: (instructions, CPU ms) over the stretch.
+    fn stop(mut self) -> Option<(f64, f64)> {
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+        let text = std::fs::read_to_string(&self.out).ok()?;
+        let _ = std::fs::remove_file(&self.out);
+        let value = |event: &str| {
+            text.lines().find(|l| l.split(',').nth(2).is_some_and(|e| e.starts_with(event)))?.split(',').next()?.parse().ok()
+        };
+        Some((value("instructions")?, value("task-clock")?))
+    }
+}
+
+/// Pushes the per-message CPU work `perf` counted (see [`Perf`]).
+fn push_perf(metrics: &mut Vec<Metric>, perf: Option<Perf>, messages: usize, names: [&'static str; 2], nodes: usize) {
+    let Some((instructions, cpu_ms)) = perf.and_then(Perf::stop) else { return };
+    let n = messages.max(1) as f64;
+    metrics.push(Metric { name: names[0], unit: "Minstr", samples: vec![instructions / n / 1e6], nodes, goal: "(per message, all processes)" });
+    metrics.push(Metric { name: names[1], unit: "ms", samples: vec![cpu_ms / n], nodes, goal: "(CPU per message, all processes)" });
+}
+
 /// Resident set size of a process in MiB, from /proc.
 fn rss_mib(pid: i32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -65,6 +126,13 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
     use git_p2p::control::{Client, Feed};
 
     let all: Vec<Node> = (0..nodes).map(|i| Node::new(&format!("m{i}"))).collect();
+    // BENCH_REPLICATE=false: announcements without the background fetches they start (to see
+    // what those cost the announcements that follow).
+    if let Ok(replicate) = std::env::var("BENCH_REPLICATE") {
+        for node in &all {
+            node.config(&["p2p.replicate", &replicate]);
+        }
+    }
     all[0].start();
     let boot = all[0].tcp_addr();
     let origin = all[0].repo("proj", 1);
@@ -108,6 +176,8 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
     }
     let (mut per_node, mut until_all) = (Vec::new(), Vec::new());
     let (mut delivered, mut expected) = (0usize, 0usize);
+    let pids: Vec<i32> = all.iter().filter_map(|n| n.pid()).collect();
+    let perf = Perf::start(&pids, "many");
     for k in 1..=commits {
         let t0 = Instant::now();
         let took = time_commit(&all[0], &origin, k, false);
@@ -130,6 +200,7 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
             until_all.push(ms(last.saturating_duration_since(committed)));
         }
     }
+    push_perf(metrics, perf, commits, ["announce_n_cpu_ours", "announce_n_cpu_ms_ours"], nodes);
     let rss: Vec<f64> = all.iter().filter_map(|n| n.pid()).map(rss_mib).collect();
     metrics.push(Metric { name: "announce_n_per_node", unit: "ms", samples: per_node, nodes, goal: "p99 <= 100 ms" });
     metrics.push(Metric {
@@ -180,7 +251,13 @@ fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
     let rx = follow_chat(&bob, repo_id.as_str());
     let mut sender = Client::connect(&paths(&alice)).expect("alice's node");
     let mut ours = Vec::new();
+    let (mut perf_a, mut perf_b) = (None, None);
     for i in 0..=count {
+        if i == 1 {
+            // After the first message (which waits for the mesh).
+            perf_a = Perf::start(&alice.pid().into_iter().collect::<Vec<_>>(), "alice");
+            perf_b = Perf::start(&bob.pid().into_iter().collect::<Vec<_>>(), "bob");
+        }
         let m =
             ChatMessage { thread: None, text: format!("g{i} {}", "x".repeat(400)), name: None, nonce: format!("{i}") };
         let ts = git_p2p::clock::unix_now_ms();
@@ -200,6 +277,8 @@ fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
             ours.push(ms(at - t));
         }
     }
+    push_perf(metrics, perf_a, count, ["gossip_cpu_sender_ours", "gossip_cpu_ms_sender_ours"], 1);
+    push_perf(metrics, perf_b, count, ["gossip_cpu_receiver_ours", "gossip_cpu_ms_receiver_ours"], 1);
     // Our path has two control-socket hops (client → alice, bob → follower): about one round trip
     // of a request the node answers at once.
     let mut socket = Vec::new();
@@ -210,8 +289,8 @@ fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
         socket.push(ms(t.elapsed()));
     }
     let bare = bare_gossip(count);
-    let bare_processes = bare_gossip_processes(count, Signing::Anonymous);
-    let bare_signed = bare_gossip_processes(count, Signing::Signed);
+    let bare_processes = bare_gossip_processes(count, Signing::Anonymous, None);
+    let bare_signed = bare_gossip_processes(count, Signing::Signed, Some(&mut *metrics));
     let ratio = vec![median(&ours) / median(&bare)];
     let node_to_node: Vec<f64> = vec![(median(&ours) - median(&socket)).max(0.0)];
     let ratio_processes = vec![node_to_node[0] / median(&bare_processes)];
@@ -556,18 +635,20 @@ impl Drop for BareChild {
 /// The same publish → receive with the two swarms in two processes, as our nodes are: the cost
 /// of crossing processes (wake-ups, scheduling) is in this floor too. Both swarms sign as
 /// `signing` says.
-fn bare_gossip_processes(count: usize, signing: Signing) -> Vec<f64> {
+fn bare_gossip_processes(count: usize, signing: Signing, metrics: Option<&mut Vec<Metric>>) -> Vec<f64> {
     use libp2p::futures::StreamExt;
     use libp2p::gossipsub;
     use libp2p::swarm::SwarmEvent;
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let (_child, addr) = BareChild::spawn(signing, move |report| match report {
+    let (child, addr) = BareChild::spawn(signing, move |report| match report {
         ChildReport::Received(i, at) => tx.send((i, at)).is_ok(),
         _ => true,
     });
+    let child_pid = child.process.id() as i32;
+    let count_perf = metrics.is_some();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    runtime.block_on(async move {
+    let (out, perf) = runtime.block_on(async move {
         let mut a = bare_swarm(signing);
         let topic = gossipsub::IdentTopic::new("bench");
         a.behaviour_mut().subscribe(&topic).expect("subscribe");
@@ -578,7 +659,13 @@ fn bare_gossip_processes(count: usize, signing: Signing) -> Vec<f64> {
             }
         }
         let mut out = Vec::new();
+        let mut perf = (None, None);
         for i in 0..=count {
+            if i == 1 && count_perf {
+                // SAFETY: gettid(2) has no arguments and cannot fail.
+                let me = unsafe { libc::gettid() };
+                perf = (Perf::start_threads(&[me], "bare-sender"), Perf::start(&[child_pid], "bare-receiver"));
+            }
             let t = monotonic_ns();
             if a.behaviour_mut().publish(topic.clone(), bare_message(i, 600)).is_err() {
                 continue;
@@ -600,8 +687,14 @@ fn bare_gossip_processes(count: usize, signing: Signing) -> Vec<f64> {
                 out.push(at.saturating_sub(t) as f64 / 1e6);
             }
         }
-        out
-    })
+        (out, perf)
+    });
+    drop(child);
+    if let Some(metrics) = metrics {
+        push_perf(metrics, perf.0, count, ["gossip_cpu_sender_bare", "gossip_cpu_ms_sender_bare"], 1);
+        push_perf(metrics, perf.1, count, ["gossip_cpu_receiver_bare", "gossip_cpu_ms_receiver_bare"], 1);
+    }
+    out
 }
 
 /// The size of one of our commit announcements as it travels (a signed envelope's bytes).
@@ -663,6 +756,8 @@ fn announce_many_bare(metrics: &mut Vec<Metric>, nodes: usize, messages: usize) 
     bare_deliver(&mut children[0], &rx, 0, padding, nodes, Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(2));
     let (mut per_node, mut until_all) = (Vec::new(), Vec::new());
+    let pids: Vec<i32> = children.iter().map(|c| c.process.id() as i32).collect();
+    let perf = Perf::start(&pids, "many-bare");
     for i in 1..=messages {
         let (Some(published), received) =
             bare_deliver(&mut children[0], &rx, i, padding, nodes, Duration::from_secs(10))
@@ -675,6 +770,7 @@ fn announce_many_bare(metrics: &mut Vec<Metric>, nodes: usize, messages: usize) 
         }
         per_node.extend(latencies);
     }
+    push_perf(metrics, perf, messages, ["announce_n_cpu_bare", "announce_n_cpu_ms_bare"], nodes);
     drop(children);
     let ours = metrics.iter().find(|m| m.name == "announce_n_until_all").map_or(f64::NAN, |m| median(&m.samples));
     let ratio = vec![ours / median(&until_all)];
@@ -1030,7 +1126,8 @@ fn main() {
         tui_first_frame(&mut metrics, if smoke { 2 } else { 20 });
     }
     if wants("gossip") {
-        gossip_vs_bare(&mut metrics, if smoke { 10 } else { 300 });
+        let count = std::env::var("BENCH_GOSSIP_COUNT").ok().and_then(|n| n.parse().ok()).unwrap_or(300);
+        gossip_vs_bare(&mut metrics, if smoke { 10 } else { count });
     }
     if wants("many") {
         let many: usize = std::env::var("BENCH_NODES").ok().and_then(|n| n.parse().ok()).unwrap_or(50);
