@@ -47,65 +47,75 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// CPU work of some processes over a stretch of the run, counted by `perf stat` (instructions,
-/// user and kernel, every thread that exists when it starts): with `BENCH_PERF=1` only, as the
-/// machine's noise makes wall-clock comparisons of CPU work misleading. Instruction counts per
-/// message are repeatable within a few per cent.
+/// CPU time of some processes (every thread, and the children they reaped: git processes a
+/// node runs) over a stretch of the run, read from /proc; with `BENCH_PERF=1` only. This VM has
+/// no hardware counters for `perf stat -e instructions`; CPU time per message is the next most
+/// repeatable measure of work on a noisy machine (wall-clock latency is not).
 struct Perf {
-    child: std::process::Child,
-    out: std::path::PathBuf,
+    pids: Vec<i32>,
+    /// Threads of this process instead (`gettid`s).
+    threads: bool,
+    at_start: f64,
+}
+
+/// CPU ms of process `pid`: its threads' time on a CPU (ns, /proc/PID/task/*/schedstat) plus its
+/// reaped children's (clock ticks, /proc/PID/stat).
+fn cpu_ms(pid: i32) -> f64 {
+    let threads: f64 = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis: cutime and cstime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [13, 14].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    threads / 1e6 + ticks * 1000.0 / hz
+}
+
+/// CPU ms of thread `tid` of this process.
+fn thread_cpu_ms(tid: i32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).unwrap_or_default();
+    s.split(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 1e6
 }
 
 impl Perf {
-    /// Starts counting `pids` (None without `BENCH_PERF=1`, or when perf cannot run).
-    fn start(pids: &[i32], label: &str) -> Option<Perf> {
-        Self::start_as("-p", pids, label)
+    /// Starts counting `pids` (None without `BENCH_PERF=1`).
+    fn start(pids: &[i32]) -> Option<Perf> {
+        Self::start_as(pids, false)
     }
 
     /// The same for threads of this process (`gettid`s).
-    fn start_threads(tids: &[i32], label: &str) -> Option<Perf> {
-        Self::start_as("-t", tids, label)
+    fn start_threads(tids: &[i32]) -> Option<Perf> {
+        Self::start_as(tids, true)
     }
 
-    fn start_as(flag: &str, pids: &[i32], label: &str) -> Option<Perf> {
-        if std::env::var_os("BENCH_PERF").is_none() || pids.is_empty() {
-            return None;
-        }
-        let out = std::env::temp_dir().join(format!("harness-perf-{}-{label}", std::process::id()));
-        let list: Vec<String> = pids.iter().map(i32::to_string).collect();
-        let child = Command::new("perf")
-            .args(["stat", "-x", ",", "-e", "instructions,task-clock", "-o"])
-            .arg(&out)
-            .args([flag, &list.join(",")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        // perf attaches to every thread before it counts.
-        std::thread::sleep(Duration::from_millis(300));
-        Some(Perf { child, out })
+    fn start_as(pids: &[i32], threads: bool) -> Option<Perf> {
+        std::env::var_os("BENCH_PERF")?;
+        let mut perf = Perf { pids: pids.to_vec(), threads, at_start: 0.0 };
+        perf.at_start = perf.total();
+        Some(perf)
     }
 
-    /// Stops counting: (instructions, CPU ms) over the stretch.
-    fn stop(mut self) -> Option<(f64, f64)> {
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
-        let text = std::fs::read_to_string(&self.out).ok()?;
-        let _ = std::fs::remove_file(&self.out);
-        let value = |event: &str| {
-            text.lines().find(|l| l.split(',').nth(2).is_some_and(|e| e.starts_with(event)))?.split(',').next()?.parse().ok()
-        };
-        Some((value("instructions")?, value("task-clock")?))
+    fn total(&self) -> f64 {
+        self.pids.iter().map(|&p| if self.threads { thread_cpu_ms(p) } else { cpu_ms(p) }).sum()
+    }
+
+    /// CPU ms since the start.
+    fn stop(self) -> f64 {
+        self.total() - self.at_start
     }
 }
 
-/// Pushes the per-message CPU work `perf` counted (see [`Perf`]).
-fn push_perf(metrics: &mut Vec<Metric>, perf: Option<Perf>, messages: usize, names: [&'static str; 2], nodes: usize) {
-    let Some((instructions, cpu_ms)) = perf.and_then(Perf::stop) else { return };
-    let n = messages.max(1) as f64;
-    metrics.push(Metric { name: names[0], unit: "Minstr", samples: vec![instructions / n / 1e6], nodes, goal: "(per message, all processes)" });
-    metrics.push(Metric { name: names[1], unit: "ms", samples: vec![cpu_ms / n], nodes, goal: "(CPU per message, all processes)" });
+/// Pushes the CPU time per message [`Perf`] counted.
+fn push_perf(metrics: &mut Vec<Metric>, perf: Option<Perf>, messages: usize, name: &'static str, nodes: usize) {
+    let Some(cpu_ms) = perf.map(Perf::stop) else { return };
+    let samples = vec![cpu_ms / messages.max(1) as f64];
+    metrics.push(Metric { name, unit: "ms", samples, nodes, goal: "(CPU per message)" });
 }
 
 /// Resident set size of a process in MiB, from /proc.
@@ -177,7 +187,7 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
     let (mut per_node, mut until_all) = (Vec::new(), Vec::new());
     let (mut delivered, mut expected) = (0usize, 0usize);
     let pids: Vec<i32> = all.iter().filter_map(|n| n.pid()).collect();
-    let perf = Perf::start(&pids, "many");
+    let perf = Perf::start(&pids);
     for k in 1..=commits {
         let t0 = Instant::now();
         let took = time_commit(&all[0], &origin, k, false);
@@ -200,7 +210,7 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
             until_all.push(ms(last.saturating_duration_since(committed)));
         }
     }
-    push_perf(metrics, perf, commits, ["announce_n_cpu_ours", "announce_n_cpu_ms_ours"], nodes);
+    push_perf(metrics, perf, commits, "announce_n_cpu_ours", nodes);
     let rss: Vec<f64> = all.iter().filter_map(|n| n.pid()).map(rss_mib).collect();
     metrics.push(Metric { name: "announce_n_per_node", unit: "ms", samples: per_node, nodes, goal: "p99 <= 100 ms" });
     metrics.push(Metric {
@@ -255,8 +265,8 @@ fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
     for i in 0..=count {
         if i == 1 {
             // After the first message (which waits for the mesh).
-            perf_a = Perf::start(&alice.pid().into_iter().collect::<Vec<_>>(), "alice");
-            perf_b = Perf::start(&bob.pid().into_iter().collect::<Vec<_>>(), "bob");
+            perf_a = Perf::start(&alice.pid().into_iter().collect::<Vec<_>>());
+            perf_b = Perf::start(&bob.pid().into_iter().collect::<Vec<_>>());
         }
         let m =
             ChatMessage { thread: None, text: format!("g{i} {}", "x".repeat(400)), name: None, nonce: format!("{i}") };
@@ -277,8 +287,8 @@ fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
             ours.push(ms(at - t));
         }
     }
-    push_perf(metrics, perf_a, count, ["gossip_cpu_sender_ours", "gossip_cpu_ms_sender_ours"], 1);
-    push_perf(metrics, perf_b, count, ["gossip_cpu_receiver_ours", "gossip_cpu_ms_receiver_ours"], 1);
+    push_perf(metrics, perf_a, count, "gossip_cpu_sender_ours", 1);
+    push_perf(metrics, perf_b, count, "gossip_cpu_receiver_ours", 1);
     // Our path has two control-socket hops (client → alice, bob → follower): about one round trip
     // of a request the node answers at once.
     let mut socket = Vec::new();
@@ -664,7 +674,7 @@ fn bare_gossip_processes(count: usize, signing: Signing, metrics: Option<&mut Ve
             if i == 1 && count_perf {
                 // SAFETY: gettid(2) has no arguments and cannot fail.
                 let me = unsafe { libc::gettid() };
-                perf = (Perf::start_threads(&[me], "bare-sender"), Perf::start(&[child_pid], "bare-receiver"));
+                perf = (Perf::start_threads(&[me]), Perf::start(&[child_pid]));
             }
             let t = monotonic_ns();
             if a.behaviour_mut().publish(topic.clone(), bare_message(i, 600)).is_err() {
@@ -689,11 +699,12 @@ fn bare_gossip_processes(count: usize, signing: Signing, metrics: Option<&mut Ve
         }
         (out, perf)
     });
-    drop(child);
+    // Before the child is gone (its CPU time with it).
     if let Some(metrics) = metrics {
-        push_perf(metrics, perf.0, count, ["gossip_cpu_sender_bare", "gossip_cpu_ms_sender_bare"], 1);
-        push_perf(metrics, perf.1, count, ["gossip_cpu_receiver_bare", "gossip_cpu_ms_receiver_bare"], 1);
+        push_perf(metrics, perf.0, count, "gossip_cpu_sender_bare", 1);
+        push_perf(metrics, perf.1, count, "gossip_cpu_receiver_bare", 1);
     }
+    drop(child);
     out
 }
 
@@ -757,7 +768,7 @@ fn announce_many_bare(metrics: &mut Vec<Metric>, nodes: usize, messages: usize) 
     std::thread::sleep(Duration::from_secs(2));
     let (mut per_node, mut until_all) = (Vec::new(), Vec::new());
     let pids: Vec<i32> = children.iter().map(|c| c.process.id() as i32).collect();
-    let perf = Perf::start(&pids, "many-bare");
+    let perf = Perf::start(&pids);
     for i in 1..=messages {
         let (Some(published), received) =
             bare_deliver(&mut children[0], &rx, i, padding, nodes, Duration::from_secs(10))
@@ -770,7 +781,7 @@ fn announce_many_bare(metrics: &mut Vec<Metric>, nodes: usize, messages: usize) 
         }
         per_node.extend(latencies);
     }
-    push_perf(metrics, perf, messages, ["announce_n_cpu_bare", "announce_n_cpu_ms_bare"], nodes);
+    push_perf(metrics, perf, messages, "announce_n_cpu_bare", nodes);
     drop(children);
     let ours = metrics.iter().find(|m| m.name == "announce_n_until_all").map_or(f64::NAN, |m| median(&m.samples));
     let ratio = vec![ours / median(&until_all)];

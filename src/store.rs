@@ -30,6 +30,7 @@ use crate::proto::announce::{Commit, FeedEntry};
 use crate::proto::chat::ChatEntry;
 use crate::proto::outbox::OutboxEntry;
 use crate::proto::repo::{LocalPath, RepoId, RepoInfo};
+use crate::proto::sync::SyncItem;
 
 /// peer id -> [`KnownPeer`] (JSON)
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
@@ -754,43 +755,16 @@ impl Store {
     /// seen before. Returns how many were new. A room keeps [`MAX_CHAT_PER_ROOM`], and the commit
     /// threads of a repository [`MAX_THREAD_MESSAGES_PER_REPO`] together.
     pub fn chat_insert_all(&self, entries: &[ChatEntry]) -> Result<usize, StoreError> {
-        self.update(false, |txn| {
-            let mut added = 0;
-            let mut seen = db(txn.open_table(CHAT_SEEN))?;
-            let mut seen_at = db(txn.open_table(CHAT_SEEN_AT))?;
-            let mut chat = db(txn.open_table(CHAT))?;
-            let mut threads = db(txn.open_table(THREAD_LOG))?;
-            for entry in entries {
-                if db(seen.get(entry.id.as_str()))?.is_some() {
-                    continue;
-                }
-                let room = entry.room.as_str();
-                let seq = last_seq(&chat, room)? + 1;
-                let bytes = serde_json::to_vec(entry).expect("chat entries always serialise");
-                db(chat.insert((room, seq), bytes.as_slice()))?;
-                db(seen.insert(entry.id.as_str(), entry.sent_at))?;
-                db(seen_at.insert((entry.sent_at, entry.id.as_str()), ()))?;
-                let mut oldest = Vec::new();
-                if seq > MAX_CHAT_PER_ROOM as u64 {
-                    oldest.push((room.to_string(), seq - MAX_CHAT_PER_ROOM as u64));
-                }
-                if let Some((repo, _)) = room.split_once('/') {
-                    let n = last_seq(&threads, repo)? + 1;
-                    db(threads.insert((repo, n), (room, seq)))?;
-                    if n > MAX_THREAD_MESSAGES_PER_REPO as u64 {
-                        let old = db(threads.remove((repo, n - MAX_THREAD_MESSAGES_PER_REPO as u64)))?;
-                        oldest.extend(old.map(|v| (v.value().0.to_string(), v.value().1)));
-                    }
-                }
-                for (room, seq) in oldest {
-                    // The oldest message leaves the history (unless it left already); its id
-                    // stays seen (see prune_seen).
-                    db(chat.remove((room.as_str(), seq)))?;
-                }
-                added += 1;
-            }
-            Ok(added)
-        })
+        self.update(false, |txn| chat_in(txn, entries))
+    }
+
+    /// What the history thread hands the store: envelopes for the sync sets and received room
+    /// messages, in one transaction (not fsync'd); how many of each were new.
+    pub fn history_write(&self, keep: &[SyncItem], entries: &[ChatEntry]) -> Result<(usize, usize), StoreError> {
+        if keep.is_empty() && entries.is_empty() {
+            return Ok((0, 0));
+        }
+        self.update(false, |txn| Ok((sync_set::keep_in(txn, keep)?, chat_in(txn, entries)?)))
     }
 
     /// Forgets the seen ids dated before `before_ms` (past the window in which a message is
@@ -1158,6 +1132,45 @@ fn index_seen_and_authors(txn: &WriteTransaction) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// [`Store::chat_insert_all`] inside a write transaction.
+fn chat_in(txn: &WriteTransaction, entries: &[ChatEntry]) -> Result<usize, StoreError> {
+    let mut added = 0;
+    let mut seen = db(txn.open_table(CHAT_SEEN))?;
+    let mut seen_at = db(txn.open_table(CHAT_SEEN_AT))?;
+    let mut chat = db(txn.open_table(CHAT))?;
+    let mut threads = db(txn.open_table(THREAD_LOG))?;
+    for entry in entries {
+        if db(seen.get(entry.id.as_str()))?.is_some() {
+            continue;
+        }
+        let room = entry.room.as_str();
+        let seq = last_seq(&chat, room)? + 1;
+        let bytes = serde_json::to_vec(entry).expect("chat entries always serialise");
+        db(chat.insert((room, seq), bytes.as_slice()))?;
+        db(seen.insert(entry.id.as_str(), entry.sent_at))?;
+        db(seen_at.insert((entry.sent_at, entry.id.as_str()), ()))?;
+        let mut oldest = Vec::new();
+        if seq > MAX_CHAT_PER_ROOM as u64 {
+            oldest.push((room.to_string(), seq - MAX_CHAT_PER_ROOM as u64));
+        }
+        if let Some((repo, _)) = room.split_once('/') {
+            let n = last_seq(&threads, repo)? + 1;
+            db(threads.insert((repo, n), (room, seq)))?;
+            if n > MAX_THREAD_MESSAGES_PER_REPO as u64 {
+                let old = db(threads.remove((repo, n - MAX_THREAD_MESSAGES_PER_REPO as u64)))?;
+                oldest.extend(old.map(|v| (v.value().0.to_string(), v.value().1)));
+            }
+        }
+        for (room, seq) in oldest {
+            // The oldest message leaves the history (unless it left already); its id
+            // stays seen (see prune_seen).
+            db(chat.remove((room.as_str(), seq)))?;
+        }
+        added += 1;
+    }
+    Ok(added)
 }
 
 #[cfg(test)]

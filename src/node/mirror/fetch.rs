@@ -73,6 +73,7 @@ pub async fn attempt(
     job: u64,
     want: &Wanted,
     limits: &Limits,
+    background: bool,
 ) -> Result<AttemptReport, MirrorError> {
     let path = mirrors.ensure(repo).await?;
     let quarantine = mirrors.quarantine(repo, job);
@@ -83,7 +84,7 @@ pub async fn attempt(
     let objects = path.join("objects");
     std::fs::write(&alternates, format!("{}\n", objects.display()))
         .map_err(super::io_err("cannot write alternates"))?;
-    let stream = match tokio::time::timeout(limits.open, open(control, peer, repo)).await {
+    let stream = match tokio::time::timeout(limits.open, open(control, peer, repo, background)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(why)) => return Ok(AttemptReport::Failed(why)),
         Err(_) => return Ok(AttemptReport::Failed(format!("no answer within {} s", limits.open.as_secs()))),
@@ -94,7 +95,9 @@ pub async fn attempt(
         refspecs.push(format!("+{ns}refs/heads/*:refs/p2p/{author}/refs/heads/*"));
         refspecs.push(format!("+{ns}refs/tags/*:refs/p2p/{author}/refs/tags/*"));
     }
-    match tokio::time::timeout(limits.total, fetch_through(stream, &quarantine, repo, &refspecs, limits)).await {
+    match tokio::time::timeout(limits.total, fetch_through(stream, &quarantine, repo, &refspecs, limits, background))
+        .await
+    {
         Ok(Ok(())) => {}
         Ok(Err(why)) => return Ok(AttemptReport::Failed(why)),
         Err(_) => return Ok(AttemptReport::Failed(format!("the fetch took more than {} s", limits.total.as_secs()))),
@@ -107,9 +110,15 @@ pub async fn attempt(
 }
 
 /// Opens the stream and asks for `repo`; the provider answers `ok` or why not.
-async fn open(mut control: libp2p_stream::Control, peer: PeerId, repo: &RepoId) -> Result<libp2p::Stream, String> {
+async fn open(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    repo: &RepoId,
+    background: bool,
+) -> Result<libp2p::Stream, String> {
     let mut stream = control.open_stream(peer, UPLOAD_PACK).await.map_err(|e| e.to_string())?;
-    let header = serde_json::json!({ "repo": repo, "protocol": "version=2" });
+    // `background`: the provider runs its upload-pack at a low priority too (older nodes ignore it).
+    let header = serde_json::json!({ "repo": repo, "protocol": "version=2", "background": background });
     let mut line = serde_json::to_vec(&header).expect("a header serialises");
     line.push(b'\n');
     stream.write_all(&line).await.map_err(|e| format!("cannot send the request: {e}"))?;
@@ -129,6 +138,7 @@ async fn fetch_through(
     repo: &RepoId,
     refspecs: &[String],
     limits: &Limits,
+    background: bool,
 ) -> Result<(), String> {
     let max_bytes = limits.max_bytes;
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
@@ -179,7 +189,13 @@ async fn fetch_through(
             Ok(())
         });
     }
+    if background {
+        super::own_group(&mut cmd);
+    }
     let mut child = cmd.spawn().map_err(|e| format!("cannot run git fetch: {e}"))?;
+    if background {
+        super::give_way(child.id());
+    }
     drop(theirs);
     ours.set_nonblocking(true).map_err(|e| e.to_string())?;
     let local = tokio::net::UnixStream::from_std(ours).map_err(|e| e.to_string())?;

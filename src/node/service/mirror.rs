@@ -150,8 +150,10 @@ pub enum AttemptReport {
 pub enum MirrorOp {
     /// Copy our own published refs from the working repository into the mirror.
     Own { repo: RepoInfo, refs: Vec<(String, String)>, head: Option<String>, reply: Option<Reply<()>> },
-    /// Fetch `want` from `provider` (None: only look at what the mirror has) into quarantine.
-    Attempt { job: u64, repo: RepoId, provider: Option<PeerId>, want: Wanted },
+    /// Fetch `want` from `provider` (None: only look at what the mirror has) into quarantine;
+    /// `background`: nobody waits for it (replication), so its git processes give way to the
+    /// rest of the machine's work (theirs and the provider's).
+    Attempt { job: u64, repo: RepoId, provider: Option<PeerId>, want: Wanted, background: bool },
     /// Move the quarantine's objects into the mirror and set these refs (author, name, value).
     Settle { job: u64, repo: RepoId, accept: Vec<(String, String, String)> },
     /// Throw the quarantine away.
@@ -544,7 +546,8 @@ impl Service {
     fn attempt(&mut self, job: u64, provider: Option<PeerId>) {
         let Some(j) = self.mirror.jobs.get_mut(&job) else { return };
         j.phase = Phase::Attempt;
-        let op = MirrorOp::Attempt { job, repo: j.repo.clone(), provider, want: j.want.clone() };
+        let background = j.waiters.is_empty();
+        let op = MirrorOp::Attempt { job, repo: j.repo.clone(), provider, want: j.want.clone(), background };
         self.push(Io::Mirror(op));
     }
 
