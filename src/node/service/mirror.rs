@@ -44,6 +44,12 @@ const WAITING_RETRIES: u32 = 3;
 const WAITING_WINDOW: Duration = Duration::from_secs(5);
 /// Jobs at once (one per repository); further background work waits for the next tick.
 const MAX_JOBS: usize = 16;
+/// Peers on a repository's topic beyond which a node does not start fetching an announced
+/// commit at once but at its next maintenance tick (within a second; every node's ticks fall
+/// elsewhere): a commit reaches all of them at the same moment, and its author would otherwise
+/// serve them all at once while the announcement is still spreading, once per commit of a burst
+/// (a `git am`, a rebase). Announcements that come meanwhile join the same fetch.
+pub const HERD: usize = 8;
 
 /// A ref value its author signed, and when (the author's clock, Unix ms).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,10 +333,17 @@ impl Service {
             tracing::debug!(repo = %repo.short(), "too many mirror fetches under way; this one waits for a later announcement");
             return;
         }
+        let topic = crate::proto::topic::repo_marker(&repo);
+        let herd = self.discovery.peers.subscribers(&topic).len() > HERD;
         let job = self.new_job(repo, None, want, ALL.to_string(), now);
-        if let Some(p) = first {
-            if let Some(j) = self.mirror.jobs.get_mut(&job) {
+        if let Some(j) = self.mirror.jobs.get_mut(&job) {
+            if let Some(p) = first {
                 j.providers.push_back(p);
+            }
+            if herd {
+                // Due at the next tick ([`Service::mirror_tick`]).
+                j.retry_at = Some(now.mono);
+                return;
             }
         }
         self.next_attempt(job, now);
