@@ -39,6 +39,9 @@ pub struct Limits {
     pub max_bytes: u64,
     /// A provider silent this long in the middle of a fetch has stalled.
     pub idle: Duration,
+    /// Nobody waits for the fetch (background replication): git runs at a low CPU priority on
+    /// both ends ([`super::BACKGROUND_NICE`]).
+    pub background: bool,
 }
 
 impl Default for Limits {
@@ -48,6 +51,7 @@ impl Default for Limits {
             total: Duration::from_secs(30 * 60),
             max_bytes: crate::config::DEFAULT_MAX_FETCH_SIZE,
             idle: Duration::from_secs(20),
+            background: false,
         }
     }
 }
@@ -73,7 +77,6 @@ pub async fn attempt(
     job: u64,
     want: &Wanted,
     limits: &Limits,
-    background: bool,
 ) -> Result<AttemptReport, MirrorError> {
     let path = mirrors.ensure(repo).await?;
     let quarantine = mirrors.quarantine(repo, job);
@@ -84,7 +87,7 @@ pub async fn attempt(
     let objects = path.join("objects");
     std::fs::write(&alternates, format!("{}\n", objects.display()))
         .map_err(super::io_err("cannot write alternates"))?;
-    let stream = match tokio::time::timeout(limits.open, open(control, peer, repo, background)).await {
+    let stream = match tokio::time::timeout(limits.open, open(control, peer, repo, limits.background)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(why)) => return Ok(AttemptReport::Failed(why)),
         Err(_) => return Ok(AttemptReport::Failed(format!("no answer within {} s", limits.open.as_secs()))),
@@ -95,9 +98,7 @@ pub async fn attempt(
         refspecs.push(format!("+{ns}refs/heads/*:refs/p2p/{author}/refs/heads/*"));
         refspecs.push(format!("+{ns}refs/tags/*:refs/p2p/{author}/refs/tags/*"));
     }
-    match tokio::time::timeout(limits.total, fetch_through(stream, &quarantine, repo, &refspecs, limits, background))
-        .await
-    {
+    match tokio::time::timeout(limits.total, fetch_through(stream, &quarantine, repo, &refspecs, limits)).await {
         Ok(Ok(())) => {}
         Ok(Err(why)) => return Ok(AttemptReport::Failed(why)),
         Err(_) => return Ok(AttemptReport::Failed(format!("the fetch took more than {} s", limits.total.as_secs()))),
@@ -138,8 +139,8 @@ async fn fetch_through(
     repo: &RepoId,
     refspecs: &[String],
     limits: &Limits,
-    background: bool,
 ) -> Result<(), String> {
+    let background = limits.background;
     let max_bytes = limits.max_bytes;
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
     let child_fd = theirs.as_raw_fd();

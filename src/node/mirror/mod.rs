@@ -247,13 +247,11 @@ impl Worker {
             }
             MirrorOp::Attempt { job, repo, provider, want, background } => {
                 let control = self.control.clone();
-                let limits = self.limits.clone();
+                let limits = fetch::Limits { background, ..self.limits.clone() };
                 tokio::spawn(async move {
                     let report = match provider {
                         None => fetch::look(&mirrors, &repo, &want).await,
-                        Some(peer) => {
-                            fetch::attempt(&mirrors, control, peer, &repo, job, &want, &limits, background).await
-                        }
+                        Some(peer) => fetch::attempt(&mirrors, control, peer, &repo, job, &want, &limits).await,
                     };
                     let report = report.unwrap_or_else(|e| AttemptReport::Failed(e.to_string()));
                     let _ = events.send(MirrorEvent::Attempted { job, provider, report }).await;
