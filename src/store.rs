@@ -758,6 +758,13 @@ impl Store {
         self.update(false, |txn| chat_in(txn, entries))
     }
 
+    /// [`Store::chat_insert_all`] in a durable transaction: the messages and every write made
+    /// without fsync before them are durable when it returns (one commit where an insert and a
+    /// [`Store::sync`] would take two).
+    pub fn chat_insert_all_synced(&self, entries: &[ChatEntry]) -> Result<usize, StoreError> {
+        self.update(true, |txn| chat_in(txn, entries))
+    }
+
     /// What the history thread hands the store: envelopes for the sync sets and received room
     /// messages, in one transaction (not fsync'd); how many of each were new.
     pub fn history_write(&self, keep: &[SyncItem], entries: &[ChatEntry]) -> Result<(usize, usize), StoreError> {
@@ -1184,6 +1191,32 @@ mod tests {
             relays: relays.iter().map(|r| r.to_string()).collect(),
             replaces: replaces.map(str::to_string),
         }
+    }
+
+    #[test]
+    fn a_synced_insert_takes_what_an_insert_takes_and_the_writes_before_it_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let message = |i: u64| ChatEntry {
+            room: "r".into(),
+            id: format!("m{i}"),
+            peer: "p".into(),
+            name: None,
+            text: format!("t{i}"),
+            sent_at: i,
+            received_at: i,
+            own: true,
+            via: None,
+            thread: None,
+        };
+        {
+            let store = Store::open(&path).unwrap();
+            assert_eq!(store.chat_insert_all(&[message(1)]).unwrap(), 1, "without fsync");
+            assert_eq!(store.chat_insert_all_synced(&[message(1), message(2)]).unwrap(), 1, "a repeat is no news");
+        }
+        let store = Store::open(&path).unwrap();
+        let texts: Vec<String> = store.chat_history("r", 10).unwrap().into_iter().map(|m| m.text).collect();
+        assert_eq!(texts, ["t1", "t2"]);
     }
 
     #[test]
