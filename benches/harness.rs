@@ -47,6 +47,77 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// CPU time of some processes (every thread, and the children they reaped: git processes a
+/// node runs) over a stretch of the run, read from /proc; with `BENCH_PERF=1` only. This VM has
+/// no hardware counters for `perf stat -e instructions`; CPU time per message is the next most
+/// repeatable measure of work on a noisy machine (wall-clock latency is not).
+struct Perf {
+    pids: Vec<i32>,
+    /// Threads of this process instead (`gettid`s).
+    threads: bool,
+    at_start: f64,
+}
+
+/// CPU ms of process `pid`: its threads' time on a CPU (ns, /proc/PID/task/*/schedstat) plus its
+/// reaped children's (clock ticks, /proc/PID/stat).
+fn cpu_ms(pid: i32) -> f64 {
+    let threads: f64 = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis: cutime and cstime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [13, 14].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    threads / 1e6 + ticks * 1000.0 / hz
+}
+
+/// CPU ms of thread `tid` of this process.
+fn thread_cpu_ms(tid: i32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).unwrap_or_default();
+    s.split(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 1e6
+}
+
+impl Perf {
+    /// Starts counting `pids` (None without `BENCH_PERF=1`).
+    fn start(pids: &[i32]) -> Option<Perf> {
+        Self::start_as(pids, false)
+    }
+
+    /// The same for threads of this process (`gettid`s).
+    fn start_threads(tids: &[i32]) -> Option<Perf> {
+        Self::start_as(tids, true)
+    }
+
+    fn start_as(pids: &[i32], threads: bool) -> Option<Perf> {
+        std::env::var_os("BENCH_PERF")?;
+        let mut perf = Perf { pids: pids.to_vec(), threads, at_start: 0.0 };
+        perf.at_start = perf.total();
+        Some(perf)
+    }
+
+    fn total(&self) -> f64 {
+        self.pids.iter().map(|&p| if self.threads { thread_cpu_ms(p) } else { cpu_ms(p) }).sum()
+    }
+
+    /// CPU ms since the start.
+    fn stop(self) -> f64 {
+        self.total() - self.at_start
+    }
+}
+
+/// Pushes the CPU time per message [`Perf`] counted.
+fn push_perf(metrics: &mut Vec<Metric>, perf: Option<Perf>, messages: usize, name: &'static str, nodes: usize) {
+    let Some(cpu_ms) = perf.map(Perf::stop) else { return };
+    let samples = vec![cpu_ms / messages.max(1) as f64];
+    metrics.push(Metric { name, unit: "ms", samples, nodes, goal: "(CPU per message)" });
+}
+
 /// Resident set size of a process in MiB, from /proc.
 fn rss_mib(pid: i32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -65,6 +136,13 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
     use git_p2p::control::{Client, Feed};
 
     let all: Vec<Node> = (0..nodes).map(|i| Node::new(&format!("m{i}"))).collect();
+    // BENCH_REPLICATE=false: announcements without the background fetches they start (to see
+    // what those cost the announcements that follow).
+    if let Ok(replicate) = std::env::var("BENCH_REPLICATE") {
+        for node in &all {
+            node.config(&["p2p.replicate", &replicate]);
+        }
+    }
     all[0].start();
     let boot = all[0].tcp_addr();
     let origin = all[0].repo("proj", 1);
@@ -108,6 +186,8 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
     }
     let (mut per_node, mut until_all) = (Vec::new(), Vec::new());
     let (mut delivered, mut expected) = (0usize, 0usize);
+    let pids: Vec<i32> = all.iter().filter_map(|n| n.pid()).collect();
+    let perf = Perf::start(&pids);
     for k in 1..=commits {
         let t0 = Instant::now();
         let took = time_commit(&all[0], &origin, k, false);
@@ -130,6 +210,7 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
             until_all.push(ms(last.saturating_duration_since(committed)));
         }
     }
+    push_perf(metrics, perf, commits, "announce_n_cpu_ours", nodes);
     let rss: Vec<f64> = all.iter().filter_map(|n| n.pid()).map(rss_mib).collect();
     metrics.push(Metric { name: "announce_n_per_node", unit: "ms", samples: per_node, nodes, goal: "p99 <= 100 ms" });
     metrics.push(Metric {
@@ -180,7 +261,13 @@ fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
     let rx = follow_chat(&bob, repo_id.as_str());
     let mut sender = Client::connect(&paths(&alice)).expect("alice's node");
     let mut ours = Vec::new();
+    let (mut perf_a, mut perf_b) = (None, None);
     for i in 0..=count {
+        if i == 1 {
+            // After the first message (which waits for the mesh).
+            perf_a = Perf::start(&alice.pid().into_iter().collect::<Vec<_>>());
+            perf_b = Perf::start(&bob.pid().into_iter().collect::<Vec<_>>());
+        }
         let m =
             ChatMessage { thread: None, text: format!("g{i} {}", "x".repeat(400)), name: None, nonce: format!("{i}") };
         let ts = git_p2p::clock::unix_now_ms();
@@ -200,6 +287,8 @@ fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
             ours.push(ms(at - t));
         }
     }
+    push_perf(metrics, perf_a, count, "gossip_cpu_sender_ours", 1);
+    push_perf(metrics, perf_b, count, "gossip_cpu_receiver_ours", 1);
     // Our path has two control-socket hops (client → alice, bob → follower): about one round trip
     // of a request the node answers at once.
     let mut socket = Vec::new();
@@ -210,8 +299,8 @@ fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
         socket.push(ms(t.elapsed()));
     }
     let bare = bare_gossip(count);
-    let bare_processes = bare_gossip_processes(count, Signing::Anonymous);
-    let bare_signed = bare_gossip_processes(count, Signing::Signed);
+    let bare_processes = bare_gossip_processes(count, Signing::Anonymous, None);
+    let bare_signed = bare_gossip_processes(count, Signing::Signed, Some(&mut *metrics));
     let ratio = vec![median(&ours) / median(&bare)];
     let node_to_node: Vec<f64> = vec![(median(&ours) - median(&socket)).max(0.0)];
     let ratio_processes = vec![node_to_node[0] / median(&bare_processes)];
@@ -556,18 +645,20 @@ impl Drop for BareChild {
 /// The same publish → receive with the two swarms in two processes, as our nodes are: the cost
 /// of crossing processes (wake-ups, scheduling) is in this floor too. Both swarms sign as
 /// `signing` says.
-fn bare_gossip_processes(count: usize, signing: Signing) -> Vec<f64> {
+fn bare_gossip_processes(count: usize, signing: Signing, metrics: Option<&mut Vec<Metric>>) -> Vec<f64> {
     use libp2p::futures::StreamExt;
     use libp2p::gossipsub;
     use libp2p::swarm::SwarmEvent;
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let (_child, addr) = BareChild::spawn(signing, move |report| match report {
+    let (child, addr) = BareChild::spawn(signing, move |report| match report {
         ChildReport::Received(i, at) => tx.send((i, at)).is_ok(),
         _ => true,
     });
+    let child_pid = child.process.id() as i32;
+    let count_perf = metrics.is_some();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    runtime.block_on(async move {
+    let (out, perf) = runtime.block_on(async move {
         let mut a = bare_swarm(signing);
         let topic = gossipsub::IdentTopic::new("bench");
         a.behaviour_mut().subscribe(&topic).expect("subscribe");
@@ -578,7 +669,13 @@ fn bare_gossip_processes(count: usize, signing: Signing) -> Vec<f64> {
             }
         }
         let mut out = Vec::new();
+        let mut perf = (None, None);
         for i in 0..=count {
+            if i == 1 && count_perf {
+                // SAFETY: gettid(2) has no arguments and cannot fail.
+                let me = unsafe { libc::gettid() };
+                perf = (Perf::start_threads(&[me]), Perf::start(&[child_pid]));
+            }
             let t = monotonic_ns();
             if a.behaviour_mut().publish(topic.clone(), bare_message(i, 600)).is_err() {
                 continue;
@@ -600,8 +697,15 @@ fn bare_gossip_processes(count: usize, signing: Signing) -> Vec<f64> {
                 out.push(at.saturating_sub(t) as f64 / 1e6);
             }
         }
-        out
-    })
+        (out, perf)
+    });
+    // Before the child is gone (its CPU time with it).
+    if let Some(metrics) = metrics {
+        push_perf(metrics, perf.0, count, "gossip_cpu_sender_bare", 1);
+        push_perf(metrics, perf.1, count, "gossip_cpu_receiver_bare", 1);
+    }
+    drop(child);
+    out
 }
 
 /// The size of one of our commit announcements as it travels (a signed envelope's bytes).
@@ -663,6 +767,8 @@ fn announce_many_bare(metrics: &mut Vec<Metric>, nodes: usize, messages: usize) 
     bare_deliver(&mut children[0], &rx, 0, padding, nodes, Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(2));
     let (mut per_node, mut until_all) = (Vec::new(), Vec::new());
+    let pids: Vec<i32> = children.iter().map(|c| c.process.id() as i32).collect();
+    let perf = Perf::start(&pids);
     for i in 1..=messages {
         let (Some(published), received) =
             bare_deliver(&mut children[0], &rx, i, padding, nodes, Duration::from_secs(10))
@@ -675,6 +781,7 @@ fn announce_many_bare(metrics: &mut Vec<Metric>, nodes: usize, messages: usize) 
         }
         per_node.extend(latencies);
     }
+    push_perf(metrics, perf, messages, "announce_n_cpu_bare", nodes);
     drop(children);
     let ours = metrics.iter().find(|m| m.name == "announce_n_until_all").map_or(f64::NAN, |m| median(&m.samples));
     let ratio = vec![ours / median(&until_all)];
@@ -1030,7 +1137,8 @@ fn main() {
         tui_first_frame(&mut metrics, if smoke { 2 } else { 20 });
     }
     if wants("gossip") {
-        gossip_vs_bare(&mut metrics, if smoke { 10 } else { 300 });
+        let count = std::env::var("BENCH_GOSSIP_COUNT").ok().and_then(|n| n.parse().ok()).unwrap_or(300);
+        gossip_vs_bare(&mut metrics, if smoke { 10 } else { count });
     }
     if wants("many") {
         let many: usize = std::env::var("BENCH_NODES").ok().and_then(|n| n.parse().ok()).unwrap_or(50);

@@ -31,6 +31,7 @@ use crate::proto::announce::{Commit, FeedEntry};
 use crate::proto::chat::ChatEntry;
 use crate::proto::outbox::OutboxEntry;
 use crate::proto::repo::{LocalPath, RepoId, RepoInfo};
+use crate::proto::sync::SyncItem;
 
 /// peer id -> [`KnownPeer`] (JSON)
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
@@ -752,71 +753,23 @@ impl Store {
     /// seen before. Returns how many were new. A room keeps [`MAX_CHAT_PER_ROOM`], and the commit
     /// threads of a repository [`MAX_THREAD_MESSAGES_PER_REPO`] together.
     pub fn chat_insert_all(&self, entries: &[ChatEntry]) -> Result<usize, StoreError> {
-        self.update(false, |txn| {
-            let mut added = 0;
-            let mut seen = db(txn.open_table(CHAT_SEEN))?;
-            let mut seen_at = db(txn.open_table(CHAT_SEEN_AT))?;
-            let mut chat = db(txn.open_table(CHAT))?;
-            let mut threads = db(txn.open_table(THREAD_LOG))?;
-            let mut counts = order::Counts::open(txn)?;
-            for entry in entries {
-                if db(seen.get(entry.id.as_str()))?.is_some() {
-                    continue;
-                }
-                let room = entry.room.as_str();
-                let thread_repo = room.split_once('/').map(|(repo, _)| repo);
-                let at = order::order_time(entry.sent_at, entry.received_at);
-                let mut seq = order::free_key(&chat, room, at)?;
-                if let Some(repo) = thread_repo {
-                    // The thread log's key is the message's own: free in both.
-                    seq = seq.max(order::free_key(&threads, repo, at)?);
-                }
-                let bytes = serde_json::to_vec(entry).expect("chat entries always serialise");
-                db(chat.insert((room, seq), bytes.as_slice()))?;
-                db(seen.insert(entry.id.as_str(), entry.sent_at))?;
-                db(seen_at.insert((entry.sent_at, entry.id.as_str()), ()))?;
-                // The oldest messages (by time) leave the history when it is over its bound (unless
-                // they left already); their ids stay seen (see prune_seen).
-                let mut oldest: Vec<(String, u64)> = Vec::new();
-                if counts.grew(order::History::Chat, room, &chat)? > MAX_CHAT_PER_ROOM as u64 {
-                    oldest.extend(order::oldest(&chat, room)?.map(|k| (room.to_string(), k)));
-                }
-                if let Some(repo) = thread_repo {
-                    db(threads.insert((repo, seq), (room, seq)))?;
-                    if counts.grew(order::History::Threads, repo, &threads)? > MAX_THREAD_MESSAGES_PER_REPO as u64 {
-                        if let Some(k) = order::oldest(&threads, repo)? {
-                            if let Some(v) = db(threads.get((repo, k)))? {
-                                oldest.push((v.value().0.to_string(), v.value().1));
-                            }
-                        }
-                    }
-                }
-                for (room, seq) in oldest {
-                    if db(chat.remove((room.as_str(), seq)))?.is_some() {
-                        counts.shrank(order::History::Chat, &room, &chat)?;
-                    }
-                    let Some((repo, _)) = room.split_once('/') else { continue };
-                    // A thread message leaves the thread log with its room (for keys of the old
-                    // kind, the log's own key differs: found by value).
-                    let key = match db(threads.get((repo, seq)))? {
-                        Some(v) if v.value() == (room.as_str(), seq) => Some(seq),
-                        _ => None,
-                    };
-                    let key = match key {
-                        Some(k) => Some(k),
-                        None => order::oldest(&threads, repo)?.filter(|k| {
-                            threads.get((repo, *k)).ok().flatten().is_some_and(|v| v.value() == (room.as_str(), seq))
-                        }),
-                    };
-                    if let Some(k) = key {
-                        db(threads.remove((repo, k)))?;
-                        counts.shrank(order::History::Threads, repo, &threads)?;
-                    }
-                }
-                added += 1;
-            }
-            Ok(added)
-        })
+        self.update(false, |txn| chat_in(txn, entries))
+    }
+
+    /// [`Store::chat_insert_all`] in a durable transaction: the messages and every write made
+    /// without fsync before them are durable when it returns (one commit where an insert and a
+    /// [`Store::sync`] would take two).
+    pub fn chat_insert_all_synced(&self, entries: &[ChatEntry]) -> Result<usize, StoreError> {
+        self.update(true, |txn| chat_in(txn, entries))
+    }
+
+    /// What the history thread hands the store: envelopes for the sync sets and received room
+    /// messages, in one transaction (not fsync'd); how many of each were new.
+    pub fn history_write(&self, keep: &[SyncItem], entries: &[ChatEntry]) -> Result<(usize, usize), StoreError> {
+        if keep.is_empty() && entries.is_empty() {
+            return Ok((0, 0));
+        }
+        self.update(false, |txn| Ok((sync_set::keep_in(txn, keep)?, chat_in(txn, entries)?)))
     }
 
     /// Forgets the seen ids dated before `before_ms` (past the window in which a message is
@@ -1203,6 +1156,73 @@ fn index_seen_and_authors(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// [`Store::chat_insert_all`] inside a write transaction.
+fn chat_in(txn: &WriteTransaction, entries: &[ChatEntry]) -> Result<usize, StoreError> {
+    let mut added = 0;
+    let mut seen = db(txn.open_table(CHAT_SEEN))?;
+    let mut seen_at = db(txn.open_table(CHAT_SEEN_AT))?;
+    let mut chat = db(txn.open_table(CHAT))?;
+    let mut threads = db(txn.open_table(THREAD_LOG))?;
+    let mut counts = order::Counts::open(txn)?;
+    for entry in entries {
+        if db(seen.get(entry.id.as_str()))?.is_some() {
+            continue;
+        }
+        let room = entry.room.as_str();
+        let thread_repo = room.split_once('/').map(|(repo, _)| repo);
+        let at = order::order_time(entry.sent_at, entry.received_at);
+        let mut seq = order::free_key(&chat, room, at)?;
+        if let Some(repo) = thread_repo {
+            // The thread log's key is the message's own: free in both.
+            seq = seq.max(order::free_key(&threads, repo, at)?);
+        }
+        let bytes = serde_json::to_vec(entry).expect("chat entries always serialise");
+        db(chat.insert((room, seq), bytes.as_slice()))?;
+        db(seen.insert(entry.id.as_str(), entry.sent_at))?;
+        db(seen_at.insert((entry.sent_at, entry.id.as_str()), ()))?;
+        // The oldest messages (by time) leave the history when it is over its bound (unless
+        // they left already); their ids stay seen (see prune_seen).
+        let mut oldest: Vec<(String, u64)> = Vec::new();
+        if counts.grew(order::History::Chat, room, &chat)? > MAX_CHAT_PER_ROOM as u64 {
+            oldest.extend(order::oldest(&chat, room)?.map(|k| (room.to_string(), k)));
+        }
+        if let Some(repo) = thread_repo {
+            db(threads.insert((repo, seq), (room, seq)))?;
+            if counts.grew(order::History::Threads, repo, &threads)? > MAX_THREAD_MESSAGES_PER_REPO as u64 {
+                if let Some(k) = order::oldest(&threads, repo)? {
+                    if let Some(v) = db(threads.get((repo, k)))? {
+                        oldest.push((v.value().0.to_string(), v.value().1));
+                    }
+                }
+            }
+        }
+        for (room, seq) in oldest {
+            if db(chat.remove((room.as_str(), seq)))?.is_some() {
+                counts.shrank(order::History::Chat, &room, &chat)?;
+            }
+            let Some((repo, _)) = room.split_once('/') else { continue };
+            // A thread message leaves the thread log with its room (for keys of the old
+            // kind, the log's own key differs: found by value).
+            let key = match db(threads.get((repo, seq)))? {
+                Some(v) if v.value() == (room.as_str(), seq) => Some(seq),
+                _ => None,
+            };
+            let key = match key {
+                Some(k) => Some(k),
+                None => order::oldest(&threads, repo)?.filter(|k| {
+                    threads.get((repo, *k)).ok().flatten().is_some_and(|v| v.value() == (room.as_str(), seq))
+                }),
+            };
+            if let Some(k) = key {
+                db(threads.remove((repo, k)))?;
+                counts.shrank(order::History::Threads, repo, &threads)?;
+            }
+        }
+        added += 1;
+    }
+    Ok(added)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1214,6 +1234,32 @@ mod tests {
             relays: relays.iter().map(|r| r.to_string()).collect(),
             replaces: replaces.map(str::to_string),
         }
+    }
+
+    #[test]
+    fn a_synced_insert_takes_what_an_insert_takes_and_the_writes_before_it_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let message = |i: u64| ChatEntry {
+            room: "r".into(),
+            id: format!("m{i}"),
+            peer: "p".into(),
+            name: None,
+            text: format!("t{i}"),
+            sent_at: i,
+            received_at: i,
+            own: true,
+            via: None,
+            thread: None,
+        };
+        {
+            let store = Store::open(&path).unwrap();
+            assert_eq!(store.chat_insert_all(&[message(1)]).unwrap(), 1, "without fsync");
+            assert_eq!(store.chat_insert_all_synced(&[message(1), message(2)]).unwrap(), 1, "a repeat is no news");
+        }
+        let store = Store::open(&path).unwrap();
+        let texts: Vec<String> = store.chat_history("r", 10).unwrap().into_iter().map(|m| m.text).collect();
+        assert_eq!(texts, ["t1", "t2"]);
     }
 
     #[test]

@@ -217,7 +217,7 @@ impl Disk for NodeDisk<'_> {
 }
 
 fn run_job(store: &Store, job: SyncJob) {
-    match store.chat_insert_all(&job.history).and_then(|_| store.sync()) {
+    match store.chat_insert_all_synced(&job.history).map(|_| ()) {
         Ok(()) => job.acks.into_iter().for_each(|ack| ack.settle(Ok(()))),
         Err(e) => {
             log_store_error(&e, "cannot sync the store");

@@ -17,6 +17,12 @@ use crate::store::Store;
 const BATCH: usize = 512;
 /// How often the writer makes what it wrote durable.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// How long the writer waits for more after the first job of a batch. A received message is
+/// streamed to followers and forwarded before it is written, and reads wait for what came
+/// before them, so the wait is seen by nobody; it makes a burst one transaction (a redb commit
+/// costs far more CPU than a message's check) and keeps the write out of the moments a message
+/// is still being forwarded.
+const LINGER: Duration = Duration::from_millis(50);
 
 enum Job {
     Write(ChatEntry),
@@ -129,6 +135,7 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Job>) {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         let mut next = first;
+        let mut open = true;
         while let Some(job) = next.take() {
             let mut batch = Vec::new();
             let mut keep = Vec::new();
@@ -138,27 +145,31 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Job>) {
                 Job::Keep(item) => keep.push(item),
                 Job::Read(page) => read_after = Some(page),
             }
+            // What arrives within LINGER joins the batch: one transaction for a burst, and
+            // none while a message is still on its way to followers and peers.
+            let until = Instant::now() + LINGER;
             while read_after.is_none() && batch.len() + keep.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(Job::Write(entry)) => batch.push(entry),
-                    Ok(Job::Keep(item)) => keep.push(item),
-                    Ok(Job::Read(page)) => read_after = Some(page),
-                    Err(_) => break,
-                }
-            }
-            if !keep.is_empty() {
-                match store.sync_keep_all(&keep) {
-                    Ok(_) => unsynced = true,
-                    Err(e) => {
-                        super::disk::log_store_error(&e, &format!("cannot keep {} envelopes for sync", keep.len()))
+                let job = match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                    Ok(job) => job,
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        open = false;
+                        break;
                     }
+                };
+                match job {
+                    Job::Write(entry) => batch.push(entry),
+                    Job::Keep(item) => keep.push(item),
+                    Job::Read(page) => read_after = Some(page),
                 }
             }
-            if !batch.is_empty() {
-                match store.chat_insert_all(&batch) {
-                    Ok(_) => unsynced = true,
-                    Err(e) => super::disk::log_store_error(&e, &format!("cannot store {} chat messages", batch.len())),
-                }
+            match store.history_write(&keep, &batch) {
+                Ok((0, 0)) => {}
+                Ok(_) => unsynced = true,
+                Err(e) => super::disk::log_store_error(
+                    &e,
+                    &format!("cannot store {} chat messages and {} envelopes for sync", batch.len(), keep.len()),
+                ),
             }
             if let Some(page) = read_after {
                 read(store, page);
@@ -166,12 +177,15 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Job>) {
                 next = rx.try_recv().ok();
             }
         }
-        if unsynced && last_sync.elapsed() >= SYNC_EVERY {
+        if unsynced && (!open || last_sync.elapsed() >= SYNC_EVERY) {
             if let Err(e) = store.sync() {
                 super::disk::log_store_error(&e, "cannot sync the chat history");
             }
             unsynced = false;
             last_sync = Instant::now();
+        }
+        if !open {
+            break;
         }
     }
     if unsynced {

@@ -42,6 +42,41 @@ fn sum_of(
     Ok(db(table.get(key))?.and_then(|v| <[u8; 32]>::try_from(v.value()).ok()).unwrap_or([0; 32]))
 }
 
+/// [`Store::sync_keep_all`] inside a write transaction.
+pub(super) fn keep_in(txn: &redb::WriteTransaction, items: &[SyncItem]) -> Result<usize, StoreError> {
+    let mut set = db(txn.open_table(SYNC_SET))?;
+    let mut counts = db(txn.open_table(SYNC_COUNT))?;
+    let mut sums = db(txn.open_table(SYNC_SUM))?;
+    let mut added = 0;
+    for item in items {
+        let (repo, kind) = (item.repo.as_str(), item.kind.byte());
+        let key = (repo, kind, item.ts, item.id.as_slice());
+        if db(set.get(key))?.is_some() {
+            continue;
+        }
+        db(set.insert(key, item.envelope.as_slice()))?;
+        let mut sum = sum_of(&sums, (repo, kind))?;
+        add_id(&mut sum, &item.id);
+        let mut count = db(counts.get((repo, kind)))?.map(|v| v.value()).unwrap_or(0) + 1;
+        while count > cap(item.kind) as u64 {
+            let oldest = db(set.range((repo, kind, 0, &[][..])..=(repo, kind, u64::MAX, ID_MAX)))?
+                .next()
+                .map(|item| item.map(|(k, _)| (k.value().2, k.value().3.to_vec())));
+            let Some(oldest) = oldest else { break };
+            let (ts, id) = db(oldest)?;
+            db(set.remove((repo, kind, ts, id.as_slice())))?;
+            if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
+                sub_id(&mut sum, &id);
+            }
+            count -= 1;
+        }
+        db(counts.insert((repo, kind), count))?;
+        db(sums.insert((repo, kind), sum.as_slice()))?;
+        added += 1;
+    }
+    Ok(added)
+}
+
 impl Store {
     /// Adds items to their sets (not fsync'd), skipping those held; a set over its kind's
     /// [`cap`] drops its oldest. Returns how many were new.
@@ -49,39 +84,7 @@ impl Store {
         if items.is_empty() {
             return Ok(0);
         }
-        self.update(false, |txn| {
-            let mut set = db(txn.open_table(SYNC_SET))?;
-            let mut counts = db(txn.open_table(SYNC_COUNT))?;
-            let mut sums = db(txn.open_table(SYNC_SUM))?;
-            let mut added = 0;
-            for item in items {
-                let (repo, kind) = (item.repo.as_str(), item.kind.byte());
-                let key = (repo, kind, item.ts, item.id.as_slice());
-                if db(set.get(key))?.is_some() {
-                    continue;
-                }
-                db(set.insert(key, item.envelope.as_slice()))?;
-                let mut sum = sum_of(&sums, (repo, kind))?;
-                add_id(&mut sum, &item.id);
-                let mut count = db(counts.get((repo, kind)))?.map(|v| v.value()).unwrap_or(0) + 1;
-                while count > cap(item.kind) as u64 {
-                    let oldest = db(set.range((repo, kind, 0, &[][..])..=(repo, kind, u64::MAX, ID_MAX)))?
-                        .next()
-                        .map(|item| item.map(|(k, _)| (k.value().2, k.value().3.to_vec())));
-                    let Some(oldest) = oldest else { break };
-                    let (ts, id) = db(oldest)?;
-                    db(set.remove((repo, kind, ts, id.as_slice())))?;
-                    if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
-                        sub_id(&mut sum, &id);
-                    }
-                    count -= 1;
-                }
-                db(counts.insert((repo, kind), count))?;
-                db(sums.insert((repo, kind), sum.as_slice()))?;
-                added += 1;
-            }
-            Ok(added)
-        })
+        self.update(false, |txn| keep_in(txn, items))
     }
 
     /// The (signed time, id) of each item of a set dated `since` or later, in order.

@@ -39,6 +39,9 @@ pub struct Limits {
     pub max_bytes: u64,
     /// A provider silent this long in the middle of a fetch has stalled.
     pub idle: Duration,
+    /// Nobody waits for the fetch (background replication): git runs at a low CPU priority on
+    /// both ends ([`super::BACKGROUND_NICE`]).
+    pub background: bool,
 }
 
 impl Default for Limits {
@@ -48,6 +51,7 @@ impl Default for Limits {
             total: Duration::from_secs(30 * 60),
             max_bytes: crate::config::DEFAULT_MAX_FETCH_SIZE,
             idle: Duration::from_secs(20),
+            background: false,
         }
     }
 }
@@ -83,7 +87,7 @@ pub async fn attempt(
     let objects = path.join("objects");
     std::fs::write(&alternates, format!("{}\n", objects.display()))
         .map_err(super::io_err("cannot write alternates"))?;
-    let stream = match tokio::time::timeout(limits.open, open(control, peer, repo)).await {
+    let stream = match tokio::time::timeout(limits.open, open(control, peer, repo, limits.background)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(why)) => return Ok(AttemptReport::Failed(why)),
         Err(_) => return Ok(AttemptReport::Failed(format!("no answer within {} s", limits.open.as_secs()))),
@@ -107,9 +111,15 @@ pub async fn attempt(
 }
 
 /// Opens the stream and asks for `repo`; the provider answers `ok` or why not.
-async fn open(mut control: libp2p_stream::Control, peer: PeerId, repo: &RepoId) -> Result<libp2p::Stream, String> {
+async fn open(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    repo: &RepoId,
+    background: bool,
+) -> Result<libp2p::Stream, String> {
     let mut stream = control.open_stream(peer, UPLOAD_PACK).await.map_err(|e| e.to_string())?;
-    let header = serde_json::json!({ "repo": repo, "protocol": "version=2" });
+    // `background`: the provider runs its upload-pack at a low priority too (older nodes ignore it).
+    let header = serde_json::json!({ "repo": repo, "protocol": "version=2", "background": background });
     let mut line = serde_json::to_vec(&header).expect("a header serialises");
     line.push(b'\n');
     stream.write_all(&line).await.map_err(|e| format!("cannot send the request: {e}"))?;
@@ -130,6 +140,7 @@ async fn fetch_through(
     refspecs: &[String],
     limits: &Limits,
 ) -> Result<(), String> {
+    let background = limits.background;
     let max_bytes = limits.max_bytes;
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
     let child_fd = theirs.as_raw_fd();
@@ -179,7 +190,13 @@ async fn fetch_through(
             Ok(())
         });
     }
+    if background {
+        super::own_group(&mut cmd);
+    }
     let mut child = cmd.spawn().map_err(|e| format!("cannot run git fetch: {e}"))?;
+    if background {
+        super::give_way(child.id());
+    }
     drop(theirs);
     ours.set_nonblocking(true).map_err(|e| e.to_string())?;
     let local = tokio::net::UnixStream::from_std(ours).map_err(|e| e.to_string())?;

@@ -44,6 +44,9 @@ struct Request {
     repo: RepoId,
     #[serde(default)]
     protocol: Option<String>,
+    /// The fetch is a background replication: served at a low CPU priority.
+    #[serde(default)]
+    background: bool,
 }
 
 /// Serves every stream `incoming` brings until the node stops.
@@ -151,7 +154,13 @@ async fn serve(peer: PeerId, mut stream: libp2p::Stream, mirrors: &Mirrors) -> s
     if let Some(p) = request.protocol.filter(|p| matches!(p.as_str(), "version=2" | "version=1" | "version=0")) {
         cmd.env("GIT_PROTOCOL", p);
     }
+    if request.background {
+        super::own_group(&mut cmd);
+    }
     let mut child = cmd.spawn()?;
+    if request.background {
+        super::give_way(child.id());
+    }
     stream.write_all(b"ok\n").await?;
     stream.flush().await?;
     tracing::debug!(%peer, repo = %request.repo.short(), "serving a fetch");

@@ -44,6 +44,12 @@ const WAITING_RETRIES: u32 = 3;
 const WAITING_WINDOW: Duration = Duration::from_secs(5);
 /// Jobs at once (one per repository); further background work waits for the next tick.
 const MAX_JOBS: usize = 16;
+/// Peers on a repository's topic beyond which a node does not start fetching an announced
+/// commit at once but at its next maintenance tick (within a second; every node's ticks fall
+/// elsewhere): a commit reaches all of them at the same moment, and its author would otherwise
+/// serve them all at once while the announcement is still spreading, once per commit of a burst
+/// (a `git am`, a rebase). Announcements that come meanwhile join the same fetch.
+pub const HERD: usize = 8;
 
 /// A ref value its author signed, and when (the author's clock, Unix ms).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,8 +156,10 @@ pub enum AttemptReport {
 pub enum MirrorOp {
     /// Copy our own published refs from the working repository into the mirror.
     Own { repo: RepoInfo, refs: Vec<(String, String)>, head: Option<String>, reply: Option<Reply<()>> },
-    /// Fetch `want` from `provider` (None: only look at what the mirror has) into quarantine.
-    Attempt { job: u64, repo: RepoId, provider: Option<PeerId>, want: Wanted },
+    /// Fetch `want` from `provider` (None: only look at what the mirror has) into quarantine;
+    /// `background`: nobody waits for it (replication), so its git processes give way to the
+    /// rest of the machine's work (theirs and the provider's).
+    Attempt { job: u64, repo: RepoId, provider: Option<PeerId>, want: Wanted, background: bool },
     /// Move the quarantine's objects into the mirror and set these refs (author, name, value).
     Settle { job: u64, repo: RepoId, accept: Vec<(String, String, String)> },
     /// Throw the quarantine away.
@@ -325,10 +333,17 @@ impl Service {
             tracing::debug!(repo = %repo.short(), "too many mirror fetches under way; this one waits for a later announcement");
             return;
         }
+        let topic = crate::proto::topic::repo_marker(&repo);
+        let herd = self.discovery.peers.subscribers(&topic).len() > HERD;
         let job = self.new_job(repo, None, want, ALL.to_string(), now);
-        if let Some(p) = first {
-            if let Some(j) = self.mirror.jobs.get_mut(&job) {
+        if let Some(j) = self.mirror.jobs.get_mut(&job) {
+            if let Some(p) = first {
                 j.providers.push_back(p);
+            }
+            if herd {
+                // Due at the next tick ([`Service::mirror_tick`]).
+                j.retry_at = Some(now.mono);
+                return;
             }
         }
         self.next_attempt(job, now);
@@ -544,7 +559,8 @@ impl Service {
     fn attempt(&mut self, job: u64, provider: Option<PeerId>) {
         let Some(j) = self.mirror.jobs.get_mut(&job) else { return };
         j.phase = Phase::Attempt;
-        let op = MirrorOp::Attempt { job, repo: j.repo.clone(), provider, want: j.want.clone() };
+        let background = j.waiters.is_empty();
+        let op = MirrorOp::Attempt { job, repo: j.repo.clone(), provider, want: j.want.clone(), background };
         self.push(Io::Mirror(op));
     }
 

@@ -1561,3 +1561,45 @@ fn a_repositorys_providers_are_looked_up_and_dialled_until_a_peer_of_it_is_conne
     sim.tick("alice");
     assert!(sim.peer("alice").mirror.iter().any(|io| matches!(io, Io::Provide(_))), "provided again");
 }
+
+#[test]
+fn in_a_crowd_an_announced_commit_is_fetched_at_the_next_tick_with_what_came_meanwhile() {
+    let others = ["carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"];
+    let names: Vec<&str> = ["alice", "bob"].into_iter().chain(others).collect();
+    let mut sim = Sim::new(&names);
+    for name in &names {
+        sim.init(name);
+    }
+    sim.peer("bob").service.set_replicate(true);
+    for name in names.iter().filter(|n| **n != "bob") {
+        sim.connect(name, "bob");
+    }
+    assert!(names.len() - 1 > mirror::HERD, "bob is in a crowd");
+    sim.announce("alice", "one").expect("queued");
+    sim.deliver("alice");
+    assert_eq!(attempts(&mut sim, "bob"), [], "not while every peer hears of it at once");
+    sim.advance(Duration::from_millis(300));
+    sim.announce("alice", "two").expect("queued");
+    sim.deliver("alice");
+    assert_eq!(attempts(&mut sim, "bob"), [], "the next commit joins the waiting fetch");
+    sim.advance(Duration::from_millis(700));
+    sim.tick("bob");
+    let tried = attempts(&mut sim, "bob");
+    assert_eq!(
+        tried.iter().map(|(_, p)| *p).collect::<Vec<_>>(),
+        [Some(sim.id("alice"))],
+        "one fetch, the author first"
+    );
+}
+
+#[test]
+fn among_few_peers_an_announced_commit_is_fetched_at_once() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("alice");
+    sim.init("bob");
+    sim.peer("bob").service.set_replicate(true);
+    sim.connect("alice", "bob");
+    sim.announce("alice", "one").expect("queued");
+    sim.deliver("alice");
+    assert_eq!(attempts(&mut sim, "bob").len(), 1, "at once");
+}
