@@ -286,8 +286,7 @@ impl Service {
         // Kademlia hands on the addresses through us as relay (the peer's slot here); we reach
         // the peer only directly.
         let me = self.me.peer;
-        let addrs: Vec<Multiaddr> =
-            addrs.into_iter().filter(|a| super::peers::relay_of(a) != Some(me)).collect();
+        let addrs: Vec<Multiaddr> = addrs.into_iter().filter(|a| super::peers::relay_of(a) != Some(me)).collect();
         self.discovery.redial.learn(peer, addrs.clone(), now.mono);
         if let Err(e) = disk.remember_peer(&peer, &addrs, name.as_deref()) {
             tracing::warn!(%peer, error = %e, "cannot update the address book");
@@ -342,5 +341,30 @@ impl Service {
     /// `p2p.max-peers`.
     pub fn set_max_peers(&mut self, max: usize) {
         self.discovery.max_peers = max.max(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_peer_met_across_the_internet_is_not_told_to_others_at_its_private_addresses() {
+        let lan = addr("/ip4/10.78.0.10/udp/4001/quic-v1");
+        let public = addr("/ip4/198.51.100.7/tcp/4001");
+        let relayed =
+            addr("/ip4/198.51.100.10/tcp/4001/p2p/12D3KooWC1MwFPDwsTXNCaWbFGSQ2dKnyNFph55XDBUHyYumv5VF/p2p-circuit");
+        let from_outside = [addr("/ip4/198.51.100.100/tcp/50123")];
+        assert!(!reachable_from_here(&lan, &from_outside), "its LAN is not ours");
+        assert!(reachable_from_here(&public, &from_outside) && reachable_from_here(&relayed, &from_outside));
+        let from_lan = [addr("/ip4/10.78.0.11/tcp/50123")];
+        assert!(reachable_from_here(&lan, &from_lan), "met on a private network: its private addresses may reach it");
+        assert!(reachable_from_here(&lan, &[]), "not connected: nothing to go by");
+        assert!(!is_outside("100.64.1.1".parse().unwrap()) && !is_outside("fd00::1".parse().unwrap()));
+        assert!(is_outside("2001:db8::1".parse().unwrap()));
     }
 }

@@ -137,7 +137,8 @@ impl Service {
                     .dialled
                     .get(&peer)
                     .is_some_and(|at| now.mono.saturating_duration_since(*at) < PROVIDER_REDIAL);
-                if peer != me && !recent && !self.discovery.peers.is_connected(&peer) && !self.conduct.is_banned(&peer) {
+                if peer != me && !recent && !self.discovery.peers.is_connected(&peer) && !self.conduct.is_banned(&peer)
+                {
                     lookup.dialled += 1;
                     state.dialled.insert(peer, now.mono);
                     to_dial.push(peer);
