@@ -158,14 +158,14 @@ impl EventLoop {
         tracing::debug!(?event, "relay service");
         let nat = &mut self.nat;
         match event {
-            relay::Event::ReservationReqAccepted { renewed: false, .. } => nat.reserved_for_others += 1,
+            relay::Event::ReservationReqAccepted { src_peer_id, renewed: false } => nat.slot_taken(src_peer_id),
+            // (libp2p reports the end of every connection of a peer as a reservation closed.)
             relay::Event::ReservationClosed { src_peer_id } | relay::Event::ReservationTimedOut { src_peer_id } => {
-                nat.reserved_for_others = nat.reserved_for_others.saturating_sub(1);
                 // A peer behind a NAT that held a slot here and is gone is unreachable at the
                 // relayed address Kademlia holds for it (through us): it is not handed on to
                 // whoever asks (their dials of it would all fail). It comes back with its next
                 // connection.
-                if !self.swarm.is_connected(&src_peer_id) {
+                if nat.slot_freed(&src_peer_id) && !self.swarm.is_connected(&src_peer_id) {
                     self.swarm.behaviour_mut().kad.remove_peer(&src_peer_id);
                 }
             }
