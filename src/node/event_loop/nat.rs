@@ -165,7 +165,8 @@ impl EventLoop {
                 // relayed address Kademlia holds for it (through us): it is not handed on to
                 // whoever asks (their dials of it would all fail). It comes back with its next
                 // connection.
-                if nat.slot_freed(&src_peer_id) && !self.swarm.is_connected(&src_peer_id) {
+                let gone = nat.slot_freed(&src_peer_id) && !self.swarm.is_connected(&src_peer_id);
+                if gone {
                     self.swarm.behaviour_mut().kad.remove_peer(&src_peer_id);
                 }
             }
