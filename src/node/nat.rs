@@ -206,7 +206,7 @@ impl Nat {
         self.slot_holders.insert(peer);
     }
 
-    /// A connection of `peer` that may have held its slot on us ended: true if it held one.
+    /// The last connection of `peer` ended: true if it held a slot on us.
     pub fn slot_freed(&mut self, peer: &PeerId) -> bool {
         self.slot_holders.remove(peer)
     }

@@ -159,13 +159,14 @@ impl EventLoop {
         let nat = &mut self.nat;
         match event {
             relay::Event::ReservationReqAccepted { src_peer_id, renewed: false } => nat.slot_taken(src_peer_id),
-            // (libp2p reports the end of every connection of a peer as a reservation closed.)
+            // (libp2p reports the end of every connection of a peer as a reservation closed: the
+            // slot holder is forgotten with its last connection.)
             relay::Event::ReservationClosed { src_peer_id } | relay::Event::ReservationTimedOut { src_peer_id } => {
                 // A peer behind a NAT that held a slot here and is gone is unreachable at the
                 // relayed address Kademlia holds for it (through us): it is not handed on to
                 // whoever asks (their dials of it would all fail). It comes back with its next
                 // connection.
-                let gone = nat.slot_freed(&src_peer_id) && !self.swarm.is_connected(&src_peer_id);
+                let gone = !self.swarm.is_connected(&src_peer_id) && nat.slot_freed(&src_peer_id);
                 if gone {
                     self.swarm.behaviour_mut().kad.remove_peer(&src_peer_id);
                 }
