@@ -81,13 +81,31 @@ pub struct Behaviour {
 /// direct connection); then the peers make a new circuit. 16 circuits and 128 reservations at
 /// once (the defaults), 4 circuits per peer: a relay's cost stays bounded and one peer cannot
 /// take every circuit.
+///
+/// Rates: the defaults (per peer 30 requests, one more every 2 min; per IP address 60, one more
+/// every minute) are sized for the public IPFS network. Ours hands relayed addresses around in
+/// the DHT, and a lookup dials whoever it is told of: every dial of a node that left (its slot
+/// gone) is one circuit request, denied at once but counted, and all the nodes behind one NAT
+/// (an office, or a site of the NAT lab) share one IP address: a few lookups that each dial a
+/// dozen departed nodes would use up a site's 60 for a minute, and its nodes could not meet.
+/// So: a peer gets 60 requests and one more per second, an IP address 240 and four more per
+/// second; a denied request costs the relay one small message.
 pub fn relay_config() -> relay::Config {
-    relay::Config {
+    use std::num::NonZeroU32;
+    let n = |v: u32| NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN);
+    let config = relay::Config {
         max_circuit_duration: Duration::from_secs(30 * 60),
         max_circuit_bytes: 256 << 20,
         max_circuits_per_peer: 4,
+        reservation_rate_limiters: Vec::new(),
+        circuit_src_rate_limiters: Vec::new(),
         ..Default::default()
-    }
+    };
+    config
+        .reservation_rate_per_peer(n(60), Duration::from_secs(1))
+        .reservation_rate_per_ip(n(240), Duration::from_millis(250))
+        .circuit_src_per_peer(n(60), Duration::from_secs(1))
+        .circuit_src_per_ip(n(240), Duration::from_millis(250))
 }
 
 /// How often AutoNAT asks a peer to dial an untested address of ours back: soon after start

@@ -265,7 +265,10 @@ impl EventLoop {
                 }
                 let _ = reply.send(Ok(peers));
             }
-            Command::RegisterRepo { repo, reply } => self.service.register(repo, reply, disk!(self)),
+            Command::RegisterRepo { repo, reply } => {
+                self.service.register(repo, reply, disk!(self));
+                self.service.look_for_repo_peers(Now::system());
+            }
             Command::UnregisterRepo { repo, reply } => self.service.unregister(repo, reply, disk!(self)),
             Command::Repos(reply) => {
                 let last = |r: &crate::proto::repo::RepoInfo| self.store.last_announced(&r.id).ok().flatten();

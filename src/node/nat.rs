@@ -76,7 +76,8 @@ pub struct Nat {
     /// We listen on loopback only: whoever can reach us at all reaches us directly.
     loopback_only: bool,
     pub circuits: usize,
-    pub reserved_for_others: usize,
+    /// Peers that hold a slot on us (we relay for them).
+    slot_holders: BTreeSet<PeerId>,
     pub hole_punched: u64,
     pub hole_punch_failed: u64,
 }
@@ -101,7 +102,7 @@ impl Nat {
             to_close: BTreeMap::new(),
             loopback_only: false,
             circuits: 0,
-            reserved_for_others: 0,
+            slot_holders: BTreeSet::new(),
             hole_punched: 0,
             hole_punch_failed: 0,
         };
@@ -198,6 +199,16 @@ impl Nat {
             r.active = false;
             r.retry_at = Some(now + RETRY);
         }
+    }
+
+    /// `peer` took a slot on us.
+    pub fn slot_taken(&mut self, peer: PeerId) {
+        self.slot_holders.insert(peer);
+    }
+
+    /// The last connection of `peer` ended: true if it held a slot on us.
+    pub fn slot_freed(&mut self, peer: &PeerId) -> bool {
+        self.slot_holders.remove(peer)
     }
 
     /// A peer offers to relay (its identify lists the relay protocol) at `addr`.
@@ -336,7 +347,7 @@ impl Nat {
             relay_service: mode.into(),
             serving: self.serving,
             circuits: self.circuits,
-            reserved_for_others: self.reserved_for_others,
+            reserved_for_others: self.slot_holders.len(),
             hole_punched: self.hole_punched,
             hole_punch_failed: self.hole_punch_failed,
         }

@@ -9,31 +9,7 @@ use libp2p::{autonat, dcutr, identify, relay, Multiaddr, PeerId};
 use super::EventLoop;
 use crate::clock::Now;
 use crate::node::nat::{is_relayed, NatAction};
-use crate::node::service::discovery::{is_dialable, is_loopback, strip_p2p};
-
-fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
-    addr.iter().find_map(|p| match p {
-        libp2p::multiaddr::Protocol::Ip4(ip) => Some(ip.into()),
-        libp2p::multiaddr::Protocol::Ip6(ip) => Some(ip.into()),
-        _ => None,
-    })
-}
-
-/// An address of the internet at large: not loopback, private (RFC 1918, unique local), link
-/// local, shared (CGNAT, 100.64/10) or unspecified.
-fn is_outside(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            let shared = v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64;
-            !(v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || shared)
-        }
-        std::net::IpAddr::V6(v6) => {
-            let unique_local = (v6.segments()[0] & 0xfe00) == 0xfc00;
-            let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
-            !(v6.is_loopback() || v6.is_unspecified() || unique_local || link_local)
-        }
-    }
-}
+use crate::node::service::discovery::{ip_of, is_dialable, is_loopback, is_outside, strip_p2p};
 
 impl EventLoop {
     /// Takes the reservations and switches the relay service as `node::nat` plans.
@@ -182,9 +158,18 @@ impl EventLoop {
         tracing::debug!(?event, "relay service");
         let nat = &mut self.nat;
         match event {
-            relay::Event::ReservationReqAccepted { renewed: false, .. } => nat.reserved_for_others += 1,
-            relay::Event::ReservationClosed { .. } | relay::Event::ReservationTimedOut { .. } => {
-                nat.reserved_for_others = nat.reserved_for_others.saturating_sub(1)
+            relay::Event::ReservationReqAccepted { src_peer_id, renewed: false } => nat.slot_taken(src_peer_id),
+            // (libp2p reports the end of every connection of a peer as a reservation closed: the
+            // slot holder is forgotten with its last connection.)
+            relay::Event::ReservationClosed { src_peer_id } | relay::Event::ReservationTimedOut { src_peer_id } => {
+                // A peer behind a NAT that held a slot here and is gone is unreachable at the
+                // relayed address Kademlia holds for it (through us): it is not handed on to
+                // whoever asks (their dials of it would all fail). It comes back with its next
+                // connection.
+                let gone = !self.swarm.is_connected(&src_peer_id) && nat.slot_freed(&src_peer_id);
+                if gone {
+                    self.swarm.behaviour_mut().kad.remove_peer(&src_peer_id);
+                }
             }
             relay::Event::CircuitReqAccepted { .. } => nat.circuits += 1,
             relay::Event::CircuitClosed { .. } => nat.circuits = nat.circuits.saturating_sub(1),

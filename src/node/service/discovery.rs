@@ -104,6 +104,42 @@ pub fn is_dialable(addr: &Multiaddr) -> bool {
     specified && (!super::peers::is_relayed(addr) || super::peers::relay_of(addr).is_some())
 }
 
+/// The IP address in `addr`, if it has one.
+pub fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(ip.into()),
+        Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
+    })
+}
+
+/// An address of the internet at large: not loopback, private (RFC 1918, unique local), link
+/// local, shared (CGNAT, 100.64/10) or unspecified.
+pub fn is_outside(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let shared = v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64;
+            !(v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || shared)
+        }
+        std::net::IpAddr::V6(v6) => {
+            let unique_local = (v6.segments()[0] & 0xfe00) == 0xfc00;
+            let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
+            !(v6.is_loopback() || v6.is_unspecified() || unique_local || link_local)
+        }
+    }
+}
+
+/// Whether `addr` can reach its peer from where we reach the peer (`from`: the remote addresses
+/// of our connections to it). A peer that reaches us only across the internet (from outside
+/// our networks, or through a relay) is behind another network's edge: its private addresses
+/// (its LAN's, or a NAT's inside) lead elsewhere from here, and handed on (Kademlia gives the
+/// addresses it holds to whoever asks) they cost every dialler a timeout (a QUIC handshake
+/// waits 5 s for an answer that never comes).
+pub fn reachable_from_here(addr: &Multiaddr, from: &[Multiaddr]) -> bool {
+    let only_outside = !from.is_empty() && from.iter().all(|a| ip_of(a).is_some_and(is_outside));
+    !only_outside || super::peers::is_relayed(addr) || ip_of(addr).is_none_or(is_outside)
+}
+
 /// A loopback address: it reaches the peer only from its own machine.
 pub fn is_loopback(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| match p {
@@ -231,13 +267,15 @@ impl Service {
             return;
         }
         // A peer's loopback addresses lead to it only from its own machine; elsewhere they
-        // lead to whatever listens there (ourselves, perhaps).
+        // lead to whatever listens there (ourselves, perhaps). Its private ones, likewise, only
+        // from its own networks.
         let local = self.discovery.peers.over_loopback(&peer);
+        let from = self.discovery.peers.addrs(&peer);
         let addrs: Vec<Multiaddr> = info
             .listen_addrs
             .into_iter()
             .map(strip_p2p)
-            .filter(|a| is_dialable(a) && (local || !is_loopback(a)))
+            .filter(|a| is_dialable(a) && (local || !is_loopback(a)) && reachable_from_here(a, &from))
             .take(crate::store::MAX_ADDRS_PER_PEER)
             .collect();
         if info.protocols.contains(&crate::node::behaviour::KAD_PROTOCOL) {
@@ -245,6 +283,10 @@ impl Service {
                 self.push(Io::KadAddress { peer, addr: addr.clone() });
             }
         }
+        // Kademlia hands on the addresses through us as relay (the peer's slot here); we reach
+        // the peer only directly.
+        let me = self.me.peer;
+        let addrs: Vec<Multiaddr> = addrs.into_iter().filter(|a| super::peers::relay_of(a) != Some(me)).collect();
         self.discovery.redial.learn(peer, addrs.clone(), now.mono);
         if let Err(e) = disk.remember_peer(&peer, &addrs, name.as_deref()) {
             tracing::warn!(%peer, error = %e, "cannot update the address book");
@@ -299,5 +341,30 @@ impl Service {
     /// `p2p.max-peers`.
     pub fn set_max_peers(&mut self, max: usize) {
         self.discovery.max_peers = max.max(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_peer_met_across_the_internet_is_not_told_to_others_at_its_private_addresses() {
+        let lan = addr("/ip4/10.78.0.10/udp/4001/quic-v1");
+        let public = addr("/ip4/198.51.100.7/tcp/4001");
+        let relayed =
+            addr("/ip4/198.51.100.10/tcp/4001/p2p/12D3KooWC1MwFPDwsTXNCaWbFGSQ2dKnyNFph55XDBUHyYumv5VF/p2p-circuit");
+        let from_outside = [addr("/ip4/198.51.100.100/tcp/50123")];
+        assert!(!reachable_from_here(&lan, &from_outside), "its LAN is not ours");
+        assert!(reachable_from_here(&public, &from_outside) && reachable_from_here(&relayed, &from_outside));
+        let from_lan = [addr("/ip4/10.78.0.11/tcp/50123")];
+        assert!(reachable_from_here(&lan, &from_lan), "met on a private network: its private addresses may reach it");
+        assert!(reachable_from_here(&lan, &[]), "not connected: nothing to go by");
+        assert!(!is_outside("100.64.1.1".parse().unwrap()) && !is_outside("fd00::1".parse().unwrap()));
+        assert!(is_outside("2001:db8::1".parse().unwrap()));
     }
 }

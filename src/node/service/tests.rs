@@ -1534,13 +1534,30 @@ fn a_repositorys_providers_are_looked_up_and_dialled_until_a_peer_of_it_is_conne
     assert!(sim.peer("alice").dials.iter().all(|d| d.addrs.is_empty()));
     sim.peer("alice").service.repo_providers(&repo().id, vec![], true, now);
 
-    // Nobody connected yet: looked up again, later each time (2 s, then 4 s).
-    sim.advance(Duration::from_secs(1));
-    sim.tick("alice");
-    assert_eq!(repo_lookups(&mut sim, "alice"), 0, "not at every tick");
-    sim.advance(Duration::from_secs(1));
-    sim.tick("alice");
-    assert_eq!(repo_lookups(&mut sim, "alice"), 1, "2 s after the last");
+    // A provider just dialled is not dialled again by the next lookup (others are).
+    let dave = PeerId::random();
+    sim.peer("alice").service.repo_providers(&repo().id, vec![ids[1], dave], false, now);
+    sim.settle("alice");
+    assert_eq!(sim.peer("alice").dialled().last(), Some(&dave), "only the one not dialled lately");
+
+    // Nobody connected yet: looked up again every 500 ms for 10 s (even while a lookup that
+    // does not end is under way, once it is 2 s old), then later each time (1 s, 2 s, ...).
+    let mut lookups = 0;
+    for _ in 0..20 {
+        sim.advance(Duration::from_millis(500));
+        sim.tick("alice");
+        lookups += repo_lookups(&mut sim, "alice");
+    }
+    assert!((4..=20).contains(&lookups), "often at first: {lookups}");
+    let mut fast = 0;
+    for _ in 0..20 {
+        sim.advance(Duration::from_millis(500));
+        sim.tick("alice");
+        let now = sim.now;
+        sim.peer("alice").service.repo_providers(&repo().id, vec![], true, now);
+        fast += repo_lookups(&mut sim, "alice");
+    }
+    assert!((3..=5).contains(&fast), "then after 1, 2, 4 s: {fast}");
     let now = sim.now;
     sim.peer("alice").service.repo_providers(&repo().id, vec![], true, now);
 
