@@ -184,6 +184,9 @@ pub fn topic_score_params() -> gossipsub::TopicScoreParams {
     }
 }
 
+/// How long a message we publish may wait in a peer's send queue before it is given up.
+pub const PUBLISH_QUEUE_WAIT: Duration = Duration::from_secs(120);
+
 impl Behaviour {
     /// `session`: this process's session id, sent in the identify agent string.
     pub fn new(
@@ -218,6 +221,10 @@ impl Behaviour {
             // Content-addressed ids: the same envelope re-sent after a restart is a duplicate.
             .message_id_fn(message_id)
             .max_transmit_size(MAX_GOSSIP_MESSAGE)
+            // What we publish waits in a slow peer's queue (bounded by its length, 5000) rather
+            // than being abandoned after gossipsub's default 5 s: a burst of chat on a loaded
+            // machine, or over a slow relay, is delivered whole, not in part with "sent" said.
+            .publish_queue_duration(PUBLISH_QUEUE_WAIT)
             .build()?;
         let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)
             .map_err(|e| BehaviourError::Gossipsub(e.to_string()))?;
