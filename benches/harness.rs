@@ -58,14 +58,19 @@ struct Perf {
     at_start: f64,
 }
 
-/// CPU ms of process `pid`: its threads' time on a CPU (ns, /proc/PID/task/*/schedstat) plus its
+/// A thread's time on a CPU in ms, from its schedstat file (0 when unreadable).
+fn schedstat_ms(path: impl AsRef<std::path::Path>) -> f64 {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    s.split(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 1e6
+}
+
+/// CPU ms of process `pid`: its threads' time on a CPU (/proc/PID/task/*/schedstat) plus its
 /// reaped children's (clock ticks, /proc/PID/stat).
 fn cpu_ms(pid: i32) -> f64 {
     let threads: f64 = std::fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
         .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split(' ').next()?.parse::<f64>().ok())
+        .filter_map(|t| Some(schedstat_ms(t.ok()?.path().join("schedstat"))))
         .sum();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command's closing parenthesis: cutime and cstime are the 14th and 15th.
@@ -74,13 +79,12 @@ fn cpu_ms(pid: i32) -> f64 {
     let ticks: f64 = [13, 14].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
     // SAFETY: sysconf has no memory effects.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    threads / 1e6 + ticks * 1000.0 / hz
+    threads + ticks * 1000.0 / hz
 }
 
 /// CPU ms of thread `tid` of this process.
 fn thread_cpu_ms(tid: i32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).unwrap_or_default();
-    s.split(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 1e6
+    schedstat_ms(format!("/proc/self/task/{tid}/schedstat"))
 }
 
 impl Perf {

@@ -1181,40 +1181,32 @@ fn chat_in(txn: &WriteTransaction, entries: &[ChatEntry]) -> Result<usize, Store
         db(seen.insert(entry.id.as_str(), entry.sent_at))?;
         db(seen_at.insert((entry.sent_at, entry.id.as_str()), ()))?;
         // The oldest messages (by time) leave the history when it is over its bound (unless
-        // they left already); their ids stay seen (see prune_seen).
-        let mut oldest: Vec<(String, u64)> = Vec::new();
+        // they left already); their ids stay seen (see prune_seen). Each goes as (room, key in
+        // it, key in the thread log when the log is what is over its bound).
+        let mut gone: Vec<(String, u64, Option<u64>)> = Vec::new();
         if counts.grew(order::History::Chat, room, &chat)? > MAX_CHAT_PER_ROOM as u64 {
-            oldest.extend(order::oldest(&chat, room)?.map(|k| (room.to_string(), k)));
+            gone.extend(order::oldest(&chat, room)?.map(|k| (room.to_string(), k, None)));
         }
         if let Some(repo) = thread_repo {
             db(threads.insert((repo, seq), (room, seq)))?;
             if counts.grew(order::History::Threads, repo, &threads)? > MAX_THREAD_MESSAGES_PER_REPO as u64 {
                 if let Some(k) = order::oldest(&threads, repo)? {
-                    if let Some(v) = db(threads.get((repo, k)))? {
-                        oldest.push((v.value().0.to_string(), v.value().1));
-                    }
+                    let entry = db(threads.get((repo, k)))?.map(|v| (v.value().0.to_string(), v.value().1));
+                    gone.extend(entry.map(|(room, key)| (room, key, Some(k))));
                 }
             }
         }
-        for (room, seq) in oldest {
-            if db(chat.remove((room.as_str(), seq)))?.is_some() {
+        for (room, key, log_key) in gone {
+            if db(chat.remove((room.as_str(), key)))?.is_some() {
                 counts.shrank(order::History::Chat, &room, &chat)?;
             }
             let Some((repo, _)) = room.split_once('/') else { continue };
-            // A thread message leaves the thread log with its room (for keys of the old
-            // kind, the log's own key differs: found by value).
-            let key = match db(threads.get((repo, seq)))? {
-                Some(v) if v.value() == (room.as_str(), seq) => Some(seq),
-                _ => None,
-            };
-            let key = match key {
-                Some(k) => Some(k),
-                None => order::oldest(&threads, repo)?.filter(|k| {
-                    threads.get((repo, *k)).ok().flatten().is_some_and(|v| v.value() == (room.as_str(), seq))
-                }),
-            };
-            if let Some(k) = key {
-                db(threads.remove((repo, k)))?;
+            // A thread message leaves the thread log with its room: under the message's own key
+            // (an older store's entry, under another, goes when the log's bound reaches it).
+            let log_key = log_key.unwrap_or(key);
+            let logged = db(threads.get((repo, log_key)))?.is_some_and(|v| v.value() == (room.as_str(), key));
+            if logged {
+                db(threads.remove((repo, log_key)))?;
                 counts.shrank(order::History::Threads, repo, &threads)?;
             }
         }
@@ -1240,18 +1232,7 @@ mod tests {
     fn a_synced_insert_takes_what_an_insert_takes_and_the_writes_before_it_last() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.redb");
-        let message = |i: u64| ChatEntry {
-            room: "r".into(),
-            id: format!("m{i}"),
-            peer: "p".into(),
-            name: None,
-            text: format!("t{i}"),
-            sent_at: i,
-            received_at: i,
-            own: true,
-            via: None,
-            thread: None,
-        };
+        let message = |i: u64| ChatEntry { own: true, ..message("r", i) };
         {
             let store = Store::open(&path).unwrap();
             assert_eq!(store.chat_insert_all(&[message(1)]).unwrap(), 1, "without fsync");
@@ -1259,7 +1240,7 @@ mod tests {
         }
         let store = Store::open(&path).unwrap();
         let texts: Vec<String> = store.chat_history("r", 10).unwrap().into_iter().map(|m| m.text).collect();
-        assert_eq!(texts, ["t1", "t2"]);
+        assert_eq!(texts, ["message 1", "message 2"]);
     }
 
     #[test]

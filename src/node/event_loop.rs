@@ -267,7 +267,7 @@ impl EventLoop {
             }
             Command::RegisterRepo { repo, reply } => {
                 self.service.register(repo, reply, disk!(self));
-                self.service.look_for_repo_peers(Now::system());
+                self.service.repo_peers_tick(now);
             }
             Command::UnregisterRepo { repo, reply } => self.service.unregister(repo, reply, disk!(self)),
             Command::Repos(reply) => {

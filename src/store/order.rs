@@ -78,26 +78,12 @@ impl<'txn> Counts<'txn> {
         Ok(Self { table: db(txn.open_table(HISTORY_COUNT))? })
     }
 
-    /// How many items `history` holds under `prefix`; a history never counted is counted now,
-    /// in `table` (a store written before the counts).
-    pub fn get<V: redb::Value + 'static>(
-        &self,
-        history: History,
-        prefix: &str,
-        table: &impl ReadableTable<(&'static str, u64), V>,
-    ) -> Result<u64, StoreError> {
-        if let Some(n) = db(self.table.get((history as u8, prefix)))? {
-            return Ok(n.value());
-        }
-        let mut n = 0;
-        for item in db(table.range((prefix, 0)..=(prefix, u64::MAX)))? {
-            db(item)?;
-            n += 1;
-        }
-        Ok(n)
+    /// The count kept for `history` under `prefix`, if any.
+    fn known(&self, history: History, prefix: &str) -> Result<Option<u64>, StoreError> {
+        Ok(db(self.table.get((history as u8, prefix)))?.map(|v| v.value()))
     }
 
-    pub fn set(&mut self, history: History, prefix: &str, n: u64) -> Result<(), StoreError> {
+    fn set(&mut self, history: History, prefix: &str, n: u64) -> Result<(), StoreError> {
         if n == 0 {
             db(self.table.remove((history as u8, prefix)))?;
         } else {
@@ -106,36 +92,47 @@ impl<'txn> Counts<'txn> {
         Ok(())
     }
 
-    /// `history` under `prefix` grew by one item (added to `table`, which counts it if it was
-    /// never counted); its count now.
+    /// `history` under `prefix` grew by one item (added to `table` already); its count now.
     pub fn grew<V: redb::Value + 'static>(
         &mut self,
         history: History,
         prefix: &str,
         table: &impl ReadableTable<(&'static str, u64), V>,
     ) -> Result<u64, StoreError> {
-        let known = db(self.table.get((history as u8, prefix)))?.map(|v| v.value());
-        // Never counted: `table` holds the new item already.
-        let n = match known {
+        let n = match self.known(history, prefix)? {
             Some(n) => n + 1,
-            None => self.get(history, prefix, table)?,
+            None => counted(table, prefix)?,
         };
         self.set(history, prefix, n)?;
         Ok(n)
     }
 
-    /// `history` under `prefix` lost one item.
+    /// `history` under `prefix` lost one item (removed from `table` already).
     pub fn shrank<V: redb::Value + 'static>(
         &mut self,
         history: History,
         prefix: &str,
         table: &impl ReadableTable<(&'static str, u64), V>,
     ) -> Result<(), StoreError> {
-        let n = self.get(history, prefix, table)?;
-        let known = db(self.table.get((history as u8, prefix)))?.is_some();
-        // Never counted: `table` no longer holds the item.
-        self.set(history, prefix, if known { n.saturating_sub(1) } else { n })
+        let n = match self.known(history, prefix)? {
+            Some(n) => n.saturating_sub(1),
+            None => counted(table, prefix)?,
+        };
+        self.set(history, prefix, n)
     }
+}
+
+/// The items under `prefix`, counted one by one: a history never counted (an older store's).
+fn counted<V: redb::Value + 'static>(
+    table: &impl ReadableTable<(&'static str, u64), V>,
+    prefix: &str,
+) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for item in db(table.range((prefix, 0)..=(prefix, u64::MAX)))? {
+        db(item)?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -66,8 +66,9 @@ fn key(repo: &RepoId) -> kad::RecordKey {
 }
 
 impl Service {
-    /// Provides and looks up the registered repositories whose time has come.
-    pub(super) fn repo_peers_tick(&mut self, now: Now) {
+    /// Provides and looks up the registered repositories whose time has come (also right after
+    /// a repository is registered, not at the next tick).
+    pub fn repo_peers_tick(&mut self, now: Now) {
         let topics = self.repos.topics();
         let state = &mut self.discovery.repo_peers;
         state.repos.retain(|repo, _| topics.iter().any(|(_, r)| r == repo));
@@ -115,11 +116,6 @@ impl Service {
         for i in io {
             self.push(i);
         }
-    }
-
-    /// A repository was registered: provided and looked up now, not at the next tick.
-    pub fn look_for_repo_peers(&mut self, now: Now) {
-        self.repo_peers_tick(now);
     }
 
     /// Kademlia found providers of `repo` (`done`: the lookup ended): dial some we are not
