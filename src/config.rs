@@ -78,8 +78,7 @@ pub struct NodeConfig {
     /// `p2p.circuit-relay`: relays to reserve a slot on while we are not reachable (besides the
     /// bootstrap peers and the peers that offer to relay).
     pub circuit_relays: Vec<Bootstrap>,
-    /// `p2p.max-peers`: beyond this many connected peers, no more are dialled (but peers of our
-    /// repositories and bootstrap peers).
+    /// `p2p.max-peers`: the most peers connected at once, whoever dials (`node::bound`).
     pub max_peers: usize,
 }
 

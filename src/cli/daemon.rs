@@ -195,7 +195,11 @@ fn print_status(s: &NodeStatus, out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(out, "peer id    {}", s.peer_id)?;
     writeln!(out, "npub       {}", s.npub)?;
     writeln!(out, "name       {}", s.name.as_deref().unwrap_or("-"))?;
-    writeln!(out, "peers      {} connected, {} known", s.connected_peers, s.known_peers)?;
+    writeln!(
+        out,
+        "peers      {} connected (at most {}, {} at once so far), {} known",
+        s.connected_peers, s.config.max_peers, s.peers_most, s.known_peers
+    )?;
     for (i, addr) in s.listen_addrs.iter().enumerate() {
         writeln!(out, "{:<10} {addr}", if i == 0 { "listening" } else { "" })?;
     }

@@ -352,6 +352,10 @@ pub struct NodeStatus {
     pub listen_addrs: Vec<String>,
     pub started_at: u64,
     pub connected_peers: usize,
+    /// The most peers connected at once since the node started (`p2p.max-peers` bounds it;
+    /// peers being closed to make room do not count).
+    #[serde(default)]
+    pub peers_most: usize,
     pub known_peers: usize,
     pub repos: Vec<RepoInfo>,
     pub config: ConfigInForce,

@@ -55,6 +55,8 @@ pub struct Behaviour {
     /// any other protocol sees it.
     pub limits: connection_limits::Behaviour,
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// At most `p2p.max-peers` peers, and which of their connections stay open while idle.
+    pub bound: super::bound::Bound,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
@@ -262,6 +264,7 @@ impl Behaviour {
         Ok(Self {
             limits: connection_limits(),
             blocked: Default::default(),
+            bound: super::bound::Bound::new(config.max_peers),
             identify,
             ping,
             gossipsub,

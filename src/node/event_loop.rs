@@ -400,6 +400,7 @@ impl EventLoop {
             Io::Disconnect(peer) => {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
+            Io::Keep(peers) => self.swarm.behaviour_mut().bound.keep(peers),
             Io::Close(connection) => {
                 self.swarm.close_connection(connection);
             }

@@ -2,6 +2,7 @@
 //! loop that owns the swarm, and graceful shutdown.
 
 pub mod behaviour;
+mod bound;
 mod direct_streams;
 mod disk;
 pub mod event_loop;
@@ -36,9 +37,11 @@ use crate::store::{Store, StoreError};
 use behaviour::Behaviour;
 use event_loop::{EventLoop, NodeInfo};
 
-/// Connections stay open this long without traffic; peers of a collaboration tool are few and
-/// worth keeping, and a closed connection would have to be redialled for the next message.
-const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
+/// A connection that no protocol uses closes after this long. The peers the node keeps (up to
+/// `p2p.max-peers`, see `bound`) stay connected however quiet: peers of a collaboration tool
+/// are few and worth keeping. Others (a Kademlia lookup's, an AutoNAT dial-back, a peer's
+/// beyond what the node keeps) go soon after their last request, and free their slot.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// Streams open at once on one connection (TCP's yamux, QUIC): our protocols use a handful; a
 /// peer opening thousands is refused beyond this, not given memory for each.
 const MAX_STREAMS_PER_CONNECTION: usize = 128;

@@ -211,6 +211,12 @@ impl Nat {
         self.slot_holders.remove(peer)
     }
 
+    /// The relays we hold (or are asking for) a slot on, and the peers that hold one on us.
+    pub fn tied(&self) -> Vec<PeerId> {
+        let relays = self.relays.iter().filter(|(_, r)| r.listener.is_some()).map(|(p, _)| *p);
+        relays.chain(self.slot_holders.iter().copied()).collect()
+    }
+
     /// A peer offers to relay (its identify lists the relay protocol) at `addr`.
     pub fn relay_offered(&mut self, peer: PeerId, addr: Multiaddr) {
         if let Some(r) = self.relays.get_mut(&peer) {

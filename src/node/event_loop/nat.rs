@@ -25,6 +25,7 @@ impl EventLoop {
                     Ok(id) => {
                         tracing::debug!(%relay, %addr, "asking the relay for a reservation");
                         self.nat.reserving(relay, id);
+                        self.service.set_tied(self.nat.tied(), Now::system());
                     }
                     Err(e) => {
                         tracing::debug!(%relay, error = %e, "cannot ask the relay for a reservation");
@@ -143,6 +144,7 @@ impl EventLoop {
 
     pub(super) fn nat_listener_closed(&mut self, id: libp2p::core::transport::ListenerId) {
         self.nat.listener_closed(id, Now::system().mono);
+        self.service.set_tied(self.nat.tied(), Now::system());
     }
 
     pub(super) fn relay_client_event(&mut self, event: relay::client::Event) {
@@ -151,6 +153,7 @@ impl EventLoop {
             if let Some(unneeded) = self.nat.reservation_accepted(&relay_peer_id) {
                 self.swarm.remove_listener(unneeded);
             }
+            self.service.set_tied(self.nat.tied(), Now::system());
         }
     }
 
@@ -158,7 +161,10 @@ impl EventLoop {
         tracing::debug!(?event, "relay service");
         let nat = &mut self.nat;
         match event {
-            relay::Event::ReservationReqAccepted { src_peer_id, renewed: false } => nat.slot_taken(src_peer_id),
+            relay::Event::ReservationReqAccepted { src_peer_id, renewed: false } => {
+                nat.slot_taken(src_peer_id);
+                self.service.set_tied(nat.tied(), Now::system());
+            }
             // (libp2p reports the end of every connection of a peer as a reservation closed: the
             // slot holder is forgotten with its last connection.)
             relay::Event::ReservationClosed { src_peer_id } | relay::Event::ReservationTimedOut { src_peer_id } => {
@@ -169,6 +175,7 @@ impl EventLoop {
                 let gone = !self.swarm.is_connected(&src_peer_id) && nat.slot_freed(&src_peer_id);
                 if gone {
                     self.swarm.behaviour_mut().kad.remove_peer(&src_peer_id);
+                    self.service.set_tied(nat.tied(), Now::system());
                 }
             }
             relay::Event::CircuitReqAccepted { .. } => nat.circuits += 1,

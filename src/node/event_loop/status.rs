@@ -25,6 +25,7 @@ impl EventLoop {
             listen_addrs,
             started_at: self.info.started_at,
             connected_peers: self.service.connected_peers(),
+            peers_most: self.swarm.behaviour().bound.most(),
             known_peers: self.service.known_peers(),
             repos: self.service.repos().to_vec(),
             config: self.info.config.clone(),

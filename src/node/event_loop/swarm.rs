@@ -31,11 +31,14 @@ impl EventLoop {
                 let broke = broke && !self.nat_disconnected(&peer_id, connection_id);
                 self.service.disconnected(&peer_id, connection_id, broke, now);
             }
+            // Refused because we are full (`p2p.max-peers`) is no misconduct of the peer's.
             SwarmEvent::IncomingConnectionError {
                 peer_id: Some(peer),
-                error: libp2p::swarm::ListenError::Denied { .. },
+                error: libp2p::swarm::ListenError::Denied { cause },
                 ..
-            } => self.service.connection_denied(peer, now),
+            } if cause.downcast_ref::<crate::node::bound::Full>().is_none() => {
+                self.service.connection_denied(peer, now)
+            }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 tracing::debug!(peer = ?peer_id, %error, "dial failed");
                 if let Some((peer, dial)) = self.dials.remove(&connection_id) {

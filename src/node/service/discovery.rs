@@ -43,9 +43,11 @@ const KAD_BOOTSTRAP_MIN_INTERVAL: Duration = Duration::from_secs(5);
 const FEW_PEERS: usize = 8;
 
 pub struct Discovery {
-    /// Connected peers beyond which we dial no more peers that Kademlia or the address book
-    /// name (peers of our repositories and bootstrap peers still; `p2p.max-peers`).
+    /// Connected peers at most (`p2p.max-peers`, see `service::bound`); we dial peers that
+    /// Kademlia or the address book name only below [`super::bound::keep_target`] of it (peers
+    /// of our repositories whatever the count, making room).
     pub max_peers: usize,
+    pub bound: super::bound::Bound,
     /// Lookups of our repositories' peers (`service::repo_peers`).
     pub repo_peers: super::repo_peers::RepoPeers,
     pub peers: PeerTable,
@@ -61,6 +63,7 @@ impl Discovery {
         let bootstrap: HashSet<PeerId> = bootstrap.into_iter().collect();
         Self {
             max_peers: TARGET_PEERS,
+            bound: Default::default(),
             repo_peers: Default::default(),
             peers: PeerTable::default(),
             redial: Redial::default(),
@@ -79,9 +82,14 @@ impl Discovery {
         true
     }
 
+    /// Whether we have room for peers we dial by ourselves.
+    fn room(&self) -> bool {
+        self.peers.len() < super::bound::keep_target(self.max_peers)
+    }
+
     /// Whether to dial a peer we just heard of.
     fn wants(&self, peer: &PeerId) -> bool {
-        !self.peers.is_connected(peer) && self.peers.len() < self.max_peers
+        !self.peers.is_connected(peer) && self.room()
     }
 }
 
@@ -152,7 +160,7 @@ pub fn is_loopback(addr: &Multiaddr) -> bool {
 impl Service {
     pub fn connected(&mut self, peer: PeerId, connection: ConnectionId, addr: Multiaddr, now: Now) {
         let keep = self.discovery.peers.connected(peer, connection, strip_p2p(addr), now.mono);
-        self.discovery.redial.succeeded(&peer);
+        self.keep_bound(now, false);
         if !keep {
             // We are closing every connection to this peer: this one would be gossipsub's second.
             self.push(Io::Close(connection));
@@ -161,7 +169,11 @@ impl Service {
 
     /// A connection closed; `broke`: not by us (an error, a timeout, or the peer closed it).
     pub fn disconnected(&mut self, peer: &PeerId, connection: ConnectionId, broke: bool, now: Now) {
-        let lost = self.discovery.peers.disconnected(peer, connection);
+        let lost = self.discovery.peers.disconnected(peer, connection, now.mono);
+        if let Some(lived) = lost.lived {
+            self.discovery.redial.lost(peer, lived, now.mono);
+            self.slot_freed(peer, now);
+        }
         if lost.last {
             if let Some(addrs) = self.discovery.redial.take_at_once(peer) {
                 self.dial(*peer, addrs, now);
@@ -243,6 +255,7 @@ impl Service {
     /// tick.
     pub fn subscribed(&mut self, peer: &PeerId, topic: TopicHash, now: Now, disk: &mut dyn Disk) {
         self.discovery.peers.subscribed(peer, topic.clone());
+        self.keep_bound(now, false);
         self.flush(now, disk);
         self.sync_subscribed(peer, &topic, now);
     }
@@ -326,13 +339,17 @@ impl Service {
         }
     }
 
-    /// Peers we know, are not connected to nor dialling, and whose backoff has passed (while we
-    /// have fewer than `max_peers`; bootstrap peers always).
+    /// Peers we know, are not connected to nor dialling, and whose backoff has passed, while we
+    /// have room for them (bootstrap peers also while we have no peer at all).
     pub(super) fn redial(&mut self, now: Now) {
         let peers = &self.discovery.peers;
-        let room = peers.len() < self.discovery.max_peers;
+        let room = self.discovery.room();
+        let alone = peers.is_empty();
         let bootstrap = &self.discovery.bootstrap;
-        let due = self.discovery.redial.due(now.mono, |p| peers.is_connected(p) || !(room || bootstrap.contains(p)));
+        let due = self
+            .discovery
+            .redial
+            .due(now.mono, |p| peers.is_connected(p) || !(room || (alone && bootstrap.contains(p))));
         for (peer, addrs) in due {
             self.dial(peer, addrs, now);
         }

@@ -8,11 +8,13 @@
 //! One concern per file, each with its constants: `repos` (the registry), `rooms` (topics, what
 //! arrives on them, chat), `outbox` (our messages until a peer took them), `kv` (DHT records and
 //! the queries waiting for the network), `refs` (our refs in the DHT), `notes` (our git notes
-//! in the DHT), `discovery` (peers, who to dial), `dial_log` (what became of our dials, in
-//! words), `peers` (the peer table and redial backoff), `conduct` (peers cut off for flooding
+//! in the DHT), `discovery` (peers, who to dial), `bound` (at most `p2p.max-peers` of them:
+//! which to keep), `repo_peers` (finding the peers of our repositories), `dial_log` (what
+//! became of our dials, in words), `peers` (the peer table and redial backoff), `conduct` (peers cut off for flooding
 //! us), `clocks` (peers' clocks against ours), `sync` (catching up with peers: when, with
 //! whom, what to take).
 
+mod bound;
 mod clocks;
 mod conduct;
 mod dial_log;
@@ -183,6 +185,8 @@ pub enum Io {
     },
     /// Close every connection to the peer.
     Disconnect(PeerId),
+    /// Keep these peers' connections open while idle (others close once idle).
+    Keep(std::collections::HashSet<PeerId>),
     /// Close one connection.
     Close(ConnectionId),
     /// Tell Kademlia where a peer listens.
@@ -444,6 +448,7 @@ impl Service {
         self.mirror_tick(now);
         self.sync_start(now);
         self.repo_peers_tick(now);
+        self.keep_bound(now, true);
         self.redial(now);
     }
 

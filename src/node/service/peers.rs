@@ -18,6 +18,8 @@ use crate::proto::repo::RepoId;
 pub const REDIAL_MIN: Duration = Duration::from_secs(1);
 /// Longest wait between redials of a known peer.
 pub const REDIAL_MAX: Duration = Duration::from_secs(300);
+/// A connection that lasted this long was a good one: the peer's failed dials are forgotten.
+pub const STABLE: Duration = Duration::from_secs(10);
 /// Our dials of one peer under way at once: a dial at its known addresses, and dials at
 /// addresses learned while earlier ones hang (a peer found by mDNS after it moved).
 pub const MAX_DIALS_PER_PEER: usize = 4;
@@ -36,6 +38,8 @@ struct Conn {
 #[derive(Debug, Default)]
 struct PeerState {
     conns: Vec<Conn>,
+    /// When its first open connection was established (it has been connected since).
+    since: Option<Instant>,
     agent: Option<String>,
     name: Option<String>,
     /// The peer's process, as its identify agent string names it.
@@ -58,6 +62,8 @@ pub struct PeerTable {
 pub struct Lost {
     /// It was the peer's last connection.
     pub last: bool,
+    /// How long the peer had been connected, when it was its last connection.
+    pub lived: Option<Duration>,
     /// A connection to the peer established after it remains.
     pub superseded: bool,
 }
@@ -100,6 +106,7 @@ impl PeerTable {
     pub fn connected(&mut self, peer: PeerId, id: ConnectionId, addr: Multiaddr, now: Instant) -> bool {
         self.established += 1;
         let state = self.peers.entry(peer).or_default();
+        state.since.get_or_insert(now);
         state.conns.push(Conn { id, addr, since: now, order: self.established, holepunched: false });
         !state.resetting
     }
@@ -116,20 +123,27 @@ impl PeerTable {
         }
     }
 
-    pub fn disconnected(&mut self, peer: &PeerId, id: ConnectionId) -> Lost {
+    pub fn disconnected(&mut self, peer: &PeerId, id: ConnectionId, now: Instant) -> Lost {
+        let nothing = Lost { last: false, lived: None, superseded: false };
         let Some(state) = self.peers.get_mut(peer) else {
-            return Lost { last: false, superseded: false };
+            return nothing;
         };
         let Some(at) = state.conns.iter().position(|c| c.id == id) else {
-            return Lost { last: false, superseded: false };
+            return nothing;
         };
         let gone = state.conns.remove(at);
         let superseded = state.conns.iter().any(|c| c.order > gone.order);
         if state.conns.is_empty() {
+            let lived = state.since.map(|t| now.saturating_duration_since(t));
             self.peers.remove(peer);
-            return Lost { last: true, superseded };
+            return Lost { last: true, lived, superseded };
         }
-        Lost { last: false, superseded }
+        Lost { last: false, lived: None, superseded }
+    }
+
+    /// The connected peers, with when each has been connected since and the topics it joined.
+    pub fn each(&self) -> impl Iterator<Item = (&PeerId, Instant, &HashSet<TopicHash>)> {
+        self.peers.iter().filter_map(|(p, s)| Some((p, s.since?, &s.topics)))
     }
 
     /// What the peer said about itself. Returns true when it names another session than
@@ -145,6 +159,11 @@ impl PeerTable {
             state.session = session;
         }
         restarted
+    }
+
+    /// Whether the peer identified itself since it connected.
+    pub fn is_identified(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|s| s.agent.is_some())
     }
 
     /// Starts closing every connection to `peer`, and those that arrive until they are all
@@ -264,6 +283,8 @@ struct RedialState {
     /// Freshest first.
     addrs: Vec<Multiaddr>,
     failures: u32,
+    /// Connections to it in a row that ended before [`STABLE`].
+    short: u32,
     next: Instant,
     /// Our dials under way, with the addresses each was given.
     pending: Vec<(DialRef, Vec<Multiaddr>)>,
@@ -296,6 +317,7 @@ impl Redial {
         let state = self.peers.entry(peer).or_insert_with(|| RedialState {
             addrs: Vec::new(),
             failures: 0,
+            short: 0,
             next: now,
             pending: Vec::new(),
             at_once: false,
@@ -337,27 +359,37 @@ impl Redial {
 
     /// Our dial ended; `connected`: whether we are connected to the peer now (by this dial or
     /// another connection). A failure counts only when nothing else of ours is under way and we
-    /// are not connected.
+    /// are not connected. A success wipes out no failures: the connection has to last first
+    /// ([`Redial::lost`]).
     pub fn ended(&mut self, peer: &PeerId, dial: DialRef, ok: bool, connected: bool, now: Instant) {
         let Some(s) = self.peers.get_mut(peer) else { return };
         s.pending.retain(|(d, _)| *d != dial);
-        if ok || connected {
-            s.failures = 0;
-        } else if s.pending.is_empty() {
+        if !(ok || connected) && s.pending.is_empty() {
             s.failures = s.failures.saturating_add(1);
             s.next = now + backoff(s.failures);
+        }
+    }
+
+    /// We lost our last connection to `peer` after `lived`: one that lasted [`STABLE`] makes the
+    /// peer good again; after a shorter one the peer is redialled as before the first time (it
+    /// may have crashed), then with backoff as after failed dials (a peer that keeps closing
+    /// us soon after we connect, being full, is asked less and less often).
+    pub fn lost(&mut self, peer: &PeerId, lived: Duration, now: Instant) {
+        let Some(s) = self.peers.get_mut(peer) else { return };
+        if lived >= STABLE {
+            s.failures = 0;
+            s.short = 0;
+        } else {
+            s.short = s.short.saturating_add(1);
+            if s.short > 1 {
+                s.next = s.next.max(now + backoff(s.failures.max(s.short - 1)));
+            }
         }
     }
 
     /// Forgets `peer` (it is not to be dialled).
     pub fn forget(&mut self, peer: &PeerId) {
         self.peers.remove(peer);
-    }
-
-    pub fn succeeded(&mut self, peer: &PeerId) {
-        if let Some(s) = self.peers.get_mut(peer) {
-            s.failures = 0;
-        }
     }
 
     /// Dial `peer` as soon as its last connection is closed.
@@ -424,8 +456,10 @@ mod tests {
         assert_eq!(snap[0].repos, vec![r1]);
         assert_eq!(snap[0].connected_secs, 5);
         assert_eq!(snap[0].name.as_deref(), Some("Alice"));
-        assert_eq!(table.disconnected(&alice, c1), Lost { last: false, superseded: true });
-        assert_eq!(table.disconnected(&alice, c2), Lost { last: true, superseded: false });
+        let later = t0 + Duration::from_secs(7);
+        assert_eq!(table.disconnected(&alice, c1, later), Lost { last: false, lived: None, superseded: true });
+        let lived = Some(Duration::from_secs(7));
+        assert_eq!(table.disconnected(&alice, c2, later), Lost { last: true, lived, superseded: false });
         assert!(table.is_empty());
     }
 
@@ -444,9 +478,9 @@ mod tests {
         assert!(table.reset(&alice));
         assert!(!table.reset(&alice), "once");
         assert!(!table.connected(alice, c3, addr("/ip4/127.0.0.1/tcp/9"), t0), "one that arrives meanwhile goes too");
-        assert!(!table.disconnected(&alice, c1).last);
-        assert!(!table.disconnected(&alice, c3).last);
-        assert!(table.disconnected(&alice, c2).last);
+        assert!(!table.disconnected(&alice, c1, t0).last);
+        assert!(!table.disconnected(&alice, c3, t0).last);
+        assert!(table.disconnected(&alice, c2, t0).last);
         assert!(table.connected(alice, c1, addr("/ip4/127.0.0.1/tcp/9"), t0), "a fresh start");
     }
 

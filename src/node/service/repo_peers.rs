@@ -61,6 +61,19 @@ pub struct RepoPeers {
     dialled: HashMap<PeerId, Instant>,
 }
 
+impl RepoPeers {
+    /// Whether we dialled `peer` for a repository a moment ago (it is kept whatever the bound
+    /// until it says what it shares with us).
+    pub fn dialled_lately(&self, peer: &PeerId, now: Instant) -> bool {
+        self.dialled.get(peer).is_some_and(|at| now.saturating_duration_since(*at) < PROVIDER_REDIAL)
+    }
+
+    /// The peers we dialled for a repository a moment ago.
+    pub fn dialled_lately_all(&self, now: Instant) -> impl Iterator<Item = PeerId> + '_ {
+        self.dialled.iter().filter(move |(p, _)| self.dialled_lately(p, now)).map(|(p, _)| *p)
+    }
+}
+
 fn key(repo: &RepoId) -> kad::RecordKey {
     kad::RecordKey::new(&crate::proto::remote::provider_key(repo))
 }
@@ -147,8 +160,7 @@ impl Service {
         for peer in to_dial {
             tracing::debug!(%peer, repo = %repo.short(), "dialling a peer of the repository");
             // No addresses: the swarm asks Kademlia (the lookup's) and identify's cache.
-            let addrs = self.discovery.redial.untried(&peer, &[]);
-            self.dial(peer, addrs, now);
+            self.dial_needed(peer, now);
         }
     }
 

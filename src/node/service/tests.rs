@@ -200,6 +200,8 @@ struct Peer {
     dials: Vec<Dialled>,
     /// Peers it asked to disconnect from, and single connections it asked to close.
     disconnects: Vec<PeerId>,
+    /// The peers whose connections stay open while idle, as last told.
+    kept: HashSet<PeerId>,
     closes: Vec<ConnectionId>,
     /// DHT queries it started.
     queries: Vec<Io>,
@@ -226,6 +228,7 @@ impl Peer {
             events: Vec::new(),
             dials: Vec::new(),
             disconnects: Vec::new(),
+            kept: HashSet::new(),
             closes: Vec::new(),
             queries: Vec::new(),
             can_publish: true,
@@ -321,6 +324,7 @@ impl Sim {
                 }
                 Io::Dial { dial, peer, addrs } => self.peer(name).dials.push(Dialled { dial, peer, addrs }),
                 Io::Disconnect(peer) => self.peer(name).disconnects.push(peer),
+                Io::Keep(peers) => self.peer(name).kept = peers,
                 Io::Close(connection) => self.peer(name).closes.push(connection),
                 Io::Emit(event) => self.peer(name).events.push(event),
                 io @ (Io::PutRecord { .. } | Io::GetRecord { .. } | Io::FinishQuery(_)) => {
@@ -1619,4 +1623,64 @@ fn among_few_peers_an_announced_commit_is_fetched_at_once() {
     sim.announce("alice", "one").expect("queued");
     sim.deliver("alice");
     assert_eq!(attempts(&mut sim, "bob").len(), 1, "at once");
+}
+
+#[test]
+fn over_max_peers_a_node_keeps_its_repositorys_peers_and_the_oldest_others_and_closes_busy_newcomers() {
+    let mut sim = Sim::new(&["alice", "bob", "carol", "dave", "erin"]);
+    sim.init("alice");
+    sim.init("bob");
+    // At most 3 peers: 2 kept, one slot left for what comes and goes.
+    sim.peer("alice").service.set_max_peers(3);
+    let (bob, carol, dave, erin) = (sim.id("bob"), sim.id("carol"), sim.id("dave"), sim.id("erin"));
+    for name in ["carol", "dave", "bob", "erin"] {
+        sim.connect("alice", name);
+        sim.advance(Duration::from_millis(100));
+    }
+    assert_eq!(sim.peer("alice").kept, HashSet::from([bob, carol]), "bob shares a repository; carol came first");
+    sim.tick("alice");
+    assert!(sim.peer("alice").disconnects.is_empty(), "the others' connections close once idle");
+    // Something keeps using dave's and erin's connections: closed after a while, once.
+    sim.advance(bound::LINGER);
+    sim.tick("alice");
+    sim.tick("alice");
+    let mut closed = sim.peer("alice").disconnects.clone();
+    closed.sort();
+    let mut expected = vec![dave, erin];
+    expected.sort();
+    assert_eq!(closed, expected);
+    let now = sim.now;
+    for peer in [dave, erin] {
+        sim.peer("alice").service.disconnected(&peer, ConnectionId::new_unchecked(1), false, now);
+    }
+    sim.settle("alice");
+    // Kademlia names dave again: alice has her 2, she does not dial more by herself.
+    sim.peer("alice").service.routing_updated(dave, vec!["/ip4/10.0.0.9/tcp/1".parse().unwrap()], now);
+    sim.settle("alice");
+    assert!(sim.peer("alice").dialled().is_empty(), "no room: {:?}", sim.peer("alice").dialled());
+}
+
+#[test]
+fn a_node_full_of_peers_it_keeps_closes_the_youngest_it_does_not_need_for_a_peer_of_its_repository() {
+    let mut sim = Sim::new(&["alice", "bob", "carol", "dave"]);
+    sim.init("alice");
+    sim.tick("alice");
+    sim.peer("alice").service.set_max_peers(2);
+    let (bob, carol, dave) = (sim.id("bob"), sim.id("carol"), sim.id("dave"));
+    for name in ["carol", "dave"] {
+        sim.connect("alice", name);
+        sim.advance(Duration::from_millis(100));
+    }
+    assert_eq!(sim.peer("alice").kept, HashSet::from([carol, dave]));
+    // The DHT names bob as a peer of alice's repository: dave (the younger) makes room for him.
+    let now = sim.now;
+    sim.peer("alice").service.repo_providers(&repo().id, vec![bob], false, now);
+    sim.settle("alice");
+    let dialled = sim.peer("alice").dialled();
+    assert_eq!(sim.peer("alice").disconnects, vec![dave], "dialled: {dialled:?} bob {bob} carol {carol}");
+    assert!(sim.peer("alice").dialled().is_empty(), "bob waits for dave's slot");
+    assert!(sim.peer("alice").kept.contains(&bob), "the swarm may close others for bob");
+    sim.peer("alice").service.disconnected(&dave, ConnectionId::new_unchecked(1), false, now);
+    sim.settle("alice");
+    assert_eq!(sim.peer("alice").dialled(), vec![bob], "dialled once the slot is free");
 }

@@ -1,0 +1,272 @@
+//! At most `p2p.max-peers` peers connected at once, whoever opens the connections (we, peers
+//! that dial us, Kademlia's lookups, AutoNAT's dial-backs, relayed and hole-punched ones). A
+//! second connection of a connected peer takes no slot. A connection to a new peer is let in
+//! while a slot is free; when none is, the node closes a peer it does not keep
+//! (`service::bound` says which it keeps) that has been connected for [`SETTLED`] (the oldest
+//! such: a lookup's requests take milliseconds), and lets the new one in in its place; with no
+//! such peer, it refuses the new one. Our own dials reserve their slot when they start, so that
+//! the count never passes the bound; a peer being closed no longer counts.
+//!
+//! And which connections stay open while idle: those of the peers the node keeps; any other
+//! connection (a lookup's, a peer's beyond what the node keeps) closes once no protocol uses it
+//! for the swarm's idle timeout. A new connection is kept for [`GRACE`] at first, while the node
+//! learns what the peer shares with it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use libp2p::core::transport::PortUse;
+use libp2p::core::upgrade::DeniedUpgrade;
+use libp2p::core::{Endpoint, Multiaddr};
+use libp2p::swarm::behaviour::{ConnectionClosed, ConnectionEstablished, DialFailure};
+use libp2p::swarm::handler::{ConnectionEvent, ConnectionHandler, ConnectionHandlerEvent, SubstreamProtocol};
+use libp2p::swarm::{
+    CloseConnection, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+use libp2p::PeerId;
+
+/// A new connection stays open this long whatever the node decides (the peer's subscriptions
+/// arrive in the first round trips).
+pub const GRACE: Duration = Duration::from_secs(1);
+/// A peer the node does not keep may be closed for a newcomer once connected this long.
+pub const SETTLED: Duration = Duration::from_millis(500);
+
+/// Why a connection was refused: the node has `p2p.max-peers` peers, all kept or new.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} peers connected already (p2p.max-peers)")]
+pub struct Full(pub usize);
+
+pub struct Bound {
+    max: usize,
+    kept: HashSet<PeerId>,
+    /// Established connections by peer, and since when the peer is connected.
+    conns: HashMap<PeerId, (Instant, Vec<ConnectionId>)>,
+    /// Our dials of peers not connected, each holding a slot until it ends.
+    reserved: HashMap<ConnectionId, PeerId>,
+    /// Peers we are closing to make room: they no longer count.
+    closing: HashSet<PeerId>,
+    /// The most peers counted at once since start.
+    most: usize,
+    events: VecDeque<ToSwarm<Infallible, bool>>,
+    waker: Option<Waker>,
+}
+
+impl Bound {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            kept: HashSet::new(),
+            conns: HashMap::new(),
+            reserved: HashMap::new(),
+            closing: HashSet::new(),
+            most: 0,
+            events: VecDeque::new(),
+            waker: None,
+        }
+    }
+
+    /// The peers whose connections stay open while idle (and are never closed for others).
+    pub fn keep(&mut self, kept: HashSet<PeerId>) {
+        for (peer, (_, conns)) in &self.conns {
+            let now = kept.contains(peer);
+            if self.kept.contains(peer) != now {
+                self.events.extend(conns.iter().map(|c| ToSwarm::NotifyHandler {
+                    peer_id: *peer,
+                    handler: NotifyHandler::One(*c),
+                    event: now,
+                }));
+            }
+        }
+        self.kept = kept;
+        self.wake();
+    }
+
+    /// The most peers connected at once since start (not counting those being closed).
+    pub fn most(&self) -> usize {
+        self.most
+    }
+
+    fn wake(&mut self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Peers that count: connected and not being closed, or dialled by us.
+    fn counted(&self) -> usize {
+        let dialled: HashSet<&PeerId> = self.reserved.values().filter(|p| !self.conns.contains_key(*p)).collect();
+        self.conns.len() - self.closing.len() + dialled.len()
+    }
+
+    /// Whether `peer` has a slot, or can have one now: free, or made free by closing the oldest
+    /// peer we do not keep (settled, unless `peer` is one we keep: a peer of our repositories
+    /// we are dialling; not being closed already).
+    fn make_room(&mut self, peer: &PeerId, now: Instant) -> Result<(), ConnectionDenied> {
+        let wanted = self.kept.contains(peer);
+        let counted = self.conns.contains_key(peer) && !self.closing.contains(peer);
+        if counted || self.reserved.values().any(|p| p == peer) || self.counted() < self.max {
+            return Ok(());
+        }
+        let victim = self
+            .conns
+            .iter()
+            .filter(|(p, (since, _))| {
+                !self.kept.contains(*p)
+                    && !self.closing.contains(*p)
+                    && (wanted || now.saturating_duration_since(*since) >= SETTLED)
+            })
+            .min_by_key(|(_, (since, _))| *since)
+            .map(|(p, _)| *p);
+        let Some(victim) = victim else {
+            return Err(ConnectionDenied::new(Full(self.max)));
+        };
+        tracing::debug!(peer = %victim, "closing a peer we do not keep to make room");
+        self.closing.insert(victim);
+        self.events.push_back(ToSwarm::CloseConnection { peer_id: victim, connection: CloseConnection::All });
+        self.wake();
+        Ok(())
+    }
+
+    fn admit(&mut self, peer: &PeerId) -> Result<Handler, ConnectionDenied> {
+        self.make_room(peer, Instant::now())?;
+        Ok(Handler::new(self.kept.contains(peer)))
+    }
+}
+
+impl NetworkBehaviour for Bound {
+    type ConnectionHandler = Handler;
+    type ToSwarm = Infallible;
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection: ConnectionId,
+        peer: Option<PeerId>,
+        _: &[Multiaddr],
+        _: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        if let Some(peer) = peer {
+            if !self.conns.contains_key(&peer) || self.closing.contains(&peer) {
+                self.make_room(&peer, Instant::now())?;
+                self.reserved.insert(connection, peer);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.admit(&peer)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        // A dial of ours holds its slot already.
+        if self.reserved.get(&connection) == Some(&peer) {
+            return Ok(Handler::new(self.kept.contains(&peer)));
+        }
+        self.admit(&peer)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        match event {
+            FromSwarm::ConnectionEstablished(ConnectionEstablished { peer_id, connection_id, .. }) => {
+                self.reserved.remove(&connection_id);
+                // A peer being closed that comes back was let in as a newcomer: it counts again.
+                self.closing.remove(&peer_id);
+                self.conns.entry(peer_id).or_insert_with(|| (Instant::now(), Vec::new())).1.push(connection_id);
+                self.most = self.most.max(self.counted());
+            }
+            FromSwarm::ConnectionClosed(ConnectionClosed { peer_id, connection_id, .. }) => {
+                if let Some((_, conns)) = self.conns.get_mut(&peer_id) {
+                    conns.retain(|c| *c != connection_id);
+                    if conns.is_empty() {
+                        self.conns.remove(&peer_id);
+                        self.closing.remove(&peer_id);
+                    }
+                }
+            }
+            FromSwarm::DialFailure(DialFailure { connection_id, .. }) => {
+                self.reserved.remove(&connection_id);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(&mut self, _: PeerId, _: ConnectionId, event: THandlerOutEvent<Self>) {
+        match event {}
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        if let Some(event) = self.events.pop_front() {
+            return Poll::Ready(event);
+        }
+        self.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+pub struct Handler {
+    keep: bool,
+    /// Until this fires, the connection is kept whatever the node says.
+    grace: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Handler {
+    fn new(keep: bool) -> Self {
+        Self { keep, grace: Some(Box::pin(tokio::time::sleep(GRACE))) }
+    }
+}
+
+impl ConnectionHandler for Handler {
+    type FromBehaviour = bool;
+    type ToBehaviour = Infallible;
+    type InboundProtocol = DeniedUpgrade;
+    type OutboundProtocol = DeniedUpgrade;
+    type InboundOpenInfo = ();
+    type OutboundOpenInfo = ();
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol> {
+        SubstreamProtocol::new(DeniedUpgrade, ())
+    }
+
+    fn connection_keep_alive(&self) -> bool {
+        self.keep || self.grace.is_some()
+    }
+
+    fn on_behaviour_event(&mut self, keep: bool) {
+        self.keep = keep;
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ConnectionHandlerEvent<DeniedUpgrade, (), Infallible>> {
+        if let Some(grace) = self.grace.as_mut() {
+            if grace.as_mut().poll(cx).is_ready() {
+                self.grace = None;
+            }
+        }
+        Poll::Pending
+    }
+
+    fn on_connection_event(&mut self, event: ConnectionEvent<DeniedUpgrade, DeniedUpgrade>) {
+        match event {
+            ConnectionEvent::FullyNegotiatedInbound(inbound) => match inbound.protocol {},
+            ConnectionEvent::FullyNegotiatedOutbound(outbound) => match outbound.protocol {},
+            _ => {}
+        }
+    }
+}
