@@ -20,6 +20,8 @@ mod nat;
 #[path = "../tests/it/natlab.rs"]
 #[allow(dead_code)]
 mod natlab;
+#[path = "harness/sparse.rs"]
+mod sparse;
 #[path = "harness/sync.rs"]
 mod sync;
 
@@ -1123,7 +1125,8 @@ fn main() {
     // announce, tui, gossip, many, kv, chat, start (start-up against the store's size), log,
     // fetch (clone from peers against a git daemon, replication, fetch with nothing new), sync
     // (catching up: 10 000 missed items, two nodes in sync, one node of many back), nat (the NAT
-    // lab, root: hole punching, relayed vs direct announcements; a sparse network).
+    // lab, root: hole punching, relayed vs direct announcements), sparse (30 nodes of at most 6
+    // peers each: two peers of a repository finding each other).
     let only: Option<Vec<String>> =
         std::env::var("BENCH_ONLY").ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
     let wants = |part: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == part));
@@ -1171,6 +1174,9 @@ fn main() {
     }
     if wants("nat") {
         nat::nat_bench(&mut metrics, smoke);
+    }
+    if wants("sparse") {
+        sparse::sparse_bench(&mut metrics, smoke);
     }
     report(&metrics);
 }

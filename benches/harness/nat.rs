@@ -4,8 +4,7 @@
 //! `runs` runs (fresh nodes each, the same lab and public node), with the share of runs that
 //! got there within 15 s; announcement latency (a commit until it is in the other's feed) over
 //! the hole-punched connection and, with Bob behind a symmetric NAT, over the relay, in the
-//! same run; and in a sparse loopback network (30 nodes, at most 6 peers each, a chain of
-//! bootstraps) the time from the later `init` until two peers of a repository are connected.
+//! same run. (The sparse network is part `sparse`.)
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -144,47 +143,4 @@ pub fn nat_bench(metrics: &mut Vec<Metric>, smoke: bool) {
     });
     drop((alice, bob, public));
     drop(lab);
-
-    sparse(metrics, smoke);
-}
-
-/// Two peers of a repository in a sparse network find each other (provider records).
-fn sparse(metrics: &mut Vec<Metric>, smoke: bool) {
-    let (count, pairs) = if smoke { (8, 1) } else { (30, 3) };
-    let mut nodes: Vec<Node> = Vec::new();
-    for i in 0..count {
-        let node = Node::listening(&format!("sp{i}"), &["/ip4/127.0.0.1/tcp/0"]);
-        node.config(&["p2p.max-peers", "6"]);
-        if let Some(before) = nodes.last() {
-            node.config(&["p2p.bootstrap", &before.tcp_addr()]);
-        }
-        node.start();
-        nodes.push(node);
-    }
-    let mut samples = Vec::new();
-    for k in 0..pairs {
-        let a = &nodes[k];
-        let neighbours: Vec<String> =
-            a.peers().iter().filter_map(|p| p["peer_id"].as_str().map(str::to_string)).collect();
-        let Some(b) = nodes[k + 1..].iter().rev().find(|n| !neighbours.contains(&n.peer_id())) else { continue };
-        let name = format!("proj{k}");
-        let a_repo = a.repo(&name, 1);
-        b.git(&b.path("home"), &["clone", "-q", a_repo.to_str().expect("utf-8"), &name]);
-        let b_repo = b.path(&format!("home/{name}"));
-        a.ok_in(&a_repo, &["init"]);
-        b.ok_in(&b_repo, &["init"]);
-        let t = Instant::now();
-        let b_id = b.peer_id();
-        support::eventually(Duration::from_secs(60), "the two peers of the repository to connect", || {
-            a.peers().iter().any(|p| p["peer_id"] == b_id.as_str()).then_some(())
-        });
-        samples.push(ms(t.elapsed()));
-    }
-    metrics.push(Metric {
-        name: "nat_sparse_30_until_connected",
-        unit: "ms",
-        samples,
-        nodes: count,
-        goal: "<= 5000 (later init -> connected)",
-    });
 }

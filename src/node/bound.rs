@@ -1,16 +1,16 @@
 //! At most `p2p.max-peers` peers connected at once, whoever opens the connections (we, peers
 //! that dial us, Kademlia's lookups, AutoNAT's dial-backs, relayed and hole-punched ones). A
 //! second connection of a connected peer takes no slot. A connection to a new peer is let in
-//! while a slot is free; when none is, the node closes a peer it does not keep
-//! (`service::bound` says which it keeps) that has been connected for [`SETTLED`] (the oldest
-//! such: a lookup's requests take milliseconds), and lets the new one in in its place; with no
-//! such peer, it refuses the new one. Our own dials reserve their slot when they start, so that
-//! the count never passes the bound; a peer being closed no longer counts.
+//! while a slot is free. When none is, a peer the node does not keep (`service::bound` says
+//! which it keeps) that something has kept busy for [`SETTLED`] gives up its slot (the one
+//! connected longest); with none to spare, the connection is refused. A peer being closed no
+//! longer counts, so the count never passes the bound.
 //!
 //! And which connections stay open while idle: those of the peers the node keeps; any other
-//! connection (a lookup's, a peer's beyond what the node keeps) closes once no protocol uses it
-//! for the swarm's idle timeout. A new connection is kept for [`GRACE`] at first, while the node
-//! learns what the peer shares with it.
+//! connection (a lookup's, an AutoNAT dial-back, a peer's beyond what the node keeps) closes as
+//! soon as no protocol uses it (the swarm's idle timeout, 0.1 s), so that its slot is free for
+//! the next. A new connection is kept for [`GRACE`] at first, while the node learns what the
+//! peer shares with it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use libp2p::core::transport::PortUse;
 use libp2p::core::upgrade::DeniedUpgrade;
 use libp2p::core::{Endpoint, Multiaddr};
-use libp2p::swarm::behaviour::{ConnectionClosed, ConnectionEstablished, DialFailure};
+use libp2p::swarm::behaviour::{ConnectionClosed, ConnectionEstablished};
 use libp2p::swarm::handler::{ConnectionEvent, ConnectionHandler, ConnectionHandlerEvent, SubstreamProtocol};
 use libp2p::swarm::{
     CloseConnection, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler, THandler,
@@ -32,9 +32,14 @@ use libp2p::PeerId;
 
 /// A new connection stays open this long whatever the node decides (the peer's subscriptions
 /// arrive in the first round trips).
-pub const GRACE: Duration = Duration::from_secs(1);
-/// A peer the node does not keep may be closed for a newcomer once connected this long.
-pub const SETTLED: Duration = Duration::from_millis(500);
+pub const GRACE: Duration = Duration::from_millis(250);
+/// A peer the node does not keep may be closed for a newcomer once connected this long
+/// (something keeps it busy: a lookup's connection closes once its requests are answered).
+pub const SETTLED: Duration = Duration::from_secs(1);
+
+/// The swarm closes this peer's connections to make room for another.
+#[derive(Debug)]
+pub struct Evicted(pub PeerId);
 
 /// Why a connection was refused: the node has `p2p.max-peers` peers, all kept or new.
 #[derive(Debug, thiserror::Error)]
@@ -46,13 +51,11 @@ pub struct Bound {
     kept: HashSet<PeerId>,
     /// Established connections by peer, and since when the peer is connected.
     conns: HashMap<PeerId, (Instant, Vec<ConnectionId>)>,
-    /// Our dials of peers not connected, each holding a slot until it ends.
-    reserved: HashMap<ConnectionId, PeerId>,
     /// Peers we are closing to make room: they no longer count.
     closing: HashSet<PeerId>,
     /// The most peers counted at once since start.
     most: usize,
-    events: VecDeque<ToSwarm<Infallible, bool>>,
+    events: VecDeque<ToSwarm<Evicted, bool>>,
     waker: Option<Waker>,
 }
 
@@ -62,7 +65,6 @@ impl Bound {
             max: max.max(1),
             kept: HashSet::new(),
             conns: HashMap::new(),
-            reserved: HashMap::new(),
             closing: HashSet::new(),
             most: 0,
             events: VecDeque::new(),
@@ -97,66 +99,43 @@ impl Bound {
         }
     }
 
-    /// Peers that count: connected and not being closed, or dialled by us.
+    /// Peers that count: connected and not being closed.
     fn counted(&self) -> usize {
-        let dialled: HashSet<&PeerId> = self.reserved.values().filter(|p| !self.conns.contains_key(*p)).collect();
-        self.conns.len() - self.closing.len() + dialled.len()
+        self.conns.len() - self.closing.len()
     }
 
-    /// Whether `peer` has a slot, or can have one now: free, or made free by closing the oldest
-    /// peer we do not keep (settled, unless `peer` is one we keep: a peer of our repositories
-    /// we are dialling; not being closed already).
-    fn make_room(&mut self, peer: &PeerId, now: Instant) -> Result<(), ConnectionDenied> {
-        let wanted = self.kept.contains(peer);
-        let counted = self.conns.contains_key(peer) && !self.closing.contains(peer);
-        if counted || self.reserved.values().any(|p| p == peer) || self.counted() < self.max {
-            return Ok(());
-        }
-        let victim = self
-            .conns
-            .iter()
-            .filter(|(p, (since, _))| {
-                !self.kept.contains(*p)
-                    && !self.closing.contains(*p)
-                    && (wanted || now.saturating_duration_since(*since) >= SETTLED)
-            })
-            .min_by_key(|(_, (since, _))| *since)
-            .map(|(p, _)| *p);
-        let Some(victim) = victim else {
-            return Err(ConnectionDenied::new(Full(self.max)));
-        };
-        tracing::debug!(peer = %victim, "closing a peer we do not keep to make room");
-        self.closing.insert(victim);
-        self.events.push_back(ToSwarm::CloseConnection { peer_id: victim, connection: CloseConnection::All });
-        self.wake();
-        Ok(())
-    }
-
+    /// Lets `peer` in if it has a slot or can have one now (see the module's header); `ours`:
+    /// we dialled it.
     fn admit(&mut self, peer: &PeerId) -> Result<Handler, ConnectionDenied> {
-        self.make_room(peer, Instant::now())?;
+        let now = Instant::now();
+        let counted = self.conns.contains_key(peer) && !self.closing.contains(peer);
+        if !counted && self.counted() >= self.max {
+            let victim = self
+                .conns
+                .iter()
+                .filter(|(p, (since, _))| {
+                    !self.kept.contains(*p)
+                        && !self.closing.contains(*p)
+                        && now.saturating_duration_since(*since) >= SETTLED
+                })
+                .min_by_key(|(_, (since, _))| *since)
+                .map(|(p, _)| *p);
+            let Some(victim) = victim else {
+                return Err(ConnectionDenied::new(Full(self.max)));
+            };
+            tracing::debug!(peer = %victim, "closing a peer we do not keep to make room");
+            self.closing.insert(victim);
+            self.events.push_back(ToSwarm::CloseConnection { peer_id: victim, connection: CloseConnection::All });
+            self.events.push_back(ToSwarm::GenerateEvent(Evicted(victim)));
+            self.wake();
+        }
         Ok(Handler::new(self.kept.contains(peer)))
     }
 }
 
 impl NetworkBehaviour for Bound {
     type ConnectionHandler = Handler;
-    type ToSwarm = Infallible;
-
-    fn handle_pending_outbound_connection(
-        &mut self,
-        connection: ConnectionId,
-        peer: Option<PeerId>,
-        _: &[Multiaddr],
-        _: Endpoint,
-    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
-        if let Some(peer) = peer {
-            if !self.conns.contains_key(&peer) || self.closing.contains(&peer) {
-                self.make_room(&peer, Instant::now())?;
-                self.reserved.insert(connection, peer);
-            }
-        }
-        Ok(Vec::new())
-    }
+    type ToSwarm = Evicted;
 
     fn handle_established_inbound_connection(
         &mut self,
@@ -170,23 +149,18 @@ impl NetworkBehaviour for Bound {
 
     fn handle_established_outbound_connection(
         &mut self,
-        connection: ConnectionId,
+        _: ConnectionId,
         peer: PeerId,
         _: &Multiaddr,
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        // A dial of ours holds its slot already.
-        if self.reserved.get(&connection) == Some(&peer) {
-            return Ok(Handler::new(self.kept.contains(&peer)));
-        }
         self.admit(&peer)
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
             FromSwarm::ConnectionEstablished(ConnectionEstablished { peer_id, connection_id, .. }) => {
-                self.reserved.remove(&connection_id);
                 // A peer being closed that comes back was let in as a newcomer: it counts again.
                 self.closing.remove(&peer_id);
                 self.conns.entry(peer_id).or_insert_with(|| (Instant::now(), Vec::new())).1.push(connection_id);
@@ -200,9 +174,6 @@ impl NetworkBehaviour for Bound {
                         self.closing.remove(&peer_id);
                     }
                 }
-            }
-            FromSwarm::DialFailure(DialFailure { connection_id, .. }) => {
-                self.reserved.remove(&connection_id);
             }
             _ => {}
         }

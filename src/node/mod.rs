@@ -40,8 +40,9 @@ use event_loop::{EventLoop, NodeInfo};
 /// A connection that no protocol uses closes after this long. The peers the node keeps (up to
 /// `p2p.max-peers`, see `bound`) stay connected however quiet: peers of a collaboration tool
 /// are few and worth keeping. Others (a Kademlia lookup's, an AutoNAT dial-back, a peer's
-/// beyond what the node keeps) go soon after their last request, and free their slot.
-const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// beyond what the node keeps) go as soon as their last request is answered, and free their
+/// slot for the next (a lookup dials peer after peer).
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_millis(100);
 /// Streams open at once on one connection (TCP's yamux, QUIC): our protocols use a handful; a
 /// peer opening thousands is refused beyond this, not given memory for each.
 const MAX_STREAMS_PER_CONNECTION: usize = 128;

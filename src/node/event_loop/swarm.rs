@@ -68,6 +68,7 @@ impl EventLoop {
                 self.nat_identified(peer_id, &info);
                 self.service.identified(peer_id, info, now, disk!(self))
             }
+            BehaviourEvent::Bound(crate::node::bound::Evicted(peer)) => self.service.evicted(&peer, now),
             BehaviourEvent::RelayClient(event) => self.relay_client_event(event),
             BehaviourEvent::Relay(event) => self.relay_event(event),
             BehaviourEvent::Dcutr(event) => self.dcutr_event(event),
@@ -112,6 +113,15 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, stats }) => {
+                if step.last && self.repo_queries.contains_key(&id) {
+                    tracing::debug!(
+                        requests = stats.num_requests(),
+                        answered = stats.num_successes(),
+                        failed = stats.num_failures(),
+                        took = ?stats.duration(),
+                        "repository lookup done"
+                    );
+                }
                 self.query_progressed(id, result, step.last, stats.num_requests())
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => self.service.discovered(found, now),

@@ -94,6 +94,7 @@ impl Service {
                     && bound.closing.insert(*peer)
                 {
                     tracing::debug!(%peer, target, "closing a peer beyond what we keep that stays busy");
+                    self.discovery.peers.leaving(peer);
                     io.push(Io::Disconnect(*peer));
                 }
             }
@@ -127,8 +128,16 @@ impl Service {
         };
         tracing::debug!(%peer, %victim, "full: closing a peer we do not need to make room for a peer of a repository");
         self.discovery.bound.closing.insert(victim);
+        self.discovery.peers.leaving(&victim);
         self.discovery.bound.waiting.push(peer);
         self.push(Io::Disconnect(victim));
+    }
+
+    /// The swarm is closing `peer` to make room for another (`node::bound`).
+    pub fn evicted(&mut self, peer: &PeerId, now: Now) {
+        self.discovery.bound.closing.insert(*peer);
+        self.discovery.peers.leaving(peer);
+        self.keep_bound(now, false);
     }
 
     /// `peer`'s last connection closed: its slot is free (for a peer waiting for one).

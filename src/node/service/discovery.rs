@@ -39,7 +39,8 @@ pub const ADDRESS_BOOK_DIALS: usize = 50;
 /// Kademlia bootstrap (a self-lookup that discovers peers near us) at most this often when
 /// triggered by new peers; Kademlia also bootstraps by itself every 5 minutes.
 const KAD_BOOTSTRAP_MIN_INTERVAL: Duration = Duration::from_secs(5);
-/// While we have this few peers, every identified git-p2p peer triggers a Kademlia bootstrap.
+/// While we have this few peers, every git-p2p peer identified for the first time since start
+/// triggers a Kademlia bootstrap.
 const FEW_PEERS: usize = 8;
 
 pub struct Discovery {
@@ -55,6 +56,9 @@ pub struct Discovery {
     pub dials: super::dial_log::DialLog,
     /// The configured bootstrap peers: meeting one is worth a Kademlia bootstrap.
     bootstrap: HashSet<PeerId>,
+    /// Peers identified since start: only meeting a peer for the first time is worth a
+    /// Kademlia bootstrap (peers come and go all the time under `p2p.max-peers`).
+    met: HashSet<PeerId>,
     last_kad_bootstrap: Option<Instant>,
 }
 
@@ -69,6 +73,7 @@ impl Discovery {
             redial: Redial::default(),
             dials: super::dial_log::DialLog::new(bootstrap.iter().copied()),
             bootstrap,
+            met: HashSet::new(),
             last_kad_bootstrap: None,
         }
     }
@@ -304,10 +309,14 @@ impl Service {
         if let Err(e) = disk.remember_peer(&peer, &addrs, name.as_deref()) {
             tracing::warn!(%peer, error = %e, "cannot update the address book");
         }
-        // (With a small `p2p.max-peers`, "few" is half of it: every bootstrap connects to peers
-        // that would then be over their own limits.)
-        let few = FEW_PEERS.min(self.discovery.max_peers / 2);
-        let worth = self.discovery.bootstrap.contains(&peer) || self.discovery.peers.len() <= few;
+        // (With a small `p2p.max-peers`, "few" is a third of it: every bootstrap connects to
+        // a dozen peers, each taking the slot of another.)
+        let few = FEW_PEERS.min(self.discovery.max_peers / 3);
+        if self.discovery.met.len() >= crate::store::MAX_KNOWN_PEERS {
+            self.discovery.met.clear();
+        }
+        let first = self.discovery.met.insert(peer);
+        let worth = first && (self.discovery.bootstrap.contains(&peer) || self.discovery.peers.len() <= few);
         if worth && self.discovery.kad_bootstrap_due(now.mono) {
             self.push(Io::KadBootstrap);
         }

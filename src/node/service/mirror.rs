@@ -45,11 +45,21 @@ const WAITING_WINDOW: Duration = Duration::from_secs(5);
 /// Jobs at once (one per repository); further background work waits for the next tick.
 const MAX_JOBS: usize = 16;
 /// Peers on a repository's topic beyond which a node does not start fetching an announced
-/// commit at once but at its next maintenance tick (within a second; every node's ticks fall
-/// elsewhere): a commit reaches all of them at the same moment, and its author would otherwise
-/// serve them all at once while the announcement is still spreading, once per commit of a burst
-/// (a `git am`, a rebase). Announcements that come meanwhile join the same fetch.
+/// commit at once but [`CROWD_WAIT`] later, plus up to [`CROWD_SPREAD`] (its own share, from
+/// its peer id, so that the crowd's fetches spread out): a commit reaches all of them at the
+/// same moment, and its author would otherwise serve them all at once while the announcement
+/// is still spreading, and once per commit of a burst (a `git am`, a rebase, a push of a
+/// branch). Announcements that come meanwhile join the same fetch: a burst costs each peer one.
 pub const HERD: usize = 8;
+pub const CROWD_WAIT: Duration = Duration::from_secs(3);
+pub const CROWD_SPREAD: Duration = Duration::from_secs(2);
+
+/// This node's share of [`CROWD_SPREAD`].
+fn crowd_wait(me: &PeerId) -> Duration {
+    let bytes = me.to_bytes();
+    let tail = bytes.iter().rev().take(8).fold(0u64, |acc, b| acc << 8 | u64::from(*b));
+    CROWD_WAIT + Duration::from_millis(tail % CROWD_SPREAD.as_millis().max(1) as u64)
+}
 
 /// A ref value its author signed, and when (the author's clock, Unix ms).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,8 +351,8 @@ impl Service {
                 j.providers.push_back(p);
             }
             if herd {
-                // Due at the next tick ([`Service::mirror_tick`]).
-                j.retry_at = Some(now.mono);
+                // Due at a tick after the crowd's wait ([`Service::mirror_tick`]).
+                j.retry_at = Some(now.mono + crowd_wait(&self.me.peer));
                 return;
             }
         }

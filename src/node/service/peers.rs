@@ -46,6 +46,8 @@ struct PeerState {
     session: Option<String>,
     /// We are closing every connection to it (see [`PeerTable::reset`]).
     resetting: bool,
+    /// We are letting it go to keep `p2p.max-peers` (it no longer counts nor shows).
+    leaving: bool,
     rtt: Option<Duration>,
     topics: HashSet<TopicHash>,
 }
@@ -107,6 +109,8 @@ impl PeerTable {
         self.established += 1;
         let state = self.peers.entry(peer).or_default();
         state.since.get_or_insert(now);
+        // Let in again while its old connections close: it counts again.
+        state.leaving = false;
         state.conns.push(Conn { id, addr, since: now, order: self.established, holepunched: false });
         !state.resetting
     }
@@ -141,9 +145,18 @@ impl PeerTable {
         Lost { last: false, lived: None, superseded }
     }
 
-    /// The connected peers, with when each has been connected since and the topics it joined.
+    /// The connected peers (not those leaving), with when each has been connected since and
+    /// the topics it joined.
     pub fn each(&self) -> impl Iterator<Item = (&PeerId, Instant, &HashSet<TopicHash>)> {
-        self.peers.iter().filter_map(|(p, s)| Some((p, s.since?, &s.topics)))
+        self.peers.iter().filter(|(_, s)| !s.leaving).filter_map(|(p, s)| Some((p, s.since?, &s.topics)))
+    }
+
+    /// We are closing `peer`'s connections to keep `p2p.max-peers`: it no longer counts, and
+    /// `peers` no longer shows it.
+    pub fn leaving(&mut self, peer: &PeerId) {
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.leaving = true;
+        }
     }
 
     /// What the peer said about itself. Returns true when it names another session than
@@ -224,19 +237,22 @@ impl PeerTable {
         self.peers.contains_key(peer)
     }
 
+    /// Connected peers, not counting those leaving.
     pub fn len(&self) -> usize {
-        self.peers.len()
+        self.peers.values().filter(|s| !s.leaving).count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.peers.is_empty()
+        self.len() == 0
     }
 
-    /// The peers as the control protocol shows them; `repos` maps a repo's marker topic to its id.
+    /// The peers as the control protocol shows them (not those leaving); `repos` maps a repo's
+    /// marker topic to its id.
     pub fn snapshot(&self, now: Instant, repos: &[(TopicHash, RepoId)]) -> Vec<PeerInfo> {
         let mut out: Vec<PeerInfo> = self
             .peers
             .iter()
+            .filter(|(_, s)| !s.leaving)
             .map(|(peer, s)| {
                 let first = s.conns.iter().min_by_key(|c| c.since);
                 let mut addresses: Vec<String> = s.conns.iter().map(|c| c.addr.to_string()).collect();

@@ -1584,7 +1584,7 @@ fn a_repositorys_providers_are_looked_up_and_dialled_until_a_peer_of_it_is_conne
 }
 
 #[test]
-fn in_a_crowd_an_announced_commit_is_fetched_at_the_next_tick_with_what_came_meanwhile() {
+fn in_a_crowd_an_announced_commit_is_fetched_seconds_later_with_what_came_meanwhile() {
     let others = ["carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"];
     let names: Vec<&str> = ["alice", "bob"].into_iter().chain(others).collect();
     let mut sim = Sim::new(&names);
@@ -1604,6 +1604,9 @@ fn in_a_crowd_an_announced_commit_is_fetched_at_the_next_tick_with_what_came_mea
     sim.deliver("alice");
     assert_eq!(attempts(&mut sim, "bob"), [], "the next commit joins the waiting fetch");
     sim.advance(Duration::from_millis(700));
+    sim.tick("bob");
+    assert_eq!(attempts(&mut sim, "bob"), [], "the crowd waits a few seconds");
+    sim.advance(mirror::CROWD_WAIT + mirror::CROWD_SPREAD);
     sim.tick("bob");
     let tried = attempts(&mut sim, "bob");
     assert_eq!(
