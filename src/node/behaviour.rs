@@ -110,14 +110,6 @@ pub fn relay_config() -> relay::Config {
         .circuit_src_per_ip(n(240), Duration::from_millis(250))
 }
 
-/// Kademlia's k (the closest nodes a lookup asks for and a record or provider record is put
-/// on): the usual 20, or the node's `p2p.max-peers` if smaller (at least 4). Each node a lookup
-/// asks is a connection: a node that keeps few peers would otherwise open (and close again) a
-/// dozen connections per lookup, each taking another's slot.
-pub fn replication_factor(max_peers: usize) -> std::num::NonZeroUsize {
-    std::num::NonZeroUsize::new(max_peers.clamp(4, 20)).unwrap_or(kad::K_VALUE)
-}
-
 /// How often AutoNAT asks a peer to dial an untested address of ours back: soon after start
 /// (libp2p's default waits 5 s), since a relay serves others only once its address is confirmed.
 const AUTONAT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -250,7 +242,6 @@ impl Behaviour {
 
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config.set_query_timeout(Duration::from_secs(10));
-        kad_config.set_replication_factor(replication_factor(config.max_peers));
         // Incoming PUTs reach the application, which verifies and merges before storing.
         kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
         // A full multi-writer record is far above the 16 KiB default.

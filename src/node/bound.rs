@@ -3,7 +3,8 @@
 //! second connection of a connected peer takes no slot. A connection to a new peer is let in
 //! while a slot is free. When none is, a peer the node does not keep (`service::bound` says
 //! which it keeps) that something has kept busy for [`SETTLED`] gives up its slot (the one
-//! connected longest); with none to spare, the connection is refused. A peer being closed no
+//! connected longest; for a peer the node keeps, such as a peer of its repositories it is
+//! dialling, any peer it does not keep); with none to spare, the connection is refused. A peer being closed no
 //! longer counts, so the count never passes the bound.
 //!
 //! And which connections stay open while idle: those of the peers the node keeps; any other
@@ -30,12 +31,14 @@ use libp2p::swarm::{
 };
 use libp2p::PeerId;
 
-/// A new connection stays open this long whatever the node decides (the peer's subscriptions
-/// arrive in the first round trips).
+/// A connection a peer opened stays open this long whatever the node decides (the peer's
+/// subscriptions arrive in the first round trips: it may share a repository with us). One we
+/// opened has no such grace: we know why we dialled (a peer of a repository is kept from the
+/// start, a lookup's closes once answered).
 pub const GRACE: Duration = Duration::from_millis(250);
-/// A peer the node does not keep may be closed for a newcomer once connected this long
-/// (something keeps it busy: a lookup's connection closes once its requests are answered).
-pub const SETTLED: Duration = Duration::from_secs(1);
+/// A peer the node does not keep may be closed for a newcomer once connected this long (past
+/// its grace, something keeps it busy).
+pub const SETTLED: Duration = GRACE;
 
 /// The swarm closes this peer's connections to make room for another.
 #[derive(Debug)]
@@ -106,17 +109,19 @@ impl Bound {
 
     /// Lets `peer` in if it has a slot or can have one now (see the module's header); `ours`:
     /// we dialled it.
-    fn admit(&mut self, peer: &PeerId) -> Result<Handler, ConnectionDenied> {
+    fn admit(&mut self, peer: &PeerId, inbound: bool) -> Result<Handler, ConnectionDenied> {
         let now = Instant::now();
         let counted = self.conns.contains_key(peer) && !self.closing.contains(peer);
         if !counted && self.counted() >= self.max {
+            // A peer we keep (of our repositories, being dialled) takes any slot we do not need.
+            let wanted = self.kept.contains(peer);
             let victim = self
                 .conns
                 .iter()
                 .filter(|(p, (since, _))| {
                     !self.kept.contains(*p)
                         && !self.closing.contains(*p)
-                        && now.saturating_duration_since(*since) >= SETTLED
+                        && (wanted || now.saturating_duration_since(*since) >= SETTLED)
                 })
                 .min_by_key(|(_, (since, _))| *since)
                 .map(|(p, _)| *p);
@@ -129,7 +134,7 @@ impl Bound {
             self.events.push_back(ToSwarm::GenerateEvent(Evicted(victim)));
             self.wake();
         }
-        Ok(Handler::new(self.kept.contains(peer)))
+        Ok(Handler::new(self.kept.contains(peer), inbound))
     }
 }
 
@@ -144,7 +149,7 @@ impl NetworkBehaviour for Bound {
         _: &Multiaddr,
         _: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.admit(&peer)
+        self.admit(&peer, true)
     }
 
     fn handle_established_outbound_connection(
@@ -155,7 +160,7 @@ impl NetworkBehaviour for Bound {
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.admit(&peer)
+        self.admit(&peer, false)
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
@@ -199,8 +204,8 @@ pub struct Handler {
 }
 
 impl Handler {
-    fn new(keep: bool) -> Self {
-        Self { keep, grace: Some(Box::pin(tokio::time::sleep(GRACE))) }
+    fn new(keep: bool, grace: bool) -> Self {
+        Self { keep, grace: grace.then(|| Box::pin(tokio::time::sleep(GRACE))) }
     }
 }
 

@@ -60,7 +60,7 @@ fn in_a_30_node_chain_two_peers_of_a_repository_find_each_other_and_announce() {
     b.ok_in(&b_repo, &["init"]);
     let started = Instant::now();
     let mut polls = 0;
-    eventually(Duration::from_secs(30), "the two peers of the repository to connect", || {
+    eventually(Duration::from_secs(45), "the two peers of the repository to connect", || {
         polls += 1;
         if polls % 10 == 0 {
             bounded(&nodes, "while the two look for each other");
