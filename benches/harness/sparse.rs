@@ -62,21 +62,21 @@ pub fn sparse_bench(metrics: &mut Vec<Metric>, smoke: bool) {
     let most: f64 =
         nodes.iter().map(|n| n.status()["peers_most"].as_f64().unwrap_or(f64::INFINITY)).fold(0.0, f64::max);
     metrics.push(Metric {
-        name: "sparse_30_until_connected",
+        name: "sparse_until_connected",
         unit: "ms",
         samples: connected,
         nodes: count,
         goal: "<= 5000 (later init -> connected)",
     });
     metrics.push(Metric {
-        name: "sparse_30_announce",
+        name: "sparse_announce",
         unit: "ms",
         samples: announced,
         nodes: count,
         goal: "(commit -> in the other's feed)",
     });
     metrics.push(Metric {
-        name: "sparse_30_most_peers_of_any_node",
+        name: "sparse_most_peers_of_any_node",
         unit: "peers",
         samples: vec![most],
         nodes: count,

@@ -112,9 +112,9 @@ impl Service {
         self.keep_bound(now, false);
         let bound = &self.discovery.bound;
         let peers = &self.discovery.peers;
-        let open = peers.len() - bound.closing.len().min(peers.len());
-        let full = open + bound.waiting.len() >= self.discovery.max_peers;
-        let all_kept = peers.each().all(|(p, _, _)| bound.kept.contains(p) || bound.closing.contains(p));
+        // (Peers being closed are not counted, nor listed by `each`.)
+        let full = peers.len() + bound.waiting.len() >= self.discovery.max_peers;
+        let all_kept = peers.each().all(|(p, _, _)| bound.kept.contains(p));
         if !(full && all_kept) {
             let addrs = self.discovery.redial.untried(&peer, &[]);
             self.dial(peer, addrs, now);
