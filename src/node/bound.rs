@@ -10,8 +10,8 @@
 //! And which connections stay open while idle: those of the peers the node keeps; any other
 //! connection (a lookup's, an AutoNAT dial-back, a peer's beyond what the node keeps) closes as
 //! soon as no protocol uses it (the swarm's idle timeout, 0.1 s), so that its slot is free for
-//! the next. A new connection is kept for [`GRACE`] at first, while the node learns what the
-//! peer shares with it.
+//! the next. A new connection stays open until the node has said whether it keeps it, and one
+//! a peer opened for [`GRACE`] at least, while the node learns what the peer shares with it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
@@ -54,6 +54,8 @@ pub struct Bound {
     kept: HashSet<PeerId>,
     /// Established connections by peer, and since when the peer is connected.
     conns: HashMap<PeerId, (Instant, Vec<ConnectionId>)>,
+    /// Connections not yet told whether they are kept (they stay open until they are).
+    untold: HashSet<ConnectionId>,
     /// Peers we are closing to make room: they no longer count.
     closing: HashSet<PeerId>,
     /// The most peers counted at once since start.
@@ -68,6 +70,7 @@ impl Bound {
             max: max.max(1),
             kept: HashSet::new(),
             conns: HashMap::new(),
+            untold: HashSet::new(),
             closing: HashSet::new(),
             most: 0,
             events: VecDeque::new(),
@@ -79,12 +82,15 @@ impl Bound {
     pub fn keep(&mut self, kept: HashSet<PeerId>) {
         for (peer, (_, conns)) in &self.conns {
             let now = kept.contains(peer);
-            if self.kept.contains(peer) != now {
-                self.events.extend(conns.iter().map(|c| ToSwarm::NotifyHandler {
-                    peer_id: *peer,
-                    handler: NotifyHandler::One(*c),
-                    event: now,
-                }));
+            let changed = self.kept.contains(peer) != now;
+            for c in conns {
+                if self.untold.remove(c) || changed {
+                    self.events.push_back(ToSwarm::NotifyHandler {
+                        peer_id: *peer,
+                        handler: NotifyHandler::One(*c),
+                        event: now,
+                    });
+                }
             }
         }
         self.kept = kept;
@@ -168,10 +174,12 @@ impl NetworkBehaviour for Bound {
             FromSwarm::ConnectionEstablished(ConnectionEstablished { peer_id, connection_id, .. }) => {
                 // A peer being closed that comes back was let in as a newcomer: it counts again.
                 self.closing.remove(&peer_id);
+                self.untold.insert(connection_id);
                 self.conns.entry(peer_id).or_insert_with(|| (Instant::now(), Vec::new())).1.push(connection_id);
                 self.most = self.most.max(self.counted());
             }
             FromSwarm::ConnectionClosed(ConnectionClosed { peer_id, connection_id, .. }) => {
+                self.untold.remove(&connection_id);
                 if let Some((_, conns)) = self.conns.get_mut(&peer_id) {
                     conns.retain(|c| *c != connection_id);
                     if conns.is_empty() {
@@ -199,13 +207,15 @@ impl NetworkBehaviour for Bound {
 
 pub struct Handler {
     keep: bool,
+    /// Told by the node whether it is kept (until then it stays open).
+    told: bool,
     /// Until this fires, the connection is kept whatever the node says.
     grace: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Handler {
     fn new(keep: bool, grace: bool) -> Self {
-        Self { keep, grace: grace.then(|| Box::pin(tokio::time::sleep(GRACE))) }
+        Self { keep, told: false, grace: grace.then(|| Box::pin(tokio::time::sleep(GRACE))) }
     }
 }
 
@@ -222,11 +232,12 @@ impl ConnectionHandler for Handler {
     }
 
     fn connection_keep_alive(&self) -> bool {
-        self.keep || self.grace.is_some()
+        self.keep || !self.told || self.grace.is_some()
     }
 
     fn on_behaviour_event(&mut self, keep: bool) {
         self.keep = keep;
+        self.told = true;
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ConnectionHandlerEvent<DeniedUpgrade, (), Infallible>> {

@@ -43,7 +43,7 @@ impl Service {
     /// The relays we hold a slot on and the peers that hold one on us, now.
     pub fn set_tied(&mut self, peers: impl IntoIterator<Item = PeerId>, now: Now) {
         self.discovery.bound.tied = peers.into_iter().collect();
-        self.keep_bound(now, false);
+        self.keep_bound(now, false, false);
     }
 
     /// Peers ranked by how much we need them: (not needed, connected since, peer), least
@@ -68,9 +68,10 @@ impl Service {
     }
 
     /// Which peers we keep: the ones we need, then the longest connected up to
-    /// [`keep_target`]. With `close` (at a tick), peers beyond it that something kept busy for
-    /// [`LINGER`] are closed.
-    pub(super) fn keep_bound(&mut self, now: Now, close: bool) {
+    /// [`keep_target`], told to the swarm when it changed (or with `tell`, anyway: a new
+    /// connection stays open until it is told). With `close` (at a tick), peers beyond it that
+    /// something kept busy for [`LINGER`] are closed.
+    pub(super) fn keep_bound(&mut self, now: Now, close: bool, tell: bool) {
         let target = keep_target(self.discovery.max_peers);
         let ranked = self.ranked(now);
         let mut kept: HashSet<PeerId> = ranked
@@ -83,7 +84,7 @@ impl Service {
         kept.extend(self.discovery.repo_peers.dialled_lately_all(now.mono));
         let mut io = Vec::new();
         let bound = &mut self.discovery.bound;
-        if kept != bound.kept {
+        if tell || kept != bound.kept {
             bound.kept = kept.clone();
             io.push(Io::Keep(kept.clone()));
         }
@@ -109,7 +110,7 @@ impl Service {
     /// closed first and the dial waits for its slot; if it needs them all, no dial (the swarm
     /// would refuse the connection).
     pub(super) fn dial_needed(&mut self, peer: PeerId, now: Now) {
-        self.keep_bound(now, false);
+        self.keep_bound(now, false, false);
         let bound = &self.discovery.bound;
         let peers = &self.discovery.peers;
         // (Peers being closed are not counted, nor listed by `each`.)
@@ -137,7 +138,7 @@ impl Service {
     pub fn evicted(&mut self, peer: &PeerId, now: Now) {
         self.discovery.bound.closing.insert(*peer);
         self.discovery.peers.leaving(peer);
-        self.keep_bound(now, false);
+        self.keep_bound(now, false, false);
     }
 
     /// `peer`'s last connection closed: its slot is free (for a peer waiting for one).
@@ -152,7 +153,7 @@ impl Service {
                 self.dial(next, addrs, now);
             }
         }
-        self.keep_bound(now, false);
+        self.keep_bound(now, false, false);
     }
 }
 

@@ -165,7 +165,8 @@ pub fn is_loopback(addr: &Multiaddr) -> bool {
 impl Service {
     pub fn connected(&mut self, peer: PeerId, connection: ConnectionId, addr: Multiaddr, now: Now) {
         let keep = self.discovery.peers.connected(peer, connection, strip_p2p(addr), now.mono);
-        self.keep_bound(now, false);
+        // Told even if nothing changed: the new connection waits for the word.
+        self.keep_bound(now, false, true);
         if !keep {
             // We are closing every connection to this peer: this one would be gossipsub's second.
             self.push(Io::Close(connection));
@@ -260,7 +261,7 @@ impl Service {
     /// tick.
     pub fn subscribed(&mut self, peer: &PeerId, topic: TopicHash, now: Now, disk: &mut dyn Disk) {
         self.discovery.peers.subscribed(peer, topic.clone());
-        self.keep_bound(now, false);
+        self.keep_bound(now, false, false);
         self.flush(now, disk);
         self.sync_subscribed(peer, &topic, now);
     }

@@ -448,7 +448,7 @@ impl Service {
         self.mirror_tick(now);
         self.sync_start(now);
         self.repo_peers_tick(now);
-        self.keep_bound(now, true);
+        self.keep_bound(now, true, false);
         self.redial(now);
     }
 
