@@ -33,8 +33,6 @@ pub struct Bound {
     tied: HashSet<PeerId>,
     /// The peers we keep, as last told to the swarm.
     kept: HashSet<PeerId>,
-    /// Those we are closing (their connections are going).
-    closing: HashSet<PeerId>,
     /// Peers of our repositories to dial once a slot is free (we closed one for them).
     waiting: Vec<PeerId>,
 }
@@ -89,11 +87,9 @@ impl Service {
             io.push(Io::Keep(kept.clone()));
         }
         if close {
+            // (Peers we are closing already are no longer ranked: `PeerTable::leaving`.)
             for (_, since, peer) in &ranked {
-                if !kept.contains(peer)
-                    && now.mono.saturating_duration_since(*since) >= LINGER
-                    && bound.closing.insert(*peer)
-                {
+                if !kept.contains(peer) && now.mono.saturating_duration_since(*since) >= LINGER {
                     tracing::debug!(%peer, target, "closing a peer beyond what we keep that stays busy");
                     self.discovery.peers.leaving(peer);
                     io.push(Io::Disconnect(*peer));
@@ -121,14 +117,12 @@ impl Service {
             self.dial(peer, addrs, now);
             return;
         }
-        let closing = &self.discovery.bound.closing;
-        let victim = self.ranked(now).into_iter().rev().find(|(spare, _, p)| *spare && !closing.contains(p));
+        let victim = self.ranked(now).into_iter().rev().find(|(spare, _, _)| *spare);
         let Some((_, _, victim)) = victim else {
             tracing::debug!(%peer, "full of peers we need: not dialling a peer of a repository");
             return;
         };
         tracing::debug!(%peer, %victim, "full: closing a peer we do not need to make room for a peer of a repository");
-        self.discovery.bound.closing.insert(victim);
         self.discovery.peers.leaving(&victim);
         self.discovery.bound.waiting.push(peer);
         self.push(Io::Disconnect(victim));
@@ -136,14 +130,12 @@ impl Service {
 
     /// The swarm is closing `peer` to make room for another (`node::bound`).
     pub fn evicted(&mut self, peer: &PeerId, now: Now) {
-        self.discovery.bound.closing.insert(*peer);
         self.discovery.peers.leaving(peer);
         self.keep_bound(now, false, false);
     }
 
     /// `peer`'s last connection closed: its slot is free (for a peer waiting for one).
     pub(super) fn slot_freed(&mut self, peer: &PeerId, now: Now) {
-        self.discovery.bound.closing.remove(peer);
         self.discovery.bound.waiting.retain(|p| p != peer);
         // One slot freed: one waiting peer (each had a peer closed for it).
         if self.discovery.peers.len() < self.discovery.max_peers && !self.discovery.bound.waiting.is_empty() {

@@ -1,8 +1,8 @@
 //! Peers: who we are connected to and what they told us (identify, ping, subscriptions), and
 //! who to dial: bootstrap peers and the address book at once at start, peers that mDNS, identify
-//! or Kademlia tell us about, redialled with backoff when lost. Small networks become fully
-//! connected (up to [`TARGET_PEERS`]), so that `peers` shows everyone and gossip needs no
-//! relaying.
+//! or Kademlia tell us about, redialled with backoff when lost, up to the peers we keep
+//! (`service::bound`). Small networks become fully connected (up to `p2p.max-peers`), so that
+//! `peers` shows everyone and gossip needs no relaying.
 //!
 //! Dials: an address just learned (mDNS, Kademlia) is dialled at once even while a dial of the
 //! same peer at older, perhaps stale, addresses is under way (those can hang for seconds: a QUIC
@@ -32,8 +32,6 @@ use super::peers::{DialRef, PeerTable, Redial};
 use super::{Disk, Io, Service};
 use crate::clock::Now;
 
-/// Beyond this many connected peers we stop dialling peers that Kademlia or mDNS tell us about.
-pub const TARGET_PEERS: usize = 50;
 /// How many address-book peers are dialled at start.
 pub const ADDRESS_BOOK_DIALS: usize = 50;
 /// Kademlia bootstrap (a self-lookup that discovers peers near us) at most this often when
@@ -66,7 +64,7 @@ impl Discovery {
     pub fn new(bootstrap: impl IntoIterator<Item = PeerId>) -> Self {
         let bootstrap: HashSet<PeerId> = bootstrap.into_iter().collect();
         Self {
-            max_peers: TARGET_PEERS,
+            max_peers: crate::config::DEFAULT_MAX_PEERS,
             bound: Default::default(),
             repo_peers: Default::default(),
             peers: PeerTable::default(),

@@ -49,7 +49,7 @@ use crate::proto::outbox::OutboxEntry;
 use crate::proto::repo::{RepoId, RepoInfo};
 use crate::store::{KeysPage, StoreError};
 
-pub use discovery::{strip_p2p, TARGET_PEERS};
+pub use discovery::strip_p2p;
 pub use kv::QueryRef;
 pub use outbox::PUBLISH_GRACE;
 pub use peers::DialRef;

@@ -10,7 +10,8 @@
 //! answer) does not hold back the next. A provider just dialled is not dialled again for 5 s,
 //! so that the next lookup tries others (records of nodes that are gone stay in the DHT for
 //! a while). A peer that shares a repository of ours is dialled even when we have
-//! `p2p.max-peers` connections already: it is the reason the node runs.
+//! `p2p.max-peers` connections already (one we do not need gives up its slot, `service::bound`):
+//! it is the reason the node runs.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
