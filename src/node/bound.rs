@@ -4,8 +4,9 @@
 //! while a slot is free. When none is, a peer the node does not keep (`service::bound` says
 //! which it keeps) that something has kept busy for [`SETTLED`] gives up its slot (the one
 //! connected longest; for a peer the node keeps, such as a peer of its repositories it is
-//! dialling, any peer it does not keep); with none to spare, the connection is refused. A peer being closed no
-//! longer counts, so the count never passes the bound.
+//! dialling, any peer it does not keep); with none to spare, the connection is refused (a dial
+//! of ours, before it starts: the peer would let it in for nothing, perhaps closing another
+//! for it). A peer being closed no longer counts, so the count never passes the bound.
 //!
 //! And which connections stay open while idle: those of the peers the node keeps; any other
 //! connection (a lookup's, an AutoNAT dial-back, a peer's beyond what the node keeps) closes as
@@ -113,27 +114,31 @@ impl Bound {
         self.conns.len() - self.closing.len()
     }
 
-    /// Lets `peer` in if it has a slot or can have one now (see the module's header); `ours`:
-    /// we dialled it.
-    fn admit(&mut self, peer: &PeerId, inbound: bool) -> Result<Handler, ConnectionDenied> {
-        let now = Instant::now();
+    /// Whether `peer` can be let in now: `Ok(None)` if it has a slot or one is free,
+    /// `Ok(Some(victim))` if `victim` must give up its slot for it (see the module's header).
+    fn room(&self, peer: &PeerId, now: Instant) -> Result<Option<PeerId>, ConnectionDenied> {
         let counted = self.conns.contains_key(peer) && !self.closing.contains(peer);
-        if !counted && self.counted() >= self.max {
-            // A peer we keep (of our repositories, being dialled) takes any slot we do not need.
-            let wanted = self.kept.contains(peer);
-            let victim = self
-                .conns
-                .iter()
-                .filter(|(p, (since, _))| {
-                    !self.kept.contains(*p)
-                        && !self.closing.contains(*p)
-                        && (wanted || now.saturating_duration_since(*since) >= SETTLED)
-                })
-                .min_by_key(|(_, (since, _))| *since)
-                .map(|(p, _)| *p);
-            let Some(victim) = victim else {
-                return Err(ConnectionDenied::new(Full(self.max)));
-            };
+        if counted || self.counted() < self.max {
+            return Ok(None);
+        }
+        // A peer we keep (of our repositories, being dialled) takes any slot we do not need.
+        let wanted = self.kept.contains(peer);
+        self.conns
+            .iter()
+            .filter(|(p, (since, _))| {
+                !self.kept.contains(*p)
+                    && !self.closing.contains(*p)
+                    && (wanted || now.saturating_duration_since(*since) >= SETTLED)
+            })
+            .min_by_key(|(_, (since, _))| *since)
+            .map(|(p, _)| Some(*p))
+            .ok_or_else(|| ConnectionDenied::new(Full(self.max)))
+    }
+
+    /// Lets `peer` in if it has a slot or can have one now, closing the peer that gives it
+    /// up; `inbound`: it dialled us.
+    fn admit(&mut self, peer: &PeerId, inbound: bool) -> Result<Handler, ConnectionDenied> {
+        if let Some(victim) = self.room(peer, Instant::now())? {
             tracing::debug!(peer = %victim, "closing a peer we do not keep to make room");
             self.closing.insert(victim);
             self.events.push_back(ToSwarm::CloseConnection { peer_id: victim, connection: CloseConnection::All });
@@ -147,6 +152,21 @@ impl Bound {
 impl NetworkBehaviour for Bound {
     type ConnectionHandler = Handler;
     type ToSwarm = Evicted;
+
+    /// A dial of ours that would be refused once connected is not started: the peer would
+    /// have let it in, perhaps closing another for it, for nothing.
+    fn handle_pending_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: Option<PeerId>,
+        _: &[Multiaddr],
+        _: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        if let Some(peer) = peer {
+            self.room(&peer, Instant::now())?;
+        }
+        Ok(Vec::new())
+    }
 
     fn handle_established_inbound_connection(
         &mut self,
@@ -255,5 +275,48 @@ impl ConnectionHandler for Handler {
             ConnectionEvent::FullyNegotiatedOutbound(outbound) => match outbound.protocol {},
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use libp2p::core::ConnectedPoint;
+
+    use super::*;
+
+    fn connect(bound: &mut Bound, peer: PeerId, id: usize) {
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().expect("an address");
+        let endpoint = ConnectedPoint::Listener { local_addr: addr.clone(), send_back_addr: addr };
+        bound.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+            peer_id: peer,
+            connection_id: ConnectionId::new_unchecked(id),
+            endpoint: &endpoint,
+            failed_addresses: &[],
+            other_established: 0,
+        }));
+    }
+
+    fn dial(bound: &mut Bound, peer: PeerId) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        bound.handle_pending_outbound_connection(ConnectionId::new_unchecked(99), Some(peer), &[], Endpoint::Dialer)
+    }
+
+    #[test]
+    fn a_dial_the_bound_would_refuse_is_not_started_but_one_to_a_kept_peer_is() {
+        let mut bound = Bound::new(2);
+        let (alice, bob, carol, dave) = (PeerId::random(), PeerId::random(), PeerId::random(), PeerId::random());
+        connect(&mut bound, alice, 1);
+        connect(&mut bound, bob, 2);
+        // Full of peers connected a moment ago: a third would be refused, so it is not dialled.
+        let refused = dial(&mut bound, carol).expect_err("full");
+        assert!(refused.downcast_ref::<Full>().is_some(), "refused for the bound");
+        // A connected peer takes no new slot.
+        assert!(dial(&mut bound, alice).is_ok());
+        // A peer the node keeps is dialled: one it does not keep makes room once connected.
+        bound.keep([dave, alice].into_iter().collect());
+        assert!(dial(&mut bound, dave).is_ok());
+        assert!(bound.admit(&dave, false).is_ok());
+        let evicted = bound.events.iter().any(|e| matches!(e, ToSwarm::GenerateEvent(Evicted(p)) if *p == bob));
+        assert!(evicted, "bob, not kept, gave up his slot: {:?}", bound.events.len());
+        assert_eq!(bound.counted(), 1, "bob being closed no longer counts");
     }
 }

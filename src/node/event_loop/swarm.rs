@@ -141,7 +141,13 @@ impl EventLoop {
             if last {
                 self.repo_queries.remove(&id);
             }
-            self.service.repo_providers(&repo, found, last, Now::system());
+            if self.service.repo_providers(&repo, found, last, Now::system()) && !last {
+                // Found one: the rest of the lookup would only take DHT nodes' slots. (The
+                // dial of it started has the lookup's addresses: it ends at the next poll.)
+                if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                    query.finish();
+                }
+            }
             return;
         }
         if self.providers_progressed(id, &result, last) {

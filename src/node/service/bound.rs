@@ -104,8 +104,8 @@ impl Service {
     /// Dials `peer`, a peer of one of our repositories. When the node is full of peers it
     /// keeps (the swarm closes one it does not keep by itself), the youngest it does not need is
     /// closed first and the dial waits for its slot; if it needs them all, no dial (the swarm
-    /// would refuse the connection).
-    pub(super) fn dial_needed(&mut self, peer: PeerId, now: Now) {
+    /// would refuse the connection). True if the dial started now.
+    pub(super) fn dial_needed(&mut self, peer: PeerId, now: Now) -> bool {
         self.keep_bound(now, false, false);
         let bound = &self.discovery.bound;
         let peers = &self.discovery.peers;
@@ -115,17 +115,18 @@ impl Service {
         if !(full && all_kept) {
             let addrs = self.discovery.redial.untried(&peer, &[]);
             self.dial(peer, addrs, now);
-            return;
+            return true;
         }
         let victim = self.ranked(now).into_iter().rev().find(|(spare, _, _)| *spare);
         let Some((_, _, victim)) = victim else {
             tracing::debug!(%peer, "full of peers we need: not dialling a peer of a repository");
-            return;
+            return false;
         };
         tracing::debug!(%peer, %victim, "full: closing a peer we do not need to make room for a peer of a repository");
         self.discovery.peers.leaving(&victim);
         self.discovery.bound.waiting.push(peer);
         self.push(Io::Disconnect(victim));
+        false
     }
 
     /// The swarm is closing `peer` to make room for another (`node::bound`).

@@ -2,12 +2,15 @@
 //! repository's key is provided in Kademlia (the same provider key as the mirrors', so a peer
 //! found here can also serve git), again at once when our addresses change (a provider record
 //! carries the addresses we had then: a NATed node's relayed one arrives with its reservation)
-//! and hourly; and its providers are looked up and some of them dialled. While no peer of a
-//! repository is connected the lookups come often: every 500 ms for 10 s after the repository
-//! is registered or our addresses change (two peers that start together find each other's
-//! records as soon as they are put), then after 1 s, doubling up to 2 min; once one is
-//! connected, every 10 min. A lookup still under way after 2 s (a DHT node that does not
-//! answer) does not hold back the next. A provider just dialled is not dialled again for 5 s,
+//! and hourly; while no peer of the repository is connected, again after 5 s, doubling (a
+//! provide made before the node knew the network, or one most DHT nodes were too busy to take,
+//! reached few). Its providers are looked up and some of them dialled. While no peer of a
+//! repository is connected the lookups come often: 500 ms after the last one ended for 10 s
+//! after the repository is registered or our addresses change (two peers that start together
+//! find each other's records as soon as they are put), then after 1 s, doubling up to 2 min;
+//! once one is connected, every 10 min. One lookup at a time per repository, ended as soon as
+//! it found a provider to dial (each lookup asks some 20 DHT nodes, each over a connection
+//! that takes one of their few slots). A provider just dialled is not dialled again for 5 s,
 //! so that the next lookup tries others (records of nodes that are gone stay in the DHT for
 //! a while). A peer that shares a repository of ours is dialled even when we have
 //! `p2p.max-peers` connections already (one we do not need gives up its slot, `service::bound`):
@@ -32,11 +35,15 @@ const FIRST_WAIT: Duration = Duration::from_secs(1);
 const LONGEST_WAIT: Duration = Duration::from_secs(120);
 /// Wait between lookups while a peer of the repository is connected.
 const CONNECTED_WAIT: Duration = Duration::from_secs(600);
-/// A lookup under way this long no longer holds back the next one.
-const STALE: Duration = Duration::from_secs(2);
+/// A lookup under way this long no longer holds back the next one (Kademlia's query timeout
+/// ends it by then).
+const STALE: Duration = Duration::from_secs(10);
 /// Our provider records are put again this often (Kademlia keeps them 48 h by default; nodes
 /// that held them leave).
 const REPROVIDE: Duration = Duration::from_secs(3600);
+/// While no peer of the repository is connected, they are put again after this, doubling up to
+/// [`REPROVIDE`].
+const PROVIDE_AGAIN: Duration = Duration::from_secs(5);
 /// Providers dialled per lookup at most: a few peers of a repository are enough for gossip to
 /// reach everyone of it.
 const DIALS_PER_LOOKUP: usize = 3;
@@ -51,6 +58,8 @@ struct Lookup {
     in_flight: Option<Instant>,
     dialled: usize,
     provided: Option<Instant>,
+    /// Wait before providing again while no peer of the repository is connected.
+    provide_wait: Duration,
     /// Lookups come every [`FAST_WAIT`] until then (while no peer is connected).
     fast_until: Instant,
 }
@@ -95,13 +104,18 @@ impl Service {
                 in_flight: None,
                 dialled: 0,
                 provided: None,
+                provide_wait: PROVIDE_AGAIN,
                 fast_until: now.mono + FAST_FOR,
             });
-            if lookup.provided.is_none_or(|at| now.mono.saturating_duration_since(at) >= REPROVIDE) {
+            let connected = self.discovery.peers.audience(&topic) > 0;
+            let provide_every = if connected { REPROVIDE } else { lookup.provide_wait };
+            if lookup.provided.is_none_or(|at| now.mono.saturating_duration_since(at) >= provide_every) {
+                if lookup.provided.is_some() && !connected {
+                    lookup.provide_wait = (lookup.provide_wait * 2).min(REPROVIDE);
+                }
                 lookup.provided = Some(now.mono);
                 io.push(Io::Provide(key(&repo)));
             }
-            let connected = self.discovery.peers.audience(&topic) > 0;
             if connected && lookup.wait < CONNECTED_WAIT {
                 lookup.wait = CONNECTED_WAIT;
                 lookup.next = now.mono + CONNECTED_WAIT;
@@ -133,13 +147,18 @@ impl Service {
     }
 
     /// Kademlia found providers of `repo` (`done`: the lookup ended): dial some we are not
-    /// connected to (nor dialled for it lately).
-    pub fn repo_providers(&mut self, repo: &RepoId, found: Vec<PeerId>, done: bool, now: Now) {
+    /// connected to (nor dialled for it lately). True if the lookup may end: it found a
+    /// provider we are connected to or dial.
+    pub fn repo_providers(&mut self, repo: &RepoId, found: Vec<PeerId>, done: bool, now: Now) -> bool {
         let me = self.me.peer;
         let mut to_dial = Vec::new();
+        let mut enough = false;
         let state = &mut self.discovery.repo_peers;
         if let Some(lookup) = state.repos.get_mut(repo) {
             for peer in found {
+                if peer != me && self.discovery.peers.is_connected(&peer) {
+                    enough = true;
+                }
                 if lookup.dialled >= DIALS_PER_LOOKUP {
                     break;
                 }
@@ -154,15 +173,19 @@ impl Service {
                     to_dial.push(peer);
                 }
             }
-            if done {
+            if done || enough || !to_dial.is_empty() {
                 lookup.in_flight = None;
+                // The next lookup waits from the end of this one.
+                lookup.next = lookup.next.max(now.mono + FAST_WAIT);
             }
         }
         for peer in to_dial {
             tracing::debug!(%peer, repo = %repo.short(), "dialling a peer of the repository");
-            // No addresses: the swarm asks Kademlia (the lookup's) and identify's cache.
-            self.dial_needed(peer, now);
+            // No addresses: the swarm asks Kademlia (the lookup's, ended only after this
+            // dial started) and identify's cache.
+            enough |= self.dial_needed(peer, now);
         }
+        enough
     }
 
     /// Our addresses changed (a relay reserved us a slot, AutoNAT confirmed one): provide again
@@ -171,6 +194,7 @@ impl Service {
     pub fn our_addresses_changed(&mut self, now: Now) {
         for lookup in self.discovery.repo_peers.repos.values_mut() {
             lookup.provided = None;
+            lookup.provide_wait = PROVIDE_AGAIN;
             if lookup.wait < CONNECTED_WAIT {
                 lookup.wait = FIRST_WAIT;
                 lookup.fast_until = now.mono + FAST_FOR;

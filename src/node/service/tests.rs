@@ -1530,38 +1530,56 @@ fn a_repositorys_providers_are_looked_up_and_dialled_until_a_peer_of_it_is_conne
     assert_eq!(repo_lookups(&mut sim, "alice"), 1, "and its peers looked up at once");
 
     // The DHT names bob, carol and alice herself: the others are dialled (no addresses: the
-    // swarm asks Kademlia and identify where they are).
+    // swarm asks Kademlia and identify where they are), and the lookup may end there.
     let (now, ids) = (sim.now, [sim.id("alice"), sim.id("bob"), sim.id("carol")]);
-    sim.peer("alice").service.repo_providers(&repo().id, ids.to_vec(), false, now);
+    let enough = sim.peer("alice").service.repo_providers(&repo().id, ids.to_vec(), false, now);
+    assert!(enough, "a lookup that found providers to dial ends");
     sim.settle("alice");
     assert_eq!(sim.peer("alice").dialled(), ids[1..].to_vec());
     assert!(sim.peer("alice").dials.iter().all(|d| d.addrs.is_empty()));
     sim.peer("alice").service.repo_providers(&repo().id, vec![], true, now);
 
-    // A provider just dialled is not dialled again by the next lookup (others are).
+    // A provider just dialled is not dialled again by the next lookup (others are); one that
+    // names nobody new goes on.
     let dave = PeerId::random();
+    assert!(!sim.peer("alice").service.repo_providers(&repo().id, vec![ids[1]], false, now), "nobody new");
     sim.peer("alice").service.repo_providers(&repo().id, vec![ids[1], dave], false, now);
     sim.settle("alice");
     assert_eq!(sim.peer("alice").dialled().last(), Some(&dave), "only the one not dialled lately");
 
-    // Nobody connected yet: looked up again every 500 ms for 10 s (even while a lookup that
-    // does not end is under way, once it is 2 s old), then later each time (1 s, 2 s, ...).
-    let mut lookups = 0;
-    for _ in 0..20 {
+    // Nobody connected yet: looked up again 500 ms after the last lookup ended for 10 s, one
+    // lookup at a time (one that does not end holds back the next for 10 s), then later each
+    // time (1 s, 2 s, ...). Provided again meanwhile, after 5 s, 10 s, ...
+    let provides = |sim: &mut Sim| sim.peer("alice").mirror.iter().filter(|io| matches!(io, Io::Provide(_))).count();
+    let (mut lookups, mut provided) = (0, 0);
+    for _ in 0..16 {
         sim.advance(Duration::from_millis(500));
         sim.tick("alice");
+        provided += provides(&mut sim);
         lookups += repo_lookups(&mut sim, "alice");
-    }
-    assert!((4..=20).contains(&lookups), "often at first: {lookups}");
-    let mut fast = 0;
-    for _ in 0..20 {
-        sim.advance(Duration::from_millis(500));
-        sim.tick("alice");
         let now = sim.now;
         sim.peer("alice").service.repo_providers(&repo().id, vec![], true, now);
-        fast += repo_lookups(&mut sim, "alice");
     }
-    assert!((3..=5).contains(&fast), "then after 1, 2, 4 s: {fast}");
+    assert!((14..=16).contains(&lookups), "often at first: {lookups}");
+    let mut stuck = 0;
+    for _ in 0..20 {
+        sim.advance(Duration::from_millis(500));
+        sim.tick("alice");
+        provided += provides(&mut sim);
+        stuck += repo_lookups(&mut sim, "alice");
+    }
+    assert_eq!(stuck, 1, "a lookup that does not end holds back the next for 10 s");
+    let mut slow = 0;
+    for _ in 0..20 {
+        sim.advance(Duration::from_millis(500));
+        sim.tick("alice");
+        provided += provides(&mut sim);
+        let now = sim.now;
+        sim.peer("alice").service.repo_providers(&repo().id, vec![], true, now);
+        slow += repo_lookups(&mut sim, "alice");
+    }
+    assert!((3..=5).contains(&slow), "then after 1, 2, 4 s: {slow}");
+    assert_eq!(provided, 2, "provided again after 5 s and 15 s while nobody is connected");
     let now = sim.now;
     sim.peer("alice").service.repo_providers(&repo().id, vec![], true, now);
 
