@@ -4,9 +4,11 @@
 //! while a slot is free. When none is, a peer the node does not keep (`service::bound` says
 //! which it keeps) that something has kept busy for [`SETTLED`] gives up its slot (the one
 //! connected longest; for a peer the node keeps, such as a peer of its repositories it is
-//! dialling, any peer it does not keep); with none to spare, the connection is refused (a dial
-//! of ours, before it starts: the peer would let it in for nothing, perhaps closing another
-//! for it). A peer being closed no longer counts, so the count never passes the bound.
+//! dialling, any peer it does not keep); with none to spare, the connection is refused. (A dial
+//! of ours is refused once connected, not before it starts: Kademlia would then move on at once
+//! to the next node of its lookup, refused too, and end the lookup in milliseconds with most
+//! of its requests failed; the time a handshake takes lets slots free up meanwhile.) A peer
+//! being closed no longer counts, so the count never passes the bound.
 //!
 //! And which connections stay open while idle: those of the peers the node keeps; any other
 //! connection (a lookup's, an AutoNAT dial-back, a peer's beyond what the node keeps) closes as
@@ -153,21 +155,6 @@ impl NetworkBehaviour for Bound {
     type ConnectionHandler = Handler;
     type ToSwarm = Evicted;
 
-    /// A dial of ours that would be refused once connected is not started: the peer would
-    /// have let it in, perhaps closing another for it, for nothing.
-    fn handle_pending_outbound_connection(
-        &mut self,
-        _: ConnectionId,
-        peer: Option<PeerId>,
-        _: &[Multiaddr],
-        _: Endpoint,
-    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
-        if let Some(peer) = peer {
-            self.room(&peer, Instant::now())?;
-        }
-        Ok(Vec::new())
-    }
-
     fn handle_established_inbound_connection(
         &mut self,
         _: ConnectionId,
@@ -296,24 +283,20 @@ mod tests {
         }));
     }
 
-    fn dial(bound: &mut Bound, peer: PeerId) -> Result<Vec<Multiaddr>, ConnectionDenied> {
-        bound.handle_pending_outbound_connection(ConnectionId::new_unchecked(99), Some(peer), &[], Endpoint::Dialer)
-    }
-
     #[test]
-    fn a_dial_the_bound_would_refuse_is_not_started_but_one_to_a_kept_peer_is() {
+    fn a_newcomer_is_refused_when_every_peer_is_young_unless_the_node_keeps_it() {
         let mut bound = Bound::new(2);
         let (alice, bob, carol, dave) = (PeerId::random(), PeerId::random(), PeerId::random(), PeerId::random());
         connect(&mut bound, alice, 1);
         connect(&mut bound, bob, 2);
-        // Full of peers connected a moment ago: a third would be refused, so it is not dialled.
-        let refused = dial(&mut bound, carol).expect_err("full");
+        // Full of peers connected a moment ago (not settled): a third is refused.
+        let refused = bound.admit(&carol, true).err().expect("full");
         assert!(refused.downcast_ref::<Full>().is_some(), "refused for the bound");
-        // A connected peer takes no new slot.
-        assert!(dial(&mut bound, alice).is_ok());
-        // A peer the node keeps is dialled: one it does not keep makes room once connected.
+        assert!(bound.events.is_empty(), "nobody closed for it");
+        // A connected peer's second connection takes no new slot.
+        assert!(bound.admit(&alice, false).is_ok());
+        // A peer the node keeps takes the place of one it does not keep, however young.
         bound.keep([dave, alice].into_iter().collect());
-        assert!(dial(&mut bound, dave).is_ok());
         assert!(bound.admit(&dave, false).is_ok());
         let evicted = bound.events.iter().any(|e| matches!(e, ToSwarm::GenerateEvent(Evicted(p)) if *p == bob));
         assert!(evicted, "bob, not kept, gave up his slot: {:?}", bound.events.len());
