@@ -82,6 +82,35 @@ fn bob_clones_alices_published_branches_with_her_head() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("refs/heads/{short}/dev")), "{out:?}");
 }
 
+/// The HEAD of `author`'s namespace in `node`'s mirror of `id` (a branch), if any.
+fn mirror_head(node: &Node, id: &str, author: &str) -> Option<String> {
+    let head = std::fs::read_to_string(mirror(node, id).join(format!("refs/namespaces/{author}/HEAD"))).ok()?;
+    head.trim().strip_prefix(&format!("ref: refs/namespaces/{author}/")).map(str::to_string)
+}
+
+#[test]
+fn a_clone_checks_out_main_even_when_a_topic_branch_reached_the_mirror_first() {
+    let p = pair();
+    let id = repo_id(&p.alice, &p.alice_repo);
+    let alice = p.alice.peer_id();
+    p.alice.git(&p.alice_repo, &["checkout", "-q", "-b", "topic"]);
+    let topic = commit(&p.alice, &p.alice_repo, "t", "on topic");
+    eventually(WAIT, "topic in bob's mirror", || {
+        mirror_has(&p.bob, &id, &alice, "refs/heads/topic", &topic).then_some(())
+    });
+    assert_eq!(mirror_head(&p.bob, &id, &alice).as_deref(), Some("refs/heads/topic"), "her only branch so far");
+    p.alice.git(&p.alice_repo, &["checkout", "-q", "main"]);
+    let main = commit(&p.alice, &p.alice_repo, "a", "on main");
+    eventually(WAIT, "main in bob's mirror", || {
+        mirror_has(&p.bob, &id, &alice, "refs/heads/main", &main).then_some(())
+    });
+    assert_eq!(mirror_head(&p.bob, &id, &alice).as_deref(), Some("refs/heads/main"));
+    let dest = p.bob.path("home/cloned");
+    p.bob.git(&p.bob.path("home"), &["clone", "-q", &format!("p2p://{id}/{alice}"), dest.to_str().expect("utf-8")]);
+    assert_eq!(p.bob.git(&dest, &["symbolic-ref", "HEAD"]).trim(), "refs/heads/main");
+    assert_eq!(rev(&p.bob, &dest, "HEAD"), main);
+}
+
 #[test]
 fn alices_commit_reaches_bobs_mirror_by_itself_and_pull_fast_forwards() {
     let (p, id, alice) = published();

@@ -210,6 +210,18 @@ pub struct Worker {
     /// Our PeerId: our own refs' namespace.
     me: String,
     limits: fetch::Limits,
+    /// Our own refs to copy in, one after the other in the order they moved (two at once
+    /// could end in either order: a commit's branch as HEAD after a publish that named
+    /// another, an older value of a branch after a newer one).
+    own: mpsc::UnboundedSender<OwnJob>,
+}
+
+/// Our refs to copy into the mirror, and whoever waits for it.
+struct OwnJob {
+    repo: RepoInfo,
+    refs: Vec<(String, String)>,
+    head: Option<String>,
+    reply: Option<crate::control::api::Reply<()>>,
 }
 
 impl Worker {
@@ -221,7 +233,9 @@ impl Worker {
         max_fetch_size: u64,
     ) -> Self {
         let limits = fetch::Limits { max_bytes: max_fetch_size, ..fetch::Limits::default() };
-        Self { mirrors, control, events, me: me.to_string(), limits }
+        let (own, jobs) = mpsc::unbounded_channel();
+        tokio::spawn(copy_own(jobs, mirrors.clone(), events.clone(), me.to_string()));
+        Self { mirrors, control, events, me: me.to_string(), limits, own }
     }
 
     pub fn carry_out(&self, op: MirrorOp) {
@@ -229,21 +243,9 @@ impl Worker {
         let events = self.events.clone();
         match op {
             MirrorOp::Own { repo, refs, head, reply } => {
-                let me = self.me.clone();
-                tokio::spawn(async move {
-                    let result = own(&mirrors, &repo, &me, &refs, head.as_deref()).await;
-                    match &result {
-                        Ok(()) => {
-                            let _ = events.send(MirrorEvent::Holds(repo.id.clone())).await;
-                        }
-                        Err(e) => {
-                            tracing::warn!(repo = %repo.id.short(), error = %e, "cannot copy our refs into the mirror")
-                        }
-                    }
-                    if let Some(reply) = reply {
-                        let _ = reply.send(result.map_err(|e| Failure::of(&e)));
-                    }
-                });
+                if let Err(mpsc::error::SendError(job)) = self.own.send(OwnJob { repo, refs, head, reply }) {
+                    tracing::warn!(repo = %job.repo.id.short(), "cannot copy our refs into the mirror: its task ended");
+                }
             }
             MirrorOp::Attempt { job, repo, provider, want, background } => {
                 let control = self.control.clone();
@@ -282,6 +284,28 @@ impl Worker {
                     }
                 });
             }
+        }
+    }
+}
+
+/// Copies our refs into the mirror as they come, in order; tells the service the mirror holds
+/// them, and whoever waits how it went.
+async fn copy_own(
+    mut jobs: mpsc::UnboundedReceiver<OwnJob>,
+    mirrors: Arc<Mirrors>,
+    events: mpsc::Sender<MirrorEvent>,
+    me: String,
+) {
+    while let Some(OwnJob { repo, refs, head, reply }) = jobs.recv().await {
+        let result = own(&mirrors, &repo, &me, &refs, head.as_deref()).await;
+        match &result {
+            Ok(()) => {
+                let _ = events.send(MirrorEvent::Holds(repo.id.clone())).await;
+            }
+            Err(e) => tracing::warn!(repo = %repo.id.short(), error = %e, "cannot copy our refs into the mirror"),
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(result.map_err(|e| Failure::of(&e)));
         }
     }
 }
@@ -463,8 +487,8 @@ async fn push_refs(work: &Path, path: &Path, specs: &[String]) -> Result<(), Mir
 }
 
 /// Moves the quarantine's objects into the mirror and sets the accepted refs (author, name,
-/// value) in the author's namespace and the all-authors view; an author without a HEAD there
-/// gets one (main, master, or their first branch).
+/// value) in the author's namespace and the all-authors view; each author's HEAD there is main
+/// or master once there is one, else the branch it is on while it exists, else their first.
 async fn settle(
     mirrors: &Mirrors,
     repo: &RepoId,
@@ -491,9 +515,8 @@ async fn settle(
         }
         let head = author_ref(author, "HEAD");
         // A symbolic ref is a file of its own (never packed).
-        if path.join(&head).is_file() {
-            continue;
-        }
+        let now = std::fs::read_to_string(path.join(&head)).unwrap_or_default();
+        let now = now.trim().strip_prefix("ref: ").map(str::to_string);
         let listed = run(
             "for-each-ref",
             git().arg("--git-dir").arg(&path).args([
@@ -504,12 +527,15 @@ async fn settle(
         )
         .await?;
         let branches: Vec<&str> = listed.lines().collect();
+        // Main or master once there is one (the branch fetched first may have been another),
+        // else the branch it is on while it exists, else the first.
         let pick = ["main", "master"]
             .iter()
             .map(|b| author_ref(author, &format!("refs/heads/{b}")))
             .find(|b| branches.contains(&b.as_str()))
+            .or_else(|| now.clone().filter(|n| branches.contains(&n.as_str())))
             .or_else(|| branches.first().map(|b| b.to_string()));
-        if let Some(target) = pick {
+        if let Some(target) = pick.filter(|p| Some(p) != now.as_ref()) {
             run("symbolic-ref", git().arg("--git-dir").arg(&path).args(["symbolic-ref", &head, &target])).await?;
         }
     }
