@@ -1,9 +1,9 @@
 //! Part `sparse` (issue 16): 30 nodes on loopback with at most 6 peers each (`p2p.max-peers`),
 //! a chain of bootstraps (each to the one before). Pairs of nodes not connected to each other
 //! register a repository they share, one pair after the other: the time from the later `init`
-//! until the two are connected (they find each other in the DHT's provider records), then a
-//! commit of one until it is in the other's feed; and the most peers any node had at once over
-//! the whole run (each node counts its own most).
+//! until the two are connected and know they share it (they find each other in the DHT's
+//! provider records), then a commit of one until it is in the other's feed; and the most peers
+//! any node had at once over the whole run (each node counts its own most).
 
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,12 @@ pub fn sparse_bench(metrics: &mut Vec<Metric>, smoke: bool) {
         let b_id = b.peer_id();
         eprintln!("harness: sparse: pair {k}: {} and {}", a.name, b.name);
         support::eventually(Duration::from_secs(60), "the two peers of the repository to connect", || {
-            a.peers().iter().any(|p| p["peer_id"] == b_id.as_str()).then_some(())
+            // Connected and known to share the repository (its subscriptions came): a
+            // connection the other side refuses at once does not count.
+            a.peers()
+                .iter()
+                .any(|p| p["peer_id"] == b_id.as_str() && p["repos"].as_array().is_some_and(|r| !r.is_empty()))
+                .then_some(())
         });
         connected.push(ms(t.elapsed()));
         eprintln!("harness: sparse: pair {k} ({} and {}) connected after {:?}", a.name, b.name, t.elapsed());

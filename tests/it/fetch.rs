@@ -95,16 +95,19 @@ fn a_clone_checks_out_main_even_when_a_topic_branch_reached_the_mirror_first() {
     let alice = p.alice.peer_id();
     p.alice.git(&p.alice_repo, &["checkout", "-q", "-b", "topic"]);
     let topic = commit(&p.alice, &p.alice_repo, "t", "on topic");
-    eventually(WAIT, "topic in bob's mirror", || {
-        mirror_has(&p.bob, &id, &alice, "refs/heads/topic", &topic).then_some(())
+    eventually(WAIT, "topic in bob's mirror, her HEAD there (her only branch so far)", || {
+        (mirror_has(&p.bob, &id, &alice, "refs/heads/topic", &topic)
+            && mirror_head(&p.bob, &id, &alice).as_deref() == Some("refs/heads/topic"))
+        .then_some(())
     });
-    assert_eq!(mirror_head(&p.bob, &id, &alice).as_deref(), Some("refs/heads/topic"), "her only branch so far");
     p.alice.git(&p.alice_repo, &["checkout", "-q", "main"]);
     let main = commit(&p.alice, &p.alice_repo, "a", "on main");
-    eventually(WAIT, "main in bob's mirror", || {
-        mirror_has(&p.bob, &id, &alice, "refs/heads/main", &main).then_some(())
+    // (A settle sets her refs, then her HEAD.)
+    eventually(WAIT, "main in bob's mirror, her HEAD there", || {
+        (mirror_has(&p.bob, &id, &alice, "refs/heads/main", &main)
+            && mirror_head(&p.bob, &id, &alice).as_deref() == Some("refs/heads/main"))
+        .then_some(())
     });
-    assert_eq!(mirror_head(&p.bob, &id, &alice).as_deref(), Some("refs/heads/main"));
     let dest = p.bob.path("home/cloned");
     p.bob.git(&p.bob.path("home"), &["clone", "-q", &format!("p2p://{id}/{alice}"), dest.to_str().expect("utf-8")]);
     assert_eq!(p.bob.git(&dest, &["symbolic-ref", "HEAD"]).trim(), "refs/heads/main");
