@@ -4,11 +4,14 @@
 //! while a slot is free. When none is, a peer the node does not keep (`service::bound` says
 //! which it keeps) that something has kept busy for [`SETTLED`] gives up its slot (the one
 //! connected longest; for a peer the node keeps, such as a peer of its repositories it is
-//! dialling, any peer it does not keep); with none to spare, the connection is refused. (A dial
-//! of ours is refused once connected, not before it starts: Kademlia would then move on at once
-//! to the next node of its lookup, refused too, and end the lookup in milliseconds with most
-//! of its requests failed; the time a handshake takes lets slots free up meanwhile.) A peer
-//! being closed no longer counts, so the count never passes the bound.
+//! dialling, any peer it does not keep; for a peer that dials in, also any peer the node
+//! dialled, however young: mostly a lookup's, and a lookup asks another node, while the peer
+//! dialling in may be a peer of our repositories looking for us); with none to spare, the
+//! connection is refused. (A dial of ours is refused once connected, not before it starts:
+//! Kademlia would then move on at once to the next node of its lookup, refused too, and end
+//! the lookup in milliseconds with most of its requests failed; the time a handshake takes
+//! lets slots free up meanwhile.) A peer being closed no longer counts, so the count never
+//! passes the bound.
 //!
 //! And which connections stay open while idle: those of the peers the node keeps; any other
 //! connection (a lookup's, an AutoNAT dial-back, a peer's beyond what the node keeps) closes as
@@ -63,6 +66,8 @@ pub struct Bound {
     closing: HashSet<PeerId>,
     /// The most peers counted at once since start.
     most: usize,
+    /// Peers we dialled (their first connection was ours): a lookup's, most of them.
+    ours: HashSet<PeerId>,
     events: VecDeque<ToSwarm<Evicted, bool>>,
     waker: Option<Waker>,
 }
@@ -76,6 +81,7 @@ impl Bound {
             untold: HashSet::new(),
             closing: HashSet::new(),
             most: 0,
+            ours: HashSet::new(),
             events: VecDeque::new(),
             waker: None,
         }
@@ -118,7 +124,7 @@ impl Bound {
 
     /// Whether `peer` can be let in now: `Ok(None)` if it has a slot or one is free,
     /// `Ok(Some(victim))` if `victim` must give up its slot for it (see the module's header).
-    fn room(&self, peer: &PeerId, now: Instant) -> Result<Option<PeerId>, ConnectionDenied> {
+    fn room(&self, peer: &PeerId, inbound: bool, now: Instant) -> Result<Option<PeerId>, ConnectionDenied> {
         let counted = self.conns.contains_key(peer) && !self.closing.contains(peer);
         if counted || self.counted() < self.max {
             return Ok(None);
@@ -130,7 +136,9 @@ impl Bound {
             .filter(|(p, (since, _))| {
                 !self.kept.contains(*p)
                     && !self.closing.contains(*p)
-                    && (wanted || now.saturating_duration_since(*since) >= SETTLED)
+                    && (wanted
+                        || now.saturating_duration_since(*since) >= SETTLED
+                        || (inbound && self.ours.contains(*p)))
             })
             .min_by_key(|(_, (since, _))| *since)
             .map(|(p, _)| Some(*p))
@@ -140,7 +148,7 @@ impl Bound {
     /// Lets `peer` in if it has a slot or can have one now, closing the peer that gives it
     /// up; `inbound`: it dialled us.
     fn admit(&mut self, peer: &PeerId, inbound: bool) -> Result<Handler, ConnectionDenied> {
-        if let Some(victim) = self.room(peer, Instant::now())? {
+        if let Some(victim) = self.room(peer, inbound, Instant::now())? {
             tracing::debug!(peer = %victim, "closing a peer we do not keep to make room");
             self.closing.insert(victim);
             self.events.push_back(ToSwarm::CloseConnection { peer_id: victim, connection: CloseConnection::All });
@@ -178,11 +186,15 @@ impl NetworkBehaviour for Bound {
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
-            FromSwarm::ConnectionEstablished(ConnectionEstablished { peer_id, connection_id, .. }) => {
+            FromSwarm::ConnectionEstablished(ConnectionEstablished { peer_id, connection_id, endpoint, .. }) => {
                 // A peer being closed that comes back was let in as a newcomer: it counts again.
                 self.closing.remove(&peer_id);
                 self.untold.insert(connection_id);
-                self.conns.entry(peer_id).or_insert_with(|| (Instant::now(), Vec::new())).1.push(connection_id);
+                let entry = self.conns.entry(peer_id).or_insert_with(|| (Instant::now(), Vec::new()));
+                if entry.1.is_empty() && endpoint.is_dialer() {
+                    self.ours.insert(peer_id);
+                }
+                entry.1.push(connection_id);
                 self.most = self.most.max(self.counted());
             }
             FromSwarm::ConnectionClosed(ConnectionClosed { peer_id, connection_id, .. }) => {
@@ -191,6 +203,7 @@ impl NetworkBehaviour for Bound {
                     conns.retain(|c| *c != connection_id);
                     if conns.is_empty() {
                         self.conns.remove(&peer_id);
+                        self.ours.remove(&peer_id);
                         self.closing.remove(&peer_id);
                     }
                 }
@@ -273,11 +286,21 @@ mod tests {
 
     fn connect(bound: &mut Bound, peer: PeerId, id: usize) {
         let addr: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().expect("an address");
-        let endpoint = ConnectedPoint::Listener { local_addr: addr.clone(), send_back_addr: addr };
+        established(bound, peer, id, &ConnectedPoint::Listener { local_addr: addr.clone(), send_back_addr: addr });
+    }
+
+    fn dialled(bound: &mut Bound, peer: PeerId, id: usize) {
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().expect("an address");
+        let endpoint =
+            ConnectedPoint::Dialer { address: addr, role_override: Endpoint::Dialer, port_use: PortUse::New };
+        established(bound, peer, id, &endpoint);
+    }
+
+    fn established(bound: &mut Bound, peer: PeerId, id: usize, endpoint: &ConnectedPoint) {
         bound.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
             peer_id: peer,
             connection_id: ConnectionId::new_unchecked(id),
-            endpoint: &endpoint,
+            endpoint,
             failed_addresses: &[],
             other_established: 0,
         }));
@@ -301,5 +324,21 @@ mod tests {
         let evicted = bound.events.iter().any(|e| matches!(e, ToSwarm::GenerateEvent(Evicted(p)) if *p == bob));
         assert!(evicted, "bob, not kept, gave up his slot: {:?}", bound.events.len());
         assert_eq!(bound.counted(), 1, "bob being closed no longer counts");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_dials_in_takes_the_place_of_one_we_dialled_however_young() {
+        let mut bound = Bound::new(2);
+        let (alice, bob, carol, dave) = (PeerId::random(), PeerId::random(), PeerId::random(), PeerId::random());
+        connect(&mut bound, alice, 1);
+        dialled(&mut bound, bob, 2);
+        // Bob is a lookup's, young: carol dialling in takes his place, ...
+        assert!(bound.admit(&carol, true).is_ok());
+        let evicted = bound.events.iter().any(|e| matches!(e, ToSwarm::GenerateEvent(Evicted(p)) if *p == bob));
+        assert!(evicted, "bob, whom we dialled, gave up his slot");
+        connect(&mut bound, carol, 3);
+        // ... but a dial of ours does not (alice dialled in and is young, carol too).
+        bound.events.clear();
+        assert!(bound.admit(&dave, false).is_err(), "nobody to close for our own dial");
     }
 }
