@@ -48,12 +48,8 @@ pub fn sparse_bench(metrics: &mut Vec<Metric>, smoke: bool) {
         let b_id = b.peer_id();
         eprintln!("harness: sparse: pair {k}: {} and {}", a.name, b.name);
         support::eventually(Duration::from_secs(60), "the two peers of the repository to connect", || {
-            // Connected and known to share the repository (its subscriptions came): a
-            // connection the other side refuses at once does not count.
-            a.peers()
-                .iter()
-                .any(|p| p["peer_id"] == b_id.as_str() && p["repos"].as_array().is_some_and(|r| !r.is_empty()))
-                .then_some(())
+            // A connection the other side refuses at once does not count.
+            a.shares_a_repo_with(&b_id).then_some(())
         });
         connected.push(ms(t.elapsed()));
         eprintln!("harness: sparse: pair {k} ({} and {}) connected after {:?}", a.name, b.name, t.elapsed());

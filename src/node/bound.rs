@@ -55,19 +55,26 @@ pub struct Evicted(pub PeerId);
 #[error("{0} peers connected already (p2p.max-peers)")]
 pub struct Full(pub usize);
 
+/// A connected peer, as the bound sees it.
+struct Peer {
+    /// Since when it is connected.
+    since: Instant,
+    conns: Vec<ConnectionId>,
+    /// We dialled it (its first connection was ours): a lookup's, most of the time.
+    ours: bool,
+}
+
 pub struct Bound {
     max: usize,
     kept: HashSet<PeerId>,
-    /// Established connections by peer, and since when the peer is connected.
-    conns: HashMap<PeerId, (Instant, Vec<ConnectionId>)>,
+    /// Connected peers and their established connections.
+    conns: HashMap<PeerId, Peer>,
     /// Connections not yet told whether they are kept (they stay open until they are).
     untold: HashSet<ConnectionId>,
     /// Peers we are closing to make room: they no longer count.
     closing: HashSet<PeerId>,
     /// The most peers counted at once since start.
     most: usize,
-    /// Peers we dialled (their first connection was ours): a lookup's, most of them.
-    ours: HashSet<PeerId>,
     events: VecDeque<ToSwarm<Evicted, bool>>,
     waker: Option<Waker>,
 }
@@ -81,7 +88,6 @@ impl Bound {
             untold: HashSet::new(),
             closing: HashSet::new(),
             most: 0,
-            ours: HashSet::new(),
             events: VecDeque::new(),
             waker: None,
         }
@@ -89,7 +95,7 @@ impl Bound {
 
     /// The peers whose connections stay open while idle (and are never closed for others).
     pub fn keep(&mut self, kept: HashSet<PeerId>) {
-        for (peer, (_, conns)) in &self.conns {
+        for (peer, Peer { conns, .. }) in &self.conns {
             let now = kept.contains(peer);
             let changed = self.kept.contains(peer) != now;
             for c in conns {
@@ -133,14 +139,12 @@ impl Bound {
         let wanted = self.kept.contains(peer);
         self.conns
             .iter()
-            .filter(|(p, (since, _))| {
+            .filter(|(p, them)| {
                 !self.kept.contains(*p)
                     && !self.closing.contains(*p)
-                    && (wanted
-                        || now.saturating_duration_since(*since) >= SETTLED
-                        || (inbound && self.ours.contains(*p)))
+                    && (wanted || now.saturating_duration_since(them.since) >= SETTLED || (inbound && them.ours))
             })
-            .min_by_key(|(_, (since, _))| *since)
+            .min_by_key(|(_, them)| them.since)
             .map(|(p, _)| Some(*p))
             .ok_or_else(|| ConnectionDenied::new(Full(self.max)))
     }
@@ -190,20 +194,19 @@ impl NetworkBehaviour for Bound {
                 // A peer being closed that comes back was let in as a newcomer: it counts again.
                 self.closing.remove(&peer_id);
                 self.untold.insert(connection_id);
-                let entry = self.conns.entry(peer_id).or_insert_with(|| (Instant::now(), Vec::new()));
-                if entry.1.is_empty() && endpoint.is_dialer() {
-                    self.ours.insert(peer_id);
-                }
-                entry.1.push(connection_id);
+                self.conns
+                    .entry(peer_id)
+                    .or_insert_with(|| Peer { since: Instant::now(), conns: Vec::new(), ours: endpoint.is_dialer() })
+                    .conns
+                    .push(connection_id);
                 self.most = self.most.max(self.counted());
             }
             FromSwarm::ConnectionClosed(ConnectionClosed { peer_id, connection_id, .. }) => {
                 self.untold.remove(&connection_id);
-                if let Some((_, conns)) = self.conns.get_mut(&peer_id) {
+                if let Some(Peer { conns, .. }) = self.conns.get_mut(&peer_id) {
                     conns.retain(|c| *c != connection_id);
                     if conns.is_empty() {
                         self.conns.remove(&peer_id);
-                        self.ours.remove(&peer_id);
                         self.closing.remove(&peer_id);
                     }
                 }

@@ -238,13 +238,7 @@ fn a_provider_that_forges_alices_tip_is_dropped_and_not_believed() {
     assert!(!has_forged, "what carol sent was thrown away");
     // Alice is back: bob gets the signed tip from her, and carol is not asked.
     t.alice.start();
-    eventually(WAIT, "alice back in the repository's topic", || {
-        t.bob
-            .peers()
-            .iter()
-            .any(|p| p["peer_id"] == alice.as_str() && p["repos"].as_array().is_some_and(|r| !r.is_empty()))
-            .then_some(())
-    });
+    eventually(WAIT, "alice back in the repository's topic", || t.bob.shares_a_repo_with(&alice).then_some(()));
     t.bob.git(&t.bob_repo, &["fetch", "-q", &url, "main:refs/remotes/alice/main"]);
     assert_eq!(rev(&t.bob, &t.bob_repo, "refs/remotes/alice/main"), tip);
 }

@@ -65,10 +65,7 @@ fn in_a_30_node_chain_two_peers_of_a_repository_find_each_other_and_announce() {
         if polls % 10 == 0 {
             bounded(&nodes, "while the two look for each other");
         }
-        a.peers()
-            .iter()
-            .any(|p| p["peer_id"] == b_id.as_str() && p["repos"].as_array().is_some_and(|r| !r.is_empty()))
-            .then_some(())
+        a.shares_a_repo_with(&b_id).then_some(())
     });
     eprintln!("connected {:?} after the second init", started.elapsed());
     bounded(&nodes, "once the two are connected");

@@ -245,6 +245,12 @@ impl Node {
         self.json(&["id", "--json"])["peer_id"].as_str().expect("peer_id").to_string()
     }
 
+    /// Whether `peer` is connected and known to share a repository with this node (its
+    /// subscriptions came).
+    pub fn shares_a_repo_with(&self, peer: &str) -> bool {
+        self.peers().iter().any(|p| p["peer_id"] == peer && p["repos"].as_array().is_some_and(|r| !r.is_empty()))
+    }
+
     pub fn peers(&self) -> Vec<Value> {
         // JSON Lines: one peer per line.
         let out = self.ok(&["peers", "--json"]);

@@ -360,9 +360,8 @@ pub async fn own(
     }
     if let Some(head) = head.filter(|h| h.starts_with("refs/heads/")) {
         let target = author_ref(me, head);
-        // A symbolic ref is a file of its own (never packed): most commits leave it as it is.
-        let now = std::fs::read_to_string(path.join(author_ref(me, "HEAD"))).unwrap_or_default();
-        if now.trim_end().strip_prefix("ref: ") != Some(target.as_str()) {
+        // Most commits leave it as it is.
+        if symref_target(&path, &author_ref(me, "HEAD")).as_deref() != Some(target.as_str()) {
             let mut sym = git();
             sym.arg("--git-dir").arg(&path).args(["symbolic-ref", &author_ref(me, "HEAD"), &target]);
             run("symbolic-ref", &mut sym).await?;
@@ -486,6 +485,13 @@ async fn push_refs(work: &Path, path: &Path, specs: &[String]) -> Result<(), Mir
     Ok(())
 }
 
+/// Where the symbolic ref `name` of the repository at `path` points (a symbolic ref is a file
+/// of its own, never packed).
+fn symref_target(path: &Path, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path.join(name)).ok()?;
+    text.trim().strip_prefix("ref: ").map(str::to_string)
+}
+
 /// Moves the quarantine's objects into the mirror and sets the accepted refs (author, name,
 /// value) in the author's namespace and the all-authors view; each author's HEAD there is main
 /// or master once there is one, else the branch it is on while it exists, else their first.
@@ -514,9 +520,12 @@ async fn settle(
             continue;
         }
         let head = author_ref(author, "HEAD");
-        // A symbolic ref is a file of its own (never packed).
-        let now = std::fs::read_to_string(path.join(&head)).unwrap_or_default();
-        let now = now.trim().strip_prefix("ref: ").map(str::to_string);
+        let now = symref_target(&path, &head);
+        let best = ["main", "master"].map(|b| author_ref(author, &format!("refs/heads/{b}")));
+        if now.as_ref().is_some_and(|n| best.contains(n)) {
+            // Nothing better to look for: no git process (most settles).
+            continue;
+        }
         let listed = run(
             "for-each-ref",
             git().arg("--git-dir").arg(&path).args([
@@ -529,10 +538,10 @@ async fn settle(
         let branches: Vec<&str> = listed.lines().collect();
         // Main or master once there is one (the branch fetched first may have been another),
         // else the branch it is on while it exists, else the first.
-        let pick = ["main", "master"]
+        let pick = best
             .iter()
-            .map(|b| author_ref(author, &format!("refs/heads/{b}")))
             .find(|b| branches.contains(&b.as_str()))
+            .cloned()
             .or_else(|| now.clone().filter(|n| branches.contains(&n.as_str())))
             .or_else(|| branches.first().map(|b| b.to_string()));
         if let Some(target) = pick.filter(|p| Some(p) != now.as_ref()) {
