@@ -59,6 +59,11 @@ impl Durability {
         }
     }
 
+    /// Whether published messages or answers wait for [`Self::commit_batch`].
+    pub fn has_batch(&self) -> bool {
+        !self.batch.acks.is_empty() || !self.batch.history.is_empty()
+    }
+
     /// The end of a command batch: the sync thread writes our published messages, fsyncs and
     /// answers. `inline` (the node is stopping, or the thread is gone): here and now.
     pub fn commit_batch(&mut self, store: &Store, inline: bool) {
@@ -99,7 +104,7 @@ pub struct NodeDisk<'a> {
     pub store: &'a Store,
     pub records: &'a mut PersistentStore,
     pub durability: &'a mut Durability,
-    pub history: &'a HistoryWriter,
+    pub history: &'a mut HistoryWriter,
 }
 
 impl NodeDisk<'_> {
@@ -166,8 +171,8 @@ impl Disk for NodeDisk<'_> {
         self.wrote(result)
     }
 
-    fn sync_keep(&mut self, item: crate::proto::sync::SyncItem) {
-        self.history.keep(item);
+    fn sync_keep(&mut self, envelope: crate::proto::envelope::Envelope) {
+        self.history.keep(envelope);
     }
 
     fn sync_prune(&mut self, before_ms: u64) -> Result<usize, StoreError> {
@@ -296,6 +301,7 @@ pub async fn seen_chat_read(pending: &mut Option<tokio::sync::oneshot::Receiver<
 fn spawn_syncer(store: Store) -> (std::sync::mpsc::Sender<SyncJob>, Option<std::thread::JoinHandle<()>>) {
     let (tx, rx) = std::sync::mpsc::channel::<SyncJob>();
     let spawned = std::thread::Builder::new().name("store-sync".into()).spawn(move || {
+        super::priority::give_way_thread();
         while let Ok(mut job) = rx.recv() {
             while let Ok(more) = rx.try_recv() {
                 job.history.extend(more.history);

@@ -34,6 +34,8 @@ use crate::store::Store;
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Control requests handled together before one group commit.
 const COMMAND_BATCH: usize = 64;
+/// Turns of a loop that is never idle after which waiting writes go to the disk threads anyway.
+const MAX_DISK_WAIT: u32 = 16;
 /// Commits one prefix lookup answers at most (enough to list the candidates of an ambiguous
 /// prefix; a prefix of 4 digits matches a few in a feed of 10 000).
 const MAX_FEED_COMMITS: usize = 100;
@@ -95,6 +97,8 @@ pub struct EventLoop {
     nat: super::nat::Nat,
     /// Kademlia's ids of the lookups of our repositories' peers.
     repo_queries: HashMap<kad::QueryId, crate::proto::repo::RepoId>,
+    /// Turns of the loop that writes for the disk threads have waited ([`Self::flush_disk`]).
+    disk_waited: u32,
 }
 
 /// The service's view of the store for one call (the fields it borrows are the event loop's).
@@ -104,7 +108,7 @@ macro_rules! disk {
             store: &$loop.store,
             records: $loop.swarm.behaviour_mut().kad.store_mut(),
             durability: &mut $loop.durability,
-            history: &$loop.history,
+            history: &mut $loop.history,
         }
     };
 }
@@ -158,6 +162,7 @@ impl EventLoop {
             sync,
             nat,
             repo_queries: HashMap::new(),
+            disk_waited: 0,
         };
         // The relay service waits for our own word (`node::nat`), never for libp2p's own rule
         // (which would count a relayed address of ours as reachability).
@@ -206,6 +211,9 @@ impl EventLoop {
                 Some(event) = self.sync.events.recv() => self.sync_event(event),
                 wake = self.hooks.next() => self.hook_wake(wake),
                 ids = super::disk::seen_chat_read(&mut seen_chat) => self.service.remember_chat(ids),
+                // Last: the disk threads' work once everything ready has run, the connections'
+                // tasks that send what was just published included.
+                _ = tokio::task::yield_now(), if self.disk_waits() => self.flush_disk(false),
                 _ = tick.tick() => {
                     if !self.info.data_dir_path.exists() {
                         tracing::warn!("the data dir is gone, stopping");
@@ -219,7 +227,15 @@ impl EventLoop {
                 }
             }
             self.run_io();
+            if self.disk_waits() {
+                // A loop that is never idle still hands them over, a few turns late.
+                self.disk_waited += 1;
+                if self.disk_waited >= MAX_DISK_WAIT {
+                    self.flush_disk(false);
+                }
+            }
         }
+        self.flush_disk(true);
         // Whatever was written without fsync since the last sync.
         if let Err(e) = self.store.sync() {
             tracing::warn!(error = %e, "cannot sync the store");
@@ -241,12 +257,36 @@ impl EventLoop {
             }
         }
         // Publish first: a message that left before a crash is not lost to anyone, and the room
-        // does not wait for our disk. The sync thread then fsyncs and answers, while the event
-        // loop goes back to the swarm (which sends what was just published).
+        // does not wait for our disk. Once the swarm has sent what was just published, the sync
+        // thread fsyncs and answers ([`Self::flush_disk`]).
         self.service.flush(Now::system(), disk!(self));
         self.run_io();
-        self.durability.commit_batch(&self.store, stopping);
+        if stopping {
+            self.flush_disk(true);
+        }
         stopping
+    }
+
+    /// Whether writes wait to be handed to the disk threads.
+    fn disk_waits(&self) -> bool {
+        self.history.has_pending() || self.durability.has_batch()
+    }
+
+    /// Hands the waiting writes to the disk threads: received messages to the history writer,
+    /// the command batch's published messages and answers to the sync thread (which fsyncs,
+    /// then answers). The event loop does this when nothing else is ready, so that waking those
+    /// threads (and their CPU time, on a busy machine) comes after the messages went out.
+    /// `inline` (the node is stopping): the batch is made durable and answered here and now.
+    fn flush_disk(&mut self, inline: bool) {
+        if !inline {
+            // Whoever our sends and writes just woke (a peer's node or a follower on this
+            // machine, over loopback or the control socket) was queued on this CPU, the kernel
+            // expecting the waker to sleep: it runs now, not after our bookkeeping.
+            std::thread::yield_now();
+        }
+        self.disk_waited = 0;
+        self.history.flush();
+        self.durability.commit_batch(&self.store, inline);
     }
 
     /// One command: the service's, or answered here from the store, the swarm or the bridge.

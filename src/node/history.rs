@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::control::api::{Failure, Page, Reply};
 use crate::control::proto::PAGE_BYTES;
 use crate::proto::chat::ChatEntry;
+use crate::proto::envelope::Envelope;
 use crate::proto::sync::SyncItem;
 use crate::store::Store;
 
@@ -26,8 +27,8 @@ const LINGER: Duration = Duration::from_millis(50);
 
 enum Job {
     Write(ChatEntry),
-    /// An envelope for the sync sets.
-    Keep(SyncItem),
+    /// An envelope for the sync sets (its item is made on the writer's thread).
+    Keep(Box<Envelope>),
     /// A page of `room`'s history, once what came before is written.
     Read(PageRead),
 }
@@ -48,10 +49,15 @@ pub struct HistoryWriter {
     tx: Option<mpsc::Sender<Job>>,
     store: Store,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Handed over but not yet sent to the thread: the event loop sends them once the swarm
+    /// has had its turn ([`Self::flush`]), so that waking the writer never delays a message on
+    /// its way out or to followers.
+    pending: Vec<Job>,
 }
 
 impl Drop for HistoryWriter {
     fn drop(&mut self) {
+        self.flush();
         self.tx = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -71,57 +77,79 @@ impl HistoryWriter {
     pub fn spawn(store: Store) -> Self {
         let (tx, rx) = mpsc::channel::<Job>();
         let writer_store = store.clone();
-        let spawned = std::thread::Builder::new().name("history".into()).spawn(move || write_loop(&writer_store, &rx));
+        let spawned = std::thread::Builder::new().name("history".into()).spawn(move || {
+            super::priority::give_way_thread();
+            write_loop(&writer_store, &rx)
+        });
         match spawned {
-            Ok(thread) => Self { tx: Some(tx), store, thread: Some(thread) },
+            Ok(thread) => Self { tx: Some(tx), store, thread: Some(thread), pending: Vec::new() },
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the history thread; writing inline");
-                Self { tx: None, store, thread: None }
+                Self { tx: None, store, thread: None, pending: Vec::new() }
             }
         }
     }
 
-    pub fn write(&self, entry: ChatEntry) {
-        let entry = match &self.tx {
-            Some(tx) => match tx.send(Job::Write(entry)) {
-                Ok(()) => return,
-                Err(mpsc::SendError(Job::Write(entry))) => entry,
-                Err(_) => return,
-            },
-            None => entry,
-        };
-        if let Err(e) = self.store.chat_insert(&entry) {
-            tracing::warn!(error = %e, "cannot store a chat message");
-        }
+    /// A received message for the history (sent to the writer at the next [`Self::flush`]).
+    pub fn write(&mut self, entry: ChatEntry) {
+        self.hand_over(Job::Write(entry));
     }
 
     /// Adds an envelope to the sync sets (in the writer's next batch).
-    pub fn keep(&self, item: SyncItem) {
-        let item = match &self.tx {
-            Some(tx) => match tx.send(Job::Keep(item)) {
-                Ok(()) => return,
-                Err(mpsc::SendError(Job::Keep(item))) => item,
-                Err(_) => return,
-            },
-            None => item,
-        };
-        if let Err(e) = self.store.sync_keep_all(std::slice::from_ref(&item)) {
-            tracing::warn!(error = %e, "cannot keep an envelope for sync");
-        }
+    pub fn keep(&mut self, envelope: Envelope) {
+        self.hand_over(Job::Keep(Box::new(envelope)));
     }
 
     /// Answers a page of a room's history, with every message handed to [`Self::write`]
-    /// before.
-    pub fn read(&self, page: PageRead) {
-        let page = match &self.tx {
-            Some(tx) => match tx.send(Job::Read(page)) {
-                Ok(()) => return,
-                Err(mpsc::SendError(Job::Read(page))) => page,
-                Err(_) => return,
-            },
-            None => page,
-        };
-        read(&self.store, page);
+    /// before. Sent at once: the client is waiting.
+    pub fn read(&mut self, page: PageRead) {
+        self.hand_over(Job::Read(page));
+        self.flush();
+    }
+
+    /// Whether jobs wait for [`Self::flush`].
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Sends the jobs handed over to the writer thread (done here when it is gone).
+    pub fn flush(&mut self) {
+        for job in std::mem::take(&mut self.pending) {
+            let job = match &self.tx {
+                Some(tx) => match tx.send(job) {
+                    Ok(()) => continue,
+                    Err(mpsc::SendError(job)) => job,
+                },
+                None => job,
+            };
+            self.inline(job);
+        }
+    }
+
+    fn hand_over(&mut self, job: Job) {
+        if self.tx.is_some() {
+            self.pending.push(job);
+        } else {
+            self.inline(job);
+        }
+    }
+
+    /// A job done on the caller's thread: the writer thread could not be started, or is gone.
+    fn inline(&self, job: Job) {
+        match job {
+            Job::Write(entry) => {
+                if let Err(e) = self.store.chat_insert(&entry) {
+                    tracing::warn!(error = %e, "cannot store a chat message");
+                }
+            }
+            Job::Keep(envelope) => {
+                let Some(item) = SyncItem::of(&envelope) else { return };
+                if let Err(e) = self.store.sync_keep_all(std::slice::from_ref(&item)) {
+                    tracing::warn!(error = %e, "cannot keep an envelope for sync");
+                }
+            }
+            Job::Read(page) => read(&self.store, page),
+        }
     }
 }
 
@@ -142,7 +170,7 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Job>) {
             let mut read_after = None;
             match job {
                 Job::Write(entry) => batch.push(entry),
-                Job::Keep(item) => keep.push(item),
+                Job::Keep(envelope) => keep.extend(SyncItem::of(&envelope)),
                 Job::Read(page) => read_after = Some(page),
             }
             // What arrives within LINGER joins the batch: one transaction for a burst, and
@@ -159,7 +187,7 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Job>) {
                 };
                 match job {
                     Job::Write(entry) => batch.push(entry),
-                    Job::Keep(item) => keep.push(item),
+                    Job::Keep(envelope) => keep.extend(SyncItem::of(&envelope)),
                     Job::Read(page) => read_after = Some(page),
                 }
             }
@@ -216,7 +244,7 @@ mod tests {
     fn a_read_sees_every_message_written_before_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store.redb")).unwrap();
-        let writer = HistoryWriter::spawn(store);
+        let mut writer = HistoryWriter::spawn(store);
         for round in 0..20u64 {
             for i in 0..50 {
                 writer.write(entry(round * 50 + i));
@@ -252,13 +280,28 @@ mod tests {
     }
 
     #[test]
-    fn the_writer_stores_what_it_is_given() {
+    fn a_writer_dropped_with_jobs_still_pending_stores_them_first() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store.redb")).unwrap();
-        let writer = HistoryWriter::spawn(store.clone());
+        let mut writer = HistoryWriter::spawn(store.clone());
         for i in 0..10u64 {
             writer.write(entry(i));
         }
+        drop(writer);
+        assert_eq!(store.chat_history("r", 100).unwrap().len(), 10, "the node stopping loses none");
+    }
+
+    #[test]
+    fn the_writer_stores_what_it_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let mut writer = HistoryWriter::spawn(store.clone());
+        for i in 0..10u64 {
+            writer.write(entry(i));
+        }
+        assert!(writer.has_pending(), "handed over, kept until the event loop flushes");
+        writer.flush();
+        assert!(!writer.has_pending());
         let deadline = Instant::now() + Duration::from_secs(10);
         while store.chat_history("r", 100).unwrap().len() < 10 {
             assert!(Instant::now() < deadline, "written within 10 s");

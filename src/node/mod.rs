@@ -15,6 +15,7 @@ pub mod mirror;
 pub mod nat;
 mod reconcile;
 pub mod repair;
+mod priority;
 mod repo_cache;
 pub mod service;
 mod spool_watch;

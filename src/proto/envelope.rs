@@ -100,11 +100,7 @@ impl Envelope {
     /// signed message would have several encodings, each with another id, and be taken for
     /// several messages.
     pub fn verify(&self) -> Result<PeerId, EnvelopeError> {
-        let key_bytes = hex::decode(&self.author).map_err(|_| EnvelopeError::BadAuthor)?;
-        let key = PublicKey::try_decode_protobuf(&key_bytes).map_err(|_| EnvelopeError::BadAuthor)?;
-        if hex::encode(key.encode_protobuf()) != self.author {
-            return Err(EnvelopeError::BadAuthor);
-        }
+        let (key, author) = author_key(&self.author)?;
         let sig = hex::decode(&self.sig).map_err(|_| EnvelopeError::BadSignature)?;
         if hex::encode(&sig) != self.sig {
             return Err(EnvelopeError::BadSignature);
@@ -113,8 +109,49 @@ impl Envelope {
         if !key.verify(&bytes, &sig) {
             return Err(EnvelopeError::BadSignature);
         }
-        Ok(key.to_peer_id())
+        Ok(author)
     }
+}
+
+/// Authors' keys decoded lately, per thread. Decoding a key (an elliptic-curve point
+/// decompression) costs a sixth of a verification, and a room hears the same few authors again
+/// and again.
+const KNOWN_KEYS: usize = 256;
+
+thread_local! {
+    static KEYS: std::cell::RefCell<KnownKeys> = std::cell::RefCell::new(KnownKeys::default());
+}
+
+/// At most [`KNOWN_KEYS`] keys by their canonical hex; the oldest goes first.
+#[derive(Default)]
+struct KnownKeys {
+    keys: std::collections::HashMap<String, (PublicKey, PeerId)>,
+    order: std::collections::VecDeque<String>,
+}
+
+/// The key an envelope's `author` field names, and its peer id. The field must be the key's one
+/// canonical form (lowercase hex of its own protobuf encoding).
+fn author_key(author: &str) -> Result<(PublicKey, PeerId), EnvelopeError> {
+    if let Some(known) = KEYS.with(|k| k.borrow().keys.get(author).cloned()) {
+        return Ok(known);
+    }
+    let key_bytes = hex::decode(author).map_err(|_| EnvelopeError::BadAuthor)?;
+    let key = PublicKey::try_decode_protobuf(&key_bytes).map_err(|_| EnvelopeError::BadAuthor)?;
+    if hex::encode(key.encode_protobuf()) != author {
+        return Err(EnvelopeError::BadAuthor);
+    }
+    let peer = key.to_peer_id();
+    KEYS.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.order.len() >= KNOWN_KEYS {
+            if let Some(oldest) = k.order.pop_front() {
+                k.keys.remove(&oldest);
+            }
+        }
+        k.order.push_back(author.to_string());
+        k.keys.insert(author.to_string(), (key.clone(), peer));
+    });
+    Ok((key, peer))
 }
 
 #[cfg(test)]
@@ -170,6 +207,26 @@ mod tests {
         let mut upper = env;
         upper.author = upper.author.to_uppercase();
         assert_eq!(upper.verify(), Err(EnvelopeError::BadAuthor));
+    }
+
+    #[test]
+    fn known_keys_are_bounded_and_a_forgotten_one_verifies_again() {
+        let first = Envelope::sign(&alice(), "announce", &ab(), 7, "{}".into());
+        assert_eq!(first.verify().unwrap(), alice().public().to_peer_id());
+        for _ in 0..KNOWN_KEYS + 10 {
+            let other = Envelope::sign(&Keypair::generate_ed25519(), "announce", &ab(), 7, "{}".into());
+            assert!(other.verify().is_ok());
+        }
+        KEYS.with(|k| {
+            let k = k.borrow();
+            assert_eq!(k.keys.len(), KNOWN_KEYS);
+            assert_eq!(k.order.len(), KNOWN_KEYS);
+            assert!(!k.keys.contains_key(&first.author), "the oldest went first");
+        });
+        assert_eq!(first.verify().unwrap(), alice().public().to_peer_id());
+        let mut forged = Envelope::sign(&eve(), "announce", &ab(), 7, "{}".into());
+        forged.author = first.author.clone();
+        assert_eq!(forged.verify(), Err(EnvelopeError::BadSignature), "a known key checks every signature");
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub struct Limits {
     /// A provider silent this long in the middle of a fetch has stalled.
     pub idle: Duration,
     /// Nobody waits for the fetch (background replication): git runs at a low CPU priority on
-    /// both ends ([`super::BACKGROUND_NICE`]).
+    /// both ends ([`crate::node::priority::BACKGROUND_NICE`]).
     pub background: bool,
 }
 
@@ -191,11 +191,11 @@ async fn fetch_through(
         });
     }
     if background {
-        super::own_group(&mut cmd);
+        crate::node::priority::own_group(&mut cmd);
     }
     let mut child = cmd.spawn().map_err(|e| format!("cannot run git fetch: {e}"))?;
     if background {
-        super::give_way(child.id());
+        crate::node::priority::give_way_group(child.id());
     }
     drop(theirs);
     ours.set_nonblocking(true).map_err(|e| e.to_string())?;

@@ -87,29 +87,6 @@ pub fn git() -> tokio::process::Command {
     c
 }
 
-/// The CPU priority (nice) of the git processes of background replication, on both ends: they
-/// give way to the nodes' own work and the user's (a node that just heard of a commit forwards
-/// it and tells its followers first; 49 peers fetching that commit at once would otherwise
-/// hold both CPUs of a small machine) and take the CPU when it is free.
-pub const BACKGROUND_NICE: i32 = 10;
-
-/// Starts `cmd` in a process group of its own, so that [`give_way`] reaches every process it
-/// runs (git starts the remote helper, index-pack, pack-objects).
-pub fn own_group(cmd: &mut tokio::process::Command) {
-    cmd.process_group(0);
-}
-
-/// Lowers the CPU priority of the process group that `pid` (started with [`own_group`]) leads
-/// to [`BACKGROUND_NICE`]; what it starts later inherits it.
-pub fn give_way(pid: Option<u32>) {
-    let Some(pid) = pid else { return };
-    // SAFETY: setpriority(2) only changes the scheduling of the group; no memory is involved.
-    let lowered = unsafe { libc::setpriority(libc::PRIO_PGRP, pid as libc::id_t, BACKGROUND_NICE) };
-    if lowered != 0 {
-        tracing::debug!(pid, error = %std::io::Error::last_os_error(), "cannot lower a background git's priority");
-    }
-}
-
 /// Runs `cmd` to its end; its stdout, or its stderr's first lines as the error.
 async fn run(what: &str, cmd: &mut tokio::process::Command) -> Result<String, MirrorError> {
     let out = cmd

@@ -155,11 +155,11 @@ async fn serve(peer: PeerId, mut stream: libp2p::Stream, mirrors: &Mirrors) -> s
         cmd.env("GIT_PROTOCOL", p);
     }
     if request.background {
-        super::own_group(&mut cmd);
+        crate::node::priority::own_group(&mut cmd);
     }
     let mut child = cmd.spawn()?;
     if request.background {
-        super::give_way(child.id());
+        crate::node::priority::give_way_group(child.id());
     }
     stream.write_all(b"ok\n").await?;
     stream.flush().await?;

@@ -104,8 +104,9 @@ pub trait Disk {
     fn chat_insert(&mut self, entry: &ChatEntry) -> Result<bool, StoreError>;
     /// One of our room messages published at once: stored before the batch's answers go out.
     fn chat_published(&mut self, entry: ChatEntry);
-    /// An envelope for the sync sets peers reconcile with ours (stored off the event loop).
-    fn sync_keep(&mut self, item: crate::proto::sync::SyncItem);
+    /// An envelope for the sync sets peers reconcile with ours (its item is made and stored off
+    /// the event loop; one of no kind the sets hold is left out).
+    fn sync_keep(&mut self, envelope: Envelope);
     /// Forgets the sync sets' items signed before `before_ms`.
     fn sync_prune(&mut self, before_ms: u64) -> Result<usize, StoreError>;
     /// Sends `ack` once everything written so far is durable.

@@ -178,9 +178,7 @@ impl Service {
         }
         let seq = disk.outbox_push(&entry, durable)?;
         // Peers that miss its gossip catch up on it from us.
-        if let Some(item) = crate::proto::sync::SyncItem::of(&entry.envelope) {
-            disk.sync_keep(item);
-        }
+        disk.sync_keep(entry.envelope.clone());
         if let (true, Some(a)) = (ours, announcement) {
             if let Some(name) = a.commit.ref_name.clone() {
                 self.mirror_own(&entry.repo, vec![(name.clone(), a.commit.id.clone())], Some(name));

@@ -22,7 +22,6 @@ use crate::proto::chat::{room_id, ChatEntry, ChatError, ChatMessage};
 use crate::proto::envelope::{Envelope, EnvelopeError};
 use crate::proto::outbox::OutboxEntry;
 use crate::proto::repo::{RepoId, RepoInfo};
-use crate::proto::sync::SyncItem;
 
 /// Messages (of each kind) one author may have taken per second on average, and in a burst:
 /// more is dropped, not stored, shown or forwarded. Being over the rate is not misconduct (a
@@ -393,9 +392,7 @@ impl Service {
                 Ok(new) => {
                     // Peers catching up get it from us (even one the feed had under another
                     // envelope: our set then has what theirs has).
-                    if let Some(item) = SyncItem::of(&envelope) {
-                        disk.sync_keep(item);
-                    }
+                    disk.sync_keep((*envelope).clone());
                     if !new {
                         return MessageAcceptance::Ignore;
                     }
@@ -414,8 +411,8 @@ impl Service {
                 }
             },
             Arrival::Chat(entry, envelope) => {
-                if let Some(item) = envelope.and_then(|e| SyncItem::of(&e)) {
-                    disk.sync_keep(item);
+                if let Some(envelope) = envelope {
+                    disk.sync_keep(*envelope);
                 }
                 let notice = entry.notice();
                 self.push(Io::Emit(NodeEvent::Chat(entry.clone())));
@@ -485,9 +482,7 @@ impl Service {
             envelope: Box::new(envelope.clone()),
             thread: thread.clone(),
         }));
-        if let Some(item) = SyncItem::of(&envelope) {
-            disk.sync_keep(item);
-        }
+        disk.sync_keep(envelope.clone());
         let entry = ChatEntry::new(&envelope, author, message, true, now.unix_ms);
         let peers = self.discovery.peers.audience(&topic);
         let outbox = OutboxEntry { repo, envelope, thread };

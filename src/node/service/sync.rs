@@ -23,7 +23,7 @@ use crate::control::api::{SyncRepoStatus, SyncStatus};
 use crate::proto::announce::Announcement;
 use crate::proto::envelope::Envelope;
 use crate::proto::repo::RepoId;
-use crate::proto::sync::{Kind, SyncItem};
+use crate::proto::sync::Kind;
 
 /// How often connected peers reconcile again (gossip may have lost something meanwhile: a
 /// message dropped as too fast, a partition that healed without a reconnect).
@@ -243,7 +243,7 @@ impl Service {
         // Announcements go to the feed together, in one write (a catch-up brings thousands).
         let mut feed: Vec<(crate::proto::announce::FeedEntry, Box<Envelope>)> = Vec::new();
         for (kind, envelope, author) in checked {
-            let item = SyncItem::of(&envelope);
+            let kept = envelope.clone();
             let arrival = self.rooms.synced(kind, envelope, author, &self.me.peer, now);
             match arrival {
                 Arrival::Refused(why) if why.is_invalid() => {
@@ -255,9 +255,7 @@ impl Service {
                 Arrival::Seen => {
                     // Held already (by gossip meanwhile): the set has it too, so that it is not
                     // offered again.
-                    if let Some(item) = item {
-                        disk.sync_keep(item);
-                    }
+                    disk.sync_keep(kept);
                 }
                 Arrival::Announcement(entry, envelope) => feed.push((entry, envelope)),
                 arrival => {
@@ -270,9 +268,7 @@ impl Service {
         match disk.feed_insert_all(&entries) {
             Ok(new) => {
                 for ((entry, envelope), new) in feed.into_iter().zip(new) {
-                    if let Some(item) = SyncItem::of(&envelope) {
-                        disk.sync_keep(item);
-                    }
+                    disk.sync_keep((*envelope).clone());
                     if new {
                         self.sync.items += 1;
                         self.announced(&entry, now);

@@ -133,7 +133,8 @@ impl Disk for MemDisk {
     fn chat_published(&mut self, entry: ChatEntry) {
         self.chat.push(entry);
     }
-    fn sync_keep(&mut self, item: crate::proto::sync::SyncItem) {
+    fn sync_keep(&mut self, envelope: Envelope) {
+        let Some(item) = crate::proto::sync::SyncItem::of(&envelope) else { return };
         self.sync_set.insert((item.repo, item.kind, item.ts, item.id), item.envelope);
     }
     fn sync_prune(&mut self, before_ms: u64) -> Result<usize, StoreError> {
