@@ -392,7 +392,7 @@ impl Service {
                 Ok(new) => {
                     // Peers catching up get it from us (even one the feed had under another
                     // envelope: our set then has what theirs has).
-                    disk.sync_keep((*envelope).clone());
+                    disk.sync_keep(*envelope);
                     if !new {
                         return MessageAcceptance::Ignore;
                     }

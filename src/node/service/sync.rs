@@ -268,7 +268,7 @@ impl Service {
         match disk.feed_insert_all(&entries) {
             Ok(new) => {
                 for ((entry, envelope), new) in feed.into_iter().zip(new) {
-                    disk.sync_keep((*envelope).clone());
+                    disk.sync_keep(*envelope);
                     if new {
                         self.sync.items += 1;
                         self.announced(&entry, now);
