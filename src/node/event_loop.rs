@@ -322,7 +322,9 @@ impl EventLoop {
                 let _ = reply.send(Ok(()));
                 return true;
             }
-            Command::Announce { repo, envelope, reply } => self.service.announce(repo, envelope, reply, disk!(self)),
+            Command::Announce { repo, envelope, reply } => {
+                self.service.announce(repo, envelope, reply, now, disk!(self))
+            }
             Command::IngestSpool(reply) => {
                 // The hook's slow path rang: what it could not spool (a full disk) is in a reflog.
                 self.spool_changed(true);

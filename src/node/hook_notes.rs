@@ -70,6 +70,10 @@ pub struct HookNotes {
     /// Repositories read since the last tick, whose refs we published may be gone
     /// ([`Self::unpublish_gone_refs`]).
     refs_to_check: HashSet<PathBuf>,
+    /// Repositories whose reflog was read since the node started: at the first read, the branch
+    /// HEAD is on goes to the DHT if our refs there say otherwise (a put that waited to settle
+    /// when the node stopped).
+    read_since_start: HashSet<PathBuf>,
 }
 
 impl HookNotes {
@@ -93,6 +97,7 @@ impl HookNotes {
             last_signed: 0,
             after_reopen: HashSet::new(),
             refs_to_check: HashSet::new(),
+            read_since_start: HashSet::new(),
         }
     }
 
@@ -233,7 +238,8 @@ impl HookNotes {
         // A commit is on HEAD's branch (the reflog does not say which branch it was then),
         // unless a rebase said where it returned to.
         let head_ref = ctx.branch.as_ref().map(|b| format!("refs/heads/{b}"));
-        let moved_only = commits.is_empty() && pos.is_some_and(|p| new_pos > p);
+        let first_read = self.read_since_start.insert(ctx.git_dir.clone());
+        let moved_only = commits.is_empty() && pos.is_some_and(|p| first_read || new_pos > p);
         for commit in commits {
             if store.own_announced(&repo.id, &commit.id)? {
                 continue;
@@ -243,7 +249,7 @@ impl HookNotes {
             self.last_signed = now.unix_ms.max(self.last_signed + 1);
             let envelope =
                 Announcement::new(info, ctx.user_name.as_deref()).sign(&service.me().key, &repo.id, self.last_signed);
-            service.queue_announcement(OutboxEntry { repo: repo.clone(), envelope, thread: None }, false, disk)?;
+            service.queue_announcement(OutboxEntry { repo: repo.clone(), envelope, thread: None }, false, now, disk)?;
         }
         if let (true, Some(head_ref)) = (moved_only, head_ref) {
             service.branch_moved(&repo.id, head_ref, ctx.head_commit.clone(), now, disk);
@@ -278,7 +284,7 @@ impl HookNotes {
             match item {
                 Item::Entry(entry) if already_announced(&entry, service, store) => {}
                 Item::Entry(entry) => {
-                    if let Err(e) = service.queue_announcement(entry, true, disk) {
+                    if let Err(e) = service.queue_announcement(entry, true, Now::system(), disk) {
                         super::disk::log_store_error(&e, "cannot move a spooled announcement to the outbox");
                         return;
                     }

@@ -297,3 +297,29 @@ fn a_deleted_branch_is_unpublished_by_refs_publish_and_by_the_next_commit() {
     });
     assert_one_line_error(&alice.run_in(&repo, &["kv", "get", "refs/heads/feature"]), 1, "no value");
 }
+
+#[test]
+fn a_branch_whose_put_had_not_settled_when_the_node_was_killed_is_put_at_its_next_start() {
+    let alice = Node::new("alice");
+    let repo = alice.repo("proj", 1);
+    alice.ok_in(&repo, &["init"]);
+    let main = |alice: &Node| -> Option<String> {
+        let out = alice.run_in(&repo, &["refs", "--author", "me", "--json"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|r| r["ref"] == "refs/heads/main")
+            .and_then(|r| r["oid"].as_str().map(str::to_string))
+    };
+    let first = alice.commit(&repo, "first");
+    eventually(Duration::from_secs(20), "main published", || (main(&alice) == Some(first.clone())).then_some(()));
+    // The node takes the next commit (no peer: both wait in its outbox) and waits for the
+    // branch to settle; killed meanwhile.
+    let second = alice.commit(&repo, "second");
+    eventually(Duration::from_secs(10), "the commit taken", || (alice.status()["outbox"] == 2).then_some(()));
+    alice.kill9();
+    // The next command starts the node again; it finds main moved since its last put.
+    eventually(Duration::from_secs(20), "main at the second commit", || {
+        (main(&alice) == Some(second.clone())).then_some(())
+    });
+}

@@ -135,7 +135,14 @@ impl Outbox {
 
 impl Service {
     /// An announcement from a client (`git p2p announce`): queued durably, answered once stored.
-    pub fn announce(&mut self, repo: RepoInfo, envelope: Envelope, reply: Reply<Queued>, disk: &mut dyn Disk) {
+    pub fn announce(
+        &mut self,
+        repo: RepoInfo,
+        envelope: Envelope,
+        reply: Reply<Queued>,
+        now: Now,
+        disk: &mut dyn Disk,
+    ) {
         if let Err(e) = disk.writable() {
             let _ = reply.send(Err(Failure::new(format!("cannot store the announcement: {e}"))));
             return;
@@ -148,7 +155,7 @@ impl Service {
             let _ = reply.send(Err(Failure::new("announcement and repo disagree on the repo id")));
             return;
         }
-        match self.queue_announcement(OutboxEntry { repo, envelope, thread: None }, true, disk) {
+        match self.queue_announcement(OutboxEntry { repo, envelope, thread: None }, true, now, disk) {
             Ok(()) => disk.reply_when_durable(Ack::new(reply, Queued { pending: self.outbox.len() })),
             Err(e) => {
                 let _ = reply.send(Err(Failure::new(format!("cannot store the announcement: {e}"))));
@@ -158,12 +165,13 @@ impl Service {
 
     /// Queues one of our announcements: the repository registered (at its git dir) and re-read
     /// for Nostr, the commit marked as announced, the outbox; our refs in the DHT follow once
-    /// it went out ([`Service::flush`]). Not `durable`: the caller syncs soon (an announcement
+    /// the branch settled ([`Service::flush`], [`super::refs::SETTLE`]). Not `durable`: the caller syncs soon (an announcement
     /// read from the reflog is found there again after a crash).
     pub fn queue_announcement(
         &mut self,
         entry: OutboxEntry,
         durable: bool,
+        now: Now,
         disk: &mut dyn Disk,
     ) -> Result<(), StoreError> {
         if !self.repos.knows_at(&entry.repo) {
@@ -183,7 +191,7 @@ impl Service {
             if let Some(name) = a.commit.ref_name.clone() {
                 self.mirror_own(&entry.repo, vec![(name.clone(), a.commit.id.clone())], Some(name));
             }
-            self.refs.after_publish(entry.repo.id.clone(), a.commit);
+            self.refs.after_publish(entry.repo.id.clone(), a.commit, now.mono);
         }
         self.join_repo(entry.repo.clone());
         self.repo_changed(&entry.repo);

@@ -1,12 +1,19 @@
 //! Our refs in the DHT. Each announcement of ours on a branch puts `refs/heads/<b>` → commit and
-//! our entry of the repository's `refs` index (all our refs, for `git p2p refs`), once the
-//! announcement itself went out; a branch that moved without a commit of ours (a fast-forward
-//! after `git pull`) is put the same way, and a ref deleted since is unpublished (a tombstone
-//! for its key, the index without it). `git p2p refs publish` puts every branch and tag and
-//! unpublishes the rest. The node signs these entries with the user's key; nobody waits for
-//! the puts of the announcement path.
+//! our entry of the repository's `refs` index (all our refs, for `git p2p refs`); a branch that
+//! moved without a commit of ours (a fast-forward after `git pull`) is put the same way, and a
+//! ref deleted since is unpublished (a tombstone for its key, the index without it). `git p2p
+//! refs publish` puts every branch and tag and unpublishes the rest. The node signs these
+//! entries with the user's key; nobody waits for the puts of the announcement path.
+//!
+//! The puts of announcements wait until their branches settle ([`SETTLE`], at most
+//! [`SETTLE_AT_MOST`]): a put is a DHT query and a store at 20 nodes, each of which checks the
+//! signature, and it would run while the announcement is still spreading. A burst of commits
+//! (`git am`, a rebase) puts each branch once, at its newest commit. The announcement carries
+//! the commit; the DHT is for those who look a branch up later. A node stopped before the put
+//! puts the branch HEAD is on at its next start (`hook_notes`, the first read of a reflog).
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use libp2p::kad;
 
@@ -18,53 +25,114 @@ use crate::proto::announce::{is_object_id, Commit};
 use crate::proto::kv::{record_key, validate_key, Entry, Record, MAX_VALUE, REFS_KEY};
 use crate::proto::repo::{RepoId, RepoInfo};
 
+/// How long a branch of ours stays where an announcement moved it before it is put.
+pub const SETTLE: Duration = Duration::from_secs(1);
+/// The longest a moved branch waits for its put, however often it moves.
+pub const SETTLE_AT_MOST: Duration = Duration::from_secs(5);
+
+/// Branches our announcements moved, not yet put.
 #[derive(Default)]
 pub struct Refs {
-    /// Commits of our announcements, whose refs are put once the announcement was published.
-    after_publish: Vec<(RepoId, Commit)>,
+    /// Per repository, each moved branch at its newest commit.
+    pending: BTreeMap<RepoId, BTreeMap<String, String>>,
+    /// When the oldest of them moved and when the newest did.
+    first: Option<Instant>,
+    last: Option<Instant>,
 }
 
 impl Refs {
-    pub fn after_publish(&mut self, repo: RepoId, commit: Commit) {
-        self.after_publish.push((repo, commit));
+    pub fn after_publish(&mut self, repo: RepoId, commit: Commit, at: Instant) {
+        let Some(ref_name) = commit.ref_name else { return };
+        self.pending.entry(repo).or_default().insert(ref_name, commit.id);
+        self.first.get_or_insert(at);
+        self.last = Some(at);
+    }
+
+    /// Whether the branches waiting are due for their puts at `now`.
+    fn due(&self, now: Instant) -> bool {
+        match (self.first, self.last) {
+            (Some(first), Some(last)) => {
+                now.saturating_duration_since(last) >= SETTLE || now.saturating_duration_since(first) >= SETTLE_AT_MOST
+            }
+            _ => false,
+        }
+    }
+
+    /// The branches of `repo` waiting for their puts, taken out of the wait.
+    fn take(&mut self, repo: &RepoId) -> BTreeMap<String, String> {
+        let taken = self.pending.remove(repo).unwrap_or_default();
+        if self.pending.is_empty() {
+            (self.first, self.last) = (None, None);
+        }
+        taken
+    }
+
+    /// Forgets a waiting branch (put or unpublished by other means meanwhile).
+    fn forget(&mut self, repo: &RepoId, ref_name: &str) {
+        if let Some(refs) = self.pending.get_mut(repo) {
+            refs.remove(ref_name);
+            if refs.is_empty() {
+                self.take(repo);
+            }
+        }
+    }
+
+    fn waiting(&self, repo: &RepoId) -> impl Iterator<Item = &String> {
+        self.pending.get(repo).into_iter().flat_map(|refs| refs.keys())
     }
 }
 
 impl Service {
-    /// Puts the refs that announcements queued since the last flush move.
+    /// Puts the branches our announcements moved, once they settled ([`SETTLE`]).
     pub(super) fn publish_refs(&mut self, now: Now, disk: &mut dyn Disk) {
-        for (repo, commit) in std::mem::take(&mut self.refs.after_publish) {
-            if let Some(ref_name) = commit.ref_name {
-                self.put_ref(&repo, ref_name, commit.id, now, disk);
-            }
+        if !self.refs.due(now.mono) {
+            return;
+        }
+        let repos: Vec<RepoId> = self.refs.pending.keys().cloned().collect();
+        for repo in repos {
+            let moved = self.refs.take(&repo);
+            self.put_refs(&repo, moved, now, disk);
         }
     }
 
     /// Our branch moved without a commit of ours (a fast-forward): the DHT learns where it is
     /// now, unless it knows already.
     pub fn branch_moved(&mut self, repo: &RepoId, ref_name: String, commit: String, now: Now, disk: &mut dyn Disk) {
+        self.refs.forget(repo, &ref_name);
         if self.own_refs(repo, disk).get(&ref_name) != Some(&commit) {
-            self.put_ref(repo, ref_name, commit, now, disk);
+            self.put_refs(repo, BTreeMap::from([(ref_name, commit)]), now, disk);
         }
     }
 
-    /// Puts our `ref_name` → `commit`, and our entry of the repository's refs index.
-    fn put_ref(&mut self, repo: &RepoId, ref_name: String, commit: String, now: Now, disk: &mut dyn Disk) {
+    /// Puts each of our `moved` refs (name → commit), then our entry of the repository's refs
+    /// index with them.
+    fn put_refs(&mut self, repo: &RepoId, moved: BTreeMap<String, String>, now: Now, disk: &mut dyn Disk) {
+        if moved.is_empty() {
+            return;
+        }
         let name = self.me.name.clone();
-        self.put_own(repo, &ref_name, Some(commit.as_bytes()), name.clone(), Writer::Node, now, disk);
+        for (ref_name, commit) in &moved {
+            self.put_own(repo, ref_name, Some(commit.as_bytes()), name.clone(), Writer::Node, now, disk);
+        }
         let mut refs = self.own_refs(repo, disk);
-        refs.insert(ref_name, commit);
+        refs.extend(moved);
         let index = serde_json::to_vec(&refs).expect("a map of strings serialises");
         self.put_own(repo, REFS_KEY, Some(&index), name, Writer::Node, now, disk);
     }
 
-    /// The refs our index publishes in `repo`, for the hook's side to check they still exist.
+    /// The refs our index publishes in `repo` and those waiting for their puts, for the hook's
+    /// side to check they still exist.
     pub fn published_refs(&self, repo: &RepoId, disk: &dyn Disk) -> Vec<String> {
-        self.own_refs(repo, disk).into_keys().collect()
+        let mut refs = self.own_refs(repo, disk);
+        refs.extend(self.refs.waiting(repo).map(|r| (r.clone(), String::new())));
+        refs.into_keys().collect()
     }
 
     /// Refs of ours that are gone from the repository (a deleted branch): unpublished.
     pub fn refs_gone(&mut self, repo: &RepoId, gone: &[String], now: Now, disk: &mut dyn Disk) {
+        for name in gone {
+            self.refs.forget(repo, name);
+        }
         let mut refs = self.own_refs(repo, disk);
         let before = refs.len();
         refs.retain(|name, _| !gone.contains(name));
@@ -107,6 +175,8 @@ impl Service {
             ))));
             return;
         }
+        // What it says replaces what our announcements moved and was not put yet.
+        self.refs.take(&repo.id);
         let removed: Vec<String> =
             self.own_refs(&repo.id, disk).into_keys().filter(|r| !refs.contains_key(r)).collect();
         for (r, oid) in &refs {

@@ -429,7 +429,7 @@ impl Sim {
         };
         let envelope = Announcement { commit, name: None }.sign(&peer.key, &repo().id, now.unix_ms);
         let (reply, answer) = oneshot::channel();
-        peer.service.announce(repo(), envelope, reply, &mut peer.disk);
+        peer.service.announce(repo(), envelope, reply, now, &mut peer.disk);
         self.end_of_batch(name);
         answer.blocking_recv().expect("an answer")
     }
@@ -765,6 +765,8 @@ fn our_refs_follow_our_announcements_and_two_in_one_millisecond_do_not_tie() {
     sim.init("alice");
     sim.announce("alice", "one").expect("queued");
     sim.announce("alice", "two").expect("queued");
+    sim.advance(super::refs::SETTLE);
+    sim.tick("alice");
     let alice = sim.peer("alice");
     let index_key = kad::RecordKey::new(&record_key(&repo().id, crate::proto::kv::REFS_KEY));
     let record =
@@ -775,6 +777,76 @@ fn our_refs_follow_our_announcements_and_two_in_one_millisecond_do_not_tie() {
     let announced: Vec<&OutboxEntry> = alice.disk.outbox.values().map(|(e, _)| e).collect();
     let last = Announcement::from_envelope(&announced[1].envelope).expect("an announcement");
     assert_eq!(refs.get("refs/heads/main"), Some(&last.commit.id), "the index names the newest commit");
+}
+
+/// The puts of our refs that `name` started since the last call, by key.
+fn ref_puts(sim: &mut Sim, name: &str) -> Vec<String> {
+    let queries = std::mem::take(&mut sim.peer(name).queries);
+    let repo_id = repo().id;
+    let key_of = |key: &kad::RecordKey| {
+        ["refs/heads/main", crate::proto::kv::REFS_KEY]
+            .into_iter()
+            .find(|k| kad::RecordKey::new(&record_key(&repo_id, k)) == *key)
+            .map(str::to_string)
+    };
+    queries
+        .iter()
+        .filter_map(|io| if let Io::PutRecord { record, .. } = io { key_of(&record.key) } else { None })
+        .collect()
+}
+
+#[test]
+fn a_burst_of_commits_puts_its_branch_once_settled_and_a_steady_stream_within_the_longest_wait() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("alice");
+    sim.init("bob");
+    sim.connect("alice", "bob");
+    sim.settle("alice");
+    ref_puts(&mut sim, "alice");
+    // A rebase: ten commits 100 ms apart; nothing is put while the branch moves.
+    for i in 0..10 {
+        sim.announce("alice", &format!("patch {i}")).expect("queued");
+        sim.advance(Duration::from_millis(100));
+        sim.tick("alice");
+        assert_eq!(ref_puts(&mut sim, "alice"), Vec::<String>::new(), "put while the branch moves ({i})");
+    }
+    sim.advance(super::refs::SETTLE);
+    sim.tick("alice");
+    assert_eq!(ref_puts(&mut sim, "alice"), ["refs/heads/main", "refs"], "once, settled");
+    let newest = sim.peer("alice").disk.outbox.values().map(|(e, _)| e.envelope.clone()).next_back().expect("queued");
+    let newest = Announcement::from_envelope(&newest).expect("an announcement").commit.id;
+    let put = own_entry(sim.peer("alice"), "refs/heads/main").value_bytes();
+    assert_eq!(put, Some(newest.into_bytes()), "at the newest commit");
+    sim.tick("alice");
+    assert_eq!(ref_puts(&mut sim, "alice"), Vec::<String>::new(), "nothing moved since");
+
+    // A commit every half second never settles; its branch is put at the longest wait.
+    let start = sim.now;
+    let mut puts = Vec::new();
+    while sim.now.mono.duration_since(start.mono) < super::refs::SETTLE_AT_MOST * 2 {
+        sim.announce("alice", &format!("at {:?}", sim.now.mono.duration_since(start.mono))).expect("queued");
+        sim.advance(Duration::from_millis(500));
+        sim.tick("alice");
+        if !ref_puts(&mut sim, "alice").is_empty() {
+            puts.push(sim.now.mono.duration_since(start.mono));
+        }
+    }
+    assert_eq!(puts, [super::refs::SETTLE_AT_MOST, super::refs::SETTLE_AT_MOST * 2], "within the longest wait");
+
+    // A branch deleted before its put: unpublished, and its put never comes.
+    sim.advance(super::refs::SETTLE);
+    sim.tick("alice");
+    sim.announce("alice", "doomed").expect("queued");
+    let now = sim.now;
+    let alice = sim.peer("alice");
+    assert_eq!(alice.service.published_refs(&repo().id, &alice.disk), ["refs/heads/main"]);
+    alice.service.refs_gone(&repo().id, &["refs/heads/main".to_string()], now, &mut alice.disk);
+    sim.settle("alice");
+    assert_eq!(ref_puts(&mut sim, "alice"), ["refs/heads/main", "refs"], "a tombstone and the index");
+    assert_eq!(own_entry(sim.peer("alice"), "refs/heads/main").value, None);
+    sim.advance(super::refs::SETTLE_AT_MOST);
+    sim.tick("alice");
+    assert_eq!(ref_puts(&mut sim, "alice"), Vec::<String>::new(), "the deleted branch is not put again");
 }
 
 /// What bob's identify tells alice: his listen address and the session of his process.
