@@ -1495,6 +1495,8 @@ fn git_p2ps_own_keys_are_not_the_users_and_ls_shows_only_live_keys_of_ours() {
     let mut sim = Sim::new(&["alice", "bob"]);
     sim.init("alice");
     sim.announce("alice", "one").expect("queued");
+    sim.advance(super::refs::SETTLE);
+    sim.tick("alice");
     for key in ["refs", "refs/heads/main", "notes/commits", "notes/commits/abc"] {
         for value in [Some("garbage"), None] {
             let refused = kv_put(&mut sim, key, value).expect_err("refused");
