@@ -124,6 +124,42 @@ fn push_perf(metrics: &mut Vec<Metric>, perf: Option<Perf>, messages: usize, nam
     metrics.push(Metric { name, unit: "ms", samples, nodes, goal: "(CPU per message)" });
 }
 
+/// Waits until the processes `pids` (a network just formed) are quiet, as the floor's network is
+/// when it is measured: their CPU in a second under [`QUIET_MS`] and no longer falling (within a
+/// fifth of the second before), after `at_least`, at most [`SETTLE_AT_MOST`]. Ours start work of
+/// their own after a first announcement (in a crowd, each peer fetches the commit a few seconds
+/// later): what is measured then is announcements, not the network forming. Records how long that took and
+/// what the processes use per second once quiet.
+fn settle(metrics: &mut Vec<Metric>, pids: &[i32], nodes: usize, what: &str, at_least: Duration) {
+    let start = Instant::now();
+    let total = || pids.iter().map(|&p| cpu_ms(p)).sum::<f64>();
+    let (mut used, mut before) = (f64::INFINITY, f64::INFINITY);
+    let steady = |used: f64, before: f64| used <= QUIET_MS && used <= before * 1.2;
+    while (!steady(used, before) || start.elapsed() < at_least) && start.elapsed() < SETTLE_AT_MOST {
+        let (cpu, t) = (total(), Instant::now());
+        std::thread::sleep(Duration::from_secs(1));
+        (before, used) = (used, (total() - cpu) / t.elapsed().as_secs_f64());
+    }
+    if !steady(used, before) {
+        eprintln!("{what}: still busy after {SETTLE_AT_MOST:?} ({used:.0} ms of CPU a second)");
+    }
+    let name: &'static str = if what == "announce_n" { "announce_n_settle" } else { "announce_n_bare_settle" };
+    let idle: &'static str = if what == "announce_n" { "announce_n_idle_cpu" } else { "announce_n_bare_idle_cpu" };
+    metrics.push(Metric {
+        name,
+        unit: "s",
+        samples: vec![start.elapsed().as_secs_f64()],
+        nodes,
+        goal: "(until quiet)",
+    });
+    metrics.push(Metric { name: idle, unit: "ms/s", samples: vec![used], nodes, goal: "(all nodes, quiet)" });
+}
+
+/// CPU a second (ms, all nodes together) over which a network is still busy: 15 % of a
+/// 2-core machine.
+const QUIET_MS: f64 = 300.0;
+const SETTLE_AT_MOST: Duration = Duration::from_secs(60);
+
 /// Resident set size of a process in MiB, from /proc.
 fn rss_mib(pid: i32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -193,25 +229,41 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
     let (mut per_node, mut until_all) = (Vec::new(), Vec::new());
     let (mut delivered, mut expected) = (0usize, 0usize);
     let pids: Vec<i32> = all.iter().filter_map(|n| n.pid()).collect();
+    // As the floor's network: two heartbeats for the mesh, then quiet, which in a crowd is after
+    // the peers' fetches of the warm-up commit (they start within the crowd's wait).
+    use git_p2p::node::service::mirror::{CROWD_SPREAD, CROWD_WAIT};
+    let crowd = CROWD_WAIT + CROWD_SPREAD + Duration::from_secs(2);
+    settle(metrics, &pids, nodes, "announce_n", crowd);
     let perf = Perf::start(&pids);
+    let mut done = std::collections::HashSet::from([warm]);
     for k in 1..=commits {
         let t0 = Instant::now();
         let took = time_commit(&all[0], &origin, k, false);
         let committed = t0 + Duration::from_secs_f64(took / 1000.0);
-        let commit = all[0].git(&origin, &["rev-parse", "HEAD"]).trim().to_string();
+        // The one commit not seen before is this one (its id is read once it arrived: a git
+        // process started meanwhile would compete with the nodes, which the floor's run has not).
         expected += nodes - 1;
-        let mut seen = std::collections::HashSet::new();
-        let mut last = committed;
+        let mut seen: std::collections::HashMap<String, Vec<(usize, Instant)>> = std::collections::HashMap::new();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while seen.len() < nodes - 1 && Instant::now() < deadline {
+        while seen.values().all(|s| s.len() < nodes - 1) && Instant::now() < deadline {
             if let Ok((i, c, at)) = rx.recv_timeout(Duration::from_millis(200)) {
-                if c == commit && seen.insert(i) {
-                    per_node.push(ms(at.saturating_duration_since(committed)));
-                    last = last.max(at);
+                if !done.contains(&c) {
+                    let s = seen.entry(c).or_default();
+                    if s.iter().all(|(j, _)| *j != i) {
+                        s.push((i, at));
+                    }
                 }
             }
         }
+        let commit = all[0].git(&origin, &["rev-parse", "HEAD"]).trim().to_string();
+        let seen = seen.remove(&commit).unwrap_or_default();
+        done.insert(commit);
         delivered += seen.len();
+        let mut last = committed;
+        for (_, at) in &seen {
+            per_node.push(ms(at.saturating_duration_since(committed)));
+            last = last.max(*at);
+        }
         if seen.len() == nodes - 1 {
             until_all.push(ms(last.saturating_duration_since(committed)));
         }
@@ -771,9 +823,9 @@ fn announce_many_bare(metrics: &mut Vec<Metric>, nodes: usize, messages: usize) 
     // peer, so the warm-up arrives before the mesh exists; two heartbeats (1 s) later every node
     // has grafted its mesh and forwards (and checks) copies as ours do.
     bare_deliver(&mut children[0], &rx, 0, padding, nodes, Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(2));
     let (mut per_node, mut until_all) = (Vec::new(), Vec::new());
     let pids: Vec<i32> = children.iter().map(|c| c.process.id() as i32).collect();
+    settle(metrics, &pids, nodes, "announce_n_bare", Duration::from_secs(2));
     let perf = Perf::start(&pids);
     for i in 1..=messages {
         let (Some(published), received) =

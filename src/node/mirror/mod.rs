@@ -73,7 +73,7 @@ pub enum MirrorEvent {
 /// (an `insteadOf`, a credential helper, hooks paths) and none of the variables git passes to
 /// hooks reaches it.
 pub fn git() -> tokio::process::Command {
-    let mut c = tokio::process::Command::new("git");
+    let mut c = tokio::process::Command::new(git_program());
     c.env_clear();
     if let Some(path) = std::env::var_os("PATH") {
         c.env("PATH", path);
@@ -85,6 +85,22 @@ pub fn git() -> tokio::process::Command {
         .stdin(Stdio::null())
         .kill_on_drop(true);
     c
+}
+
+/// git as found on our PATH, once. A command whose PATH is set and whose program is a bare name
+/// is started by a fork of the whole node (the standard library cannot hand such a look-up to
+/// `posix_spawn`): copying its page tables and then faulting on every page it writes until the
+/// child has run `exec`. With the full path it is a `posix_spawn`, which shares them.
+fn git_program() -> &'static std::ffi::OsStr {
+    static GIT: std::sync::OnceLock<std::ffi::OsString> = std::sync::OnceLock::new();
+    GIT.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("git"))
+            .find(|p| p.is_absolute() && p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+            .map_or_else(|| "git".into(), std::path::PathBuf::into_os_string)
+    })
 }
 
 /// Runs `cmd` to its end; its stdout, or its stderr's first lines as the error.
