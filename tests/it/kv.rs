@@ -256,22 +256,22 @@ fn git_p2ps_own_keys_are_refused_and_kv_shows_and_removes_only_what_is_yours() {
     assert!(human.lines().any(|l| l.ends_with("refs  (git p2p refs publish)")), "{human}");
 }
 
+/// The refs `node` published in `repo` (`refs --author me`): ref → object id.
+fn own_refs(node: &Node, repo: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    let out = node.run_in(repo, &["refs", "--author", "me", "--json"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|r| Some((r["ref"].as_str()?.to_string(), r["oid"].as_str()?.to_string())))
+        .collect()
+}
+
 #[test]
 fn a_deleted_branch_is_unpublished_by_refs_publish_and_by_the_next_commit() {
     let alice = Node::new("alice");
     let repo = alice.repo("proj", 1);
     alice.ok_in(&repo, &["init"]);
-    let mine = |alice: &Node| -> Vec<String> {
-        let out = alice.run_in(&repo, &["refs", "--author", "me", "--json"]);
-        let lines = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut refs: Vec<String> = lines
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter_map(|r| r["ref"].as_str().map(str::to_string))
-            .collect();
-        refs.sort();
-        refs
-    };
+    let mine = |alice: &Node| -> Vec<String> { own_refs(alice, &repo).into_keys().collect() };
     alice.git(&repo, &["branch", "topic"]);
     alice.git(&repo, &["tag", "v1"]);
     alice.ok_in(&repo, &["refs", "publish"]);
@@ -303,14 +303,7 @@ fn a_branch_whose_put_had_not_settled_when_the_node_was_killed_is_put_at_its_nex
     let alice = Node::new("alice");
     let repo = alice.repo("proj", 1);
     alice.ok_in(&repo, &["init"]);
-    let main = |alice: &Node| -> Option<String> {
-        let out = alice.run_in(&repo, &["refs", "--author", "me", "--json"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|r| r["ref"] == "refs/heads/main")
-            .and_then(|r| r["oid"].as_str().map(str::to_string))
-    };
+    let main = |alice: &Node| own_refs(alice, &repo).remove("refs/heads/main");
     let first = alice.commit(&repo, "first");
     eventually(Duration::from_secs(20), "main published", || (main(&alice) == Some(first.clone())).then_some(()));
     // The node takes the next commit (no peer: both wait in its outbox) and waits for the
