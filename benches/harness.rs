@@ -128,9 +128,9 @@ fn push_perf(metrics: &mut Vec<Metric>, perf: Option<Perf>, messages: usize, nam
 /// when it is measured: their CPU in a second under [`QUIET_MS`] and no longer falling (within a
 /// fifth of the second before), after `at_least`, at most [`SETTLE_AT_MOST`]. Ours start work of
 /// their own after a first announcement (in a crowd, each peer fetches the commit a few seconds
-/// later): what is measured then is announcements, not the network forming. Records how long that took and
-/// what the processes use per second once quiet.
-fn settle(metrics: &mut Vec<Metric>, pids: &[i32], nodes: usize, what: &str, at_least: Duration) {
+/// later): what is measured then is announcements, not the network forming. Records, as
+/// `names`, how long that took and what the processes use per second once quiet.
+fn settle(metrics: &mut Vec<Metric>, pids: &[i32], nodes: usize, names: [&'static str; 2], at_least: Duration) {
     let start = Instant::now();
     let total = || pids.iter().map(|&p| cpu_ms(p)).sum::<f64>();
     let (mut used, mut before) = (f64::INFINITY, f64::INFINITY);
@@ -141,10 +141,9 @@ fn settle(metrics: &mut Vec<Metric>, pids: &[i32], nodes: usize, what: &str, at_
         (before, used) = (used, (total() - cpu) / t.elapsed().as_secs_f64());
     }
     if !steady(used, before) {
-        eprintln!("{what}: still busy after {SETTLE_AT_MOST:?} ({used:.0} ms of CPU a second)");
+        eprintln!("{}: still busy after {SETTLE_AT_MOST:?} ({used:.0} ms of CPU a second)", names[0]);
     }
-    let name: &'static str = if what == "announce_n" { "announce_n_settle" } else { "announce_n_bare_settle" };
-    let idle: &'static str = if what == "announce_n" { "announce_n_idle_cpu" } else { "announce_n_bare_idle_cpu" };
+    let [name, idle] = names;
     metrics.push(Metric {
         name,
         unit: "s",
@@ -233,7 +232,7 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
     // the peers' fetches of the warm-up commit (they start within the crowd's wait).
     use git_p2p::node::service::mirror::{CROWD_SPREAD, CROWD_WAIT};
     let crowd = CROWD_WAIT + CROWD_SPREAD + Duration::from_secs(2);
-    settle(metrics, &pids, nodes, "announce_n", crowd);
+    settle(metrics, &pids, nodes, ["announce_n_settle", "announce_n_idle_cpu"], crowd);
     let perf = Perf::start(&pids);
     let mut done = std::collections::HashSet::from([warm]);
     for k in 1..=commits {
@@ -825,7 +824,8 @@ fn announce_many_bare(metrics: &mut Vec<Metric>, nodes: usize, messages: usize) 
     bare_deliver(&mut children[0], &rx, 0, padding, nodes, Duration::from_secs(60));
     let (mut per_node, mut until_all) = (Vec::new(), Vec::new());
     let pids: Vec<i32> = children.iter().map(|c| c.process.id() as i32).collect();
-    settle(metrics, &pids, nodes, "announce_n_bare", Duration::from_secs(2));
+    let names = ["announce_n_bare_settle", "announce_n_bare_idle_cpu"];
+    settle(metrics, &pids, nodes, names, Duration::from_secs(2));
     let perf = Perf::start(&pids);
     for i in 1..=messages {
         let (Some(published), received) =

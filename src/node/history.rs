@@ -153,6 +153,25 @@ impl HistoryWriter {
     }
 }
 
+/// What the writer takes together: one transaction for the messages and envelopes, then the
+/// read that waited for them.
+#[derive(Default)]
+struct Batch {
+    entries: Vec<ChatEntry>,
+    keep: Vec<SyncItem>,
+    read_after: Option<PageRead>,
+}
+
+impl Batch {
+    fn take(&mut self, job: Job) {
+        match job {
+            Job::Write(entry) => self.entries.push(entry),
+            Job::Keep(envelope) => self.keep.extend(SyncItem::of(&envelope)),
+            Job::Read(page) => self.read_after = Some(page),
+        }
+    }
+}
+
 fn write_loop(store: &Store, rx: &mpsc::Receiver<Job>) {
     let mut last_sync = Instant::now();
     let mut unsynced = false;
@@ -165,18 +184,12 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Job>) {
         let mut next = first;
         let mut open = true;
         while let Some(job) = next.take() {
-            let mut batch = Vec::new();
-            let mut keep = Vec::new();
-            let mut read_after = None;
-            match job {
-                Job::Write(entry) => batch.push(entry),
-                Job::Keep(envelope) => keep.extend(SyncItem::of(&envelope)),
-                Job::Read(page) => read_after = Some(page),
-            }
+            let mut taken = Batch::default();
+            taken.take(job);
             // What arrives within LINGER joins the batch: one transaction for a burst, and
             // none while a message is still on its way to followers and peers.
             let until = Instant::now() + LINGER;
-            while read_after.is_none() && batch.len() + keep.len() < BATCH {
+            while taken.read_after.is_none() && taken.entries.len() + taken.keep.len() < BATCH {
                 let job = match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
                     Ok(job) => job,
                     Err(mpsc::RecvTimeoutError::Timeout) => break,
@@ -185,12 +198,9 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Job>) {
                         break;
                     }
                 };
-                match job {
-                    Job::Write(entry) => batch.push(entry),
-                    Job::Keep(envelope) => keep.extend(SyncItem::of(&envelope)),
-                    Job::Read(page) => read_after = Some(page),
-                }
+                taken.take(job);
             }
+            let Batch { entries: batch, keep, read_after } = taken;
             match store.history_write(&keep, &batch) {
                 Ok((0, 0)) => {}
                 Ok(_) => unsynced = true,

@@ -12,7 +12,7 @@
 //! the commit; the DHT is for those who look a branch up later. A node stopped before the put
 //! puts the branch HEAD is on at its next start (`hook_notes`, the first read of a reflog).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use libp2p::kad;
@@ -123,9 +123,9 @@ impl Service {
     /// The refs our index publishes in `repo` and those waiting for their puts, for the hook's
     /// side to check they still exist.
     pub fn published_refs(&self, repo: &RepoId, disk: &dyn Disk) -> Vec<String> {
-        let mut refs = self.own_refs(repo, disk);
-        refs.extend(self.refs.waiting(repo).map(|r| (r.clone(), String::new())));
-        refs.into_keys().collect()
+        let mut refs: BTreeSet<String> = self.own_refs(repo, disk).into_keys().collect();
+        refs.extend(self.refs.waiting(repo).cloned());
+        refs.into_iter().collect()
     }
 
     /// Refs of ours that are gone from the repository (a deleted branch): unpublished.
