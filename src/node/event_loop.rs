@@ -95,6 +95,8 @@ pub struct EventLoop {
     sync: sync::SyncLink,
     /// Reachability, relays, relayed connections (`node::nat`, carried out by `nat`).
     nat: super::nat::Nat,
+    /// Which transport a dial of a peer takes (`node::transport`): told of our relayed peers.
+    race: super::transport::DialRace,
     /// Kademlia's ids of the lookups of our repositories' peers.
     repo_queries: HashMap<kad::QueryId, crate::proto::repo::RepoId>,
     /// Turns of the loop that writes for the disk threads have waited ([`Self::flush_disk`]).
@@ -128,6 +130,7 @@ impl EventLoop {
         info: NodeInfo,
         bootstrap: &[crate::config::Bootstrap],
         events: broadcast::Sender<NodeEvent>,
+        race: super::transport::DialRace,
     ) -> Self {
         let (inbound_tx, inbound) = mpsc::channel(crate::bridge::INBOUND_QUEUE);
         let bridge = Bridge::start(store.clone(), info.nostr.clone(), &info.config.relays, inbound_tx.clone());
@@ -161,6 +164,7 @@ impl EventLoop {
             mirror,
             sync,
             nat,
+            race,
             repo_queries: HashMap::new(),
             disk_waited: 0,
         };

@@ -20,6 +20,7 @@ mod repo_cache;
 pub mod service;
 mod spool_watch;
 mod store_watch;
+mod transport;
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -27,7 +28,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use libp2p::{noise, tcp, yamux, Swarm};
+use libp2p::{noise, yamux, Swarm};
 use tokio::sync::mpsc;
 
 use crate::config::NodeConfig;
@@ -155,7 +156,8 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
     runtime.block_on(async {
         let records = kad_store::PersistentStore::load(identity.peer_id(), store.clone());
         let session = behaviour::new_session();
-        let mut swarm = build_swarm(&identity, &config, &session, records)?;
+        let race = transport::DialRace::default();
+        let mut swarm = build_swarm(&identity, &config, &session, records, race.clone())?;
         listen::listen(&mut swarm, &config.listen, &store).await?;
 
         let socket_path = paths.socket();
@@ -206,7 +208,7 @@ fn start_and_run(paths: &Paths, opts: &RunOptions) -> Result<(), NodeError> {
             circuit_relays: config.circuit_relays.clone(),
             max_peers: config.max_peers,
         };
-        let event_loop = EventLoop::new(swarm, rx, store.clone(), info, &config.bootstrap, events.clone());
+        let event_loop = EventLoop::new(swarm, rx, store.clone(), info, &config.bootstrap, events.clone(), race);
         let server = tokio::spawn(crate::control::server::serve(listener, tx, events));
         tracing::info!(peer_id = %event_loop.local_peer_id(), "ready");
         if opts.notify_ready {
@@ -233,19 +235,12 @@ fn build_swarm(
     config: &NodeConfig,
     session: &str,
     records: kad_store::PersistentStore,
+    race: transport::DialRace,
 ) -> Result<Swarm<Behaviour>, NodeError> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(identity.libp2p.clone())
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, || {
-            let mut yamux = yamux::Config::default();
-            yamux.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
-            yamux
-        })
+        .with_other_transport(|key| transport::build(key, MAX_STREAMS_PER_CONNECTION, race))
         .map_err(|e| NodeError::Swarm(e.into()))?
-        .with_quic_config(|mut quic| {
-            quic.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION as u32;
-            quic
-        })
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| NodeError::Swarm(e.into()))?
         .with_behaviour(|key, relay_client| {

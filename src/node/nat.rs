@@ -316,6 +316,11 @@ impl Nat {
         was_closing || (was_relayed && self.direct.contains_key(peer))
     }
 
+    /// Whether a relayed connection to `peer` is open.
+    pub fn is_relayed_to(&self, peer: &PeerId) -> bool {
+        self.relayed.values().any(|p| p == peer)
+    }
+
     /// A relayed connection that a direct one replaces (closing, or about to be): its failures
     /// (a ping that fails as it closes) say nothing about the peer.
     pub fn is_redundant(&self, id: &ConnectionId) -> bool {

@@ -89,6 +89,9 @@ impl EventLoop {
             _ => endpoint.get_remote_address().clone(),
         };
         self.nat.connection_up(peer, id, relayed, Now::system().mono);
+        if relayed {
+            self.race.set_relayed(peer, true);
+        }
         // A peer from outside our networks dialled in: the address it reached is reachable.
         // (AutoNAT v2 asks only peers we dialled, and a public node that everyone dials would
         // otherwise never learn that it is public.)
@@ -104,7 +107,9 @@ impl EventLoop {
     /// A connection closed: true when it was a relayed one whose end is no failure of the peer's
     /// (we closed it for a direct one, or a direct one remains).
     pub(super) fn nat_disconnected(&mut self, peer: &PeerId, id: ConnectionId) -> bool {
-        self.nat.connection_down(peer, id)
+        let redundant = self.nat.connection_down(peer, id);
+        self.race.set_relayed(*peer, self.nat.is_relayed_to(peer));
+        redundant
     }
 
     /// A peer identified itself: one that offers to relay is a relay we may reserve a slot on.
