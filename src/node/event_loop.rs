@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use libp2p::futures::StreamExt;
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::ConnectionId;
 use libp2p::{kad, Swarm};
 use tokio::sync::{broadcast, mpsc};
@@ -22,7 +21,7 @@ use super::behaviour::Behaviour;
 use super::disk::{load, Durability, NodeDisk};
 use super::history::{HistoryWriter, PageRead};
 use super::hook_notes::HookNotes;
-use super::service::{BridgeOp, DialRef, Io, Me, QueryRef, Service};
+use super::service::{DialRef, Me, QueryRef, Service};
 use super::store_watch::StoreWatch;
 use crate::bridge::{Bridge, Inbound};
 use crate::clock::Now;
@@ -116,6 +115,7 @@ macro_rules! disk {
 }
 
 mod hooks;
+mod io;
 mod mirror;
 mod nat;
 mod status;
@@ -392,125 +392,6 @@ impl EventLoop {
 
     /// Carries out what the service asked for; what that brings back (a publish's answer) may
     /// ask for more.
-    fn run_io(&mut self) {
-        while let Some(io) = self.service.next_io() {
-            self.carry_out(io);
-        }
-    }
-
-    fn carry_out(&mut self, io: Io) {
-        let now = Now::system();
-        match io {
-            Io::Subscribe(topic) => {
-                let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
-                if let Err(e) = gossipsub.set_topic_params(topic.clone(), super::behaviour::topic_score_params()) {
-                    tracing::warn!(%topic, error = %e, "cannot set the topic's score parameters");
-                }
-                if let Err(e) = gossipsub.subscribe(&topic) {
-                    tracing::warn!(%topic, error = %e, "cannot subscribe");
-                }
-            }
-            Io::Unsubscribe(topic) => {
-                self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
-            }
-            Io::Publish { ticket, topic, data } => {
-                let result = self.swarm.behaviour_mut().gossipsub.publish(topic, data).map(|_| ());
-                self.service.published(ticket, result, now, disk!(self));
-            }
-            Io::Dial { dial, peer, addrs } => {
-                // A new port per dial: when two nodes dial each other at once with port reuse,
-                // the two attempts merge and both handshakes fail. `Disconnected`, not
-                // `NotDialing`: another dial of the peer (ours at older addresses, Kademlia's)
-                // must not keep us from trying an address just learned.
-                // No addresses (a repository's provider): Kademlia's lookup and identify's cache
-                // know where it is.
-                let ask = addrs.is_empty();
-                let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::Disconnected);
-                let opts = if ask { opts.extend_addresses_through_behaviour() } else { opts };
-                let opts = opts.allocate_new_port().build();
-                let id = opts.connection_id();
-                match self.swarm.dial(opts) {
-                    Ok(()) => {
-                        self.dials.insert(id, (peer, dial));
-                    }
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "dial not started");
-                        let error = match e {
-                            libp2p::swarm::DialError::DialPeerConditionFalse(_) => None,
-                            e => Some(swarm::dial_error_words(&e)),
-                        };
-                        self.service.dial_ended(&peer, dial, error, now);
-                    }
-                }
-            }
-            Io::Disconnect(peer) => {
-                let _ = self.swarm.disconnect_peer_id(peer);
-            }
-            Io::Keep(peers) => self.swarm.behaviour_mut().bound.keep(peers),
-            Io::Close(connection) => {
-                self.swarm.close_connection(connection);
-            }
-            Io::KadAddress { peer, addr } => {
-                self.swarm.behaviour_mut().kad.add_address(&peer, addr);
-            }
-            Io::KadBootstrap => {
-                if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
-                    tracing::debug!(error = ?e, "no Kademlia bootstrap");
-                }
-            }
-            Io::PutRecord { query, record } => {
-                match self.swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One) {
-                    Ok(id) => {
-                        self.queries.insert(id, query);
-                    }
-                    Err(e) => self.service.kv_failed(query, e),
-                }
-            }
-            Io::GetRecord { query, key } => {
-                let id = self.swarm.behaviour_mut().kad.get_record(key);
-                self.queries.insert(id, query);
-            }
-            Io::FinishQuery(query) => {
-                if let Some(id) = self.queries.iter().find(|(_, q)| **q == query).map(|(id, _)| *id) {
-                    if let Some(mut running) = self.swarm.behaviour_mut().kad.query_mut(&id) {
-                        running.finish();
-                    }
-                }
-            }
-            Io::Emit(event) => {
-                let _ = self.events.send(event);
-            }
-            Io::Ban(peer) => {
-                self.swarm.behaviour_mut().blocked.block_peer(peer);
-            }
-            Io::Unban(peer) => {
-                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
-            }
-            Io::WatchReflog(repo) => self.hooks.start_reflog(&repo, &self.store),
-            io @ (Io::Mirror(_) | Io::Provide(_) | Io::FindProviders { .. } | Io::MirrorLookup { .. }) => {
-                self.mirror_io(io)
-            }
-            Io::FindRepoPeers { repo, key } => {
-                let id = self.swarm.behaviour_mut().kad.get_providers(key);
-                self.repo_queries.insert(id, repo);
-            }
-            Io::Sync { session, peer, repos, since } => self.start_sync(session, peer, repos, since),
-            Io::Bridge(op) => {
-                let Some(bridge) = &self.bridge else { return };
-                match op {
-                    BridgeOp::Watch(repos) => bridge.watch(&repos),
-                    BridgeOp::Refresh(repo) => bridge.refresh(&repo),
-                    BridgeOp::Comment { repo, text, envelope, thread } => {
-                        match bridge.comment(&repo, &text, &envelope, thread.as_deref()) {
-                            Ok(()) => self.durability.wrote(),
-                            Err(e) => tracing::warn!(error = %e, "cannot queue the message for Nostr"),
-                        }
-                    }
-                }
-            }
-        }
-    }
-
     fn maintain(&mut self) {
         self.durability.sync_soon(&self.store);
         self.hooks.ingest(&mut self.service, disk!(self), &self.store);
