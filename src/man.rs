@@ -129,7 +129,7 @@ fn see_also(name: &str, parent: Option<&str>, subcommands: &[clap::Command]) -> 
 
 /// Every `p2p.*` setting, as `git config` takes it.
 const CONFIGURATION: &[(&str, &str)] = &[
-    ("p2p.listen (multi)", "Addresses the node listens on, as multiaddrs (/ip4/0.0.0.0/tcp/0, /ip6/::/udp/4001/quic-v1, ...). Default: TCP and QUIC on all interfaces, ports chosen by the system. Read from global config."),
+    ("p2p.listen (multi)", "Addresses the node listens on, as multiaddrs (/ip4/0.0.0.0/tcp/0, /ip6/::/udp/4001/quic-v1, ...). Default: TCP and QUIC on all interfaces, ports chosen by the system. A peer that can be reached both ways is connected over TCP (a QUIC dial waits up to 250 ms for a TCP dial of the same peer; hole punches dial both at once). Read from global config."),
     ("p2p.bootstrap (multi)", "Peers to dial at start, as multiaddrs ending in /p2p/<PeerId> (what git p2p id prints). Needed the first time only: the node remembers the peers it met. Read from global config."),
     ("p2p.mdns", "Find peers on the LAN by mDNS: true (default) or false. Read from global config."),
     ("p2p.mdnsInterval", "Seconds between mDNS queries (default 5). Read from global config."),
