@@ -841,7 +841,7 @@ fn announce_many_bare(metrics: &mut Vec<Metric>, nodes: usize, messages: usize) 
     }
     push_perf(metrics, perf, messages, "announce_n_cpu_bare", nodes);
     drop(children);
-    let ours = metrics.iter().find(|m| m.name == "announce_n_until_all").map_or(f64::NAN, |m| median(&m.samples));
+    let ours = metrics.iter().rev().find(|m| m.name == "announce_n_until_all").map_or(f64::NAN, |m| median(&m.samples));
     let ratio = vec![ours / median(&until_all)];
     metrics.push(Metric {
         name: "announce_n_bare_per_node",
@@ -1195,16 +1195,29 @@ fn main() {
     if wants("tui") {
         tui_first_frame(&mut metrics, if smoke { 2 } else { 20 });
     }
+    // BENCH_REPEAT=n runs the floors' parts (gossip, many) n times, ours and the floor back to
+    // back each time: one run's ratio moves by a fifth on a shared 2-core machine, so the
+    // median of several is what tells a change. Each run's metrics are reported, then the
+    // ratios of all runs together (`..._runs`).
+    let repeat: usize = std::env::var("BENCH_REPEAT").ok().and_then(|n| n.parse().ok()).unwrap_or(1).max(1);
     if wants("gossip") {
         let count = std::env::var("BENCH_GOSSIP_COUNT").ok().and_then(|n| n.parse().ok()).unwrap_or(300);
-        gossip_vs_bare(&mut metrics, if smoke { 10 } else { count });
+        repeated(
+            &mut metrics,
+            repeat,
+            "gossip_ratio_node_to_node_signed",
+            "gossip_ratio_node_to_node_signed_runs",
+            |m| gossip_vs_bare(m, if smoke { 10 } else { count }),
+        );
     }
     if wants("many") {
         let many: usize = std::env::var("BENCH_NODES").ok().and_then(|n| n.parse().ok()).unwrap_or(50);
         let (nodes, commits) = if smoke { (4, 3) } else { (many, 20) };
-        announce_many(&mut metrics, nodes, commits);
-        // After ours, whose daemons are gone by then: the floor has the machine to itself too.
-        announce_many_bare(&mut metrics, nodes, commits);
+        repeated(&mut metrics, repeat, "announce_n_ratio_until_all", "announce_n_ratio_until_all_runs", |m| {
+            announce_many(m, nodes, commits);
+            // After ours, whose daemons are gone by then: the floor has the machine to itself too.
+            announce_many_bare(m, nodes, commits);
+        });
     }
     if wants("kv") {
         kv_bench(&mut metrics, if smoke { 4 } else { 20 }, if smoke { 5 } else { 100 });
@@ -1461,6 +1474,28 @@ fn announce_two(metrics: &mut Vec<Metric>, smoke: bool) {
         nodes: 2,
         goal: "100 %",
     });
+}
+
+/// Runs `part` `times` times, keeping every run's metrics, then the ratio `ratio` of each run
+/// together as `runs` (its p50 the median run) when there was more than one.
+fn repeated(
+    metrics: &mut Vec<Metric>,
+    times: usize,
+    ratio: &'static str,
+    runs: &'static str,
+    mut part: impl FnMut(&mut Vec<Metric>),
+) {
+    let mut ratios = Vec::new();
+    for _ in 0..times {
+        let from = metrics.len();
+        part(metrics);
+        ratios.extend(metrics[from..].iter().filter(|m| m.name == ratio).flat_map(|m| m.samples.iter().copied()));
+    }
+    if times > 1 {
+        let goal = metrics.iter().find(|m| m.name == ratio).map_or("", |m| m.goal);
+        let nodes = metrics.iter().find(|m| m.name == ratio).map_or(0, |m| m.nodes);
+        metrics.push(Metric { name: runs, unit: "x", samples: ratios, nodes, goal });
+    }
 }
 
 fn report(metrics: &[Metric]) {
