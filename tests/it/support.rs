@@ -400,6 +400,26 @@ impl Running {
     pub fn stderr_lines(&self) -> Vec<String> {
         self.stderr.try_iter().collect()
     }
+
+    /// The lines on stderr once `enough` holds of them (within 10 s): stdout and stderr are
+    /// read by threads of their own, so what was printed on stderr before a line on stdout may
+    /// not be here yet when that line is.
+    pub fn stderr_once(&self, what: &str, enough: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let mut said = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            said.extend(self.stderr.try_iter());
+            if enough(&said) || Instant::now() >= deadline {
+                return said;
+            }
+            match self.stderr.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => said.push(line),
+                // The command ended and all it printed is here; or the time is up.
+                Err(mpsc::RecvTimeoutError::Disconnected) => return said,
+                Err(mpsc::RecvTimeoutError::Timeout) => eprintln!("stderr: {what} not seen within 10 s"),
+            }
+        }
+    }
 }
 
 impl Drop for Running {
