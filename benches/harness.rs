@@ -1492,8 +1492,7 @@ fn repeated(
         ratios.extend(metrics[from..].iter().filter(|m| m.name == ratio).flat_map(|m| m.samples.iter().copied()));
     }
     if times > 1 {
-        let goal = metrics.iter().find(|m| m.name == ratio).map_or("", |m| m.goal);
-        let nodes = metrics.iter().find(|m| m.name == ratio).map_or(0, |m| m.nodes);
+        let (goal, nodes) = metrics.iter().find(|m| m.name == ratio).map_or(("", 0), |m| (m.goal, m.nodes));
         metrics.push(Metric { name: runs, unit: "x", samples: ratios, nodes, goal });
     }
 }

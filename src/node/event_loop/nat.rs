@@ -89,9 +89,7 @@ impl EventLoop {
             _ => endpoint.get_remote_address().clone(),
         };
         self.nat.connection_up(peer, id, relayed, Now::system().mono);
-        if relayed {
-            self.race.set_relayed(peer, true);
-        }
+        self.race.set_relayed(peer, self.nat.is_relayed_to(&peer));
         // A peer from outside our networks dialled in: the address it reached is reachable.
         // (AutoNAT v2 asks only peers we dialled, and a public node that everyone dials would
         // otherwise never learn that it is public.)
