@@ -172,10 +172,9 @@ fn rss_mib(pid: i32) -> f64 {
 
 /// Announcements in a network of `nodes` daemons (all bootstrap to the first): `commits` commits
 /// in the first node's repository; per node, from `git commit` returning until that node's
-/// feed stream has it; and until the last node has it. Plus the delivery ratio and RSS.
+/// feed stream has it (timed by a [`FollowChild`]); and until the last node has it. Plus the
+/// delivery ratio and RSS.
 fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
-    use git_p2p::control::{Client, Feed};
-
     let all: Vec<Node> = (0..nodes).map(|i| Node::new(&format!("m{i}"))).collect();
     // BENCH_REPLICATE=false: announcements without the background fetches they start (to see
     // what those cost the announcements that follow).
@@ -201,18 +200,10 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
         all.iter().all(|n| n.peers().len() >= (nodes - 1).min(4)).then_some(())
     });
     let repo_id = repo_id_of(&all[0], &origin);
-    let (tx, rx) = std::sync::mpsc::channel::<(usize, String, Instant)>();
-    for (i, node) in all.iter().enumerate().skip(1) {
-        let mut follower = Client::follow(&paths(node), &Feed::all(repo_id.clone())).expect("follow");
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            while let Ok(entry) = follower.recv() {
-                if tx.send((i, entry.commit.id, Instant::now())).is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, String, u64)>();
+    // Each node's follower is a process of its own, as `git p2p log --follow` in a terminal is.
+    let _followers: Vec<FollowChild> =
+        all.iter().enumerate().skip(1).map(|(i, node)| FollowChild::spawn(node, &repo_id, i, tx.clone())).collect();
     // Warm-up commit: the mesh forms.
     time_commit(&all[0], &origin, 0, false);
     let warm = all[0].git(&origin, &["rev-parse", "HEAD"]).trim().to_string();
@@ -236,13 +227,12 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
     let perf = Perf::start(&pids);
     let mut done = std::collections::HashSet::from([warm]);
     for k in 1..=commits {
-        let t0 = Instant::now();
-        let took = time_commit(&all[0], &origin, k, false);
-        let committed = t0 + Duration::from_secs_f64(took / 1000.0);
+        time_commit(&all[0], &origin, k, false);
+        let committed = monotonic_ns();
         // The one commit not seen before is this one (its id is read once it arrived: a git
         // process started meanwhile would compete with the nodes, which the floor's run has not).
         expected += nodes - 1;
-        let mut seen: std::collections::HashMap<String, Vec<(usize, Instant)>> = std::collections::HashMap::new();
+        let mut seen: std::collections::HashMap<String, Vec<(usize, u64)>> = std::collections::HashMap::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         while seen.values().all(|s| s.len() < nodes - 1) && Instant::now() < deadline {
             if let Ok((i, c, at)) = rx.recv_timeout(Duration::from_millis(200)) {
@@ -260,11 +250,11 @@ fn announce_many(metrics: &mut Vec<Metric>, nodes: usize, commits: usize) {
         delivered += seen.len();
         let mut last = committed;
         for (_, at) in &seen {
-            per_node.push(ms(at.saturating_duration_since(committed)));
+            per_node.push(at.saturating_sub(committed) as f64 / 1e6);
             last = last.max(*at);
         }
         if seen.len() == nodes - 1 {
-            until_all.push(ms(last.saturating_duration_since(committed)));
+            until_all.push(last.saturating_sub(committed) as f64 / 1e6);
         }
     }
     push_perf(metrics, perf, commits, "announce_n_cpu_ours", nodes);
@@ -696,6 +686,75 @@ impl Drop for BareChild {
     fn drop(&mut self) {
         let _ = self.process.kill();
         let _ = self.process.wait();
+    }
+}
+
+/// A follower of one of our nodes' feed, run as `harness --follow-child <data dir> <socket dir>
+/// <repo>`: prints `F <commit> <ns>` (CLOCK_MONOTONIC when the node's line arrived) per
+/// announcement. Timed in a process of its own, in a session of its own, as a bare node times
+/// what it receives in its own process: a thread of the harness, in the harness's session, would
+/// share one CPU share among all 49 followers (the kernel's autogroups are per session, and
+/// every daemon has its own), and would time its own wait for a CPU.
+fn follow_child(args: &[String]) {
+    use git_p2p::control::{Client, Feed};
+    use std::io::Write;
+    let [data_dir, socket_dir, repo, ..] = args else { panic!("--follow-child <data dir> <socket dir> <repo>") };
+    let paths = git_p2p::paths::Paths { data_dir: data_dir.into(), socket_dir: socket_dir.into() };
+    let repo = repo.parse().expect("repository id");
+    let mut follower = Client::follow(&paths, &Feed::all(repo)).expect("follow");
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "READY").and_then(|_| out.flush());
+    while let Ok(entry) = follower.recv() {
+        let at = monotonic_ns();
+        if writeln!(out, "F {} {at}", entry.commit.id).and_then(|_| out.flush()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A running `--follow-child` process, killed and reaped when dropped.
+struct FollowChild(std::process::Child);
+
+impl FollowChild {
+    /// Starts a follower of `node`'s feed of `repo` in a session of its own and waits until it
+    /// follows; from then on sends `(index, commit, ns)` per announcement to `tx`.
+    fn spawn(
+        node: &Node,
+        repo: &git_p2p::proto::repo::RepoId,
+        index: usize,
+        tx: std::sync::mpsc::Sender<(usize, String, u64)>,
+    ) -> Self {
+        use std::os::unix::process::CommandExt;
+        let paths = paths(node);
+        let mut cmd = Command::new(std::env::current_exe().expect("own path"));
+        cmd.arg("--follow-child").arg(&paths.data_dir).arg(&paths.socket_dir).arg(repo.as_str());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| if libc::setsid() == -1 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+        }
+        let mut process = cmd.spawn().expect("follower");
+        let mut lines = std::io::BufReader::new(process.stdout.take().expect("stdout")).lines();
+        assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("READY"), "follower {index} did not start");
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut parts = line.split(' ').skip(1);
+                let (Some(commit), Some(at)) = (parts.next(), parts.next().and_then(|a| a.parse().ok())) else {
+                    continue;
+                };
+                if tx.send((index, commit.to_string(), at)).is_err() {
+                    return;
+                }
+            }
+        });
+        FollowChild(process)
+    }
+}
+
+impl Drop for FollowChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -1167,6 +1226,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == "--bare-child") {
         bare_child(Signing::from_arg(args.get(at + 1).map(String::as_str)));
+        return;
+    }
+    if let Some(at) = args.iter().position(|a| a == "--follow-child") {
+        follow_child(&args[at + 1..]);
         return;
     }
     let smoke = args.iter().any(|a| a == "--smoke");
