@@ -195,6 +195,55 @@ fn parse<T: DeserializeOwned>(bytes: &[u8], table: &'static str) -> Result<T, St
     serde_json::from_slice(bytes).map_err(|_| StoreError::Unreadable(table))
 }
 
+/// Adds announcements to the feed in `txn`; whether each was new.
+fn feed_in(txn: &WriteTransaction, entries: &[FeedEntry]) -> Result<Vec<bool>, StoreError> {
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let seen_key = feed_seen_key(entry);
+        let (repo, author) = (entry.repo.as_str(), entry.peer.as_str());
+        let mut seen = db(txn.open_table(SEEN))?;
+        if db(seen.get(seen_key.as_str()))?.is_some() {
+            out.push(false);
+            continue;
+        }
+        let mut feed = db(txn.open_table(FEED))?;
+        let mut by_author = db(txn.open_table(FEED_BY_AUTHOR))?;
+        let mut by_commit = db(txn.open_table(FEED_BY_COMMIT))?;
+        let mut counts = order::Counts::open(txn)?;
+        let at = order::order_time(entry.announced_at, entry.received_at);
+        let seq = order::free_key(&feed, repo, at)?;
+        let bytes = serde_json::to_vec(entry).expect("feed entries always serialise");
+        db(feed.insert((repo, seq), bytes.as_slice()))?;
+        db(by_author.insert((repo, author, seq), ()))?;
+        db(by_commit.insert(seen_key.as_str(), seq))?;
+        db(seen.insert(seen_key.as_str(), entry.announced_at))?;
+        db(db(txn.open_table(SEEN_AT))?.insert((entry.announced_at, seen_key.as_str()), ()))?;
+        let count = counts.grew(order::History::Feed, repo, &feed)?;
+        // The author's oldest gives way when they have more than their share; the feed keeps
+        // the newest MAX_FEED_PER_REPO (fewer where an author's gave way).
+        let mine = db(by_author.range((repo, author, 0)..=(repo, author, u64::MAX)))?;
+        let (mine, oldest_mine) = mine
+            .fold((0usize, None), |(n, first), item| (n + 1, first.or_else(|| item.ok().map(|(k, _)| k.value().2))));
+        let mut gone = Vec::new();
+        gone.extend(oldest_mine.filter(|_| mine > MAX_FEED_PER_AUTHOR));
+        if count > MAX_FEED_PER_REPO as u64 + gone.len() as u64 {
+            gone.extend(order::oldest(&feed, repo)?.filter(|k| !gone.contains(k)));
+        }
+        for old_seq in gone {
+            let old = db(feed.remove((repo, old_seq)))?;
+            let old: Option<FeedEntry> = old.map(|v| parse(v.value(), "feed")).transpose()?;
+            if let Some(old) = old {
+                // Its id stays seen: a replay of it is no news.
+                db(by_author.remove((repo, old.peer.as_str(), old_seq)))?;
+                db(by_commit.remove(feed_seen_key(&old).as_str()))?;
+                counts.shrank(order::History::Feed, repo, &feed)?;
+            }
+        }
+        out.push(true);
+    }
+    Ok(out)
+}
+
 impl Store {
     /// Reads in one transaction.
     fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
@@ -689,53 +738,16 @@ impl Store {
     /// [`Store::feed_insert`] of several announcements in one transaction (a catch-up brings
     /// thousands); whether each was new.
     pub fn feed_insert_all(&self, entries: &[FeedEntry]) -> Result<Vec<bool>, StoreError> {
+        self.update(false, |txn| feed_in(txn, entries))
+    }
+
+    /// [`Store::feed_insert_all`] and [`Store::sync_keep_all`] of their envelopes' items in one
+    /// transaction: a received announcement is one write, not two.
+    pub fn feed_insert_kept(&self, entries: &[FeedEntry], keep: &[SyncItem]) -> Result<Vec<bool>, StoreError> {
         self.update(false, |txn| {
-            let mut out = Vec::with_capacity(entries.len());
-            for entry in entries {
-                let seen_key = feed_seen_key(entry);
-                let (repo, author) = (entry.repo.as_str(), entry.peer.as_str());
-                let mut seen = db(txn.open_table(SEEN))?;
-                if db(seen.get(seen_key.as_str()))?.is_some() {
-                    out.push(false);
-                    continue;
-                }
-                let mut feed = db(txn.open_table(FEED))?;
-                let mut by_author = db(txn.open_table(FEED_BY_AUTHOR))?;
-                let mut by_commit = db(txn.open_table(FEED_BY_COMMIT))?;
-                let mut counts = order::Counts::open(txn)?;
-                let at = order::order_time(entry.announced_at, entry.received_at);
-                let seq = order::free_key(&feed, repo, at)?;
-                let bytes = serde_json::to_vec(entry).expect("feed entries always serialise");
-                db(feed.insert((repo, seq), bytes.as_slice()))?;
-                db(by_author.insert((repo, author, seq), ()))?;
-                db(by_commit.insert(seen_key.as_str(), seq))?;
-                db(seen.insert(seen_key.as_str(), entry.announced_at))?;
-                db(db(txn.open_table(SEEN_AT))?.insert((entry.announced_at, seen_key.as_str()), ()))?;
-                let count = counts.grew(order::History::Feed, repo, &feed)?;
-                // The author's oldest gives way when they have more than their share; the feed keeps
-                // the newest MAX_FEED_PER_REPO (fewer where an author's gave way).
-                let mine = db(by_author.range((repo, author, 0)..=(repo, author, u64::MAX)))?;
-                let (mine, oldest_mine) = mine.fold((0usize, None), |(n, first), item| {
-                    (n + 1, first.or_else(|| item.ok().map(|(k, _)| k.value().2)))
-                });
-                let mut gone = Vec::new();
-                gone.extend(oldest_mine.filter(|_| mine > MAX_FEED_PER_AUTHOR));
-                if count > MAX_FEED_PER_REPO as u64 + gone.len() as u64 {
-                    gone.extend(order::oldest(&feed, repo)?.filter(|k| !gone.contains(k)));
-                }
-                for old_seq in gone {
-                    let old = db(feed.remove((repo, old_seq)))?;
-                    let old: Option<FeedEntry> = old.map(|v| parse(v.value(), "feed")).transpose()?;
-                    if let Some(old) = old {
-                        // Its id stays seen: a replay of it is no news.
-                        db(by_author.remove((repo, old.peer.as_str(), old_seq)))?;
-                        db(by_commit.remove(feed_seen_key(&old).as_str()))?;
-                        counts.shrank(order::History::Feed, repo, &feed)?;
-                    }
-                }
-                out.push(true);
-            }
-            Ok(out)
+            let new = feed_in(txn, entries)?;
+            sync_set::keep_in(txn, keep)?;
+            Ok(new)
         })
     }
 
@@ -1460,6 +1472,33 @@ mod tests {
 
     fn by(peer: &str, i: u64) -> FeedEntry {
         FeedEntry { peer: peer.into(), ..feed_entry(i) }
+    }
+
+    #[test]
+    fn a_received_announcement_and_its_sync_item_are_one_write() {
+        use crate::proto::sync::{Kind, SyncItem};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let repo = RepoId::try_from("a".repeat(40)).unwrap();
+        let item = |ts: u64, n: u8| SyncItem {
+            repo: repo.clone(),
+            kind: Kind::Announcements,
+            ts,
+            id: [n; 32],
+            envelope: vec![n],
+        };
+        assert_eq!(
+            store.feed_insert_kept(&[feed_entry(1), feed_entry(2)], &[item(1, 1), item(2, 2)]).unwrap(),
+            [true, true]
+        );
+        assert_eq!(store.feed(&repo, 10).unwrap().len(), 2);
+        assert_eq!(store.sync_ids(&repo, Kind::Announcements, 0).unwrap(), [(1, [1; 32]), (2, [2; 32])]);
+        // The feed has it already, under another envelope: the set takes that one too (a peer
+        // that holds it has what ours has).
+        assert_eq!(store.feed_insert_kept(&[feed_entry(2)], &[item(2, 3)]).unwrap(), [false]);
+        assert_eq!(store.sync_ids(&repo, Kind::Announcements, 0).unwrap().len(), 3);
+        let (count, _) = store.sync_summary(&repo, Kind::Announcements, 0).unwrap();
+        assert_eq!(count, 3, "the set's count is kept in the same write");
     }
 
     fn message(room: &str, i: u64) -> ChatEntry {

@@ -13,8 +13,10 @@ use super::service::{Ack, Disk, Loaded, RecordError};
 use crate::control::api::Failure;
 use crate::proto::announce::FeedEntry;
 use crate::proto::chat::ChatEntry;
+use crate::proto::envelope::Envelope;
 use crate::proto::outbox::OutboxEntry;
 use crate::proto::repo::{RepoId, RepoInfo};
+use crate::proto::sync::SyncItem;
 use crate::store::{KeysPage, Store, StoreError};
 
 /// What the sync thread does for one command batch: write our published room messages to the
@@ -152,13 +154,14 @@ impl Disk for NodeDisk<'_> {
         self.wrote(result)
     }
 
-    fn feed_insert(&mut self, entry: &FeedEntry) -> Result<bool, StoreError> {
-        let result = self.store.feed_insert(entry);
-        self.wrote(result)
+    fn feed_insert(&mut self, entry: &FeedEntry, envelope: &Envelope) -> Result<bool, StoreError> {
+        let new = self.feed_insert_all(std::slice::from_ref(entry), std::slice::from_ref(envelope))?;
+        Ok(new.first().copied().unwrap_or(false))
     }
 
-    fn feed_insert_all(&mut self, entries: &[FeedEntry]) -> Result<Vec<bool>, StoreError> {
-        let result = self.store.feed_insert_all(entries);
+    fn feed_insert_all(&mut self, entries: &[FeedEntry], envelopes: &[Envelope]) -> Result<Vec<bool>, StoreError> {
+        let keep: Vec<SyncItem> = envelopes.iter().filter_map(SyncItem::of).collect();
+        let result = self.store.feed_insert_kept(entries, &keep);
         self.wrote(result)
     }
 
@@ -171,7 +174,7 @@ impl Disk for NodeDisk<'_> {
         self.wrote(result)
     }
 
-    fn sync_keep(&mut self, envelope: crate::proto::envelope::Envelope) {
+    fn sync_keep(&mut self, envelope: Envelope) {
         self.history.keep(envelope);
     }
 

@@ -92,11 +92,14 @@ pub trait Disk {
     /// Forgets the ids of announcements and room messages dated before `before_ms` (a replay
     /// of one is refused as too old anyway).
     fn prune_seen(&mut self, before_ms: u64) -> Result<usize, StoreError>;
-    /// A received announcement; false if the feed has it already.
-    fn feed_insert(&mut self, entry: &FeedEntry) -> Result<bool, StoreError>;
-    /// Received announcements at once (a catch-up's); whether each was new.
-    fn feed_insert_all(&mut self, entries: &[FeedEntry]) -> Result<Vec<bool>, StoreError> {
-        entries.iter().map(|e| self.feed_insert(e)).collect()
+    /// A received announcement, and its envelope for the sync sets peers reconcile with ours,
+    /// in one write; false if the feed has it already (the sets take the envelope either way:
+    /// ours then has what the peer's has).
+    fn feed_insert(&mut self, entry: &FeedEntry, envelope: &Envelope) -> Result<bool, StoreError>;
+    /// Received announcements at once (a catch-up's), `envelopes[i]` the envelope of
+    /// `entries[i]`; whether each was new.
+    fn feed_insert_all(&mut self, entries: &[FeedEntry], envelopes: &[Envelope]) -> Result<Vec<bool>, StoreError> {
+        entries.iter().zip(envelopes).map(|(entry, envelope)| self.feed_insert(entry, envelope)).collect()
     }
     /// A received room message, known to be new: stored off the event loop, in batches.
     fn chat_received(&mut self, entry: ChatEntry);

@@ -388,11 +388,9 @@ impl Service {
         disk: &mut dyn Disk,
     ) -> MessageAcceptance {
         match arrival {
-            Arrival::Announcement(entry, envelope) => match disk.feed_insert(&entry) {
+            // Peers catching up get it from us: the envelope goes to the sync sets with it.
+            Arrival::Announcement(entry, envelope) => match disk.feed_insert(&entry, &envelope) {
                 Ok(new) => {
-                    // Peers catching up get it from us (even one the feed had under another
-                    // envelope: our set then has what theirs has).
-                    disk.sync_keep(*envelope);
                     if !new {
                         return MessageAcceptance::Ignore;
                     }

@@ -264,11 +264,11 @@ impl Service {
                 }
             }
         }
-        let entries: Vec<_> = feed.iter().map(|(entry, _)| entry.clone()).collect();
-        match disk.feed_insert_all(&entries) {
+        let (entries, envelopes): (Vec<_>, Vec<_>) =
+            feed.into_iter().map(|(entry, envelope)| (entry, *envelope)).unzip();
+        match disk.feed_insert_all(&entries, &envelopes) {
             Ok(new) => {
-                for ((entry, envelope), new) in feed.into_iter().zip(new) {
-                    disk.sync_keep(*envelope);
+                for (entry, new) in entries.into_iter().zip(new) {
                     if new {
                         self.sync.items += 1;
                         self.announced(&entry, now);

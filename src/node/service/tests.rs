@@ -112,7 +112,8 @@ impl Disk for MemDisk {
     fn prune_seen(&mut self, _before_ms: u64) -> Result<usize, StoreError> {
         Ok(0)
     }
-    fn feed_insert(&mut self, entry: &FeedEntry) -> Result<bool, StoreError> {
+    fn feed_insert(&mut self, entry: &FeedEntry, envelope: &Envelope) -> Result<bool, StoreError> {
+        self.sync_keep(envelope.clone());
         if self.feed.iter().any(|e| e.commit.id == entry.commit.id && e.peer == entry.peer) {
             return Ok(false);
         }
