@@ -205,7 +205,7 @@ impl Rooms {
             Err(e) => return Arrival::Refused(e.into()),
         };
         match self.topics.get(topic) {
-            Some(Room::Commits { repo }) if *repo == envelope.repo => self.announcement(envelope, now, None),
+            Some(Room::Commits { repo }) if *repo == envelope.repo => self.announcement(envelope, me, now, None),
             Some(Room::Chat { repo, thread }) if *repo == envelope.repo => {
                 let thread = thread.clone();
                 self.chat(envelope, Expect::Exactly(thread), me, now, None)
@@ -264,7 +264,7 @@ impl Rooms {
     ) -> Arrival {
         use crate::proto::sync::Kind;
         match kind {
-            Kind::Announcements => self.announcement(envelope, now, Some(author)),
+            Kind::Announcements => self.announcement(envelope, me, now, Some(author)),
             Kind::Room => self.chat(envelope, Expect::Exactly(None), me, now, Some(author)),
             Kind::Threads => self.chat(envelope, Expect::AnyThread, me, now, Some(author)),
         }
@@ -304,12 +304,17 @@ impl Rooms {
 
     /// An announcement, verified, within bounds, time and its author's rate, as the feed keeps
     /// it. `synced`: as for [`Rooms::chat`].
-    fn announcement(&mut self, envelope: Envelope, now: Now, synced: Option<PeerId>) -> Arrival {
+    fn announcement(&mut self, envelope: Envelope, me: &PeerId, now: Now, synced: Option<PeerId>) -> Arrival {
         let limit = synced.is_none();
         let author = match synced.map_or_else(|| envelope.verify(), Ok) {
             Ok(author) => author,
             Err(e) => return Arrival::Refused(e.into()),
         };
+        // Ours, back from a peer (a sync that ran before our own set had it): the feed holds
+        // what peers announced, and the sync set has it already or takes it now.
+        if author == *me {
+            return Arrival::Seen;
+        }
         let a = match Announcement::from_envelope(&envelope) {
             Ok(a) => a,
             Err(e) => return Arrival::Refused(e.into()),

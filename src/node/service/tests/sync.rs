@@ -249,3 +249,33 @@ fn sessions_are_capped_and_the_rest_start_as_others_end() {
     let item = SyncItem::of(&Envelope::decode(hub.disk.sync_set.values().next().unwrap()).unwrap()).unwrap();
     assert_eq!(item.kind, Kind::Room);
 }
+
+/// Our own announcement, handed back by a peer's sync (a session that ran before our own sync
+/// set had it), is not news: our feed holds what peers announced, and nobody is blamed.
+#[test]
+fn our_own_announcement_back_from_a_sync_stays_out_of_our_feed() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("alice");
+    sim.init("bob");
+    sim.connect("alice", "bob");
+    sim.announce("alice", "mine").expect("published");
+    assert!(sim.deliver("alice").iter().all(|v| *v == MessageAcceptance::Accept));
+    assert_eq!(sim.peer("bob").announcements(), ["mine"]);
+    let theirs: Vec<Synced> = sim
+        .peer("bob")
+        .disk
+        .sync_set
+        .iter()
+        .filter(|((_, kind, _, _), _)| *kind == Kind::Announcements)
+        .map(|(_, e)| Synced::new(Kind::Announcements, Envelope::decode(e).expect("an envelope")))
+        .collect();
+    assert_eq!(theirs.len(), 1);
+    let (now, bob) = (sim.now, sim.id("bob"));
+    let alice = sim.peer("alice");
+    alice.disk.sync_set.clear();
+    assert!(alice.service.sync_received(bob, &repo().id, theirs, now, &mut alice.disk), "not cut off");
+    sim.settle("alice");
+    assert!(sim.peer("alice").announcements().is_empty(), "alice's feed holds peers' announcements only");
+    assert_eq!(sim.peer("alice").disk.sync_set.len(), 1, "her set has it again: it is not offered twice");
+    assert!(!sim.banned("alice", "bob"));
+}
