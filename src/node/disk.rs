@@ -161,7 +161,7 @@ impl Disk for NodeDisk<'_> {
 
     fn feed_insert_all(&mut self, entries: &[FeedEntry], envelopes: &[Envelope]) -> Result<Vec<bool>, StoreError> {
         let keep: Vec<SyncItem> = envelopes.iter().filter_map(SyncItem::of).collect();
-        let result = self.store.feed_insert_kept(entries, &keep);
+        let result = self.store.feed_insert_all(entries, &keep);
         self.wrote(result)
     }
 
