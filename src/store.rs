@@ -179,6 +179,13 @@ pub struct KnownPeer {
 /// Keys we wrote, with the time of our last write, and where the next page starts.
 pub type KeysPage = (Vec<(String, u64)>, Option<String>);
 
+/// What [`Store::seen_ids`] reads: the seen sets of the rooms and of the feeds.
+#[derive(Debug, Default)]
+pub struct SeenIds {
+    pub chat: Vec<String>,
+    pub feed: Vec<String>,
+}
+
 /// Cheap to clone: the history and sync threads, Kademlia's record store and the Nostr bridge
 /// hold handles too; all of them reach the same file, reopened or not.
 #[derive(Clone)]
@@ -199,7 +206,7 @@ fn parse<T: DeserializeOwned>(bytes: &[u8], table: &'static str) -> Result<T, St
 fn feed_in(txn: &WriteTransaction, entries: &[FeedEntry]) -> Result<Vec<bool>, StoreError> {
     let mut out = Vec::with_capacity(entries.len());
     for entry in entries {
-        let seen_key = feed_seen_key(entry);
+        let seen_key = entry.seen_key();
         let (repo, author) = (entry.repo.as_str(), entry.peer.as_str());
         let mut seen = db(txn.open_table(SEEN))?;
         if db(seen.get(seen_key.as_str()))?.is_some() {
@@ -235,7 +242,7 @@ fn feed_in(txn: &WriteTransaction, entries: &[FeedEntry]) -> Result<Vec<bool>, S
             if let Some(old) = old {
                 // Its id stays seen: a replay of it is no news.
                 db(by_author.remove((repo, old.peer.as_str(), old_seq)))?;
-                db(by_commit.remove(feed_seen_key(&old).as_str()))?;
+                db(by_commit.remove(old.seen_key().as_str()))?;
                 counts.shrank(order::History::Feed, repo, &feed)?;
             }
         }
@@ -770,13 +777,24 @@ impl Store {
         self.update(true, |txn| chat_in(txn, entries))
     }
 
-    /// What the history thread hands the store: envelopes for the sync sets and received room
-    /// messages, in one transaction (not fsync'd); how many of each were new.
-    pub fn history_write(&self, keep: &[SyncItem], entries: &[ChatEntry]) -> Result<(usize, usize), StoreError> {
-        if keep.is_empty() && entries.is_empty() {
-            return Ok((0, 0));
+    /// What the history thread hands the store: envelopes for the sync sets, received room
+    /// messages and received announcements, in one transaction (not fsync'd); how many items
+    /// were new in all.
+    pub fn history_write(
+        &self,
+        keep: &[SyncItem],
+        chat: &[ChatEntry],
+        feed: &[FeedEntry],
+    ) -> Result<usize, StoreError> {
+        if keep.is_empty() && chat.is_empty() && feed.is_empty() {
+            return Ok(0);
         }
-        self.update(false, |txn| Ok((sync_set::keep_in(txn, keep)?, chat_in(txn, entries)?)))
+        self.update(false, |txn| {
+            let kept = sync_set::keep_in(txn, keep)?;
+            let said = chat_in(txn, chat)?;
+            let announced = feed_in(txn, feed)?.into_iter().filter(|new| *new).count();
+            Ok(kept + said + announced)
+        })
     }
 
     /// Forgets the seen ids dated before `before_ms` (past the window in which a message is
@@ -814,16 +832,23 @@ impl Store {
         })
     }
 
-    /// The ids of the messages the histories hold (the seen set), newest last per room.
-    pub fn chat_seen_ids(&self) -> Result<Vec<String>, StoreError> {
+    /// The seen sets: the ids of the room messages the histories hold, and the keys
+    /// ([`FeedEntry::seen_key`]) of the announcements the feeds took.
+    pub fn seen_ids(&self) -> Result<SeenIds, StoreError> {
         self.read(|txn| {
-            let table = db(txn.open_table(CHAT_SEEN))?;
-            let mut out = Vec::new();
-            for item in db(table.iter())? {
-                out.push(db(item)?.0.value().to_string());
+            let mut seen = SeenIds::default();
+            for (table, out) in [(CHAT_SEEN, &mut seen.chat), (SEEN, &mut seen.feed)] {
+                for item in db(db(txn.open_table(table))?.iter())? {
+                    out.push(db(item)?.0.value().to_string());
+                }
             }
-            Ok(out)
+            Ok(seen)
         })
+    }
+
+    /// Whether the feed took this announcement (by its author, of its commit) before.
+    pub fn feed_has(&self, entry: &FeedEntry) -> Result<bool, StoreError> {
+        self.read(|txn| Ok(db(db(txn.open_table(SEEN))?.get(entry.seen_key().as_str()))?.is_some()))
     }
 
     /// Stores (or replaces) a DHT record; durable with the next sync.
@@ -1124,11 +1149,6 @@ impl Store {
     }
 }
 
-/// The key of an announcement in the feed's seen set.
-fn feed_seen_key(entry: &FeedEntry) -> String {
-    format!("{}/{}/{}", entry.repo, entry.commit.id, entry.peer)
-}
-
 /// A store made before the seen sets were kept by time and the feed by author: index what it
 /// has (the seen ids as of now, so they are kept a full window).
 fn index_seen_and_authors(txn: &WriteTransaction) -> Result<(), StoreError> {
@@ -1157,7 +1177,7 @@ fn index_seen_and_authors(txn: &WriteTransaction) -> Result<(), StoreError> {
             let (repo, seq) = k.value();
             let entry: FeedEntry = parse(v.value(), "feed")?;
             db(by_author.insert((repo, entry.peer.as_str(), seq), ()))?;
-            db(by_commit.insert(feed_seen_key(&entry).as_str(), seq))?;
+            db(by_commit.insert(entry.seen_key().as_str(), seq))?;
         }
     }
     Ok(())
@@ -1633,8 +1653,8 @@ mod tests {
         assert!(store.chat_insert(&message("room", 0)).unwrap());
         // And beyond the bound, the oldest go first.
         store.prune_seen_to(0, 10).unwrap();
-        assert_eq!(store.chat_seen_ids().unwrap().len(), 10);
-        assert!(store.chat_seen_ids().unwrap().contains(&format!("m{}", MAX_CHAT_PER_ROOM + 4)));
+        assert_eq!(store.seen_ids().unwrap().chat.len(), 10);
+        assert!(store.seen_ids().unwrap().chat.contains(&format!("m{}", MAX_CHAT_PER_ROOM + 4)));
     }
 
     #[test]

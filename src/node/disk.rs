@@ -2,7 +2,7 @@
 //! durable. Writes are committed without fsync; the answers that need them durable wait in the
 //! command batch's [`SyncJob`], and the sync thread fsyncs once for the batch and only then sends
 //! them, so the swarm never waits for the disk (a group commit). What needs no answer is synced
-//! on the next tick. Received room messages go to the history thread instead.
+//! on the next tick. Received room messages and announcements go to the history thread instead.
 
 use libp2p::kad::store::RecordStore;
 use libp2p::{kad, Multiaddr, PeerId};
@@ -16,8 +16,7 @@ use crate::proto::chat::ChatEntry;
 use crate::proto::envelope::Envelope;
 use crate::proto::outbox::OutboxEntry;
 use crate::proto::repo::{RepoId, RepoInfo};
-use crate::proto::sync::SyncItem;
-use crate::store::{KeysPage, Store, StoreError};
+use crate::store::{KeysPage, SeenIds, Store, StoreError};
 
 /// What the sync thread does for one command batch: write our published room messages to the
 /// history, fsync, then send the answers that waited for it.
@@ -154,15 +153,15 @@ impl Disk for NodeDisk<'_> {
         self.wrote(result)
     }
 
-    fn feed_insert(&mut self, entry: &FeedEntry, envelope: &Envelope) -> Result<bool, StoreError> {
-        let new = self.feed_insert_all(std::slice::from_ref(entry), std::slice::from_ref(envelope))?;
-        Ok(new.first().copied().unwrap_or(false))
+    fn feed_received(&mut self, entry: FeedEntry, envelope: Envelope) {
+        self.history.feed(entry, envelope);
     }
 
-    fn feed_insert_all(&mut self, entries: &[FeedEntry], envelopes: &[Envelope]) -> Result<Vec<bool>, StoreError> {
-        let keep: Vec<SyncItem> = envelopes.iter().filter_map(SyncItem::of).collect();
-        let result = self.store.feed_insert_all(entries, &keep);
-        self.wrote(result)
+    fn feed_has(&self, entry: &FeedEntry) -> bool {
+        self.store.feed_has(entry).unwrap_or_else(|e| {
+            log_store_error(&e, "cannot look an announcement up in the feed");
+            false
+        })
     }
 
     fn chat_received(&mut self, entry: ChatEntry) {
@@ -246,8 +245,8 @@ pub fn log_store_error(e: &StoreError, what: &str) {
 }
 
 /// What the service needs to know of the store at start; what cannot be read is logged and
-/// left out (the node still starts). The ids of the room messages it has are read later
-/// ([`read_seen_chat`]): start-up must not grow with the history.
+/// left out (the node still starts). The seen sets are read later ([`read_seen`]): start-up
+/// must not grow with the histories and feeds.
 pub fn load(store: &Store) -> Loaded {
     fn read<T>(what: &str, result: Result<Vec<T>, crate::store::StoreError>) -> Vec<T> {
         result.unwrap_or_else(|e| {
@@ -266,36 +265,36 @@ pub fn load(store: &Store) -> Loaded {
         repos: read("the registered repositories", store.repos()),
         outbox: read("the outbox", store.outbox()),
         known_peers,
-        seen_chat: Vec::new(),
+        seen: None,
         restore: read("the keys to fetch back", store.restore_pending()),
     }
 }
 
-/// The ids of the room messages the history has, read on a thread of its own.
-pub fn read_seen_chat(store: Store) -> tokio::sync::oneshot::Receiver<Vec<String>> {
+/// The seen sets (the ids of the room messages the histories have, the keys of the
+/// announcements the feeds have), read on a thread of its own; nothing when they cannot be read
+/// (the feed is then asked about each announcement, and a room message may be shown twice).
+pub fn read_seen(store: Store) -> tokio::sync::oneshot::Receiver<SeenIds> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let read = move || {
-        let ids = store.chat_seen_ids().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot read the seen messages");
-            Vec::new()
-        });
-        let _ = tx.send(ids);
+    let read = move || match store.seen_ids() {
+        Ok(seen) => {
+            let _ = tx.send(seen);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the seen messages and announcements"),
     };
-    if let Err(e) = std::thread::Builder::new().name("seen-chat".into()).spawn(read) {
-        tracing::warn!(error = %e, "cannot read the seen messages");
+    if let Err(e) = std::thread::Builder::new().name("seen".into()).spawn(read) {
+        tracing::warn!(error = %e, "cannot read the seen messages and announcements");
     }
     rx
 }
 
-/// The ids [`read_seen_chat`] read, once; never again after.
-pub async fn seen_chat_read(pending: &mut Option<tokio::sync::oneshot::Receiver<Vec<String>>>) -> Vec<String> {
-    match pending {
-        Some(rx) => {
-            let ids = rx.await.unwrap_or_default();
-            *pending = None;
-            ids
-        }
-        None => std::future::pending().await,
+/// The sets [`read_seen`] read, once they are (never, if they cannot be).
+pub async fn seen_read(pending: &mut Option<tokio::sync::oneshot::Receiver<SeenIds>>) -> SeenIds {
+    let Some(rx) = pending else { return std::future::pending().await };
+    let read = rx.await;
+    *pending = None;
+    match read {
+        Ok(seen) => seen,
+        Err(_) => std::future::pending().await,
     }
 }
 

@@ -189,8 +189,8 @@ impl EventLoop {
     /// Runs until a shutdown command or `stop` resolves.
     pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
-        // As many as the rooms' histories hold: read off this thread, after "ready".
-        let mut seen_chat = Some(super::disk::read_seen_chat(self.store.clone()));
+        // As many as the rooms' histories and the feeds hold: read off this thread, after "ready".
+        let mut seen = Some(super::disk::read_seen(self.store.clone()));
         // After "ready", off this thread: it runs git for each repository.
         self.hooks.survey(self.service.repos());
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
@@ -214,7 +214,7 @@ impl EventLoop {
                 Some(event) = self.mirror.events.recv() => self.mirror_event(event),
                 Some(event) = self.sync.events.recv() => self.sync_event(event),
                 wake = self.hooks.next() => self.hook_wake(wake),
-                ids = super::disk::seen_chat_read(&mut seen_chat) => self.service.remember_chat(ids),
+                ids = super::disk::seen_read(&mut seen) => self.service.remember_seen(ids),
                 // Last: the disk threads' work once everything ready has run, the connections'
                 // tasks that send what was just published included.
                 _ = tokio::task::yield_now(), if self.disk_waits() => self.flush_disk(false),
@@ -225,6 +225,7 @@ impl EventLoop {
                     }
                     if self.store_watch.look(&self.store) {
                         self.store_reopened();
+                        seen = Some(super::disk::read_seen(self.store.clone()));
                     }
                     self.maintain();
                     self.nat_plan();
@@ -338,18 +339,23 @@ impl EventLoop {
                 if before.is_none() {
                     self.service.sync_if_stale(&repo, now);
                 }
-                let page = self.store.feed_page(&repo, before, limit, PAGE_BYTES, |e| filter.matches_json(e));
-                let page = page.map(|(items, next)| Page { items, next });
-                let _ = reply.send(page.map_err(|e| Failure::new(format!("cannot read the feed: {e}"))));
+                // Read by the history thread, after the announcements it still has to write.
+                self.history.after_writes(move |store| {
+                    let page = store.feed_page(&repo, before, limit, PAGE_BYTES, |e| filter.matches_json(e));
+                    let page = page.map(|(items, next)| Page { items, next });
+                    let _ = reply.send(page.map_err(|e| Failure::new(format!("cannot read the feed: {e}"))));
+                });
             }
             Command::FeedCommits { repo, prefix, limit, reply } => {
-                let found = if crate::proto::announce::is_id_prefix(&prefix) {
-                    let found = self.store.feed_commits(&repo, &prefix, limit.min(MAX_FEED_COMMITS));
-                    found.map_err(|e| Failure::new(format!("cannot read the feed: {e}")))
-                } else {
-                    Err(Failure::new(format!("{prefix:?} is not the start of a commit id (hex digits)")))
-                };
-                let _ = reply.send(found);
+                if !crate::proto::announce::is_id_prefix(&prefix) {
+                    let e = format!("{prefix:?} is not the start of a commit id (hex digits)");
+                    let _ = reply.send(Err(Failure::new(e)));
+                    return false;
+                }
+                self.history.after_writes(move |store| {
+                    let found = store.feed_commits(&repo, &prefix, limit.min(MAX_FEED_COMMITS));
+                    let _ = reply.send(found.map_err(|e| Failure::new(format!("cannot read the feed: {e}"))));
+                });
             }
             Command::ChatSend { repo, envelope, thread, reply } => {
                 self.service.chat_send(repo, envelope, thread, reply, now, disk!(self))
@@ -404,9 +410,11 @@ impl EventLoop {
     }
 
     /// The store was reopened (a full disk had space again): it went back to its last durable
-    /// state, so the outbox in memory is read back, the DHT records it could not take are
-    /// stored, and the reflogs are read for the commits made meanwhile.
+    /// state, so the outbox in memory is read back, the feed is asked what it holds until the
+    /// seen sets are read again, the DHT records it could not take are stored, and the reflogs
+    /// are read for the commits made meanwhile.
     fn store_reopened(&mut self) {
+        self.service.store_rolled_back();
         match self.store.outbox() {
             Ok(stored) => self.service.reload_outbox(stored),
             Err(e) => tracing::warn!(error = %e, "cannot read the outbox back"),

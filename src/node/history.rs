@@ -1,20 +1,22 @@
-//! Received room messages go to the store on their own thread, in batches, so that gossip
-//! forwarding and delivery to followers never wait for redb (or for an fsync holding its lock).
-//! The service decides what is new with an in-memory set of recent ids and broadcasts at once; the writer makes it durable about once a second. Reads of a room's history
-//! go through the same thread, after every message handed to it before: a client that saw a
-//! message streamed finds it in the history too.
+//! Received room messages and announcements go to the store on their own thread, in batches, so
+//! that gossip forwarding and delivery to followers never wait for redb (or for an fsync holding
+//! its lock). The service decides what is new with in-memory sets of recent ids and broadcasts
+//! at once; the writer makes it durable about once a second. Reads of a room's history and of a
+//! feed go through the same thread, after everything handed to it before: a client that saw a
+//! message or an announcement streamed finds it in the history or the feed too.
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::control::api::{Failure, Page, Reply};
 use crate::control::proto::PAGE_BYTES;
+use crate::proto::announce::FeedEntry;
 use crate::proto::chat::ChatEntry;
 use crate::proto::envelope::Envelope;
 use crate::proto::sync::SyncItem;
 use crate::store::Store;
 
-/// Messages written per transaction at most.
+/// Messages and announcements written per transaction at most.
 const BATCH: usize = 512;
 /// How often the writer makes what it wrote durable.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
@@ -25,12 +27,16 @@ const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// is still being forwarded.
 const LINGER: Duration = Duration::from_millis(50);
 
+/// A read of the store that waits for every write handed over before it.
+type Read = Box<dyn FnOnce(&Store) + Send>;
+
 enum Job {
     Write(ChatEntry),
+    /// A received announcement for the feed, and its envelope for the sync sets.
+    Feed(Box<(FeedEntry, Envelope)>),
     /// An envelope for the sync sets (its item is made on the writer's thread).
     Keep(Box<Envelope>),
-    /// A page of `room`'s history, once what came before is written.
-    Read(PageRead),
+    Read(Read),
 }
 
 /// A page of a room's history, newest first, from before `before` on, at most `limit` long.
@@ -65,12 +71,14 @@ impl Drop for HistoryWriter {
     }
 }
 
-fn read(store: &Store, read: PageRead) {
-    let page = store
-        .chat_page(&read.room, read.before, read.limit, PAGE_BYTES, read.arrived_since)
-        .map(|(items, next)| Page { items, next })
-        .map_err(|e| Failure::new(format!("cannot read the room's history: {e}")));
-    let _ = read.reply.send(page);
+impl PageRead {
+    fn answer(self, store: &Store) {
+        let page = store
+            .chat_page(&self.room, self.before, self.limit, PAGE_BYTES, self.arrived_since)
+            .map(|(items, next)| Page { items, next })
+            .map_err(|e| Failure::new(format!("cannot read the room's history: {e}")));
+        let _ = self.reply.send(page);
+    }
 }
 
 impl HistoryWriter {
@@ -95,6 +103,12 @@ impl HistoryWriter {
         self.hand_over(Job::Write(entry));
     }
 
+    /// A received announcement for the feed, with its envelope for the sync sets (the store
+    /// keeps the first of each author and commit).
+    pub fn feed(&mut self, entry: FeedEntry, envelope: Envelope) {
+        self.hand_over(Job::Feed(Box::new((entry, envelope))));
+    }
+
     /// Adds an envelope to the sync sets (in the writer's next batch).
     pub fn keep(&mut self, envelope: Envelope) {
         self.hand_over(Job::Keep(Box::new(envelope)));
@@ -103,7 +117,13 @@ impl HistoryWriter {
     /// Answers a page of a room's history, with every message handed to [`Self::write`]
     /// before. Sent at once: the client is waiting.
     pub fn read(&mut self, page: PageRead) {
-        self.hand_over(Job::Read(page));
+        self.after_writes(move |store| page.answer(store));
+    }
+
+    /// Runs `read` on the writer's thread once everything handed over before is written (a
+    /// page of a feed, say). Sent at once: a client is waiting.
+    pub fn after_writes(&mut self, read: impl FnOnce(&Store) + Send + 'static) {
+        self.hand_over(Job::Read(Box::new(read)));
         self.flush();
     }
 
@@ -137,37 +157,58 @@ impl HistoryWriter {
     /// A job done on the caller's thread: the writer thread could not be started, or is gone.
     fn inline(&self, job: Job) {
         match job {
-            Job::Write(entry) => {
-                if let Err(e) = self.store.chat_insert(&entry) {
-                    tracing::warn!(error = %e, "cannot store a chat message");
-                }
+            Job::Read(read) => read(&self.store),
+            job => {
+                let mut batch = Batch::default();
+                batch.take(job);
+                batch.write(&self.store);
             }
-            Job::Keep(envelope) => {
-                let Some(item) = SyncItem::of(&envelope) else { return };
-                if let Err(e) = self.store.sync_keep_all(std::slice::from_ref(&item)) {
-                    tracing::warn!(error = %e, "cannot keep an envelope for sync");
-                }
-            }
-            Job::Read(page) => read(&self.store, page),
         }
     }
 }
 
-/// What the writer takes together: one transaction for the messages and envelopes, then the
-/// read that waited for them.
+/// What the writer takes together: one transaction for the messages, announcements and
+/// envelopes, then the read that waited for them.
 #[derive(Default)]
 struct Batch {
-    entries: Vec<ChatEntry>,
+    chat: Vec<ChatEntry>,
+    feed: Vec<FeedEntry>,
     keep: Vec<SyncItem>,
-    read_after: Option<PageRead>,
+    read_after: Option<Read>,
 }
 
 impl Batch {
     fn take(&mut self, job: Job) {
         match job {
-            Job::Write(entry) => self.entries.push(entry),
+            Job::Write(entry) => self.chat.push(entry),
+            Job::Feed(received) => {
+                let (entry, envelope) = *received;
+                self.feed.push(entry);
+                self.keep.extend(SyncItem::of(&envelope));
+            }
             Job::Keep(envelope) => self.keep.extend(SyncItem::of(&envelope)),
-            Job::Read(page) => self.read_after = Some(page),
+            Job::Read(read) => self.read_after = Some(read),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.chat.len() + self.feed.len() + self.keep.len()
+    }
+
+    /// Writes what it holds; whether anything was new.
+    fn write(&self, store: &Store) -> bool {
+        match store.history_write(&self.keep, &self.chat, &self.feed) {
+            Ok(new) => new > 0,
+            Err(e) => {
+                let what = format!(
+                    "cannot store {} chat messages, {} announcements and {} envelopes for sync",
+                    self.chat.len(),
+                    self.feed.len(),
+                    self.keep.len()
+                );
+                super::disk::log_store_error(&e, &what);
+                false
+            }
         }
     }
 }
@@ -189,7 +230,7 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Job>) {
             // What arrives within LINGER joins the batch: one transaction for a burst, and
             // none while a message is still on its way to followers and peers.
             let until = Instant::now() + LINGER;
-            while taken.read_after.is_none() && taken.entries.len() + taken.keep.len() < BATCH {
+            while taken.read_after.is_none() && taken.len() < BATCH {
                 let job = match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
                     Ok(job) => job,
                     Err(mpsc::RecvTimeoutError::Timeout) => break,
@@ -200,17 +241,9 @@ fn write_loop(store: &Store, rx: &mpsc::Receiver<Job>) {
                 };
                 taken.take(job);
             }
-            let Batch { entries: batch, keep, read_after } = taken;
-            match store.history_write(&keep, &batch) {
-                Ok((0, 0)) => {}
-                Ok(_) => unsynced = true,
-                Err(e) => super::disk::log_store_error(
-                    &e,
-                    &format!("cannot store {} chat messages and {} envelopes for sync", batch.len(), keep.len()),
-                ),
-            }
-            if let Some(page) = read_after {
-                read(store, page);
+            unsynced |= taken.write(store);
+            if let Some(read) = taken.read_after {
+                read(store);
                 // More may be queued behind the read.
                 next = rx.try_recv().ok();
             }
@@ -264,6 +297,53 @@ mod tests {
             let Ok(Ok(page)) = answer.blocking_recv() else { panic!("no history") };
             assert_eq!(page.items.len() as u64, (round + 1) * 50, "round {round}: no read overtakes a write");
         }
+    }
+
+    #[test]
+    fn a_feed_read_sees_every_announcement_handed_over_before_it_and_its_envelope_is_kept() {
+        use crate::proto::announce::{Announcement, Commit};
+        use crate::proto::repo::RepoId;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let mut writer = HistoryWriter::spawn(store.clone());
+        let key = libp2p::identity::Keypair::ed25519_from_bytes([7; 32]).unwrap();
+        let repo = RepoId::try_from("b".repeat(40)).unwrap();
+        let mut handed = 0usize;
+        for round in 0..10u64 {
+            for i in 0..30 {
+                let n = round * 30 + i;
+                let commit = Commit {
+                    ref_name: None,
+                    id: format!("{n:040x}"),
+                    parents: vec![],
+                    author: "a".into(),
+                    summary: format!("c{n}"),
+                    time: n as i64,
+                };
+                let envelope = Announcement { commit: commit.clone(), name: None }.sign(&key, &repo, 1000 + n);
+                let entry = FeedEntry {
+                    repo: repo.clone(),
+                    peer: key.public().to_peer_id().to_string(),
+                    name: None,
+                    commit,
+                    announced_at: 1000 + n,
+                    received_at: 1000 + n,
+                };
+                // Each twice: the store keeps the first.
+                writer.feed(entry.clone(), envelope.clone());
+                writer.feed(entry, envelope);
+                handed += 1;
+            }
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let for_repo = repo.clone();
+            writer.after_writes(move |store| {
+                let _ = reply.send(store.feed(&for_repo, 100_000).map(|f| f.len()));
+            });
+            assert_eq!(answer.blocking_recv().unwrap().unwrap(), handed, "round {round}: no read overtakes a write");
+        }
+        drop(writer);
+        let kept = store.sync_ids(&repo, crate::proto::sync::Kind::Announcements, 0).unwrap().len();
+        assert_eq!(kept, handed, "every announcement's envelope is in the sync set, once");
     }
 
     #[test]

@@ -55,6 +55,14 @@ pub struct FeedEntry {
     pub received_at: u64,
 }
 
+impl FeedEntry {
+    /// What makes an announcement news: its repository, commit and author (the feed keeps each
+    /// once, and the seen sets remember it by this).
+    pub fn seen_key(&self) -> String {
+        format!("{}/{}/{}", self.repo, self.commit.id, self.peer)
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AnnounceError {
     #[error("not an announcement (kind {0:?})")]

@@ -92,15 +92,12 @@ pub trait Disk {
     /// Forgets the ids of announcements and room messages dated before `before_ms` (a replay
     /// of one is refused as too old anyway).
     fn prune_seen(&mut self, before_ms: u64) -> Result<usize, StoreError>;
-    /// A received announcement, and its envelope for the sync sets peers reconcile with ours,
-    /// in one write; false if the feed has it already (the sets take the envelope either way:
-    /// ours then has what the peer's has).
-    fn feed_insert(&mut self, entry: &FeedEntry, envelope: &Envelope) -> Result<bool, StoreError>;
-    /// Received announcements at once (a catch-up's), `envelopes[i]` the envelope of
-    /// `entries[i]`; whether each was new.
-    fn feed_insert_all(&mut self, entries: &[FeedEntry], envelopes: &[Envelope]) -> Result<Vec<bool>, StoreError> {
-        entries.iter().zip(envelopes).map(|(entry, envelope)| self.feed_insert(entry, envelope)).collect()
-    }
+    /// A received announcement, known to be new, and its envelope for the sync sets peers
+    /// reconcile with ours: stored off the event loop, in batches, in one write.
+    fn feed_received(&mut self, entry: FeedEntry, envelope: Envelope);
+    /// Whether the feed took this announcement before (asked only until the seen sets are
+    /// read, after start; one that cannot be read is taken as news).
+    fn feed_has(&self, entry: &FeedEntry) -> bool;
     /// A received room message, known to be new: stored off the event loop, in batches.
     fn chat_received(&mut self, entry: ChatEntry);
     /// One of our room messages going through the outbox; false if the history has it.
@@ -271,8 +268,9 @@ pub struct Loaded {
     pub outbox: Vec<(u64, OutboxEntry)>,
     /// The address book.
     pub known_peers: Vec<(PeerId, Vec<Multiaddr>)>,
-    /// Ids of the room messages we have.
-    pub seen_chat: Vec<String>,
+    /// The seen sets (room messages and announcements we have), when read at start; `None`:
+    /// read later and told ([`Service::remember_seen`]), the feed asked until then.
+    pub seen: Option<crate::store::SeenIds>,
     /// DHT keys whose entries of ours a repair asked to fetch back from peers.
     pub restore: Vec<(RepoId, String)>,
 }
@@ -306,7 +304,7 @@ impl Service {
         let mut service = Self {
             me,
             repos: repos::Repos::default(),
-            rooms: rooms::Rooms::new(loaded.seen_chat),
+            rooms: rooms::Rooms::new(loaded.seen),
             outbox: outbox::Outbox::default(),
             kv: kv::Kv::default(),
             refs: refs::Refs::default(),
@@ -370,10 +368,18 @@ impl Service {
         self.outbox.len()
     }
 
-    /// Ids of room messages the history has (a node reads them after it said it is ready: their
-    /// number grows with the rooms; a message arriving in between is only shown twice).
-    pub fn remember_chat(&mut self, ids: Vec<String>) {
-        self.rooms.remember(ids);
+    /// The seen sets the store has (a node reads them after it said it is ready: they grow
+    /// with the rooms and feeds). A room message arriving in between is only shown twice; an
+    /// announcement is looked up in the feed until then.
+    pub fn remember_seen(&mut self, seen: crate::store::SeenIds) {
+        self.rooms.remember(seen);
+    }
+
+    /// The store went back to its last durable state (reopened after a full disk): what the
+    /// service took for the feed since may not be there; the feed is asked until the seen sets
+    /// are read again.
+    pub fn store_rolled_back(&mut self) {
+        self.rooms.forget_feed();
     }
 
     /// DHT keys of ours still to fetch back from peers (after a repair).

@@ -22,6 +22,7 @@ use crate::proto::chat::{room_id, ChatEntry, ChatError, ChatMessage};
 use crate::proto::envelope::{Envelope, EnvelopeError};
 use crate::proto::outbox::OutboxEntry;
 use crate::proto::repo::{RepoId, RepoInfo};
+use crate::store::SeenIds;
 
 /// Messages (of each kind) one author may have taken per second on average, and in a burst:
 /// more is dropped, not stored, shown or forwarded. Being over the rate is not misconduct (a
@@ -43,8 +44,9 @@ pub const MAX_AHEAD: Duration = Duration::from_secs(10 * 60);
 pub const MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Authors tracked by the rate limiter before it starts afresh (bounded memory).
 const CHAT_RATE_AUTHORS: usize = 10_000;
-/// Room message ids remembered in memory to tell new from repeated (about 100 bytes each).
-const RECENT_CHAT_IDS: usize = crate::store::MAX_SEEN;
+/// Room message ids remembered in memory to tell new from repeated (about 100 bytes each), and
+/// as many announcement keys (about 150 bytes each).
+const RECENT_IDS: usize = crate::store::MAX_SEEN;
 
 /// What a subscribed topic carries: a repository's commits, its room or one commit's thread
 /// (`Chat`), or every commit thread of it (`Threads`).
@@ -129,11 +131,11 @@ enum Expect {
 /// What a message that arrived turned out to be.
 #[derive(Debug)]
 pub enum Arrival {
-    /// An announcement, with its envelope (for the sync set).
+    /// An announcement not seen before, with its envelope (for the sync set).
     Announcement(FeedEntry, Box<Envelope>),
     /// A room message not seen before, with its envelope (none for a plain Nostr comment).
     Chat(ChatEntry, Option<Box<Envelope>>),
-    /// A room message we have.
+    /// A room message or an announcement we have (or one of ours).
     Seen,
     Refused(Refused),
 }
@@ -152,26 +154,55 @@ pub struct Rooms {
     chat_limiter: RateLimiter,
     announce_limiter: RateLimiter,
     seen: Recent,
+    /// The announcements taken ([`FeedEntry::seen_key`]): those since start, and once read
+    /// ([`Self::remember`]) those the feeds hold. Until then the feed is asked too.
+    feed_seen: Recent,
+    pub feed_seen_complete: bool,
     /// Authors' clocks against ours, read off what they signed.
     pub clocks: super::clocks::Clocks,
 }
 
 impl Rooms {
-    pub fn new(seen: impl IntoIterator<Item = String>) -> Self {
-        Self {
+    /// Rooms that know the seen sets, or (`None`) will be told them ([`Self::remember`]).
+    pub fn new(seen: Option<SeenIds>) -> Self {
+        let mut this = Self {
             topics: HashMap::new(),
             chat_limiter: RateLimiter::default(),
             announce_limiter: RateLimiter::new(ANNOUNCE_RATE, ANNOUNCE_BURST),
-            seen: Recent::new(RECENT_CHAT_IDS, seen),
+            seen: Recent::new(RECENT_IDS, []),
+            feed_seen: Recent::new(RECENT_IDS, []),
+            feed_seen_complete: false,
             clocks: super::clocks::Clocks::default(),
+        };
+        if let Some(seen) = seen {
+            this.remember(seen);
         }
+        this
     }
 
-    /// Remembers ids of messages the history has.
-    pub fn remember(&mut self, ids: Vec<String>) {
-        for id in ids {
+    /// Remembers the ids of the messages the histories have and the keys of the announcements
+    /// the feeds have: from now on the feed is not asked.
+    pub fn remember(&mut self, seen: SeenIds) {
+        for id in seen.chat {
             self.seen.insert(id);
         }
+        for key in seen.feed {
+            self.feed_seen.insert(key);
+        }
+        self.feed_seen_complete = true;
+    }
+
+    /// Forgets the announcements taken: the store went back to its last durable state (a
+    /// reopen after a full disk), and some may not be in the feed after all. The feed is asked
+    /// again until [`Self::remember`] is told what it holds now.
+    pub fn forget_feed(&mut self) {
+        self.feed_seen = Recent::new(RECENT_IDS, []);
+        self.feed_seen_complete = false;
+    }
+
+    /// An announcement taken but not stored (the disk is full): it is news again.
+    pub fn untake(&mut self, entry: &FeedEntry) {
+        self.feed_seen.remove(&entry.seen_key());
     }
 
     /// Joins `room`; its topic, to subscribe to, if it is new to us.
@@ -335,6 +366,9 @@ impl Rooms {
             announced_at: envelope.ts,
             received_at: now.unix_ms,
         };
+        if !self.feed_seen.insert(entry.seen_key()) {
+            return Arrival::Seen;
+        }
         Arrival::Announcement(entry, Box::new(envelope))
     }
 
@@ -365,8 +399,8 @@ impl Service {
         let _ = reply.send(Ok(()));
     }
 
-    /// A gossip message: the verdict gossipsub forwards (or not) by. New announcements go to the
-    /// feed, new room messages to followers and the history.
+    /// A gossip message: the verdict gossipsub forwards (or not) by. New announcements and room
+    /// messages go to followers at once, and to the feed and the history off the event loop.
     pub fn gossip(
         &mut self,
         topic: &TopicHash,
@@ -393,26 +427,24 @@ impl Service {
         disk: &mut dyn Disk,
     ) -> MessageAcceptance {
         match arrival {
-            // Peers catching up get it from us: the envelope goes to the sync sets with it.
-            Arrival::Announcement(entry, envelope) => match disk.feed_insert(&entry, &envelope) {
-                Ok(new) => {
-                    if !new {
-                        return MessageAcceptance::Ignore;
-                    }
-                    self.announced(&entry, now);
-                    self.push(Io::Emit(NodeEvent::Announcement(entry)));
-                    MessageAcceptance::Accept
+            Arrival::Announcement(entry, envelope) => {
+                // Neither forwarded nor taken while it cannot be stored: a sync brings it
+                // once there is space again. A store that is down said so once.
+                if let Err(e) = disk.writable() {
+                    self.rooms.untake(&entry);
+                    tracing::debug!(error = %e, "cannot store an announcement");
+                    return MessageAcceptance::Ignore;
                 }
-                Err(e) => {
-                    // A store that is down (a full disk) said so once; it is not news per message.
-                    if e.is_store_down() {
-                        tracing::debug!(error = %e, "cannot store an announcement");
-                    } else {
-                        tracing::warn!(error = %e, "cannot store an announcement");
-                    }
-                    MessageAcceptance::Ignore
+                // Peers catching up get it from us: the envelope goes to the sync sets with it.
+                if !self.rooms.feed_seen_complete && disk.feed_has(&entry) {
+                    disk.sync_keep(*envelope);
+                    return MessageAcceptance::Ignore;
                 }
-            },
+                self.announced(&entry, now);
+                self.push(Io::Emit(NodeEvent::Announcement(entry.clone())));
+                disk.feed_received(entry, *envelope);
+                MessageAcceptance::Accept
+            }
             Arrival::Chat(entry, envelope) => {
                 if let Some(envelope) = envelope {
                     disk.sync_keep(*envelope);
@@ -638,6 +670,13 @@ impl Recent {
             this.insert(id);
         }
         this
+    }
+
+    /// Forgets `id` (rare: a linear search).
+    fn remove(&mut self, id: &str) {
+        if self.set.remove(id) {
+            self.order.retain(|known| known != id);
+        }
     }
 
     /// True if `id` was not seen before.

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use libp2p::gossipsub::MessageAcceptance;
 use libp2p::PeerId;
 
 use super::rooms::{Arrival, RateLimiter, Room};
@@ -240,8 +241,6 @@ impl Service {
             }
         }
         checked.sort_by_key(|(_, e, _)| e.ts);
-        // Announcements go to the feed together, in one write (a catch-up brings thousands).
-        let mut feed: Vec<(crate::proto::announce::FeedEntry, Box<Envelope>)> = Vec::new();
         for (kind, envelope, author) in checked {
             let kept = envelope.clone();
             let arrival = self.rooms.synced(kind, envelope, author, &self.me.peer, now);
@@ -257,26 +256,14 @@ impl Service {
                     // offered again.
                     disk.sync_keep(kept);
                 }
-                Arrival::Announcement(entry, envelope) => feed.push((entry, envelope)),
+                // New: shown at once and stored off the event loop (a catch-up brings
+                // thousands, written in batches).
                 arrival => {
-                    self.sync.items += 1;
-                    self.take(arrival, Some(peer), now, disk);
-                }
-            }
-        }
-        let (entries, envelopes): (Vec<_>, Vec<_>) =
-            feed.into_iter().map(|(entry, envelope)| (entry, *envelope)).unzip();
-        match disk.feed_insert_all(&entries, &envelopes) {
-            Ok(new) => {
-                for (entry, new) in entries.into_iter().zip(new) {
-                    if new {
+                    if self.take(arrival, Some(peer), now, disk) == MessageAcceptance::Accept {
                         self.sync.items += 1;
-                        self.announced(&entry, now);
-                        self.push(Io::Emit(crate::control::api::NodeEvent::Announcement(entry)));
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot store announcements a sync brought"),
         }
         true
     }

@@ -62,7 +62,10 @@ impl MemDisk {
             repos: self.repos.clone(),
             outbox: self.outbox.iter().map(|(seq, (e, _))| (*seq, e.clone())).collect(),
             known_peers: self.peers.iter().map(|(p, a)| (*p, a.clone())).collect(),
-            seen_chat: self.chat.iter().map(|m| m.id.clone()).collect(),
+            seen: Some(crate::store::SeenIds {
+                chat: self.chat.iter().map(|m| m.id.clone()).collect(),
+                feed: self.feed.iter().map(FeedEntry::seen_key).collect(),
+            }),
             restore: Vec::new(),
         }
     }
@@ -112,13 +115,14 @@ impl Disk for MemDisk {
     fn prune_seen(&mut self, _before_ms: u64) -> Result<usize, StoreError> {
         Ok(0)
     }
-    fn feed_insert(&mut self, entry: &FeedEntry, envelope: &Envelope) -> Result<bool, StoreError> {
-        self.sync_keep(envelope.clone());
-        if self.feed.iter().any(|e| e.commit.id == entry.commit.id && e.peer == entry.peer) {
-            return Ok(false);
+    fn feed_received(&mut self, entry: FeedEntry, envelope: Envelope) {
+        self.sync_keep(envelope);
+        if !self.feed_has(&entry) {
+            self.feed.push(entry);
         }
-        self.feed.push(entry.clone());
-        Ok(true)
+    }
+    fn feed_has(&self, entry: &FeedEntry) -> bool {
+        self.feed.iter().any(|e| e.seen_key() == entry.seen_key())
     }
     fn chat_received(&mut self, entry: ChatEntry) {
         self.chat.push(entry);
@@ -420,15 +424,7 @@ impl Sim {
     fn announce(&mut self, name: &str, summary: &str) -> Result<Queued, Failure> {
         let now = self.now;
         let peer = self.peer(name);
-        let commit = Commit {
-            ref_name: Some("refs/heads/main".into()),
-            id: hex::encode(&sha2::Sha256::digest(summary.as_bytes())[..20]),
-            parents: vec![],
-            author: name.into(),
-            summary: summary.into(),
-            time: 1_700_000_000,
-        };
-        let envelope = Announcement { commit, name: None }.sign(&peer.key, &repo().id, now.unix_ms);
+        let envelope = announcement(&peer.key, name, summary, now.unix_ms);
         let (reply, answer) = oneshot::channel();
         peer.service.announce(repo(), envelope, reply, now, &mut peer.disk);
         self.end_of_batch(name);
@@ -451,6 +447,19 @@ impl Sim {
         peer.service.register(repo(), reply, &mut peer.disk);
         self.settle(name);
     }
+}
+
+/// `key`'s announcement of a commit on main (its id made of its summary), signed at `ts`.
+fn announcement(key: &Keypair, author: &str, summary: &str, ts: u64) -> Envelope {
+    let commit = Commit {
+        ref_name: Some("refs/heads/main".into()),
+        id: hex::encode(&sha2::Sha256::digest(summary.as_bytes())[..20]),
+        parents: vec![],
+        author: author.into(),
+        summary: summary.into(),
+        time: 1_700_000_000,
+    };
+    Announcement { commit, name: None }.sign(key, &repo().id, ts)
 }
 
 fn chat(key: &Keypair, text: &str, nonce: u64, ts: u64) -> Vec<u8> {
@@ -525,6 +534,54 @@ fn a_refused_publish_stays_first_and_is_retried_on_the_next_tick() {
     assert_eq!(sim.peer("alice").service.outbox_len(), 0);
     sim.deliver("alice");
     assert_eq!(sim.peer("bob").announcements(), ["first", "second"]);
+}
+
+#[test]
+fn an_announcement_is_news_once_whether_or_not_the_seen_sets_are_read_and_not_taken_while_the_disk_is_full() {
+    use MessageAcceptance::{Accept, Ignore};
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("bob");
+    let topic = crate::proto::topic::commits(&repo().id).hash();
+    let (alice, alice_key) = (sim.id("alice"), sim.peer("alice").key.clone());
+    let gossip = |sim: &mut Sim, summary: &str, ts: u64| {
+        let data = announcement(&alice_key, "alice", summary, ts).encode();
+        let now = sim.now;
+        let bob = sim.peer("bob");
+        let verdict = bob.service.gossip(&topic, &data, Some(alice), now, &mut bob.disk);
+        sim.settle("bob");
+        verdict
+    };
+    let shown =
+        |sim: &mut Sim| sim.peer("bob").events.iter().filter(|e| matches!(e, NodeEvent::Announcement(_))).count();
+    let t = sim.now.unix_ms;
+    // A node that has not read its seen sets yet (the simulation starts so) asks the feed.
+    assert_eq!(gossip(&mut sim, "first", t), Accept);
+    assert_eq!(gossip(&mut sim, "first", t), Ignore, "the same message again");
+    assert_eq!(gossip(&mut sim, "first", t + 1), Ignore, "the same commit signed again");
+    assert_eq!((sim.peer("bob").announcements(), shown(&mut sim)), (vec!["first".to_string()], 1));
+    // Restarted, before the seen sets are read: the feed still says it is no news.
+    let loaded = Loaded { seen: None, ..sim.peer("bob").disk.loaded() };
+    let now = sim.now;
+    let bob = sim.peer("bob");
+    bob.service = Service::new(me(&bob.key), &[], loaded, now);
+    sim.settle("bob");
+    assert_eq!(gossip(&mut sim, "first", t + 2), Ignore, "asked the feed");
+    let seen = sim.peer("bob").disk.loaded().seen.expect("the seen sets");
+    sim.peer("bob").service.remember_seen(seen);
+    assert_eq!(gossip(&mut sim, "first", t + 3), Ignore, "from the seen set");
+    // A full disk: neither forwarded nor taken as seen; once there is space, it is news.
+    sim.peer("bob").disk.full = true;
+    assert_eq!(gossip(&mut sim, "second", t), Ignore);
+    sim.peer("bob").disk.full = false;
+    assert_eq!(gossip(&mut sim, "second", t), Accept, "taken once it can be stored");
+    assert_eq!(sim.peer("bob").announcements(), ["first", "second"]);
+    // The store went back to its last durable state without the second: it is news again.
+    let bob = sim.peer("bob");
+    bob.disk.feed.retain(|e| e.commit.summary != "second");
+    bob.service.store_rolled_back();
+    assert_eq!(gossip(&mut sim, "first", t + 4), Ignore, "the feed has it");
+    assert_eq!(gossip(&mut sim, "second", t + 1), Accept, "the feed lost it");
+    assert_eq!((sim.peer("bob").announcements(), shown(&mut sim)), (vec!["first".to_string(), "second".into()], 3));
 }
 
 #[test]
