@@ -410,9 +410,9 @@ impl EventLoop {
     }
 
     /// The store was reopened (a full disk had space again): it went back to its last durable
-    /// state, so the outbox in memory is read back, the feed is asked what it holds until the
-    /// seen sets are read again, the DHT records it could not take are stored, and the reflogs
-    /// are read for the commits made meanwhile.
+    /// state, so the outbox in memory is read back, the seen sets are forgotten (the caller reads
+    /// them again; the feed is asked meanwhile), the DHT records it could not take are stored,
+    /// and the reflogs are read for the commits made meanwhile.
     fn store_reopened(&mut self) {
         self.service.store_rolled_back();
         match self.store.outbox() {

@@ -376,10 +376,10 @@ impl Service {
     }
 
     /// The store went back to its last durable state (reopened after a full disk): what the
-    /// service took for the feed since may not be there; the feed is asked until the seen sets
-    /// are read again.
+    /// service took for the histories and the feed since may not be there, and is news again
+    /// when a peer's sync brings it. The feed is asked until the seen sets are read again.
     pub fn store_rolled_back(&mut self) {
-        self.rooms.forget_feed();
+        self.rooms.forget_seen();
     }
 
     /// DHT keys of ours still to fetch back from peers (after a repair).

@@ -192,10 +192,12 @@ impl Rooms {
         self.feed_seen_complete = true;
     }
 
-    /// Forgets the announcements taken: the store went back to its last durable state (a
-    /// reopen after a full disk), and some may not be in the feed after all. The feed is asked
-    /// again until [`Self::remember`] is told what it holds now.
-    pub fn forget_feed(&mut self) {
+    /// Forgets what was taken: the store went back to its last durable state (a reopen after
+    /// a full disk), and some of it may not be in the histories and feeds after all (a peer's
+    /// sync brings it again). The feed is asked until [`Self::remember`] is told what the store
+    /// holds now; a room message arriving meanwhile may be shown twice.
+    pub fn forget_seen(&mut self) {
+        self.seen = Recent::new(RECENT_IDS, []);
         self.feed_seen = Recent::new(RECENT_IDS, []);
         self.feed_seen_complete = false;
     }

@@ -140,6 +140,37 @@ fn a_peer_back_from_away_catches_up_on_the_feed_the_room_and_the_threads() {
     assert_eq!(status.repos[0].last_sync, Some(sim.now.unix_ms));
 }
 
+/// Bob's store went back to its last durable state (a reopen after a full disk) and lost what
+/// he had taken since: the next sync brings it again, into his room and his feed.
+#[test]
+fn what_a_store_rolled_back_lost_comes_back_with_the_next_sync() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("alice");
+    sim.init("bob");
+    sim.connect("alice", "bob");
+    sim.run_syncs("alice");
+    sim.run_syncs("bob");
+    sim.say("alice", "said before the disk filled", None);
+    sim.announce("alice", "announced before the disk filled").expect("queued");
+    sim.deliver("alice");
+    let room = repo().id.to_string();
+    assert_eq!(sim.texts("bob", &room), ["said before the disk filled"]);
+    assert_eq!(sim.peer("bob").announcements(), ["announced before the disk filled"]);
+    // None of it was durable yet: the reopened store holds nothing of it.
+    let bob = sim.peer("bob");
+    bob.disk.chat.clear();
+    bob.disk.feed.clear();
+    bob.disk.sync_set.clear();
+    bob.service.store_rolled_back();
+    sim.advance(RESYNC_EVERY);
+    sim.tick("alice");
+    sim.tick("bob");
+    sim.run_syncs("alice");
+    sim.run_syncs("bob");
+    assert_eq!(sim.texts("bob", &room), ["said before the disk filled"], "taken again");
+    assert_eq!(sim.peer("bob").announcements(), ["announced before the disk filled"]);
+}
+
 /// Carol never met alice, and gets alice's messages from bob, verified by alice's signature.
 #[test]
 fn catching_up_is_transitive_and_each_item_keeps_its_authors_signature() {
