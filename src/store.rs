@@ -627,6 +627,11 @@ impl Store {
         self.queue(NOSTR_OUTBOX, "nostr_outbox")
     }
 
+    /// How many events are queued (none of them read).
+    pub fn nostr_pending_len(&self) -> Result<usize, StoreError> {
+        self.read(|txn| Ok(db(db(txn.open_table(NOSTR_OUTBOX))?.len())? as usize))
+    }
+
     /// `relay` accepted event `id` queued as `seq`; the entry goes once every relay has. Durable.
     pub fn nostr_accepted(&self, seq: u64, id: &str, relay: &str) -> Result<(), StoreError> {
         self.update(true, |txn| {

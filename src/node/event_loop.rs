@@ -100,6 +100,9 @@ pub struct EventLoop {
     repo_queries: HashMap<kad::QueryId, crate::proto::repo::RepoId>,
     /// Turns of the loop that writes for the disk threads have waited ([`Self::flush_disk`]).
     disk_waited: u32,
+    /// Our room messages to queue for Nostr once they left for the peers ([`Self::flush_disk`]):
+    /// signing the event and writing it to the queue is not on a message's way out.
+    nostr_comments: Vec<crate::node::service::BridgeOp>,
 }
 
 /// The service's view of the store for one call (the fields it borrows are the event loop's).
@@ -167,6 +170,7 @@ impl EventLoop {
             race,
             repo_queries: HashMap::new(),
             disk_waited: 0,
+            nostr_comments: Vec::new(),
         };
         // The relay service waits for our own word (`node::nat`), never for libp2p's own rule
         // (which would count a relayed address of ours as reachability).
@@ -274,12 +278,12 @@ impl EventLoop {
 
     /// Whether writes wait to be handed to the disk threads.
     fn disk_waits(&self) -> bool {
-        self.history.has_pending() || self.durability.has_batch()
+        self.history.has_pending() || self.durability.has_batch() || !self.nostr_comments.is_empty()
     }
 
     /// Hands the waiting writes to the disk threads: received messages to the history writer,
-    /// the command batch's published messages and answers to the sync thread (which fsyncs,
-    /// then answers). The event loop does this when nothing else is ready, so that waking those
+    /// our room messages to the Nostr queue, the command batch's published messages and answers
+    /// to the sync thread (which fsyncs, then answers: the queued events are durable by then). The event loop does this when nothing else is ready, so that waking those
     /// threads (and their CPU time, on a busy machine) comes after the messages went out.
     /// `inline` (the node is stopping): the batch is made durable and answered here and now.
     fn flush_disk(&mut self, inline: bool) {
@@ -290,6 +294,7 @@ impl EventLoop {
             std::thread::yield_now();
         }
         self.disk_waited = 0;
+        self.queue_nostr_comments();
         self.history.flush();
         self.durability.commit_batch(&self.store, inline);
     }

@@ -120,13 +120,24 @@ impl EventLoop {
                 match op {
                     BridgeOp::Watch(repos) => bridge.watch(&repos),
                     BridgeOp::Refresh(repo) => bridge.refresh(&repo),
-                    BridgeOp::Comment { repo, text, envelope, thread } => {
-                        match bridge.comment(&repo, &text, &envelope, thread.as_deref()) {
-                            Ok(()) => self.durability.wrote(),
-                            Err(e) => tracing::warn!(error = %e, "cannot queue the message for Nostr"),
-                        }
-                    }
+                    comment @ BridgeOp::Comment { .. } => self.nostr_comments.push(comment),
                 }
+            }
+        }
+    }
+
+    /// Our room messages, gone to the peers, queued for the Nostr relays (before the batch's
+    /// fsync, which makes them durable with the rest).
+    pub(super) fn queue_nostr_comments(&mut self) {
+        let Some(bridge) = &self.bridge else {
+            self.nostr_comments.clear();
+            return;
+        };
+        for op in std::mem::take(&mut self.nostr_comments) {
+            let BridgeOp::Comment { repo, text, envelope, thread } = op else { continue };
+            match bridge.comment(&repo, &text, &envelope, thread.as_deref()) {
+                Ok(()) => self.durability.wrote(),
+                Err(e) => tracing::warn!(error = %e, "cannot queue the message for Nostr"),
             }
         }
     }
