@@ -576,6 +576,10 @@ pub struct NostrLast {
     /// Digest of what the event says, to tell whether a new one is needed.
     pub digest: String,
     pub created_at: u64,
+    /// Where in the queue it went (set by [`Store::nostr_queue`]; none in older stores): the
+    /// next one of its `kind:d` replaces it there without reading the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 impl Store {
@@ -594,19 +598,33 @@ impl Store {
             // still holding a replaced entry cannot mark its successor as accepted.
             let seq = next_seq(&table)?;
             if let Some(key) = &pending.replaces {
+                let mut lasts = db(txn.open_table(NOSTR_LAST))?;
+                let before: Option<NostrLast> =
+                    db(lasts.get(key.as_str()))?.map(|v| parse(v.value(), "nostr_last")).transpose()?;
+                // Where the one queued before went; a store that did not keep it (or a caller
+                // that gave no `last`) has the queue read. The queue grows while relays are
+                // away, and this runs for every commit announced.
+                let candidates: Vec<u64> = match before.and_then(|b| b.seq) {
+                    Some(at) => vec![at],
+                    None => db(table.iter())?
+                        .map(|item| item.map(|(k, _)| k.value()))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| StoreError::Db(e.into()))?,
+                };
                 let mut stale = Vec::new();
-                for item in db(table.iter())? {
-                    let (k, v) = db(item)?;
+                for at in candidates {
+                    let Some(v) = db(table.get(at))? else { continue };
                     if parse::<NostrPending>(v.value(), "nostr_outbox")?.replaces.as_ref() == Some(key) {
-                        stale.push(k.value());
+                        stale.push(at);
                     }
                 }
-                for seq in stale {
-                    db(table.remove(seq))?;
+                for at in stale {
+                    db(table.remove(at))?;
                 }
                 if let Some(last) = last {
-                    let bytes = serde_json::to_vec(last).expect("plain structs serialise");
-                    db(db(txn.open_table(NOSTR_LAST))?.insert(key.as_str(), bytes.as_slice()))?;
+                    let last = NostrLast { seq: Some(seq), ..last.clone() };
+                    let bytes = serde_json::to_vec(&last).expect("plain structs serialise");
+                    db(lasts.insert(key.as_str(), bytes.as_slice()))?;
                 }
             }
             let bytes = serde_json::to_vec(pending).expect("plain structs serialise");
@@ -1293,7 +1311,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.redb");
         let store = Store::open(&path).unwrap();
-        let last = |t| NostrLast { digest: format!("d{t}"), created_at: t };
+        let last = |t| NostrLast { digest: format!("d{t}"), created_at: t, seq: None };
         let a = store.nostr_queue(&pending("ann", &["r1", "r2"], Some("30617:p")), Some(&last(1)), true).unwrap();
         let s1 = store.nostr_queue(&pending("s1", &["r1", "r2"], Some("30618:p")), Some(&last(2)), true).unwrap();
         let c = store.nostr_queue(&pending("c", &["r1", "r2"], None), None, false).unwrap();
@@ -1301,7 +1319,7 @@ mod tests {
         assert!(a < s1 && s1 < c && c < s2);
         let ids: Vec<String> = store.nostr_pending().unwrap().into_iter().map(|(_, p)| p.id).collect();
         assert_eq!(ids, ["ann", "c", "s2"], "the newer state replaced the older one, in place at the end");
-        assert_eq!(store.nostr_last("30618:p").unwrap(), Some(last(3)));
+        assert_eq!(store.nostr_last("30618:p").unwrap(), Some(NostrLast { seq: Some(s2), ..last(3) }));
 
         // A sender that still held s1 reports it accepted: s2 stays.
         store.nostr_accepted(s1, "s1", "r1").unwrap();
@@ -1319,6 +1337,33 @@ mod tests {
         let store = Store::open(&path).unwrap();
         let left: Vec<String> = store.nostr_pending().unwrap().into_iter().map(|(_, p)| p.id).collect();
         assert_eq!(left, ["c"], "kept across a reopen");
+    }
+
+    #[test]
+    fn a_state_replaces_the_one_queued_before_whether_or_not_the_store_kept_where_it_went() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let last = |t| NostrLast { digest: format!("d{t}"), created_at: t, seq: None };
+        let ids = |store: &Store| store.nostr_pending().unwrap().into_iter().map(|(_, p)| p.id).collect::<Vec<_>>();
+        store.nostr_queue(&pending("s1", &["r1"], Some("30618:p")), Some(&last(1)), true).unwrap();
+        // As an older store kept it: where s1 went is not known.
+        store
+            .update(true, |txn| {
+                let old = br#"{"digest":"d1","created_at":1}"#;
+                db(db(txn.open_table(NOSTR_LAST))?.insert("30618:p", &old[..]))?;
+                Ok(())
+            })
+            .unwrap();
+        for i in 0..50 {
+            store.nostr_queue(&pending(&format!("c{i}"), &["r1"], None), None, false).unwrap();
+        }
+        let s2 = store.nostr_queue(&pending("s2", &["r1"], Some("30618:p")), Some(&last(2)), true).unwrap();
+        assert_eq!(ids(&store).first().map(String::as_str), Some("c0"), "s1 went: the queue was read");
+        assert_eq!(store.nostr_last("30618:p").unwrap().and_then(|l| l.seq), Some(s2), "where s2 went is kept");
+        store.nostr_queue(&pending("s3", &["r1"], Some("30618:p")), Some(&last(3)), true).unwrap();
+        let left = ids(&store);
+        assert_eq!((left.len(), left.last().map(String::as_str)), (51, Some("s3")), "s2 went, found where it was");
+        assert!(!left.contains(&"s2".to_string()) && !left.contains(&"s1".to_string()));
     }
 
     #[test]

@@ -260,6 +260,6 @@ fn queue_replaceable(
         relays: relays.to_vec(),
         replaces: Some(key.to_string()),
     };
-    store.nostr_queue(&pending, Some(&NostrLast { digest, created_at }), true)?;
+    store.nostr_queue(&pending, Some(&NostrLast { digest, created_at, seq: None }), true)?;
     Ok(true)
 }
