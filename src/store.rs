@@ -869,6 +869,12 @@ impl Store {
         })
     }
 
+    /// Whether a room's history took the message with this id (it stays seen for its window
+    /// after the history let it go).
+    pub fn chat_has(&self, id: &str) -> Result<bool, StoreError> {
+        self.read(|txn| Ok(db(db(txn.open_table(CHAT_SEEN))?.get(id))?.is_some()))
+    }
+
     /// Whether the feed took this announcement (by its author, of its commit) before.
     pub fn feed_has(&self, entry: &FeedEntry) -> Result<bool, StoreError> {
         self.read(|txn| Ok(db(db(txn.open_table(SEEN))?.get(entry.seen_key().as_str()))?.is_some()))

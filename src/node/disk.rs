@@ -168,6 +168,13 @@ impl Disk for NodeDisk<'_> {
         self.history.write(entry);
     }
 
+    fn chat_has(&self, id: &str) -> bool {
+        self.store.chat_has(id).unwrap_or_else(|e| {
+            log_store_error(&e, "cannot look a room message up in the history");
+            false
+        })
+    }
+
     fn chat_insert(&mut self, entry: &ChatEntry) -> Result<bool, StoreError> {
         let result = self.store.chat_insert(entry);
         self.wrote(result)

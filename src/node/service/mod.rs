@@ -100,6 +100,8 @@ pub trait Disk {
     fn feed_has(&self, entry: &FeedEntry) -> bool;
     /// A received room message, known to be new: stored off the event loop, in batches.
     fn chat_received(&mut self, entry: ChatEntry);
+    /// Whether a history has this room message (asked only until the seen sets are read).
+    fn chat_has(&self, id: &str) -> bool;
     /// One of our room messages going through the outbox; false if the history has it.
     fn chat_insert(&mut self, entry: &ChatEntry) -> Result<bool, StoreError>;
     /// One of our room messages published at once: stored before the batch's answers go out.
@@ -369,15 +371,14 @@ impl Service {
     }
 
     /// The seen sets the store has (a node reads them after it said it is ready: they grow
-    /// with the rooms and feeds). A room message arriving in between is only shown twice; an
-    /// announcement is looked up in the feed until then.
+    /// with the rooms and feeds). What arrives in between is looked up in the store.
     pub fn remember_seen(&mut self, seen: crate::store::SeenIds) {
         self.rooms.remember(seen);
     }
 
     /// The store went back to its last durable state (reopened after a full disk): what the
     /// service took for the histories and the feed since may not be there, and is news again
-    /// when a peer's sync brings it. The feed is asked until the seen sets are read again.
+    /// when a peer's sync brings it. The store is asked until the seen sets are read again.
     pub fn store_rolled_back(&mut self) {
         self.rooms.forget_seen();
     }

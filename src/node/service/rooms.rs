@@ -153,11 +153,12 @@ pub struct Rooms {
     /// Per author: room messages, and separately announcements.
     chat_limiter: RateLimiter,
     announce_limiter: RateLimiter,
+    /// The room messages taken, and the announcements ([`FeedEntry::seen_key`]): those since
+    /// start, and once read ([`Self::remember`]) those the histories and feeds hold. Until then
+    /// the store is asked too.
     seen: Recent,
-    /// The announcements taken ([`FeedEntry::seen_key`]): those since start, and once read
-    /// ([`Self::remember`]) those the feeds hold. Until then the feed is asked too.
     feed_seen: Recent,
-    pub feed_seen_complete: bool,
+    pub seen_complete: bool,
     /// Authors' clocks against ours, read off what they signed.
     pub clocks: super::clocks::Clocks,
 }
@@ -171,7 +172,7 @@ impl Rooms {
             announce_limiter: RateLimiter::new(ANNOUNCE_RATE, ANNOUNCE_BURST),
             seen: Recent::new(RECENT_IDS, []),
             feed_seen: Recent::new(RECENT_IDS, []),
-            feed_seen_complete: false,
+            seen_complete: false,
             clocks: super::clocks::Clocks::default(),
         };
         if let Some(seen) = seen {
@@ -181,7 +182,7 @@ impl Rooms {
     }
 
     /// Remembers the ids of the messages the histories have and the keys of the announcements
-    /// the feeds have: from now on the feed is not asked.
+    /// the feeds have: from now on the store is not asked.
     pub fn remember(&mut self, seen: SeenIds) {
         for id in seen.chat {
             self.seen.insert(id);
@@ -189,17 +190,17 @@ impl Rooms {
         for key in seen.feed {
             self.feed_seen.insert(key);
         }
-        self.feed_seen_complete = true;
+        self.seen_complete = true;
     }
 
     /// Forgets what was taken: the store went back to its last durable state (a reopen after
     /// a full disk), and some of it may not be in the histories and feeds after all (a peer's
-    /// sync brings it again). The feed is asked until [`Self::remember`] is told what the store
-    /// holds now; a room message arriving meanwhile may be shown twice.
+    /// sync brings it again). The store is asked until [`Self::remember`] is told what it holds
+    /// now.
     pub fn forget_seen(&mut self) {
         self.seen = Recent::new(RECENT_IDS, []);
         self.feed_seen = Recent::new(RECENT_IDS, []);
-        self.feed_seen_complete = false;
+        self.seen_complete = false;
     }
 
     /// An announcement taken but not stored (the disk is full): it is news again.
@@ -438,7 +439,7 @@ impl Service {
                     return MessageAcceptance::Ignore;
                 }
                 // Peers catching up get it from us: the envelope goes to the sync sets with it.
-                if !self.rooms.feed_seen_complete && disk.feed_has(&entry) {
+                if !self.rooms.seen_complete && disk.feed_has(&entry) {
                     disk.sync_keep(*envelope);
                     return MessageAcceptance::Ignore;
                 }
@@ -450,6 +451,11 @@ impl Service {
             Arrival::Chat(entry, envelope) => {
                 if let Some(envelope) = envelope {
                     disk.sync_keep(*envelope);
+                }
+                // Before the seen sets are read, the history is asked: a restart shows nothing
+                // twice.
+                if !self.rooms.seen_complete && disk.chat_has(&entry.id) {
+                    return MessageAcceptance::Ignore;
                 }
                 let notice = entry.notice();
                 self.push(Io::Emit(NodeEvent::Chat(entry.clone())));

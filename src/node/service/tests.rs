@@ -127,6 +127,9 @@ impl Disk for MemDisk {
     fn chat_received(&mut self, entry: ChatEntry) {
         self.chat.push(entry);
     }
+    fn chat_has(&self, id: &str) -> bool {
+        self.chat.iter().any(|m| m.id == id)
+    }
     fn chat_insert(&mut self, entry: &ChatEntry) -> Result<bool, StoreError> {
         self.room()?;
         if self.chat.iter().any(|m| m.id == entry.id) {
@@ -582,6 +585,31 @@ fn an_announcement_is_news_once_whether_or_not_the_seen_sets_are_read_and_not_ta
     assert_eq!(gossip(&mut sim, "first", t + 4), Ignore, "the feed has it");
     assert_eq!(gossip(&mut sim, "second", t + 1), Accept, "the feed lost it");
     assert_eq!((sim.peer("bob").announcements(), shown(&mut sim)), (vec!["first".to_string(), "second".into()], 3));
+}
+
+#[test]
+fn a_room_message_is_shown_once_across_a_restart_before_the_seen_sets_are_read() {
+    use MessageAcceptance::{Accept, Ignore};
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("bob");
+    let topic = crate::proto::topic::chat(&repo().id).hash();
+    let (alice, now) = (sim.id("alice"), sim.now);
+    let data = chat(&sim.peer("alice").key, "hello", 1, now.unix_ms);
+    let gossip = |sim: &mut Sim| {
+        let bob = sim.peer("bob");
+        let verdict = bob.service.gossip(&topic, &data, Some(alice), now, &mut bob.disk);
+        sim.settle("bob");
+        verdict
+    };
+    let shown = |sim: &mut Sim| sim.peer("bob").events.iter().filter(|e| matches!(e, NodeEvent::Chat(_))).count();
+    assert_eq!(gossip(&mut sim), Accept);
+    assert_eq!(gossip(&mut sim), Ignore, "the same again");
+    let loaded = Loaded { seen: None, ..sim.peer("bob").disk.loaded() };
+    let bob = sim.peer("bob");
+    bob.service = Service::new(me(&bob.key), &[], loaded, now);
+    sim.settle("bob");
+    assert_eq!(gossip(&mut sim), Ignore, "restarted: the history has it");
+    assert_eq!((sim.peer("bob").disk.chat.len(), shown(&mut sim)), (1, 1));
 }
 
 #[test]
