@@ -762,18 +762,13 @@ impl Store {
     /// Adds an announcement to its repo's feed unless the same author announced the same commit
     /// before. Returns false for such a duplicate. Not durable until the next [`Store::sync`].
     pub fn feed_insert(&self, entry: &FeedEntry) -> Result<bool, StoreError> {
-        Ok(self.feed_insert_all(std::slice::from_ref(entry), &[])?.first().copied().unwrap_or(false))
+        Ok(self.feed_insert_all(std::slice::from_ref(entry))?.first().copied().unwrap_or(false))
     }
 
-    /// [`Store::feed_insert`] of several announcements in one transaction (a catch-up brings
-    /// thousands), and in the same transaction [`Store::sync_keep_all`] of `keep`, their
-    /// envelopes' items: a received announcement is one write, not two. Whether each was new.
-    pub fn feed_insert_all(&self, entries: &[FeedEntry], keep: &[SyncItem]) -> Result<Vec<bool>, StoreError> {
-        self.update(false, |txn| {
-            let new = feed_in(txn, entries)?;
-            sync_set::keep_in(txn, keep)?;
-            Ok(new)
-        })
+    /// [`Store::feed_insert`] of several announcements in one transaction; whether each was
+    /// new. (The node writes received ones with their envelopes: [`Store::history_write`].)
+    pub fn feed_insert_all(&self, entries: &[FeedEntry]) -> Result<Vec<bool>, StoreError> {
+        self.update(false, |txn| feed_in(txn, entries))
     }
 
     /// Adds a message to its room's history unless it is there already; false for a duplicate.
@@ -1558,15 +1553,13 @@ mod tests {
             id: [n; 32],
             envelope: vec![n],
         };
-        assert_eq!(
-            store.feed_insert_all(&[feed_entry(1), feed_entry(2)], &[item(1, 1), item(2, 2)]).unwrap(),
-            [true, true]
-        );
+        let both = store.history_write(&[item(1, 1), item(2, 2)], &[], &[feed_entry(1), feed_entry(2)]).unwrap();
+        assert_eq!(both, 4, "two announcements and their two items, all new");
         assert_eq!(store.feed(&repo, 10).unwrap().len(), 2);
         assert_eq!(store.sync_ids(&repo, Kind::Announcements, 0).unwrap(), [(1, [1; 32]), (2, [2; 32])]);
         // The feed has it already, under another envelope: the set takes that one too (a peer
         // that holds it has what ours has).
-        assert_eq!(store.feed_insert_all(&[feed_entry(2)], &[item(2, 3)]).unwrap(), [false]);
+        assert_eq!(store.history_write(&[item(2, 3)], &[], &[feed_entry(2)]).unwrap(), 1, "only the envelope is new");
         assert_eq!(store.sync_ids(&repo, Kind::Announcements, 0).unwrap().len(), 3);
         let (count, _) = store.sync_summary(&repo, Kind::Announcements, 0).unwrap();
         assert_eq!(count, 3, "the set's count is kept in the same write");
@@ -1646,7 +1639,7 @@ mod tests {
         let feed: Vec<FeedEntry> = (0..MAX_FEED_PER_REPO as u64)
             .map(|i| FeedEntry { received_at: 100_000, ..by(&format!("a{}", i as usize % authors), 1000 + i) })
             .collect();
-        store.feed_insert_all(&feed, &[]).unwrap();
+        store.feed_insert_all(&feed).unwrap();
         store.feed_insert(&FeedEntry { received_at: 200_000, ..by("late", 999) }).unwrap();
         store.feed_insert(&FeedEntry { received_at: 200_000, ..by("late", 5000) }).unwrap();
         let kept = store.feed(&repo, usize::MAX).unwrap();

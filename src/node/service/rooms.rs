@@ -131,7 +131,8 @@ enum Expect {
 /// What a message that arrived turned out to be.
 #[derive(Debug)]
 pub enum Arrival {
-    /// An announcement not seen before, with its envelope (for the sync set).
+    /// An announcement not taken before, with its envelope (for the sync set); taken only once
+    /// the disk can store it ([`Rooms::took`]).
     Announcement(FeedEntry, Box<Envelope>),
     /// A room message not seen before, with its envelope (none for a plain Nostr comment).
     Chat(ChatEntry, Option<Box<Envelope>>),
@@ -203,9 +204,9 @@ impl Rooms {
         self.seen_complete = false;
     }
 
-    /// An announcement taken but not stored (the disk is full): it is news again.
-    pub fn untake(&mut self, entry: &FeedEntry) {
-        self.feed_seen.remove(&entry.seen_key());
+    /// An announcement taken (given to the feed): a repeat of it is no news.
+    pub fn took(&mut self, entry: &FeedEntry) {
+        self.feed_seen.insert(entry.seen_key());
     }
 
     /// Joins `room`; its topic, to subscribe to, if it is new to us.
@@ -369,7 +370,7 @@ impl Rooms {
             announced_at: envelope.ts,
             received_at: now.unix_ms,
         };
-        if !self.feed_seen.insert(entry.seen_key()) {
+        if self.feed_seen.contains(&entry.seen_key()) {
             return Arrival::Seen;
         }
         Arrival::Announcement(entry, Box::new(envelope))
@@ -434,10 +435,10 @@ impl Service {
                 // Neither forwarded nor taken while it cannot be stored: a sync brings it
                 // once there is space again. A store that is down said so once.
                 if let Err(e) = disk.writable() {
-                    self.rooms.untake(&entry);
                     tracing::debug!(error = %e, "cannot store an announcement");
                     return MessageAcceptance::Ignore;
                 }
+                self.rooms.took(&entry);
                 // Peers catching up get it from us: the envelope goes to the sync sets with it.
                 if !self.rooms.seen_complete && disk.feed_has(&entry) {
                     disk.sync_keep(*envelope);
@@ -680,11 +681,8 @@ impl Recent {
         this
     }
 
-    /// Forgets `id` (rare: a linear search).
-    fn remove(&mut self, id: &str) {
-        if self.set.remove(id) {
-            self.order.retain(|known| known != id);
-        }
+    pub fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
     }
 
     /// True if `id` was not seen before.
