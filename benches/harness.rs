@@ -111,6 +111,17 @@ impl Perf {
         self.pids.iter().map(|&p| if self.threads { thread_cpu_ms(p) } else { cpu_ms(p) }).sum()
     }
 
+    /// Sleeps for `d`, not counting what the processes spend meanwhile (idle work).
+    fn pause(perfs: [&mut Option<Perf>; 2], d: Duration) {
+        let before: Vec<f64> = perfs.iter().map(|p| p.as_ref().map_or(0.0, Perf::total)).collect();
+        std::thread::sleep(d);
+        for (perf, before) in perfs.into_iter().zip(before) {
+            if let Some(perf) = perf {
+                perf.at_start += perf.total() - before;
+            }
+        }
+    }
+
     /// CPU ms since the start.
     fn stop(self) -> f64 {
         self.total() - self.at_start
@@ -309,14 +320,23 @@ fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
     });
     let repo_id = repo_id_of(&alice, &repo);
     let info = RepoInfo { id: repo_id.clone(), name: "proj".into(), git_dir: None };
-    // Many authors in turn: one author alone would hit the receivers' per-author rate limit.
-    let authors: Vec<libp2p::identity::Keypair> =
-        (0..50).map(|_| libp2p::identity::Keypair::generate_ed25519()).collect();
+    // Alice's own messages, signed with her key as her chat window signs them (her node checks
+    // them by signing again). Her node sends an author's messages at once up to its pacer's
+    // burst, then at its rate: the harness sends bursts a little smaller, and waits for the
+    // bucket to fill again between them, so that every message is timed on the path it takes
+    // at once.
+    use git_p2p::node::service::{CHAT_BURST, CHAT_RATE, SEND_SHARE};
+    let key = git_p2p::identity::Identity::load_or_create_libp2p(&paths(&alice).data_dir).expect("alice's key");
+    let burst = (CHAT_BURST * SEND_SHARE) as usize - 5;
+    let refill = Duration::from_secs_f64(burst as f64 / (CHAT_RATE * SEND_SHARE)) + Duration::from_millis(200);
     let rx = follow_chat(&bob, repo_id.as_str());
     let mut sender = Client::connect(&paths(&alice)).expect("alice's node");
     let mut ours = Vec::new();
     let (mut perf_a, mut perf_b) = (None, None);
     for i in 0..=count {
+        if i > 0 && i % burst == 0 {
+            Perf::pause([&mut perf_a, &mut perf_b], refill);
+        }
         if i == 1 {
             // After the first message (which waits for the mesh).
             perf_a = Perf::start(&alice.pid().into_iter().collect::<Vec<_>>());
@@ -325,7 +345,7 @@ fn gossip_vs_bare(metrics: &mut Vec<Metric>, count: usize) {
         let m =
             ChatMessage { thread: None, text: format!("g{i} {}", "x".repeat(400)), name: None, nonce: format!("{i}") };
         let ts = git_p2p::clock::unix_now_ms();
-        let envelope = Envelope::sign(&authors[i % authors.len()], KIND, &repo_id, ts, m.to_body());
+        let envelope = Envelope::sign(&key, KIND, &repo_id, ts, m.to_body());
         let t = Instant::now();
         let _ = sender.chat_send(info.clone(), envelope, None);
         let prefix = format!("g{i} ");

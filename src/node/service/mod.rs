@@ -53,7 +53,7 @@ pub use discovery::strip_p2p;
 pub use kv::QueryRef;
 pub use outbox::PUBLISH_GRACE;
 pub use peers::DialRef;
-pub use rooms::{ANNOUNCE_BURST, ANNOUNCE_RATE, CHAT_BURST, CHAT_RATE};
+pub use rooms::{ANNOUNCE_BURST, ANNOUNCE_RATE, CHAT_BURST, CHAT_RATE, SEND_SHARE};
 
 /// How often, and for how long, our announced commits are remembered (against announcing one
 /// twice through the hook's two paths and the reflog; those meet within seconds).

@@ -147,7 +147,7 @@ impl Service {
             let _ = reply.send(Err(Failure::new(format!("cannot store the announcement: {e}"))));
             return;
         }
-        if let Err(e) = envelope.verify() {
+        if let Err(e) = envelope.verify_as(&self.me.key, &self.me.author) {
             let _ = reply.send(Err(Failure::new(format!("refusing to publish an announcement with a {e}"))));
             return;
         }

@@ -495,7 +495,7 @@ impl Service {
             let _ = reply.send(Err(Failure::new(format!("cannot store the message: {e}"))));
             return;
         }
-        let author = match envelope.verify() {
+        let author = match envelope.verify_as(&self.me.key, &self.me.author) {
             Ok(author) => author,
             Err(e) => {
                 let _ = reply.send(Err(Failure::new(format!("refusing to send a message with a {e}"))));

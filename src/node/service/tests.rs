@@ -679,6 +679,39 @@ fn our_message_goes_out_at_once_with_peers_in_the_room_and_through_the_outbox_wi
 }
 
 #[test]
+fn our_client_s_message_tampered_or_forged_in_our_name_is_refused_and_nothing_leaves() {
+    let mut sim = Sim::new(&["alice", "bob", "eve"]);
+    sim.init("alice");
+    sim.init("bob");
+    sim.connect("alice", "bob");
+    let (now, eve_key) = (sim.now, sim.peer("eve").key.clone());
+    let alice_key = sim.peer("alice").key.clone();
+    let mut tampered = Envelope::decode(&chat(&alice_key, "said", 1, now.unix_ms)).expect("an envelope");
+    tampered.body = tampered.body.replace("said", "SAID");
+    let mut forged = Envelope::decode(&chat(&eve_key, "forged", 2, now.unix_ms)).expect("an envelope");
+    forged.author = Envelope::decode(&chat(&alice_key, "x", 3, now.unix_ms)).expect("an envelope").author;
+    let mut upper = Envelope::decode(&chat(&alice_key, "upper", 4, now.unix_ms)).expect("an envelope");
+    upper.sig = upper.sig.to_uppercase();
+    for bad in [tampered, forged, upper] {
+        let alice = sim.peer("alice");
+        let (reply, answer) = oneshot::channel::<Result<ChatSent, Failure>>();
+        alice.service.chat_send(repo(), bad, None, reply, now, &mut alice.disk);
+        let refused = answer.blocking_recv().expect("an answer").expect_err("refused");
+        assert!(refused.to_string().contains("bad signature"), "{refused}");
+    }
+    // A good one of ours goes (checked by signing it again), and only it reaches bob.
+    let good = Envelope::decode(&chat(&alice_key, "good", 5, now.unix_ms)).expect("an envelope");
+    let alice = sim.peer("alice");
+    let (reply, answer) = oneshot::channel::<Result<ChatSent, Failure>>();
+    alice.service.chat_send(repo(), good, None, reply, now, &mut alice.disk);
+    sim.end_of_batch("alice");
+    assert_eq!(answer.blocking_recv().expect("an answer").expect("sent").peers, 1);
+    sim.deliver("alice");
+    let texts: Vec<String> = sim.peer("bob").disk.chat.iter().map(|m| m.text.clone()).collect();
+    assert_eq!(texts, ["good"]);
+}
+
+#[test]
 fn a_message_for_another_repository_or_mis_signed_is_rejected() {
     let mut sim = Sim::new(&["bob", "eve"]);
     sim.init("bob");
