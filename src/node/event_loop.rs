@@ -102,7 +102,7 @@ pub struct EventLoop {
     disk_waited: u32,
     /// Our room messages to queue for Nostr once they left for the peers ([`Self::flush_disk`]):
     /// signing the event and writing it to the queue is not on a message's way out.
-    nostr_comments: Vec<crate::node::service::BridgeOp>,
+    nostr_comments: Vec<crate::node::service::Comment>,
 }
 
 /// The service's view of the store for one call (the fields it borrows are the event loop's).

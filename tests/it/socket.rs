@@ -154,8 +154,9 @@ fn fill_feed(alice: &Node, repo: &RepoId, n: usize) {
     let store = eventually(Duration::from_secs(10), "the stopped node's store", || {
         git_p2p::store::Store::open(&alice.data_dir().join("store.redb")).ok()
     });
-    for i in 0..n {
-        let entry = git_p2p::proto::announce::FeedEntry {
+    // In transactions of a thousand: one each takes a debug build a minute for 10 000.
+    let entries: Vec<_> = (0..n)
+        .map(|i| git_p2p::proto::announce::FeedEntry {
             repo: repo.clone(),
             // Twenty authors: one alone keeps at most its share of the feed.
             peer: format!("12D3KooWPeer{}", i % 20),
@@ -170,8 +171,10 @@ fn fill_feed(alice: &Node, repo: &RepoId, n: usize) {
             },
             announced_at: i as u64,
             received_at: i as u64,
-        };
-        assert!(store.feed_insert(&entry).expect("insert"), "new");
+        })
+        .collect();
+    for chunk in entries.chunks(1000) {
+        assert!(store.feed_insert_all(chunk).expect("insert").iter().all(|&new| new), "new");
     }
     for i in 0..8000 {
         store.kv_own(repo, &format!("review/{i:0>250}"), i, false).expect("a key");

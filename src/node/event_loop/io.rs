@@ -8,7 +8,7 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use super::{swarm, EventLoop};
 use crate::clock::Now;
 use crate::node::disk::NodeDisk;
-use crate::node::service::{BridgeOp, Io};
+use crate::node::service::{BridgeOp, Comment, Io};
 
 impl EventLoop {
     pub(super) fn run_io(&mut self) {
@@ -120,7 +120,7 @@ impl EventLoop {
                 match op {
                     BridgeOp::Watch(repos) => bridge.watch(&repos),
                     BridgeOp::Refresh(repo) => bridge.refresh(&repo),
-                    comment @ BridgeOp::Comment { .. } => self.nostr_comments.push(comment),
+                    BridgeOp::Comment(comment) => self.nostr_comments.push(comment),
                 }
             }
         }
@@ -133,8 +133,7 @@ impl EventLoop {
             self.nostr_comments.clear();
             return;
         };
-        for op in std::mem::take(&mut self.nostr_comments) {
-            let BridgeOp::Comment { repo, text, envelope, thread } = op else { continue };
+        for Comment { repo, text, envelope, thread } in std::mem::take(&mut self.nostr_comments) {
             match bridge.comment(&repo, &text, &envelope, thread.as_deref()) {
                 Ok(()) => self.durability.wrote(),
                 Err(e) => tracing::warn!(error = %e, "cannot queue the message for Nostr"),

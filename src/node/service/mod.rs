@@ -260,7 +260,16 @@ pub enum BridgeOp {
     /// The repository may look different now: re-read it.
     Refresh(RepoInfo),
     /// Our room message, as a comment.
-    Comment { repo: RepoInfo, text: String, envelope: Box<Envelope>, thread: Option<String> },
+    Comment(Comment),
+}
+
+/// Our room message, to be queued for the Nostr relays as a comment once it left for the peers.
+#[derive(Debug)]
+pub struct Comment {
+    pub repo: RepoInfo,
+    pub text: String,
+    pub envelope: Box<Envelope>,
+    pub thread: Option<String>,
 }
 
 /// What the store had at start.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use libp2p::gossipsub::{MessageAcceptance, PublishError, Sha256Topic, TopicHash};
 use libp2p::PeerId;
 
-use super::{Ack, BridgeOp, Disk, Io, Service, Ticket};
+use super::{Ack, BridgeOp, Comment, Disk, Io, Service, Ticket};
 use crate::bridge::Inbound;
 use crate::clock::Now;
 use crate::control::api::{ChatSent, Failure, NodeEvent, Reply};
@@ -520,12 +520,12 @@ impl Service {
             None => Room::Chat { repo: repo.id.clone(), thread: None },
         };
         let topic = self.join(room);
-        self.push(Io::Bridge(BridgeOp::Comment {
+        self.push(Io::Bridge(BridgeOp::Comment(Comment {
             repo: repo.clone(),
             text: message.text.clone(),
             envelope: Box::new(envelope.clone()),
             thread: thread.clone(),
-        }));
+        })));
         disk.sync_keep(envelope.clone());
         let entry = ChatEntry::new(&envelope, author, message, true, now.unix_ms);
         let peers = self.discovery.peers.audience(&topic);
