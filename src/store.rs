@@ -71,6 +71,10 @@ pub const MAX_FEED_PER_AUTHOR: usize = 1000;
 
 /// A room keeps this many messages; older ones are dropped first.
 pub const MAX_CHAT_PER_ROOM: usize = 1000;
+/// Events waiting for Nostr relays (a relay away for weeks, or one that refuses them): beyond
+/// this many, the oldest comments give way. Replaceable events stay (one per `kind:d`, the
+/// newest).
+pub const MAX_NOSTR_QUEUE: usize = 10_000;
 /// (repo id, key) -> (thread room, key in it, the same): the messages kept in a repository's
 /// commit threads, oldest first. Every node keeps every thread of its repositories, and anyone can
 /// start threads, so their number is not bounded: the messages of all of them are, together.
@@ -592,6 +596,17 @@ impl Store {
         last: Option<&NostrLast>,
         durable: bool,
     ) -> Result<u64, StoreError> {
+        self.nostr_queue_at_most(pending, last, durable, MAX_NOSTR_QUEUE)
+    }
+
+    /// [`Store::nostr_queue`] with a queue of at most `max` events (comments give way, oldest first).
+    fn nostr_queue_at_most(
+        &self,
+        pending: &NostrPending,
+        last: Option<&NostrLast>,
+        durable: bool,
+        max: usize,
+    ) -> Result<u64, StoreError> {
         self.update(durable, |txn| {
             let mut table = db(txn.open_table(NOSTR_OUTBOX))?;
             // Taken before dropping replaced entries: a number is never used twice, so a sender
@@ -629,6 +644,25 @@ impl Store {
             }
             let bytes = serde_json::to_vec(pending).expect("plain structs serialise");
             db(table.insert(seq, bytes.as_slice()))?;
+            let excess = (db(table.len())? as usize).saturating_sub(max);
+            if excess > 0 {
+                let mut oldest = Vec::with_capacity(excess);
+                for item in db(table.iter())? {
+                    let (k, v) = db(item)?;
+                    if parse::<NostrPending>(v.value(), "nostr_outbox")?.replaces.is_none() {
+                        oldest.push(k.value());
+                        if oldest.len() == excess {
+                            break;
+                        }
+                    }
+                }
+                for at in &oldest {
+                    db(table.remove(*at))?;
+                }
+                if !oldest.is_empty() {
+                    tracing::warn!(dropped = oldest.len(), "Nostr queue full ({max} events): oldest comments dropped");
+                }
+            }
             Ok(seq)
         })
     }
@@ -1338,6 +1372,26 @@ mod tests {
         let store = Store::open(&path).unwrap();
         let left: Vec<String> = store.nostr_pending().unwrap().into_iter().map(|(_, p)| p.id).collect();
         assert_eq!(left, ["c"], "kept across a reopen");
+    }
+
+    #[test]
+    fn a_full_nostr_queue_drops_its_oldest_comments_and_keeps_the_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store.redb")).unwrap();
+        let last = |t| NostrLast { digest: format!("d{t}"), created_at: t, seq: None };
+        let ids = |store: &Store| store.nostr_pending().unwrap().into_iter().map(|(_, p)| p.id).collect::<Vec<_>>();
+        let queue = |p: &NostrPending, last: Option<&NostrLast>| store.nostr_queue_at_most(p, last, false, 5).unwrap();
+        queue(&pending("ann", &["r1"], Some("30617:p")), Some(&last(1)));
+        for i in 0..4 {
+            queue(&pending(&format!("c{i}"), &["r1"], None), None);
+        }
+        assert_eq!(ids(&store), ["ann", "c0", "c1", "c2", "c3"], "at the bound: nothing dropped");
+        queue(&pending("c4", &["r1"], None), None);
+        queue(&pending("c5", &["r1"], None), None);
+        assert_eq!(ids(&store), ["ann", "c2", "c3", "c4", "c5"], "the oldest comments gave way, the state stayed");
+        // A state queued into a full queue: the oldest comment gives way to it too.
+        queue(&pending("state", &["r1"], Some("30618:p")), Some(&last(2)));
+        assert_eq!(ids(&store), ["ann", "c3", "c4", "c5", "state"]);
     }
 
     #[test]
