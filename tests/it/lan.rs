@@ -294,9 +294,19 @@ fn two_halves_of_a_partitioned_lan_converge_once_it_heals() {
     for (i, node) in nodes.iter().enumerate() {
         let away: Vec<&String> =
             ids.iter().enumerate().filter(|(j, _)| (*j < 2) != (i < 2)).map(|(_, id)| id).collect();
+        let (start, mut told) = (std::time::Instant::now(), false);
         eventually(Duration::from_secs(90), &format!("{} to lose the other half", names[i]), || {
             let peers = node.peers();
-            (!peers.iter().any(|p| away.iter().any(|id| p["peer_id"] == id.as_str()))).then_some(())
+            let lost = !peers.iter().any(|p| away.iter().any(|id| p["peer_id"] == id.as_str()));
+            if !lost && !told && start.elapsed() > Duration::from_secs(80) {
+                // Once, before the timeout: what the node still holds, and its log's last lines.
+                told = true;
+                let log = std::fs::read_to_string(node.data_dir().join("node.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                eprintln!("{} still sees {peers:?}\nits log ends:", names[i]);
+                tail.iter().rev().for_each(|l| eprintln!("  {l}"));
+            }
+            lost.then_some(())
         });
     }
     let mut said = Vec::new();
