@@ -1304,6 +1304,16 @@ fn chat_in(txn: &WriteTransaction, entries: &[ChatEntry]) -> Result<usize, Store
 mod tests {
     use super::*;
 
+    /// What a replaceable event's `last` records, made at `t`.
+    fn last(t: u64) -> NostrLast {
+        NostrLast { digest: format!("d{t}"), created_at: t, seq: None }
+    }
+
+    /// The ids of the queued Nostr events, oldest first.
+    fn queued_ids(store: &Store) -> Vec<String> {
+        store.nostr_pending().unwrap().into_iter().map(|(_, p)| p.id).collect()
+    }
+
     fn pending(id: &str, relays: &[&str], replaces: Option<&str>) -> NostrPending {
         NostrPending {
             id: id.into(),
@@ -1346,14 +1356,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.redb");
         let store = Store::open(&path).unwrap();
-        let last = |t| NostrLast { digest: format!("d{t}"), created_at: t, seq: None };
         let a = store.nostr_queue(&pending("ann", &["r1", "r2"], Some("30617:p")), Some(&last(1)), true).unwrap();
         let s1 = store.nostr_queue(&pending("s1", &["r1", "r2"], Some("30618:p")), Some(&last(2)), true).unwrap();
         let c = store.nostr_queue(&pending("c", &["r1", "r2"], None), None, false).unwrap();
         let s2 = store.nostr_queue(&pending("s2", &["r1", "r2"], Some("30618:p")), Some(&last(3)), true).unwrap();
         assert!(a < s1 && s1 < c && c < s2);
-        let ids: Vec<String> = store.nostr_pending().unwrap().into_iter().map(|(_, p)| p.id).collect();
-        assert_eq!(ids, ["ann", "c", "s2"], "the newer state replaced the older one, in place at the end");
+        assert_eq!(
+            queued_ids(&store),
+            ["ann", "c", "s2"],
+            "the newer state replaced the older one, in place at the end"
+        );
         assert_eq!(store.nostr_last("30618:p").unwrap(), Some(NostrLast { seq: Some(s2), ..last(3) }));
 
         // A sender that still held s1 reports it accepted: s2 stays.
@@ -1370,36 +1382,35 @@ mod tests {
         store.nostr_accepted(s2, "s2", "r1").unwrap();
         drop(store);
         let store = Store::open(&path).unwrap();
-        let left: Vec<String> = store.nostr_pending().unwrap().into_iter().map(|(_, p)| p.id).collect();
-        assert_eq!(left, ["c"], "kept across a reopen");
+        assert_eq!(queued_ids(&store), ["c"], "kept across a reopen");
     }
 
     #[test]
     fn a_full_nostr_queue_drops_its_oldest_comments_and_keeps_the_states() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store.redb")).unwrap();
-        let last = |t| NostrLast { digest: format!("d{t}"), created_at: t, seq: None };
-        let ids = |store: &Store| store.nostr_pending().unwrap().into_iter().map(|(_, p)| p.id).collect::<Vec<_>>();
         let queue = |p: &NostrPending, last: Option<&NostrLast>| store.nostr_queue_at_most(p, last, false, 5).unwrap();
         queue(&pending("ann", &["r1"], Some("30617:p")), Some(&last(1)));
         for i in 0..4 {
             queue(&pending(&format!("c{i}"), &["r1"], None), None);
         }
-        assert_eq!(ids(&store), ["ann", "c0", "c1", "c2", "c3"], "at the bound: nothing dropped");
+        assert_eq!(queued_ids(&store), ["ann", "c0", "c1", "c2", "c3"], "at the bound: nothing dropped");
         queue(&pending("c4", &["r1"], None), None);
         queue(&pending("c5", &["r1"], None), None);
-        assert_eq!(ids(&store), ["ann", "c2", "c3", "c4", "c5"], "the oldest comments gave way, the state stayed");
+        assert_eq!(
+            queued_ids(&store),
+            ["ann", "c2", "c3", "c4", "c5"],
+            "the oldest comments gave way, the state stayed"
+        );
         // A state queued into a full queue: the oldest comment gives way to it too.
         queue(&pending("state", &["r1"], Some("30618:p")), Some(&last(2)));
-        assert_eq!(ids(&store), ["ann", "c3", "c4", "c5", "state"]);
+        assert_eq!(queued_ids(&store), ["ann", "c3", "c4", "c5", "state"]);
     }
 
     #[test]
     fn a_state_replaces_the_one_queued_before_whether_or_not_the_store_kept_where_it_went() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store.redb")).unwrap();
-        let last = |t| NostrLast { digest: format!("d{t}"), created_at: t, seq: None };
-        let ids = |store: &Store| store.nostr_pending().unwrap().into_iter().map(|(_, p)| p.id).collect::<Vec<_>>();
         store.nostr_queue(&pending("s1", &["r1"], Some("30618:p")), Some(&last(1)), true).unwrap();
         // As an older store kept it: where s1 went is not known.
         store
@@ -1413,10 +1424,10 @@ mod tests {
             store.nostr_queue(&pending(&format!("c{i}"), &["r1"], None), None, false).unwrap();
         }
         let s2 = store.nostr_queue(&pending("s2", &["r1"], Some("30618:p")), Some(&last(2)), true).unwrap();
-        assert_eq!(ids(&store).first().map(String::as_str), Some("c0"), "s1 went: the queue was read");
+        assert_eq!(queued_ids(&store).first().map(String::as_str), Some("c0"), "s1 went: the queue was read");
         assert_eq!(store.nostr_last("30618:p").unwrap().and_then(|l| l.seq), Some(s2), "where s2 went is kept");
         store.nostr_queue(&pending("s3", &["r1"], Some("30618:p")), Some(&last(3)), true).unwrap();
-        let left = ids(&store);
+        let left = queued_ids(&store);
         assert_eq!((left.len(), left.last().map(String::as_str)), (51, Some("s3")), "s2 went, found where it was");
         assert!(!left.contains(&"s2".to_string()) && !left.contains(&"s1".to_string()));
     }

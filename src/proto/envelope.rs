@@ -111,9 +111,7 @@ impl Envelope {
         }
         Ok(author)
     }
-}
 
-impl Envelope {
     /// [`Envelope::verify`] for a node that holds `key`: an envelope naming `key` as its author
     /// is checked by signing its bytes again and comparing. Ed25519 signatures are deterministic
     /// (the same key and bytes give the same signature), and signing costs a third of a
