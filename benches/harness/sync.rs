@@ -43,7 +43,7 @@ fn items(
             let m = ChatMessage { thread, text: format!("message {i}"), name: None, nonce: i.to_string() };
             let envelope = Envelope::sign(key, KIND, repo, ts, m.to_body());
             let author = key.public().to_peer_id();
-            chat.push(ChatEntry::new(&envelope, author, m, false, ts));
+            chat.push(ChatEntry::new(&envelope, author.to_string(), m, false, ts));
             envelope
         } else {
             let commit = Commit {

@@ -192,12 +192,18 @@ pub enum DecodeError {
     Malformed(String),
 }
 
-/// Decodes a request; a version mismatch is detected before the body is interpreted, so an old
-/// node can tell a new client what is wrong even if it cannot parse the request.
+/// Decodes a request. A request of another protocol version is told so, with its id, even when
+/// this node cannot parse it; the line is read a second time only then (or when it is
+/// malformed): a request's body (a signed message's text) is most of what decoding costs.
 pub fn decode_request(line: &[u8]) -> Result<RequestFrame, (u64, DecodeError)> {
     if line.len() > MAX_REQUEST {
         return Err((0, DecodeError::TooLong { max: MAX_REQUEST }));
     }
+    let error = match serde_json::from_slice::<RequestFrame>(line) {
+        Ok(frame) if frame.v == PROTOCOL_VERSION => return Ok(frame),
+        Ok(frame) => return Err((frame.id, DecodeError::Version { node: PROTOCOL_VERSION, client: frame.v })),
+        Err(e) => e,
+    };
     #[derive(Deserialize)]
     struct Head {
         v: u32,
@@ -208,23 +214,30 @@ pub fn decode_request(line: &[u8]) -> Result<RequestFrame, (u64, DecodeError)> {
     if head.v != PROTOCOL_VERSION {
         return Err((head.id, DecodeError::Version { node: PROTOCOL_VERSION, client: head.v }));
     }
-    serde_json::from_slice(line).map_err(|e| (head.id, DecodeError::Malformed(e.to_string())))
+    Err((head.id, DecodeError::Malformed(error.to_string())))
 }
 
-/// Decodes a response, checking the node's version first for the same reason.
+/// Decodes a response, telling a node of another protocol version apart as
+/// [`decode_request`] does.
 pub fn decode_response(line: &[u8]) -> Result<ResponseFrame, DecodeError> {
     if line.len() > MAX_ANSWER {
         return Err(DecodeError::TooLong { max: MAX_ANSWER });
     }
-    #[derive(Deserialize)]
-    struct Head {
-        v: u32,
-    }
-    let head: Head = serde_json::from_slice(line).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    if head.v != PROTOCOL_VERSION {
-        return Err(DecodeError::Version { node: head.v, client: PROTOCOL_VERSION });
-    }
-    let frame: ResponseFrame = serde_json::from_slice(line).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let frame = match serde_json::from_slice::<ResponseFrame>(line) {
+        Ok(frame) if frame.v == PROTOCOL_VERSION => frame,
+        Ok(frame) => return Err(DecodeError::Version { node: frame.v, client: PROTOCOL_VERSION }),
+        Err(error) => {
+            #[derive(Deserialize)]
+            struct Head {
+                v: u32,
+            }
+            let head: Head = serde_json::from_slice(line).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+            if head.v != PROTOCOL_VERSION {
+                return Err(DecodeError::Version { node: head.v, client: PROTOCOL_VERSION });
+            }
+            return Err(DecodeError::Malformed(error.to_string()));
+        }
+    };
     if frame.ok.is_some() == frame.error.is_some() {
         return Err(DecodeError::Malformed("a response has either ok or error".into()));
     }
@@ -280,6 +293,15 @@ mod tests {
         let (id, err) = decode_request(br#"{"v":99,"id":5,"req":{"op":"teleport"}}"#).unwrap_err();
         assert_eq!(id, 5);
         assert_eq!(err, DecodeError::Version { node: PROTOCOL_VERSION, client: 99 });
+        // One this node could read is refused all the same: its meaning may have changed.
+        let (id, err) = decode_request(br#"{"v":99,"id":6,"req":{"op":"status"}}"#).unwrap_err();
+        assert_eq!((id, err), (6, DecodeError::Version { node: PROTOCOL_VERSION, client: 99 }));
+        let line = format!(r#"{{"v":{PROTOCOL_VERSION},"id":8,"req":{{"op":"teleport"}}}}"#);
+        let (id, err) = decode_request(line.as_bytes()).unwrap_err();
+        assert_eq!(id, 8, "our version, a request we do not know: malformed, with its id");
+        assert!(matches!(err, DecodeError::Malformed(ref m) if m.contains("teleport")), "{err}");
+        let err = decode_response(br#"{"v":99,"id":5,"ok":{"kind":"done"}}"#).unwrap_err();
+        assert_eq!(err, DecodeError::Version { node: 99, client: PROTOCOL_VERSION });
         let err = decode_response(br#"{"v":1,"id":5,"ok":{"kind":"done"}}"#).unwrap_err();
         assert!(err.to_string().contains("version mismatch"), "{err}");
         assert!(!err.to_string().contains('\n'), "one line");

@@ -53,12 +53,13 @@ pub struct ChatEntry {
 pub const NOTICE_EXCERPT: usize = 80;
 
 impl ChatEntry {
-    /// The entry for a verified room message signed by `author` (in envelope `env`).
-    pub fn new(env: &Envelope, author: libp2p::PeerId, message: ChatMessage, own: bool, received_at: u64) -> Self {
+    /// The entry for a verified room message (in envelope `env`) signed by `peer` (its peer id,
+    /// base58, which the caller has at hand: making it costs more than the rest of the entry).
+    pub fn new(env: &Envelope, peer: String, message: ChatMessage, own: bool, received_at: u64) -> Self {
         Self {
             room: room_id(&env.repo, message.thread.as_deref()),
             id: env.id(),
-            peer: author.to_string(),
+            peer,
             name: message.name,
             text: message.text,
             sent_at: env.ts,
@@ -220,7 +221,7 @@ mod tests {
         let long = format!("looks good,\n\tbut {}", "very ".repeat(30));
         let m = ChatMessage { thread: Some(commit.clone()), ..msg(&long) };
         let env = Envelope::sign(&key, KIND, &repo(), 7, m.to_body());
-        let reply = ChatEntry::new(&env, key.public().to_peer_id(), m, false, 9);
+        let reply = ChatEntry::new(&env, key.public().to_peer_id().to_string(), m, false, 9);
         let notice = reply.notice().expect("a reply in a thread has a notice");
         assert_eq!(notice.room, repo().as_str(), "in the repository's room");
         assert_eq!(notice.thread.as_deref(), Some(commit.as_str()));

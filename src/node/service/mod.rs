@@ -64,6 +64,8 @@ pub const ANNOUNCED_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
 pub struct Me {
     pub key: Keypair,
     pub peer: PeerId,
+    /// `peer` as the store, the wire and people read it (base58), made once.
+    pub peer_id: String,
     /// Our key as envelopes and DHT entries name their author (protobuf, hex).
     pub author: String,
     pub name: Option<String>,
@@ -74,7 +76,7 @@ impl Me {
     pub fn new(key: Keypair, name: Option<String>, npub: String) -> Self {
         let peer = key.public().to_peer_id();
         let author = hex::encode(key.public().encode_protobuf());
-        Self { key, peer, author, name, npub }
+        Self { key, peer_id: peer.to_string(), peer, author, name, npub }
     }
 }
 

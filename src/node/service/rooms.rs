@@ -209,14 +209,16 @@ impl Rooms {
         self.feed_seen.insert(entry.seen_key());
     }
 
-    /// Joins `room`; its topic, to subscribe to, if it is new to us.
-    pub fn join(&mut self, room: Room) -> Option<Sha256Topic> {
+    /// Joins `room`: its topic's hash, and the topic to subscribe to if the room is new to us.
+    pub fn join(&mut self, room: Room) -> (TopicHash, Option<Sha256Topic>) {
+        // A topic's hash is a SHA-256 and a base64: made once, as each message of ours joins.
         let topic = room.topic();
-        if self.topics.contains_key(&topic.hash()) {
-            return None;
+        let hash = topic.hash();
+        if self.topics.contains_key(&hash) {
+            return (hash, None);
         }
-        self.topics.insert(topic.hash(), room);
-        Some(topic)
+        self.topics.insert(hash.clone(), room);
+        (hash, Some(topic))
     }
 
     /// Leaves every room of `repo` (its commits, its room, its commits' threads); their topics,
@@ -333,7 +335,7 @@ impl Rooms {
         if limit && !self.chat_limiter.allow(&author_id, now.mono) {
             return Arrival::Refused(Refused::Flood(author_id));
         }
-        let entry = ChatEntry::new(&envelope, author, message, author == *me, now.unix_ms);
+        let entry = ChatEntry::new(&envelope, author_id, message, author == *me, now.unix_ms);
         self.fresh(entry, Some(Box::new(envelope)))
     }
 
@@ -388,8 +390,8 @@ impl Rooms {
 impl Service {
     /// Joins a room; subscribes when it is new.
     pub(super) fn join(&mut self, room: Room) -> TopicHash {
-        let hash = room.topic().hash();
-        if let Some(topic) = self.rooms.join(room) {
+        let (hash, new) = self.rooms.join(room);
+        if let Some(topic) = new {
             self.push(Io::Subscribe(topic));
         }
         hash
@@ -495,13 +497,10 @@ impl Service {
             let _ = reply.send(Err(Failure::new(format!("cannot store the message: {e}"))));
             return;
         }
-        let author = match envelope.verify_as(&self.me.key, &self.me.author) {
-            Ok(author) => author,
-            Err(e) => {
-                let _ = reply.send(Err(Failure::new(format!("refusing to send a message with a {e}"))));
-                return;
-            }
-        };
+        if let Err(e) = envelope.verify_as(&self.me.key, &self.me.author) {
+            let _ = reply.send(Err(Failure::new(format!("refusing to send a message with a {e}"))));
+            return;
+        }
         let message = match ChatMessage::from_envelope(&envelope) {
             Ok(m) if m.thread == thread && envelope.repo == repo.id => m,
             Ok(_) => {
@@ -527,7 +526,7 @@ impl Service {
             thread: thread.clone(),
         })));
         disk.sync_keep(envelope.clone());
-        let entry = ChatEntry::new(&envelope, author, message, true, now.unix_ms);
+        let entry = ChatEntry::new(&envelope, self.me.peer_id.clone(), message, true, now.unix_ms);
         let peers = self.discovery.peers.audience(&topic);
         let outbox = OutboxEntry { repo, envelope, thread };
         if peers > 0 && !self.outbox.waits_for(&topic) && self.pacer.allow(&outbox.envelope, now.mono) {
