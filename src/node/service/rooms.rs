@@ -653,7 +653,11 @@ impl RateLimiter {
             }
         }
         let (rate, burst) = (self.rate, self.burst);
-        let (tokens, last) = self.tokens.entry(author.to_string()).or_insert((burst, now));
+        // Looked up by `&str`: an author already known costs no allocation.
+        if !self.tokens.contains_key(author) {
+            self.tokens.insert(author.to_string(), (burst, now));
+        }
+        let Some((tokens, last)) = self.tokens.get_mut(author) else { return false };
         *tokens = (*tokens + now.saturating_duration_since(*last).as_secs_f64() * rate).min(burst);
         *last = now;
         if *tokens < 1.0 {
