@@ -3,7 +3,8 @@
 //!
 //! A peer that subscribes to one of our repositories' commit topics (it connected, or joined
 //! the repository) is due for a sync of it at once; connected peers again every
-//! [`RESYNC_EVERY`]; and every peer of a repository whose last sync is older than [`STALE`]
+//! [`RESYNC_EVERY`], or sooner after a session that ended early ([`RETRY_FIRST`], doubling);
+//! and every peer of a repository whose last sync is older than [`STALE`]
 //! when a client starts reading it (`log`, `chat`). We run at most [`MAX_SYNCS`] sessions at
 //! once, one per peer. The event loop runs each session (`node::reconcile`) and hands what
 //! arrives back here: each envelope gets the checks gossip gets (`rooms`), is stored and shown
@@ -29,6 +30,11 @@ use crate::proto::sync::Kind;
 /// How often connected peers reconcile again (gossip may have lost something meanwhile: a
 /// message dropped as too fast, a partition that healed without a reconnect).
 pub const RESYNC_EVERY: Duration = Duration::from_secs(10 * 60);
+/// A session that ended early (the peer went away, a timeout, a refusal) is started again this
+/// much later, twice as late after each early end in a row, at most [`RESYNC_EVERY`]: a peer
+/// that is busy or slow for a moment is caught up with soon, one that always fails is not
+/// asked every few seconds.
+pub const RETRY_FIRST: Duration = Duration::from_secs(5);
 /// A client reading a repository whose last sync is older than this starts one.
 pub const STALE: Duration = Duration::from_secs(60);
 /// Sessions we run at once (each reads sets from the store and verifies what it brings).
@@ -56,6 +62,14 @@ impl Synced {
         let author = envelope.verify();
         Self { kind, envelope, author }
     }
+}
+
+/// When a sync of a repository with a peer is due again, and how many of them in a row ended
+/// early.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    next: Instant,
+    failures: u32,
 }
 
 /// One of our sessions under way.
@@ -90,8 +104,8 @@ struct RepoSync {
 pub struct SyncState {
     sessions: HashMap<u64, Session>,
     next: u64,
-    /// When we last started a sync of a repository with a peer.
-    tried: HashMap<(PeerId, RepoId), Instant>,
+    /// When a sync of a repository with a peer is due again (absent: now).
+    due: HashMap<(PeerId, RepoId), Attempt>,
     /// Repositories a client read while their last sync was old, and when: for [`STALE`] we
     /// start their syncs ourselves, whoever's turn it is.
     forced: HashMap<RepoId, Instant>,
@@ -111,7 +125,7 @@ impl Default for SyncState {
         Self {
             sessions: HashMap::new(),
             next: 0,
-            tried: HashMap::new(),
+            due: HashMap::new(),
             forced: HashMap::new(),
             repos: HashMap::new(),
             budget: RateLimiter::new(PEER_RATE, PEER_BURST),
@@ -139,7 +153,7 @@ impl Service {
         else {
             return;
         };
-        self.sync.tried.remove(&(*peer, repo.id.clone()));
+        self.sync.due.remove(&(*peer, repo.id.clone()));
         self.sync_start(now);
     }
 
@@ -152,7 +166,7 @@ impl Service {
             .and_then(|r| r.at)
             .is_some_and(|at| now.unix_ms.saturating_sub(at) < STALE.as_millis() as u64);
         if !fresh && self.repos.all().iter().any(|r| r.id == *repo) {
-            self.sync.tried.retain(|(_, r), _| r != repo);
+            self.sync.due.retain(|(_, r), _| r != repo);
             self.sync.forced.insert(repo.clone(), now.mono);
             self.sync_start(now);
         }
@@ -168,7 +182,7 @@ impl Service {
             let topic = Room::Commits { repo: repo.id.clone() }.topic().hash();
             for peer in self.discovery.peers.subscribers(&topic) {
                 let key = (peer, repo.id.clone());
-                let recent = self.sync.tried.get(&key).is_some_and(|at| now.mono.duration_since(*at) < RESYNC_EVERY);
+                let recent = self.sync.due.get(&key).is_some_and(|a| now.mono < a.next);
                 let our_turn = self.me.peer < peer || self.sync.forced.contains_key(&repo.id);
                 if recent || !our_turn || self.conduct.is_banned(&peer) {
                     continue;
@@ -187,7 +201,9 @@ impl Service {
                 continue;
             }
             for repo in &repos {
-                self.sync.tried.insert((peer, repo.clone()), now.mono);
+                let attempt =
+                    self.sync.due.entry((peer, repo.clone())).or_insert(Attempt { next: now.mono, failures: 0 });
+                attempt.next = now.mono + RESYNC_EVERY;
             }
             self.sync.next += 1;
             let session = self.sync.next;
@@ -196,6 +212,9 @@ impl Service {
             self.push(Io::Sync { session, peer, repos, since: since(now) });
         }
         self.sync.forced.retain(|_, at| now.mono.duration_since(*at) < STALE);
+        // Bounded by the peers of the last two rounds: one past due is as good as absent, but
+        // for its early ends in a row, kept one more round.
+        self.sync.due.retain(|_, a| now.mono < a.next + if a.failures > 0 { RESYNC_EVERY } else { Duration::ZERO });
     }
 
     /// Envelopes of `repo`'s sets (each with the kind of its set) that `peer` handed us in a
@@ -277,10 +296,21 @@ impl Service {
         self.sync.received += outcome.received;
         match (&outcome.misbehaved, &outcome.error) {
             (Some(why), _) => self.sync_cut_off(peer, why, now),
-            (None, Some(error)) => tracing::debug!(%peer, %error, "sync ended early"),
+            (None, Some(error)) => {
+                for repo in repos {
+                    let attempt = self.sync.due.entry((peer, repo)).or_insert(Attempt { next: now.mono, failures: 0 });
+                    attempt.failures = attempt.failures.saturating_add(1);
+                    let wait = RETRY_FIRST.saturating_mul(1 << (attempt.failures - 1).min(16)).min(RESYNC_EVERY);
+                    attempt.next = now.mono + wait;
+                    tracing::debug!(%peer, %error, again_in = ?wait, "sync ended early");
+                }
+            }
             (None, None) => {
                 tracing::debug!(%peer, sent = outcome.sent, received = outcome.received, "sync done");
                 for repo in repos {
+                    if let Some(attempt) = self.sync.due.get_mut(&(peer, repo.clone())) {
+                        attempt.failures = 0;
+                    }
                     self.synced_with(peer, repo, now);
                 }
             }

@@ -2,7 +2,7 @@
 //! (each item once, in signed-time order, checked as gossip), and what a peer that cheats gets.
 
 use super::*;
-use crate::node::service::sync::{SyncOutcome, Synced, MAX_SYNCS, PEER_BURST, RESYNC_EVERY};
+use crate::node::service::sync::{SyncOutcome, Synced, MAX_SYNCS, PEER_BURST, RESYNC_EVERY, RETRY_FIRST};
 use crate::proto::sync::{Kind, SyncItem};
 
 impl Sim {
@@ -309,4 +309,63 @@ fn our_own_announcement_back_from_a_sync_stays_out_of_our_feed() {
     assert!(sim.peer("alice").announcements().is_empty(), "alice's feed holds peers' announcements only");
     assert_eq!(sim.peer("alice").disk.sync_set.len(), 1, "her set has it again: it is not offered twice");
     assert!(!sim.banned("alice", "bob"));
+}
+
+/// The syncs `name` started since the last call: (session, peer).
+fn syncs_started(sim: &mut Sim, name: &str) -> Vec<(u64, PeerId)> {
+    std::mem::take(&mut sim.peer(name).syncs)
+        .into_iter()
+        .filter_map(|io| match io {
+            Io::Sync { session, peer, .. } => Some((session, peer)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_sync_that_ended_early_is_started_again_soon_and_later_after_each_early_end() {
+    let mut sim = Sim::new(&["alice", "bob"]);
+    sim.init("alice");
+    sim.init("bob");
+    sim.connect("alice", "bob");
+    // Of two peers, the one with the lower id starts the session.
+    let (starter, other) = if sim.id("alice") < sim.id("bob") { ("alice", "bob") } else { ("bob", "alice") };
+    let peer = sim.id(other);
+    let started = syncs_started(&mut sim, starter);
+    assert_eq!(started.iter().map(|(_, p)| *p).collect::<Vec<_>>(), [peer], "due as the peer joins");
+    assert!(syncs_started(&mut sim, other).is_empty(), "not the other's turn");
+    let mut session = started[0].0;
+    let early = || SyncOutcome { error: Some("the peer went away".into()), ..SyncOutcome::default() };
+    // Each early end in a row: not before its wait (5 s, then 10 s, then 20 s), then at once.
+    for wait in [RETRY_FIRST, RETRY_FIRST * 2, RETRY_FIRST * 4] {
+        let now = sim.now;
+        sim.peer(starter).service.sync_done(session, early(), now);
+        sim.settle(starter);
+        sim.advance(wait - Duration::from_secs(1));
+        sim.tick(starter);
+        assert!(syncs_started(&mut sim, starter).is_empty(), "not before {wait:?}");
+        sim.advance(Duration::from_secs(1));
+        sim.tick(starter);
+        let again = syncs_started(&mut sim, starter);
+        assert_eq!(again.iter().map(|(_, p)| *p).collect::<Vec<_>>(), [peer], "again after {wait:?}");
+        session = again[0].0;
+    }
+    // One that ends well: the next is a round later, and an early end after it waits 5 s again.
+    let now = sim.now;
+    let done = SyncOutcome { repos: vec![repo().id], ..SyncOutcome::default() };
+    sim.peer(starter).service.sync_done(session, done, now);
+    sim.settle(starter);
+    sim.advance(RESYNC_EVERY - Duration::from_secs(1));
+    sim.tick(starter);
+    assert!(syncs_started(&mut sim, starter).is_empty(), "in sync: not before a round");
+    sim.advance(Duration::from_secs(1));
+    sim.tick(starter);
+    let again = syncs_started(&mut sim, starter);
+    assert_eq!(again.len(), 1, "a round later");
+    let now = sim.now;
+    sim.peer(starter).service.sync_done(again[0].0, early(), now);
+    sim.settle(starter);
+    sim.advance(RETRY_FIRST);
+    sim.tick(starter);
+    assert_eq!(syncs_started(&mut sim, starter).len(), 1, "the early ends in a row start again from 5 s");
 }
