@@ -181,8 +181,22 @@ fn one_of_many(metrics: &mut Vec<Metric>, nodes: usize, messages: usize) {
         (!all[last].peers().is_empty()).then_some(())
     });
     let connected = Instant::now();
+    let mut told = false;
     support::eventually(Duration::from_secs(60), "the last node to have every message", || {
-        (items_taken(&all[last]) >= messages as u64).then_some(())
+        let done = items_taken(&all[last]) >= messages as u64;
+        if !done && !told && connected.elapsed() > Duration::from_secs(50) {
+            // Once, before the timeout: where its catching up stands, and its log's last lines.
+            told = true;
+            let node = &all[last];
+            let log = std::fs::read_to_string(node.data_dir().join("node.log")).unwrap_or_default();
+            eprintln!(
+                "harness: sync: node {last} after 50 s: {} peers, sync {}",
+                node.peers().len(),
+                node.status()["sync"]
+            );
+            log.lines().rev().take(40).collect::<Vec<_>>().iter().rev().for_each(|l| eprintln!("  {l}"));
+        }
+        done.then_some(())
     });
     let (took, since_start) = (ms(connected.elapsed()), ms(t0.elapsed()));
     eprintln!(

@@ -302,7 +302,7 @@ impl Service {
                     attempt.failures = attempt.failures.saturating_add(1);
                     let wait = RETRY_FIRST.saturating_mul(1 << (attempt.failures - 1).min(16)).min(RESYNC_EVERY);
                     attempt.next = now.mono + wait;
-                    tracing::debug!(%peer, %error, again_in = ?wait, "sync ended early");
+                    tracing::info!(%peer, %error, again_in = ?wait, "sync ended early");
                 }
             }
             (None, None) => {
