@@ -188,13 +188,12 @@ fn one_of_many(metrics: &mut Vec<Metric>, nodes: usize, messages: usize) {
             // Once, before the timeout: where its catching up stands, and its log's last lines.
             told = true;
             let node = &all[last];
-            let log = std::fs::read_to_string(node.data_dir().join("node.log")).unwrap_or_default();
             eprintln!(
-                "harness: sync: node {last} after 50 s: {} peers, sync {}",
+                "harness: sync: node {last} after 50 s: {} peers, sync {}\nits log ends:\n{}",
                 node.peers().len(),
-                node.status()["sync"]
+                node.status()["sync"],
+                node.log_tail(40)
             );
-            log.lines().rev().take(40).collect::<Vec<_>>().iter().rev().for_each(|l| eprintln!("  {l}"));
         }
         done.then_some(())
     });

@@ -192,6 +192,19 @@ pub enum DecodeError {
     Malformed(String),
 }
 
+/// What a frame names of itself, read without the rest (which may be of another version).
+#[derive(Deserialize)]
+struct Head {
+    v: u32,
+    #[serde(default)]
+    id: u64,
+}
+
+/// The head of a line that did not parse as a frame of ours.
+fn head(line: &[u8]) -> Result<Head, DecodeError> {
+    serde_json::from_slice(line).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
 /// Decodes a request. A request of another protocol version is told so, with its id, even when
 /// this node cannot parse it; the line is read a second time only then (or when it is
 /// malformed): a request's body (a signed message's text) is most of what decoding costs.
@@ -199,22 +212,14 @@ pub fn decode_request(line: &[u8]) -> Result<RequestFrame, (u64, DecodeError)> {
     if line.len() > MAX_REQUEST {
         return Err((0, DecodeError::TooLong { max: MAX_REQUEST }));
     }
+    let other = |v| DecodeError::Version { node: PROTOCOL_VERSION, client: v };
     let error = match serde_json::from_slice::<RequestFrame>(line) {
         Ok(frame) if frame.v == PROTOCOL_VERSION => return Ok(frame),
-        Ok(frame) => return Err((frame.id, DecodeError::Version { node: PROTOCOL_VERSION, client: frame.v })),
+        Ok(frame) => return Err((frame.id, other(frame.v))),
         Err(e) => e,
     };
-    #[derive(Deserialize)]
-    struct Head {
-        v: u32,
-        #[serde(default)]
-        id: u64,
-    }
-    let head: Head = serde_json::from_slice(line).map_err(|e| (0, DecodeError::Malformed(e.to_string())))?;
-    if head.v != PROTOCOL_VERSION {
-        return Err((head.id, DecodeError::Version { node: PROTOCOL_VERSION, client: head.v }));
-    }
-    Err((head.id, DecodeError::Malformed(error.to_string())))
+    let Head { v, id } = head(line).map_err(|e| (0, e))?;
+    Err((id, if v == PROTOCOL_VERSION { DecodeError::Malformed(error.to_string()) } else { other(v) }))
 }
 
 /// Decodes a response, telling a node of another protocol version apart as
@@ -223,19 +228,13 @@ pub fn decode_response(line: &[u8]) -> Result<ResponseFrame, DecodeError> {
     if line.len() > MAX_ANSWER {
         return Err(DecodeError::TooLong { max: MAX_ANSWER });
     }
+    let other = |v| DecodeError::Version { node: v, client: PROTOCOL_VERSION };
     let frame = match serde_json::from_slice::<ResponseFrame>(line) {
         Ok(frame) if frame.v == PROTOCOL_VERSION => frame,
-        Ok(frame) => return Err(DecodeError::Version { node: frame.v, client: PROTOCOL_VERSION }),
+        Ok(frame) => return Err(other(frame.v)),
         Err(error) => {
-            #[derive(Deserialize)]
-            struct Head {
-                v: u32,
-            }
-            let head: Head = serde_json::from_slice(line).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-            if head.v != PROTOCOL_VERSION {
-                return Err(DecodeError::Version { node: head.v, client: PROTOCOL_VERSION });
-            }
-            return Err(DecodeError::Malformed(error.to_string()));
+            let v = head(line)?.v;
+            return Err(if v == PROTOCOL_VERSION { DecodeError::Malformed(error.to_string()) } else { other(v) });
         }
     };
     if frame.ok.is_some() == frame.error.is_some() {

@@ -301,10 +301,7 @@ fn two_halves_of_a_partitioned_lan_converge_once_it_heals() {
             if !lost && !told && start.elapsed() > Duration::from_secs(80) {
                 // Once, before the timeout: what the node still holds, and its log's last lines.
                 told = true;
-                let log = std::fs::read_to_string(node.data_dir().join("node.log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(60).collect();
-                eprintln!("{} still sees {peers:?}\nits log ends:", names[i]);
-                tail.iter().rev().for_each(|l| eprintln!("  {l}"));
+                eprintln!("{} still sees {peers:?}\nits log ends:\n{}", names[i], node.log_tail(60));
             }
             lost.then_some(())
         });

@@ -100,6 +100,14 @@ impl Node {
         self.path("data/git-p2p")
     }
 
+    /// The last `lines` lines of the node's log, each indented, for a test to print before it
+    /// times out.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.data_dir().join("node.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+        tail.iter().rev().map(|l| format!("  {l}\n")).collect()
+    }
+
     /// `git config --file <global config> ARGS...`
     pub fn config(&self, args: &[&str]) {
         let status = Command::new("git")

@@ -138,6 +138,13 @@ impl Default for SyncState {
     }
 }
 
+impl SyncState {
+    /// The schedule of `repo`'s syncs with `peer` (due now if it had none).
+    fn attempt(&mut self, peer: PeerId, repo: RepoId, now: Now) -> &mut Attempt {
+        self.due.entry((peer, repo)).or_insert(Attempt { next: now.mono, failures: 0 })
+    }
+}
+
 /// The oldest signed time a sync covers now.
 pub fn since(now: Now) -> u64 {
     let window = super::rooms::MAX_AGE.saturating_sub(WINDOW_MARGIN);
@@ -201,9 +208,7 @@ impl Service {
                 continue;
             }
             for repo in &repos {
-                let attempt =
-                    self.sync.due.entry((peer, repo.clone())).or_insert(Attempt { next: now.mono, failures: 0 });
-                attempt.next = now.mono + RESYNC_EVERY;
+                self.sync.attempt(peer, repo.clone(), now).next = now.mono + RESYNC_EVERY;
             }
             self.sync.next += 1;
             let session = self.sync.next;
@@ -298,7 +303,7 @@ impl Service {
             (Some(why), _) => self.sync_cut_off(peer, why, now),
             (None, Some(error)) => {
                 for repo in repos {
-                    let attempt = self.sync.due.entry((peer, repo)).or_insert(Attempt { next: now.mono, failures: 0 });
+                    let attempt = self.sync.attempt(peer, repo, now);
                     attempt.failures = attempt.failures.saturating_add(1);
                     let wait = RETRY_FIRST.saturating_mul(1 << (attempt.failures - 1).min(16)).min(RESYNC_EVERY);
                     attempt.next = now.mono + wait;

@@ -322,6 +322,26 @@ fn syncs_started(sim: &mut Sim, name: &str) -> Vec<(u64, PeerId)> {
         .collect()
 }
 
+/// `starter`'s session ends with `outcome`: the syncs it starts again, ticking `wait` later
+/// (and none a second before).
+fn ended_then_due(
+    sim: &mut Sim,
+    starter: &str,
+    session: u64,
+    outcome: SyncOutcome,
+    wait: Duration,
+) -> Vec<(u64, PeerId)> {
+    let now = sim.now;
+    sim.peer(starter).service.sync_done(session, outcome, now);
+    sim.settle(starter);
+    sim.advance(wait - Duration::from_secs(1));
+    sim.tick(starter);
+    assert!(syncs_started(sim, starter).is_empty(), "not before {wait:?}");
+    sim.advance(Duration::from_secs(1));
+    sim.tick(starter);
+    syncs_started(sim, starter)
+}
+
 #[test]
 fn a_sync_that_ended_early_is_started_again_soon_and_later_after_each_early_end() {
     let mut sim = Sim::new(&["alice", "bob"]);
@@ -338,34 +358,14 @@ fn a_sync_that_ended_early_is_started_again_soon_and_later_after_each_early_end(
     let early = || SyncOutcome { error: Some("the peer went away".into()), ..SyncOutcome::default() };
     // Each early end in a row: not before its wait (5 s, then 10 s, then 20 s), then at once.
     for wait in [RETRY_FIRST, RETRY_FIRST * 2, RETRY_FIRST * 4] {
-        let now = sim.now;
-        sim.peer(starter).service.sync_done(session, early(), now);
-        sim.settle(starter);
-        sim.advance(wait - Duration::from_secs(1));
-        sim.tick(starter);
-        assert!(syncs_started(&mut sim, starter).is_empty(), "not before {wait:?}");
-        sim.advance(Duration::from_secs(1));
-        sim.tick(starter);
-        let again = syncs_started(&mut sim, starter);
+        let again = ended_then_due(&mut sim, starter, session, early(), wait);
         assert_eq!(again.iter().map(|(_, p)| *p).collect::<Vec<_>>(), [peer], "again after {wait:?}");
         session = again[0].0;
     }
     // One that ends well: the next is a round later, and an early end after it waits 5 s again.
-    let now = sim.now;
     let done = SyncOutcome { repos: vec![repo().id], ..SyncOutcome::default() };
-    sim.peer(starter).service.sync_done(session, done, now);
-    sim.settle(starter);
-    sim.advance(RESYNC_EVERY - Duration::from_secs(1));
-    sim.tick(starter);
-    assert!(syncs_started(&mut sim, starter).is_empty(), "in sync: not before a round");
-    sim.advance(Duration::from_secs(1));
-    sim.tick(starter);
-    let again = syncs_started(&mut sim, starter);
+    let again = ended_then_due(&mut sim, starter, session, done, RESYNC_EVERY);
     assert_eq!(again.len(), 1, "a round later");
-    let now = sim.now;
-    sim.peer(starter).service.sync_done(again[0].0, early(), now);
-    sim.settle(starter);
-    sim.advance(RETRY_FIRST);
-    sim.tick(starter);
-    assert_eq!(syncs_started(&mut sim, starter).len(), 1, "the early ends in a row start again from 5 s");
+    let again = ended_then_due(&mut sim, starter, again[0].0, early(), RETRY_FIRST);
+    assert_eq!(again.len(), 1, "the early ends in a row start again from 5 s");
 }
